@@ -1,0 +1,100 @@
+"""The project key: keyed pseudonymisation (HMAC-SHA256) and encryption at rest (AES-GCM).
+
+One 256-bit secret per deployment, read from ``RADGATE_PROJECT_KEY`` or a key file created
+with mode 0600 on first use (never in the repository). Purpose-specific sub-keys are derived
+with HKDF so that a UID hash can never be replayed as a date offset or an encryption key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from governance.settings import Settings, get_settings
+
+__all__ = ["KeyError_", "ProjectKey", "load_project_key"]
+
+_NONCE_BYTES = 12
+
+
+class KeyError_(RuntimeError):
+    """The project key is missing, malformed or does not match what the data was sealed with."""
+
+
+@dataclass(frozen=True)
+class ProjectKey:
+    """A project secret and the sub-keys derived from it."""
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != 32:
+            raise KeyError_("project key must be exactly 32 bytes")
+
+    @property
+    def key_id(self) -> str:
+        """A public identifier of the key (safe to log and store): not reversible."""
+        return hashlib.sha256(b"radgate-key-id" + self.secret).hexdigest()[:16]
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte sub-key for one purpose (``uid``, ``date``, ``pseudonym``, ``seal``...)."""
+        return HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=b"radgate-v1", info=purpose.encode()
+        ).derive(self.secret)
+
+    def mac(self, purpose: str, message: bytes) -> bytes:
+        """HMAC-SHA256 of ``message`` under the sub-key for ``purpose``."""
+        return hmac.new(self.derive(purpose), message, hashlib.sha256).digest()
+
+    def seal(self, plaintext: bytes, associated: bytes = b"") -> bytes:
+        """AES-256-GCM encryption; the output is nonce || ciphertext || tag."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + AESGCM(self.derive("seal")).encrypt(nonce, plaintext, associated)
+
+    def unseal(self, sealed: bytes, associated: bytes = b"") -> bytes:
+        """Decrypt what :meth:`seal` produced; raises :class:`KeyError_` on a wrong key or tampering."""
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return AESGCM(self.derive("seal")).decrypt(
+                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated
+            )
+        except (InvalidTag, ValueError) as exc:
+            raise KeyError_("cannot decrypt: wrong project key or tampered data") from exc
+
+
+def _parse_hex(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise KeyError_("project key must be 64 hexadecimal characters") from exc
+    if len(raw) != 32:
+        raise KeyError_("project key must be 64 hexadecimal characters")
+    return raw
+
+
+def load_project_key(settings: Settings | None = None, *, create: bool = True) -> ProjectKey:
+    """The project key from ``RADGATE_PROJECT_KEY`` or the key file (created if absent)."""
+    settings = settings or get_settings()
+    if settings.project_key is not None:
+        return ProjectKey(_parse_hex(settings.project_key.get_secret_value()))
+    path: Path = settings.resolved_key_file
+    if path.exists():
+        return ProjectKey(_parse_hex(path.read_text()))
+    if not create:
+        raise KeyError_("no project key: set RADGATE_PROJECT_KEY or create the key file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex() + "\n")
+    return ProjectKey(secret)

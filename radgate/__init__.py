@@ -1,0 +1,4 @@
+"""RadGate: governed MLOps for medical imaging."""
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

@@ -1,0 +1,3 @@
+"""Training: datasets to MONAI transforms, networks, Lightning on Ray Train, evaluation, explain."""
+
+__all__: list[str] = []
