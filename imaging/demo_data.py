@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 __all__ = ["LABEL_NAMES", "DemoSet", "DemoStudy", "write_demo_studies"]
 
@@ -253,10 +253,10 @@ def _dataset(
         ds.PerformedProcedureStepStartTime = study["time"]
     ds.PixelData = data.tobytes()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPClassUID = UID(sop_class)
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.file_meta.ImplementationClassUID = UID("1.2.826.0.1.3680043.8.498.1")
     ds.file_meta.ImplementationVersionName = "RADGATE_DEMO"
     return ds
 
