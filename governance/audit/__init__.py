@@ -1,0 +1,30 @@
+"""The append-only, hash-chained audit log (tamper-evident; never PHI).
+
+Everyday entry point: :func:`record` (``record(actor, action, target, details, role=...)``).
+:class:`AuditLog` adds listing, export, anchoring and :meth:`AuditLog.verify`.
+"""
+
+from governance.audit.log import (
+    GENESIS_HASH,
+    AuditEntry,
+    AuditError,
+    AuditLog,
+    AuditRow,
+    VerifyReport,
+    canonical_json,
+    record,
+)
+from governance.audit.phi import AuditPHIError, check_details
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
+    "AuditPHIError",
+    "AuditRow",
+    "VerifyReport",
+    "canonical_json",
+    "check_details",
+    "record",
+]

@@ -1,0 +1,396 @@
+"""The append-only, hash-chained audit log in the catalog.
+
+Each entry's ``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces, UTF-8) of
+its fields and the previous entry's hash, so altering, deleting, inserting or reordering a
+row breaks the chain. Because anyone can recompute SHA-256, each hash is also MACed with the
+project key (an attacker with write access to the database but not the key cannot rebuild
+a valid chain), and the head is anchored outside the table (a file, or MLflow) so that
+truncating the newest entries is detected too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, Integer, String, select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from governance.audit.phi import check_details
+from governance.catalog.db import Catalog, open_catalog
+from governance.catalog.models import Base
+from governance.keys import KeyError_, ProjectKey, load_project_key
+from governance.settings import get_settings
+
+__all__ = [
+    "GENESIS_HASH",
+    "AuditEntry",
+    "AuditError",
+    "AuditLog",
+    "AuditRow",
+    "VerifyReport",
+    "canonical_json",
+    "record",
+]
+
+GENESIS_HASH = "0" * 64
+_MAC_PURPOSE = "audit-chain"
+_APPEND_RETRIES = 50
+
+
+class AuditError(RuntimeError):
+    """The audit log could not be written or read."""
+
+
+class AuditRow(Base):
+    """One audit entry as stored. ``seq`` is the position in the chain (1, 2, ...)."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ts: Mapped[str] = mapped_column(String(40), index=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(255), index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """An audit entry as returned to callers."""
+
+    seq: int
+    ts: str
+    actor: str
+    role: str
+    action: str
+    target: str
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :meth:`AuditLog.verify`: ``ok`` or the first problem found."""
+
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problem: str | None = None
+    first_bad_seq: int | None = None
+    detail: str = ""
+    unchecked_macs: int = 0
+    anchors_checked: list[str] = field(default_factory=list)
+
+
+def canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _entry_hash(
+    seq: int,
+    ts: str,
+    actor: str,
+    role: str,
+    action: str,
+    target: str,
+    details: dict[str, Any],
+    prev_hash: str,
+) -> str:
+    body = {
+        "seq": seq,
+        "ts": ts,
+        "actor": actor,
+        "role": role,
+        "action": action,
+        "target": target,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def _row_hash(row: AuditRow, seq: int | None = None) -> str:
+    return _entry_hash(
+        row.seq if seq is None else seq,
+        row.ts,
+        row.actor,
+        row.role,
+        row.action,
+        row.target,
+        row.details,
+        row.prev_hash,
+    )
+
+
+def _entry(row: AuditRow) -> AuditEntry:
+    return AuditEntry(
+        row.seq,
+        row.ts,
+        row.actor,
+        row.role,
+        row.action,
+        row.target,
+        dict(row.details),
+        row.prev_hash,
+        row.hash,
+    )
+
+
+def _check_text(name: str, value: str, limit: int) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise AuditError(f"audit {name} must be a non-empty string of at most {limit} characters")
+    return value
+
+
+class AuditLog:
+    """The audit log of one catalog."""
+
+    def __init__(
+        self, catalog: Catalog | None = None, *, key: ProjectKey | None = None, head_file: Path | None = None
+    ) -> None:
+        self.catalog = catalog or open_catalog()
+        self._key = key
+        self.head_file = head_file if head_file is not None else get_settings().home / "audit" / "head.json"
+
+    @property
+    def key(self) -> ProjectKey:
+        if self._key is None:
+            self._key = load_project_key()
+        return self._key
+
+    def _mac(self, entry_hash: str) -> str:
+        return self.key.mac(_MAC_PURPOSE, entry_hash.encode()).hex()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    def append(
+        self, actor: str, action: str, target: str, details: dict[str, Any] | None = None, *, role: str = ""
+    ) -> AuditEntry:
+        """Append one entry chained to the current head; safe across threads and processes."""
+        actor = _check_text("actor", actor, 64)
+        action = _check_text("action", action, 64)
+        target = _check_text("target", target, 255)
+        clean = check_details(details)
+        last_error: Exception | None = None
+        for attempt in range(_APPEND_RETRIES):
+            try:
+                with self.catalog.session() as session:
+                    head = session.scalar(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1))
+                    seq = 1 if head is None else head.seq + 1
+                    prev = GENESIS_HASH if head is None else head.hash
+                    ts = datetime.now(UTC).isoformat(timespec="microseconds")
+                    digest = _entry_hash(seq, ts, actor, role, action, target, clean, prev)
+                    row = AuditRow(
+                        seq=seq,
+                        ts=ts,
+                        actor=actor,
+                        role=role,
+                        action=action,
+                        target=target,
+                        details=clean,
+                        prev_hash=prev,
+                        hash=digest,
+                        key_id=self.key.key_id,
+                        mac=self._mac(digest),
+                    )
+                    session.add(row)
+                    session.flush()
+                    entry = _entry(row)
+                self._write_head(entry)
+                return entry
+            except (IntegrityError, OperationalError) as exc:  # another writer took this seq
+                last_error = exc
+                time.sleep(min(0.001 * (2**attempt), 0.05))
+        raise AuditError("could not append to the audit log (contention)") from last_error
+
+    def _write_head(self, entry: AuditEntry) -> None:
+        anchor = {"seq": entry.seq, "hash": entry.hash, "ts": entry.ts}
+        path = self.head_file
+        try:
+            current = json.loads(path.read_text())
+            if int(current.get("seq", 0)) >= entry.seq:
+                return
+        except (OSError, ValueError):
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(anchor))
+        os.replace(tmp, path)
+
+    # ---- reading -------------------------------------------------------------------------
+
+    def head(self) -> AuditEntry | None:
+        with self.catalog.session() as session:
+            row = session.scalar(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1))
+            return None if row is None else _entry(row)
+
+    def get_by_hash(self, entry_hash: str) -> AuditEntry | None:
+        with self.catalog.session() as session:
+            row = session.scalar(select(AuditRow).where(AuditRow.hash == entry_hash))
+            return None if row is None else _entry(row)
+
+    def entries(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> list[AuditEntry]:
+        """Entries matching the filters. ``action`` and ``target`` match as prefixes; ``since``
+        and ``until`` are ISO dates or times (UTC)."""
+        query = select(AuditRow)
+        if actor:
+            query = query.where(AuditRow.actor == actor)
+        if action:
+            query = query.where(AuditRow.action.startswith(action, autoescape=True))
+        if target:
+            query = query.where(AuditRow.target.startswith(target, autoescape=True))
+        if since:
+            query = query.where(AuditRow.ts >= _iso(since))
+        if until:
+            query = query.where(AuditRow.ts < _iso(until))
+        query = query.order_by(AuditRow.seq.desc() if newest_first else AuditRow.seq)
+        if limit:
+            query = query.limit(limit)
+        with self.catalog.session() as session:
+            return [_entry(r) for r in session.scalars(query)]
+
+    def export(self, out: Any, *, since: str | None = None) -> int:
+        """Write entries as JSON lines to the text stream ``out``; returns how many."""
+        count = 0
+        for entry in self._iter_rows(since=since):
+            out.write(_entry(entry).to_json() + "\n")
+            count += 1
+        return count
+
+    def _iter_rows(self, *, since: str | None = None, batch: int = 1000) -> Iterator[AuditRow]:
+        last = 0
+        while True:
+            query = select(AuditRow).where(AuditRow.seq > last).order_by(AuditRow.seq).limit(batch)
+            if since:
+                query = query.where(AuditRow.ts >= _iso(since))
+            with self.catalog.session() as session:
+                rows = list(session.scalars(query))
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].seq
+
+    # ---- anchoring and verification -------------------------------------------------------
+
+    def anchor_to_file(self, path: Path) -> dict[str, Any]:
+        """Write the current head (seq, hash, time) to ``path`` (for a WORM disk or a ticket)."""
+        head = self.head()
+        anchor = (
+            {"seq": 0, "hash": GENESIS_HASH, "ts": ""}
+            if head is None
+            else {"seq": head.seq, "hash": head.hash, "ts": head.ts}
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(anchor) + "\n")
+        return anchor
+
+    def verify(self, anchors: list[Path] | None = None) -> VerifyReport:
+        """Recompute the chain; name the first altered, inserted, deleted or reordered entry.
+
+        ``anchors`` are head files written by :meth:`anchor_to_file`; the automatic head file
+        under ``RADGATE_HOME/audit`` is always checked when present.
+        """
+        key_id = self.key.key_id
+        prev, prevprev = GENESIS_HASH, None
+        expected = 1
+        unchecked = 0
+        hashes: dict[int, str] = {}
+        report = VerifyReport(ok=True, entries=0, head_seq=0, head_hash=GENESIS_HASH)
+
+        def fail(problem: str, seq: int, detail: str) -> VerifyReport:
+            report.ok, report.problem, report.first_bad_seq, report.detail = False, problem, seq, detail
+            return report
+
+        for row in self._iter_rows():
+            report.entries += 1
+            if row.seq != expected:
+                return fail("deleted", expected, f"entries {expected}..{row.seq - 1} are missing")
+            recomputed = _row_hash(row)
+            if recomputed != row.hash:
+                if _row_hash(row, row.seq - 1) == row.hash or _row_hash(row, row.seq + 1) == row.hash:
+                    return fail("reordered", row.seq, "entry content belongs to another position")
+                return fail("altered", row.seq, "content does not match its hash")
+            if row.prev_hash != prev:
+                if prevprev is not None and row.prev_hash == prevprev:
+                    return fail("inserted", row.seq - 1, "entry was inserted into the chain")
+                return fail("altered", row.seq - 1, "chain link broken: previous entry was changed")
+            if row.key_id == key_id:
+                if not hmac.compare_digest(row.mac, self._mac(row.hash)):
+                    return fail("forged", row.seq, "hash is not sealed by the project key")
+            else:
+                unchecked += 1
+            prevprev, prev = prev, row.hash
+            hashes[row.seq] = row.hash
+            expected += 1
+        report.head_seq, report.head_hash, report.unchecked_macs = expected - 1, prev, unchecked
+        for path in [self.head_file, *(anchors or [])]:
+            if not path.exists():
+                if path != self.head_file:
+                    return fail("anchor-missing", 0, f"anchor file {path} not found")
+                continue
+            try:
+                anchor = json.loads(path.read_text())
+                seq, digest = int(anchor["seq"]), str(anchor["hash"])
+            except (OSError, ValueError, KeyError) as exc:
+                return fail("anchor-unreadable", 0, f"{path}: {exc}")
+            report.anchors_checked.append(str(path))
+            if seq > report.head_seq:
+                return fail(
+                    "truncated",
+                    report.head_seq + 1,
+                    f"anchor {path.name} names entry {seq} but the log ends at {report.head_seq}",
+                )
+            if seq and hashes.get(seq) != digest:
+                return fail("altered", seq, f"entry {seq} differs from anchor {path.name}")
+        return report
+
+
+def _iso(value: str) -> str:
+    """Normalise a date or datetime string to the stored UTC ISO format for comparisons."""
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise AuditError(f"not an ISO date or time: {value!r}") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def record(
+    actor: str, action: str, target: str, details: dict[str, Any] | None = None, *, role: str = ""
+) -> None:
+    """Append one entry to the audit log of the configured catalog (the everyday entry point)."""
+    try:
+        AuditLog().append(actor, action, target, details, role=role)
+    except KeyError_ as exc:
+        raise AuditError(f"audit log needs the project key: {exc}") from exc
