@@ -1,0 +1,107 @@
+"""``multipart/related`` (RFC 2387) as used by DICOMweb: parse request and response bodies,
+build them for tests and clients. Bodies are held in memory; the listener bounds their size.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+__all__ = ["MultipartError", "Part", "build_related", "content_type_params", "iter_parts"]
+
+
+class MultipartError(ValueError):
+    """The body is not a well-formed multipart message."""
+
+
+@dataclass(frozen=True)
+class Part:
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def content_type_params(value: str) -> tuple[str, dict[str, str]]:
+    """Split ``multipart/related; type="application/dicom"; boundary=x`` into media type and
+    lower-cased parameter names with unquoted values."""
+    media, _, rest = value.partition(";")
+    params: dict[str, str] = {}
+    for item in _split_params(rest):
+        name, sep, val = item.partition("=")
+        if sep:
+            val = val.strip()
+            if len(val) >= 2 and val[0] == val[-1] == '"':
+                val = val[1:-1]
+            params[name.strip().lower()] = val
+    return media.strip().lower(), params
+
+
+def _split_params(text: str) -> Iterator[str]:
+    current: list[str] = []
+    quoted = False
+    for char in text:
+        if char == '"':
+            quoted = not quoted
+        if char == ";" and not quoted:
+            yield "".join(current)
+            current = []
+        else:
+            current.append(char)
+    if "".join(current).strip():
+        yield "".join(current)
+
+
+def iter_parts(body: bytes, boundary: str) -> Iterator[Part]:
+    """Yield the parts of ``body``; raises :class:`MultipartError` when it is malformed."""
+    if not boundary or len(boundary) > 70:
+        raise MultipartError("missing or invalid boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    start = body.find(delimiter)
+    if start < 0:
+        raise MultipartError("no part found")
+    position = start + len(delimiter)
+    while True:
+        if body[position : position + 2] == b"--":
+            return  # close delimiter
+        line_end = body.find(b"\r\n", position)
+        if line_end < 0:
+            raise MultipartError("truncated body")
+        header_end = body.find(b"\r\n\r\n", line_end)
+        if header_end < 0:
+            raise MultipartError("part without header terminator")
+        # header_end == line_end when the part has no headers at all
+        headers = _parse_headers(body[line_end + 2 : header_end])
+        content_start = header_end + 4
+        next_delimiter = body.find(b"\r\n" + delimiter, content_start)
+        if next_delimiter < 0:
+            raise MultipartError("missing close delimiter")
+        yield Part(headers, body[content_start:next_delimiter])
+        position = next_delimiter + 2 + len(delimiter)
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in block.split(b"\r\n"):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise MultipartError("malformed part header")
+        headers[name.strip().decode("latin-1").lower()] = value.strip().decode("latin-1")
+    return headers
+
+
+def build_related(
+    parts: Iterable[bytes], part_type: str = "application/dicom", boundary: str | None = None
+) -> tuple[bytes, str]:
+    """A ``multipart/related`` body and its Content-Type header value."""
+    boundary = boundary or secrets.token_hex(16)
+    chunks: list[bytes] = []
+    for data in parts:
+        chunks += [f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode(), data, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f'multipart/related; type="{part_type}"; boundary={boundary}'

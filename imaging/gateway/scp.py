@@ -1,0 +1,211 @@
+"""The DIMSE side of the gateway: a Storage SCP (every storage SOP class, the common transfer
+syntaxes) and Verification SCP on pynetdicom, with an AE-title / host allow-list.
+
+Each C-STORE is handed, still encoded, to the ingest sink from the association's own thread;
+the response status is chosen only after the sink returns, i.e. after the de-identified object
+is durable and its catalog record committed. Shutdown stops accepting, then lets associations
+in flight finish (drain) before aborting what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from imaging.gateway.config import DicomListener
+from imaging.gateway.sink import Sink
+from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
+
+__all__ = ["STORAGE_TRANSFER_SYNTAXES", "GatewayStats", "StorageSCP", "set_tcp_nodelay"]
+
+LOGGER = logging.getLogger(__name__)
+
+# Uncompressed first: pynetdicom accepts the first of ours the requestor also proposes.
+STORAGE_TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+    UID("1.2.840.10008.1.2.4.201"),  # HTJ2K Lossless
+    UID("1.2.840.10008.1.2.4.202"),  # HTJ2K Lossless RPCL
+    UID("1.2.840.10008.1.2.4.203"),  # HTJ2K
+)
+
+# pynetdicom logs dataset identifiers (patient IDs, UIDs) by default: never here.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+_config.LOG_HANDLER_LEVEL = "none"
+
+
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler: disable Nagle (a C-STORE otherwise waits ~90 ms on delayed ACK)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed by the peer
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+@dataclass
+class GatewayStats:
+    """Counters since start (thread-safe); no identifiers."""
+
+    associations: int = 0
+    rejected_associations: int = 0
+    stored: int = 0
+    failed: int = 0
+    quarantined: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "associations": self.associations,
+                "rejected_associations": self.rejected_associations,
+                "stored": self.stored,
+                "failed": self.failed,
+                "quarantined": self.quarantined,
+            }
+
+
+class StorageSCP:
+    """The C-STORE / C-ECHO acceptor. ``start()`` returns once it listens; ``stop()`` drains."""
+
+    def __init__(self, listener: DicomListener, sink: Sink, stats: GatewayStats | None = None) -> None:
+        self.listener = listener
+        self.sink = sink
+        self.stats = stats or GatewayStats()
+        self._server: ThreadedAssociationServer | None = None
+        self.ae = self._make_ae()
+
+    def _make_ae(self) -> AE:
+        ae = AE(ae_title=self.listener.ae_title)
+        ae.maximum_associations = self.listener.max_associations
+        ae.maximum_pdu_size = self.listener.max_pdu
+        ae.network_timeout = self.listener.network_timeout
+        ae.acse_timeout = self.listener.acse_timeout
+        ae.dimse_timeout = self.listener.dimse_timeout
+        ae.require_called_aet = self.listener.require_called_ae_title
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(str(context.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES))
+        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        return ae
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the SCP is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        handlers: list[Any] = [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+        ]
+        self._server = self.ae.start_server(
+            (self.listener.host, self.listener.port), block=False, evt_handlers=handlers
+        )
+
+    def active_associations(self) -> int:
+        return len(self._server.active_associations) if self._server else 0
+
+    def stop(self, drain_timeout: float = 60.0) -> int:
+        """Stop accepting, wait up to ``drain_timeout`` s for associations in flight, abort the
+        rest. Returns how many had to be aborted."""
+        server, self._server = self._server, None
+        if server is None:
+            return 0
+        socketserver.BaseServer.shutdown(server)  # leave serve_forever; no new associations
+        server.server_close()
+        deadline = time.monotonic() + drain_timeout
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        leftovers = server.active_associations
+        for assoc in leftovers:
+            assoc.abort()
+        if server in self.ae._servers:
+            self.ae._servers.remove(server)
+        return len(leftovers)
+
+    # Handlers run in the association's thread.
+
+    def _on_requested(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        if self.listener.permits(requestor.ae_title, requestor.address):
+            self.stats.add(associations=1)
+            return
+        self.stats.add(rejected_associations=1)
+        LOGGER.warning(
+            "association rejected: calling AE %r from %s not allowed", requestor.ae_title, requestor.address
+        )
+        # rejected-permanent, service-user, calling AE title not recognised
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: evt.Event) -> Dataset:
+        requestor = event.assoc.requestor
+        source = f"c-store:{requestor.ae_title}@{requestor.address}"
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            outcome = self.sink.ingest_bytes(data, source)
+            verdict = verdict_for_outcome(outcome)
+        except Exception as exc:  # the sender must hear "not stored", whatever broke
+            LOGGER.error("C-STORE from %s not stored: %s", requestor.ae_title, type(exc).__name__)
+            verdict = verdict_for_error(exc)
+        else:
+            if verdict.status is StoreStatus.CANNOT_UNDERSTAND:
+                self.stats.add(quarantined=1)
+        self.stats.add(stored=1) if verdict.ok else self.stats.add(failed=1)
+        return _status_dataset(verdict)
+
+
+def _status_dataset(verdict: Verdict) -> Dataset:
+    status = Dataset()
+    status.Status = int(verdict.status)
+    if not verdict.ok and verdict.comment:
+        status.ErrorComment = verdict.comment
+    return status

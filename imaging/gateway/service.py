@@ -1,0 +1,108 @@
+"""``radgate gateway``: the C-STORE SCP and the STOW-RS listener as one long-running service.
+
+Start-up prints one JSON line (``{"event": "ready", ...}``) with the bound ports, so that
+supervisors and tests can use port 0. SIGTERM (or SIGINT) drains: no new associations or
+requests are accepted, transfers in flight finish (up to ``drain_timeout``), then it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+from imaging.gateway.config import GatewayConfig
+from imaging.gateway.scp import GatewayStats, StorageSCP
+from imaging.gateway.sink import Sink
+
+__all__ = ["GatewayService"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class GatewayService:
+    def __init__(self, config: GatewayConfig, sink: Sink) -> None:
+        self.config = config
+        self.sink = sink
+        self.stats = GatewayStats()
+        self.scp = StorageSCP(config.dicom, sink, self.stats)
+        self._http: Any = None  # uvicorn.Server
+        self._http_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.http_port: int | None = None
+
+    def start(self) -> None:
+        self.scp.start()
+        if self.config.http.enabled:
+            self._start_http()
+
+    def _start_http(self) -> None:
+        import uvicorn
+
+        from imaging.gateway.stow import create_stow_app
+
+        app = create_stow_app(self.sink, max_request_bytes=self.config.http.max_request_bytes)
+        http = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=self.config.http.host,
+                port=self.config.http.port,
+                log_level="warning",
+                access_log=False,
+                timeout_graceful_shutdown=max(1, int(self.config.drain_timeout)),
+                lifespan="off",
+            )
+        )
+        # Run off the main thread: uvicorn then leaves the signals to this service.
+        thread = threading.Thread(target=http.run, name="stow-rs", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not http.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self.scp.stop(0)
+                raise RuntimeError("the STOW-RS listener did not start (port in use?)")
+            time.sleep(0.02)
+        self.http_port = int(http.servers[0].sockets[0].getsockname()[1])
+        self._http, self._http_thread = http, thread
+
+    def ready_message(self) -> dict[str, Any]:
+        return {
+            "event": "ready",
+            "ae_title": self.config.dicom.ae_title,
+            "dicom_host": self.config.dicom.host,
+            "dicom_port": self.scp.port,
+            "http_host": self.config.http.host if self.config.http.enabled else None,
+            "http_port": self.http_port,
+        }
+
+    def stop(self) -> dict[str, Any]:
+        """Drain and stop both listeners; returns the final counters."""
+        timeout = self.config.drain_timeout
+        if self._http is not None:
+            self._http.should_exit = True
+        aborted = self.scp.stop(timeout)
+        if self._http_thread is not None:
+            self._http_thread.join(timeout + 5)
+        return {"event": "stopped", "aborted_associations": aborted, **self.stats.snapshot()}
+
+    def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
+        self._stop.set()
+
+    def run_forever(self) -> dict[str, Any]:
+        """Start, announce readiness, serve until SIGTERM/SIGINT, drain, return the counters."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        print(json.dumps(self.ready_message()), flush=True)
+        while not self._stop.wait(1.0):
+            pass
+        LOGGER.warning("stopping: draining transfers in flight")
+        final = self.stop()
+        print(json.dumps(final), flush=True)
+        sys.stdout.flush()
+        return final
