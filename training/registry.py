@@ -1,0 +1,258 @@
+"""Load registered RadGate models from the MLflow registry: the contract for explain and serving.
+
+Contract (stable; other packages code against it)
+-------------------------------------------------
+``load_model(ref, *, tracking_uri=None, verify=True, map_location="cpu") -> LoadedModel``
+
+* ``ref``: ``"NAME@ALIAS"`` (e.g. ``"chest-opacity@production"``), ``"NAME/VERSION"``
+  (e.g. ``"chest-opacity/3"``) or ``"models:/NAME@ALIAS"`` / ``"models:/NAME/VERSION"``.
+* Tracking URI: the argument, else ``governance.settings.get_settings().resolved_mlflow_uri``
+  (embedded SQLite under ``RADGATE_HOME`` by default). The registry URI is the same.
+* Raises :class:`ModelNotFoundError` (unknown name, version or alias, or not a RadGate model)
+  and :class:`ArtifactIntegrityError` when ``verify`` and the downloaded artifact's tree hash
+  differs from the version's ``radgate.artifact_sha256`` tag.
+* Returns :class:`LoadedModel`:
+
+  - ``module``: ``torch.nn.Module`` in eval mode on ``map_location``; input ``float32``
+    ``[N, 1, H, W]`` in [0, 1] (``H, W = preprocessing.spatial_size``), output logits
+    ``[N, len(label_names)]``; probabilities = ``softmax(dim=1)``; for binary models the
+    positive class is index 1 (``positive_index``).
+  - ``name``, ``version`` (str), ``label_names`` (tuple, index = class), ``network``
+    (:class:`training.networks.NetworkFamily` value, e.g. ``"densenet121"``),
+    ``gradcam_layer`` (module name of the last conv block: ``dict(module.named_modules())[...]``),
+  - ``preprocessing``: :class:`training.preprocess.PreprocessingSpec` (``spatial_size``,
+    ``intensity="dicom_window"``: header VOI window to [0, 1], min-max fallback, MONOCHROME1
+    inverted; no axis swap, so tensor rows/cols are the DICOM ``pixel_array`` rows/cols before
+    the resize). Use ``LoadedModel.preprocess(path_or_bytes)`` -> ``Tensor[1, 1, H, W]`` or
+    ``LoadedModel.predict_proba(tensor)`` -> ``Tensor[N, C]``.
+  - ``threshold``: the operating point chosen on the validation split (probability of the
+    positive class at or above it = positive), ``None`` if not recorded.
+  - ``run_id``, ``dataset_version``, ``artifact_sha256`` (recomputed on the downloaded files),
+    ``tags`` (all model-version tags), ``local_dir`` (the downloaded MLflow model directory),
+    ``torchscript_path`` (``extra_files/model.ts`` inside it, for Triton; may be ``None``),
+    ``model_uri`` (``models:/NAME/VERSION``).
+
+Model-version tags written at registration (names in :class:`ModelTag`)
+  ``radgate.status`` = ``pending_review`` (governance changes it), ``radgate.artifact_sha256``
+  (see :func:`artifact_sha256`), ``radgate.dataset_version``, ``radgate.network``,
+  ``radgate.label_names`` (JSON list), ``radgate.preprocessing`` (JSON), ``radgate.threshold``,
+  ``radgate.metrics.<name>`` (test ``auroc``, ``sensitivity``, ``specificity``, ``ece``,
+  ``max_subgroup_auroc_gap``...), ``radgate.run_id``.
+
+``artifact_sha256(model_dir)`` is the tree hash of an MLflow model directory: SHA-256 over the
+sorted lines ``"<sha256 of file>  <posix relative path>\\n"`` of every regular file in it.
+Serving recomputes it after ``mlflow.artifacts.download_artifacts(model_uri)`` and compares it
+with the tag before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.preprocess import PreprocessingSpec, preprocess_dicom
+
+__all__ = [
+    "ArtifactIntegrityError",
+    "LoadedModel",
+    "ModelNotFoundError",
+    "ModelTag",
+    "artifact_sha256",
+    "load_model",
+    "parse_model_ref",
+    "resolve_model_version",
+]
+
+#: Key of the RadGate entry in the MLmodel ``metadata``.
+METADATA_KEY = "radgate"
+TORCHSCRIPT_NAME = "model.ts"
+
+
+class ModelTag(StrEnum):
+    """Model-version tags RadGate writes (governance adds its own approval tags)."""
+
+    STATUS = "radgate.status"
+    ARTIFACT_SHA256 = "radgate.artifact_sha256"
+    DATASET_VERSION = "radgate.dataset_version"
+    NETWORK = "radgate.network"
+    LABEL_NAMES = "radgate.label_names"
+    PREPROCESSING = "radgate.preprocessing"
+    THRESHOLD = "radgate.threshold"
+    RUN_ID = "radgate.run_id"
+    METRICS_PREFIX = "radgate.metrics."
+
+
+class ModelStatus(StrEnum):
+    PENDING_REVIEW = "pending_review"
+
+
+class ModelNotFoundError(LookupError):
+    """No such registered model, version or alias (or it is not a RadGate model)."""
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """The downloaded artifact does not hash to the value recorded at registration."""
+
+
+_REF = re.compile(r"^(?:models:/)?(?P<name>[^@/]+)(?:@(?P<alias>[^@/]+)|/(?P<version>\d+))$")
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``NAME@ALIAS`` or ``NAME/VERSION`` -> ``(name, alias, version)``."""
+    match = _REF.match(ref.strip())
+    if not match:
+        raise ModelNotFoundError(f"model reference {ref!r} is not NAME@ALIAS or NAME/VERSION")
+    return match["name"], match["alias"], match["version"]
+
+
+def artifact_sha256(model_dir: Path) -> str:
+    """Tree hash of a model directory (see module docstring)."""
+    lines = []
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and not p.is_symlink()):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        lines.append(f"{digest.hexdigest()}  {path.relative_to(model_dir).as_posix()}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A registered model ready for inference (see the module docstring for each field)."""
+
+    module: torch.nn.Module
+    name: str
+    version: str
+    label_names: tuple[str, ...]
+    preprocessing: PreprocessingSpec
+    network: str
+    gradcam_layer: str
+    threshold: float | None
+    run_id: str | None
+    dataset_version: str | None
+    artifact_sha256: str
+    local_dir: Path
+    torchscript_path: Path | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def positive_index(self) -> int:
+        return 1 if len(self.label_names) == 2 else len(self.label_names) - 1
+
+    def preprocess(self, source: Path | str | bytes) -> torch.Tensor:
+        """One DICOM (path or bytes) -> ``Tensor[1, 1, H, W]`` as the model was trained on."""
+        return preprocess_dicom(source, self.preprocessing)
+
+    @torch.no_grad()
+    def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[N, C]`` for a preprocessed batch."""
+        device = next(self.module.parameters()).device
+        return torch.softmax(self.module(batch.to(device)), dim=1).cpu()
+
+
+def _client(tracking_uri: str | None) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri is None:
+        from governance.settings import get_settings
+
+        tracking_uri = get_settings().resolved_mlflow_uri
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def resolve_model_version(ref: str, *, tracking_uri: str | None = None) -> Any:
+    """The ``mlflow.entities.model_registry.ModelVersion`` a reference points to."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_ref(ref)
+    client = _client(tracking_uri)
+    try:
+        if alias is not None:
+            return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"no registered model version for {ref!r}") from exc
+
+
+def load_model(
+    ref: str, *, tracking_uri: str | None = None, verify: bool = True, map_location: str = "cpu"
+) -> LoadedModel:
+    """Download, verify and load a registered model version (see the module docstring)."""
+    import mlflow.artifacts
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    client = _client(tracking_uri)
+    version = resolve_model_version(ref, tracking_uri=client.tracking_uri)
+    uri = f"models:/{version.name}/{version.version}"
+    local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=client.tracking_uri))
+    tags = dict(version.tags or {})
+    digest = artifact_sha256(local_dir)
+    expected = tags.get(ModelTag.ARTIFACT_SHA256)
+    if verify and expected != digest:
+        raise ArtifactIntegrityError(
+            f"{uri}: artifact hash {digest[:12]}... does not match the registered "
+            f"{(expected or 'none')[:12]}..."
+        )
+    metadata = (Model.load(str(local_dir / "MLmodel")).metadata or {}).get(METADATA_KEY)
+    if not metadata:
+        raise ModelNotFoundError(f"{uri} is not a RadGate model (no radgate metadata)")
+    module = mlflow.pytorch.load_model(str(local_dir), map_location=map_location)
+    module.eval()
+    ts_matches = sorted(local_dir.rglob(TORCHSCRIPT_NAME))
+    threshold = metadata.get("threshold")
+    return LoadedModel(
+        module=module,
+        name=version.name,
+        version=str(version.version),
+        label_names=tuple(metadata["label_names"]),
+        preprocessing=PreprocessingSpec.from_dict(metadata["preprocessing"]),
+        network=str(metadata["network"]),
+        gradcam_layer=str(metadata["gradcam_layer"]),
+        threshold=None if threshold is None else float(threshold),
+        run_id=version.run_id,
+        dataset_version=metadata.get("dataset_version"),
+        artifact_sha256=digest,
+        local_dir=local_dir,
+        torchscript_path=ts_matches[0] if ts_matches else None,
+        tags={str(k): str(v) for k, v in tags.items()},
+    )
+
+
+def model_metadata(
+    *,
+    label_names: list[str],
+    preprocessing: PreprocessingSpec,
+    network: str,
+    gradcam_layer: str,
+    threshold: float | None,
+    dataset_version: str,
+) -> dict[str, Any]:
+    """The ``metadata`` dict to pass to ``mlflow.pytorch.log_model`` (read back by load_model)."""
+    return {
+        METADATA_KEY: {
+            "label_names": list(label_names),
+            "preprocessing": preprocessing.to_dict(),
+            "network": network,
+            "gradcam_layer": gradcam_layer,
+            "threshold": threshold,
+            "dataset_version": dataset_version,
+            "format": 1,
+        }
+    }
+
+
+def labels_from_tag(value: str) -> list[str]:
+    return list(json.loads(value))
