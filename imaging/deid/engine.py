@@ -1,0 +1,487 @@
+"""The de-identification engine: Table E.1-1 applied to every element at every depth.
+
+Elements the profile keeps are never decoded: pydicom's raw elements are written back as
+they were read, which is why the engine runs close to raw read + write speed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+
+from governance.keys import ProjectKey
+from imaging.deid.errors import QuarantineError, QuarantineReason
+from imaging.deid.pixels import apply_pixel_cleaning, matching_rule
+from imaging.deid.profile import DeidProfile, UnlistedText, UnlistedUnknown
+from imaging.deid.pseudonym import PseudonymKind, Pseudonymizer
+from imaging.deid.scrub import TextScrubber
+from imaging.deid.table import (
+    BASIC_PROFILE_CODE,
+    CLEAN_PIXEL_DATA_CODE,
+    Action,
+    Option,
+    load_table,
+)
+
+__all__ = ["DeidRecord", "Deidentifier"]
+
+SOFTWARE = "RadGate 0.1.0"
+_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+_NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "IS", "DS", "AT"})
+_BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+_MAX_LEN = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "AE": 16, "CS": 16, "PN": 64}
+_TEXT_DUMMY = "ANONYMIZED"
+_DUMMY: dict[str, Any] = {
+    "PN": "ANONYMOUS",
+    "DA": "19000101",
+    "TM": "000000.00",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "AE": "ANONYMOUS",
+    "CS": "ANONYMIZED",
+    "IS": "0",
+    "DS": "0",
+    "UR": "",
+}
+# File meta attributes that name the sending system or carry private data.
+_META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
+# Header values whose words must not survive in any cleaned free text.
+_IDENTIFYING_KEYWORDS = (
+    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
+    "PatientMotherBirthName", "IssuerOfPatientID", "AccessionNumber", "PatientAddress",
+    "PatientTelephoneNumbers", "ReferringPhysicianName", "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord", "OperatorsName", "RequestingPhysician", "ScheduledPerformingPhysicianName",
+    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
+    "StudyID", "RequestedProcedureID", "PatientInsurancePlanCodeSequence", "MilitaryRank",
+    "BranchOfService", "MedicalRecordLocator", "RegionOfResidence", "CountryOfResidence",
+    "PersonName", "VerifyingObserverName", "ContentCreatorName", "DeviceSerialNumber",
+)  # fmt: skip
+_DATE_KEYWORDS = (
+    "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
+    "InstanceCreationDate",
+)  # fmt: skip
+
+
+@dataclass
+class DeidRecord:
+    """What de-identifying one instance did: identifiers out, originals to seal, counts."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    patient_pseudonym: str
+    modality: str
+    attributes: dict[str, Any]
+    originals: list[tuple[str, str, str]]  # (kind, original, pseudonym): sealed by the caller
+    actions: Counter[str] = field(default_factory=Counter)
+    pixel_cleaned: bool = False
+
+
+@dataclass
+class _Instance:
+    """Per-instance state while walking."""
+
+    offset_days: int
+    scrubber_values: list[str]
+    actions: Counter[str]
+    _scrubber: TextScrubber | None = None
+
+    @property
+    def scrubber(self) -> TextScrubber:
+        if self._scrubber is None:
+            self._scrubber = TextScrubber.from_values(self.scrubber_values)
+        return self._scrubber
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _date_variants(value: str) -> list[str]:
+    """The ways a DA value may be written in free text."""
+    if len(value) != 8 or not value.isdigit():
+        return [value] if value else []
+    y, m, d = value[:4], value[4:6], value[6:]
+    return [value, f"{y}-{m}-{d}", f"{m}/{d}/{y}", f"{d}/{m}/{y}", f"{d}.{m}.{y}", f"{y}/{m}/{d}"]
+
+
+def _age_band(ds: Dataset) -> str:
+    years: int | None = None
+    age = _text(ds.get("PatientAge", ""))
+    if len(age) == 4 and age[:3].isdigit():
+        years = int(age[:3]) if age[3] == "Y" else 0
+    else:
+        birth, study = _text(ds.get("PatientBirthDate", "")), _text(ds.get("StudyDate", ""))
+        if len(birth) == 8 and len(study) == 8 and birth.isdigit() and study.isdigit():
+            years = int(study[:4]) - int(birth[:4]) - ((study[4:]) < (birth[4:]))
+    if years is None or years < 0:
+        return "unknown"
+    if years >= 90:
+        return "90+"
+    low = years // 10 * 10
+    return f"{low}-{low + 9}"
+
+
+class Deidentifier:
+    """Applies one profile under one project key; reusable across instances and threads."""
+
+    def __init__(self, profile: DeidProfile, key: ProjectKey) -> None:
+        self.profile = profile
+        self.key_id = key.key_id
+        self.table = load_table(profile.options)
+        self.pseudonyms = Pseudonymizer(key)
+        options = set(profile.options)
+        self._full_dates = Option.RETAIN_LONGITUDINAL_FULL_DATES in options
+        self._modified_dates = Option.RETAIN_LONGITUDINAL_MODIFIED_DATES in options
+        self._retain_uids = Option.RETAIN_UIDS in options
+        self._safe_private = {(s.group, s.creator.strip().upper(), s.element) for s in profile.safe_private}
+        self._safe_groups = {(s.group, s.creator.strip().upper()) for s in profile.safe_private}
+        self._vr_cache: dict[int, str | None] = {}
+        self._method = f"{SOFTWARE}; PS3.15 E.1-1 {self.table.release}; {profile.label}"[:64]
+
+    # -- public -------------------------------------------------------------------------------
+
+    def deidentify(self, ds: Dataset) -> DeidRecord:
+        """De-identify ``ds`` in place; raises :class:`QuarantineError` when it is not safe to."""
+        sop_class = _text(ds.get("SOPClassUID", "")) or _text(
+            ds.file_meta.get("MediaStorageSOPClassUID", "") if hasattr(ds, "file_meta") else ""
+        )
+        modality = _text(ds.get("Modality", "")).upper()
+        pixel_rule = self._burned_in_gate(ds, sop_class, modality)
+
+        patient_id = _text(ds.get("PatientID", ""))
+        study_uid = _text(ds.get("StudyInstanceUID", ""))
+        pseudonym = self.pseudonyms.patient(patient_id, fallback=study_uid)
+        values = [_text(ds.get(k, "")) for k in _IDENTIFYING_KEYWORDS if k in ds]
+        for keyword in _DATE_KEYWORDS:
+            values.extend(_date_variants(_text(ds.get(keyword, ""))))
+        state = _Instance(
+            offset_days=self.pseudonyms.date_offset_days(pseudonym),
+            scrubber_values=values,
+            actions=Counter(),
+        )
+        originals = self._originals(ds, patient_id, pseudonym)
+        attributes = self._attributes(ds, modality)
+
+        pixel_cleaned = False
+        if pixel_rule is not None:
+            apply_pixel_cleaning(ds, pixel_rule)
+            pixel_cleaned = True
+
+        self._walk(ds, state, pseudonym)
+        self._mark(ds, pixel_cleaned)
+        self._fix_meta(ds)
+        new = {k: u for k, _, u in originals if k.endswith("_uid")}
+        return DeidRecord(
+            sop_class_uid=sop_class,
+            sop_instance_uid=new.get(PseudonymKind.SOP_UID, ""),
+            series_instance_uid=new.get(PseudonymKind.SERIES_UID, ""),
+            study_instance_uid=new.get(PseudonymKind.STUDY_UID, ""),
+            patient_pseudonym=pseudonym,
+            modality=modality,
+            attributes=attributes,
+            originals=originals,
+            actions=state.actions,
+            pixel_cleaned=pixel_cleaned,
+        )
+
+    # -- before the walk ----------------------------------------------------------------------
+
+    def _burned_in_gate(self, ds: Dataset, sop_class: str, modality: str) -> Any:
+        policy = self.profile.burned_in
+        rule = matching_rule(ds, policy.pixel_cleaning)
+        if rule is not None:
+            return rule
+        if _text(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+            raise QuarantineError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
+        if sop_class in policy.quarantine_sop_classes:
+            reason = (
+                QuarantineReason.ENCAPSULATED_DOCUMENT
+                if sop_class.startswith("1.2.840.10008.5.1.4.1.1.104")
+                else QuarantineReason.BURNED_IN_RISK
+            )
+            raise QuarantineError(reason, f"SOP class {sop_class} may carry identifying pixels or text")
+        if modality in policy.quarantine_modalities and "PixelData" in ds:
+            raise QuarantineError(
+                QuarantineReason.BURNED_IN_RISK, f"modality {modality} commonly has burned-in text"
+            )
+        return None
+
+    def _originals(self, ds: Dataset, patient_id: str, pseudonym: str) -> list[tuple[str, str, str]]:
+        out = [(PseudonymKind.PATIENT_ID, patient_id, pseudonym)]
+        name = _text(ds.get("PatientName", ""))
+        if name:
+            out.append((PseudonymKind.PATIENT_NAME, name, pseudonym))
+        uid = self._uid
+        for kind, keyword in (
+            (PseudonymKind.STUDY_UID, "StudyInstanceUID"),
+            (PseudonymKind.SERIES_UID, "SeriesInstanceUID"),
+            (PseudonymKind.SOP_UID, "SOPInstanceUID"),
+        ):
+            original = _text(ds.get(keyword, ""))
+            out.append((kind, original, uid(original) if original else ""))
+        accession = _text(ds.get("AccessionNumber", ""))
+        study_uid = _text(ds.get("StudyInstanceUID", ""))
+        if accession and study_uid:
+            # Labels exported by accession number map to the de-identified study.
+            out.append((PseudonymKind.ACCESSION, accession, uid(study_uid)))
+        return out
+
+    def _attributes(self, ds: Dataset, modality: str) -> dict[str, Any]:
+        """Non-identifying attributes for datasets and subgroup analysis."""
+        sex = _text(ds.get("PatientSex", "")).upper()
+        return {
+            "modality": modality,
+            "sex": sex if sex in {"M", "F", "O"} else "unknown",
+            "age_band": _age_band(ds),
+            "manufacturer": _text(ds.get("Manufacturer", "")) or "unknown",
+            "manufacturer_model": _text(ds.get("ManufacturerModelName", "")) or "unknown",
+            "site": self.pseudonyms.site(_text(ds.get("InstitutionName", ""))),
+            "body_part": _text(ds.get("BodyPartExamined", "")).upper() or "unknown",
+            "rows": int(ds.get("Rows", 0) or 0),
+            "columns": int(ds.get("Columns", 0) or 0),
+            "photometric": _text(ds.get("PhotometricInterpretation", "")),
+            "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        }
+
+    # -- the walk -----------------------------------------------------------------------------
+
+    def _walk(self, ds: Dataset, state: _Instance, pseudonym: str) -> None:
+        purge_groups: set[int] = set()
+        for tag in list(ds.keys()):
+            t = int(tag)
+            group = t >> 16
+            if group & 1:
+                self._private(ds, t, state)
+                continue
+            if t & 0xFFFF == 0 and group != 0x0002:
+                del ds[t]  # group lengths are retired and become wrong once values change
+                continue
+            action = self.table.lookup(t)
+            if action is None:
+                self._unlisted(ds, t, state, pseudonym)
+                continue
+            state.actions[action.value] += 1
+            if action is Action.REMOVE:
+                del ds[t]
+                if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000:
+                    purge_groups.add(group)  # an overlay without its data is invalid
+            elif action is Action.KEEP:
+                if self._vr(ds, t) == "SQ":
+                    self._recurse(ds, t, state, pseudonym)
+            else:
+                self._apply(ds, t, action, state, pseudonym)
+        for tag in [t for t in ds.keys() if (int(t) >> 16) in purge_groups]:
+            del ds[tag]
+
+    def _recurse(self, ds: Dataset, t: int, state: _Instance, pseudonym: str) -> None:
+        for item in ds[t].value or ():
+            self._walk(item, state, pseudonym)
+
+    def _vr(self, ds: Dataset, t: int) -> str | None:
+        vr = ds.get_item(t).VR
+        if vr and vr != "UN":
+            return str(vr)
+        if t not in self._vr_cache:
+            try:
+                self._vr_cache[t] = dictionary_VR(t).split(" ")[0]
+            except KeyError:
+                self._vr_cache[t] = None
+        return self._vr_cache[t] if vr != "UN" or self._vr_cache[t] else "UN"
+
+    def _apply(self, ds: Dataset, t: int, action: Action, state: _Instance, pseudonym: str) -> None:
+        elem = ds[t]
+        vr = elem.VR
+        if vr == "SQ":
+            if action in (Action.ZERO, Action.DUMMY):
+                elem.value = Sequence()
+            else:  # U, C: keep the structure, apply the table inside
+                self._recurse(ds, t, state, pseudonym)
+            return
+        if action is Action.PSEUDONYM:
+            elem.value = pseudonym
+        elif action is Action.ZERO:
+            elem.value = b"" if vr in _BINARY_VRS else None if vr in _NUMERIC_VRS else ""
+        elif action is Action.DUMMY:
+            elem.value = self._dummy(elem)
+        elif action is Action.UID:
+            self._replace_uids(elem)
+        elif action is Action.CLEAN:
+            self._clean(ds, elem, state)
+
+    def _dummy(self, elem: DataElement) -> Any:
+        vr = elem.VR
+        if vr == "UI":
+            return self._uid(_text(elem.value)) if elem.value else ""
+        if vr in _TEXT_VRS:
+            return _TEXT_DUMMY
+        if vr in _BINARY_VRS:
+            return b""
+        if vr in _NUMERIC_VRS and vr not in ("IS", "DS"):
+            return 0
+        return _DUMMY.get(vr, "")
+
+    def _uid(self, value: str) -> str:
+        return value if self._retain_uids else self.pseudonyms.uid(value)
+
+    def _replace_uids(self, elem: DataElement) -> None:
+        if elem.VR != "UI" or elem.value is None:
+            elem.value = self._dummy(elem)
+        elif isinstance(elem.value, MultiValue | list):
+            elem.value = [self._uid(str(v)) for v in elem.value]
+        else:
+            elem.value = self._uid(str(elem.value))
+
+    def _clean(self, ds: Dataset, elem: DataElement, state: _Instance) -> None:
+        vr = elem.VR
+        if vr in ("DA", "DT"):
+            elem.value = self._shift(elem, state) if self._modified_dates else self._dummy(elem)
+        elif vr == "TM":
+            # Dates move by whole days, so time of day stays (it identifies nobody alone).
+            if not (self._modified_dates or self._full_dates):
+                elem.value = self._dummy(elem)
+        elif vr in _TEXT_VRS or vr == "PN":
+            if vr == "PN":
+                elem.value = _DUMMY["PN"]
+            else:
+                self._scrub(elem, state)
+        elif vr == "AE":
+            elem.value = "AE" + self.pseudonyms.lookup("ae", _text(elem.value))[:14].upper()
+        elif vr == "UI":
+            self._replace_uids(elem)
+        elif vr in _BINARY_VRS:
+            del ds[elem.tag]  # pixel-like content cannot be cleaned in place: removed
+
+    def _scrub(self, elem: DataElement, state: _Instance) -> None:
+        if elem.value is None or elem.value == "":
+            return
+        limit = _MAX_LEN.get(elem.VR)
+        if isinstance(elem.value, MultiValue | list):
+            cleaned = [state.scrubber.clean(str(v)) for v in elem.value]
+            elem.value = [c[:limit] if limit else c for c in cleaned]
+        else:
+            text = state.scrubber.clean(str(elem.value))
+            elem.value = text[:limit] if limit else text
+
+    def _shift(self, elem: DataElement, state: _Instance) -> Any:
+        values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+        shifted = [_shift_value(_text(v), elem.VR, state.offset_days) for v in values]
+        return shifted if len(shifted) > 1 else shifted[0]
+
+    def _unlisted(self, ds: Dataset, t: int, state: _Instance, pseudonym: str) -> None:
+        """Attributes the table does not list, as the profile's ``unlisted`` policy states."""
+        vr = self._vr(ds, t)
+        if vr is None or vr == "UN":
+            if self.profile.unlisted.unknown is UnlistedUnknown.REMOVE:
+                state.actions["unlisted_removed"] += 1
+                del ds[t]
+            return
+        if vr == "SQ":
+            self._recurse(ds, t, state, pseudonym)
+        elif vr in _TEXT_VRS:
+            if self.profile.unlisted.text is UnlistedText.REMOVE:
+                del ds[t]
+            else:
+                self._scrub(ds[t], state)
+            state.actions["unlisted_text"] += 1
+        elif vr == "PN":
+            ds[t].value = _DUMMY["PN"]
+            state.actions["unlisted_pn"] += 1
+        elif vr == "UI":
+            self._replace_uids(ds[t])
+        elif vr in ("DA", "DT", "TM") and not self._full_dates:
+            self._clean(ds, ds[t], state)
+
+    def _private(self, ds: Dataset, t: int, state: _Instance) -> None:
+        group, element = t >> 16, t & 0xFFFF
+        if self._safe_private and self.table.private is not Action.REMOVE and group > 0x0008:
+            if 0x0010 <= element <= 0x00FF:
+                creator = _text(ds[t].value).strip().upper()
+                if (group, creator) in self._safe_groups:
+                    return
+            elif element >= 0x1000:
+                creator_tag = (group << 16) | (element >> 8)
+                creator = _text(ds[creator_tag].value).strip().upper() if creator_tag in ds else ""
+                if (group, creator, element & 0xFF) in self._safe_private:
+                    state.actions["private_kept"] += 1
+                    return
+        state.actions["private_removed"] += 1
+        del ds[t]
+
+    # -- after the walk -----------------------------------------------------------------------
+
+    def _mark(self, ds: Dataset, pixel_cleaned: bool) -> None:
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = self._method
+        codes = [BASIC_PROFILE_CODE]
+        if pixel_cleaned:
+            codes.append(CLEAN_PIXEL_DATA_CODE)
+            ds.BurnedInAnnotation = "NO"
+        codes.extend(option.code for option in self.profile.options)
+        items = []
+        for value, meaning in codes:
+            item = Dataset()
+            item.CodeValue = value
+            item.CodingSchemeDesignator = "DCM"
+            item.CodeMeaning = meaning
+            items.append(item)
+        ds.DeidentificationMethodCodeSequence = items
+        if self._full_dates:
+            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        elif self._modified_dates:
+            ds.LongitudinalTemporalInformationModified = "MODIFIED"
+        else:
+            ds.LongitudinalTemporalInformationModified = "REMOVED"
+        age = _text(ds.get("PatientAge", ""))
+        cap = self.profile.cap_age_years
+        if cap and len(age) == 4 and age.endswith("Y") and age[:3].isdigit() and int(age[:3]) >= cap:
+            ds.PatientAge = f"{cap:03d}Y"
+
+    def _fix_meta(self, ds: Dataset) -> None:
+        meta = getattr(ds, "file_meta", None)
+        if meta is None:
+            return
+        for tag in _META_REMOVE:
+            if tag in meta:
+                del meta[tag]
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        elif "MediaStorageSOPInstanceUID" in meta:
+            meta.MediaStorageSOPInstanceUID = self._uid(str(meta.MediaStorageSOPInstanceUID))
+        if "SOPClassUID" in ds:
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        meta.ImplementationVersionName = "RADGATE_010"
+
+
+def _shift_value(value: str, vr: str, days: int) -> str:
+    """Shift a DA or DT value by whole days; unparseable values become the dummy."""
+    value = value.strip()
+    if not value:
+        return value
+    if vr == "DA" and "-" in value:  # a range (query form)
+        return "-".join(_shift_value(part, vr, days) if part else "" for part in value.split("-"))
+    try:
+        if len(value) >= 8:
+            shifted = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + dt.timedelta(days=days)
+            return shifted.strftime("%Y%m%d") + value[8:]
+        if len(value) in (4, 6):  # DT to the year or month
+            month = int(value[4:6]) if len(value) == 6 else 7
+            anchor = dt.date(int(value[:4]), month, 15) + dt.timedelta(days=days)
+            return anchor.strftime("%Y%m")[: len(value)]
+    except ValueError:
+        pass
+    return _DUMMY[vr]

@@ -1,0 +1,168 @@
+"""Results of de-identification, as picklable rows, and their durable record in the catalog."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Table, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from governance.catalog import Catalog, Instance, LineageEvent, Pseudonym, QuarantineRecord, utcnow
+from governance.keys import ProjectKey
+from imaging.deid.engine import SOFTWARE
+from imaging.pipeline import Outcome, Processed, SealedOriginal
+from imaging.store import atomic_write
+
+__all__ = ["CatalogRecorder", "Result", "quarantine_input", "result_from"]
+
+
+@dataclass
+class Result:
+    """What one input became; crosses process boundaries, so it holds no pixel bytes."""
+
+    input_sha256: str
+    input_size: int
+    outcome: str  # deidentified | quarantined | duplicate
+    source: str
+    output_sha256: str | None = None
+    location: str | None = None  # output path, store key or quarantine path
+    reason: str | None = None
+    detail: str = ""
+    instance: dict[str, Any] | None = None
+    sealed: list[SealedOriginal] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def result_from(processed: Processed, source: str, location: str | None) -> Result:
+    instance = None
+    if processed.record is not None:
+        r = processed.record
+        instance = {
+            "sop_instance_uid": r.sop_instance_uid,
+            "series_instance_uid": r.series_instance_uid,
+            "study_instance_uid": r.study_instance_uid,
+            "patient_pseudonym": r.patient_pseudonym,
+            "sop_class_uid": r.sop_class_uid,
+            "modality": r.modality,
+            "attributes": r.attributes,
+        }
+    return Result(
+        input_sha256=processed.input_sha256,
+        input_size=processed.input_size,
+        outcome=processed.outcome.value,
+        source=source,
+        output_sha256=processed.output_sha256,
+        location=location,
+        reason=processed.reason.value if processed.reason else None,
+        detail=processed.detail,
+        instance=instance,
+        sealed=processed.sealed,
+        summary=processed.summary,
+    )
+
+
+def quarantine_input(
+    directory: Path, key: ProjectKey, digest: str, data: bytes | None, reason: str, detail: str, source: str
+) -> str:
+    """Keep a quarantined input sealed under the project key (it still holds PHI), with its reason."""
+    sealed_path = directory / f"{digest}.sealed"
+    if data is not None and not sealed_path.exists():
+        atomic_write(sealed_path, key.seal(data, associated=digest.encode()))
+    note = {"input_sha256": digest, "reason": reason, "detail": detail, "source": source, "sealed": data is not None}
+    atomic_write(directory / f"{digest}.json", json.dumps(note, indent=1).encode())
+    return str(sealed_path if data is not None else directory / f"{digest}.json")
+
+
+def _insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+    if not rows:
+        return
+    dialect = session.bind.dialect.name if session.bind is not None else ""
+    if dialect == "sqlite":
+        session.execute(sqlite_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+    elif dialect == "postgresql":
+        session.execute(pg_insert(table).on_conflict_do_nothing(index_elements=keys), rows)
+    else:  # generic: check first
+        for row in rows:
+            cond = [table.c[k] == row[k] for k in keys]
+            if session.execute(select(table.c.id).where(*cond)).first() is None:
+                session.execute(insert(table), [row])
+
+
+class CatalogRecorder:
+    """Writes instances, quarantine, lineage and sealed originals in one transaction per batch."""
+
+    def __init__(self, catalog: Catalog, *, profile: str, key_id: str, step: str, record_instances: bool) -> None:
+        self.catalog = catalog
+        self.profile = profile
+        self.key_id = key_id
+        self.step = step
+        self.record_instances = record_instances
+
+    def known_outputs(self, session: Session, digests: list[str]) -> set[str]:
+        if not digests:
+            return set()
+        rows = session.execute(select(Instance.sha256).where(Instance.sha256.in_(digests)))
+        return {row[0] for row in rows}
+
+    def record(self, results: list[Result]) -> list[Result]:
+        """Record a batch durably; results whose output is already stored become ``duplicate``."""
+        now = utcnow()
+        with self.catalog.session() as session:
+            if self.record_instances:
+                known = self.known_outputs(session, [r.output_sha256 for r in results if r.output_sha256])
+                for r in results:
+                    if r.output_sha256 in known and r.outcome == Outcome.DEIDENTIFIED.value:
+                        r.outcome = "duplicate"
+            pseudonyms = [
+                {"kind": s.kind, "pseudonym": s.pseudonym, "lookup": s.lookup, "sealed_original": s.sealed,
+                 "key_id": self.key_id, "created_at": now}
+                for r in results
+                for s in r.sealed
+            ]  # fmt: skip
+            _insert_ignore(session, Pseudonym.__table__, _unique(pseudonyms, ("kind", "lookup")), ["kind", "lookup"])  # type: ignore[arg-type]
+            quarantined = [
+                {"input_sha256": r.input_sha256, "reason": r.reason or "", "detail": r.detail,
+                 "path": r.location or "", "source": r.source, "size": r.input_size, "created_at": now}
+                for r in results
+                if r.outcome == Outcome.QUARANTINED.value
+            ]  # fmt: skip
+            _insert_ignore(session, QuarantineRecord.__table__, _unique(quarantined, ("input_sha256",)), ["input_sha256"])  # type: ignore[arg-type]
+            if self.record_instances:
+                instances = [
+                    {"sha256": r.output_sha256, "input_sha256": r.input_sha256, "store_key": r.location,
+                     "size": r.summary.get("output_size", 0), "profile": self.profile, "key_id": self.key_id,
+                     "transfer_syntax_uid": r.summary.get("transfer_syntax", ""), "created_at": now,
+                     **(r.instance or {})}
+                    for r in results
+                    if r.outcome == Outcome.DEIDENTIFIED.value
+                ]  # fmt: skip
+                _insert_ignore(session, Instance.__table__, _unique(instances, ("sha256",)), ["sha256"])  # type: ignore[arg-type]
+            session.execute(
+                insert(LineageEvent.__table__),  # type: ignore[arg-type]
+                [
+                    {"step": self.step, "outcome": r.outcome, "input_sha256": r.input_sha256,
+                     "output_sha256": r.output_sha256, "profile": self.profile, "key_id": self.key_id,
+                     "source": r.source, "software": SOFTWARE, "details": r.summary, "created_at": now}
+                    for r in results
+                ],  # fmt: skip
+            ) if results else None
+        return results
+
+
+def _unique(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault(tuple(row[k] for k in keys), row)
+    return list(seen.values())
+
+
+def result_json(result: Result) -> dict[str, Any]:
+    """A result for reports (no sealed bytes)."""
+    data = asdict(result)
+    data.pop("sealed")
+    return data

@@ -1,0 +1,110 @@
+"""One input in, one outcome out: parse, validate, de-identify, encode. Never raises on bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import pydicom.config
+
+from governance.keys import ProjectKey
+from imaging.deid import Deidentifier, DeidRecord, DeidProfile, QuarantineError, QuarantineReason
+from imaging.dicomio import encode_instance, parse_instance
+
+__all__ = ["Outcome", "Processed", "SealedOriginal", "process_bytes", "quiet_pydicom"]
+
+
+class Outcome(StrEnum):
+    DEIDENTIFIED = "deidentified"
+    QUARANTINED = "quarantined"
+
+
+@dataclass(frozen=True)
+class SealedOriginal:
+    """An original identifier, encrypted, with its HMAC lookup and its pseudonym."""
+
+    kind: str
+    lookup: str
+    pseudonym: str
+    sealed: bytes
+
+
+@dataclass
+class Processed:
+    input_sha256: str
+    input_size: int
+    outcome: Outcome
+    output: bytes | None = None
+    output_sha256: str | None = None
+    record: DeidRecord | None = None
+    reason: QuarantineReason | None = None
+    detail: str = ""
+    sealed: list[SealedOriginal] = field(default_factory=list)
+    transfer_syntax: str = ""
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """What lineage stores about the step (counts and reasons; no values)."""
+        out: dict[str, Any] = {"outcome": self.outcome.value}
+        if self.record is not None:
+            out["actions"] = dict(self.record.actions)
+            out["pixel_cleaned"] = self.record.pixel_cleaned
+            out["transfer_syntax"] = self.transfer_syntax
+            out["output_size"] = len(self.output or b"")
+        if self.reason is not None:
+            out["reason"] = self.reason.value
+            out["detail"] = self.detail
+        return out
+
+
+def quiet_pydicom() -> None:
+    """pydicom's warnings quote element values: they must never reach a log (PHI)."""
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*(VR|value|Invalid|Expected).*")
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
+
+
+def seal_originals(key: ProjectKey, deid: Deidentifier, record: DeidRecord) -> list[SealedOriginal]:
+    out = []
+    for kind, original, pseudonym in record.originals:
+        if not original:
+            continue
+        lookup = deid.pseudonyms.lookup(kind, original)
+        sealed = key.seal(original.encode("utf-8", "surrogateescape"), associated=lookup.encode())
+        out.append(SealedOriginal(kind, lookup, pseudonym, sealed))
+    return out
+
+
+def process_bytes(data: bytes, deid: Deidentifier, key: ProjectKey, profile: DeidProfile) -> Processed:
+    """De-identify one encoded instance, or say why it is quarantined. Does not raise."""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        ds = parse_instance(data, max_bytes=profile.max_bytes)
+        record = deid.deidentify(ds)
+        output = encode_instance(ds)
+    except QuarantineError as exc:
+        return Processed(digest, len(data), Outcome.QUARANTINED, reason=exc.reason, detail=exc.detail)
+    except (Exception, RecursionError) as exc:  # noqa: BLE001 - any failure means: not safe, quarantine
+        return Processed(
+            digest,
+            len(data),
+            Outcome.QUARANTINED,
+            reason=QuarantineReason.DEID_FAILED,
+            detail=f"de-identification failed ({type(exc).__name__})",
+        )
+    return Processed(
+        digest,
+        len(data),
+        Outcome.DEIDENTIFIED,
+        output=output,
+        output_sha256=hashlib.sha256(output).hexdigest(),
+        record=record,
+        sealed=seal_originals(key, deid, record),
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+    )

@@ -1,0 +1,92 @@
+"""Content-addressed object store: objects named by the sha256 of their bytes, written atomically.
+
+Local filesystem by default; any fsspec URL (``s3://bucket/prefix``) for scale-out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from governance.settings import Settings, get_settings
+
+__all__ = ["ContentStore", "StoreError", "atomic_write"]
+
+
+class StoreError(RuntimeError):
+    """An object is missing or does not match its address."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class ContentStore:
+    """``put`` returns the sha256 key; ``get`` verifies it."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._local = "://" not in root or root.startswith("file://")
+        if self._local:
+            self._path = Path(root.removeprefix("file://"))
+        else:
+            import fsspec
+
+            self._fs, self._base = fsspec.core.url_to_fs(root)
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> ContentStore:
+        return cls((settings or get_settings()).resolved_object_store)
+
+    @staticmethod
+    def _rel(key: str) -> str:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise StoreError("object keys are sha256 hex digests")
+        return f"{key[:2]}/{key[2:4]}/{key}.dcm"
+
+    def path(self, key: str) -> Path:
+        """Local path of an object (local stores only)."""
+        if not self._local:
+            raise StoreError("path() is only available for a local store")
+        return self._path / self._rel(key)
+
+    def exists(self, key: str) -> bool:
+        if self._local:
+            return self.path(key).exists()
+        return bool(self._fs.exists(f"{self._base}/{self._rel(key)}"))
+
+    def put(self, data: bytes) -> str:
+        key = hashlib.sha256(data).hexdigest()
+        if self.exists(key):
+            return key
+        if self._local:
+            atomic_write(self.path(key), data)
+        else:
+            self._fs.pipe_file(f"{self._base}/{self._rel(key)}", data)
+        return key
+
+    def get(self, key: str) -> bytes:
+        try:
+            if self._local:
+                data = self.path(key).read_bytes()
+            else:
+                data = self._fs.cat_file(f"{self._base}/{self._rel(key)}")
+        except FileNotFoundError as exc:
+            raise StoreError(f"object {key} is not in the store") from exc
+        if hashlib.sha256(data).hexdigest() != key:
+            raise StoreError(f"object {key} does not match its hash")
+        return bytes(data)
