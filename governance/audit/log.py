@@ -82,6 +82,8 @@ class AuditEntry:
     details: dict[str, Any]
     prev_hash: str
     hash: str
+    key_id: str = ""
+    mac: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
@@ -153,6 +155,8 @@ def _entry(row: AuditRow) -> AuditEntry:
         dict(row.details),
         row.prev_hash,
         row.hash,
+        row.key_id,
+        row.mac,
     )
 
 
@@ -239,6 +243,19 @@ class AuditLog:
 
     # ---- reading -------------------------------------------------------------------------
 
+    def authentic(self, entry: AuditEntry) -> bool:
+        """Whether ``entry`` matches its own hash and carries a valid MAC of the project key.
+
+        (Chain position is :meth:`verify`'s job; this is the cheap per-entry check the gate uses.)
+        """
+        e = entry
+        digest = _entry_hash(e.seq, e.ts, e.actor, e.role, e.action, e.target, e.details, e.prev_hash)
+        return (
+            digest == entry.hash
+            and entry.key_id == self.key.key_id
+            and hmac.compare_digest(entry.mac, self._mac(entry.hash))
+        )
+
     def head(self) -> AuditEntry | None:
         with self.catalog.session() as session:
             row = session.scalar(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1))
@@ -255,20 +272,27 @@ class AuditLog:
         actor: str | None = None,
         action: str | None = None,
         target: str | None = None,
+        target_prefix: str | None = None,
+        actions: list[str] | None = None,
         since: str | None = None,
         until: str | None = None,
         limit: int | None = None,
         newest_first: bool = False,
     ) -> list[AuditEntry]:
-        """Entries matching the filters. ``action`` and ``target`` match as prefixes; ``since``
-        and ``until`` are ISO dates or times (UTC)."""
+        """Entries matching the filters. ``action`` matches as a prefix, ``actions`` exactly,
+        ``target`` exactly and ``target_prefix`` as a prefix; ``since`` and ``until`` are ISO
+        dates or times (UTC)."""
         query = select(AuditRow)
         if actor:
             query = query.where(AuditRow.actor == actor)
         if action:
             query = query.where(AuditRow.action.startswith(action, autoescape=True))
+        if actions:
+            query = query.where(AuditRow.action.in_(actions))
         if target:
-            query = query.where(AuditRow.target.startswith(target, autoescape=True))
+            query = query.where(AuditRow.target == target)
+        if target_prefix:
+            query = query.where(AuditRow.target.startswith(target_prefix, autoescape=True))
         if since:
             query = query.where(AuditRow.ts >= _iso(since))
         if until:

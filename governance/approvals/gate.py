@@ -1,0 +1,177 @@
+"""The serving gate: may this model (by alias or version) serve now?
+
+Serving calls :func:`gate` at deploy time and on every request. A decision is cached for a
+few seconds (``ttl_s``), so a revocation takes effect within that time while a cached answer
+costs microseconds. Any error fails closed (denied, with the reason).
+
+For an alias, beyond the policy checklist, the alias must be allowed by the policy and the
+newest authentic RadGate promotion for that alias must name the version the alias points
+at: an alias set directly in MLflow (UI or API) is denied and reported.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from governance.approvals.registry import RegistryError, gather_evidence, model_target, registry_client
+from governance.audit import AuditLog
+from governance.policy import Policy, PolicyError, evaluate, load_policy
+from governance.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+__all__ = ["DEFAULT_TTL_S", "Gate", "GateDecision", "clear_gate_cache", "default_gate", "gate"]
+
+DEFAULT_TTL_S = 5.0
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Allowed or denied, with the reasons (empty when allowed)."""
+
+    allowed: bool
+    name: str
+    alias: str | None
+    version: str | None
+    artifact_sha256: str | None
+    reasons: list[str] = field(default_factory=list)
+    checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    cached: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "allowed": self.allowed,
+            "name": self.name,
+            "alias": self.alias,
+            "version": self.version,
+            "artifact_sha256": self.artifact_sha256,
+            "reasons": list(self.reasons),
+            "checked_at": self.checked_at.isoformat(),
+            "cached": self.cached,
+        }
+
+
+class Gate:
+    """A gate over one registry, audit log and policy, with a TTL cache of decisions."""
+
+    def __init__(
+        self,
+        client: MlflowClient | None = None,
+        audit: AuditLog | None = None,
+        policy: Policy | None = None,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+    ) -> None:
+        self._client = client
+        self._audit = audit
+        self._policy = policy
+        self.ttl_s = ttl_s
+        self._cache: dict[tuple[str, str | None, str | None], tuple[float, GateDecision]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = registry_client()
+        return self._client
+
+    @property
+    def audit(self) -> AuditLog:
+        if self._audit is None:
+            self._audit = AuditLog()
+        return self._audit
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def __call__(
+        self, name: str, alias: str | None = None, *, version: str | int | None = None, fresh: bool = False
+    ) -> GateDecision:
+        if (alias is None) == (version is None):
+            raise ValueError("give exactly one of alias or version")
+        key = (name, alias, None if version is None else str(version))
+        now = time.monotonic()
+        if not fresh:
+            with self._lock:
+                hit = self._cache.get(key)
+            if hit is not None and hit[0] > now:
+                return replace(hit[1], cached=True)
+        decision = self._decide(name, alias, key[2])
+        with self._lock:
+            self._cache[key] = (time.monotonic() + self.ttl_s, decision)
+        return decision
+
+    def _decide(self, name: str, alias: str | None, version: str | None) -> GateDecision:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            policy = (self._policy or load_policy()).for_model(name)
+            if alias is not None:
+                if alias not in policy.allowed_aliases:
+                    return GateDecision(
+                        False, name, alias, None, None, [f"alias {alias!r} not allowed by policy"]
+                    )
+                try:
+                    version = str(self.client.get_model_version_by_alias(name, alias).version)
+                except MlflowException:
+                    return GateDecision(False, name, alias, None, None, [f"alias {alias!r} is not set"])
+            assert version is not None
+            evidence, _ = gather_evidence(self.client, self.audit, name, version)
+            checklist = evaluate(policy, evidence, datetime.now(UTC))
+            reasons = [
+                f"{item.name}: {item.detail or 'failed'} (value {item.value!r}, expected {item.expected})"
+                for item in checklist.failures
+            ]
+            if alias is not None:
+                reasons.extend(self._alias_reasons(name, alias, version))
+            return GateDecision(not reasons, name, alias, version, evidence.artifact_sha256, reasons)
+        except (MlflowException, RegistryError, PolicyError, OSError) as exc:
+            return GateDecision(False, name, alias, version, None, [f"gate error: {exc}"])
+
+    def _alias_reasons(self, name: str, alias: str, version: str) -> list[str]:
+        """The alias must have been set by RadGate's promote for exactly this version."""
+        entries = self.audit.entries(
+            target_prefix=f"model:{name}/", actions=["model.promote", "model.demote"], newest_first=True
+        )
+        for entry in entries:
+            if entry.details.get("alias") != alias or not self.audit.authentic(entry):
+                continue
+            if entry.action == "model.promote" and entry.target == model_target(name, version):
+                return []
+            return [
+                f"alias {alias!r} -> v{version} was not set by RadGate (set outside, e.g. in the MLflow UI)"
+            ]
+        return [f"alias {alias!r} -> v{version} was not set by RadGate (set outside, e.g. in the MLflow UI)"]
+
+
+_gates: dict[str, Gate] = {}
+_gates_lock = threading.Lock()
+
+
+def default_gate() -> Gate:
+    """The process-wide gate for the configured MLflow URI and catalog."""
+    uri = get_settings().resolved_mlflow_uri + "|" + get_settings().resolved_catalog_url
+    with _gates_lock:
+        if uri not in _gates:
+            _gates[uri] = Gate()
+        return _gates[uri]
+
+
+def gate(
+    name: str, alias: str | None = None, *, version: str | int | None = None, fresh: bool = False
+) -> GateDecision:
+    """Allowed or denied for ``name`` at ``alias`` (or a pinned ``version``), with reasons."""
+    return default_gate()(name, alias, version=version, fresh=fresh)
+
+
+def clear_gate_cache() -> None:
+    """Forget every cached decision (after a revoke in this process, in tests)."""
+    with _gates_lock:
+        for g in _gates.values():
+            g.clear()

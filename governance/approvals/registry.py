@@ -1,0 +1,224 @@
+"""MLflow registry access for governance: clients, artifact hashing, evidence gathering.
+
+MLflow OSS has no approval workflow, so RadGate keeps decisions in its audit log (the
+authority) and mirrors them as model-version tags (``radgate.*``) for the MLflow UI. A tag
+that no authentic audit entry backs is reported, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+from governance.audit import AuditEntry, AuditLog
+from governance.auth.roles import Role
+from governance.policy import Decision, DecisionKind, Evidence, Submission
+from governance.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+__all__ = [
+    "DECISION_ACTIONS",
+    "TAG_ALIAS_PREFIX",
+    "TAG_ARTIFACT_SHA256",
+    "TAG_DECISION_PREFIX",
+    "TAG_STATUS",
+    "TAG_SUBMISSION",
+    "RegistryError",
+    "artifact_sha256",
+    "gather_evidence",
+    "hash_tree",
+    "model_target",
+    "registry_client",
+]
+
+TAG_STATUS = "radgate.status"
+TAG_SUBMISSION = "radgate.submission"
+TAG_ARTIFACT_SHA256 = "radgate.artifact_sha256"
+TAG_DECISION_PREFIX = "radgate.decision."
+TAG_ALIAS_PREFIX = "radgate.alias."
+DECISION_ACTIONS = {f"model.{k.value}": k for k in DecisionKind}
+_CHUNK = 1 << 20
+
+
+class RegistryError(RuntimeError):
+    """The registered model, version or its artifact could not be read."""
+
+
+def registry_client(uri: str | None = None) -> MlflowClient:
+    from mlflow import MlflowClient
+
+    uri = uri or get_settings().resolved_mlflow_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def model_target(name: str, version: str | int) -> str:
+    """How audit entries name a model version."""
+    return f"model:{name}/{version}"
+
+
+def hash_tree(path: Path) -> str:
+    """SHA-256 of a file or directory: over ``<sha256>  <relative path>`` lines, sorted, so the
+    same files give the same hash wherever they are stored."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if not files:
+        raise RegistryError("artifact is empty or missing")
+    manifest = hashlib.sha256()
+    for file in files:
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+        rel = file.name if file == path else file.relative_to(path).as_posix()
+        manifest.update(f"{digest.hexdigest()}  {rel}\n".encode())
+    return manifest.hexdigest()
+
+
+def _local_path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path) if parsed.scheme else uri)
+    return None
+
+
+def artifact_sha256(client: MlflowClient, name: str, version: str | int) -> str:
+    """The hash of the version's artifact as stored now (downloaded first if remote)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    try:
+        uri = client.get_model_version_download_uri(name, str(version))
+        if RunsArtifactRepository.is_runs_uri(uri):
+            uri = RunsArtifactRepository.get_underlying_uri(uri, client.tracking_uri)
+        local = _local_path(uri)
+        if local is not None:
+            if not local.exists():
+                raise RegistryError(f"artifact of {name} v{version} is missing")
+            return hash_tree(local)
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory(prefix="radgate-hash-") as tmp:
+            fetched = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=client.tracking_uri
+            )
+            return hash_tree(Path(fetched))
+    except MlflowException as exc:
+        raise RegistryError(f"cannot read the artifact of {name} v{version}: {exc.message}") from exc
+    except OSError as exc:
+        raise RegistryError(f"cannot read the artifact of {name} v{version}: {exc.strerror}") from exc
+
+
+def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"no registered model version {name} v{version}") from exc
+
+
+def _metrics(client: MlflowClient, mv: ModelVersion) -> tuple[dict[str, float], dict[str, str]]:
+    metrics: dict[str, float] = {}
+    run_tags: dict[str, str] = {}
+    from mlflow.exceptions import MlflowException
+
+    model_id = getattr(mv, "model_id", None)
+    if model_id:
+        try:
+            logged = client.get_logged_model(model_id)
+            for metric in logged.metrics or []:
+                metrics.setdefault(metric.key, float(metric.value))
+            run_tags.update(logged.tags or {})
+        except MlflowException:  # a logged model is optional evidence
+            pass
+    if mv.run_id:
+        run = client.get_run(mv.run_id)
+        metrics.update({k: float(v) for k, v in run.data.metrics.items()})
+        run_tags = {**run_tags, **run.data.tags}
+    return metrics, run_tags
+
+
+def _at(entry: AuditEntry) -> datetime:
+    return datetime.fromisoformat(entry.ts)
+
+
+def _tag_decisions(mv: ModelVersion) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for key, value in (mv.tags or {}).items():
+        if key.startswith(TAG_DECISION_PREFIX):
+            try:
+                found[key] = json.loads(value)
+            except ValueError:
+                found[key] = {}
+    return found
+
+
+def gather_evidence(
+    client: MlflowClient, audit: AuditLog, name: str, version: str | int, *, with_hash: bool = True
+) -> tuple[Evidence, ModelVersion]:
+    """Collect what the policy needs for one version.
+
+    Decisions and the submission come from authentic audit entries for the version; a
+    ``radgate.decision.*`` tag without a matching authentic entry becomes an unconfirmed
+    decision (the checklist fails on it).
+    """
+    mv = get_version(client, name, version)
+    target = model_target(name, mv.version)
+    entries = audit.entries(target=target, actions=["model.submit", *DECISION_ACTIONS])
+    submission: Submission | None = None
+    decisions: list[Decision] = []
+    backed: set[str] = set()
+    for entry in entries:
+        if not audit.authentic(entry):
+            continue
+        details = entry.details
+        if entry.action == "model.submit":
+            submission = Submission(entry.actor, _at(entry), str(details.get("artifact_sha256", "")))
+            continue
+        try:
+            role = Role(entry.role)
+        except ValueError:
+            continue
+        kind = DECISION_ACTIONS[entry.action]
+        decisions.append(
+            Decision(entry.seq, kind, entry.actor, role, _at(entry), str(details.get("artifact_sha256", "")))
+        )
+        backed.add(f"{TAG_DECISION_PREFIX}{entry.seq:010d}")
+    for key, value in _tag_decisions(mv).items():
+        if key in backed:
+            continue
+        try:
+            seq = int(key.removeprefix(TAG_DECISION_PREFIX))
+            kind = DecisionKind(value.get("decision", ""))
+            role = Role(value.get("role", ""))
+            at = datetime.fromisoformat(value.get("at", ""))
+        except (ValueError, TypeError):
+            seq, kind, role, at = 0, DecisionKind.APPROVE, Role.ADMIN, datetime.fromtimestamp(0)
+        decisions.append(
+            Decision(
+                seq,
+                kind,
+                str(value.get("actor", "?")),
+                role,
+                at,
+                str(value.get("artifact_sha256", "")),
+                confirmed=False,
+            )
+        )
+    metrics, run_tags = _metrics(client, mv)
+    tags = {**run_tags, **(mv.tags or {})}
+    current = None
+    if with_hash:
+        try:
+            current = artifact_sha256(client, name, mv.version)
+        except RegistryError:
+            current = None
+    evidence = Evidence(name, str(mv.version), current, submission, decisions, metrics, tags)
+    return evidence, mv

@@ -1,0 +1,192 @@
+"""The approval policy (``configs/governance/policy.yaml``), validated with pydantic.
+
+A ``default`` section applies to every registered model; ``models.<name>`` overrides any of
+its fields for one model. Example in ``configs/governance/policy.yaml``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from governance.auth.roles import Role
+from governance.settings import get_settings
+
+__all__ = [
+    "POLICY_ENV",
+    "ApprovalRequirement",
+    "Check",
+    "CheckSource",
+    "Comparison",
+    "ModelPolicy",
+    "Policy",
+    "PolicyError",
+    "default_policy_path",
+    "load_policy",
+]
+
+POLICY_ENV = "RADGATE_POLICY"
+_ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+class PolicyError(ValueError):
+    """The policy file is missing or invalid."""
+
+
+class Comparison(enum.StrEnum):
+    GE = ">="
+    GT = ">"
+    LE = "<="
+    LT = "<"
+    EQ = "=="
+    NE = "!="
+
+    def holds(self, value: Any, threshold: Any) -> bool:
+        match self:
+            case Comparison.GE:
+                return bool(value >= threshold)
+            case Comparison.GT:
+                return bool(value > threshold)
+            case Comparison.LE:
+                return bool(value <= threshold)
+            case Comparison.LT:
+                return bool(value < threshold)
+            case Comparison.EQ:
+                return bool(value == threshold)
+            case Comparison.NE:
+                return bool(value != threshold)
+        raise AssertionError(self)
+
+
+class CheckSource(enum.StrEnum):
+    """Where a check reads its value: a metric of the version's run, or a tag (the model
+    version's tag first, then the run's)."""
+
+    METRIC = "metric"
+    TAG = "tag"
+
+
+class Check(BaseModel):
+    """One evidence requirement, e.g. ``test_auroc >= 0.85`` or tag ``saliency_sanity == passed``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64)
+    source: CheckSource = CheckSource.METRIC
+    key: str = Field(min_length=1, max_length=250)
+    op: Comparison
+    threshold: float | str
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Check:
+        if self.source is CheckSource.METRIC and not isinstance(self.threshold, float | int):
+            raise ValueError(f"check {self.name!r}: a metric threshold must be a number")
+        if isinstance(self.threshold, str) and self.op not in (Comparison.EQ, Comparison.NE):
+            raise ValueError(f"check {self.name!r}: text thresholds only support == and !=")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.source.value} {self.key} {self.op.value} {self.threshold}"
+
+
+class ApprovalRequirement(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Role
+    count: int = Field(default=1, ge=1, le=10)
+
+
+class ModelPolicy(BaseModel):
+    """What one registered model needs before an alias may point at one of its versions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    approvals: list[ApprovalRequirement] = Field(min_length=1)
+    distinct_approvers: bool = True
+    submitter_may_approve: bool = False
+    checks: list[Check] = Field(default_factory=list)
+    approval_valid_days: float = Field(gt=0, le=3650)
+    allowed_aliases: list[str] = Field(min_length=1)
+
+    @field_validator("allowed_aliases")
+    @classmethod
+    def _aliases(cls, value: list[str]) -> list[str]:
+        for alias in value:
+            if not _ALIAS.match(alias) or alias.lower() == "latest":
+                raise ValueError(f"invalid alias {alias!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> ModelPolicy:
+        roles = [a.role for a in self.approvals]
+        if len(roles) != len(set(roles)):
+            raise ValueError("each role may appear once in approvals (use count)")
+        names = [c.name for c in self.checks]
+        if len(names) != len(set(names)):
+            raise ValueError("check names must be unique")
+        return self
+
+
+class Policy(BaseModel):
+    """The whole policy file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    default: ModelPolicy
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _overrides_valid(self) -> Policy:
+        for name in self.models:
+            self.for_model(name)  # raises on an invalid override
+        return self
+
+    def for_model(self, name: str) -> ModelPolicy:
+        override = self.models.get(name)
+        if not override:
+            return self.default
+        merged = {**self.default.model_dump(mode="json"), **override}
+        try:
+            return ModelPolicy.model_validate(merged)
+        except ValidationError as exc:
+            raise ValueError(f"policy for model {name!r}: {exc}") from exc
+
+    @property
+    def sha256(self) -> str:
+        """Identifies the policy in force when an approval or a promotion was made."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def default_policy_path() -> Path:
+    """``RADGATE_POLICY``, else ``RADGATE_HOME/policy.yaml``, else the repository's example."""
+    if os.environ.get(POLICY_ENV):
+        return Path(os.environ[POLICY_ENV])
+    home_policy = get_settings().home / "policy.yaml"
+    if home_policy.exists():
+        return home_policy
+    return Path(__file__).resolve().parents[2] / "configs" / "governance" / "policy.yaml"
+
+
+def load_policy(path: Path | None = None) -> Policy:
+    path = path or default_policy_path()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy {path} is not valid YAML: {exc}") from exc
+    try:
+        return Policy.model_validate(raw)
+    except (ValidationError, ValueError) as exc:
+        raise PolicyError(f"invalid policy {path}: {exc}") from exc
