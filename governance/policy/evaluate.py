@@ -167,7 +167,13 @@ def evaluate(policy: ModelPolicy, evidence: Evidence, now: datetime) -> Checklis
             artifact_ok,
             current,
             f"sha256 == {sub.artifact_sha256 if sub else '(submitted hash)'}",
-            "" if artifact_ok else ("artifact unreadable" if current is None else "artifact changed"),
+            ""
+            if artifact_ok
+            else "artifact unreadable"
+            if current is None
+            else "not submitted"
+            if sub is None
+            else "artifact changed since submission",
         )
     )
 

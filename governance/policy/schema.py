@@ -95,7 +95,7 @@ class Check(BaseModel):
         return self
 
     def describe(self) -> str:
-        return f"{self.source.value} {self.key} {self.op.value} {self.threshold}"
+        return f"{self.key} {self.op.value} {self.threshold}"
 
 
 class ApprovalRequirement(BaseModel):
