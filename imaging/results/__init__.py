@@ -1,0 +1,31 @@
+"""DICOM and image results of AI models: display windowing, overlays (PNG, Secondary Capture)."""
+
+from imaging.results.display import DisplayImage, ResultImageError, display_image, linear_window
+from imaging.results.overlay import Colormap, OverlayCaption, OverlayError, blend_overlay, resize_map
+from imaging.results.png import render_overlay_png, write_overlay_png
+from imaging.results.secondary_capture import (
+    AlgorithmIdentity,
+    SecondaryCaptureError,
+    build_overlay_secondary_capture,
+    patient_orientation_of,
+    write_secondary_capture,
+)
+
+__all__ = [
+    "AlgorithmIdentity",
+    "Colormap",
+    "DisplayImage",
+    "OverlayCaption",
+    "OverlayError",
+    "ResultImageError",
+    "SecondaryCaptureError",
+    "blend_overlay",
+    "build_overlay_secondary_capture",
+    "display_image",
+    "linear_window",
+    "patient_orientation_of",
+    "render_overlay_png",
+    "resize_map",
+    "write_overlay_png",
+    "write_secondary_capture",
+]

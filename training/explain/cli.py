@@ -1,0 +1,134 @@
+"""``radgate explain`` and ``radgate explain-sanity``: explanations of registered models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+__all__ = ["register"]
+
+_METHODS = "gradcam (default), saliency, ig (Integrated Gradients) or occlusion"
+_MODEL_HELP = "Registered model: NAME@ALIAS or NAME/VERSION."
+_METHOD_HELP = f"Attribution method: {_METHODS}."
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def _method(value: str) -> str:
+    from training.explain.core import ExplainMethod
+
+    try:
+        return ExplainMethod(value.lower()).value
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not one of: {_METHODS}") from None
+
+
+def _load(model: str, tracking_uri: str | None):  # type: ignore[no-untyped-def]
+    from training.registry import ArtifactIntegrityError, ModelNotFoundError, load_model
+
+    try:
+        return load_model(model, tracking_uri=tracking_uri)
+    except ModelNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    except ArtifactIntegrityError as exc:
+        raise _fail(f"refusing to explain with a tampered model: {exc}", 3) from None
+
+
+def explain_command(
+    input_dcm: Path = typer.Argument(..., exists=True, dir_okay=False, help="DICOM instance to explain."),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
+    method: str = typer.Option("gradcam", "--method", callback=_method, help=_METHOD_HELP),
+    out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Output folder (PNG, DICOM, JSON)."),
+    target: str | None = typer.Option(
+        None, "--target", help="Label name or index to explain (default: the finding of a binary model)."
+    ),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: settings)."),
+) -> None:
+    """Explain one DICOM instance with a registered model: overlay PNG, DICOM Secondary Capture
+    (same study, new series, model in Contributing Equipment) and a JSON result with the
+    clinician summary."""
+    from pydicom.errors import InvalidDicomError
+
+    from imaging.results import ResultImageError, SecondaryCaptureError
+    from training.explain.case import explain_registered
+    from training.explain.core import ExplainError
+
+    loaded = _load(model, tracking_uri)
+    try:
+        case = explain_registered(loaded, input_dcm, method=method, target=target)
+    except (InvalidDicomError, ResultImageError, SecondaryCaptureError, ExplainError) as exc:
+        raise _fail(f"cannot explain {input_dcm.name}: {exc}") from None
+    except RuntimeError as exc:  # MONAI's loader wraps unreadable files in RuntimeError
+        raise _fail(f"cannot read {input_dcm.name} as the model's input: {type(exc).__name__}") from None
+    written = case.write(out)
+    typer.echo(case.summary)
+    if case.sanity != "passed":
+        typer.secho(
+            f"note: this version's saliency sanity check is {case.sanity or 'not recorded'}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    for kind, path in written.items():
+        typer.echo(f"{kind}: {path}")
+
+
+def sanity_command(
+    images: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="A few DICOM test images."),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
+    method: str = typer.Option("gradcam", "--method", callback=_method, help=_METHOD_HELP),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Max |Spearman| trained vs randomised (default: policy, else 0.5)."
+    ),
+    cascade: bool = typer.Option(True, "--cascade/--no-cascade", help="Also randomise block by block."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Log to MLflow, tag the version."),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: settings)."),
+) -> None:
+    """Run the parameter-randomisation sanity check (Adebayo et al. 2018) on a registered
+    version and record it where the approval policy reads it (tag radgate.saliency_sanity)."""
+    import torch
+
+    from training.explain.core import ExplainConfig
+    from training.explain.sanity import SanityConfig, run_randomization_check
+    from training.explain.tracking import log_sanity_result, sanity_threshold_from_policy
+
+    loaded = _load(model, tracking_uri)
+    try:
+        batch = torch.cat([loaded.preprocess(path) for path in images])
+    except RuntimeError as exc:
+        raise _fail(f"cannot read the images as the model's input: {type(exc).__name__}") from None
+    limit = threshold if threshold is not None else sanity_threshold_from_policy(loaded.name)
+    result = run_randomization_check(
+        loaded.module,
+        batch,
+        config=SanityConfig(method=method, cascade=cascade),  # type: ignore[arg-type]
+        explain_config=ExplainConfig(target_layer=loaded.gradcam_layer or None),
+        threshold=limit,
+    )
+    if record:
+        log_sanity_result(
+            result,
+            run_id=loaded.run_id,
+            model_name=loaded.name,
+            model_version=loaded.version,
+            tracking_uri=tracking_uri,
+        )
+    typer.echo(
+        f"{loaded.name}/{loaded.version} {result.method.value}: {result.status} "
+        f"(Spearman {result.spearman:.3f}, threshold {result.threshold:g}; SSIM {result.ssim:.3f}; "
+        f"control {result.control_spearman:.3f}; faithfulness gap "
+        f"{'n/a' if result.faithfulness_gap is None else f'{result.faithfulness_gap:.3f}'})"
+    )
+    for reason in result.reasons:
+        typer.echo(f"  - {reason}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``explain`` and ``explain-sanity`` to the ``radgate`` app."""
+    app.command("explain")(explain_command)
+    app.command("explain-sanity")(sanity_command)
