@@ -179,6 +179,9 @@ def audit_list(
 @audit_app.command("verify")
 def audit_verify(
     anchor: list[Path] = typer.Option([], "--anchor", help="Head files written by `audit anchor` to check."),
+    accept_key_id: list[str] = typer.Option(
+        [], "--accept-key-id", help="Key id of a previous project key whose entries are accepted unchecked."
+    ),
     token: str | None = TOKEN_OPTION,
 ) -> None:
     """Recompute the chain; name the first altered, inserted, deleted or reordered entry."""
@@ -188,7 +191,7 @@ def audit_verify(
     with _errors():
         principal = require_role(_principal(token), *AUDIT_ROLES)
         log = AuditLog()
-        report = log.verify(anchors=list(anchor))
+        report = log.verify(anchors=list(anchor), accept_key_ids=list(accept_key_id))
         log.append(
             principal.name,
             "audit.verify",

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -237,7 +238,7 @@ class AuditLog:
         except (OSError, ValueError):
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(anchor))
         os.replace(tmp, path)
 
@@ -338,12 +339,17 @@ class AuditLog:
         path.write_text(json.dumps(anchor) + "\n")
         return anchor
 
-    def verify(self, anchors: list[Path] | None = None) -> VerifyReport:
+    def verify(
+        self, anchors: list[Path] | None = None, *, accept_key_ids: list[str] | None = None
+    ) -> VerifyReport:
         """Recompute the chain; name the first altered, inserted, deleted or reordered entry.
 
         ``anchors`` are head files written by :meth:`anchor_to_file`; the automatic head file
-        under ``RADGATE_HOME/audit`` is always checked when present.
+        under ``RADGATE_HOME/audit`` is always checked when present. Entries sealed under a key
+        other than the current one fail as ``forged`` unless their key id is in
+        ``accept_key_ids`` (entries written before a key change; counted as unchecked).
         """
+        accepted = set(accept_key_ids or [])
         key_id = self.key.key_id
         prev, prevprev = GENESIS_HASH, None
         expected = 1
@@ -371,8 +377,10 @@ class AuditLog:
             if row.key_id == key_id:
                 if not hmac.compare_digest(row.mac, self._mac(row.hash)):
                     return fail("forged", row.seq, "hash is not sealed by the project key")
-            else:
+            elif row.key_id in accepted:
                 unchecked += 1
+            else:
+                return fail("forged", row.seq, f"sealed under unknown key id {row.key_id!r}")
             prevprev, prev = prev, row.hash
             hashes[row.seq] = row.hash
             expected += 1

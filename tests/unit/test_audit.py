@@ -1,0 +1,229 @@
+"""The hash-chained audit log: verification catches edits, deletions, insertions, reordering,
+forged rebuilds and truncation; details never take PHI."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from governance.audit import AuditLog, AuditPHIError, canonical_json, record
+from governance.settings import get_settings
+
+
+def _db() -> sqlite3.Connection:
+    return sqlite3.connect(get_settings().home / "catalog.db", isolation_level=None)
+
+
+def _fill(n: int = 6) -> AuditLog:
+    log = AuditLog()
+    for i in range(n):
+        log.append(
+            f"user{i % 2}", "model.approve", f"model:cxr/{i}", {"i": i, "ok": True}, role="ml-engineer"
+        )
+    return log
+
+
+def test_append_chains_entries_and_verify_passes() -> None:
+    log = _fill()
+    entries = log.entries()
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert entries[0].prev_hash == "0" * 64
+    for prev, entry in zip(entries, entries[1:], strict=False):
+        assert entry.prev_hash == prev.hash
+    body = {k: getattr(entries[2], k) for k in ("seq", "ts", "actor", "role", "action", "target", "details")}
+    expected = hashlib.sha256(canonical_json({**body, "prev_hash": entries[2].prev_hash})).hexdigest()
+    assert entries[2].hash == expected
+    report = log.verify()
+    assert report.ok and report.entries == 6 and report.head_hash == entries[-1].hash
+
+
+def test_edit_is_detected() -> None:
+    log = _fill()
+    _db().execute("""UPDATE audit_log SET details='{"i": 3, "ok": false}' WHERE seq=4""")
+    report = log.verify()
+    assert not report.ok and report.problem == "altered" and report.first_bad_seq == 4
+
+
+def test_deleting_a_middle_entry_is_detected() -> None:
+    log = _fill()
+    _db().execute("DELETE FROM audit_log WHERE seq=3")
+    report = log.verify()
+    assert (report.ok, report.problem, report.first_bad_seq) == (False, "deleted", 3)
+
+
+def test_truncating_the_newest_entries_is_detected_by_the_anchor(tmp_path: Path) -> None:
+    log = _fill()
+    external = tmp_path / "worm" / "head.json"
+    log.anchor_to_file(external)
+    (get_settings().home / "audit" / "head.json").unlink()  # attacker removes the local anchor too
+    _db().execute("DELETE FROM audit_log WHERE seq>=5")
+    assert log.verify().ok  # without an anchor, a clean truncation is undetectable
+    report = log.verify(anchors=[external])
+    assert (report.ok, report.problem, report.first_bad_seq) == (False, "truncated", 5)
+
+
+def test_automatic_head_file_detects_truncation() -> None:
+    log = _fill()
+    _db().execute("DELETE FROM audit_log WHERE seq=6")
+    assert log.verify().problem == "truncated"
+
+
+def test_swapping_two_entries_is_detected() -> None:
+    log = _fill()
+    db = _db()
+    cols = "ts, actor, role, action, target, details, prev_hash, hash, key_id, mac"
+    r3 = db.execute(f"SELECT {cols} FROM audit_log WHERE seq=3").fetchone()
+    r4 = db.execute(f"SELECT {cols} FROM audit_log WHERE seq=4").fetchone()
+    sets = ", ".join(f"{c.strip()}=?" for c in cols.split(","))
+    db.execute("DELETE FROM audit_log WHERE seq IN (3, 4)")
+    db.execute(f"INSERT INTO audit_log (seq, {cols}) VALUES (3, {', '.join('?' * 10)})", r4)
+    db.execute(f"INSERT INTO audit_log (seq, {cols}) VALUES (4, {', '.join('?' * 10)})", r3)
+    assert sets  # columns used above
+    report = log.verify()
+    assert not report.ok and report.problem == "reordered" and report.first_bad_seq == 3
+
+
+def test_inserting_a_rebuilt_entry_is_detected() -> None:
+    """An attacker inserts an entry with a correct SHA-256 chain link, renumbering the rest."""
+    log = _fill()
+    db = _db()
+    prev = db.execute("SELECT hash FROM audit_log WHERE seq=3").fetchone()[0]
+    db.execute("UPDATE audit_log SET seq = seq + 100 WHERE seq > 3")
+    db.execute("UPDATE audit_log SET seq = seq - 99 WHERE seq > 100")
+    ts = "2026-01-01T00:00:00.000000+00:00"
+    details = {"i": 99}
+    body = {
+        "seq": 4,
+        "ts": ts,
+        "actor": "mallory",
+        "role": "clinical-reviewer",
+        "action": "model.approve",
+        "target": "model:cxr/9",
+        "details": details,
+        "prev_hash": prev,
+    }
+    digest = hashlib.sha256(canonical_json(body)).hexdigest()
+    db.execute(
+        "INSERT INTO audit_log VALUES (4, ?, 'mallory', 'clinical-reviewer', 'model.approve', 'model:cxr/9', ?,"
+        " ?, ?, 'k', 'm')",
+        (ts, json.dumps(details), prev, digest),
+    )
+    report = log.verify()
+    assert not report.ok
+    # The inserted row itself has a valid hash and link but no valid MAC: the chain is named
+    # broken at or right after it.
+    assert report.problem in {"inserted", "altered", "forged"} and report.first_bad_seq in {4, 5}
+
+
+def test_chain_rebuilt_without_the_key_is_detected_as_forged() -> None:
+    """Rewriting an entry and recomputing every later SHA-256 leaves the MACs wrong."""
+    log = _fill(3)
+    db = _db()
+    rows = db.execute(
+        "SELECT seq, ts, actor, role, action, target, details, prev_hash FROM audit_log ORDER BY seq"
+    )
+    prev = "0" * 64
+    for seq, ts, actor, role, action, target, details, _ in list(rows):
+        if seq == 2:
+            actor = "mallory"
+        body = {
+            "seq": seq,
+            "ts": ts,
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "target": target,
+            "details": json.loads(details),
+            "prev_hash": prev,
+        }
+        digest = hashlib.sha256(canonical_json(body)).hexdigest()
+        db.execute(
+            "UPDATE audit_log SET actor=?, prev_hash=?, hash=? WHERE seq=?", (actor, prev, digest, seq)
+        )
+        prev = digest
+    (get_settings().home / "audit" / "head.json").unlink()
+    report = log.verify()
+    assert (report.ok, report.problem, report.first_bad_seq) == (False, "forged", 2)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"PatientName": "DOE^JOHN"},
+        {"patient_id": "123"},
+        {"nested": {"AccessionNumber": "A1"}},
+        {"items": [{"birth_date": "19700101"}]},
+        {"x": float("nan")},
+        {"x": object()},
+        {"x": "y" * 5000},
+    ],
+)
+def test_phi_and_non_json_details_are_refused(details: dict[str, object]) -> None:
+    with pytest.raises(AuditPHIError):
+        record("someone", "ingest", "instance:abc", details)
+    assert AuditLog().entries() == []
+
+
+def test_concurrent_appends_keep_one_chain() -> None:
+    log = AuditLog()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(10):
+                log.append(f"w{n}", "inference", f"model:cxr/{i}", {"i": i})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    report = log.verify()
+    assert report.ok and report.entries == 40
+
+
+def test_filters_and_export() -> None:
+    log = _fill()
+    log.append("auditor", "audit.verify", "audit:log", {})
+    assert [e.seq for e in log.entries(actor="user1")] == [2, 4, 6]
+    assert len(log.entries(action="audit.")) == 1
+    assert [e.target for e in log.entries(target_prefix="model:cxr/1")] == ["model:cxr/1"]
+    assert len(log.entries(limit=2, newest_first=True)) == 2
+    assert log.entries(since="2999-01-01") == []
+    buffer = io.StringIO()
+    assert log.export(buffer) == 7
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert lines[0]["seq"] == 1 and lines[-1]["action"] == "audit.verify"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    details=st.dictionaries(
+        st.text(alphabet="abcxyz_", min_size=1, max_size=8),
+        st.one_of(
+            st.integers(-(2**40), 2**40),
+            st.text(max_size=30),
+            st.booleans(),
+            st.none(),
+            st.floats(allow_nan=False, allow_infinity=False),
+        ),
+        max_size=5,
+    )
+)
+def test_any_json_details_roundtrip_and_verify(details: dict[str, object]) -> None:
+    log = AuditLog()
+    entry = log.append("prop", "test", "t:1", details)
+    stored = log.entries(newest_first=True, limit=1)[0]
+    assert stored.hash == entry.hash and log.authentic(stored)
+    assert log.verify().ok
