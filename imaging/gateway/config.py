@@ -137,6 +137,9 @@ class GatewayConfig(_Model):
     http: HttpListener = HttpListener()
     pacs: tuple[PacsPeer, ...] = ()
     drain_timeout: float = Field(default=60.0, ge=0, description="seconds SIGTERM waits for transfers")
+    stale_temp_age: float = Field(
+        default=300.0, ge=0, description="at start, remove store temp files older than this (s)"
+    )
 
     def peer(self, name: str) -> PacsPeer:
         for peer in self.pacs:

@@ -52,15 +52,17 @@ def iter_dicom_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def _contexts(files: list[tuple[Path, str, str]]) -> list[PresentationContext]:
-    by_class: dict[str, list[str]] = {}
+    """One context per (SOP class, encoding) so that the PACS can accept each file as it is,
+    plus an uncompressed fallback per SOP class."""
+    uncompressed = [str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)]
+    wanted: dict[tuple[str, str], list[str]] = {}
     for _, sop_class, syntax in files:
-        syntaxes = by_class.setdefault(sop_class, [])
-        for uid in (syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian):
-            if uid not in syntaxes:
-                syntaxes.append(uid)
-    if len(by_class) > _MAX_CONTEXTS:
-        raise PushError(f"{len(by_class)} SOP classes in one push; at most {_MAX_CONTEXTS}")
-    return [build_context(sop_class, syntaxes) for sop_class, syntaxes in by_class.items()]
+        wanted.setdefault((sop_class, "uncompressed"), uncompressed)
+        if syntax not in uncompressed:
+            wanted.setdefault((sop_class, syntax), [syntax])
+    if len(wanted) > _MAX_CONTEXTS:
+        raise PushError(f"{len(wanted)} presentation contexts needed in one push; at most {_MAX_CONTEXTS}")
+    return [build_context(sop_class, syntaxes) for (sop_class, _), syntaxes in wanted.items()]
 
 
 def push_files(

@@ -35,7 +35,7 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -172,16 +172,19 @@ class StorageSCP:
     # Handlers run in the association's thread.
 
     def _on_requested(self, event: evt.Event) -> None:
-        requestor = event.assoc.requestor
-        if self.listener.permits(requestor.ae_title, requestor.address):
+        primitive = event.assoc.requestor.primitive
+        calling_ae = str(primitive.calling_ae_title if primitive else "").strip()
+        host = event.assoc.requestor.address
+        if self.listener.permits(calling_ae, host):
             self.stats.add(associations=1)
+            _prefer_requestor_syntaxes(event.assoc)
             return
         self.stats.add(rejected_associations=1)
-        LOGGER.warning(
-            "association rejected: calling AE %r from %s not allowed", requestor.ae_title, requestor.address
-        )
-        # rejected-permanent, service-user, calling AE title not recognised
+        LOGGER.warning("association rejected: calling AE %r from %s not allowed", calling_ae, host)
+        # rejected-permanent, service-user, calling AE title not recognised; kill() lets the
+        # DUL flush the A-ASSOCIATE-RJ before the socket closes (as pynetdicom's own rejects).
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
+        event.assoc.kill()
 
     def _on_echo(self, event: evt.Event) -> int:
         return 0x0000
@@ -201,6 +204,27 @@ class StorageSCP:
                 self.stats.add(quarantined=1)
         self.stats.add(stored=1) if verdict.ok else self.stats.add(failed=1)
         return _status_dataset(verdict)
+
+
+def _prefer_requestor_syntaxes(assoc: Any) -> None:
+    """Accept, per context, the requestor's first proposed transfer syntax that we support.
+
+    pynetdicom picks by the acceptor's order, which would make a sender transcode compressed
+    files to Explicit VR (or fail: dcmtk cannot decode RLE or JPEG 2000 on the fly). Storing what
+    the modality produced, unchanged, is what an archive should do.
+    """
+    proposed: dict[str, list[str]] = {}
+    for context in assoc.requestor.primitive.presentation_context_definition_list:
+        proposed.setdefault(str(context.abstract_syntax), [str(ts) for ts in context.transfer_syntax])
+    contexts = []
+    for context in assoc.acceptor.supported_contexts:
+        wanted = proposed.get(str(context.abstract_syntax))
+        if wanted:
+            ours = [str(ts) for ts in context.transfer_syntax]
+            order = [ts for ts in wanted if ts in ours] + [ts for ts in ours if ts not in wanted]
+            context = build_context(context.abstract_syntax, order)
+        contexts.append(context)
+    assoc.acceptor.supported_contexts = contexts
 
 
 def _status_dataset(verdict: Verdict) -> Dataset:

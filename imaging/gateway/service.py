@@ -35,8 +35,12 @@ class GatewayService:
         self._http_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.http_port: int | None = None
+        self.swept_temp_files = 0
 
     def start(self) -> None:
+        from imaging.gateway.recovery import sweep_stale_temp_files
+
+        self.swept_temp_files = sweep_stale_temp_files(self.config.stale_temp_age)
         self.scp.start()
         if self.config.http.enabled:
             self._start_http()
@@ -78,6 +82,7 @@ class GatewayService:
             "dicom_port": self.scp.port,
             "http_host": self.config.http.host if self.config.http.enabled else None,
             "http_port": self.http_port,
+            "swept_temp_files": self.swept_temp_files,
         }
 
     def stop(self) -> dict[str, Any]:
