@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import sqlite3
 import threading
@@ -36,7 +37,7 @@ def test_append_chains_entries_and_verify_passes() -> None:
     entries = log.entries()
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6]
     assert entries[0].prev_hash == "0" * 64
-    for prev, entry in zip(entries, entries[1:], strict=False):
+    for prev, entry in itertools.pairwise(entries):
         assert entry.prev_hash == prev.hash
     body = {k: getattr(entries[2], k) for k in ("seq", "ts", "actor", "role", "action", "target", "details")}
     expected = hashlib.sha256(canonical_json({**body, "prev_hash": entries[2].prev_hash})).hexdigest()
@@ -112,8 +113,8 @@ def test_inserting_a_rebuilt_entry_is_detected() -> None:
     }
     digest = hashlib.sha256(canonical_json(body)).hexdigest()
     db.execute(
-        "INSERT INTO audit_log VALUES (4, ?, 'mallory', 'clinical-reviewer', 'model.approve', 'model:cxr/9', ?,"
-        " ?, ?, 'k', 'm')",
+        "INSERT INTO audit_log VALUES (4, ?, 'mallory', 'clinical-reviewer', 'model.approve',"
+        " 'model:cxr/9', ?, ?, ?, 'k', 'm')",
         (ts, json.dumps(details), prev, digest),
     )
     report = log.verify()

@@ -1,0 +1,277 @@
+"""The approval workflow on a real embedded MLflow registry (SQLite) and the serving gate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from governance.approvals import (
+    AliasNotAllowed,
+    ApprovalError,
+    Gate,
+    PolicyNotSatisfied,
+    SelfApproval,
+    VersionRevoked,
+    Workflow,
+    clear_gate_cache,
+    gate,
+    registry_client,
+)
+from governance.audit import AuditLog
+from governance.auth import PermissionDenied
+from governance.testing import GOOD_METRICS, Cast, copy_store, create_cast, create_version
+
+NAME = "cxr-pneumonia"
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated MLflow SQLite store, copied into each test's RADGATE_HOME (migrating takes
+    seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def registry(mlflow_template: Path, radgate_home: Path) -> Iterator[object]:
+    copy_store(mlflow_template, radgate_home)
+    clear_gate_cache()
+    yield registry_client()
+    clear_gate_cache()
+
+
+@pytest.fixture()
+def cast() -> Cast:
+    return create_cast()
+
+
+def _submitted(registry: object, cast: Cast, **kwargs: object) -> tuple[str, Path, Workflow]:
+    version, artifact = create_version(registry, NAME, **kwargs)  # type: ignore[arg-type]
+    workflow = Workflow(registry)  # type: ignore[arg-type]
+    workflow.submit(cast["eng"], NAME, version, "ready for review")
+    return version, artifact, workflow
+
+
+def _approved(registry: object, cast: Cast, **kwargs: object) -> tuple[str, Path, Workflow]:
+    version, artifact, workflow = _submitted(registry, cast, **kwargs)
+    workflow.approve(cast["doc"], NAME, version, "clinically sound")
+    workflow.approve(cast["eng2"], NAME, version, "pipeline reviewed")
+    return version, artifact, workflow
+
+
+def test_full_flow_reaches_production_only_through_the_policy(registry: object, cast: Cast) -> None:
+    version, _, workflow = _submitted(registry, cast)
+    assert workflow.status(NAME, version).status == "pending"
+    with pytest.raises(PolicyNotSatisfied):
+        workflow.promote(cast["eng"], NAME, version, "production")
+    assert not gate(NAME, "production").allowed
+    workflow.approve(cast["doc"], NAME, version, "clinically sound")
+    with pytest.raises(PolicyNotSatisfied) as refused:
+        workflow.promote(cast["eng"], NAME, version, "production")
+    assert [i.name for i in refused.value.checklist.failures] == ["approved by ml-engineer"]
+    outcome = workflow.approve(cast["eng2"], NAME, version, "pipeline reviewed")
+    assert outcome.checklist.passed and outcome.checklist.status == "approved"
+    workflow.promote(cast["eng"], NAME, version, "production")
+
+    mv = registry.get_model_version_by_alias(NAME, "production")  # type: ignore[attr-defined]
+    assert str(mv.version) == version
+    assert mv.tags["radgate.status"].startswith("approved")
+    decisions = {k: v for k, v in mv.tags.items() if k.startswith("radgate.decision.")}
+    assert len(decisions) == 2 and all('"artifact_sha256"' in v for v in decisions.values())
+    decision = gate(NAME, "production", fresh=True)
+    assert decision.allowed and decision.version == version and decision.reasons == []
+    assert decision.artifact_sha256 == mv.tags["radgate.artifact_sha256"]
+    actions = [e.action for e in AuditLog().entries(target_prefix=f"model:{NAME}/")]
+    assert actions == ["model.submit", "model.approve", "model.approve", "model.promote"]
+    assert AuditLog().verify().ok
+
+
+def test_two_person_rule_two_clinicians_are_not_an_ml_lead(registry: object, cast: Cast) -> None:
+    version, _, workflow = _submitted(registry, cast)
+    workflow.approve(cast["doc"], NAME, version)
+    workflow.approve(cast["doc2"], NAME, version)
+    workflow.approve(cast["doc"], NAME, version)  # approving twice counts once
+    checklist = workflow.status(NAME, version)
+    assert not checklist.passed
+    assert [i.name for i in checklist.failures] == ["approved by ml-engineer"]
+
+
+def test_self_approval_refused(registry: object, cast: Cast) -> None:
+    version, _, workflow = _submitted(registry, cast)
+    with pytest.raises(SelfApproval):
+        workflow.approve(cast["eng"], NAME, version)
+    workflow.approve(cast["doc"], NAME, version)
+    assert not workflow.status(NAME, version).passed
+
+
+def test_failing_threshold_blocks_promotion(registry: object, cast: Cast) -> None:
+    metrics = {**GOOD_METRICS, "test_ece": 0.25}
+    version, _, workflow = _approved(registry, cast, metrics=metrics)
+    with pytest.raises(PolicyNotSatisfied) as refused:
+        workflow.promote(cast["eng"], NAME, version, "production")
+    failed = refused.value.checklist.failures
+    assert [(i.name, i.value) for i in failed] == [("calibration_ece", 0.25)]
+    assert not registry.get_model_version(NAME, version).aliases  # type: ignore[attr-defined]
+
+
+def test_missing_evidence_blocks_promotion(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast, tags={"radgate.saliency_sanity": "failed"})
+    failures = {i.name: i for i in workflow.status(NAME, version).failures}
+    assert set(failures) == {"saliency_sanity", "dataset_deidentified"}
+    assert failures["dataset_deidentified"].detail == "missing"
+
+
+def test_rejection_blocks_until_the_reviewer_changes_their_mind(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast)
+    workflow.reject(cast["doc2"], NAME, version, "subgroup gap in site B looks off")
+    assert workflow.status(NAME, version).status == "rejected"
+    with pytest.raises(PolicyNotSatisfied):
+        workflow.promote(cast["eng"], NAME, version, "production")
+    workflow.approve(cast["doc2"], NAME, version, "re-checked, fine")
+    workflow.promote(cast["eng"], NAME, version, "production")
+
+
+def test_revoke_makes_the_gate_deny_and_removes_the_alias(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    cached_gate = Gate(registry, ttl_s=3600)  # type: ignore[arg-type]
+    assert cached_gate(NAME, "production").allowed
+    workflow.revoke(cast["doc"], NAME, version, "adverse event")
+    assert cached_gate(NAME, "production").cached  # within the TTL the cached answer stands...
+    denied = cached_gate(NAME, "production", fresh=True)  # ...a fresh check denies
+    assert not denied.allowed and "not set" in denied.reasons[0]
+    pinned = gate(NAME, version=version, fresh=True)
+    assert not pinned.allowed and any(r.startswith("not revoked") for r in pinned.reasons)
+    assert workflow.status(NAME, version).status == "revoked"
+    with pytest.raises(VersionRevoked):
+        workflow.approve(cast["doc2"], NAME, version)
+    with pytest.raises(PolicyNotSatisfied):
+        workflow.promote(cast["eng"], NAME, version, "production")
+
+
+def test_artifact_swapped_after_approval_is_denied(registry: object, cast: Cast) -> None:
+    version, artifact, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    assert gate(NAME, "production").allowed
+    (artifact / "model.bin").write_bytes(b"swapped weights")
+    decision = gate(NAME, "production", fresh=True)
+    assert not decision.allowed
+    assert any(r.startswith("artifact unchanged") for r in decision.reasons)
+    # Resubmitting the new artifact voids the old approvals: they were for another artifact.
+    workflow.submit(cast["eng"], NAME, version, "new weights")
+    checklist = workflow.status(NAME, version)
+    assert not checklist.passed
+    assert "approved another artifact" in next(i for i in checklist.failures if i.kind == "approval").detail
+
+
+def test_alias_set_directly_in_mlflow_is_caught(registry: object, cast: Cast) -> None:
+    v1, _, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, v1, "production")
+    v2, _ = create_version(registry, NAME, payload=b"unreviewed")  # type: ignore[arg-type]
+    registry.set_registered_model_alias(NAME, "production", v2)  # type: ignore[attr-defined]
+    decision = gate(NAME, "production", fresh=True)
+    assert not decision.allowed and decision.version == v2
+    assert any("not set by RadGate" in r for r in decision.reasons)
+    # An approved version put back under an alias it was moved off outside RadGate is caught too.
+    v3, _, _ = _approved(registry, cast, payload=b"v3")
+    workflow.promote(cast["eng"], NAME, v3, "production")
+    registry.set_registered_model_alias(NAME, "production", v1)  # type: ignore[attr-defined]
+    decision = gate(NAME, "production", fresh=True)
+    assert not decision.allowed and any("not set by RadGate" in r for r in decision.reasons)
+    workflow.promote(cast["eng"], NAME, v1, "production")
+    assert gate(NAME, "production", fresh=True).allowed
+
+
+def test_approval_tag_forged_in_mlflow_is_not_trusted(registry: object, cast: Cast) -> None:
+    version, _, workflow = _submitted(registry, cast)
+    workflow.approve(cast["doc"], NAME, version)
+    forged = (
+        '{"decision": "approve", "actor": "eng2", "role": "ml-engineer", "at": "2026-01-01T00:00:00+00:00"}'
+    )
+    registry.set_model_version_tag(NAME, version, "radgate.decision.0000009999", forged)  # type: ignore[attr-defined]
+    checklist = workflow.status(NAME, version)
+    assert {i.name for i in checklist.failures} == {"decisions authentic", "approved by ml-engineer"}
+
+
+def test_deleting_the_revoke_tag_in_mlflow_does_not_undo_it(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast)
+    outcome = workflow.revoke(cast["eng2"], NAME, version)
+    registry.delete_model_version_tag(NAME, version, f"radgate.decision.{outcome.audit_seq:010d}")  # type: ignore[attr-defined]
+    registry.set_registered_model_alias(NAME, "production", version)  # type: ignore[attr-defined]
+    decision = gate(NAME, "production", fresh=True)
+    assert not decision.allowed and any(r.startswith("not revoked") for r in decision.reasons)
+
+
+def test_workflow_role_boundaries_both_ways(registry: object, cast: Cast) -> None:
+    version, _ = create_version(registry, NAME)  # type: ignore[arg-type]
+    workflow = Workflow(registry)  # type: ignore[arg-type]
+    for who in ("doc", "admin", "auditor", "pacs", "broker", "steward"):
+        with pytest.raises(PermissionDenied):
+            workflow.submit(cast[who], NAME, version)
+    with pytest.raises(ApprovalError):
+        workflow.approve(cast["doc"], NAME, version)  # not submitted yet
+    workflow.submit(cast["eng"], NAME, version)
+    for who in ("admin", "auditor", "pacs", "broker", "steward"):
+        with pytest.raises(PermissionDenied):
+            workflow.approve(cast[who], NAME, version)
+        with pytest.raises(PermissionDenied):
+            workflow.reject(cast[who], NAME, version)
+    workflow.approve(cast["doc"], NAME, version)
+    workflow.approve(cast["eng2"], NAME, version)
+    for who in ("doc", "auditor", "pacs", "broker", "steward"):
+        with pytest.raises(PermissionDenied):
+            workflow.promote(cast[who], NAME, version, "production")
+    workflow.promote(cast["admin"], NAME, version, "staging")
+    workflow.promote(cast["eng2"], NAME, version, "production")
+    for who in ("auditor", "pacs", "broker", "steward"):
+        with pytest.raises(PermissionDenied):
+            workflow.revoke(cast[who], NAME, version)
+    workflow.revoke(cast["admin"], NAME, version)
+    assert not registry.get_model_version(NAME, version).aliases  # type: ignore[attr-defined]
+
+
+def test_alias_outside_the_policy_is_refused(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast)
+    with pytest.raises(AliasNotAllowed):
+        workflow.promote(cast["eng"], NAME, version, "champion")
+    registry.set_registered_model_alias(NAME, "champion", version)  # type: ignore[attr-defined]
+    assert "not allowed" in gate(NAME, "champion", fresh=True).reasons[0]
+
+
+def test_approvals_expire(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast)
+    assert workflow.status(NAME, version).passed
+    later = datetime.now(UTC) + timedelta(days=366)
+    checklist = workflow.status(NAME, version, now=later)
+    assert not checklist.passed
+    assert all("expired" in i.detail for i in checklist.failures)
+
+
+def test_per_model_policy_override(
+    registry: object, cast: Cast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    policy = yaml.safe_load(Path("configs/governance/policy.yaml").read_text())
+    policy["models"] = {
+        NAME: {"approvals": [{"role": "clinical-reviewer", "count": 2}, {"role": "ml-engineer", "count": 1}]}
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    monkeypatch.setenv("RADGATE_POLICY", str(path))
+    version, _, workflow = _approved(registry, cast)
+    assert [i.name for i in workflow.status(NAME, version).failures] == ["approved by clinical-reviewer"]
+    workflow.approve(cast["doc2"], NAME, version)
+    assert workflow.status(NAME, version).passed
+
+
+def test_gate_fails_closed_on_unknown_model(registry: object) -> None:
+    decision = gate("no-such-model", "production")
+    assert not decision.allowed and decision.reasons
+    with pytest.raises(ValueError):
+        gate(NAME)
