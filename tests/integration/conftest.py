@@ -96,6 +96,7 @@ class GatewayProcess:
         import time
 
         self.config_path = config_path
+        self.terminating = False
         self.lines: queue.Queue[str] = queue.Queue()
         radgate = Path(sys.executable).with_name("radgate")
         self.process = subprocess.Popen(
@@ -150,8 +151,8 @@ class GatewayProcess:
         import json
         import queue
 
-        if self.process.poll() is None:
-            self.process.terminate()
+        if self.process.poll() is None and not self.terminating:
+            self.terminate_nowait()
         self.process.wait(timeout)
         final: dict[str, Any] = {}
         while True:
@@ -165,6 +166,11 @@ class GatewayProcess:
                 final = message
                 break
         return final
+
+    def terminate_nowait(self) -> None:
+        """Send SIGTERM once (a second one during interpreter exit would kill it)."""
+        self.terminating = True
+        self.process.terminate()
 
     def kill(self) -> None:
         if self.process.poll() is None:
