@@ -1,0 +1,111 @@
+"""The governance commands end to end through Typer: users, model workflow, audit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from governance.approvals import registry_client
+from governance.cli import register
+from governance.settings import get_settings
+from governance.testing import GOOD_METRICS, copy_store, create_version
+
+NAME = "cxr"
+
+
+@pytest.fixture(scope="module")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-cli") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch) -> typer.Typer:
+    monkeypatch.delenv("RADGATE_TOKEN", raising=False)
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def _run(app: typer.Typer, *args: str, token: str | None = None, code: int = 0) -> str:
+    env = {"RADGATE_TOKEN": token} if token else {}
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == code, (args, result.output)
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_users_bootstrap_add_list_revoke(cli: typer.Typer) -> None:
+    admin = _run(cli, "users", "add", "root", "--role", "admin").strip().splitlines()[-1]
+    assert admin.startswith("rg_")
+    assert "an admin token is required" in _run(cli, "users", "add", "x", "--role", "admin", code=4)
+    eng = _run(cli, "users", "add", "eve", "--role", "ml-engineer", token=admin).strip().splitlines()[-1]
+    assert "unknown role" in _run(cli, "users", "add", "bob", "--role", "wizard", token=admin, code=2)
+    assert "needs role" in _run(cli, "users", "add", "bob", "--role", "auditor", token=eng, code=4)
+    listing = _run(cli, "users", "list", token=admin)
+    assert "eve" in listing and "ml-engineer" in listing and eng not in listing
+    _run(cli, "users", "revoke", "eve", token=admin)
+    assert "revoked" in _run(cli, "users", "list", "--token", eng, code=3)
+    assert "no token" in _run(cli, "users", "list", code=3)
+
+
+def test_model_workflow_and_audit_commands(
+    cli: typer.Typer, mlflow_template: Path, radgate_home: Path
+) -> None:
+    copy_store(mlflow_template, radgate_home)
+    version, _ = create_version(registry_client(), NAME, metrics={**GOOD_METRICS, "test_auroc": 0.5})
+    admin = _run(cli, "users", "add", "root", "--role", "admin").strip().splitlines()[-1]
+    tokens = {
+        name: _run(cli, "users", "add", name, "--role", role, token=admin).strip().splitlines()[-1]
+        for name, role in [
+            ("eng", "ml-engineer"),
+            ("eng2", "ml-engineer"),
+            ("doc", "clinical-reviewer"),
+            ("aud", "auditor"),
+        ]
+    }
+    status = _run(cli, "model", "status", NAME, version, token=tokens["doc"])
+    assert "not-submitted" in status and "FAIL" in status
+    _run(cli, "model", "submit", NAME, version, "-m", "v1", token=tokens["eng"])
+    assert "may not approve" in _run(cli, "model", "approve", NAME, version, token=tokens["eng"], code=4)
+    assert "needs role" in _run(cli, "model", "approve", NAME, version, token=tokens["aud"], code=4)
+    _run(cli, "model", "approve", NAME, version, "-m", "ok", token=tokens["doc"])
+    _run(cli, "model", "approve", NAME, version, token=tokens["eng2"])
+    refused = _run(
+        cli, "model", "promote", NAME, version, "--alias", "production", token=tokens["eng"], code=1
+    )
+    assert "test_auroc" in refused and "policy not satisfied" in refused
+    assert '"allowed": false' in _run(
+        cli, "model", "gate", NAME, "--version", version, token=tokens["aud"], code=1
+    )
+    _run(cli, "model", "revoke", NAME, version, "-m", "poor AUROC", token=tokens["doc"])
+    assert "revoked" in _run(cli, "model", "status", NAME, version, "--json", token=tokens["eng"])
+
+    assert "needs role" in _run(cli, "audit", "list", token=tokens["eng"], code=4)
+    listing = _run(cli, "audit", "list", "--action", "model.", "--json", token=tokens["aud"])
+    assert listing.count("\n") == 4 and '"model.revoke"' in listing
+    assert "ok: " in _run(cli, "audit", "verify", token=tokens["aud"])
+    anchor = radgate_home.parent / "anchor.json"
+    _run(cli, "audit", "anchor", "--to", str(anchor), token=tokens["aud"])
+    out = radgate_home.parent / "audit.jsonl"
+    _run(cli, "audit", "export", "--since", "2000-01-01", "--out", str(out), token=tokens["aud"])
+    assert len(out.read_text().splitlines()) > 10
+
+    db = sqlite3.connect(get_settings().home / "catalog.db", isolation_level=None)
+    db.execute("UPDATE audit_log SET actor='mallory' WHERE action='model.revoke'")
+    broken = _run(cli, "audit", "verify", "--anchor", str(anchor), token=tokens["aud"], code=5)
+    assert "altered" in broken
+
+
+def test_policy_check(cli: typer.Typer, tmp_path: Path) -> None:
+    assert "valid" in _run(cli, "policy", "check")
+    bad = tmp_path / "p.yaml"
+    bad.write_text("version: 1\ndefault: {approvals: []}\n")
+    assert "invalid policy" in _run(cli, "policy", "check", str(bad), code=2)
