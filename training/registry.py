@@ -40,7 +40,8 @@ Model-version tags written at registration (names in :class:`ModelTag`)
   ``max_subgroup_auroc_gap``...), ``radgate.run_id``.
 
 ``artifact_sha256(model_dir)`` is the tree hash of an MLflow model directory: SHA-256 over the
-sorted lines ``"<sha256 of file>  <posix relative path>\\n"`` of every regular file in it.
+sorted lines ``"<sha256 of file>  <posix relative path>\\n"`` of every regular file in it except
+``registered_model_meta`` (MLflow writes that file into the artifact when a version is registered).
 Serving recomputes it after ``mlflow.artifacts.download_artifacts(model_uri)`` and compares it
 with the tag before loading.
 """
@@ -73,6 +74,8 @@ __all__ = [
 #: Key of the RadGate entry in the MLmodel ``metadata``.
 METADATA_KEY = "radgate"
 TORCHSCRIPT_NAME = "model.ts"
+#: Files MLflow adds to a model's artifacts after logging; not part of what was trained.
+_UNHASHED = frozenset({"registered_model_meta"})
 
 
 class ModelTag(StrEnum):
@@ -115,7 +118,8 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
 def artifact_sha256(model_dir: Path) -> str:
     """Tree hash of a model directory (see module docstring)."""
     lines = []
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and not p.is_symlink()):
+    files = (p for p in Path(model_dir).rglob("*") if p.is_file() and not p.is_symlink())
+    for path in sorted(p for p in files if p.name not in _UNHASHED):
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -197,7 +201,10 @@ def load_model(
     client = _client(tracking_uri)
     version = resolve_model_version(ref, tracking_uri=client.tracking_uri)
     uri = f"models:/{version.name}/{version.version}"
-    local_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=client.tracking_uri))
+    # The version's source (``models:/m-...`` or ``runs:/...``) resolves through the tracking store.
+    local_dir = Path(
+        mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
+    )
     tags = dict(version.tags or {})
     digest = artifact_sha256(local_dir)
     expected = tags.get(ModelTag.ARTIFACT_SHA256)

@@ -1,0 +1,136 @@
+"""Dataset manifests: an immutable list of de-identified instances with labels, split and subgroups.
+
+A manifest names instances only by de-identified identifiers (content hash, store key,
+de-identified UIDs, patient pseudonym) and keeps only the subgroup attributes that the
+de-identification profile retains. Its id is the SHA-256 of its canonical JSON, so the same
+inputs always give the same id and any change gives a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "SUBGROUP_ATTRIBUTES",
+    "DatasetError",
+    "DatasetManifest",
+    "GroupBy",
+    "ManifestItem",
+    "Split",
+    "parse_split",
+]
+
+SCHEMA = "radgate.dataset/1"
+#: Instance attributes copied into the manifest for subgroup analysis (all non-identifying).
+SUBGROUP_ATTRIBUTES = ("site", "manufacturer", "manufacturer_model", "sex", "age_band", "modality")
+
+
+class DatasetError(ValueError):
+    """A dataset cannot be created or found; the message says why (never with PHI)."""
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class GroupBy(StrEnum):
+    """Unit kept whole across splits."""
+
+    PATIENT = "patient"
+    STUDY = "study"
+
+
+def parse_split(text: str) -> dict[str, float]:
+    """``"train=0.7,val=0.15,test=0.15"`` -> fractions (normalised to sum to 1)."""
+    fractions: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            split, fraction = Split(name.strip()), float(value)
+        except ValueError as exc:
+            raise DatasetError(f"bad split {part!r}: expected train|val|test=FRACTION") from exc
+        if not sep or fraction < 0:
+            raise DatasetError(f"bad split {part!r}: expected train|val|test=FRACTION")
+        fractions[str(split)] = fraction
+    total = sum(fractions.values())
+    if Split.TRAIN not in fractions or total <= 0:
+        raise DatasetError("the split needs a positive train fraction")
+    return {name: fraction / total for name, fraction in fractions.items()}
+
+
+class ManifestItem(BaseModel):
+    """One labelled, de-identified instance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str = Field(min_length=64, max_length=64)
+    store_key: str
+    patient: str
+    study: str
+    sop_instance_uid: str
+    label: int = Field(ge=0)
+    split: Split
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class DatasetManifest(BaseModel):
+    """The content of a dataset version; ``id`` is derived, never set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_: str = Field(default=SCHEMA, alias="schema")
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    label_names: list[str]
+    split: dict[str, float]
+    group_by: GroupBy = GroupBy.PATIENT
+    seed: int = 0
+    labels_sha256: str
+    profiles: list[str] = Field(default_factory=list)
+    items: list[ManifestItem]
+
+    @field_validator("items")
+    @classmethod
+    def _sorted_unique(cls, items: list[ManifestItem]) -> list[ManifestItem]:
+        if len({i.sha256 for i in items}) != len(items):
+            raise DatasetError("an instance appears twice in the manifest")
+        return sorted(items, key=lambda i: i.sha256)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def items_in(self, split: Split | str) -> list[ManifestItem]:
+        return [i for i in self.items if i.split == Split(split)]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per split and label, patients, and subgroup values: safe to print and log."""
+        per_split: dict[str, dict[str, int]] = {}
+        for item in self.items:
+            counts = per_split.setdefault(str(item.split), {})
+            label = self.label_names[item.label] if item.label < len(self.label_names) else str(item.label)
+            counts[label] = counts.get(label, 0) + 1
+        subgroups: dict[str, dict[str, int]] = {}
+        for item in self.items:
+            for key, value in item.attributes.items():
+                subgroups.setdefault(key, {})
+                subgroups[key][value] = subgroups[key].get(value, 0) + 1
+        return {
+            "name": self.name,
+            "id": self.id,
+            "instances": len(self.items),
+            "patients": len({i.patient for i in self.items}),
+            "studies": len({i.study for i in self.items}),
+            "label_names": self.label_names,
+            "splits": per_split,
+            "subgroups": subgroups,
+        }

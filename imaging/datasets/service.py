@@ -1,0 +1,269 @@
+"""Create, list, find and materialise dataset versions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from governance.catalog import Instance, open_catalog
+from governance.keys import load_project_key
+from governance.settings import Settings, get_settings
+from imaging.datasets.labels import read_labels, resolve_labels
+from imaging.datasets.manifest import (
+    SUBGROUP_ATTRIBUTES,
+    DatasetError,
+    DatasetManifest,
+    GroupBy,
+    ManifestItem,
+    Split,
+)
+from imaging.datasets.models import DatasetVersionRecord
+from imaging.datasets.split import assign_splits
+
+__all__ = [
+    "DEFAULT_SPLIT",
+    "CreateReport",
+    "DatasetVersion",
+    "create_dataset",
+    "get_dataset",
+    "list_datasets",
+    "materialize",
+]
+
+DEFAULT_SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """A stored dataset version."""
+
+    id: str
+    name: str
+    created_at: datetime
+    manifest: DatasetManifest
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+
+@dataclass(frozen=True)
+class CreateReport:
+    """What ``create_dataset`` did: counts only (label keys may be PHI)."""
+
+    version: DatasetVersion
+    created: bool
+    matched_rows: int
+    unmatched_rows: int
+    unlabelled_instances: int
+
+
+def _label_names(values: set[str], label_names: list[str] | None) -> tuple[list[str], dict[str, int]]:
+    if label_names:
+        index = {name: i for i, name in enumerate(label_names)}
+        if all(v.isdigit() for v in values):
+            if max(int(v) for v in values) >= len(label_names):
+                raise DatasetError("a numeric label is out of range of --label-names")
+            return list(label_names), {v: int(v) for v in values}
+        unknown = values - set(index)
+        if unknown:
+            raise DatasetError(f"{len(unknown)} label value(s) are not in --label-names")
+        return list(label_names), {v: index[v] for v in values}
+    if all(v.lstrip("-").isdigit() for v in values):
+        numbers = sorted({int(v) for v in values})
+        if numbers[0] < 0:
+            raise DatasetError("numeric labels must be 0, 1, ...")
+        return [str(n) for n in range(numbers[-1] + 1)], {v: int(v) for v in values}
+    names = sorted(values)
+    return names, {v: i for i, v in enumerate(names)}
+
+
+def create_dataset(
+    name: str,
+    labels_csv: Path,
+    *,
+    split: Mapping[str, float] | None = None,
+    group_by: GroupBy | str = GroupBy.PATIENT,
+    seed: int = 0,
+    label_names: list[str] | None = None,
+    settings: Settings | None = None,
+) -> CreateReport:
+    """Build the manifest from the catalog and the labels file, store it (idempotent) and return it."""
+    settings = settings or get_settings()
+    fractions = dict(split or DEFAULT_SPLIT)
+    for split_name in fractions:
+        Split(split_name)
+    group_by = GroupBy(group_by)
+    table = read_labels(labels_csv)
+    catalog = open_catalog(settings)
+    project_key = load_project_key(settings)
+    with catalog.session() as session:
+        resolution = resolve_labels(session, table, project_key)
+        if resolution.conflicts:
+            raise DatasetError(f"{resolution.conflicts} instance(s) get different labels from different rows")
+        if not resolution.labels:
+            raise DatasetError(
+                f"none of the {len(table.rows)} label rows matched an ingested instance "
+                f"(key column: {table.kind.value}); ingest the images first"
+            )
+        instances = session.execute(
+            select(Instance).where(Instance.id.in_(list(resolution.labels)))
+        ).scalars()
+        rows = [(inst, resolution.labels[inst.id]) for inst in instances]
+        total_instances = session.query(Instance).count()
+    names, index = _label_names({label for _, label in rows}, label_names)
+
+    def group_of(inst: Instance) -> str:
+        return inst.patient_pseudonym if group_by is GroupBy.PATIENT else inst.study_instance_uid
+
+    group_labels: dict[str, int] = {}
+    for inst, label in rows:
+        group = group_of(inst)
+        group_labels[group] = max(group_labels.get(group, 0), index[label])
+    assignment = assign_splits(group_labels, fractions, seed)
+    items = [
+        ManifestItem(
+            sha256=inst.sha256,
+            store_key=inst.store_key,
+            patient=inst.patient_pseudonym,
+            study=inst.study_instance_uid,
+            sop_instance_uid=inst.sop_instance_uid,
+            label=index[label],
+            split=Split(assignment[group_of(inst)]),
+            attributes={
+                k: str((inst.attributes or {}).get(k, inst.modality if k == "modality" else "unknown"))
+                for k in SUBGROUP_ATTRIBUTES
+            },
+        )
+        for inst, label in rows
+    ]
+    manifest = DatasetManifest(
+        name=name,
+        label_names=names,
+        split=fractions,
+        group_by=group_by,
+        seed=seed,
+        labels_sha256=table.sha256,
+        profiles=sorted({inst.profile for inst, _ in rows}),
+        items=items,
+    )
+    version_id = manifest.id
+    created = False
+    with catalog.session() as session:
+        record = session.get(DatasetVersionRecord, version_id)
+        if record is None:
+            summary = manifest.summary()
+            record = DatasetVersionRecord(
+                id=version_id,
+                name=name,
+                instances=len(items),
+                patients=summary["patients"],
+                summary=summary,
+                manifest_json=manifest.canonical_json(),
+            )
+            session.add(record)
+            session.flush()
+            created = True
+        version = _version(record)
+    return CreateReport(
+        version=version,
+        created=created,
+        matched_rows=resolution.matched_rows,
+        unmatched_rows=resolution.unmatched_rows,
+        unlabelled_instances=total_instances - len(items),
+    )
+
+
+def _version(record: DatasetVersionRecord) -> DatasetVersion:
+    manifest = DatasetManifest.model_validate_json(record.manifest_json)
+    if manifest.id != record.id:
+        raise DatasetError(f"dataset version {record.id[:12]} does not match its manifest hash")
+    return DatasetVersion(id=record.id, name=record.name, created_at=record.created_at, manifest=manifest)
+
+
+def list_datasets(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """All versions, newest first, as summary rows (no manifests)."""
+    with open_catalog(settings or get_settings()).session() as session:
+        records = session.execute(
+            select(
+                DatasetVersionRecord.id,
+                DatasetVersionRecord.name,
+                DatasetVersionRecord.instances,
+                DatasetVersionRecord.patients,
+                DatasetVersionRecord.created_at,
+            ).order_by(DatasetVersionRecord.created_at.desc())
+        ).all()
+    return [
+        {
+            "id": r.id,
+            "name": r.name,
+            "instances": r.instances,
+            "patients": r.patients,
+            "created_at": r.created_at,
+        }
+        for r in records
+    ]
+
+
+def get_dataset(ref: str, settings: Settings | None = None) -> DatasetVersion:
+    """A version by full id, unique id prefix (8+ hex), ``NAME`` (newest) or ``NAME@IDPREFIX``."""
+    ref = ref.strip()
+    name, _, prefix = ref.partition("@")
+    with open_catalog(settings or get_settings()).session() as session:
+        query = select(DatasetVersionRecord)
+        if prefix:
+            query = query.where(DatasetVersionRecord.name == name, DatasetVersionRecord.id.startswith(prefix))
+            records = list(session.execute(query).scalars())
+        else:
+            records = list(session.execute(query.where(DatasetVersionRecord.id == ref)).scalars())
+            if not records and len(ref) >= 8 and all(c in "0123456789abcdef" for c in ref):
+                records = list(
+                    session.execute(query.where(DatasetVersionRecord.id.startswith(ref))).scalars()
+                )
+            if not records:
+                records = list(
+                    session.execute(
+                        query.where(DatasetVersionRecord.name == ref)
+                        .order_by(DatasetVersionRecord.created_at.desc())
+                        .limit(1)
+                    ).scalars()
+                )
+        if not records:
+            raise DatasetError(f"no dataset version {ref!r}: see `radgate dataset list`")
+        if len(records) > 1:
+            raise DatasetError(f"dataset reference {ref!r} is ambiguous: give more of the id")
+        return _version(records[0])
+
+
+def materialize(
+    version: DatasetVersion, split: Split | str | None = None, settings: Settings | None = None
+) -> list[dict[str, Any]]:
+    """Rows for MONAI datasets: ``{"image": local path, "label": int, "sha256", "patient", "split",
+    **attributes}``. Raises :class:`DatasetError` when an object is missing from the store."""
+    from imaging.store import ContentStore
+
+    store = ContentStore.from_settings(settings or get_settings())
+    items = version.manifest.items if split is None else version.manifest.items_in(split)
+    rows = []
+    for item in items:
+        path = store.path(item.store_key)
+        if not path.exists():
+            raise DatasetError(
+                f"instance {item.sha256[:12]} of dataset {version.short_id} is not in the store"
+            )
+        rows.append(
+            {
+                "image": str(path),
+                "label": item.label,
+                "sha256": item.sha256,
+                "patient": item.patient,
+                "split": str(item.split),
+                **item.attributes,
+            }
+        )
+    return rows

@@ -1,0 +1,174 @@
+"""The LightningModule, the data module (MONAI CacheDataset) and the callbacks used in every run.
+
+Used both in one plain Lightning process and inside each Ray Train worker; nothing here
+touches the catalog (workers get materialised rows: local paths and labels).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from training.networks import build_network
+from training.preprocess import IMAGE_KEY, LABEL_KEY, PreprocessingSpec
+
+__all__ = ["ClassifierModule", "ImageDataModule", "MlflowEpochLogger", "ThroughputMeter"]
+
+
+class ClassifierModule(pl.LightningModule):
+    """Cross-entropy classifier around a MONAI network; logs loss and AUROC per epoch."""
+
+    def __init__(
+        self,
+        network: str,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_network(network, num_classes=num_classes, dropout=dropout)
+        self.loss = torch.nn.CrossEntropyLoss()
+        from torchmetrics.classification import AUROC
+
+        self.val_auroc = AUROC(task="binary" if num_classes == 2 else "multiclass", num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return,unused-ignore]
+
+    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits, dim=1)
+        return probs[:, 1] if self.hparams["num_classes"] == 2 else probs
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch[IMAGE_KEY])
+        loss = self.loss(logits, batch[LABEL_KEY].long())
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch[IMAGE_KEY])
+        labels = batch[LABEL_KEY].long()
+        self.log("val_loss", self.loss(logits, labels), sync_dist=True, batch_size=len(logits))
+        self.val_auroc.update(self._scores(logits), labels)
+        self.log("val_auroc", self.val_auroc, on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+        )
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Train/val loaders over materialised rows (``{"image": path, "label": int, ...}``)."""
+
+    def __init__(
+        self,
+        train_rows: Sequence[dict[str, Any]],
+        val_rows: Sequence[dict[str, Any]],
+        spec: PreprocessingSpec,
+        *,
+        batch_size: int,
+        cache_rate: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_rows = [{IMAGE_KEY: r[IMAGE_KEY], LABEL_KEY: int(r[LABEL_KEY])} for r in train_rows]
+        self.val_rows = [{IMAGE_KEY: r[IMAGE_KEY], LABEL_KEY: int(r[LABEL_KEY])} for r in val_rows]
+        self.spec = spec
+        self.batch_size = batch_size
+        self.cache_rate = cache_rate
+        self.seed = seed
+        self._train: Any = None
+        self._val: Any = None
+
+    def setup(self, stage: str | None = None) -> None:
+        from monai.data import CacheDataset
+
+        if self._train is None:
+            # num_workers=0: process workers made cached loading slower here (FIELD-NOTES).
+            train_transform = self.spec.train_transform()
+            train_transform.set_random_state(seed=self.seed)
+            self._train = CacheDataset(
+                self.train_rows, train_transform, cache_rate=self.cache_rate, num_workers=0, progress=False
+            )
+            self._val = CacheDataset(
+                self.val_rows, self.spec.eval_transform(), cache_rate=self.cache_rate, num_workers=0,
+                progress=False,
+            )  # fmt: skip
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self._train, batch_size=self.batch_size, shuffle=True, num_workers=0, generator=generator,
+            drop_last=len(self.train_rows) > self.batch_size,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(self._val, batch_size=self.batch_size, shuffle=False, num_workers=0)
+
+
+class ThroughputMeter(pl.Callback):
+    """Wall time and images/s of each training epoch (all workers together), on every rank."""
+
+    def __init__(self, images_per_epoch: int) -> None:
+        self.images_per_epoch = images_per_epoch
+        self.epoch_seconds: list[float] = []
+        self.train_start_unix = 0.0
+        self._start = 0.0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.train_start_unix = time.time()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seconds = time.perf_counter() - self._start
+        self.epoch_seconds.append(seconds)
+        # Put into callback_metrics so Ray's report callback and the MLflow logger both carry them.
+        trainer.callback_metrics["epoch_seconds"] = torch.tensor(seconds)
+        trainer.callback_metrics["train_images_per_s"] = torch.tensor(
+            self.images_per_epoch / max(seconds, 1e-9)
+        )
+        trainer.callback_metrics["train_start_unix"] = torch.tensor(
+            self.train_start_unix, dtype=torch.float64
+        )
+
+
+class MlflowEpochLogger(pl.Callback):
+    """Log ``trainer.callback_metrics`` to an existing MLflow run from global rank 0 only.
+
+    Lightning's MLFlowLogger builds a client on every rank; this opens none on other ranks,
+    and the store was created by the driver before any worker started (FIELD-NOTES).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        if trainer.global_rank != 0:
+            return
+        from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
+
+        now = int(time.time() * 1000)
+        values = {
+            k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+        }
+        values.pop("train_start_unix", None)
+        metrics = [
+            Metric(key=k, value=v, timestamp=now, step=trainer.current_epoch) for k, v in values.items()
+        ]
+        if metrics:
+            MlflowClient(self.tracking_uri).log_batch(self.run_id, metrics=metrics)

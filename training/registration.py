@@ -1,0 +1,136 @@
+"""Log the trained model to MLflow (pytorch flavour + TorchScript + card) and register a pending version."""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.evaluation import EvaluationReport
+from training.networks import gradcam_layer
+from training.preprocess import PreprocessingSpec
+from training.registry import (
+    TORCHSCRIPT_NAME,
+    ModelStatus,
+    ModelTag,
+    artifact_sha256,
+    model_metadata,
+)
+
+__all__ = ["Registration", "export_torchscript", "log_and_register"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    name: str | None
+    version: str | None
+    model_uri: str
+    artifact_sha256: str
+
+
+def export_torchscript(module: torch.nn.Module, spec: PreprocessingSpec, path: Path) -> Path:
+    """Traced TorchScript of the network for Triton (input ``[N, C, H, W]`` float32)."""
+    example = torch.zeros(1, spec.channels, *spec.spatial_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+    traced.save(str(path))
+    return path
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("torch", "monai", "numpy")]
+
+
+def log_and_register(
+    module: torch.nn.Module,
+    *,
+    network: str,
+    spec: PreprocessingSpec,
+    label_names: list[str],
+    dataset_version: str,
+    report: EvaluationReport,
+    run_id: str,
+    tracking_uri: str,
+    model_card: str,
+    model_name: str | None,
+    torchscript: bool = True,
+) -> Registration:
+    """Log the model in the active run; register a new version tagged ``pending_review`` when named.
+
+    The version's ``radgate.artifact_sha256`` is the tree hash of the model directory as
+    downloaded from the store, i.e. exactly what serving will verify.
+    """
+    import mlflow
+    import mlflow.artifacts
+    import mlflow.pytorch
+    from mlflow.models import infer_signature
+
+    module = module.eval().cpu()
+    example = torch.rand(1, spec.channels, *spec.spatial_size)
+    with torch.no_grad():
+        output = module(example)
+    signature = infer_signature(example.numpy(), output.numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        extra: list[str] = []
+        card_path = Path(tmp) / "model_card.md"
+        card_path.write_text(model_card)
+        extra.append(str(card_path))
+        prep_path = Path(tmp) / "preprocessing.json"
+        prep_path.write_text(spec.to_json())
+        extra.append(str(prep_path))
+        if torchscript:
+            extra.append(str(export_torchscript(module, spec, Path(tmp) / TORCHSCRIPT_NAME)))
+        info = mlflow.pytorch.log_model(
+            module,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            extra_files=extra,
+            pip_requirements=_requirements(),
+            # Pickle keeps the MONAI module (named layers for Grad-CAM); pt2 would give a graph.
+            serialization_format="pickle",
+            metadata=model_metadata(
+                label_names=label_names,
+                preprocessing=spec,
+                network=network,
+                gradcam_layer=gradcam_layer(network),
+                threshold=report.threshold,
+                dataset_version=dataset_version,
+            ),
+        )
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=tracking_uri))
+    digest = artifact_sha256(local)
+    mlflow.set_tag(ModelTag.ARTIFACT_SHA256, digest)
+    if not model_name:
+        return Registration(None, None, info.model_uri, digest)
+    tags: dict[str, Any] = {
+        ModelTag.STATUS: ModelStatus.PENDING_REVIEW,
+        ModelTag.ARTIFACT_SHA256: digest,
+        ModelTag.DATASET_VERSION: dataset_version,
+        ModelTag.NETWORK: network,
+        ModelTag.LABEL_NAMES: json.dumps(label_names),
+        ModelTag.PREPROCESSING: spec.to_json(),
+        ModelTag.THRESHOLD: f"{report.threshold:.6f}",
+        ModelTag.RUN_ID: run_id,
+    }
+    summary = {
+        "auroc": report.overall["auroc"],
+        "sensitivity": report.overall["sensitivity"],
+        "specificity": report.overall["specificity"],
+        "ece": report.overall["ece"],
+        "n_test": report.overall["n"],
+        "max_subgroup_gap": report.largest_gap[2],
+    }
+    for key, value in summary.items():
+        tags[f"{ModelTag.METRICS_PREFIX}{key}"] = "nan" if math.isnan(value) else f"{value:.4f}"
+    version = mlflow.register_model(
+        info.model_uri, model_name, tags={str(k): str(v) for k, v in tags.items()}
+    )
+    return Registration(model_name, str(version.version), f"models:/{model_name}/{version.version}", digest)

@@ -1,0 +1,269 @@
+"""One training run end to end: dataset version -> fit -> evaluate -> log -> register.
+
+``train(config)`` is what ``radgate train`` and ``radgate demo`` call. The MLflow store is
+created here, in the driver, before any Ray worker starts (two processes migrating a fresh
+SQLite store at once crash), and workers log to the run this function opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from governance.settings import Settings, get_settings
+from imaging.datasets import DatasetVersion, get_dataset, materialize
+from training.config import ConfigError, TrainConfig
+from training.evaluation import EvaluationReport, evaluate, save_plots
+from training.launch import FitJob, FitResult, fit
+from training.preprocess import IMAGE_KEY, PreprocessingSpec
+
+__all__ = ["TrainOutcome", "ensure_experiment", "predict_scores", "train"]
+
+_PACKAGES = ("torch", "monai", "pytorch-lightning", "ray", "mlflow", "pydicom", "numpy", "radgate")
+
+
+@dataclass
+class TrainOutcome:
+    """What a run produced (all of it is also in MLflow under ``run_id``)."""
+
+    run_id: str
+    experiment_id: str
+    dataset_version: str
+    model_name: str | None
+    model_version: str | None
+    model_uri: str
+    artifact_sha256: str
+    evaluation: EvaluationReport
+    fit: FitResult
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.flat_metrics()
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def ensure_experiment(tracking_uri: str, name: str, settings: Settings) -> str:
+    """Create the store (driver only) and the experiment, with artifacts under RADGATE_HOME."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.search_experiments(max_results=1)  # creates/migrates the SQLite store here, once
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if tracking_uri.startswith("sqlite:"):  # embedded: keep artifacts next to the store, not in ./mlruns
+        location = (settings.home / "mlflow-artifacts" / name).resolve().as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    else:
+        out[prefix] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return out
+
+
+@torch.no_grad()
+def predict_scores(
+    module: torch.nn.Module, rows: list[dict[str, Any]], spec: PreprocessingSpec, batch_size: int = 32
+) -> np.ndarray:
+    """Positive-class probabilities for materialised rows, with the eval transform."""
+    from monai.data import Dataset
+    from torch.utils.data import DataLoader
+
+    module.eval()
+    data = Dataset([{IMAGE_KEY: r[IMAGE_KEY]} for r in rows], spec.eval_transform())
+    scores = [
+        torch.softmax(module(batch[IMAGE_KEY]), dim=1)[:, 1]
+        for batch in DataLoader(data, batch_size=batch_size, num_workers=0)
+    ]
+    return torch.cat(scores).numpy() if scores else np.zeros(0)
+
+
+def _log_dataset_input(dataset: DatasetVersion) -> None:
+    import mlflow
+    import pandas as pd
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
+
+    frame = pd.DataFrame(
+        [
+            {
+                "sha256": i.sha256,
+                "patient": i.patient,
+                "label": i.label,
+                "split": str(i.split),
+                **i.attributes,
+            }
+            for i in dataset.manifest.items
+        ]
+    )
+    # A RadGate dataset version is addressed by its manifest hash, not by a file or URL.
+    source = CodeDatasetSource(
+        {
+            "radgate.dataset_version": dataset.id,
+            "radgate.dataset_name": dataset.name,
+            "uri": f"radgate://datasets/{dataset.id}",
+        }
+    )
+    data = from_pandas(frame, source=source, targets="label", name=dataset.name, digest=dataset.id[:16])
+    mlflow.log_input(data, context="training", tags={"radgate.dataset_version": dataset.id})
+    mlflow.log_dict(json.loads(dataset.manifest.canonical_json()), "dataset/manifest.json")
+
+
+def train(
+    config: TrainConfig, *, settings: Settings | None = None, register: bool | None = None
+) -> TrainOutcome:
+    """Fit, evaluate, log and (by default) register a model as the config says.
+
+    Raises :class:`imaging.datasets.DatasetError` for a missing dataset version and
+    :class:`training.config.ConfigError` for a config the data cannot satisfy.
+    """
+    import mlflow
+
+    from training.model_card import render_model_card
+    from training.module import ClassifierModule
+    from training.registration import log_and_register
+
+    settings = settings or get_settings()
+    dataset = get_dataset(config.data.dataset, settings)
+    label_names = dataset.manifest.label_names
+    if len(label_names) != 2:
+        raise ConfigError(f"dataset {dataset.short_id} has {len(label_names)} classes; evaluation needs 2")
+    rows = {split: materialize(dataset, split, settings) for split in ("train", "val", "test")}
+    for split, split_rows in rows.items():
+        if not split_rows:
+            raise ConfigError(
+                f"dataset {dataset.short_id} has no {split} images: use a larger dataset or split"
+            )
+    spec = config.data.preprocessing()
+    tracking_uri = settings.resolved_mlflow_uri
+    experiment_id = ensure_experiment(tracking_uri, config.run.experiment, settings)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    resume = config.run.resume_from
+    cpus = config.run.cpus_per_worker if config.run.workers > 1 else max(os.cpu_count() or 1, 1)
+    with mlflow.start_run(
+        run_id=resume,
+        experiment_id=None if resume else experiment_id,
+        run_name=None if resume else (config.run.run_name or config.name),
+        log_system_metrics=True,
+    ) as active:
+        run_id = active.info.run_id
+        if not resume:
+            mlflow.log_params(_flatten("", config.model_dump(mode="json"), {}))
+            mlflow.log_dict(config.model_dump(mode="json"), "config.json")
+            mlflow.set_tags({"radgate.git_commit": _git_commit(), "radgate.dataset_version": dataset.id,
+                             **{f"radgate.version.{k}": v for k, v in _versions().items()}})  # fmt: skip
+            _log_dataset_input(dataset)
+        job = FitJob(
+            train_rows=rows["train"],
+            val_rows=rows["val"],
+            spec=spec,
+            network=str(config.model.network),
+            num_classes=len(label_names),
+            lr=config.optim.lr,
+            weight_decay=config.optim.weight_decay,
+            dropout=config.model.dropout,
+            max_epochs=config.optim.max_epochs,
+            batch_size=config.data.batch_size,
+            cache_rate=config.data.cache_rate,
+            seed=config.run.seed,
+            tracking_uri=tracking_uri,
+            run_id=run_id,
+            checkpoint_dir=settings.home / "checkpoints" / run_id,
+            workers=config.run.workers,
+            cpus_per_worker=cpus,
+            gpus_per_worker=config.run.gpus_per_worker,
+            ray_address=config.run.ray_address,
+            resume=resume is not None,
+        )
+        result = fit(job)
+        mlflow.log_metrics(
+            {"startup_seconds": result.startup_seconds, "fit_wall_seconds": result.wall_seconds,
+             "steady_images_per_s": result.steady_images_per_s}
+        )  # fmt: skip
+        module = ClassifierModule(str(config.model.network), len(label_names), dropout=config.model.dropout)
+        module.load_state_dict(result.state_dict, strict=False)
+        network = module.net.eval()
+        torch.set_num_threads(max(os.cpu_count() or 1, 1))
+        val_scores = predict_scores(network, rows["val"], spec)
+        test_scores = predict_scores(network, rows["test"], spec)
+        report = evaluate(
+            np.array([r["label"] for r in rows["val"]]), val_scores,
+            np.array([r["label"] for r in rows["test"]]), test_scores,
+            rows["test"], config.evaluation,
+        )  # fmt: skip
+        mlflow.log_metrics(report.flat_metrics())
+        mlflow.log_dict(report.to_dict(), "evaluation/evaluation.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in save_plots(report, Path(tmp)):
+                mlflow.log_artifact(str(path), "evaluation")
+        card = render_model_card(
+            config=config,
+            dataset_summary=dataset.manifest.summary(),
+            report=report,
+            run_id=run_id,
+            git_commit=_git_commit(),
+            versions=_versions(),
+            label_names=label_names,
+            images_per_s=result.steady_images_per_s,
+        )
+        mlflow.log_text(card, "model_card.md")
+        do_register = config.registry.enabled if register is None else register
+        registration = log_and_register(
+            network,
+            network=str(config.model.network),
+            spec=spec,
+            label_names=label_names,
+            dataset_version=dataset.id,
+            report=report,
+            run_id=run_id,
+            tracking_uri=tracking_uri,
+            model_card=card,
+            model_name=config.registry.model_name if do_register else None,
+            torchscript=config.registry.torchscript,
+        )
+    return TrainOutcome(
+        run_id=run_id,
+        experiment_id=experiment_id,
+        dataset_version=dataset.id,
+        model_name=registration.name,
+        model_version=registration.version,
+        model_uri=registration.model_uri,
+        artifact_sha256=registration.artifact_sha256,
+        evaluation=report,
+        fit=result,
+    )
