@@ -1,0 +1,194 @@
+"""Benchmark: C-STORE throughput of RadGate's gateway (with de-identification) vs Orthanc.
+
+The same 512x512 CT instances (pydicom's real CT_small.dcm upsampled, fresh UIDs per phase) are
+sent by dcmtk's ``storescu`` into Orthanc and into ``radgate gateway``, in the same run, with
+``TCP_NODELAY=1`` for every peer:
+
+1. one association (what a modality or a PACS routing rule does);
+2. ``--concurrency`` associations at once (several senders).
+
+The value is the ratio of files/s (gateway / Orthanc) over one association; target >= 1.0.
+Ends with ONE JSON line.
+
+    .venv/bin/python scripts/bench/gateway.py [--files 200] [--concurrency 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _orthanc_module() -> Any:
+    spec = importlib.util.spec_from_file_location("radgate_ci_orthanc", REPO / "scripts/ci/orthanc.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_ct(directory: Path, count: int, size: int = 512) -> list[Path]:
+    directory.mkdir(parents=True)
+    template = dcmread(get_testdata_file("CT_small.dcm"))
+    pixels = template.pixel_array
+    repeat = size // pixels.shape[0]
+    template.PixelData = np.kron(pixels, np.ones((repeat, repeat), pixels.dtype)).tobytes()
+    template.Rows = template.Columns = size
+    study, series = generate_uid(), generate_uid()
+    paths = []
+    for index in range(count):
+        ds = template.copy()
+        ds.PatientID, ds.PatientName = f"BENCH-{index % 7}", "Bench^Patient"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = index + 1
+        path = directory / f"{index:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def send(port: int, aec: str, files: list[Path], concurrency: int, env: dict[str, str]) -> float:
+    """Files/s for ``files`` split over ``concurrency`` storescu processes (one association each)."""
+    chunks = [files[i::concurrency] for i in range(concurrency)]
+    start = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port), *map(str, chunk)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    for sender in senders:
+        _, err = sender.communicate()
+        if sender.returncode != 0:
+            raise SystemExit(f"storescu into {aec} failed: {err.decode()[-500:]}")
+    return len(files) / (time.perf_counter() - start)
+
+
+def start_gateway(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+    config = {
+        "dicom": {
+            "ae_title": "RADGATE",
+            "host": "127.0.0.1",
+            "port": 0,
+            "allowed_peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
+        },
+        "http": {"enabled": False},
+    }
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("radgate")), "gateway", "--config", str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(workdir / "gateway.log", "ab"),  # noqa: SIM115
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        message = json.loads(line)
+        if message.get("event") == "ready":
+            return process, int(message["dicom_port"])
+    raise SystemExit("the gateway did not start; see gateway.log")
+
+
+def count_instances(env: dict[str, str]) -> int:
+    code = (
+        "from sqlalchemy import func, select\n"
+        "from governance.catalog import Instance, open_catalog\n"
+        "with open_catalog().session() as s: print(s.scalar(select(func.count()).select_from(Instance)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=200, help="instances per phase")
+    parser.add_argument("--concurrency", type=int, default=4, help="associations in phase 2")
+    args = parser.parse_args()
+
+    orthanc_ci = _orthanc_module()
+    with tempfile.TemporaryDirectory(prefix="radgate-bench-gateway-") as tmp:
+        work = Path(tmp)
+        env = {
+            **os.environ,
+            "TCP_NODELAY": "1",
+            "RADGATE_HOME": str(work / "home"),
+            "RADGATE_PROJECT_KEY": os.environ.get("RADGATE_PROJECT_KEY", "5a" * 32),
+        }
+        env.pop("RADGATE_CATALOG_URL", None)
+        env.pop("RADGATE_OBJECT_STORE", None)
+        serial_set = write_ct(work / "serial", args.files)
+        concurrent_sets = {
+            name: write_ct(work / f"concurrent-{name}", args.files) for name in ("orthanc", "gateway")
+        }
+        serial_sets = {"orthanc": serial_set, "gateway": write_ct(work / "serial-gw", args.files)}
+        orthanc = orthanc_ci.OrthancServer(
+            work / "orthanc", modalities={"sender": ("STORESCU", "127.0.0.1", 1)}
+        )
+        orthanc.start()
+        gateway, gateway_port = start_gateway(work, env)
+        try:
+            orthanc_serial = send(orthanc.dicom_port, orthanc.aet, serial_sets["orthanc"], 1, env)
+            gateway_serial = send(gateway_port, "RADGATE", serial_sets["gateway"], 1, env)
+            orthanc_conc = send(
+                orthanc.dicom_port, orthanc.aet, concurrent_sets["orthanc"], args.concurrency, env
+            )
+            gateway_conc = send(gateway_port, "RADGATE", concurrent_sets["gateway"], args.concurrency, env)
+            stored = count_instances(env)
+            in_orthanc = len(orthanc.rest("GET", "/instances"))
+        finally:
+            gateway.terminate()
+            gateway.wait(120)
+            orthanc.stop()
+        if stored != 2 * args.files or in_orthanc != 2 * args.files:
+            raise SystemExit(f"lost instances: gateway stored {stored}, Orthanc {in_orthanc}")
+        print(
+            f"one association:  gateway {gateway_serial:7.1f} files/s, Orthanc {orthanc_serial:7.1f} files/s"
+        )
+        print(
+            f"{args.concurrency} associations:   gateway {gateway_conc:7.1f} files/s, "
+            f"Orthanc {orthanc_conc:7.1f} files/s"
+        )
+        result = {
+            "bench": "gateway",
+            "value": round(gateway_serial / orthanc_serial, 3),
+            "target": 1.0,
+            "better": "higher",
+            "unit": "ratio of C-STORE files/s, gateway (de-identifying) / Orthanc, one association",
+            "gateway_files_per_s": round(gateway_serial, 1),
+            "orthanc_files_per_s": round(orthanc_serial, 1),
+            "concurrent_associations": args.concurrency,
+            "gateway_concurrent_files_per_s": round(gateway_conc, 1),
+            "orthanc_concurrent_files_per_s": round(orthanc_conc, 1),
+            "concurrent_ratio": round(gateway_conc / orthanc_conc, 3),
+            "files_per_phase": args.files,
+            "image": "CT 512x512 16-bit, Explicit VR LE",
+            "cpus": os.cpu_count(),
+        }
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

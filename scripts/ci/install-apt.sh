@@ -1,0 +1,20 @@
+#!/bin/sh
+# System packages for the PACS integration tests and benchmarks: Orthanc (+ DICOMweb, GDCM
+# plugins), dcmtk (storescu, echoscu, findscu, movescu, dcmcjpeg...), dicom3tools (dciodvfy),
+# GDCM tools (gdcmconv). The Orthanc service is not started: the test fixtures run their own
+# private instance on 127.0.0.1 (scripts/ci/orthanc.py).
+set -eu
+SUDO=""
+if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v Orthanc >/dev/null || ! command -v storescu >/dev/null \
+   || ! command -v dciodvfy >/dev/null || ! command -v gdcmconv >/dev/null \
+   || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends \
+    orthanc orthanc-dicomweb orthanc-gdcm dcmtk dicom3tools libgdcm-tools
+fi
+# Debian's package may start the system service; the tests never use it.
+if command -v service >/dev/null 2>&1; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
+Orthanc --version | head -n 1
+storescu --version | head -n 1
