@@ -46,7 +46,16 @@ def _progress(total: int) -> tuple[Progress, Callable[[object], None]]:
 
 def _summary(report: dict[str, object], title: str) -> None:
     table = Table(title=title, show_header=False)
-    for key in ("inputs", "deidentified", "duplicates", "quarantined", "workers", "files_per_s", "profile", "key_id"):
+    for key in (
+        "inputs",
+        "deidentified",
+        "duplicates",
+        "quarantined",
+        "workers",
+        "files_per_s",
+        "profile",
+        "key_id",
+    ):
         table.add_row(key, str(report.get(key)))
     reasons = report.get("quarantine_reasons") or {}
     for reason, count in sorted(reasons.items()):  # type: ignore[attr-defined]
@@ -66,13 +75,18 @@ def _run(
     try:
         with progress:
             report = run_files(
-                files, sink=Sink(sink), output_dir=output_dir, profile=profile, workers=workers,
-                source=source, on_result=advance,
-            )  # fmt: skip
+                files,
+                sink=Sink(sink),
+                output_dir=output_dir,
+                profile=profile,
+                workers=workers,
+                source=source,
+                on_result=advance,
+            )
     except ProfileError as exc:
         raise _fail(str(exc)) from exc
     data = report.as_dict()
-    if data["inputs"] != data["deidentified"] + data["quarantined"]:  # type: ignore[operator]
+    if report.inputs != report.deidentified + report.quarantined:
         raise _fail("internal error: inputs != de-identified + quarantined", 3)
     return data
 
@@ -93,7 +107,9 @@ def deid(
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise _fail("OUTPUT_DIR must not be inside INPUT_DIR")
     output_dir.mkdir(parents=True, exist_ok=True)
-    data = _run([input_dir], sink="folder", output_dir=output_dir, profile=profile, workers=workers, source="deid")
+    data = _run(
+        [input_dir], sink="folder", output_dir=output_dir, profile=profile, workers=workers, source="deid"
+    )
     data["output_dir"] = str(output_dir)
     _summary(data, "radgate deid")
     if report is not None:

@@ -28,6 +28,8 @@ def packaged_dicom_files() -> list[Path]:
         root = Path(next(iter(spec.submodule_search_locations))) / sub
         if root.is_dir():
             found.extend(
-                p for p in sorted(root.rglob("*")) if p.is_file() and p.suffix not in {".py", ".pyc", ".json", ".txt", ".md"}
+                p
+                for p in sorted(root.rglob("*"))
+                if p.is_file() and p.suffix not in {".py", ".pyc", ".json", ".txt", ".md"}
             )
     return found

@@ -8,7 +8,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from imaging.deid.errors import QuarantineError, QuarantineReason
 
@@ -52,15 +52,29 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
     except _PARSE_ERRORS as exc:
         reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
         raise QuarantineError(reason, f"cannot parse ({type(exc).__name__})") from exc
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+            raise QuarantineError(QuarantineReason.CORRUPT, f"element {tag} is truncated")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-        reason = QuarantineReason.MISSING_IDENTIFIERS if has_preamble or len(ds) > 3 else QuarantineReason.NOT_DICOM
+        reason = (
+            QuarantineReason.MISSING_IDENTIFIERS
+            if has_preamble or len(ds) > 3
+            else QuarantineReason.NOT_DICOM
+        )
         raise QuarantineError(reason, "no SOP Class UID or SOP Instance UID")
     _check_pixels(ds)
     if not has_preamble or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
         implicit, little = ds.original_encoding
         ds.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else UID("1.2.840.10008.1.2.2")
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else UID("1.2.840.10008.1.2.2")
         )
     return ds
 

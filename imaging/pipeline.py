@@ -12,7 +12,7 @@ from typing import Any
 import pydicom.config
 
 from governance.keys import ProjectKey
-from imaging.deid import Deidentifier, DeidRecord, DeidProfile, QuarantineError, QuarantineReason
+from imaging.deid import Deidentifier, DeidProfile, DeidRecord, QuarantineError, QuarantineReason
 from imaging.dicomio import encode_instance, parse_instance
 
 __all__ = ["Outcome", "Processed", "SealedOriginal", "process_bytes", "quiet_pydicom"]
@@ -90,7 +90,7 @@ def process_bytes(data: bytes, deid: Deidentifier, key: ProjectKey, profile: Dei
         output = encode_instance(ds)
     except QuarantineError as exc:
         return Processed(digest, len(data), Outcome.QUARANTINED, reason=exc.reason, detail=exc.detail)
-    except (Exception, RecursionError) as exc:  # noqa: BLE001 - any failure means: not safe, quarantine
+    except (Exception, RecursionError) as exc:
         return Processed(
             digest,
             len(data),

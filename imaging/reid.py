@@ -25,7 +25,13 @@ def reidentify(pseudonym: str, *, kind: str | None, reason: str, token: str | No
     try:
         require_role(principal, Role.HONEST_BROKER)
     except AuthError as exc:
-        record(principal.name, "reid.denied", f"pseudonym:{pseudonym}", {"kind": kind or "any"}, role=principal.role.value)
+        record(
+            principal.name,
+            "reid.denied",
+            f"pseudonym:{pseudonym}",
+            {"kind": kind or "any"},
+            role=principal.role.value,
+        )
         raise ReidError(str(exc)) from exc
     if not reason.strip():
         raise ReidError("a reason is required")
@@ -40,12 +46,17 @@ def reidentify(pseudonym: str, *, kind: str | None, reason: str, token: str | No
         if row.key_id != key.key_id:
             raise ReidError("the map was sealed under another project key")
         try:
-            found.append((row.kind, key.unseal(row.sealed_original, row.lookup.encode()).decode("utf-8", "replace")))
+            found.append(
+                (row.kind, key.unseal(row.sealed_original, row.lookup.encode()).decode("utf-8", "replace"))
+            )
         except KeyError_ as exc:
             raise ReidError(str(exc)) from exc
     # The audit names the pseudonym and the count, never the originals.
     record(
-        principal.name, "reid", f"pseudonym:{pseudonym}",
-        {"kind": kind or "any", "reason": reason[:500], "originals": len(found)}, role=principal.role.value,
-    )  # fmt: skip
+        principal.name,
+        "reid",
+        f"pseudonym:{pseudonym}",
+        {"kind": kind or "any", "reason": reason[:500], "originals": len(found)},
+        role=principal.role.value,
+    )
     return sorted(set(found))

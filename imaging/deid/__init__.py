@@ -6,10 +6,10 @@
 >>> record = deid.deidentify(dataset)   # in place; raises QuarantineError when unsafe
 """
 
-from imaging.deid.engine import DeidRecord, Deidentifier
+from imaging.deid.engine import Deidentifier, DeidRecord
 from imaging.deid.errors import DeidError, ProfileError, QuarantineError, QuarantineReason
 from imaging.deid.profile import DEFAULT_PROFILE, DeidProfile, load_profile
-from imaging.deid.pseudonym import PseudonymKind, Pseudonymizer
+from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
 from imaging.deid.scrub import TextScrubber
 from imaging.deid.table import Action, Option, load_table
 

@@ -16,12 +16,13 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from governance.keys import ProjectKey
 from imaging.deid.errors import QuarantineError, QuarantineReason
 from imaging.deid.pixels import apply_pixel_cleaning, matching_rule
 from imaging.deid.profile import DeidProfile, UnlistedText, UnlistedUnknown
-from imaging.deid.pseudonym import PseudonymKind, Pseudonymizer
+from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
 from imaging.deid.scrub import TextScrubber
 from imaging.deid.table import (
     BASIC_PROFILE_CODE,
@@ -55,20 +56,51 @@ _DUMMY: dict[str, Any] = {
 _META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 # Header values whose words must not survive in any cleaned free text.
 _IDENTIFYING_KEYWORDS = (
-    "PatientName", "PatientID", "OtherPatientIDs", "OtherPatientNames", "PatientBirthName",
-    "PatientMotherBirthName", "IssuerOfPatientID", "AccessionNumber", "PatientAddress",
-    "PatientTelephoneNumbers", "ReferringPhysicianName", "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers", "PerformingPhysicianName", "NameOfPhysiciansReadingStudy",
-    "PhysiciansOfRecord", "OperatorsName", "RequestingPhysician", "ScheduledPerformingPhysicianName",
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName", "StationName",
-    "StudyID", "RequestedProcedureID", "PatientInsurancePlanCodeSequence", "MilitaryRank",
-    "BranchOfService", "MedicalRecordLocator", "RegionOfResidence", "CountryOfResidence",
-    "PersonName", "VerifyingObserverName", "ContentCreatorName", "DeviceSerialNumber",
-)  # fmt: skip
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "IssuerOfPatientID",
+    "AccessionNumber",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "PerformingPhysicianName",
+    "NameOfPhysiciansReadingStudy",
+    "PhysiciansOfRecord",
+    "OperatorsName",
+    "RequestingPhysician",
+    "ScheduledPerformingPhysicianName",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "StudyID",
+    "RequestedProcedureID",
+    "PatientInsurancePlanCodeSequence",
+    "MilitaryRank",
+    "BranchOfService",
+    "MedicalRecordLocator",
+    "RegionOfResidence",
+    "CountryOfResidence",
+    "PersonName",
+    "VerifyingObserverName",
+    "ContentCreatorName",
+    "DeviceSerialNumber",
+)
+_IDENTIFYING_SET = frozenset(_IDENTIFYING_KEYWORDS)
 _DATE_KEYWORDS = (
-    "PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate",
+    "PatientBirthDate",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
     "InstanceCreationDate",
-)  # fmt: skip
+)
 
 
 @dataclass
@@ -169,6 +201,7 @@ class Deidentifier:
         values = [_text(ds.get(k, "")) for k in _IDENTIFYING_KEYWORDS if k in ds]
         for keyword in _DATE_KEYWORDS:
             values.extend(_date_variants(_text(ds.get(keyword, ""))))
+        values.extend(self._nested_identifiers(ds))
         state = _Instance(
             offset_days=self.pseudonyms.date_offset_days(pseudonym),
             scrubber_values=values,
@@ -220,6 +253,18 @@ class Deidentifier:
                 QuarantineReason.BURNED_IN_RISK, f"modality {modality} commonly has burned-in text"
             )
         return None
+
+    def _nested_identifiers(self, ds: Dataset) -> list[str]:
+        """Names and identifiers inside sequences (observers, SR content, beams): not to survive in text."""
+        names: list[str] = []
+        for tag in ds.keys():
+            if self._vr(ds, int(tag)) != "SQ":
+                continue
+            for item in ds[tag].value or ():
+                for elem in item.iterall():
+                    if elem.value and (elem.VR == "PN" or elem.keyword in _IDENTIFYING_SET):
+                        names.append(_text(elem.value))
+        return names
 
     def _originals(self, ds: Dataset, patient_id: str, pseudonym: str) -> list[tuple[str, str, str]]:
         out = [(PseudonymKind.PATIENT_ID, patient_id, pseudonym)]
@@ -285,6 +330,8 @@ class Deidentifier:
                     self._recurse(ds, t, state, pseudonym)
             else:
                 self._apply(ds, t, action, state, pseudonym)
+                if t not in ds and 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000:
+                    purge_groups.add(group)
         for tag in [t for t in ds.keys() if (int(t) >> 16) in purge_groups]:
             del ds[tag]
 
@@ -307,9 +354,9 @@ class Deidentifier:
         elem = ds[t]
         vr = elem.VR
         if vr == "SQ":
-            if action in (Action.ZERO, Action.DUMMY):
+            if action is Action.ZERO:
                 elem.value = Sequence()
-            else:  # U, C: keep the structure, apply the table inside
+            else:  # D, U, C: keep the structure (a dummy of the same shape), apply the table inside
                 self._recurse(ds, t, state, pseudonym)
             return
         if action is Action.PSEUDONYM:
@@ -464,6 +511,8 @@ class Deidentifier:
             meta.MediaStorageSOPInstanceUID = self._uid(str(meta.MediaStorageSOPInstanceUID))
         if "SOPClassUID" in ds:
             meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        # The file is now written by RadGate (on pydicom): the writer's identity, not the source's.
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = "RADGATE_010"
 
 

@@ -48,7 +48,8 @@ def apply_pixel_cleaning(ds: Dataset, rule: PixelCleaningRule) -> None:
         pixels = np.array(ds.pixel_array, copy=True)
     except Exception as exc:  # decoders raise their own types; the reason is recorded, not the data
         raise QuarantineError(
-            QuarantineReason.BURNED_IN_RISK, f"pixels could not be decoded for cleaning ({type(exc).__name__})"
+            QuarantineReason.BURNED_IN_RISK,
+            f"pixels could not be decoded for cleaning ({type(exc).__name__})",
         ) from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)

@@ -49,14 +49,14 @@ class TextScrubber:
             tokens.add(value.replace("^", " ").strip())
             for part in _SPLIT.split(value):
                 # Two-letter surnames (Li, Ng) are real; single letters are initials, too common.
-                if len(part) >= 2 and not part.isdigit() or part.isdigit() and len(part) >= 3:
+                if (len(part) >= 2 and not part.isdigit()) or (part.isdigit() and len(part) >= 3):
                     tokens.add(part)
         return cls(frozenset(t for t in tokens if t))
 
     def _compiled(self) -> re.Pattern[str]:
         if self._pattern is None:
             known = sorted(self.tokens, key=len, reverse=True)
-            parts = [rf"(?<![\w]){re.escape(t)}(?![\w])" for t in known]
+            parts = [rf"(?<![0-9A-Za-z]){re.escape(t)}(?![0-9A-Za-z])" for t in known]
             parts.append(_GENERIC_RE.pattern)
             self._pattern = re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
         return self._pattern

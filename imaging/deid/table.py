@@ -67,6 +67,9 @@ CLEAN_PIXEL_DATA_CODE = ("113101", "Clean Pixel Data Option")
 
 # Keyed pseudonyms instead of Z/D for the two identifiers a study is matched on.
 _PSEUDONYMISED = {0x00100010, 0x00100020}
+# Listed as X, but Type 2C in the Patient Module (for animals): emptied, not removed, so
+# that a conformant input stays conformant. An empty value carries nothing.
+_EMPTY_NOT_REMOVE = {0x00102297, 0x00102299}
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,11 @@ def load_table(options: Iterable[Option] = ()) -> ResolvedTable:
         action = _resolve_row(row, enabled)
         if all(c in "0123456789abcdef" for c in row.tag):
             tag = int(row.tag, 16)
-            by_tag[tag] = Action.PSEUDONYM if tag in _PSEUDONYMISED else action
+            if tag in _PSEUDONYMISED:
+                action = Action.PSEUDONYM
+            elif tag in _EMPTY_NOT_REMOVE and action is Action.REMOVE:
+                action = Action.ZERO
+            by_tag[tag] = action
         else:
             special[row.tag] = action
     return ResolvedTable(

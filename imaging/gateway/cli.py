@@ -34,13 +34,18 @@ def gateway(
     dicom_port: int | None = typer.Option(None, help="Override the DICOM port (0: any free port)."),
     http_port: int | None = typer.Option(None, help="Override the STOW-RS port (0: any free port)."),
     no_http: bool = typer.Option(False, "--no-http", help="Run the C-STORE SCP only."),
+    workers: int | None = typer.Option(None, min=1, help="SCP worker processes (default: config)."),
 ) -> None:
     """Run the intake gateway: C-STORE/C-ECHO SCP and DICOMweb STOW-RS, until SIGTERM (drains)."""
     from imaging.gateway.service import GatewayService
 
     cfg = _load(config)
     dicom = cfg.dicom.model_copy(
-        update={k: v for k, v in {"ae_title": ae_title, "port": dicom_port}.items() if v is not None}
+        update={
+            k: v
+            for k, v in {"ae_title": ae_title, "port": dicom_port, "workers": workers}.items()
+            if v is not None
+        }
     )
     port = http_port if http_port is not None else cfg.http.port
     http = cfg.http.model_copy(update={"port": port, "enabled": cfg.http.enabled and not no_http})
@@ -48,7 +53,7 @@ def gateway(
     if not dicom.allow_any and not dicom.allowed_peers:
         typer.echo("warning: no calling AE title is allowed (dicom.allowed_peers is empty)", err=True)
     try:
-        service = GatewayService(cfg, _sink())
+        service = GatewayService(cfg, _sink)
         service.run_forever()
     except OSError as exc:
         typer.echo(f"error: cannot listen: {exc.strerror}", err=True)

@@ -79,6 +79,7 @@ class DicomListener(_Model):
     host: str = "0.0.0.0"
     port: int = Field(default=11112, ge=0, le=65535)
     max_associations: int = Field(default=32, ge=1)
+    workers: int = Field(default=1, ge=1, le=64, description="SCP processes sharing the port (Linux)")
     max_pdu: int = Field(default=1_048_576, ge=0, description="0: unlimited")
     network_timeout: float = 60.0
     acse_timeout: float = 30.0

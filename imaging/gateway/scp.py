@@ -16,7 +16,7 @@ import socketserver
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -137,16 +137,38 @@ class StorageSCP:
             raise RuntimeError("the SCP is not running")
         return int(self._server.server_address[1])
 
-    def start(self) -> None:
+    def bind(self) -> None:
+        """Create the listening socket (no thread yet: worker processes fork after this)."""
         handlers: list[Any] = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
         ]
-        self._server = self.ae.start_server(
-            (self.listener.host, self.listener.port), block=False, evt_handlers=handlers
+        self._server = cast(
+            ThreadedAssociationServer,
+            self.ae.make_server(
+                (self.listener.host, self.listener.port),
+                evt_handlers=handlers,
+                server_class=ThreadedAssociationServer,
+            ),
         )
+
+    def serve(self) -> None:
+        """Accept associations in a background thread (each association gets its own thread)."""
+        if self._server is None:
+            raise RuntimeError("bind() the SCP first")
+        self.ae._servers.append(self._server)
+        threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
+
+    def start(self) -> None:
+        self.bind()
+        self.serve()
+
+    def close_listener(self) -> None:
+        """Close this process's copy of the listening socket (the workers keep theirs)."""
+        if self._server is not None:
+            self._server.server_close()
 
     def active_associations(self) -> int:
         return len(self._server.active_associations) if self._server else 0

@@ -13,24 +13,34 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 from imaging.gateway.config import GatewayConfig
 from imaging.gateway.scp import GatewayStats, StorageSCP
 from imaging.gateway.sink import Sink
+from imaging.gateway.workers import WorkerPool
 
 __all__ = ["GatewayService"]
 
 LOGGER = logging.getLogger(__name__)
 
 
+class _NotYet:
+    """Placeholder sink until the process that serves has built its own."""
+
+    def ingest_bytes(self, data: bytes, source: str) -> Any:
+        raise RuntimeError("the ingest path is not ready")
+
+
 class GatewayService:
-    def __init__(self, config: GatewayConfig, sink: Sink) -> None:
+    def __init__(self, config: GatewayConfig, sink_factory: Callable[[], Sink]) -> None:
         self.config = config
-        self.sink = sink
+        self.sink_factory = sink_factory
         self.stats = GatewayStats()
-        self.scp = StorageSCP(config.dicom, sink, self.stats)
+        self.scp = StorageSCP(config.dicom, _NotYet(), self.stats)
+        self.pool: WorkerPool | None = None
         self._http: Any = None  # uvicorn.Server
         self._http_thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -41,7 +51,17 @@ class GatewayService:
         from imaging.gateway.recovery import sweep_stale_temp_files
 
         self.swept_temp_files = sweep_stale_temp_files(self.config.stale_temp_age)
-        self.scp.start()
+        self.scp.bind()
+        if self.config.dicom.workers > 1:
+            # Fork before any thread exists; each worker builds its own ingest path.
+            self.pool = WorkerPool(
+                self.scp, self.sink_factory, self.config.dicom.workers, self.config.drain_timeout
+            )
+            self.pool.start()
+            self.sink: Sink | None = None
+        else:
+            self.sink = self.scp.sink = self.sink_factory()
+            self.scp.serve()
         if self.config.http.enabled:
             self._start_http()
 
@@ -50,7 +70,8 @@ class GatewayService:
 
         from imaging.gateway.stow import create_stow_app
 
-        app = create_stow_app(self.sink, max_request_bytes=self.config.http.max_request_bytes)
+        sink = self.sink or self.sink_factory()
+        app = create_stow_app(sink, max_request_bytes=self.config.http.max_request_bytes)
         http = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -80,6 +101,7 @@ class GatewayService:
             "ae_title": self.config.dicom.ae_title,
             "dicom_host": self.config.dicom.host,
             "dicom_port": self.scp.port,
+            "workers": self.config.dicom.workers,
             "http_host": self.config.http.host if self.config.http.enabled else None,
             "http_port": self.http_port,
             "swept_temp_files": self.swept_temp_files,
@@ -90,7 +112,11 @@ class GatewayService:
         timeout = self.config.drain_timeout
         if self._http is not None:
             self._http.should_exit = True
-        aborted = self.scp.stop(timeout)
+        if self.pool is not None:
+            totals, aborted = self.pool.stop()
+            self.stats.add(**totals)
+        else:
+            aborted = self.scp.stop(timeout)
         if self._http_thread is not None:
             self._http_thread.join(timeout + 5)
         return {"event": "stopped", "aborted_associations": aborted, **self.stats.snapshot()}

@@ -52,7 +52,11 @@ class Ingestor:
         self.store = ContentStore.from_settings(self.settings)
         self.catalog = open_catalog(self.settings)
         self.recorder = CatalogRecorder(
-            self.catalog, profile=self.profile.label, key_id=self.key.key_id, step="ingest", record_instances=True
+            self.catalog,
+            profile=self.profile.label,
+            key_id=self.key.key_id,
+            step="ingest",
+            record_instances=True,
         )
         self.settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
         # SQLite serialises writers anyway; one lock keeps the duplicate check and insert atomic.
@@ -60,7 +64,11 @@ class Ingestor:
 
     def _existing(self, input_sha256: str) -> Instance | None:
         with self.catalog.session() as session:
-            return session.execute(select(Instance).where(Instance.input_sha256 == input_sha256)).scalars().first()
+            return (
+                session.execute(select(Instance).where(Instance.input_sha256 == input_sha256))
+                .scalars()
+                .first()
+            )
 
     def ingest_path(self, path: Path | str, source: str = "folder") -> IngestOutcome:
         return self.ingest_bytes(Path(path).read_bytes(), source)
@@ -71,13 +79,26 @@ class Ingestor:
         known = self._existing(digest)
         if known is not None:
             return IngestOutcome(
-                IngestStatus.DUPLICATE, digest, known.sha256, known.store_key, None, known.sop_class_uid,
-                known.sop_instance_uid, known.series_instance_uid, known.study_instance_uid,
-            )  # fmt: skip
+                IngestStatus.DUPLICATE,
+                digest,
+                known.sha256,
+                known.store_key,
+                None,
+                known.sop_class_uid,
+                known.sop_instance_uid,
+                known.series_instance_uid,
+                known.study_instance_uid,
+            )
         processed = process_bytes(data, self.deid, self.key, self.profile)
         if processed.outcome is Outcome.QUARANTINED:
             location = quarantine_input(
-                self.settings.quarantine_dir, self.key, digest, data, processed.reason or "", processed.detail, source
+                self.settings.quarantine_dir,
+                self.key,
+                digest,
+                data,
+                processed.reason or "",
+                processed.detail,
+                source,
             )
         else:
             assert processed.output is not None

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -73,12 +73,18 @@ def quarantine_input(
     sealed_path = directory / f"{digest}.sealed"
     if data is not None and not sealed_path.exists():
         atomic_write(sealed_path, key.seal(data, associated=digest.encode()))
-    note = {"input_sha256": digest, "reason": reason, "detail": detail, "source": source, "sealed": data is not None}
+    note = {
+        "input_sha256": digest,
+        "reason": reason,
+        "detail": detail,
+        "source": source,
+        "sealed": data is not None,
+    }
     atomic_write(directory / f"{digest}.json", json.dumps(note, indent=1).encode())
     return str(sealed_path if data is not None else directory / f"{digest}.json")
 
 
-def _insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], keys: list[str]) -> None:
+def _insert_ignore(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     if not rows:
         return
     dialect = session.bind.dialect.name if session.bind is not None else ""
@@ -96,7 +102,9 @@ def _insert_ignore(session: Session, table: Table, rows: list[dict[str, Any]], k
 class CatalogRecorder:
     """Writes instances, quarantine, lineage and sealed originals in one transaction per batch."""
 
-    def __init__(self, catalog: Catalog, *, profile: str, key_id: str, step: str, record_instances: bool) -> None:
+    def __init__(
+        self, catalog: Catalog, *, profile: str, key_id: str, step: str, record_instances: bool
+    ) -> None:
         self.catalog = catalog
         self.profile = profile
         self.key_id = key_id
@@ -119,38 +127,70 @@ class CatalogRecorder:
                     if r.output_sha256 in known and r.outcome == Outcome.DEIDENTIFIED.value:
                         r.outcome = "duplicate"
             pseudonyms = [
-                {"kind": s.kind, "pseudonym": s.pseudonym, "lookup": s.lookup, "sealed_original": s.sealed,
-                 "key_id": self.key_id, "created_at": now}
+                {
+                    "kind": s.kind,
+                    "pseudonym": s.pseudonym,
+                    "lookup": s.lookup,
+                    "sealed_original": s.sealed,
+                    "key_id": self.key_id,
+                    "created_at": now,
+                }
                 for r in results
                 for s in r.sealed
-            ]  # fmt: skip
-            _insert_ignore(session, Pseudonym.__table__, _unique(pseudonyms, ("kind", "lookup")), ["kind", "lookup"])  # type: ignore[arg-type]
+            ]
+            _insert_ignore(
+                session, Pseudonym.__table__, _unique(pseudonyms, ("kind", "lookup")), ["kind", "lookup"]
+            )
             quarantined = [
-                {"input_sha256": r.input_sha256, "reason": r.reason or "", "detail": r.detail,
-                 "path": r.location or "", "source": r.source, "size": r.input_size, "created_at": now}
+                {
+                    "input_sha256": r.input_sha256,
+                    "reason": r.reason or "",
+                    "detail": r.detail,
+                    "path": r.location or "",
+                    "source": r.source,
+                    "size": r.input_size,
+                    "created_at": now,
+                }
                 for r in results
                 if r.outcome == Outcome.QUARANTINED.value
-            ]  # fmt: skip
-            _insert_ignore(session, QuarantineRecord.__table__, _unique(quarantined, ("input_sha256",)), ["input_sha256"])  # type: ignore[arg-type]
+            ]
+            _insert_ignore(
+                session, QuarantineRecord.__table__, _unique(quarantined, ("input_sha256",)), ["input_sha256"]
+            )
             if self.record_instances:
                 instances = [
-                    {"sha256": r.output_sha256, "input_sha256": r.input_sha256, "store_key": r.location,
-                     "size": r.summary.get("output_size", 0), "profile": self.profile, "key_id": self.key_id,
-                     "transfer_syntax_uid": r.summary.get("transfer_syntax", ""), "created_at": now,
-                     **(r.instance or {})}
+                    {
+                        "sha256": r.output_sha256,
+                        "input_sha256": r.input_sha256,
+                        "store_key": r.location,
+                        "size": r.summary.get("output_size", 0),
+                        "profile": self.profile,
+                        "key_id": self.key_id,
+                        "transfer_syntax_uid": r.summary.get("transfer_syntax", ""),
+                        "created_at": now,
+                        **(r.instance or {}),
+                    }
                     for r in results
                     if r.outcome == Outcome.DEIDENTIFIED.value
-                ]  # fmt: skip
-                _insert_ignore(session, Instance.__table__, _unique(instances, ("sha256",)), ["sha256"])  # type: ignore[arg-type]
-            session.execute(
-                insert(LineageEvent.__table__),  # type: ignore[arg-type]
-                [
-                    {"step": self.step, "outcome": r.outcome, "input_sha256": r.input_sha256,
-                     "output_sha256": r.output_sha256, "profile": self.profile, "key_id": self.key_id,
-                     "source": r.source, "software": SOFTWARE, "details": r.summary, "created_at": now}
+                ]
+                _insert_ignore(session, Instance.__table__, _unique(instances, ("sha256",)), ["sha256"])
+            if results:
+                lineage = [
+                    {
+                        "step": self.step,
+                        "outcome": r.outcome,
+                        "input_sha256": r.input_sha256,
+                        "output_sha256": r.output_sha256,
+                        "profile": self.profile,
+                        "key_id": self.key_id,
+                        "source": r.source,
+                        "software": SOFTWARE,
+                        "details": r.summary,
+                        "created_at": now,
+                    }
                     for r in results
-                ],  # fmt: skip
-            ) if results else None
+                ]
+                session.execute(insert(LineageEvent.__table__), lineage)  # type: ignore[arg-type]
         return results
 
 

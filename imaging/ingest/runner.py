@@ -128,11 +128,11 @@ def _read(path: Path, limit: int) -> tuple[bytes | None, str, int, str | None]:
     try:
         size = path.stat().st_size
         if size > limit:
-            digest = hashlib.sha256()
+            hasher = hashlib.sha256()
             with path.open("rb") as handle:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
-            return None, digest.hexdigest(), size, QuarantineReason.TOO_LARGE.value
+                    hasher.update(chunk)
+            return None, hasher.hexdigest(), size, QuarantineReason.TOO_LARGE.value
         data = path.read_bytes()
         return data, hashlib.sha256(data).hexdigest(), size, None
     except OSError as exc:
@@ -148,10 +148,22 @@ def _process_path(path_str: str) -> Result:
     data, digest, size, failure = _read(path, job.profile.max_bytes)
     if failure is not None or data is None:
         reason, _, kind = (failure or "unreadable").partition(":")
-        detail = f"{size} bytes exceeds limit {job.profile.max_bytes}" if reason == "too_large" else f"cannot read ({kind})"
+        detail = (
+            f"{size} bytes exceeds limit {job.profile.max_bytes}"
+            if reason == "too_large"
+            else f"cannot read ({kind})"
+        )
         location = quarantine_input(Path(job.quarantine_dir), key, digest, None, reason, detail, source)
-        return Result(digest, size, Outcome.QUARANTINED.value, source, location=location, reason=reason, detail=detail,
-                      summary={"outcome": "quarantined", "reason": reason, "detail": detail})  # fmt: skip
+        return Result(
+            digest,
+            size,
+            Outcome.QUARANTINED.value,
+            source,
+            location=location,
+            reason=reason,
+            detail=detail,
+            summary={"outcome": "quarantined", "reason": reason, "detail": detail},
+        )
     processed = process_bytes(data, _state["deid"], key, job.profile)
     if processed.outcome is Outcome.QUARANTINED:
         location = quarantine_input(
@@ -163,7 +175,9 @@ def _process_path(path_str: str) -> Result:
         location = _state["store"].put(processed.output)
     else:
         r = processed.record
-        target = Path(job.output_dir) / (r.study_instance_uid or "nostudy") / (r.series_instance_uid or "noseries")
+        target = (
+            Path(job.output_dir) / (r.study_instance_uid or "nostudy") / (r.series_instance_uid or "noseries")
+        )
         target = target / f"{r.sop_instance_uid or processed.output_sha256}.dcm"
         atomic_write(target, processed.output)
         location = str(target)
@@ -200,9 +214,12 @@ def run_files(
     settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.quarantine_dir, 0o700)
     recorder = CatalogRecorder(
-        catalog, profile=profile.label, key_id=key.key_id, step="deid" if sink is Sink.FOLDER else "ingest",
+        catalog,
+        profile=profile.label,
+        key_id=key.key_id,
+        step="deid" if sink is Sink.FOLDER else "ingest",
         record_instances=sink is Sink.STORE,
-    )  # fmt: skip
+    )
     report = RunReport(profile=profile.label, key_id=key.key_id, workers=max(1, workers))
     start = time.perf_counter()
     pending: list[Result] = []

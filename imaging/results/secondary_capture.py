@@ -139,10 +139,18 @@ def build_overlay_secondary_capture(
         raise SecondaryCaptureError(f"highdicom refused the overlay: {exc}") from exc
     if orientation is None:
         image.PatientOrientation = None  # type: ignore[assignment]  # Type 2, empty
-    # Type 2C in General Series: empty when the source does not say (paired organs need it).
-    image.Laterality = source.get("Laterality") or source.get("ImageLaterality") or None  # type: ignore[assignment]
+    # Laterality (General Series, Type 2C): the source's when it has one; absent for a named
+    # body part without it (unpaired); empty, i.e. unknown, when the body part is not named.
+    sides = [source.get(k) for k in ("Laterality", "ImageLaterality")]
+    laterality = next((side for side in sides if side in ("R", "L")), None)  # U, B: not a series side
     if source.get("BodyPartExamined"):
         image.BodyPartExamined = source.BodyPartExamined
+    if laterality:
+        image.Laterality = laterality
+    elif not source.get("BodyPartExamined"):
+        image.Laterality = None  # type: ignore[assignment]
+    elif "Laterality" in image:
+        del image.Laterality
     image.ConversionType = "WSD"
     image.SecondaryCaptureDeviceManufacturer = algorithm.manufacturer
     image.SecondaryCaptureDeviceManufacturerModelName = algorithm.name[:64]

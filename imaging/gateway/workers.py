@@ -1,0 +1,115 @@
+"""Pre-forked SCP worker processes: one listening socket, ``dicom.workers`` processes accepting
+on it, each with its own ingest path (threads within a process share one GIL; processes use
+every core). Linux only (fork, PR_SET_PDEATHSIG).
+
+The parent forks before it starts any thread, forwards SIGTERM, and sums the workers' counters.
+A worker dies with its parent (PR_SET_PDEATHSIG), so a killed gateway leaves no orphan SCP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from imaging.gateway.scp import StorageSCP
+from imaging.gateway.sink import Sink
+
+__all__ = ["WorkerPool"]
+
+LOGGER = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class _Worker:
+    pid: int
+    stats_fd: int
+
+
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class WorkerPool:
+    def __init__(
+        self, scp: StorageSCP, sink_factory: Callable[[], Sink], count: int, drain_timeout: float
+    ) -> None:
+        self.scp = scp
+        self.sink_factory = sink_factory
+        self.count = count
+        self.drain_timeout = drain_timeout
+        self.workers: list[_Worker] = []
+
+    def start(self) -> None:
+        """Fork the workers; ``scp`` must be bound and no thread may be running yet."""
+        for _ in range(self.count):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # worker
+                os.close(read_fd)
+                self._run_worker(write_fd)  # never returns
+            os.close(write_fd)
+            self.workers.append(_Worker(pid, read_fd))
+        self.scp.close_listener()  # only the workers accept
+
+    def _run_worker(self, stats_fd: int) -> None:
+        code = 0
+        try:
+            _die_with_parent()
+            stop = threading.Event()
+
+            def request_stop(_signum: int, _frame: FrameType | None) -> None:
+                stop.set()
+
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGINT, request_stop)
+            self.scp.sink = self.sink_factory()
+            self.scp.serve()
+            while not stop.wait(1.0):
+                if os.getppid() == 1:  # parent gone and PDEATHSIG unavailable
+                    break
+            aborted = self.scp.stop(self.drain_timeout)
+            os.write(stats_fd, json.dumps({**self.scp.stats.snapshot(), "aborted": aborted}).encode())
+        except BaseException:  # a worker must never return into the parent's code
+            LOGGER.exception("gateway worker failed")
+            code = 1
+        finally:
+            os._exit(code)
+
+    def stop(self) -> tuple[dict[str, int], int]:
+        """SIGTERM every worker, wait for them to drain; the summed counters and aborts."""
+        for worker in self.workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGTERM)
+        totals: dict[str, int] = {}
+        aborted = 0
+        deadline = time.monotonic() + self.drain_timeout + 30
+        for worker in self.workers:
+            while time.monotonic() < deadline:
+                pid, _ = os.waitpid(worker.pid, os.WNOHANG)
+                if pid:
+                    break
+                time.sleep(0.05)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGKILL)
+                os.waitpid(worker.pid, 0)
+            with os.fdopen(worker.stats_fd, "rb") as pipe:
+                raw = pipe.read()
+            if raw:
+                counts = json.loads(raw)
+                aborted += int(counts.pop("aborted", 0))
+                for key, value in counts.items():
+                    totals[key] = totals.get(key, 0) + int(value)
+        return totals, aborted
