@@ -28,10 +28,18 @@ def _method(value: str) -> str:
 
 
 def _load(model: str, tracking_uri: str | None):  # type: ignore[no-untyped-def]
+    import mlflow
+
+    from governance.settings import get_settings
     from training.registry import ArtifactIntegrityError, ModelNotFoundError, load_model
 
+    # models:/ downloads resolve through the process-wide registry URI: point it at ours, or
+    # MLflow falls back to ./mlflow.db in the working directory.
+    uri = tracking_uri or get_settings().resolved_mlflow_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        return load_model(model, tracking_uri=tracking_uri)
+        return load_model(model, tracking_uri=uri)
     except ModelNotFoundError as exc:
         raise _fail(str(exc)) from None
     except ArtifactIntegrityError as exc:

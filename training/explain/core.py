@@ -158,6 +158,8 @@ class _ScoreOfTarget(nn.Module):
                 if logits.shape[1] == 1
                 else logits.detach().argmax(dim=1)
             )
+        if int(self.targets.max()) >= logits.shape[1]:
+            raise ExplainError(f"target out of range for a model with {logits.shape[1]} outputs")
         self.logits = logits.detach()
         return logits.gather(1, self.targets.to(logits.device)[:, None]).squeeze(1)
 

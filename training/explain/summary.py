@@ -96,6 +96,10 @@ def attribution_focus(
     )
 
 
+def _percent(fraction: float) -> str:
+    return "less than 1%" if fraction < 0.01 else f"about {round(100 * fraction)}%"
+
+
 def clinician_summary(
     *,
     finding: str,
@@ -121,7 +125,7 @@ def clinician_summary(
             where += f" ({focus.patient_region})"
         second = (
             f"{method} attribution is {focus.spread}, concentrated in {where}, "
-            f"covering about {round(100 * focus.extent)}% of the image."
+            f"covering {_percent(focus.extent)} of the image."
         )
     third = "The map shows where the model's output is sensitive; it does not localise disease."
     return " ".join((first, second, third))
