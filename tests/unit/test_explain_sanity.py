@@ -115,7 +115,7 @@ def test_explain_sanity_passes_for_trained_fails_for_untrained(
     assert good.passed, good.reasons
     assert abs(good.spearman) <= good.threshold and good.control_spearman == pytest.approx(1.0)
     assert good.faithfulness_gap is not None and good.faithfulness_gap > 0.05
-    assert [step.block for step in good.cascade][0] == "class_layers"
+    assert next(step.block for step in good.cascade) == "class_layers"
     assert len(good.cascade) == len(cascade_blocks(trained))
 
     untrained = run_randomization_check(_small_densenet(5), images, config=SanityConfig(cascade=False))
