@@ -54,13 +54,15 @@ def gateway(
         typer.echo("warning: no calling AE title is allowed (dicom.allowed_peers is empty)", err=True)
     try:
         service = GatewayService(cfg, _sink)
-        service.run_forever()
+        final = service.run_forever()
     except OSError as exc:
         typer.echo(f"error: cannot listen: {exc.strerror}", err=True)
         raise typer.Exit(1) from exc
     except RuntimeError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
+    if final.get("failed_worker"):
+        raise typer.Exit(1)
 
 
 def pull(

@@ -166,9 +166,10 @@ class StorageSCP:
         self.serve()
 
     def close_listener(self) -> None:
-        """Close this process's copy of the listening socket (the workers keep theirs)."""
+        """Close this process's copy of the listening socket (the workers keep theirs). Not
+        ``server_close()``: its shutdown(SHUT_RDWR) would stop the shared socket listening."""
         if self._server is not None:
-            self._server.server_close()
+            self._server.socket.close()
 
     def active_associations(self) -> int:
         return len(self._server.active_associations) if self._server else 0

@@ -27,6 +27,14 @@ __all__ = ["GatewayService"]
 LOGGER = logging.getLogger(__name__)
 
 
+def _prepare_shared_state() -> None:
+    from governance.catalog import open_catalog
+    from governance.keys import load_project_key
+
+    load_project_key()
+    open_catalog().engine.dispose()
+
+
 class _NotYet:
     """Placeholder sink until the process that serves has built its own."""
 
@@ -53,7 +61,9 @@ class GatewayService:
         self.swept_temp_files = sweep_stale_temp_files(self.config.stale_temp_age)
         self.scp.bind()
         if self.config.dicom.workers > 1:
-            # Fork before any thread exists; each worker builds its own ingest path.
+            # Migrate the catalog and create the key once, here; fork before any thread exists
+            # and without open database connections; each worker builds its own ingest path.
+            _prepare_shared_state()
             self.pool = WorkerPool(
                 self.scp, self.sink_factory, self.config.dicom.workers, self.config.drain_timeout
             )
@@ -130,10 +140,15 @@ class GatewayService:
         signal.signal(signal.SIGINT, self.request_stop)
         self.start()
         print(json.dumps(self.ready_message()), flush=True)
+        failed = False
         while not self._stop.wait(1.0):
-            pass
+            if self.pool is not None and self.pool.lost_worker():
+                LOGGER.error("a gateway worker died: stopping (let the supervisor restart the service)")
+                failed = True
+                break
         LOGGER.warning("stopping: draining transfers in flight")
         final = self.stop()
+        final["failed_worker"] = failed
         print(json.dumps(final), flush=True)
         sys.stdout.flush()
         return final

@@ -33,6 +33,7 @@ _PR_SET_PDEATHSIG = 1
 class _Worker:
     pid: int
     stats_fd: int
+    exited: bool = False
 
 
 def _die_with_parent() -> None:
@@ -87,24 +88,37 @@ class WorkerPool:
         finally:
             os._exit(code)
 
+    def lost_worker(self) -> bool:
+        """Whether a worker has exited on its own (crash, OOM kill...)."""
+        for worker in self.workers:
+            if worker.exited:
+                return True
+            pid, _ = os.waitpid(worker.pid, os.WNOHANG)
+            if pid:
+                worker.exited = True
+                return True
+        return False
+
     def stop(self) -> tuple[dict[str, int], int]:
         """SIGTERM every worker, wait for them to drain; the summed counters and aborts."""
         for worker in self.workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGTERM)
+            if not worker.exited:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
         totals: dict[str, int] = {}
         aborted = 0
         deadline = time.monotonic() + self.drain_timeout + 30
         for worker in self.workers:
-            while time.monotonic() < deadline:
+            while not worker.exited and time.monotonic() < deadline:
                 pid, _ = os.waitpid(worker.pid, os.WNOHANG)
                 if pid:
                     break
                 time.sleep(0.05)
             else:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGKILL)
-                os.waitpid(worker.pid, 0)
+                if not worker.exited:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGKILL)
+                    os.waitpid(worker.pid, 0)
             with os.fdopen(worker.stats_fd, "rb") as pipe:
                 raw = pipe.read()
             if raw:

@@ -85,12 +85,13 @@ def send(port: int, aec: str, files: list[Path], concurrency: int, env: dict[str
     return len(files) / (time.perf_counter() - start)
 
 
-def start_gateway(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], int]:
+def start_gateway(workdir: Path, env: dict[str, str], workers: int) -> tuple[subprocess.Popen[str], int]:
     config = {
         "dicom": {
             "ae_title": "RADGATE",
             "host": "127.0.0.1",
             "port": 0,
+            "workers": workers,
             "allowed_peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
         },
         "http": {"enabled": False},
@@ -101,7 +102,7 @@ def start_gateway(workdir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[
         [str(Path(sys.executable).with_name("radgate")), "gateway", "--config", str(path)],
         env=env,
         stdout=subprocess.PIPE,
-        stderr=open(workdir / "gateway.log", "ab"),  # noqa: SIM115
+        stderr=open(os.environ.get("RADGATE_BENCH_LOG", workdir / "gateway.log"), "ab"),  # noqa: SIM115
         text=True,
     )
     assert process.stdout is not None
@@ -126,6 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200, help="instances per phase")
     parser.add_argument("--concurrency", type=int, default=4, help="associations in phase 2")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="gateway SCP processes (dicom.workers)"
+    )
     args = parser.parse_args()
 
     orthanc_ci = _orthanc_module()
@@ -148,7 +152,7 @@ def main() -> None:
             work / "orthanc", modalities={"sender": ("STORESCU", "127.0.0.1", 1)}
         )
         orthanc.start()
-        gateway, gateway_port = start_gateway(work, env)
+        gateway, gateway_port = start_gateway(work, env, args.workers)
         try:
             orthanc_serial = send(orthanc.dicom_port, orthanc.aet, serial_sets["orthanc"], 1, env)
             gateway_serial = send(gateway_port, "RADGATE", serial_sets["gateway"], 1, env)
@@ -184,6 +188,7 @@ def main() -> None:
             "orthanc_concurrent_files_per_s": round(orthanc_conc, 1),
             "concurrent_ratio": round(gateway_conc / orthanc_conc, 3),
             "files_per_phase": args.files,
+            "gateway_workers": args.workers,
             "image": "CT 512x512 16-bit, Explicit VR LE",
             "cpus": os.cpu_count(),
         }

@@ -157,3 +157,39 @@ def test_sigterm_drains_the_association_in_flight(
     assert final["aborted_associations"] == 0
     assert final["stored"] == 80
     _assert_store_matches_catalog(80)
+
+
+def test_worker_processes_share_the_port_and_die_with_the_gateway(
+    start_gateway: Any, dicom_env: dict[str, str], tmp_path: Path
+) -> None:
+    import psutil
+
+    batches = [write_ct_series(tmp_path / f"sender-{n}", 40, patient_id=f"W{n}") for n in range(4)]
+    config = gateway_config()
+    config["dicom"]["workers"] = 2
+    gateway = start_gateway(config)
+    assert gateway.ready["workers"] == 2
+    workers = psutil.Process(gateway.process.pid).children()
+    assert len(workers) == 2
+    senders = [_storescu(gateway.dicom_port, files, dicom_env) for files in batches]
+    results = [sender.communicate()[1] for sender in senders]
+    assert [sender.returncode for sender in senders] == [0, 0, 0, 0]
+    assert [err.count(SUCCESS) for err in results] == [40, 40, 40, 40]
+    _assert_store_matches_catalog(160)
+    final = gateway.terminate()
+    assert final["stored"] == 160 and final["associations"] == 4 and not final["failed_worker"]
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
+
+    # SIGKILL of the gateway takes its workers with it: no orphan keeps the port.
+    again = start_gateway(config)
+    workers = psutil.Process(again.process.pid).children()
+    again.kill()
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert alive == []
+    echo = subprocess.run(
+        ["echoscu", "-aet", "STORESCU", "-aec", "RADGATE", "127.0.0.1", str(again.dicom_port)],
+        env=dicom_env,
+        capture_output=True,
+    )
+    assert echo.returncode != 0
