@@ -168,7 +168,7 @@ class StorageSCP:
     def close_listener(self) -> None:
         """Close this process's copy of the listening socket (the workers keep theirs). Not
         ``server_close()``: its shutdown(SHUT_RDWR) would stop the shared socket listening."""
-        if self._server is not None:
+        if self._server is not None and self._server.socket is not None:
             self._server.socket.close()
 
     def active_associations(self) -> int:
