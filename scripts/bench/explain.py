@@ -1,0 +1,107 @@
+"""Benchmark: time per image of each explanation method divided by the model's forward time.
+
+DenseNet121 (MONAI, 2D, 1 channel, 2 classes) at 224x224, batch 1, CPU, measured in one run.
+Forward and each method are timed interleaved (forward, method, forward, method...) so that
+both see the same machine load; the ratio is of medians. Target (issue 5): Grad-CAM at most 1.5x
+a forward pass. MONAI's own GradCAM is timed as a reference. Prints one JSON line last.
+
+    .venv/bin/python scripts/bench/explain.py [--repeats 15] [--threads 1] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from training.explain import ExplainConfig, Explainer, ExplainMethod
+
+
+def _seconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15, help="Timed runs of forward and Grad-CAM.")
+    parser.add_argument("--slow-repeats", type=int, default=2, help="Timed runs of IG and Occlusion.")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (FIELD-NOTES used 1).")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--quick", action="store_true", help="Skip Integrated Gradients and Occlusion.")
+    args = parser.parse_args()
+
+    from monai.networks.nets import DenseNet121
+    from monai.visualize import GradCAM
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()
+    image = torch.rand(1, 1, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    config = ExplainConfig()  # defaults: IG 32 steps, occlusion window 1/8, stride 1/16
+    explainer = Explainer(model, config=config)
+    # MONAI's GradCAM leaves hooks on the module it wraps: give it its own copy.
+    monai_cam = GradCAM(nn_module=copy.deepcopy(model), target_layers="class_layers.relu")
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(image)
+
+    calls: dict[str, Callable[[], object]] = {
+        method.value: (lambda m=method: explainer.explain(image, m)) for method in ExplainMethod
+    }
+    calls["monai_gradcam"] = lambda: monai_cam(x=image)
+    slow = {ExplainMethod.INTEGRATED_GRADIENTS.value, ExplainMethod.OCCLUSION.value}
+    if args.quick:
+        for name in slow:
+            calls.pop(name)
+    for call in (forward, *calls.values()):  # warm-up (first-call allocations, layer lookup)
+        call()
+
+    forward_times: dict[str, list[float]] = {}
+    method_times: dict[str, list[float]] = {}
+    for name, call in calls.items():
+        repeats = args.slow_repeats if name in slow else args.repeats
+        forward_times[name], method_times[name] = [], []
+        for _ in range(repeats):
+            forward_times[name].append(_seconds(forward))
+            method_times[name].append(_seconds(call))
+
+    forward_ms = {name: 1000 * statistics.median(values) for name, values in forward_times.items()}
+    method_ms = {name: 1000 * statistics.median(values) for name, values in method_times.items()}
+    ratios = {name: method_ms[name] / forward_ms[name] for name in calls}
+    for name in calls:
+        print(
+            f"{name:>14}: {method_ms[name]:9.1f} ms  forward {forward_ms[name]:6.1f} ms  ratio {ratios[name]:7.2f}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "explain",
+                "value": round(ratios[ExplainMethod.GRADCAM.value], 3),
+                "target": 1.5,
+                "better": "lower",
+                "metric": "gradcam_ms / forward_ms (median, per image)",
+                "model": "monai.DenseNet121 2D 1->2",
+                "size": args.size,
+                "threads": args.threads,
+                "forward_ms": round(forward_ms[ExplainMethod.GRADCAM.value], 2),
+                "ms": {k: round(v, 2) for k, v in method_ms.items()},
+                "ratios": {k: round(v, 3) for k, v in ratios.items()},
+                "ig_steps": config.ig_steps,
+                "occlusion_window_fraction": config.occlusion_window_fraction,
+                "occlusion_stride_fraction": config.occlusion_stride_fraction,
+            },
+            sort_keys=False,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
