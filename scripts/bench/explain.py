@@ -78,7 +78,8 @@ def main() -> None:
     ratios = {name: method_ms[name] / forward_ms[name] for name in calls}
     for name in calls:
         print(
-            f"{name:>14}: {method_ms[name]:9.1f} ms  forward {forward_ms[name]:6.1f} ms  ratio {ratios[name]:7.2f}"
+            f"{name:>14}: {method_ms[name]:9.1f} ms  "
+            f"forward {forward_ms[name]:6.1f} ms  ratio {ratios[name]:7.2f}"
         )
     print(
         json.dumps(
