@@ -80,14 +80,22 @@ def create_version(
     payload: bytes = b"model weights v1",
     metrics: dict[str, float] | None = None,
     tags: dict[str, str] | None = None,
+    local_artifacts: bool = True,
 ) -> tuple[str, Path]:
-    """Log a one-file model artifact in a run and register it; returns (version, artifact dir)."""
+    """Log a one-file model artifact in a run and register it; returns (version, artifact dir).
+
+    With ``local_artifacts=False`` the experiment uses the tracking server's artifact store
+    (``mlflow-artifacts:``) and the returned directory is only meaningful to the server.
+    """
     home = get_settings().home
-    experiment = client.get_experiment_by_name("radgate-tests")
+    experiment_name = "radgate-tests" if local_artifacts else "radgate-tests-served"
+    experiment = client.get_experiment_by_name(experiment_name)
     experiment_id = (
         experiment.experiment_id
         if experiment is not None
-        else client.create_experiment("radgate-tests", artifact_location=(home / "mlartifacts").as_uri())
+        else client.create_experiment(
+            experiment_name, artifact_location=(home / "mlartifacts").as_uri() if local_artifacts else None
+        )
     )
     run = client.create_run(experiment_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,6 +111,8 @@ def create_version(
     for key, value in (GOOD_TAGS if tags is None else tags).items():
         client.set_model_version_tag(name, mv.version, key, value)
     artifact_dir = home / "mlartifacts" / run.info.run_id / "artifacts" / "model"
+    if not local_artifacts:
+        artifact_dir = Path(experiment_id) / run.info.run_id / "artifacts" / "model"
     return str(mv.version), artifact_dir
 
 
