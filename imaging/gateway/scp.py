@@ -43,7 +43,7 @@ from imaging.gateway.config import DicomListener
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
 
-__all__ = ["STORAGE_TRANSFER_SYNTAXES", "GatewayStats", "StorageSCP", "set_tcp_nodelay"]
+__all__ = ["STORAGE_TRANSFER_SYNTAXES", "GatewayStats", "StorageSCP", "audit", "set_tcp_nodelay"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ class StorageSCP:
         self.sink = sink
         self.stats = stats or GatewayStats()
         self._server: ThreadedAssociationServer | None = None
+        self._lock = threading.Lock()
+        self._per_association: dict[int, dict[str, int]] = {}
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:
@@ -144,6 +146,8 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
         ]
         self._server = cast(
             ThreadedAssociationServer,
@@ -204,6 +208,7 @@ class StorageSCP:
             return
         self.stats.add(rejected_associations=1)
         LOGGER.warning("association rejected: calling AE %r from %s not allowed", calling_ae, host)
+        audit(f"ae:{calling_ae or '-'}", "gateway.association-rejected", f"dimse:{host}")
         # rejected-permanent, service-user, calling AE title not recognised; kill() lets the
         # DUL flush the A-ASSOCIATE-RJ before the socket closes (as pynetdicom's own rejects).
         event.assoc.acse.send_reject(0x01, 0x01, 0x03)
@@ -226,7 +231,33 @@ class StorageSCP:
             if verdict.status is StoreStatus.CANNOT_UNDERSTAND:
                 self.stats.add(quarantined=1)
         self.stats.add(stored=1) if verdict.ok else self.stats.add(failed=1)
+        with self._lock:
+            counts = self._per_association.setdefault(id(event.assoc), {"stored": 0, "failed": 0})
+            counts["stored" if verdict.ok else "failed"] += 1
         return _status_dataset(verdict)
+
+    def _on_closed(self, event: evt.Event) -> None:
+        """One audit entry per association that stored something: who, from where, counts."""
+        with self._lock:
+            counts = self._per_association.pop(id(event.assoc), None)
+        if counts:
+            primitive = event.assoc.requestor.primitive
+            calling_ae = str(primitive.calling_ae_title if primitive else "").strip() or "-"
+            outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
+            details = {**counts, "end": outcome}
+            audit(f"ae:{calling_ae}", "gateway.c-store", f"dimse:{event.assoc.requestor.address}", details)
+
+
+def audit(
+    actor: str, action: str, target: str, details: dict[str, Any] | None = None, role: str = ""
+) -> None:
+    """Append to the platform's audit log; an audit failure is logged, it never breaks intake."""
+    from governance.audit import AuditError, record
+
+    try:
+        record(actor[:64], action, target[:255], details, role=role)
+    except (AuditError, OSError) as exc:
+        LOGGER.error("audit entry %s not written: %s", action, type(exc).__name__)
 
 
 def _prefer_requestor_syntaxes(assoc: Any) -> None:

@@ -21,6 +21,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
+from imaging.gateway.scp import audit
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
 
@@ -91,7 +92,7 @@ def create_stow_app(
     app = FastAPI(title="RadGate DICOMweb gateway", docs_url=None, redoc_url=None, openapi_url=None)
     authenticated = Depends(auth or default_auth_dependency())
 
-    async def store(request: Request, study: str | None = None) -> JSONResponse:
+    async def store(request: Request, principal: Any, study: str | None = None) -> JSONResponse:
         media_type, params = content_type_params(request.headers.get("content-type", ""))
         part_type = params.get("type", "application/dicom").lower()
         if media_type != "multipart/related" or part_type != "application/dicom":
@@ -137,16 +138,26 @@ def create_stow_app(
         if failed:
             body[_FAILED_SOP_SEQUENCE] = {"vr": "SQ", "Value": failed}
         status = 200 if not failed else 202 if stored else 409
+        await run_in_threadpool(
+            audit,
+            str(getattr(principal, "name", "unknown")),
+            "gateway.stow-rs",
+            "dicomweb:studies" if study is None else "dicomweb:study",
+            {"stored": len(stored), "failed": len(failed), "status": status},
+            str(getattr(principal, "role", "")),
+        )
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
-    @app.post("/dicomweb/studies", dependencies=[authenticated])
-    async def store_instances(request: Request) -> JSONResponse:
+    @app.post("/dicomweb/studies")
+    async def store_instances(request: Request, principal: Any = authenticated) -> JSONResponse:
         """Store instances of any studies."""
-        return await store(request)
+        return await store(request, principal)
 
-    @app.post("/dicomweb/studies/{study}", dependencies=[authenticated])
-    async def store_study_instances(study: str, request: Request) -> JSONResponse:
+    @app.post("/dicomweb/studies/{study}")
+    async def store_study_instances(
+        study: str, request: Request, principal: Any = authenticated
+    ) -> JSONResponse:
         """Store instances of one study; instances of other studies fail (0xA900)."""
-        return await store(request, study)
+        return await store(request, principal, study)
 
     return app

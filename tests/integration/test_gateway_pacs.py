@@ -52,6 +52,18 @@ def _storescu(env: dict[str, str], port: int, files: list[str], *options: str, a
     )
 
 
+def _audit(action: str) -> list[Any]:
+    from governance.audit import AuditLog
+
+    return list(AuditLog().entries(action=action))
+
+
+def _audit_ok() -> bool:
+    from governance.audit import AuditLog
+
+    return bool(AuditLog().verify().ok)
+
+
 def _token(role: str) -> str:
     from governance.auth import add_user, authenticate
 
@@ -87,6 +99,9 @@ def test_echo_and_allow_list(start_gateway: Any, dicom_env: dict[str, str]) -> N
     final = gateway.terminate()
     assert final["rejected_associations"] == 2
     assert final["stored"] == 0
+    rejected = _audit("gateway.association-rejected")
+    assert sorted(e.actor for e in rejected) == ["ae:FARAWAY", "ae:INTRUDER"]
+    assert _audit_ok()
 
 
 def _successes(result: subprocess.CompletedProcess[str]) -> int:
@@ -157,6 +172,10 @@ def test_orthanc_pushes_study_to_gateway(start_gateway: Any, clean_orthanc: Any,
     assert len(instances) == 5
     assert len({i.study_instance_uid for i in instances}) == 1
     assert gateway.terminate()["stored"] == 5
+    (entry,) = _audit("gateway.c-store")
+    assert entry.actor == "ae:ORTHANC"
+    assert entry.details == {"stored": 5, "failed": 0, "end": "released"}
+    assert _audit_ok()
 
 
 def test_stow_rs_from_dicomweb_client(start_gateway: Any, tmp_path: Path) -> None:
@@ -174,6 +193,8 @@ def test_stow_rs_from_dicomweb_client(start_gateway: Any, tmp_path: Path) -> Non
     }
     assert "FailedSOPSequence" not in response
     assert _count(Instance) == 3
+    (entry,) = _audit("gateway.stow-rs")
+    assert entry.actor == "user-pacs-client" and entry.details["stored"] == 3
     # Study-scoped STOW: an instance of another study fails with 0xA900, nothing stored.
     other = dcmread(write_ct_series(tmp_path / "other", 1)[0])
     from imaging.gateway.multipart import build_related
