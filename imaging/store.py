@@ -19,15 +19,20 @@ class StoreError(RuntimeError):
     """An object is missing or does not match its address."""
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: never a partial file."""
+def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write via a temporary file in the same folder, then rename: never a partial file.
+
+    ``durable`` fsyncs the file first; batch writers pass False and call ``os.sync()`` once
+    before they commit the batch's catalog records.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -69,12 +74,12 @@ class ContentStore:
             return self.path(key).exists()
         return bool(self._fs.exists(f"{self._base}/{self._rel(key)}"))
 
-    def put(self, data: bytes) -> str:
+    def put(self, data: bytes, *, durable: bool = True) -> str:
         key = hashlib.sha256(data).hexdigest()
         if self.exists(key):
             return key
         if self._local:
-            atomic_write(self.path(key), data)
+            atomic_write(self.path(key), data, durable=durable)
         else:
             self._fs.pipe_file(f"{self._base}/{self._rel(key)}", data)
         return key

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -92,7 +92,7 @@ _IDENTIFYING_KEYWORDS = (
     "ContentCreatorName",
     "DeviceSerialNumber",
 )
-_IDENTIFYING_SET = frozenset(_IDENTIFYING_KEYWORDS)
+_IDENTIFYING_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _IDENTIFYING_KEYWORDS)
 _DATE_KEYWORDS = (
     "PatientBirthDate",
     "StudyDate",
@@ -254,17 +254,23 @@ class Deidentifier:
             )
         return None
 
-    def _nested_identifiers(self, ds: Dataset) -> list[str]:
-        """Names and identifiers inside sequences (observers, SR content, beams): not to survive in text."""
-        names: list[str] = []
+    def _nested_identifiers(self, ds: Dataset, found: list[str] | None = None, depth: int = 0) -> list[str]:
+        """Names and identifiers inside sequences (observers, SR content, beams): not to survive in text.
+
+        Only PN and identifying attributes are decoded; everything else stays raw for the writer.
+        """
+        found = [] if found is None else found
         for tag in ds.keys():
-            if self._vr(ds, int(tag)) != "SQ":
-                continue
-            for item in ds[tag].value or ():
-                for elem in item.iterall():
-                    if elem.value and (elem.VR == "PN" or elem.keyword in _IDENTIFYING_SET):
-                        names.append(_text(elem.value))
-        return names
+            t = int(tag)
+            vr = self._vr(ds, t)
+            if vr == "SQ":
+                for item in ds[t].value or ():
+                    self._nested_identifiers(item, found, depth + 1)
+            elif depth and (vr == "PN" or t in _IDENTIFYING_TAGS):
+                value = ds[t].value
+                if value:
+                    found.append(_text(value))
+        return found
 
     def _originals(self, ds: Dataset, patient_id: str, pseudonym: str) -> list[tuple[str, str, str]]:
         out = [(PseudonymKind.PATIENT_ID, patient_id, pseudonym)]
@@ -330,7 +336,7 @@ class Deidentifier:
                     self._recurse(ds, t, state, pseudonym)
             else:
                 self._apply(ds, t, action, state, pseudonym)
-                if t not in ds and 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000:
+                if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000 and t not in ds:
                     purge_groups.add(group)
         for tag in [t for t in ds.keys() if (int(t) >> 16) in purge_groups]:
             del ds[tag]

@@ -30,12 +30,39 @@ _GENERIC_RE = re.compile("|".join(f"(?:{p})" for p in _GENERIC), re.IGNORECASE)
 _SPLIT = re.compile(r"[\^\s,;:/\\]+")
 
 
+def _replace_token(text: str, lowered: str, token_lower: str) -> str:
+    """Replace whole-token occurrences (not inside a longer word or number), case-insensitive."""
+    out: list[str] = []
+    start = 0
+    width = len(token_lower)
+    position = lowered.find(token_lower)
+    while position != -1:
+        end = position + width
+        before = lowered[position - 1] if position else " "
+        after = lowered[end] if end < len(lowered) else " "
+        if not (before.isascii() and before.isalnum()) and not (after.isascii() and after.isalnum()):
+            out.append(text[start:position])
+            out.append(REDACTED)
+            start = end
+        position = lowered.find(token_lower, position + 1 if start <= position else start)
+    out.append(text[start:])
+    return "".join(out)
+
+
 @dataclass
 class TextScrubber:
-    """Removes known identifiers (exact tokens, case-insensitive) and generic patterns."""
+    """Removes known identifiers (whole tokens, case-insensitive) and generic PHI patterns.
+
+    Known tokens are found by plain substring search with a boundary check: a regex per
+    instance cost more to compile than all the cleaning it did.
+    """
 
     tokens: frozenset[str]
-    _pattern: re.Pattern[str] | None = None
+    _ordered: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        ordered = sorted(self.tokens, key=len, reverse=True)
+        self._ordered = tuple((t, t.lower()) for t in ordered)
 
     @classmethod
     def from_values(cls, values: Iterable[str]) -> TextScrubber:
@@ -53,16 +80,13 @@ class TextScrubber:
                     tokens.add(part)
         return cls(frozenset(t for t in tokens if t))
 
-    def _compiled(self) -> re.Pattern[str]:
-        if self._pattern is None:
-            known = sorted(self.tokens, key=len, reverse=True)
-            parts = [rf"(?<![0-9A-Za-z]){re.escape(t)}(?![0-9A-Za-z])" for t in known]
-            parts.append(_GENERIC_RE.pattern)
-            self._pattern = re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE)
-        return self._pattern
-
     def clean(self, text: str) -> str:
         """``text`` with every identifier replaced by ``***``."""
         if not text:
             return text
-        return self._compiled().sub(REDACTED, text)
+        lowered = text.lower()
+        for token, low in self._ordered:
+            if low in lowered:
+                text = _replace_token(text, lowered, low)
+                lowered = text.lower()
+        return _GENERIC_RE.sub(REDACTED, text)

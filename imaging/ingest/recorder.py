@@ -67,12 +67,20 @@ def result_from(processed: Processed, source: str, location: str | None) -> Resu
 
 
 def quarantine_input(
-    directory: Path, key: ProjectKey, digest: str, data: bytes | None, reason: str, detail: str, source: str
+    directory: Path,
+    key: ProjectKey,
+    digest: str,
+    data: bytes | None,
+    reason: str,
+    detail: str,
+    source: str,
+    *,
+    durable: bool = True,
 ) -> str:
     """Keep a quarantined input sealed under the project key (it still holds PHI), with its reason."""
     sealed_path = directory / f"{digest}.sealed"
     if data is not None and not sealed_path.exists():
-        atomic_write(sealed_path, key.seal(data, associated=digest.encode()))
+        atomic_write(sealed_path, key.seal(data, associated=digest.encode()), durable=durable)
     note = {
         "input_sha256": digest,
         "reason": reason,
@@ -80,7 +88,7 @@ def quarantine_input(
         "source": source,
         "sealed": data is not None,
     }
-    atomic_write(directory / f"{digest}.json", json.dumps(note, indent=1).encode())
+    atomic_write(directory / f"{digest}.json", json.dumps(note, indent=1).encode(), durable=durable)
     return str(sealed_path if data is not None else directory / f"{digest}.json")
 
 

@@ -153,7 +153,9 @@ def _process_path(path_str: str) -> Result:
             if reason == "too_large"
             else f"cannot read ({kind})"
         )
-        location = quarantine_input(Path(job.quarantine_dir), key, digest, None, reason, detail, source)
+        location = quarantine_input(
+            Path(job.quarantine_dir), key, digest, None, reason, detail, source, durable=False
+        )
         return Result(
             digest,
             size,
@@ -167,19 +169,26 @@ def _process_path(path_str: str) -> Result:
     processed = process_bytes(data, _state["deid"], key, job.profile)
     if processed.outcome is Outcome.QUARANTINED:
         location = quarantine_input(
-            Path(job.quarantine_dir), key, digest, data, processed.reason or "", processed.detail, source
+            Path(job.quarantine_dir),
+            key,
+            digest,
+            data,
+            processed.reason or "",
+            processed.detail,
+            source,
+            durable=False,
         )
         return result_from(processed, source, location)
     assert processed.record is not None and processed.output is not None
     if job.sink is Sink.STORE:
-        location = _state["store"].put(processed.output)
+        location = _state["store"].put(processed.output, durable=False)
     else:
         r = processed.record
         target = (
             Path(job.output_dir) / (r.study_instance_uid or "nostudy") / (r.series_instance_uid or "noseries")
         )
         target = target / f"{r.sop_instance_uid or processed.output_sha256}.dcm"
-        atomic_write(target, processed.output)
+        atomic_write(target, processed.output, durable=False)
         location = str(target)
     return result_from(processed, source, location)
 
@@ -225,6 +234,8 @@ def run_files(
     pending: list[Result] = []
 
     def flush() -> None:
+        # Workers write without fsync; one sync makes the batch durable before it is recorded.
+        os.sync()
         for result in recorder.record(pending):
             report.add(result)
         pending.clear()
