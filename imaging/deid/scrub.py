@@ -85,7 +85,7 @@ class TextScrubber:
         if not text:
             return text
         lowered = text.lower()
-        for token, low in self._ordered:
+        for _token, low in self._ordered:
             if low in lowered:
                 text = _replace_token(text, lowered, low)
                 lowered = text.lower()

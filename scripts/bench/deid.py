@@ -28,8 +28,8 @@ from pydicom import dcmread
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from imaging.corpus import packaged_dicom_files  # noqa: E402
-from imaging.phi_corpus import PlantedFile, identifying_values, plant_phi, residual_phi  # noqa: E402
+from imaging.corpus import packaged_dicom_files
+from imaging.phi_corpus import PlantedFile, identifying_values, plant_phi, residual_phi
 
 
 def _raw(files: list[Path], out: Path) -> None:
