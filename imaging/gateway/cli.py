@@ -70,14 +70,23 @@ def pull(
     study: list[str] = typer.Option([], "--study", help="Study Instance UID to pull (repeatable)."),
     query: list[str] = typer.Option([], "--query", help="QIDO-RS filter KEY=VALUE (repeatable)."),
     config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
+    method: str = typer.Option(
+        "auto", help="dicomweb (QIDO-RS + WADO-RS), dimse (C-FIND + C-GET) or auto (DICOMweb if configured)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Find studies on a PACS (QIDO-RS) and ingest them (WADO-RS); resumable."""
+    """Find studies on a PACS and ingest them (DICOMweb or DIMSE); resumable, with progress."""
     from rich.progress import Progress
 
     from imaging.gateway.config import ConfigError
-    from imaging.gateway.pull import PullError
+    from imaging.gateway.pull import PullError, PullMethod
     from imaging.gateway.pull import pull as run_pull
+
+    try:
+        chosen = PullMethod(method)
+    except ValueError as exc:
+        typer.echo("error: --method is dicomweb, dimse or auto", err=True)
+        raise typer.Exit(2) from exc
 
     if not study and not query:
         typer.echo("error: give --study UID or --query KEY=VALUE", err=True)
@@ -101,6 +110,8 @@ def pull(
                 filters=filters or None,
                 on_total=lambda n: progress.update(task, total=n),
                 on_instance=lambda _: progress.advance(task),
+                method=chosen,
+                calling_ae=cfg.dicom.ae_title,
             )
     except (ConfigError, PullError) as exc:
         typer.echo(f"error: {exc}", err=True)

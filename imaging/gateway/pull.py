@@ -7,6 +7,7 @@ and the ledger makes a pull resumable: what was already ingested is not fetched 
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,11 +21,17 @@ from imaging.gateway.ledger import PullLedger
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
 from imaging.gateway.sink import Sink
 
-__all__ = ["DicomwebSource", "InstanceRef", "PullError", "PullReport", "pull"]
+__all__ = ["DicomwebSource", "InstanceRef", "PullError", "PullMethod", "PullReport", "pull"]
 
 LOGGER = logging.getLogger(__name__)
 _STUDY_UID, _SERIES_UID, _SOP_UID = "0020000D", "0020000E", "00080018"
 _ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+class PullMethod(enum.StrEnum):
+    AUTO = "auto"
+    DICOMWEB = "dicomweb"
+    DIMSE = "dimse"
 
 
 class PullError(RuntimeError):
@@ -132,11 +139,21 @@ def pull(
     filters: dict[str, str] | None = None,
     on_total: Callable[[int], None] | None = None,
     on_instance: Callable[[str], None] | None = None,
+    method: PullMethod = PullMethod.AUTO,
+    calling_ae: str = "RADGATE",
 ) -> PullReport:
-    """Pull the given studies, or those matching ``filters``, from ``peer`` into ``sink``."""
+    """Pull the given studies, or those matching ``filters``, from ``peer`` into ``sink``:
+    DICOMweb (QIDO-RS + WADO-RS) when the peer has a ``dicomweb_url``, else DIMSE (C-FIND +
+    C-GET); ``method`` forces one."""
     from imaging.ingest import IngestStatus
 
-    source = DicomwebSource(peer)
+    source: Any
+    if method is PullMethod.DIMSE or (method is PullMethod.AUTO and not peer.dicomweb_url):
+        from imaging.gateway.dimse_pull import DimseSource
+
+        source = DimseSource(peer, calling_ae=calling_ae)
+    else:
+        source = DicomwebSource(peer)
     ledger = PullLedger(peer.name)
     report = PullReport()
     try:

@@ -7,6 +7,8 @@ and the content store of the test's RADGATE_HOME afterwards.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from io import BytesIO
@@ -362,6 +364,34 @@ def test_push_back_into_orthanc(
     assert result.returncode == 0, result.stderr[-800:]
     assert json.loads(result.stdout) == {"sent": 4, "failed": 0, "skipped": 0}
     assert len(clean_orthanc.rest("GET", "/instances")) == 4
+    # As the hospital sees it: dcmtk's findscu finds the pushed series on the PACS.
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+    found = subprocess.run(
+        [
+            "findscu",
+            "-S",
+            "-aet",
+            "FINDSCU",
+            "-aec",
+            clean_orthanc.aet,
+            "-k",
+            "QueryRetrieveLevel=SERIES",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "-k",
+            "SeriesInstanceUID",
+            "-k",
+            "NumberOfSeriesRelatedInstances",
+            "127.0.0.1",
+            str(clean_orthanc.dicom_port),
+        ],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert found.returncode == 0, found.stderr[-500:]
+    assert re.search(r"IS \[3 ?\]\s+#.*NumberOfSeriesRelatedInstances", found.stderr)
 
     # A PACS that does not know our AE title refuses: a clear error, exit 1, no traceback.
     refused = subprocess.run(
@@ -383,3 +413,35 @@ def test_push_back_into_orthanc(
     assert refused.returncode == 1
     assert "refused the association" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_pull_study_from_orthanc_cfind_cget(clean_orthanc: Any, tmp_path: Path) -> None:
+    """A PACS without DICOMweb: C-FIND to list, C-GET to fetch, same ledger (resumable)."""
+    import yaml
+
+    wanted = write_ct_series(tmp_path / "wanted", 3, patient_id="DIMSE-1")
+    other = write_ct_series(tmp_path / "other", 2, patient_id="ELSE-2")
+    for path in wanted + other:
+        clean_orthanc.upload(path.read_bytes())
+    config = gateway_config(clean_orthanc)
+    del config["pacs"][0]["dicomweb_url"]  # auto -> DIMSE
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    def pull(*args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [RADGATE, "pull", "--pacs", "orthanc", "--config", str(config_path), "--json", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-800:]
+        return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    first = pull("--query", "PatientID=DIMSE-1")
+    assert first == {"studies": 1, "instances": 3, "skipped": 0, "ingested": 3, "quarantined": 0, "errors": 0}
+    assert _count(Instance) == 3
+    study_uid = str(dcmread(wanted[0]).StudyInstanceUID)
+    again = pull("--study", study_uid, "--method", "dimse")
+    assert again["skipped"] == 3 and again["ingested"] == 0
+    assert _count(Instance) == 3
