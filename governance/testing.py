@@ -117,13 +117,18 @@ def create_version(
 
 
 def approved_version(
-    client: MlflowClient, name: str, alias: str = "production", cast: Cast | None = None
+    client: MlflowClient,
+    name: str,
+    alias: str = "production",
+    cast: Cast | None = None,
+    *,
+    payload: bytes = b"model weights v1",
 ) -> str:
     """Register a version with good evidence, submit, approve by both roles and promote it."""
     from governance.approvals import Workflow
 
     cast = cast or create_cast()
-    version, _ = create_version(client, name)
+    version, _ = create_version(client, name, payload=payload)
     workflow = Workflow(client)
     workflow.submit(cast["eng"], name, version)
     workflow.approve(cast["doc"], name, version)

@@ -2,7 +2,9 @@
 
 Serving calls :func:`gate` at deploy time and on every request. A decision is cached for a
 few seconds (``ttl_s``), so a revocation takes effect within that time while a cached answer
-costs microseconds. Any error fails closed (denied, with the reason).
+costs microseconds; the artifact's hash is recomputed every ``artifact_ttl_s`` (60 s; it may
+mean downloading the model) and on ``fresh=True`` (use it at deploy time). Any error fails
+closed (denied, with the reason).
 
 For an alias, beyond the policy checklist, the alias must be allowed by the policy and the
 newest authentic RadGate promotion for that alias must name the version the alias points
@@ -17,7 +19,13 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from governance.approvals.registry import RegistryError, gather_evidence, model_target, registry_client
+from governance.approvals.registry import (
+    RegistryError,
+    artifact_sha256,
+    gather_evidence,
+    model_target,
+    registry_client,
+)
 from governance.audit import AuditLog
 from governance.policy import Policy, PolicyError, evaluate, load_policy
 from governance.settings import get_settings
@@ -25,9 +33,18 @@ from governance.settings import get_settings
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-__all__ = ["DEFAULT_TTL_S", "Gate", "GateDecision", "clear_gate_cache", "default_gate", "gate"]
+__all__ = [
+    "DEFAULT_ARTIFACT_TTL_S",
+    "DEFAULT_TTL_S",
+    "Gate",
+    "GateDecision",
+    "clear_gate_cache",
+    "default_gate",
+    "gate",
+]
 
 DEFAULT_TTL_S = 5.0
+DEFAULT_ARTIFACT_TTL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -66,12 +83,17 @@ class Gate:
         policy: Policy | None = None,
         *,
         ttl_s: float = DEFAULT_TTL_S,
+        artifact_ttl_s: float = DEFAULT_ARTIFACT_TTL_S,
     ) -> None:
         self._client = client
         self._audit = audit
         self._policy = policy
         self.ttl_s = ttl_s
+        # Re-hashing a large (possibly remote) artifact is the costly part of a decision, so
+        # its hash is kept longer than the decision; fresh=True re-hashes.
+        self.artifact_ttl_s = artifact_ttl_s
         self._cache: dict[tuple[str, str | None, str | None], tuple[float, GateDecision]] = {}
+        self._hashes: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -89,6 +111,7 @@ class Gate:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._hashes.clear()
 
     def __call__(
         self, name: str, alias: str | None = None, *, version: str | int | None = None, fresh: bool = False
@@ -102,12 +125,26 @@ class Gate:
                 hit = self._cache.get(key)
             if hit is not None and hit[0] > now:
                 return replace(hit[1], cached=True)
-        decision = self._decide(name, alias, key[2])
+        decision = self._decide(name, alias, key[2], fresh)
         with self._lock:
             self._cache[key] = (time.monotonic() + self.ttl_s, decision)
         return decision
 
-    def _decide(self, name: str, alias: str | None, version: str | None) -> GateDecision:
+    def _artifact_hash(self, name: str, version: str, fresh: bool) -> str | None:
+        key = (name, version)
+        with self._lock:
+            hit = self._hashes.get(key)
+        if hit is not None and hit[0] > time.monotonic() and not fresh:
+            return hit[1]
+        try:
+            digest: str | None = artifact_sha256(self.client, name, version)
+        except RegistryError:
+            digest = None
+        with self._lock:
+            self._hashes[key] = (time.monotonic() + self.artifact_ttl_s, digest)
+        return digest
+
+    def _decide(self, name: str, alias: str | None, version: str | None, fresh: bool = False) -> GateDecision:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -122,7 +159,8 @@ class Gate:
                 except MlflowException:
                     return GateDecision(False, name, alias, None, None, [f"alias {alias!r} is not set"])
             assert version is not None
-            evidence, _ = gather_evidence(self.client, self.audit, name, version)
+            evidence, _ = gather_evidence(self.client, self.audit, name, version, with_hash=False)
+            evidence = replace(evidence, artifact_sha256=self._artifact_hash(name, evidence.version, fresh))
             checklist = evaluate(policy, evidence, datetime.now(UTC))
             reasons = [
                 f"{item.name}: {item.detail or 'failed'} (value {item.value!r}, expected {item.expected})"
