@@ -10,8 +10,10 @@ from imaging.results.secondary_capture import (
     patient_orientation_of,
     write_secondary_capture,
 )
+from imaging.results.structured_report import RADGATE_SCHEME, StructuredReportError, build_result_report
 
 __all__ = [
+    "RADGATE_SCHEME",
     "AlgorithmIdentity",
     "Colormap",
     "DisplayImage",
@@ -19,8 +21,10 @@ __all__ = [
     "OverlayError",
     "ResultImageError",
     "SecondaryCaptureError",
+    "StructuredReportError",
     "blend_overlay",
     "build_overlay_secondary_capture",
+    "build_result_report",
     "display_image",
     "linear_window",
     "patient_orientation_of",

@@ -173,8 +173,8 @@ def build_overlay_secondary_capture(
     return image
 
 
-def write_secondary_capture(image: hd.sc.SCImage, path: Path | str) -> Path:
-    """Save with a DICOM file meta header (atomically: temp file, then rename)."""
+def write_secondary_capture(image: Dataset, path: Path | str) -> Path:
+    """Save a result object (SC, SR...) as a Part 10 file (atomically: temp file, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")

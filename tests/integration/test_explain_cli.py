@@ -105,6 +105,12 @@ def test_explain_cli_writes_png_dicom_and_summary(
         done = subprocess.run(["dciodvfy", str(dicom)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and "Error" not in done.stdout + done.stderr
 
+    report = out / "gradcam-result-sr.dcm"
+    assert report.exists() and "sr: " in result.output
+    if shutil.which("dciodvfy"):
+        done = subprocess.run(["dciodvfy", str(report)], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and "Error" not in done.stdout + done.stderr
+
     occlusion = CliRunner().invoke(
         _app(), ["explain", "-m", registered, str(radiographs[1]), "--method", "occlusion", "-o", str(out)]
     )

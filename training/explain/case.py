@@ -56,6 +56,7 @@ class CaseExplanation:
     focus: AttributionFocus | None
     png: bytes
     secondary_capture: Dataset
+    structured_report: Dataset | None = None
     sanity: str | None = None
 
     @property
@@ -92,10 +93,14 @@ class CaseExplanation:
                 "sop_class_uid": str(self.secondary_capture.SOPClassUID),
                 "series_description": str(self.secondary_capture.SeriesDescription),
             },
+            "structured_report": None
+            if self.structured_report is None
+            else {"sop_class_uid": str(self.structured_report.SOPClassUID)},
         }
 
     def write(self, out_dir: Path | str) -> dict[str, Path]:
-        """``<method>-overlay.png``, ``<method>-overlay.dcm``, ``<method>-result.json``."""
+        """``<method>-overlay.png``, ``<method>-overlay.dcm`` (SC), ``<method>-result-sr.dcm``,
+        ``<method>-result.json``."""
         from imaging.results import write_secondary_capture
 
         folder = Path(out_dir)
@@ -103,10 +108,17 @@ class CaseExplanation:
         stem = f"{self.method.value}-overlay"
         png = folder / f"{stem}.png"
         png.write_bytes(self.png)
-        dicom = write_secondary_capture(self.secondary_capture, folder / f"{stem}.dcm")  # type: ignore[arg-type]
+        written = {
+            "png": png,
+            "dicom": write_secondary_capture(self.secondary_capture, folder / f"{stem}.dcm"),
+        }
+        if self.structured_report is not None:
+            sr_path = folder / f"{self.method.value}-result-sr.dcm"
+            written["sr"] = write_secondary_capture(self.structured_report, sr_path)
         record = folder / f"{self.method.value}-result.json"
         record.write_text(json.dumps(self.record(), indent=2, sort_keys=True))
-        return {"png": png, "dicom": dicom, "json": record}
+        written["json"] = record
+        return written
 
 
 def approval_status(tags: dict[str, str]) -> str:
@@ -135,6 +147,7 @@ def explain_instance(
         OverlayCaption,
         blend_overlay,
         build_overlay_secondary_capture,
+        build_result_report,
         display_image,
         patient_orientation_of,
         render_overlay_png,
@@ -179,6 +192,14 @@ def explain_instance(
         frame=frame + 1 if frames > 1 else None,
         comments=summary,
     )
+    algorithm = AlgorithmIdentity(name=model_name, version=model_version, method=title)
+    report = build_result_report(
+        source,
+        algorithm,
+        finding=finding,
+        probability=probability,
+        series_number=int(secondary.SeriesNumber) + 1,
+    )
     return CaseExplanation(
         explanation=explanation,
         model_name=model_name,
@@ -190,6 +211,7 @@ def explain_instance(
         focus=focus,
         png=png,
         secondary_capture=secondary,
+        structured_report=report,
         sanity=sanity,
     )
 

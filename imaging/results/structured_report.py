@@ -1,0 +1,102 @@
+"""DICOM Comprehensive SR (TID 1500 Measurement Report) of one AI classification result.
+
+One measurement group per result: the finding (coded in RadGate's private scheme ``99RADGATE``
+with the model's label as code value), the model's probability for it, the algorithm
+(TID 4019: name, version), and the source image it was computed from. The observer is the model
+as a device. Same study as the source, new series; serving can send it back to the PACS next to
+the Secondary Capture overlay.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from imaging.results.secondary_capture import AlgorithmIdentity
+
+__all__ = ["RADGATE_SCHEME", "StructuredReportError", "build_result_report"]
+
+#: Private coding scheme for model labels and RadGate concepts (PS3.16 8.2: "99" prefix).
+RADGATE_SCHEME = "99RADGATE"
+_PROBABILITY = hd.sr.CodedConcept("PROB", RADGATE_SCHEME, "Model probability of finding")
+_IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging")
+_DEFAULT_SERIES_NUMBER = 9902
+
+
+class StructuredReportError(ValueError):
+    """The result cannot be written as an SR of this source."""
+
+
+def build_result_report(
+    source: Dataset,
+    algorithm: AlgorithmIdentity,
+    *,
+    finding: str,
+    probability: float,
+    series_instance_uid: str | None = None,
+    series_number: int = _DEFAULT_SERIES_NUMBER,
+    instance_number: int = 1,
+    device_uid: str | None = None,
+) -> hd.sr.ComprehensiveSR:
+    """An SR stating ``finding`` with ``probability`` (0-1) by ``algorithm`` for ``source``."""
+    if not 0.0 <= probability <= 1.0:
+        raise StructuredReportError("probability must be in [0, 1]")
+    for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        if not source.get(keyword):
+            raise StructuredReportError(f"the source instance has no {keyword}")
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_uid or hd.UID(),
+        name=algorithm.name[:64],
+        manufacturer_name=algorithm.manufacturer,
+        model_name=algorithm.name[:64],
+    )
+    context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DCM.Device, observer_identifying_attributes=device
+        )
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"AI finding: {finding}"[:64]),
+        finding_type=hd.sr.CodedConcept(finding[:16], RADGATE_SCHEME, finding[:64]),
+        algorithm_id=hd.sr.AlgorithmIdentification(
+            name=algorithm.name[:64], version=str(algorithm.version)[:64]
+        ),
+        source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+        measurements=[
+            hd.sr.Measurement(
+                name=_PROBABILITY,
+                value=round(float(probability), 6),
+                unit=codes.UCUM.NoUnits,
+                algorithm_id=hd.sr.AlgorithmIdentification(
+                    name=algorithm.name[:64], version=str(algorithm.version)[:64]
+                ),
+            )
+        ],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=context,
+        procedure_reported=_IMAGING_PROCEDURE,
+        imaging_measurements=[group],
+    )
+    try:
+        sr = hd.sr.ComprehensiveSR(
+            evidence=[source],
+            content=report[0],
+            series_instance_uid=series_instance_uid or hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=algorithm.manufacturer,
+            series_description=f"AI result: {algorithm.label}"[:64],
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+        )
+    except (ValueError, TypeError) as exc:
+        raise StructuredReportError(f"highdicom refused the report: {exc}") from exc
+    scheme = Dataset()  # declare the private scheme (SOP Common, Coding Scheme Identification)
+    scheme.CodingSchemeDesignator = RADGATE_SCHEME
+    scheme.CodingSchemeName = "RadGate model labels"
+    scheme.CodingSchemeResponsibleOrganization = algorithm.manufacturer
+    sr.CodingSchemeIdentificationSequence = [scheme]
+    return sr
