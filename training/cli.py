@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
 __all__ = ["register"]
+
+dataset_app = typer.Typer(
+    help="Dataset versions: labelled, de-identified instances with a patient-level split."
+)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
 
 
 def demo_data(
@@ -28,6 +38,143 @@ def demo_data(
     )
 
 
+@dataset_app.command("create")
+def dataset_create(
+    name: str = typer.Argument(..., help="Dataset name (letters, digits, . _ -)."),
+    labels: Path = typer.Option(
+        ...,
+        "--labels",
+        help="CSV keyed by accession_number, patient_id, study_instance_uid, "
+        "sop_instance_uid or sha256 (original or de-identified), with a label column.",
+    ),
+    split: str = typer.Option("train=0.7,val=0.15,test=0.15", "--split", help="Split fractions."),
+    group_by: str = typer.Option(
+        "patient", "--group-by", help="Unit kept whole across splits: patient|study."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+    label_names: str | None = typer.Option(
+        None, "--label-names", help="Comma-separated class names, index = label (e.g. no_finding,opacity)."
+    ),
+) -> None:
+    """Create (or find, if identical) a dataset version from the catalog and a labels file."""
+    from imaging.datasets import DatasetError, GroupBy, create_dataset, parse_split
+
+    try:
+        report = create_dataset(
+            name,
+            labels,
+            split=parse_split(split),
+            group_by=GroupBy(group_by),
+            seed=seed,
+            label_names=[n.strip() for n in label_names.split(",")] if label_names else None,
+        )
+    except ValueError as exc:  # DatasetError, bad --group-by
+        raise _fail(str(exc) if isinstance(exc, DatasetError) else f"bad option: {exc}") from None
+    summary = report.version.manifest.summary()
+    typer.echo(f"{'created' if report.created else 'exists'} {name} {report.version.id}")
+    typer.echo(
+        f"  {summary['instances']} instances, {summary['patients']} patients; label rows matched "
+        f"{report.matched_rows}, unmatched {report.unmatched_rows}; "
+        f"unlabelled instances {report.unlabelled_instances}"
+    )
+    for split_name, counts in sorted(summary["splits"].items()):
+        typer.echo(f"  {split_name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+@dataset_app.command("list")
+def dataset_list() -> None:
+    """List dataset versions, newest first."""
+    from imaging.datasets import list_datasets
+
+    rows = list_datasets()
+    if not rows:
+        typer.echo("no dataset versions")
+    for row in rows:
+        typer.echo(
+            f"{row['id'][:12]}  {row['name']:<24} {row['instances']:>6} instances "
+            f"{row['patients']:>5} patients  "
+            f"{row['created_at']:%Y-%m-%d %H:%M}"
+        )
+
+
+@dataset_app.command("show")
+def dataset_show(
+    ref: str = typer.Argument(..., help="Id, id prefix, NAME (newest) or NAME@IDPREFIX."),
+    items: bool = typer.Option(False, "--items", help="Also print every item (de-identified keys only)."),
+) -> None:
+    """Show a dataset version: counts per split and label, subgroups, and optionally its items."""
+    from imaging.datasets import DatasetError, get_dataset
+
+    try:
+        version = get_dataset(ref)
+    except DatasetError as exc:
+        raise _fail(str(exc)) from None
+    summary = version.manifest.summary()
+    summary["created_at"] = version.created_at.isoformat()
+    summary["split_fractions"] = version.manifest.split
+    summary["group_by"] = str(version.manifest.group_by)
+    if items:
+        summary["items"] = [i.model_dump(mode="json") for i in version.manifest.items]
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+def train_command(
+    config: Path = typer.Argument(..., help="Training config YAML (see configs/train/)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="1 = plain Lightning; N = Ray Train."),
+    gpus_per_worker: float | None = typer.Option(None, "--gpus-per-worker", min=0, help="GPUs per worker."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address (ray://...)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key.path=value."),
+    resume: str | None = typer.Option(
+        None, "--resume", help="MLflow run id of an interrupted run to resume."
+    ),
+    no_register: bool = typer.Option(
+        False, "--no-register", help="Evaluate and log, but register no version."
+    ),
+) -> None:
+    """Train, evaluate and register a model as the config says; prints the run and model version."""
+    from imaging.datasets import DatasetError
+    from training.config import ConfigError, load_config
+
+    extra = list(overrides)
+    if workers is not None:
+        extra.append(f"run.workers={workers}")
+    if gpus_per_worker is not None:
+        extra.append(f"run.gpus_per_worker={gpus_per_worker}")
+    if ray_address is not None:
+        extra.append(f"run.ray_address={ray_address}")
+    if resume is not None:
+        extra.append(f"run.resume_from={resume}")
+    try:
+        cfg = load_config(config, extra)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    from training.run import train
+
+    try:
+        outcome = train(cfg, register=False if no_register else None)
+    except (ConfigError, DatasetError) as exc:
+        raise _fail(str(exc)) from None
+    m = outcome.evaluation.overall
+    attribute, metric, gap = outcome.evaluation.largest_gap
+    typer.echo(f"run {outcome.run_id} (dataset {outcome.dataset_version[:12]})")
+    typer.echo(
+        f"test AUROC {m['auroc']:.3f}  sensitivity {m['sensitivity']:.3f}  "
+        f"specificity {m['specificity']:.3f}  "
+        f"ECE {m['ece']:.3f}  (threshold {outcome.evaluation.threshold:.3f}, n={int(m['n'])})"
+    )
+    if attribute:
+        typer.echo(f"largest subgroup gap: {attribute} {metric} {gap:.3f}")
+    typer.echo(
+        f"training: {outcome.fit.steady_images_per_s:.1f} images/s, "
+        f"start-up {outcome.fit.startup_seconds:.1f} s"
+    )
+    if outcome.model_version:
+        typer.echo(f"registered {outcome.model_name} version {outcome.model_version} (pending review)")
+        typer.echo(f"artifact sha256 {outcome.artifact_sha256}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the training commands to the ``radgate`` app."""
     app.command("demo-data")(demo_data)
+    app.add_typer(dataset_app, name="dataset")
+    app.command("train")(train_command)

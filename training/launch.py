@@ -177,6 +177,13 @@ def _ray_worker_loop(config: dict[str, Any]) -> None:
         trainer.fit(module, datamodule=data)
 
 
+def _metric_history(job: FitJob, key: str) -> list[float]:
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(job.tracking_uri).get_metric_history(job.run_id, key)
+    return [m.value for m in sorted(history, key=lambda m: (m.step, m.timestamp))]
+
+
 def _latest_ray_checkpoint(root: Path) -> Path | None:
     candidates = sorted(root.glob(f"**/checkpoint_*/{RAY_CHECKPOINT}"), key=lambda p: p.stat().st_mtime)
     return candidates[-1].parent if candidates else None
@@ -223,11 +230,10 @@ def fit_ray(job: FitJob) -> FitResult:
             raise RuntimeError("Ray Train finished without a checkpoint")
         with result.checkpoint.as_directory() as directory:
             state = torch.load(Path(directory) / RAY_CHECKPOINT, map_location="cpu", weights_only=False)
-        frame = result.metrics_dataframe
-        epoch_seconds = [float(v) for v in frame["epoch_seconds"]] if frame is not None else []
-        first_start = (
-            float(frame["train_start_unix"].iloc[0]) if frame is not None and len(frame) else time.time()
-        )
+        # Rank 0 logged each epoch to MLflow (Ray keeps metrics only with retained checkpoints).
+        epoch_seconds = _metric_history(job, "epoch_seconds")
+        starts = _metric_history(job, "train_start_unix")
+        first_start = starts[-1] if starts else time.time()
         checkpoint_path = _latest_ray_checkpoint(job.checkpoint_dir)
     finally:
         if owns_ray:

@@ -166,7 +166,6 @@ class MlflowEpochLogger(pl.Callback):
         values = {
             k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
         }
-        values.pop("train_start_unix", None)
         metrics = [
             Metric(key=k, value=v, timestamp=now, step=trainer.current_epoch) for k, v in values.items()
         ]
