@@ -8,7 +8,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
 
 from imaging.deid.errors import QuarantineError, QuarantineReason
 
@@ -57,7 +57,8 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
         length = getattr(raw, "length", None)
         value = getattr(raw, "value", None)
         if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
-            raise QuarantineError(QuarantineReason.CORRUPT, f"element {tag} is truncated")
+            reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
+            raise QuarantineError(reason, f"element {tag} is truncated")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
         reason = (
             QuarantineReason.MISSING_IDENTIFIERS
@@ -79,8 +80,16 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
     return ds
 
 
+def _is_image_class(sop_class: str) -> bool:
+    entry = UID_dictionary.get(sop_class)
+    return entry is not None and "Image Storage" in entry[0] and "Presentation" not in entry[0]
+
+
 def _check_pixels(ds: Dataset) -> None:
     if "Rows" not in ds or "Columns" not in ds:
+        # An image object without its image (often a truncated file) cannot be used.
+        if _is_image_class(str(ds.get("SOPClassUID", ""))) and not any(t in ds for t in _PIXEL_TAGS):
+            raise QuarantineError(QuarantineReason.MISSING_PIXEL_DATA, "image object without pixel data")
         return
     present = [t for t in _PIXEL_TAGS if t in ds]
     if not present:
