@@ -8,11 +8,13 @@ MLflow tag; the audit entry keeps their SHA-256 (free text may not enter the aud
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from governance.approvals.registry import (
     TAG_ALIAS_PREFIX,
@@ -86,6 +88,35 @@ class Outcome:
     checklist: Checklist
 
 
+_Step = TypeVar("_Step", bound=Callable[..., Outcome])
+
+
+def _audit_refusals(step: str) -> Callable[[_Step], _Step]:
+    """Record refused attempts (wrong role, self-approval, policy not met) in the audit log:
+    auditors need the attempts, not only the successes."""
+
+    def wrap(method: _Step) -> _Step:
+        @functools.wraps(method)
+        def run(
+            self: Workflow, principal: Principal, name: str, version: str | int, *args: object
+        ) -> Outcome:
+            try:
+                return method(self, principal, name, version, *args)
+            except (PermissionDenied, ApprovalError) as exc:
+                self.audit.append(
+                    principal.name,
+                    f"model.{step}.refused",
+                    model_target(name, version),
+                    {"reason": type(exc).__name__},
+                    role=principal.role.value,
+                )
+                raise
+
+        return cast(_Step, run)
+
+    return wrap
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -108,6 +139,7 @@ class Workflow:
 
     # ---- writing ---------------------------------------------------------------------------
 
+    @_audit_refusals("submit")
     def submit(self, principal: Principal, name: str, version: str | int, comment: str = "") -> Outcome:
         """Mark a version ready for review, recording the hash of its artifact now."""
         require_role(principal, *SUBMITTER_ROLES)
@@ -128,12 +160,15 @@ class Workflow:
         self._tag(name, version, TAG_ARTIFACT_SHA256, digest)
         return self._after(name, version, entry.seq)
 
+    @_audit_refusals("approve")
     def approve(self, principal: Principal, name: str, version: str | int, comment: str = "") -> Outcome:
         return self._decide(principal, DecisionKind.APPROVE, name, version, comment)
 
+    @_audit_refusals("reject")
     def reject(self, principal: Principal, name: str, version: str | int, comment: str = "") -> Outcome:
         return self._decide(principal, DecisionKind.REJECT, name, version, comment)
 
+    @_audit_refusals("revoke")
     def revoke(self, principal: Principal, name: str, version: str | int, comment: str = "") -> Outcome:
         """Withdraw a version for good: every alias pointing at it is removed."""
         outcome = self._decide(principal, DecisionKind.REVOKE, name, version, comment)
@@ -150,6 +185,7 @@ class Workflow:
             )
         return outcome
 
+    @_audit_refusals("promote")
     def promote(self, principal: Principal, name: str, version: str | int, alias: str) -> Outcome:
         """Point ``alias`` at the version, only if the policy holds now."""
         require_role(principal, *PROMOTER_ROLES)

@@ -89,7 +89,14 @@ def test_full_flow_reaches_production_only_through_the_policy(registry: object, 
     assert decision.allowed and decision.version == version and decision.reasons == []
     assert decision.artifact_sha256 == mv.tags["radgate.artifact_sha256"]
     actions = [e.action for e in AuditLog().entries(target_prefix=f"model:{NAME}/")]
-    assert actions == ["model.submit", "model.approve", "model.approve", "model.promote"]
+    assert actions == [
+        "model.submit",
+        "model.promote.refused",
+        "model.approve",
+        "model.promote.refused",
+        "model.approve",
+        "model.promote",
+    ]
     assert AuditLog().verify().ok
 
 
@@ -268,6 +275,18 @@ def test_per_model_policy_override(
     assert [i.name for i in workflow.status(NAME, version).failures] == ["approved by clinical-reviewer"]
     workflow.approve(cast["doc2"], NAME, version)
     assert workflow.status(NAME, version).passed
+
+
+def test_gate_rehashes_the_artifact_after_its_own_ttl(registry: object, cast: Cast) -> None:
+    version, artifact, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    long_hash = Gate(registry, ttl_s=0, artifact_ttl_s=3600)  # type: ignore[arg-type]
+    always = Gate(registry, ttl_s=0, artifact_ttl_s=0)  # type: ignore[arg-type]
+    assert long_hash(NAME, "production").allowed and always(NAME, "production").allowed
+    (artifact / "model.bin").write_bytes(b"swapped")
+    assert long_hash(NAME, "production").allowed  # hash still cached (bounded by artifact_ttl_s)
+    assert not always(NAME, "production").allowed
+    assert not long_hash(NAME, "production", fresh=True).allowed
 
 
 def test_gate_fails_closed_on_unknown_model(registry: object) -> None:

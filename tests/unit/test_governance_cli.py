@@ -90,7 +90,16 @@ def test_model_workflow_and_audit_commands(
 
     assert "needs role" in _run(cli, "audit", "list", token=tokens["eng"], code=4)
     listing = _run(cli, "audit", "list", "--action", "model.", "--json", token=tokens["aud"])
-    assert listing.count("\n") == 4 and '"model.revoke"' in listing
+    actions = [line.split('"action": "')[1].split('"')[0] for line in listing.splitlines()]
+    assert actions == [
+        "model.submit",
+        "model.approve.refused",  # the submitter tried to approve
+        "model.approve.refused",  # the auditor tried to approve
+        "model.approve",
+        "model.approve",
+        "model.promote.refused",  # the policy did not hold
+        "model.revoke",
+    ]
     assert "ok: " in _run(cli, "audit", "verify", token=tokens["aud"])
     anchor = radgate_home.parent / "anchor.json"
     _run(cli, "audit", "anchor", "--to", str(anchor), token=tokens["aud"])
