@@ -99,7 +99,11 @@ class GatewayService:
         deadline = time.monotonic() + 30
         while not http.started:
             if not thread.is_alive() or time.monotonic() > deadline:
-                self.scp.stop(0)
+                http.should_exit = True
+                if self.pool is not None:
+                    self.pool.stop()
+                else:
+                    self.scp.stop(0)
                 raise RuntimeError("the STOW-RS listener did not start (port in use?)")
             time.sleep(0.02)
         self.http_port = int(http.servers[0].sockets[0].getsockname()[1])
