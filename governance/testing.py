@@ -31,7 +31,7 @@ __all__ = [
 GOOD_METRICS = {
     "test_auroc": 0.91,
     "test_sensitivity": 0.86,
-    "test_auroc_max_subgroup_gap": 0.04,
+    "max_subgroup_gap": 0.04,
     "test_ece": 0.03,
 }
 GOOD_TAGS = {"radgate.saliency_sanity": "passed", "radgate.dataset.deidentified": "true"}

@@ -64,10 +64,20 @@ def model_target(name: str, version: str | int) -> str:
     return f"model:{name}/{version}"
 
 
+# Written by MLflow into a logged model's directory when it is registered: not model content.
+_UNHASHED = frozenset({"registered_model_meta"})
+
+
 def hash_tree(path: Path) -> str:
     """SHA-256 of a file or directory: over ``<sha256>  <relative path>`` lines, sorted, so the
-    same files give the same hash wherever they are stored."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    same files give the same hash wherever they are stored. Same algorithm as
+    ``training.registry.artifact_sha256`` (the ``radgate.artifact_sha256`` tag set at
+    registration), which lets ``status`` show both."""
+    if path.is_file():
+        files = [path]
+    else:
+        found = (p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+        files = sorted(p for p in found if p.name not in _UNHASHED)
     if not files:
         raise RegistryError("artifact is empty or missing")
     manifest = hashlib.sha256()

@@ -157,7 +157,8 @@ class Workflow:
             "audit_seq": entry.seq,
         }
         self._tag(name, version, TAG_SUBMISSION, json.dumps(value))
-        self._tag(name, version, TAG_ARTIFACT_SHA256, digest)
+        if TAG_ARTIFACT_SHA256 not in (get_version(self.client, name, version).tags or {}):
+            self._tag(name, version, TAG_ARTIFACT_SHA256, digest)  # registration did not record it
         return self._after(name, version, entry.seq)
 
     @_audit_refusals("approve")

@@ -14,7 +14,11 @@ from typing import Any
 from governance.auth.roles import Role
 from governance.policy.schema import Check, CheckSource, ModelPolicy
 
+# Set by training at registration (training.registry.artifact_sha256, same tree hash).
+REGISTRATION_HASH_TAG = "radgate.artifact_sha256"
+
 __all__ = [
+    "REGISTRATION_HASH_TAG",
     "Checklist",
     "Decision",
     "DecisionKind",
@@ -174,6 +178,22 @@ def evaluate(policy: ModelPolicy, evidence: Evidence, now: datetime) -> Checklis
             else "not submitted"
             if sub is None
             else "artifact changed since submission",
+        )
+    )
+
+    registered = evidence.tags.get(REGISTRATION_HASH_TAG)
+    items.append(
+        Requirement(
+            "artifact",
+            "artifact as registered",
+            registered is None or registered == current,
+            registered,
+            "registration tag == current sha256",
+            "no registration hash recorded"
+            if registered is None
+            else ""
+            if registered == current
+            else "differs",
         )
     )
 

@@ -294,3 +294,15 @@ def test_gate_fails_closed_on_unknown_model(registry: object) -> None:
     assert not decision.allowed and decision.reasons
     with pytest.raises(ValueError):
         gate(NAME)
+
+
+def test_artifact_must_match_the_registration_hash(registry: object, cast: Cast) -> None:
+    from governance.approvals import hash_tree
+    from governance.testing import GOOD_TAGS
+
+    tags = {**GOOD_TAGS, "radgate.artifact_sha256": "0" * 64}
+    version, artifact, workflow = _approved(registry, cast, tags=tags)
+    failed = workflow.status(NAME, version).failures
+    assert [(i.name, i.detail) for i in failed] == [("artifact as registered", "differs")]
+    registry.set_model_version_tag(NAME, version, "radgate.artifact_sha256", hash_tree(artifact))  # type: ignore[attr-defined]
+    assert workflow.status(NAME, version).passed

@@ -106,7 +106,7 @@ def _evidence(
         else {
             "test_auroc": 0.9,
             "test_sensitivity": 0.9,
-            "test_auroc_max_subgroup_gap": 0.01,
+            "max_subgroup_gap": 0.01,
             "test_ece": 0.02,
         },
         tags={"radgate.saliency_sanity": "PASSED", "radgate.dataset.deidentified": "true"},
@@ -178,7 +178,7 @@ def test_threshold_boundaries(metric: str, value: float, passed: bool) -> None:
     metrics = {
         "test_auroc": 0.9,
         "test_sensitivity": 0.9,
-        "test_auroc_max_subgroup_gap": 0.0,
+        "max_subgroup_gap": 0.0,
         "test_ece": 0.0,
     }
     metrics[metric] = value
