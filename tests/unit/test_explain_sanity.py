@@ -220,3 +220,47 @@ def test_explain_sanity_result_lands_where_the_policy_reads_it(tmp_path: Path) -
     assert logged.tags[SANITY_TAG] == result.status
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "explain")]
     assert artifacts == ["explain/sanity.json"]
+
+
+def test_explain_after_training_records_sanity_faithfulness_and_gallery(
+    demo_split: tuple[torch.Tensor, torch.Tensor], trained: nn.Module, tmp_path: Path
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from governance.settings import get_settings
+    from training.explain import explain_after_training, sanity_sample
+
+    images, labels = demo_split
+    test_x, test_y = images[80:], labels[80:]
+    with torch.no_grad():
+        scores = torch.softmax(trained(test_x), dim=1)[:, 1].tolist()
+    assert sanity_sample([0.2, 0.9, 0.6, 0.1], 3) == [1, 2, 0]
+
+    uri = get_settings().resolved_mlflow_uri
+    get_settings().home.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.create_run(client.create_experiment("post", artifact_location=str(tmp_path / "artifacts")))
+    client.create_registered_model("chest-opacity")
+    version = client.create_model_version("chest-opacity", str(tmp_path / "model"), run_id=run.info.run_id)
+
+    report = explain_after_training(
+        trained,
+        test_x,
+        test_y.tolist(),
+        scores,
+        run_id=run.info.run_id,
+        model_name="chest-opacity",
+        model_version=version.version,
+        label_names=("no_finding", "opacity"),
+        sanity_images=4,
+        faithfulness_images=8,
+        gallery_per_outcome=1,
+        sanity_config=SanityConfig(cascade=False),
+    )
+    assert report.sanity.passed, report.sanity.reasons
+    assert client.get_model_version("chest-opacity", version.version).tags[SANITY_TAG] == "passed"
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert {"faithfulness_gap_gradcam", "faithfulness_gap_saliency", SANITY_METRIC} <= set(metrics)
+    gallery = [a.path for a in client.list_artifacts(run.info.run_id, "explain/gallery")]
+    assert "explain/gallery/gallery.json" in gallery
+    assert sum(path.endswith(".png") for path in gallery) == len(report.gallery) >= 2

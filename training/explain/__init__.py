@@ -18,6 +18,7 @@ from training.explain.core import (
 from training.explain.faithfulness import FaithfulnessResult, deletion_insertion
 from training.explain.gallery import GalleryCase, Outcome, select_gallery_cases, write_gallery
 from training.explain.layers import NetworkFamily, TargetLayerError, detect_family, resolve_target_layer
+from training.explain.post_training import PostTrainingReport, explain_after_training, sanity_sample
 from training.explain.sanity import (
     SANITY_METRIC,
     SANITY_TAG,
@@ -46,6 +47,7 @@ __all__ = [
     "GalleryCase",
     "NetworkFamily",
     "Outcome",
+    "PostTrainingReport",
     "SanityConfig",
     "SanityResult",
     "TargetLayerError",
@@ -55,6 +57,7 @@ __all__ = [
     "deletion_insertion",
     "detect_family",
     "explain",
+    "explain_after_training",
     "explain_instance",
     "explain_registered",
     "log_faithfulness",
@@ -63,6 +66,7 @@ __all__ = [
     "randomize_parameters",
     "resolve_target_layer",
     "run_randomization_check",
+    "sanity_sample",
     "sanity_threshold_from_policy",
     "select_gallery_cases",
     "spearman",
