@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One-time setup on a fresh Debian 12 machine (idempotent): system tools, then the Python env.
+#   scripts/setup.sh            # everything
+#   RADGATE_SKIP_APT=1 ...      # skip apt-get (tools already installed, or no root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${RADGATE_SKIP_APT:-0}" != "1" ]; then
+  # Orthanc (a real PACS peer), dcmtk, dicom3tools (dciodvfy), GDCM; Chromium for the web UI tests.
+  sh scripts/ci/install-apt.sh
+  if [ -x scripts/ci/install-browser.sh ]; then sh scripts/ci/install-browser.sh; fi
+fi
+
+PYTHON="${PYTHON:-python3.11}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch is pinned (2.13.0, CPU build) in pyproject.toml: no multi-GB CUDA download.
+.venv/bin/python -m pip install -q -e '.[test,postgres]'
+echo "setup done: $(.venv/bin/radgate --version)"
