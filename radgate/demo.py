@@ -41,7 +41,8 @@ def _ingest_stage(home: Path, patients: int, workers: int) -> dict[str, Any]:
     source = home / "demo" / "pacs-export"
     demo = write_demo_studies(source, patients=patients, images_per_patient=2, seed=7)
     console.print(
-        f"generated {len(demo.files)} DX/CR studies of {patients} patients (PHI in headers and descriptions), "
+        f"generated {len(demo.files)} DX/CR studies of {patients} patients "
+        "(PHI in headers and descriptions), "
         f"labels file keyed by accession number: {demo.labels_csv.name}"
     )
     # The labels file stays with the data steward; only the images go through the gateway.
