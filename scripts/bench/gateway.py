@@ -8,9 +8,10 @@ sent by dcmtk's ``storescu`` into Orthanc and into ``radgate gateway``, in the s
 2. ``--concurrency`` associations at once (several senders).
 
 The value is the ratio of files/s (gateway / Orthanc) over one association; target >= 1.0.
-Ends with ONE JSON line.
+For attribution it also reports the SCP alone (same pynetdicom settings, a sink that only
+hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file. Ends with ONE JSON line.
 
-    .venv/bin/python scripts/bench/gateway.py [--files 200] [--concurrency 4]
+    .venv/bin/python scripts/bench/gateway.py [--files 100] [--rounds 3] [--concurrency 4]
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
 
 def _orthanc_module() -> Any:
@@ -113,6 +118,45 @@ def start_gateway(workdir: Path, env: dict[str, str], workers: int) -> tuple[sub
     raise SystemExit("the gateway did not start; see gateway.log")
 
 
+def transport_only(files: list[Path], env: dict[str, str]) -> float:
+    """Files/s of the gateway's SCP (same pynetdicom settings) with a sink that only hashes:
+    the DICOM transport's share of the cost, for attribution."""
+    import hashlib
+
+    from imaging.gateway import AllowedPeer, DicomListener
+    from imaging.gateway.scp import StorageSCP
+    from imaging.ingest import IngestOutcome, IngestStatus
+
+    class HashOnly:
+        def ingest_bytes(self, data: bytes, source: str) -> IngestOutcome:
+            return IngestOutcome(IngestStatus.DUPLICATE, hashlib.sha256(data).hexdigest())
+
+    listener = DicomListener(host="127.0.0.1", port=0, allowed_peers=(AllowedPeer(ae_title="STORESCU"),))
+    scp = StorageSCP(listener, HashOnly())
+    scp.start()
+    try:
+        return send(scp.port, "RADGATE", files, 1, env)
+    finally:
+        scp.stop(10)
+
+
+def ingest_only(files: list[Path], home: Path) -> float:
+    """Milliseconds per file of ``Ingestor.ingest_bytes`` in-process (no network)."""
+    os.environ["RADGATE_HOME"] = str(home)
+    from governance.settings import get_settings
+
+    get_settings.cache_clear()
+    from imaging.ingest import Ingestor
+
+    ingestor = Ingestor()
+    data = [path.read_bytes() for path in files]
+    ingestor.ingest_bytes(data[0], "bench")  # warm-up (catalog, profile)
+    start = time.perf_counter()
+    for item in data[1:]:
+        ingestor.ingest_bytes(item, "bench")
+    return 1000 * (time.perf_counter() - start) / max(1, len(data) - 1)
+
+
 def count_instances(env: dict[str, str]) -> int:
     code = (
         "from sqlalchemy import func, select\n"
@@ -125,7 +169,8 @@ def count_instances(env: dict[str, str]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=200, help="instances per phase")
+    parser.add_argument("--files", type=int, default=100, help="instances per send")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
     parser.add_argument("--concurrency", type=int, default=4, help="associations in phase 2")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="gateway SCP processes (dicom.workers)"
@@ -143,37 +188,47 @@ def main() -> None:
         }
         env.pop("RADGATE_CATALOG_URL", None)
         env.pop("RADGATE_OBJECT_STORE", None)
-        serial_set = write_ct(work / "serial", args.files)
-        concurrent_sets = {
-            name: write_ct(work / f"concurrent-{name}", args.files) for name in ("orthanc", "gateway")
-        }
-        serial_sets = {"orthanc": serial_set, "gateway": write_ct(work / "serial-gw", args.files)}
         orthanc = orthanc_ci.OrthancServer(
             work / "orthanc", modalities={"sender": ("STORESCU", "127.0.0.1", 1)}
         )
         orthanc.start()
         gateway, gateway_port = start_gateway(work, env, args.workers)
+        targets = {"orthanc": (orthanc.dicom_port, orthanc.aet), "gateway": (gateway_port, "RADGATE")}
+        rates: dict[tuple[str, int], list[float]] = {
+            key: [] for key in product(targets, (1, args.concurrency))
+        }
         try:
-            orthanc_serial = send(orthanc.dicom_port, orthanc.aet, serial_sets["orthanc"], 1, env)
-            gateway_serial = send(gateway_port, "RADGATE", serial_sets["gateway"], 1, env)
-            orthanc_conc = send(
-                orthanc.dicom_port, orthanc.aet, concurrent_sets["orthanc"], args.concurrency, env
-            )
-            gateway_conc = send(gateway_port, "RADGATE", concurrent_sets["gateway"], args.concurrency, env)
+            # Rounds alternate the targets so that load from elsewhere hits both alike; every
+            # send uses fresh instances (new UIDs), so nothing is a duplicate.
+            for round_index in range(args.rounds):
+                for concurrency in (1, args.concurrency):
+                    for name, (port, aet) in targets.items():
+                        files = write_ct(work / f"r{round_index}-{concurrency}-{name}", args.files)
+                        rates[name, concurrency].append(send(port, aet, files, concurrency, env))
+                        shutil.rmtree(files[0].parent)
             stored = count_instances(env)
             in_orthanc = len(orthanc.rest("GET", "/instances"))
+            transport = transport_only(write_ct(work / "transport", args.files), env)
+            ingest_ms = ingest_only(write_ct(work / "ingest", min(args.files, 60)), work / "home-ingest")
         finally:
             gateway.terminate()
             gateway.wait(120)
             orthanc.stop()
-        if stored != 2 * args.files or in_orthanc != 2 * args.files:
-            raise SystemExit(f"lost instances: gateway stored {stored}, Orthanc {in_orthanc}")
+        expected = 2 * args.rounds * args.files
+        if stored != expected or in_orthanc != expected:
+            raise SystemExit(f"lost instances: gateway stored {stored}, Orthanc {in_orthanc} of {expected}")
+        med = {key: statistics.median(values) for key, values in rates.items()}
+        gateway_serial, orthanc_serial = med["gateway", 1], med["orthanc", 1]
+        gateway_conc, orthanc_conc = med["gateway", args.concurrency], med["orthanc", args.concurrency]
         print(
             f"one association:  gateway {gateway_serial:7.1f} files/s, Orthanc {orthanc_serial:7.1f} files/s"
         )
         print(
             f"{args.concurrency} associations:   gateway {gateway_conc:7.1f} files/s, "
             f"Orthanc {orthanc_conc:7.1f} files/s"
+        )
+        print(
+            f"attribution: SCP with a hash-only sink {transport:7.1f} files/s; ingest {ingest_ms:.1f} ms/file"
         )
         result = {
             "bench": "gateway",
@@ -187,7 +242,14 @@ def main() -> None:
             "gateway_concurrent_files_per_s": round(gateway_conc, 1),
             "orthanc_concurrent_files_per_s": round(orthanc_conc, 1),
             "concurrent_ratio": round(gateway_conc / orthanc_conc, 3),
+            "transport_only_files_per_s": round(transport, 1),
+            "transport_only_ratio": round(transport / orthanc_serial, 3),
+            "ingest_ms_per_file": round(ingest_ms, 1),
             "files_per_phase": args.files,
+            "rounds": args.rounds,
+            "per_round_ratios": [
+                round(g / o, 3) for g, o in zip(rates["gateway", 1], rates["orthanc", 1], strict=True)
+            ],
             "gateway_workers": args.workers,
             "image": "CT 512x512 16-bit, Explicit VR LE",
             "cpus": os.cpu_count(),
