@@ -18,7 +18,6 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
 from imaging.gateway.scp import audit
@@ -67,7 +66,7 @@ def _identify(data: bytes) -> _Identity | None:
         sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
         sop_instance = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta else None)
         return _Identity(str(sop_class or ""), str(sop_instance or ""), str(ds.get("StudyInstanceUID", "")))
-    except (InvalidDicomError, ValueError, EOFError, OSError, AttributeError, TypeError, KeyError):
+    except Exception:  # best effort: the part itself still goes to ingest, which quarantines it
         return None
 
 

@@ -159,3 +159,28 @@ def test_stow_rs_authenticates_every_request(stow_client: TestClient) -> None:
     )
     assert reply.status_code == 403
     assert stow_client.get("/openapi.json").status_code == 404
+
+
+def test_untrusted_bodies_never_escape_as_other_errors() -> None:
+    """Whatever a client sends, parsing fails only with MultipartError and identification
+    returns None: never a 500."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from imaging.gateway.stow import _identify
+
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.binary(max_size=512), st.integers(0, len(ct)), st.binary(max_size=64))
+    def check(noise: bytes, cut: int, patch: bytes) -> None:
+        mutated = ct[:cut] + patch + ct[cut + len(patch) :]
+        for data in (noise, mutated, ct[:cut]):
+            _identify(data)
+            try:
+                list(iter_parts(data, "B0undary"))
+                list(iter_parts(b"--B0undary\r\n" + data, "B0undary"))
+            except MultipartError:
+                pass
+
+    check()
