@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "imaging.cli",
     "imaging.gateway.cli",
     "training.cli",
+    "training.explain.cli",
     "governance.cli",
     "serving.cli",
     "radgate.demo",
