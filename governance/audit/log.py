@@ -33,6 +33,7 @@ from governance.keys import KeyError_, ProjectKey, load_project_key
 from governance.settings import get_settings
 
 __all__ = [
+    "ANCHOR_EXPERIMENT",
     "GENESIS_HASH",
     "AuditEntry",
     "AuditError",
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
+ANCHOR_EXPERIMENT = "radgate-audit"
+ANCHOR_TAG = "radgate.audit.head"
 _MAC_PURPOSE = "audit-chain"
 _APPEND_RETRIES = 50
 
@@ -339,8 +342,37 @@ class AuditLog:
         path.write_text(json.dumps(anchor) + "\n")
         return anchor
 
+    def anchor_to_mlflow(self, client: Any = None) -> dict[str, Any]:
+        """Record the head as a tag of the MLflow experiment ``radgate-audit`` (another system,
+        usually administered by other people than the catalog database)."""
+        client = client or _mlflow_client()
+        head = self.head()
+        anchor = (
+            {"seq": 0, "hash": GENESIS_HASH, "ts": ""}
+            if head is None
+            else {"seq": head.seq, "hash": head.hash, "ts": head.ts}
+        )
+        experiment = client.get_experiment_by_name(ANCHOR_EXPERIMENT)
+        experiment_id = (
+            experiment.experiment_id if experiment else client.create_experiment(ANCHOR_EXPERIMENT)
+        )
+        client.set_experiment_tag(experiment_id, ANCHOR_TAG, json.dumps(anchor))
+        return anchor
+
+    def mlflow_anchor(self, client: Any = None) -> dict[str, Any] | None:
+        client = client or _mlflow_client()
+        experiment = client.get_experiment_by_name(ANCHOR_EXPERIMENT)
+        if experiment is None or ANCHOR_TAG not in experiment.tags:
+            return None
+        value: dict[str, Any] = json.loads(experiment.tags[ANCHOR_TAG])
+        return value
+
     def verify(
-        self, anchors: list[Path] | None = None, *, accept_key_ids: list[str] | None = None
+        self,
+        anchors: list[Path] | None = None,
+        *,
+        accept_key_ids: list[str] | None = None,
+        mlflow_anchor: bool = False,
     ) -> VerifyReport:
         """Recompute the chain; name the first altered, inserted, deleted or reordered entry.
 
@@ -385,26 +417,42 @@ class AuditLog:
             hashes[row.seq] = row.hash
             expected += 1
         report.head_seq, report.head_hash, report.unchecked_macs = expected - 1, prev, unchecked
+        sources: list[tuple[str, dict[str, Any] | None]] = []
         for path in [self.head_file, *(anchors or [])]:
             if not path.exists():
                 if path != self.head_file:
                     return fail("anchor-missing", 0, f"anchor file {path} not found")
                 continue
             try:
-                anchor = json.loads(path.read_text())
-                seq, digest = int(anchor["seq"]), str(anchor["hash"])
-            except (OSError, ValueError, KeyError) as exc:
+                sources.append((path.name, json.loads(path.read_text())))
+            except (OSError, ValueError) as exc:
                 return fail("anchor-unreadable", 0, f"{path}: {exc}")
-            report.anchors_checked.append(str(path))
+        if mlflow_anchor:
+            sources.append((f"mlflow:{ANCHOR_EXPERIMENT}", self.mlflow_anchor()))
+        for label, anchor in sources:
+            if anchor is None:
+                return fail("anchor-missing", 0, f"no anchor in {label}")
+            try:
+                seq, digest = int(anchor["seq"]), str(anchor["hash"])
+            except (ValueError, KeyError, TypeError) as exc:
+                return fail("anchor-unreadable", 0, f"{label}: {exc}")
+            report.anchors_checked.append(label)
             if seq > report.head_seq:
                 return fail(
                     "truncated",
                     report.head_seq + 1,
-                    f"anchor {path.name} names entry {seq} but the log ends at {report.head_seq}",
+                    f"anchor {label} names entry {seq} but the log ends at {report.head_seq}",
                 )
             if seq and hashes.get(seq) != digest:
-                return fail("altered", seq, f"entry {seq} differs from anchor {path.name}")
+                return fail("altered", seq, f"entry {seq} differs from anchor {label}")
         return report
+
+
+def _mlflow_client() -> Any:
+    from mlflow import MlflowClient
+
+    uri = get_settings().resolved_mlflow_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _iso(value: str) -> str:

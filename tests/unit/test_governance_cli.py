@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -102,7 +103,8 @@ def test_model_workflow_and_audit_commands(
     ]
     assert "ok: " in _run(cli, "audit", "verify", token=tokens["aud"])
     anchor = radgate_home.parent / "anchor.json"
-    _run(cli, "audit", "anchor", "--to", str(anchor), token=tokens["aud"])
+    _run(cli, "audit", "anchor", "--to", str(anchor), "--mlflow", token=tokens["aud"])
+    assert "ok: " in _run(cli, "audit", "verify", "--mlflow-anchor", token=tokens["aud"])
     out = radgate_home.parent / "audit.jsonl"
     _run(cli, "audit", "export", "--since", "2000-01-01", "--out", str(out), token=tokens["aud"])
     assert len(out.read_text().splitlines()) > 10
@@ -111,6 +113,12 @@ def test_model_workflow_and_audit_commands(
     db.execute("UPDATE audit_log SET actor='mallory' WHERE action='model.revoke'")
     broken = _run(cli, "audit", "verify", "--anchor", str(anchor), token=tokens["aud"], code=5)
     assert "altered" in broken
+    db.execute("UPDATE audit_log SET actor='doc' WHERE action='model.revoke'")  # undo
+    anchored = json.loads(anchor.read_text())["seq"]
+    db.execute("DELETE FROM audit_log WHERE seq >= ?", (anchored,))
+    (radgate_home / "audit" / "head.json").unlink()
+    truncated = _run(cli, "audit", "verify", "--mlflow-anchor", token=tokens["aud"], code=5)
+    assert "truncated" in truncated
 
 
 def test_policy_check(cli: typer.Typer, tmp_path: Path) -> None:
