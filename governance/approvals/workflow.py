@@ -238,17 +238,16 @@ class Workflow:
             and not model_policy.submitter_may_approve
         ):
             raise SelfApproval(f"{principal.name} submitted {name} v{mv.version} and may not approve it")
-        if evidence.artifact_sha256 is None:
+        if evidence.artifact_sha256 is None and kind is DecisionKind.APPROVE:
             raise RegistryError(f"the artifact of {name} v{mv.version} cannot be read")
-        entry = self._audit(
-            principal, f"model.{kind.value}", name, mv.version, evidence.artifact_sha256, comment
-        )
+        digest = evidence.artifact_sha256 or "unreadable"  # a missing artifact can still be rejected/revoked
+        entry = self._audit(principal, f"model.{kind.value}", name, mv.version, digest, comment)
         value = {
             "decision": kind.value,
             "actor": principal.name,
             "role": principal.role.value,
             "at": entry.ts,
-            "artifact_sha256": evidence.artifact_sha256,
+            "artifact_sha256": digest,
             "comment": comment,
             "policy_sha256": self.policy.sha256,
             "audit_hash": entry.hash,

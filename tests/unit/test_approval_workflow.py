@@ -14,6 +14,7 @@ from governance.approvals import (
     ApprovalError,
     Gate,
     PolicyNotSatisfied,
+    RegistryError,
     SelfApproval,
     VersionRevoked,
     Workflow,
@@ -306,3 +307,17 @@ def test_artifact_must_match_the_registration_hash(registry: object, cast: Cast)
     assert [(i.name, i.detail) for i in failed] == [("artifact as registered", "differs")]
     registry.set_model_version_tag(NAME, version, "radgate.artifact_sha256", hash_tree(artifact))  # type: ignore[attr-defined]
     assert workflow.status(NAME, version).passed
+
+
+def test_a_version_whose_artifact_vanished_can_still_be_revoked(registry: object, cast: Cast) -> None:
+    import shutil
+
+    version, artifact, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    shutil.rmtree(artifact)
+    decision = gate(NAME, "production", fresh=True)
+    assert not decision.allowed and any("unreadable" in r for r in decision.reasons)
+    with pytest.raises(RegistryError):
+        workflow.approve(cast["doc2"], NAME, version)
+    workflow.revoke(cast["doc"], NAME, version, "artifact lost")
+    assert workflow.status(NAME, version).status == "revoked"
