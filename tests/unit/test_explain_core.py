@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -191,3 +193,20 @@ def test_explain_maps_follow_a_planted_feature(images: torch.Tensor, method: Exp
     heat = result.maps[0]
     assert heat[:32, :32].mean() > 0.1
     assert heat[40:, 40:].max() == 0.0
+
+
+def test_explain_settings_load_repository_default_and_reject_bad_files(tmp_path: Path) -> None:
+    from training.explain import ExplainSettingsError, load_explain_settings
+
+    settings = load_explain_settings()
+    assert settings.sanity.max_spearman == 0.5 and settings.explain.ig_steps == 32
+    custom = tmp_path / "explain.yaml"
+    custom.write_text("sanity:\n  max_spearman: 0.3\n  method: saliency\n")
+    loaded = load_explain_settings(custom)
+    assert loaded.sanity.max_spearman == 0.3 and loaded.sanity.method is ExplainMethod.SALIENCY
+    custom.write_text("sanity:\n  max_spearmann: 0.3\n")
+    with pytest.raises(ExplainSettingsError):
+        load_explain_settings(custom)
+    custom.write_text("sanity: [unclosed\n")
+    with pytest.raises(ExplainSettingsError):
+        load_explain_settings(custom)

@@ -29,6 +29,7 @@ from training.explain.sanity import (
     run_randomization_check,
     spearman,
 )
+from training.explain.settings import ExplainSettings, ExplainSettingsError, load_explain_settings
 from training.explain.summary import AttributionFocus, attribution_focus, clinician_summary
 from training.explain.tracking import log_faithfulness, log_sanity_result, sanity_threshold_from_policy
 
@@ -41,6 +42,8 @@ __all__ = [
     "ExplainConfig",
     "ExplainError",
     "ExplainMethod",
+    "ExplainSettings",
+    "ExplainSettingsError",
     "Explainer",
     "Explanation",
     "FaithfulnessResult",
@@ -60,6 +63,7 @@ __all__ = [
     "explain_after_training",
     "explain_instance",
     "explain_registered",
+    "load_explain_settings",
     "log_faithfulness",
     "log_sanity_result",
     "probabilities_from_logits",

@@ -27,6 +27,18 @@ def _method(value: str) -> str:
         raise typer.BadParameter(f"{value!r} is not one of: {_METHODS}") from None
 
 
+def _settings(path: Path | None):  # type: ignore[no-untyped-def]
+    from training.explain.settings import ExplainSettingsError, load_explain_settings
+
+    try:
+        return load_explain_settings(path)
+    except ExplainSettingsError as exc:
+        raise _fail(str(exc)) from None
+
+
+_CONFIG_HELP = "Explain settings YAML (default: configs/explain/default.yaml)."
+
+
 def _load(model: str, tracking_uri: str | None):  # type: ignore[no-untyped-def]
     import mlflow
 
@@ -54,6 +66,7 @@ def explain_command(
     target: str | None = typer.Option(
         None, "--target", help="Label name or index to explain (default: the finding of a binary model)."
     ),
+    config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False, help=_CONFIG_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: settings)."),
 ) -> None:
     """Explain one DICOM instance with a registered model: overlay PNG, DICOM Secondary Capture
@@ -65,9 +78,10 @@ def explain_command(
     from training.explain.case import explain_registered
     from training.explain.core import ExplainError
 
+    settings = _settings(config)
     loaded = _load(model, tracking_uri)
     try:
-        case = explain_registered(loaded, input_dcm, method=method, target=target)
+        case = explain_registered(loaded, input_dcm, method=method, target=target, config=settings.explain)
     except (InvalidDicomError, ResultImageError, SecondaryCaptureError, ExplainError) as exc:
         raise _fail(f"cannot explain {input_dcm.name}: {exc}") from None
     except RuntimeError as exc:  # MONAI's loader wraps unreadable files in RuntimeError
@@ -89,20 +103,21 @@ def sanity_command(
     model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
     method: str = typer.Option("gradcam", "--method", callback=_method, help=_METHOD_HELP),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Max |Spearman| trained vs randomised (default: policy, else 0.5)."
+        None, "--threshold", help="Max |Spearman| trained vs randomised (default: policy, else --config)."
     ),
     cascade: bool = typer.Option(True, "--cascade/--no-cascade", help="Also randomise block by block."),
     record: bool = typer.Option(True, "--record/--no-record", help="Log to MLflow, tag the version."),
+    config: Path | None = typer.Option(None, "--config", exists=True, dir_okay=False, help=_CONFIG_HELP),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: settings)."),
 ) -> None:
     """Run the parameter-randomisation sanity check (Adebayo et al. 2018) on a registered
     version and record it where the approval policy reads it (tag radgate.saliency_sanity)."""
     import torch
 
-    from training.explain.core import ExplainConfig
-    from training.explain.sanity import SanityConfig, run_randomization_check
+    from training.explain.sanity import run_randomization_check
     from training.explain.tracking import log_sanity_result, sanity_threshold_from_policy
 
+    settings = _settings(config)
     loaded = _load(model, tracking_uri)
     try:
         batch = torch.cat([loaded.preprocess(path) for path in images])
@@ -112,8 +127,10 @@ def sanity_command(
     result = run_randomization_check(
         loaded.module,
         batch,
-        config=SanityConfig(method=method, cascade=cascade),  # type: ignore[arg-type]
-        explain_config=ExplainConfig(target_layer=loaded.gradcam_layer or None),
+        config=settings.sanity.model_copy(update={"method": method, "cascade": cascade}),
+        explain_config=settings.explain.model_copy(
+            update={"target_layer": settings.explain.target_layer or loaded.gradcam_layer or None}
+        ),
         threshold=limit,
     )
     if record:

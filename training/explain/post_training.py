@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.explain.core import ExplainConfig, Explainer, ExplainMethod
+from training.explain.core import Explainer, ExplainMethod
 from training.explain.faithfulness import FaithfulnessResult, deletion_insertion
 from training.explain.gallery import GalleryCase, select_gallery_cases, write_gallery
 from training.explain.sanity import SanityConfig, SanityResult, run_randomization_check
@@ -71,7 +71,13 @@ def explain_after_training(
     """
     if not (len(test_images) == len(test_labels) == len(positive_scores)):
         raise ValueError("test_images, test_labels and positive_scores must have the same length")
-    config = ExplainConfig(target_layer=gradcam_layer)
+    from training.explain.settings import load_explain_settings
+
+    settings = load_explain_settings()
+    config = settings.explain.model_copy(
+        update={"target_layer": gradcam_layer or settings.explain.target_layer}
+    )
+    sanity_config = sanity_config or settings.sanity
     policy_limit = sanity_threshold_from_policy(model_name) if model_name else None
     chosen = sanity_sample(positive_scores, sanity_images, threshold)
     sanity = run_randomization_check(
