@@ -198,7 +198,7 @@ class Deidentifier:
         patient_id = _text(ds.get("PatientID", ""))
         study_uid = _text(ds.get("StudyInstanceUID", ""))
         pseudonym = self.pseudonyms.patient(patient_id, fallback=study_uid)
-        values = [_text(ds.get(k, "")) for k in _IDENTIFYING_KEYWORDS if k in ds]
+        values = [_text(ds[tag].value) for tag in ds.keys() if int(tag) in _IDENTIFYING_TAGS]
         for keyword in _DATE_KEYWORDS:
             values.extend(_date_variants(_text(ds.get(keyword, ""))))
         values.extend(self._nested_identifiers(ds))
@@ -261,13 +261,12 @@ class Deidentifier:
         """
         found = [] if found is None else found
         for tag in ds.keys():
-            t = int(tag)
-            vr = self._vr(ds, t)
+            vr = self._vr(ds, tag)
             if vr == "SQ":
-                for item in ds[t].value or ():
+                for item in ds[tag].value or ():
                     self._nested_identifiers(item, found, depth + 1)
-            elif depth and (vr == "PN" or t in _IDENTIFYING_TAGS):
-                value = ds[t].value
+            elif depth and (vr == "PN" or int(tag) in _IDENTIFYING_TAGS):
+                value = ds[tag].value
                 if value:
                     found.append(_text(value))
         return found
@@ -312,43 +311,47 @@ class Deidentifier:
     # -- the walk -----------------------------------------------------------------------------
 
     def _walk(self, ds: Dataset, state: _Instance, pseudonym: str) -> None:
+        # ``tag`` is the dataset's own key object: passing it back makes every dict lookup an
+        # identity hit, where a fresh int would go through pydicom's Python-level Tag equality.
         purge_groups: set[int] = set()
         for tag in list(ds.keys()):
             t = int(tag)
             group = t >> 16
             if group & 1:
-                self._private(ds, t, state)
+                self._private(ds, tag, state)
                 continue
             if t & 0xFFFF == 0 and group != 0x0002:
-                del ds[t]  # group lengths are retired and become wrong once values change
+                del ds[tag]  # group lengths are retired and become wrong once values change
                 continue
             action = self.table.lookup(t)
             if action is None:
-                self._unlisted(ds, t, state, pseudonym)
+                self._unlisted(ds, tag, state, pseudonym)
                 continue
             state.actions[action.value] += 1
             if action is Action.REMOVE:
-                del ds[t]
+                del ds[tag]
                 if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000:
                     purge_groups.add(group)  # an overlay without its data is invalid
             elif action is Action.KEEP:
-                if self._vr(ds, t) == "SQ":
-                    self._recurse(ds, t, state, pseudonym)
+                if self._vr(ds, tag) == "SQ":
+                    self._recurse(ds, tag, state, pseudonym)
             else:
-                self._apply(ds, t, action, state, pseudonym)
-                if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000 and t not in ds:
+                self._apply(ds, tag, action, state, pseudonym)
+                if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000 and tag not in ds:
                     purge_groups.add(group)
-        for tag in [t for t in ds.keys() if (int(t) >> 16) in purge_groups]:
-            del ds[tag]
+        if purge_groups:
+            for tag in [k for k in ds.keys() if (int(k) >> 16) in purge_groups]:
+                del ds[tag]
 
     def _recurse(self, ds: Dataset, t: int, state: _Instance, pseudonym: str) -> None:
         for item in ds[t].value or ():
             self._walk(item, state, pseudonym)
 
-    def _vr(self, ds: Dataset, t: int) -> str | None:
-        vr = ds.get_item(t).VR
+    def _vr(self, ds: Dataset, tag: int) -> str | None:
+        vr = ds.get_item(tag).VR
         if vr and vr != "UN":
             return str(vr)
+        t = int(tag)
         if t not in self._vr_cache:
             try:
                 self._vr_cache[t] = dictionary_VR(t).split(" ")[0]
