@@ -10,13 +10,14 @@ from governance.audit.log import (
     AuditError,
     AuditLog,
     AuditRow,
-    VerifyReport,
     canonical_json,
     record,
 )
 from governance.audit.phi import AuditPHIError, check_details
+from governance.audit.verify import ANCHOR_EXPERIMENT, VerifyReport, verify_chain
 
 __all__ = [
+    "ANCHOR_EXPERIMENT",
     "GENESIS_HASH",
     "AuditEntry",
     "AuditError",
@@ -27,4 +28,5 @@ __all__ = [
     "canonical_json",
     "check_details",
     "record",
+    "verify_chain",
 ]

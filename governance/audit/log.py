@@ -17,10 +17,10 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, Integer, String, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -32,21 +32,20 @@ from governance.catalog.models import Base
 from governance.keys import KeyError_, ProjectKey, load_project_key
 from governance.settings import get_settings
 
+if TYPE_CHECKING:
+    from governance.audit.verify import VerifyReport
+
 __all__ = [
-    "ANCHOR_EXPERIMENT",
     "GENESIS_HASH",
     "AuditEntry",
     "AuditError",
     "AuditLog",
     "AuditRow",
-    "VerifyReport",
     "canonical_json",
     "record",
 ]
 
 GENESIS_HASH = "0" * 64
-ANCHOR_EXPERIMENT = "radgate-audit"
-ANCHOR_TAG = "radgate.audit.head"
 _MAC_PURPOSE = "audit-chain"
 _APPEND_RETRIES = 50
 
@@ -91,21 +90,6 @@ class AuditEntry:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
-
-
-@dataclass
-class VerifyReport:
-    """Outcome of :meth:`AuditLog.verify`: ``ok`` or the first problem found."""
-
-    ok: bool
-    entries: int
-    head_seq: int
-    head_hash: str
-    problem: str | None = None
-    first_bad_seq: int | None = None
-    detail: str = ""
-    unchecked_macs: int = 0
-    anchors_checked: list[str] = field(default_factory=list)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -328,44 +312,19 @@ class AuditLog:
             yield from rows
             last = rows[-1].seq
 
-    # ---- anchoring and verification -------------------------------------------------------
+    # ---- anchoring and verification (governance.audit.verify) ----------------------------
 
     def anchor_to_file(self, path: Path) -> dict[str, Any]:
         """Write the current head (seq, hash, time) to ``path`` (for a WORM disk or a ticket)."""
-        head = self.head()
-        anchor = (
-            {"seq": 0, "hash": GENESIS_HASH, "ts": ""}
-            if head is None
-            else {"seq": head.seq, "hash": head.hash, "ts": head.ts}
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(anchor) + "\n")
-        return anchor
+        from governance.audit.verify import anchor_to_file
+
+        return anchor_to_file(self, path)
 
     def anchor_to_mlflow(self, client: Any = None) -> dict[str, Any]:
-        """Record the head as a tag of the MLflow experiment ``radgate-audit`` (another system,
-        usually administered by other people than the catalog database)."""
-        client = client or _mlflow_client()
-        head = self.head()
-        anchor = (
-            {"seq": 0, "hash": GENESIS_HASH, "ts": ""}
-            if head is None
-            else {"seq": head.seq, "hash": head.hash, "ts": head.ts}
-        )
-        experiment = client.get_experiment_by_name(ANCHOR_EXPERIMENT)
-        experiment_id = (
-            experiment.experiment_id if experiment else client.create_experiment(ANCHOR_EXPERIMENT)
-        )
-        client.set_experiment_tag(experiment_id, ANCHOR_TAG, json.dumps(anchor))
-        return anchor
+        """Record the head as a tag of the MLflow experiment ``radgate-audit``."""
+        from governance.audit.verify import anchor_to_mlflow
 
-    def mlflow_anchor(self, client: Any = None) -> dict[str, Any] | None:
-        client = client or _mlflow_client()
-        experiment = client.get_experiment_by_name(ANCHOR_EXPERIMENT)
-        if experiment is None or ANCHOR_TAG not in experiment.tags:
-            return None
-        value: dict[str, Any] = json.loads(experiment.tags[ANCHOR_TAG])
-        return value
+        return anchor_to_mlflow(self, client)
 
     def verify(
         self,
@@ -374,85 +333,10 @@ class AuditLog:
         accept_key_ids: list[str] | None = None,
         mlflow_anchor: bool = False,
     ) -> VerifyReport:
-        """Recompute the chain; name the first altered, inserted, deleted or reordered entry.
+        """Recompute the chain; see :func:`governance.audit.verify.verify_chain`."""
+        from governance.audit.verify import verify_chain
 
-        ``anchors`` are head files written by :meth:`anchor_to_file`; the automatic head file
-        under ``RADGATE_HOME/audit`` is always checked when present. Entries sealed under a key
-        other than the current one fail as ``forged`` unless their key id is in
-        ``accept_key_ids`` (entries written before a key change; counted as unchecked).
-        """
-        accepted = set(accept_key_ids or [])
-        key_id = self.key.key_id
-        prev, prevprev = GENESIS_HASH, None
-        expected = 1
-        unchecked = 0
-        hashes: dict[int, str] = {}
-        report = VerifyReport(ok=True, entries=0, head_seq=0, head_hash=GENESIS_HASH)
-
-        def fail(problem: str, seq: int, detail: str) -> VerifyReport:
-            report.ok, report.problem, report.first_bad_seq, report.detail = False, problem, seq, detail
-            return report
-
-        for row in self._iter_rows():
-            report.entries += 1
-            if row.seq != expected:
-                return fail("deleted", expected, f"entries {expected}..{row.seq - 1} are missing")
-            recomputed = _row_hash(row)
-            if recomputed != row.hash:
-                if _row_hash(row, row.seq - 1) == row.hash or _row_hash(row, row.seq + 1) == row.hash:
-                    return fail("reordered", row.seq, "entry content belongs to another position")
-                return fail("altered", row.seq, "content does not match its hash")
-            if row.prev_hash != prev:
-                if prevprev is not None and row.prev_hash == prevprev:
-                    return fail("inserted", row.seq - 1, "entry was inserted into the chain")
-                return fail("altered", row.seq - 1, "chain link broken: previous entry was changed")
-            if row.key_id == key_id:
-                if not hmac.compare_digest(row.mac, self._mac(row.hash)):
-                    return fail("forged", row.seq, "hash is not sealed by the project key")
-            elif row.key_id in accepted:
-                unchecked += 1
-            else:
-                return fail("forged", row.seq, f"sealed under unknown key id {row.key_id!r}")
-            prevprev, prev = prev, row.hash
-            hashes[row.seq] = row.hash
-            expected += 1
-        report.head_seq, report.head_hash, report.unchecked_macs = expected - 1, prev, unchecked
-        sources: list[tuple[str, dict[str, Any] | None]] = []
-        for path in [self.head_file, *(anchors or [])]:
-            if not path.exists():
-                if path != self.head_file:
-                    return fail("anchor-missing", 0, f"anchor file {path} not found")
-                continue
-            try:
-                sources.append((path.name, json.loads(path.read_text())))
-            except (OSError, ValueError) as exc:
-                return fail("anchor-unreadable", 0, f"{path}: {exc}")
-        if mlflow_anchor:
-            sources.append((f"mlflow:{ANCHOR_EXPERIMENT}", self.mlflow_anchor()))
-        for label, anchor in sources:
-            if anchor is None:
-                return fail("anchor-missing", 0, f"no anchor in {label}")
-            try:
-                seq, digest = int(anchor["seq"]), str(anchor["hash"])
-            except (ValueError, KeyError, TypeError) as exc:
-                return fail("anchor-unreadable", 0, f"{label}: {exc}")
-            report.anchors_checked.append(label)
-            if seq > report.head_seq:
-                return fail(
-                    "truncated",
-                    report.head_seq + 1,
-                    f"anchor {label} names entry {seq} but the log ends at {report.head_seq}",
-                )
-            if seq and hashes.get(seq) != digest:
-                return fail("altered", seq, f"entry {seq} differs from anchor {label}")
-        return report
-
-
-def _mlflow_client() -> Any:
-    from mlflow import MlflowClient
-
-    uri = get_settings().resolved_mlflow_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return verify_chain(self, anchors, accept_key_ids=accept_key_ids, mlflow_anchor=mlflow_anchor)
 
 
 def _iso(value: str) -> str:

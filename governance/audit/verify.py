@@ -1,0 +1,173 @@
+"""Verification and anchoring of the audit chain.
+
+:func:`verify_chain` recomputes every hash and MAC and names the first problem: ``deleted``
+(a gap in ``seq``), ``reordered`` (content hashed for a neighbouring position), ``altered``
+(content or link changed), ``inserted`` (an entry spliced into the chain), ``forged`` (a chain
+rebuilt without the project key, or under an unknown key) and, against anchors kept outside
+the table, ``truncated`` (newest entries removed).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from governance.audit.log import GENESIS_HASH, _row_hash
+from governance.settings import get_settings
+
+if TYPE_CHECKING:
+    from governance.audit.log import AuditLog
+
+__all__ = [
+    "ANCHOR_EXPERIMENT",
+    "ANCHOR_TAG",
+    "VerifyReport",
+    "anchor_to_file",
+    "anchor_to_mlflow",
+    "read_mlflow_anchor",
+    "verify_chain",
+]
+
+ANCHOR_EXPERIMENT = "radgate-audit"
+ANCHOR_TAG = "radgate.audit.head"
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of :meth:`AuditLog.verify`: ``ok`` or the first problem found."""
+
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: str
+    problem: str | None = None
+    first_bad_seq: int | None = None
+    detail: str = ""
+    unchecked_macs: int = 0
+    anchors_checked: list[str] = field(default_factory=list)
+
+
+def _head(log: AuditLog) -> dict[str, Any]:
+    head = log.head()
+    if head is None:
+        return {"seq": 0, "hash": GENESIS_HASH, "ts": ""}
+    return {"seq": head.seq, "hash": head.hash, "ts": head.ts}
+
+
+def anchor_to_file(log: AuditLog, path: Path) -> dict[str, Any]:
+    """Write the current head (seq, hash, time) to ``path`` (for a WORM disk or a ticket)."""
+    anchor = _head(log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(anchor) + "\n")
+    return anchor
+
+
+def anchor_to_mlflow(log: AuditLog, client: Any = None) -> dict[str, Any]:
+    """Record the head as a tag of the MLflow experiment ``radgate-audit`` (another system,
+    usually administered by other people than the catalog database)."""
+    client = client or _mlflow_client()
+    anchor = _head(log)
+    experiment = client.get_experiment_by_name(ANCHOR_EXPERIMENT)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(ANCHOR_EXPERIMENT)
+    client.set_experiment_tag(experiment_id, ANCHOR_TAG, json.dumps(anchor))
+    return anchor
+
+
+def read_mlflow_anchor(client: Any = None) -> dict[str, Any] | None:
+    client = client or _mlflow_client()
+    experiment = client.get_experiment_by_name(ANCHOR_EXPERIMENT)
+    if experiment is None or ANCHOR_TAG not in experiment.tags:
+        return None
+    value: dict[str, Any] = json.loads(experiment.tags[ANCHOR_TAG])
+    return value
+
+
+def verify_chain(
+    log: AuditLog,
+    anchors: list[Path] | None = None,
+    *,
+    accept_key_ids: list[str] | None = None,
+    mlflow_anchor: bool = False,
+) -> VerifyReport:
+    """Recompute the chain; name the first altered, inserted, deleted or reordered entry.
+
+    ``anchors`` are head files written by :func:`anchor_to_file`; the automatic head file
+    under ``RADGATE_HOME/audit`` is always checked when present. Entries sealed under a key
+    other than the current one fail as ``forged`` unless their key id is in
+    ``accept_key_ids`` (entries written before a key change; counted as unchecked).
+    """
+    accepted = set(accept_key_ids or [])
+    key_id = log.key.key_id
+    prev, prevprev = GENESIS_HASH, None
+    expected = 1
+    unchecked = 0
+    hashes: dict[int, str] = {}
+    report = VerifyReport(ok=True, entries=0, head_seq=0, head_hash=GENESIS_HASH)
+
+    def fail(problem: str, seq: int, detail: str) -> VerifyReport:
+        report.ok, report.problem, report.first_bad_seq, report.detail = False, problem, seq, detail
+        return report
+
+    for row in log._iter_rows():
+        report.entries += 1
+        if row.seq != expected:
+            return fail("deleted", expected, f"entries {expected}..{row.seq - 1} are missing")
+        recomputed = _row_hash(row)
+        if recomputed != row.hash:
+            if _row_hash(row, row.seq - 1) == row.hash or _row_hash(row, row.seq + 1) == row.hash:
+                return fail("reordered", row.seq, "entry content belongs to another position")
+            return fail("altered", row.seq, "content does not match its hash")
+        if row.prev_hash != prev:
+            if prevprev is not None and row.prev_hash == prevprev:
+                return fail("inserted", row.seq - 1, "entry was inserted into the chain")
+            return fail("altered", row.seq - 1, "chain link broken: previous entry was changed")
+        if row.key_id == key_id:
+            if not hmac.compare_digest(row.mac, log._mac(row.hash)):
+                return fail("forged", row.seq, "hash is not sealed by the project key")
+        elif row.key_id in accepted:
+            unchecked += 1
+        else:
+            return fail("forged", row.seq, f"sealed under unknown key id {row.key_id!r}")
+        prevprev, prev = prev, row.hash
+        hashes[row.seq] = row.hash
+        expected += 1
+    report.head_seq, report.head_hash, report.unchecked_macs = expected - 1, prev, unchecked
+    sources: list[tuple[str, dict[str, Any] | None]] = []
+    for path in [log.head_file, *(anchors or [])]:
+        if not path.exists():
+            if path != log.head_file:
+                return fail("anchor-missing", 0, f"anchor file {path} not found")
+            continue
+        try:
+            sources.append((path.name, json.loads(path.read_text())))
+        except (OSError, ValueError) as exc:
+            return fail("anchor-unreadable", 0, f"{path}: {exc}")
+    if mlflow_anchor:
+        sources.append((f"mlflow:{ANCHOR_EXPERIMENT}", read_mlflow_anchor()))
+    for label, anchor in sources:
+        if anchor is None:
+            return fail("anchor-missing", 0, f"no anchor in {label}")
+        try:
+            seq, digest = int(anchor["seq"]), str(anchor["hash"])
+        except (ValueError, KeyError, TypeError) as exc:
+            return fail("anchor-unreadable", 0, f"{label}: {exc}")
+        report.anchors_checked.append(label)
+        if seq > report.head_seq:
+            return fail(
+                "truncated",
+                report.head_seq + 1,
+                f"anchor {label} names entry {seq} but the log ends at {report.head_seq}",
+            )
+        if seq and hashes.get(seq) != digest:
+            return fail("altered", seq, f"entry {seq} differs from anchor {label}")
+    return report
+
+
+def _mlflow_client() -> Any:
+    from mlflow import MlflowClient
+
+    uri = get_settings().resolved_mlflow_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
