@@ -127,11 +127,28 @@ def model_status(
 
     with _errors():
         _principal(token)
-        checklist = Workflow().status(name, version)
+        workflow = Workflow()
+        checklist = workflow.status(name, version)
+        history = workflow.history(name, version)
     if as_json:
-        print(json.dumps(checklist.to_dict(), indent=2, default=str))
+        print(json.dumps({**checklist.to_dict(), "history": history}, indent=2, default=str))
     else:
         _print_checklist(checklist)
+        if history:
+            table = Table("#", "time (UTC)", "who", "role", "step", "artifact", "comment", title="history")
+            for h in history:
+                step = str(h["action"]) + (f" @{h['alias']}" if h["alias"] else "")
+                who = str(h["actor"]) + ("" if h["authentic"] else " [red](NOT AUTHENTIC)[/red]")
+                table.add_row(
+                    str(h["seq"]),
+                    str(h["at"])[:19],
+                    who,
+                    str(h["role"]),
+                    step,
+                    str(h["artifact_sha256"] or "")[:12],
+                    str(h["comment"]),
+                )
+            out.print(table)
         if not checklist.passed:
             err.print("next: " + "; ".join(f"{i.name} ({i.expected})" for i in checklist.failures))
 

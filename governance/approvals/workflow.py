@@ -137,6 +137,40 @@ class Workflow:
         evidence, _ = gather_evidence(self.client, self.audit, name, version)
         return evaluate(self.policy.for_model(name), evidence, now or datetime.now(UTC))
 
+    def history(self, name: str, version: str | int) -> list[dict[str, object]]:
+        """Every workflow step on the version from the audit log (who, role, when, what, on
+        which artifact, whether the entry is authentic), with the comment from its MLflow tag."""
+        mv = get_version(self.client, name, version)
+        tags = mv.tags or {}
+        rows: list[dict[str, object]] = []
+        for entry in self.audit.entries(target=model_target(name, mv.version), action="model."):
+            comment = ""
+            raw = tags.get(f"{TAG_DECISION_PREFIX}{entry.seq:010d}")
+            if raw is None and entry.action == "model.submit":
+                raw = tags.get(TAG_SUBMISSION)
+            if raw:
+                try:
+                    stored = json.loads(raw)
+                    # Shown only if it is the comment the audit entry hashed.
+                    if _sha(stored.get("comment", "")) == entry.details.get("comment_sha256"):
+                        comment = stored.get("comment", "")
+                except ValueError:
+                    pass
+            rows.append(
+                {
+                    "seq": entry.seq,
+                    "at": entry.ts,
+                    "actor": entry.actor,
+                    "role": entry.role,
+                    "action": entry.action.removeprefix("model."),
+                    "artifact_sha256": entry.details.get("artifact_sha256"),
+                    "alias": entry.details.get("alias"),
+                    "comment": comment,
+                    "authentic": self.audit.authentic(entry),
+                }
+            )
+        return rows
+
     # ---- writing ---------------------------------------------------------------------------
 
     @_audit_refusals("submit")

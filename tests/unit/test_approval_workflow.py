@@ -321,3 +321,20 @@ def test_a_version_whose_artifact_vanished_can_still_be_revoked(registry: object
         workflow.approve(cast["doc2"], NAME, version)
     workflow.revoke(cast["doc"], NAME, version, "artifact lost")
     assert workflow.status(NAME, version).status == "revoked"
+
+
+def test_history_shows_who_did_what_with_verified_comments(registry: object, cast: Cast) -> None:
+    version, _, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    history = workflow.history(NAME, version)
+    assert [(h["actor"], h["action"]) for h in history] == [
+        ("eng", "submit"),
+        ("doc", "approve"),
+        ("eng2", "approve"),
+        ("eng", "promote"),
+    ]
+    assert history[1]["comment"] == "clinically sound" and history[3]["alias"] == "production"
+    assert all(h["authentic"] for h in history)
+    key = next(k for k in registry.get_model_version(NAME, version).tags if k.startswith("radgate.decision."))  # type: ignore[attr-defined]
+    registry.set_model_version_tag(NAME, version, key, '{"comment": "edited in the MLflow UI"}')  # type: ignore[attr-defined]
+    assert workflow.history(NAME, version)[1]["comment"] == ""  # an edited comment is not shown
