@@ -19,7 +19,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from governance.auth import Principal
 
-__all__ = ["register"]
+__all__ = ["TOKEN_OPTION", "authorize_cli", "register"]
 
 err = Console(stderr=True)
 out = Console()
@@ -60,6 +60,19 @@ def _principal(token: str | None) -> Principal:
     from governance.auth import principal_from_env_or_token
 
     return principal_from_env_or_token(token)
+
+
+def authorize_cli(token: str | None, *roles: str) -> Principal:
+    """For any package's Typer command: the caller (``--token`` or ``RADGATE_TOKEN``) if their
+    role is one of ``roles`` (any role when none given); otherwise print one clear line and
+    exit 3 (not authenticated) or 4 (role not allowed)."""
+    from governance.auth import require_role
+
+    with _errors():
+        principal = _principal(token)
+        if roles:
+            require_role(principal, *roles)
+    return principal
 
 
 # ---- users --------------------------------------------------------------------------------

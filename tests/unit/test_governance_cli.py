@@ -126,3 +126,28 @@ def test_policy_check(cli: typer.Typer, tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
     bad.write_text("version: 1\ndefault: {approvals: []}\n")
     assert "invalid policy" in _run(cli, "policy", "check", str(bad), code=2)
+
+
+def test_authorize_cli_for_other_packages_commands() -> None:
+    from governance.auth import Role, add_user
+    from governance.cli import TOKEN_OPTION, authorize_cli
+
+    app = typer.Typer()
+
+    @app.command()
+    def ingest(token: str | None = TOKEN_OPTION) -> None:
+        """A command of another package that needs the pacs-client or data-steward role."""
+        who = authorize_cli(token, Role.PACS_CLIENT, Role.DATA_STEWARD)
+        print(f"hello {who.name}")
+
+    @app.command()
+    def other() -> None:
+        """Typer needs two commands to keep names."""
+
+    admin = add_user("root", Role.ADMIN, by=None)
+    from governance.auth import authenticate
+
+    steward = add_user("ds", Role.DATA_STEWARD, by=authenticate(admin.token)).token
+    assert "hello ds" in _run(app, "ingest", token=steward)
+    assert "needs role" in _run(app, "ingest", token=admin.token, code=4)
+    assert "no token" in _run(app, "ingest", code=3)
