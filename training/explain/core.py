@@ -224,7 +224,8 @@ class Explainer:
         method = ExplainMethod(method)
         if inputs.dim() not in (4, 5):
             raise ExplainError(f"expected (batch, channels, *spatial) input, got {tuple(inputs.shape)}")
-        inputs = inputs.detach().float()
+        parameter = next(self.model.parameters(), None)
+        inputs = inputs.detach().float().to(parameter.device if parameter is not None else inputs.device)
         targets = self._targets(target, len(inputs), inputs.device)
         runner: Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, str | None]]
         runner = {

@@ -64,6 +64,9 @@ def deletion_insertion(
         raise ValueError(f"{len(inputs)} inputs for {len(explanation)} maps")
     was_training = model.training
     model.eval()
+    parameter = next(model.parameters(), None)
+    if parameter is not None:
+        inputs = inputs.to(parameter.device)
     baseline = blurred_baseline(inputs.float())
     fractions = torch.linspace(0.0, 1.0, steps + 1)
     deletion: list[float] = []
@@ -77,7 +80,9 @@ def deletion_insertion(
             rank = torch.empty_like(order)
             rank[order] = torch.arange(len(order))
             cut = (fractions * len(order)).round().long()
-            masks = (rank[None, :] < cut[:, None]).view(steps + 1, 1, *image.shape[1:]).float()
+            masks = (
+                (rank[None, :] < cut[:, None]).view(steps + 1, 1, *image.shape[1:]).float().to(image.device)
+            )
             deleted = image[None] * (1 - masks) + blurred[None] * masks
             inserted = blurred[None] * (1 - masks) + image[None] * masks
             batch = torch.cat([deleted, inserted])
