@@ -71,7 +71,9 @@ def pull(
     query: list[str] = typer.Option([], "--query", help="QIDO-RS filter KEY=VALUE (repeatable)."),
     config: Path | None = typer.Option(None, "--config", "-c", help=_CONFIG_HELP),
     method: str = typer.Option(
-        "auto", help="dicomweb (QIDO-RS + WADO-RS), dimse (C-FIND + C-GET) or auto (DICOMweb if configured)."
+        "auto",
+        help="dicomweb (QIDO-RS + WADO-RS), dimse (C-FIND + C-GET), cmove (C-FIND + C-MOVE to the "
+        "running gateway) or auto (DICOMweb if configured, else dimse).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -85,7 +87,7 @@ def pull(
     try:
         chosen = PullMethod(method)
     except ValueError as exc:
-        typer.echo("error: --method is dicomweb, dimse or auto", err=True)
+        typer.echo("error: --method is dicomweb, dimse, cmove or auto", err=True)
         raise typer.Exit(2) from exc
 
     if not study and not query:

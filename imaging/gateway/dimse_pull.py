@@ -18,6 +18,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 from imaging.gateway.config import PacsPeer
@@ -28,7 +29,7 @@ __all__ = ["DimseSource"]
 
 LOGGER = logging.getLogger(__name__)
 _PENDING = (0xFF00, 0xFF01)
-_MAX_STORAGE_CLASSES = 120  # 128 presentation contexts, minus C-FIND and C-GET
+_MAX_STORAGE_CLASSES = 120  # 128 presentation contexts, minus C-FIND, C-GET and C-MOVE
 
 
 class DimseSource:
@@ -53,6 +54,7 @@ class DimseSource:
         contexts = [
             build_context(StudyRootQueryRetrieveInformationModelFind),
             build_context(StudyRootQueryRetrieveInformationModelGet),
+            build_context(StudyRootQueryRetrieveInformationModelMove),
         ]
         contexts += [build_context(uid, list(STORAGE_TRANSFER_SYNTAXES)) for uid in wanted]
         ae.requested_contexts = contexts
@@ -142,3 +144,27 @@ class DimseSource:
         if final not in (0x0000, 0xB000) or len(self._received) != 1:
             raise PullError(f"C-GET returned {len(self._received)} instances, status {final}")
         return self._received[0]
+
+    # -- C-MOVE ----------------------------------------------------------------------------
+
+    def move(self, ref: InstanceRef, destination: str | None = None) -> None:
+        """C-MOVE one instance to ``destination`` (default: our AE title, i.e. the running
+        gateway). Returns once the PACS reports the sub-operation complete, which the gateway
+        acknowledged only after the ingest committed."""
+        assoc = self._associate(with_storage=False)
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID = ref.study, ref.series, ref.sop
+        final: Any = None
+        failed = 0
+        for status, _identifier in assoc.send_c_move(
+            query, destination or self.calling_ae, StudyRootQueryRetrieveInformationModelMove
+        ):
+            if not status:
+                self.close()
+                raise PullError("C-MOVE: the association failed")
+            if int(status.Status) not in _PENDING:
+                final = int(status.Status)
+                failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+        if final != 0x0000 or failed:
+            raise PullError(f"C-MOVE ended with status {final}, {failed} failed sub-operations")

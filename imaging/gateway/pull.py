@@ -32,6 +32,7 @@ class PullMethod(enum.StrEnum):
     AUTO = "auto"
     DICOMWEB = "dicomweb"
     DIMSE = "dimse"
+    CMOVE = "cmove"  # C-FIND + C-MOVE to the running gateway (PACS without C-GET)
 
 
 class PullError(RuntimeError):
@@ -144,11 +145,14 @@ def pull(
 ) -> PullReport:
     """Pull the given studies, or those matching ``filters``, from ``peer`` into ``sink``:
     DICOMweb (QIDO-RS + WADO-RS) when the peer has a ``dicomweb_url``, else DIMSE (C-FIND +
-    C-GET); ``method`` forces one."""
+    C-GET); ``method`` forces one. ``cmove`` asks the PACS to C-MOVE to ``calling_ae``, which
+    must be the running ``radgate gateway`` (the PACS needs its address)."""
     from imaging.ingest import IngestStatus
 
     source: Any
-    if method is PullMethod.DIMSE or (method is PullMethod.AUTO and not peer.dicomweb_url):
+    if method in (PullMethod.DIMSE, PullMethod.CMOVE) or (
+        method is PullMethod.AUTO and not peer.dicomweb_url
+    ):
         from imaging.gateway.dimse_pull import DimseSource
 
         source = DimseSource(peer, calling_ae=calling_ae)
@@ -173,6 +177,15 @@ def pull(
                     on_instance("skipped")
                 continue
             try:
+                if method is PullMethod.CMOVE:
+                    # The PACS stores into the running gateway, which acknowledges each
+                    # sub-operation only after its ingest committed; success means all done.
+                    source.move(ref)
+                    ledger.record(ref.sop, "moved", None)
+                    report.ingested += 1
+                    if on_instance:
+                        on_instance("moved")
+                    continue
                 data = source.retrieve(ref)
                 outcome = sink.ingest_bytes(data, f"pull:{peer.name}")
             except Exception as exc:  # one bad instance must not stop the cohort

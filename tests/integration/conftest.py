@@ -113,7 +113,8 @@ class GatewayProcess:
             for line in stdout:
                 self.lines.put(line)
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
         deadline = time.monotonic() + timeout
         self.ready: dict[str, Any] = {}
         while not self.ready:
@@ -154,10 +155,11 @@ class GatewayProcess:
         if self.process.poll() is None and not self.terminating:
             self.terminate_nowait()
         self.process.wait(timeout)
+        self._pump.join(timeout)  # stdout at EOF: every line is queued
         final: dict[str, Any] = {}
         while True:
             try:
-                message = json.loads(self.lines.get(timeout=2))
+                message = json.loads(self.lines.get_nowait())
             except queue.Empty:
                 break
             except ValueError:

@@ -445,3 +445,49 @@ def test_pull_study_from_orthanc_cfind_cget(clean_orthanc: Any, tmp_path: Path) 
     again = pull("--study", study_uid, "--method", "dimse")
     assert again["skipped"] == 3 and again["ingested"] == 0
     assert _count(Instance) == 3
+
+
+def test_pull_study_by_cmove_into_the_running_gateway(
+    start_gateway: Any, clean_orthanc: Any, tmp_path: Path
+) -> None:
+    """A PACS without C-GET: C-MOVE to our AE title; the running gateway receives, ingests and
+    acknowledges, and the PACS reports completion only after that."""
+    import yaml
+
+    files = write_ct_series(tmp_path / "study", 3, patient_id="MOVE-1")
+    for path in files:
+        clean_orthanc.upload(path.read_bytes())
+    config = gateway_config(clean_orthanc)
+    gateway = start_gateway(config)
+    clean_orthanc.add_modality("radgate", "RADGATE", "127.0.0.1", gateway.dicom_port)
+    config_path = tmp_path / "gateway.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    study_uid = str(dcmread(files[0]).StudyInstanceUID)
+
+    def pull() -> dict[str, Any]:
+        result = subprocess.run(
+            [
+                RADGATE,
+                "pull",
+                "--pacs",
+                "orthanc",
+                "--config",
+                str(config_path),
+                "--json",
+                "--method",
+                "cmove",
+                "--study",
+                study_uid,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-800:]
+        return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    assert pull()["ingested"] == 3
+    assert _count(Instance) == 3
+    again = pull()
+    assert again["skipped"] == 3 and again["ingested"] == 0
+    assert gateway.terminate()["stored"] == 3
