@@ -232,7 +232,7 @@ class Workflow:
         if not checklist.passed:
             raise PolicyNotSatisfied(checklist)
         mv = get_version(self.client, name, version)
-        digest = checklist.items[1].value  # "artifact unchanged" carries the current hash
+        digest = next(i.value for i in checklist.items if i.name == "artifact unchanged")
         previous = self._alias_holder(name, alias)
         entry = self.audit.append(
             principal.name,
