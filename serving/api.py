@@ -1,0 +1,319 @@
+"""The HTTP API (FastAPI): every route needs a bearer token, predict needs a clinical role.
+
+Routes: ``POST /v1/models/{name}/predict``, ``GET /v1/models``, ``GET /healthz``,
+``GET /metrics`` (Prometheus), ``GET /openapi.json``. The app is independent of Ray: an
+:class:`IngressService` holds the config, the per-request gate and one :class:`ModelClient`
+per model (a Ray Serve handle in production, a local worker in unit tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from governance.approvals.registry import model_target
+from governance.audit import record
+from governance.auth import Principal, Role, fastapi_dependency
+from serving import metrics
+from serving.config import ServeConfig
+from serving.inputs import RequestError, parse_body
+
+__all__ = ["IngressService", "ModelClient", "api", "install_service"]
+
+PREDICT_ROLES = (Role.PACS_CLIENT, Role.CLINICAL_REVIEWER, Role.ML_ENGINEER)
+METRICS_ROLES = (Role.ML_ENGINEER, Role.ADMIN, Role.AUDITOR)
+_ANY_USER = fastapi_dependency()
+
+
+class ModelClient(Protocol):
+    async def info(self) -> dict[str, Any]: ...
+
+    async def predict(self, payload: dict[str, Any]) -> dict[str, Any]: ...
+
+
+class IngressService:
+    """What the routes need: config, gate (short TTL cache) and model clients."""
+
+    def __init__(self, config: ServeConfig, models: dict[str, ModelClient]) -> None:
+        from governance.approvals import Gate
+
+        self.config = config
+        self.models = models
+        self.gate = Gate(ttl_s=config.gate_ttl_s)
+
+
+_service: IngressService | None = None
+
+
+def install_service(service: IngressService) -> None:
+    global _service
+    _service = service
+
+
+def _svc() -> IngressService:
+    if _service is None:
+        raise HTTPException(503, "serving is starting")
+    return _service
+
+
+api = FastAPI(
+    title="RadGate serving",
+    version="1",
+    description="Approved medical-imaging models behind the RadGate governance gate.",
+    openapi_url=None,
+    docs_url=None,
+    redoc_url=None,
+)
+
+
+def _audit(actor: str, role: str, action: str, target: str, details: dict[str, Any]) -> None:
+    record(actor, action, target, details, role=role)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code in (401, 403) and request.url.path.startswith("/v1/"):
+        # Failed authentication / authorisation is part of the audit trail (no token, no PHI).
+        await asyncio.to_thread(
+            _audit,
+            "anonymous",
+            "",
+            "serve.auth.denied",
+            f"route:{request.url.path[:120]}",
+            {"status": exc.status_code},
+        )
+        metrics.DENIALS.labels(reason="auth").inc()
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    fields = sorted({".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()})
+    return JSONResponse({"detail": f"invalid request parameters: {', '.join(fields)}"}, status_code=422)
+
+
+@api.get("/openapi.json", include_in_schema=False)
+async def openapi(_: Principal = Depends(_ANY_USER)) -> JSONResponse:
+    return JSONResponse(api.openapi())
+
+
+@api.get("/healthz", summary="Liveness and which models are loaded")
+async def healthz(_: Principal = Depends(_ANY_USER)) -> dict[str, Any]:
+    service = _svc()
+    infos = await asyncio.gather(*(client.info() for client in service.models.values()))
+    return {"status": "ok", "models": {i["name"]: bool(i.get("loaded")) for i in infos}}
+
+
+@api.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def prometheus(_: Principal = Depends(fastapi_dependency(*METRICS_ROLES))) -> Response:
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@api.get("/v1/models", summary="Served models with version and approval state")
+async def list_models(_: Principal = Depends(_ANY_USER)) -> dict[str, Any]:
+    service = _svc()
+    infos = await asyncio.gather(*(client.info() for client in service.models.values()))
+    out = []
+    for info in infos:
+        served = service.config.model(info["name"])
+        decision = await asyncio.to_thread(_gate, service, info["name"])
+        out.append({**info, "backend": served.backend.value if served else None, "gate": decision.to_dict()})
+    return {"models": out}
+
+
+def _gate(service: IngressService, name: str) -> Any:
+    served = service.config.model(name)
+    assert served is not None
+    return service.gate(served.name, served.alias, version=served.version)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON results, or the DICOM result objects (SC overlay + SR) as multipart/related",
+        "content": {"application/json": {}, 'multipart/related; type="application/dicom"': {}},
+    },
+    400: {"description": "corrupt or malformed input"},
+    401: {"description": "missing or invalid token"},
+    403: {"description": "role not allowed, or model not approved (reasons)"},
+    404: {"description": "model not served"},
+    413: {"description": "body too large"},
+    415: {"description": "unsupported content type"},
+    422: {"description": "input cannot be used by the model"},
+}
+
+
+@api.post(
+    "/v1/models/{name}/predict",
+    summary="Predict (and optionally explain) one DICOM instance or a series",
+    responses=_PREDICT_RESPONSES,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                'multipart/related; type="application/dicom"': {
+                    "schema": {"type": "string", "format": "binary"}
+                },
+            },
+        }
+    },
+)
+async def predict(
+    name: str,
+    request: Request,
+    explain: str | None = Query(None, max_length=32, description="gradcam, saliency, ig, occlusion or none"),
+    response: str = Query("json", pattern="^(json|dicom)$", description="json, or dicom (multipart/related)"),
+    push: bool = Query(False, description="also C-STORE the DICOM results to the configured PACS"),
+    principal: Principal = Depends(fastapi_dependency(*PREDICT_ROLES)),
+) -> Response:
+    service = _svc()
+    started = time.perf_counter()
+    actor, role = principal.name, principal.role.value
+    served = service.config.model(name)
+    if served is None:
+        metrics.REQUESTS.labels(model="unknown", status="404").inc()
+        raise HTTPException(404, "no such served model")
+    chosen = explain or served.explain_default
+    method: str | None = None if chosen == "none" else chosen
+    want_dicom = response == "dicom" or push
+    if want_dicom and method is None:
+        method = "gradcam"  # the SC overlay needs a map
+    try:
+        body = await _read_body(request, service.config.max_body_bytes)
+        instances = await asyncio.to_thread(
+            parse_body,
+            body,
+            request.headers.get("content-type"),
+            max_bytes=service.config.max_body_bytes,
+            max_parts=service.config.max_instances_per_request,
+        )
+    except RequestError as exc:
+        return await _refuse(name, actor, role, exc.status, exc.message, started)
+    digests = [i.sha256 for i in instances]
+    decision = await asyncio.to_thread(_gate, service, name)
+    target = model_target(name, decision.version or "?")
+    if not decision.allowed:
+        metrics.DENIALS.labels(reason="gate").inc()
+        metrics.REQUESTS.labels(model=name, status="403").inc()
+        await asyncio.to_thread(
+            _audit,
+            actor,
+            role,
+            "serve.predict.denied",
+            target,
+            {"inputs_sha256": digests[:16], "reasons": decision.reasons[:5]},
+        )
+        raise HTTPException(403, "model not approved for serving: " + "; ".join(decision.reasons))
+    payload = {
+        "instances": [i.data for i in instances],
+        "version": decision.version,
+        "explain": method,
+        "dicom": want_dicom,
+    }
+    out = await service.models[name].predict(payload)
+    if "error" in out:
+        error = out["error"]
+        if error["status"] == 403:
+            metrics.DENIALS.labels(reason="gate").inc()
+        return await _refuse(
+            name, actor, role, int(error["status"]), str(error["message"]), started, target, digests
+        )
+    objects: list[bytes] = [obj for group in out.pop("objects") for obj in group]
+    pushed = None
+    if push:
+        pushed = await asyncio.to_thread(_push, service, objects)
+    elapsed = time.perf_counter() - started
+    for size in out.pop("batch_sizes"):
+        metrics.BATCH.labels(model=name).observe(size)
+    for result in out["results"]:
+        metrics.PREDICTIONS.labels(model=name, label=result["decision"]["label"]).inc()
+    metrics.REQUESTS.labels(model=name, status="200").inc()
+    metrics.LATENCY.labels(model=name).observe(elapsed)
+    await asyncio.to_thread(
+        _audit,
+        actor,
+        role,
+        "serve.predict",
+        target,
+        {
+            "inputs_sha256": digests[:16],
+            "n": len(instances),
+            "explain": method or "none",
+            "response": response,
+            "pushed": None if pushed is None else pushed["sent"],
+            "ms": round(elapsed * 1000, 1),
+        },
+    )
+    out["timings_ms"]["total"] = round(elapsed * 1000, 2)
+    if pushed is not None:
+        out["pushed"] = pushed
+    if response == "dicom":
+        from imaging.gateway.multipart import build_related
+
+        content, content_type = build_related(objects)
+        return Response(content, media_type=content_type)
+    return JSONResponse(out)
+
+
+async def _refuse(
+    name: str,
+    actor: str,
+    role: str,
+    status: int,
+    message: str,
+    started: float,
+    target: str | None = None,
+    digests: list[str] | None = None,
+) -> JSONResponse:
+    metrics.REQUESTS.labels(model=name if _svc().config.model(name) else "unknown", status=str(status)).inc()
+    await asyncio.to_thread(
+        _audit,
+        actor,
+        role,
+        "serve.predict.rejected",
+        target or f"model:{name}",
+        {
+            "status": status,
+            "inputs_sha256": (digests or [])[:16],
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        },
+    )
+    return JSONResponse({"detail": message}, status_code=status)
+
+
+def _push(service: IngressService, objects: list[bytes]) -> dict[str, Any]:
+    from imaging.gateway.push import PushError, push_files
+
+    if service.config.pacs is None:
+        return {"sent": 0, "failed": len(objects), "error": "no PACS configured"}
+    with tempfile.TemporaryDirectory(prefix="radgate-results-") as tmp:
+        for index, data in enumerate(objects):
+            (Path(tmp) / f"{index:03d}.dcm").write_bytes(data)
+        try:
+            report = push_files(service.config.pacs, [Path(tmp)], calling_ae=service.config.calling_ae)
+        except PushError as exc:
+            return {"sent": 0, "failed": len(objects), "error": str(exc)}
+    return {"sent": report.sent, "failed": len(report.failed) + len(report.skipped)}

@@ -1,0 +1,106 @@
+"""The Ray Serve application: a FastAPI ingress and one deployment per served model.
+
+``build_app(config)`` returns the bound application; ``run(config)`` starts Ray (local unless
+``RAY_ADDRESS``), runs the app on ``config.host:config.port`` and returns. Each model deployment
+gets replicas, CPUs/GPUs and autoscaling from its :class:`~serving.config.ServedModel`, and
+batches forward passes with ``@serve.batch`` (size and wait from the config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serving.api import IngressService, api, install_service
+from serving.config import ServeConfig, ServedModel
+from serving.worker import ModelWorker
+
+__all__ = ["APP_NAME", "Ingress", "ModelDeployment", "build_app", "run"]
+
+APP_NAME = "radgate"
+
+
+@serve.deployment(name="model", max_ongoing_requests=32, health_check_period_s=10)
+class ModelDeployment:
+    """One served model; its forward passes are batched across concurrent requests."""
+
+    def __init__(self, served_json: str, gate_ttl_s: float) -> None:
+        from governance.approvals import Gate
+
+        served = ServedModel.model_validate_json(served_json)
+        self.worker = ModelWorker(served, Gate(ttl_s=gate_ttl_s))
+        self._forward_batch.set_max_batch_size(served.max_batch_size)  # type: ignore[attr-defined]
+        self._forward_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _forward_batch(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        logits = await asyncio.to_thread(self.worker.forward, np.stack(items))
+        return [(row, len(items)) for row in logits]
+
+    async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.worker.predict(payload, self._forward_batch)
+
+    def info(self) -> dict[str, Any]:
+        return self.worker.info()
+
+
+class _HandleClient:
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self.handle = handle
+
+    async def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.handle.info.remote()
+        return result
+
+    async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.handle.predict.remote(payload)
+        return result
+
+
+@serve.deployment(name="ingress", max_ongoing_requests=64)
+@serve.ingress(api)
+class Ingress:
+    """Authentication, input validation, the per-request gate, audit, metrics, PACS push."""
+
+    def __init__(self, config_json: str, models: dict[str, DeploymentHandle]) -> None:
+        config = ServeConfig.model_validate_json(config_json)
+        install_service(IngressService(config, {n: _HandleClient(h) for n, h in models.items()}))
+
+
+def build_app(config: ServeConfig) -> Any:
+    models = {}
+    for served in config.models:
+        options: dict[str, Any] = {
+            "name": f"model-{served.name}",
+            "ray_actor_options": {"num_cpus": served.num_cpus, "num_gpus": served.num_gpus},
+            "max_ongoing_requests": served.max_ongoing_requests,
+        }
+        if served.autoscaling is not None:
+            options["autoscaling_config"] = served.autoscaling.to_ray()
+        else:
+            options["num_replicas"] = served.num_replicas
+        deployment = ModelDeployment.options(**options)  # type: ignore[attr-defined]
+        models[served.name] = deployment.bind(served.model_dump_json(), config.gate_ttl_s)
+    ingress = Ingress.options(  # type: ignore[attr-defined]
+        num_replicas=config.ingress_replicas, ray_actor_options={"num_cpus": config.ingress_num_cpus}
+    )
+    return ingress.bind(config.model_dump_json(), models)
+
+
+def run(config: ServeConfig, *, num_cpus: int | None = None, temp_dir: str | None = None) -> None:
+    """Start Ray (if needed) and Serve on ``config.host:config.port``; deploy; return when running."""
+    import ray
+
+    if not ray.is_initialized():
+        init: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True}
+        if num_cpus is not None:
+            init["num_cpus"] = num_cpus
+        if temp_dir is not None:
+            init["_temp_dir"] = temp_dir
+        ray.init(**init)
+    serve.start(http_options={"host": config.host, "port": config.port})
+    serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)

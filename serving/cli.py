@@ -1,0 +1,116 @@
+"""``radgate serve [CONFIG]`` and ``radgate triton export|start``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import typer
+
+__all__ = ["register"]
+
+triton_app = typer.Typer(
+    help="NVIDIA Triton: export approved models, run a local tritonserver.", no_args_is_help=True
+)
+
+
+def serve(
+    config: Path | None = typer.Argument(
+        None, help="Serving config YAML (default configs/serve/default.yaml)."
+    ),
+    host: str | None = typer.Option(None, help="Override the config's HTTP host."),
+    port: int | None = typer.Option(None, help="Override the config's HTTP port."),
+    num_cpus: int | None = typer.Option(None, help="CPUs for a local Ray (default: all)."),
+) -> None:
+    """Start the Ray Serve app (FastAPI ingress + one deployment per model) behind the gate."""
+    from serving.config import ServeConfigError, load_serve_config
+
+    try:
+        settings = load_serve_config(config, host=host, port=port)
+    except ServeConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    from serving.app import run
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        run(settings, num_cpus=num_cpus)
+    except RuntimeError as exc:  # Ray Serve deploy failures
+        typer.echo(f"error: serving did not start: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(
+        f"RadGate serving on http://{settings.host}:{settings.port} (models: "
+        + ", ".join(m.ref for m in settings.models)
+        + "); Ctrl-C or SIGTERM stops it"
+    )
+    _report_models(settings.host, settings.port)
+    stop.wait()
+    from ray import serve as ray_serve
+
+    ray_serve.shutdown()
+
+
+def _report_models(host: str, port: int) -> None:
+    from ray import serve as ray_serve
+
+    try:
+        status = ray_serve.status()
+        for name, app in status.applications.items():
+            typer.echo(f"application {name}: {app.status}")
+    except (RuntimeError, AttributeError):
+        return
+
+
+@triton_app.command("export")
+def export(
+    ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION (must be approved)."),
+    repo: Path = typer.Option(..., "--repo", help="Triton model repository directory."),
+    backend: str = typer.Option("python", help="python (CPU here), pytorch or onnxruntime (NGC image)."),
+    max_batch_size: int = typer.Option(32, help="Triton max_batch_size (dynamic batching)."),
+    gpu: bool = typer.Option(False, help="instance_group KIND_GPU."),
+) -> None:
+    """Write a Triton model repository for an approved version (refuses unapproved ones)."""
+    from serving.triton.export import TritonBackendKind, TritonExportError, export_repository
+
+    try:
+        kind = TritonBackendKind(backend)
+    except ValueError as exc:
+        typer.echo(f"error: unknown backend {backend!r} (python, pytorch, onnxruntime)", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        result = export_repository(ref, repo, backend=kind, max_batch_size=max_batch_size, gpu=gpu)
+    except TritonExportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    typer.echo(f"exported {result.name} v{result.version} ({result.backend.value}) to {result.model_dir}")
+
+
+@triton_app.command("start")
+def start(
+    repo: Path = typer.Option(..., "--repo", help="Triton model repository directory."),
+    grpc_port: int = typer.Option(8001, help="gRPC port (serving's triton_url)."),
+    http_port: int = typer.Option(8002, help="HTTP port (health)."),
+    work_dir: Path = typer.Option(Path(".radgate/triton"), help="Backend directory and log."),
+) -> None:
+    """Run the tritonserver binary of nvidia-pytriton on 127.0.0.1 until SIGTERM or Ctrl-C."""
+    from serving.triton.server import TritonNotInstalled, TritonServer
+
+    try:
+        server = TritonServer(repo, work_dir, http_port=http_port, grpc_port=grpc_port).start()
+    except (TritonNotInstalled, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.add_typer(triton_app, name="triton")

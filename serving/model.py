@@ -1,0 +1,232 @@
+"""A served model behind the gate: load only what governance allows, then predict and explain.
+
+:func:`load_gated` asks the gate (fresh: policy, approvals, alias provenance, artifact hash),
+audits the decision, loads the version the gate named with :func:`training.registry.load_model`
+(which re-hashes the downloaded artifact against the registration tag) and checks that hash
+equals the one the gate saw. A version that is not approved is never loaded, even when pinned.
+
+:class:`ServedPredictor` holds the loaded model and a forward backend (in-process torch or
+Triton); :meth:`ServedPredictor.results` turns probabilities into the JSON result and,
+when asked, the explanation and the DICOM result objects (SC overlay + SR).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from governance.approvals.registry import model_target
+from governance.audit import record
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from governance.approvals import Gate, GateDecision
+    from serving.config import ServedModel
+    from training.registry import LoadedModel
+
+__all__ = [
+    "ArtifactMismatch",
+    "Forward",
+    "GateDenied",
+    "InProcessForward",
+    "ServedPredictor",
+    "load_gated",
+]
+
+LOGGER = logging.getLogger(__name__)
+SERVING_ACTOR = "radgate-serve"
+
+
+class GateDenied(RuntimeError):
+    """The gate refused the model (the reasons say why)."""
+
+    def __init__(self, decision: GateDecision) -> None:
+        self.decision = decision
+        super().__init__(f"{decision.name}: not approved for serving: " + "; ".join(decision.reasons))
+
+
+class ArtifactMismatch(RuntimeError):
+    """The loaded artifact is not the one the gate approved."""
+
+
+def load_gated(
+    served: ServedModel, gate: Gate, *, version: str | None = None
+) -> tuple[LoadedModel, GateDecision]:
+    """Gate (fresh), audit, load, verify. ``version`` forces a version the alias now names."""
+    from training.registry import ArtifactIntegrityError, ModelNotFoundError, load_model
+
+    if version is not None and served.alias is not None:
+        decision = gate(served.name, served.alias, fresh=True)
+        if decision.allowed and decision.version != version:
+            decision = gate(served.name, version=version, fresh=True)
+    else:
+        decision = gate(served.name, served.alias, version=served.version, fresh=True)
+    target = model_target(served.name, decision.version or "?")
+    details: dict[str, Any] = {"alias": served.alias, "backend": served.backend.value}
+    if not decision.allowed:
+        record(SERVING_ACTOR, "serve.load.denied", target, {**details, "reasons": decision.reasons[:5]})
+        raise GateDenied(decision)
+    try:
+        loaded = load_model(f"{served.name}/{decision.version}", verify=True)
+    except (ArtifactIntegrityError, ModelNotFoundError) as exc:
+        record(SERVING_ACTOR, "serve.load.denied", target, {**details, "reasons": [type(exc).__name__]})
+        raise ArtifactMismatch(str(exc)) from exc
+    if loaded.artifact_sha256 != decision.artifact_sha256:
+        record(SERVING_ACTOR, "serve.load.denied", target, {**details, "reasons": ["artifact hash changed"]})
+        raise ArtifactMismatch(f"{target}: the artifact changed after the gate checked it")
+    record(SERVING_ACTOR, "serve.load", target, {**details, "artifact_sha256": loaded.artifact_sha256})
+    return loaded, decision
+
+
+class Forward(Protocol):
+    """A forward pass: float32 ``[N, C, H, W]`` -> logits ``[N, K]``."""
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class InProcessForward:
+    """Torch in this process."""
+
+    name = "inprocess"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.module = loaded.module
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(batch)).numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class ServedPredictor:
+    """A loaded, approved model with its forward backend."""
+
+    loaded: LoadedModel
+    decision: GateDecision
+    forward: Forward
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.loaded.name,
+            "version": self.loaded.version,
+            "labels": list(self.loaded.label_names),
+            "threshold": self.loaded.threshold,
+            "backend": self.forward.name,
+            "artifact_sha256": self.loaded.artifact_sha256,
+            "approval": self.approval(),
+        }
+
+    def approval(self) -> dict[str, Any]:
+        return {
+            "status": self.loaded.tags.get("radgate.status", "unknown"),
+            "alias": self.decision.alias,
+            "version": self.decision.version,
+            "artifact_sha256": self.decision.artifact_sha256,
+            "checked_at": self.decision.checked_at.isoformat(),
+        }
+
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """DICOM bytes -> ``[C, H, W]`` float32 as the model was trained on."""
+        return self.loaded.preprocess(data)[0].numpy()
+
+    def result(
+        self, data: bytes, probabilities: np.ndarray, *, explain: str | None, dicom: bool
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """JSON result for one instance, plus the DICOM result objects when ``dicom``."""
+        labels = list(self.loaded.label_names)
+        positive = self.loaded.positive_index
+        threshold = 0.5 if self.loaded.threshold is None else float(self.loaded.threshold)
+        p_positive = float(probabilities[positive])
+        out: dict[str, Any] = {
+            "labels": labels,
+            "probabilities": [round(float(p), 6) for p in probabilities],
+            "predicted": labels[int(np.argmax(probabilities))],
+            "finding": labels[positive],
+            "probability": round(p_positive, 6),
+            "decision": {
+                "positive": p_positive >= threshold,
+                "threshold": threshold,
+                "label": labels[positive]
+                if p_positive >= threshold
+                else labels[1 - positive]
+                if len(labels) == 2
+                else labels[int(np.argmax(probabilities))],
+            },
+        }
+        objects: list[bytes] = []
+        if explain is None and not dicom:
+            return out, objects
+        source = _read(data)
+        if explain is not None:
+            case = self._explain(source, data, explain)
+            out["explanation"] = {
+                "method": case.method.value,
+                "summary": case.summary,
+                "png_base64": base64.b64encode(case.png).decode("ascii"),
+            }
+            out["summary"] = case.summary
+            if dicom:
+                objects = [_encode(case.secondary_capture)]
+                if case.structured_report is not None:
+                    objects.append(_encode(case.structured_report))
+        elif dicom:
+            objects = [_encode(self._report(source, labels[positive], p_positive))]
+        return out, objects
+
+    def _explain(self, source: Dataset, data: bytes, method: str) -> Any:
+        from training.explain import ExplainConfig, explain_instance
+
+        config = ExplainConfig(target_layer=self.loaded.gradcam_layer or None)
+        return explain_instance(
+            self.loaded.module,
+            source,
+            self.loaded.preprocess(data),
+            model_name=self.loaded.name,
+            model_version=self.loaded.version,
+            label_names=tuple(self.loaded.label_names),
+            method=method,
+            target=self.loaded.positive_index if len(self.loaded.label_names) == 2 else None,
+            approval=self.loaded.tags.get("radgate.status", "unknown"),
+            sanity=self.loaded.tags.get("radgate.saliency_sanity"),
+            config=config,
+        )
+
+    def _report(self, source: Dataset, finding: str, probability: float) -> Dataset:
+        from imaging.results import AlgorithmIdentity, build_result_report
+
+        algorithm = AlgorithmIdentity(
+            name=self.loaded.name, version=self.loaded.version, method="classification"
+        )
+        return build_result_report(source, algorithm, finding=finding, probability=probability)
+
+
+def _read(data: bytes) -> Dataset:
+    from pydicom import dcmread
+
+    return dcmread(BytesIO(data), force=True)
+
+
+def _encode(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,0 +1,111 @@
+"""Helpers for serving tests and benchmarks: register a small MONAI model the way training does
+(RadGate metadata, TorchScript extra file, artifact hash tag, evidence for the policy) and take
+it through the real approval workflow. No mocks: real MLflow registry, real audit log.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from governance.testing import Cast
+
+__all__ = ["approve_and_promote", "build_tiny_network", "register_model"]
+
+
+def build_tiny_network(network: str = "tiny", seed: int = 0) -> tuple[nn.Module, str]:
+    """``(module, gradcam layer)``: ``tiny`` is a 3-block DenseNet; else a training network family."""
+    import torch
+    from monai.networks.nets import DenseNet
+
+    torch.manual_seed(seed)
+    if network == "tiny":
+        net = DenseNet(
+            spatial_dims=2,
+            in_channels=1,
+            out_channels=2,
+            init_features=16,
+            growth_rate=8,
+            block_config=(2, 2, 2),
+        )
+        return net.eval(), "features.denseblock3"
+    from training.networks import build_network, gradcam_layer
+
+    return build_network(network, num_classes=2).eval(), gradcam_layer(network)
+
+
+def register_model(
+    name: str,
+    *,
+    network: str = "tiny",
+    spatial_size: tuple[int, int] = (64, 64),
+    seed: int = 0,
+    experiment: str = "serving-tests",
+) -> str:
+    """Log and register one version (status pending review) with passing evidence; returns it."""
+    import mlflow
+    import mlflow.artifacts
+    import mlflow.pytorch
+    from mlflow.tracking import MlflowClient
+
+    from governance.settings import get_settings
+    from governance.testing import GOOD_METRICS, GOOD_TAGS
+    from training.preprocess import PreprocessingSpec
+    from training.registration import export_torchscript
+    from training.registry import TORCHSCRIPT_NAME, artifact_sha256, model_metadata
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    uri = settings.resolved_mlflow_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found is not None
+        else client.create_experiment(experiment, artifact_location=(settings.home / "mlartifacts").as_uri())
+    )
+    net, layer = build_tiny_network(network, seed)
+    spec = PreprocessingSpec(spatial_size=spatial_size)
+    metadata = model_metadata(
+        label_names=["no_finding", "opacity"],
+        preprocessing=spec,
+        network="densenet121" if network == "tiny" else network,
+        gradcam_layer=layer,
+        threshold=0.5,
+        dataset_version="serving-test",
+    )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id) as run:
+        ts = export_torchscript(net, spec, Path(tmp) / TORCHSCRIPT_NAME)
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            metadata=metadata,
+            extra_files=[str(ts)],
+            pip_requirements=[],
+            serialization_format="pickle",
+        )
+        for metric, value in GOOD_METRICS.items():
+            mlflow.log_metric(metric, value)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=uri))
+    digest = artifact_sha256(local)
+    tags = {"radgate.status": "pending_review", "radgate.artifact_sha256": digest, **GOOD_TAGS}
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    del run
+    return str(version.version)
+
+
+def approve_and_promote(name: str, version: str, cast: Cast, alias: str = "production") -> None:
+    """Submit (eng), approve (doc, eng2), promote (eng): the policy's two-person rule."""
+    from governance.approvals import Workflow
+
+    workflow = Workflow()
+    workflow.submit(cast["eng"], name, version)
+    workflow.approve(cast["doc"], name, version)
+    workflow.approve(cast["eng2"], name, version)
+    workflow.promote(cast["eng"], name, version, alias)

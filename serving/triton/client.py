@@ -1,0 +1,57 @@
+"""Forward passes on Triton over gRPC, only for the version and artifact the gate approved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "TritonForward", "TritonModelMismatch"]
+
+INPUT_NAME = "INPUT__0"
+OUTPUT_NAME = "OUTPUT__0"
+SHA_PARAMETER = "radgate_artifact_sha256"
+
+
+class TritonModelMismatch(RuntimeError):
+    """Triton does not serve the approved version (or serves another artifact)."""
+
+
+class TritonForward:
+    """Logits from Triton for ``model_name`` at ``version`` (a RadGate registry version)."""
+
+    name = "triton"
+
+    def __init__(self, url: str, model_name: str, version: str, artifact_sha256: str) -> None:
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        self._grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(url)
+        self.model_name, self.version = model_name, str(version)
+        try:
+            ready = self.client.is_model_ready(model_name, self.version)
+            config: dict[str, Any] = self.client.get_model_config(model_name, self.version, as_json=True)
+        except InferenceServerException as exc:
+            raise TritonModelMismatch(f"Triton at {url}: {model_name} v{version}: {exc.message()}") from exc
+        if not ready:
+            raise TritonModelMismatch(f"Triton at {url} does not serve {model_name} v{version}")
+        parameters = config.get("config", config).get("parameters", {})
+        reported = parameters.get(SHA_PARAMETER, {}).get("string_value")
+        if reported != artifact_sha256:
+            raise TritonModelMismatch(
+                f"Triton's {model_name} v{version} was exported from another artifact than the approved one"
+            )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        tensor = self._grpc.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch)
+        result = self.client.infer(
+            self.model_name,
+            [tensor],
+            model_version=self.version,
+            outputs=[self._grpc.InferRequestedOutput(OUTPUT_NAME)],
+        )
+        output: np.ndarray = result.as_numpy(OUTPUT_NAME)
+        return output

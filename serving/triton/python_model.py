@@ -1,0 +1,48 @@
+"""Triton Python-backend model (copied as ``model.py`` into each exported version directory).
+
+Runs the exported TorchScript on CPU. Triton's dynamic batcher may hand several requests at
+once: they are concatenated into one forward pass. ``python_path`` (a model parameter) names
+the site-packages that hold torch, since the backend stub runs outside any virtualenv.
+"""
+
+import json
+import os
+import sys
+from typing import Any
+
+
+def _parameters(args: dict[str, str]) -> dict[str, str]:
+    config = json.loads(args["model_config"])
+    return {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        params = _parameters(args)
+        for path in reversed(params.get("python_path", "").split(os.pathsep)):
+            if path and path not in sys.path:
+                sys.path.insert(0, path)
+        import torch
+
+        torch.set_num_threads(int(params.get("torch_threads", "1") or 1))
+        here = os.path.join(args["model_repository"], args["model_version"], "model.pt")
+        self.torch = torch
+        self.model = torch.jit.load(here, map_location="cpu").eval()
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import numpy as np
+        import triton_python_backend_utils as pb_utils
+
+        arrays = [pb_utils.get_input_tensor_by_name(r, "INPUT__0").as_numpy() for r in requests]
+        sizes = [len(a) for a in arrays]
+        with self.torch.inference_mode():
+            logits = self.model(self.torch.from_numpy(np.concatenate(arrays))).numpy()
+        responses, start = [], 0
+        for size in sizes:
+            chunk = np.ascontiguousarray(logits[start : start + size], dtype=np.float32)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT__0", chunk)]))
+            start += size
+        return responses
+
+    def finalize(self) -> None:
+        self.model = None

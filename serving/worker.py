@@ -1,0 +1,150 @@
+"""The body of a model deployment, independent of Ray: load behind the gate, reload when the
+approved version changes, preprocess, forward (batched by the caller), build results.
+
+Errors a client caused (an image that cannot be decoded, an unknown explanation method) come
+back as ``{"error": {"status": 4xx, "message": ...}}`` rather than exceptions, so they cross
+the Ray boundary intact and never become a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serving.config import Backend, ServedModel
+from serving.model import ArtifactMismatch, GateDenied, InProcessForward, ServedPredictor, load_gated, softmax
+
+if TYPE_CHECKING:
+    from governance.approvals import Gate
+
+__all__ = ["BatchForward", "ModelWorker"]
+
+LOGGER = logging.getLogger(__name__)
+#: ``await forward(one [C, H, W] array) -> (logits row, batch size it ran in)``
+BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int]]]
+_EXPLAIN_METHODS = ("gradcam", "saliency", "ig", "occlusion")
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"error": {"status": status, "message": message}}
+
+
+class ModelWorker:
+    """One replica's model. Starts without a model when the gate denies it (and says why)."""
+
+    def __init__(self, served: ServedModel, gate: Gate | None = None) -> None:
+        from governance.approvals import Gate
+
+        self.served = served
+        self.gate = gate or Gate()
+        self.predictor: ServedPredictor | None = None
+        self.denied: list[str] = []
+        self._lock = threading.Lock()
+        self._load(None)
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    def _load(self, version: str | None) -> None:
+        with self._lock:
+            if self.predictor is not None and (version is None or self.predictor.version == version):
+                return
+            try:
+                loaded, decision = load_gated(self.served, self.gate, version=version)
+            except GateDenied as exc:
+                self.predictor, self.denied = None, list(exc.decision.reasons)
+                return
+            except ArtifactMismatch as exc:
+                self.predictor, self.denied = None, [str(exc)]
+                return
+            forward = self._forward_for(loaded)
+            self.predictor = ServedPredictor(loaded, decision, forward)
+            self.denied = []
+            LOGGER.info("serving %s v%s (%s)", loaded.name, loaded.version, forward.name)
+
+    def _forward_for(self, loaded: Any) -> Any:
+        import torch
+
+        torch.set_num_threads(self.served.threads)
+        if self.served.backend is Backend.TRITON:
+            from serving.triton.client import TritonForward
+
+            return TritonForward(
+                self.served.triton_url,
+                self.served.triton_model_name or self.served.name,
+                loaded.version,
+                loaded.artifact_sha256,
+            )
+        return InProcessForward(loaded)
+
+    def info(self) -> dict[str, Any]:
+        base: dict[str, Any] = {"name": self.served.name, "reference": self.served.ref}
+        if self.predictor is None:
+            return {**base, "loaded": False, "denied": list(self.denied)}
+        return {**base, "loaded": True, **self.predictor.info()}
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        assert self.predictor is not None
+        return self.predictor.forward(batch)
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    async def predict(self, payload: dict[str, Any], forward: BatchForward) -> dict[str, Any]:
+        """``payload``: ``instances`` (DICOM bytes), ``version`` (what the gate approved now),
+        ``explain`` (method or None), ``dicom`` (bool)."""
+        explain = payload.get("explain")
+        if explain is not None and explain not in _EXPLAIN_METHODS:
+            return _error(
+                422,
+                f"unknown explanation method {str(explain)[:32]!r}; use one of "
+                + ", ".join((*_EXPLAIN_METHODS, "none")),
+            )
+        version = str(payload["version"])
+        if self.predictor is None or self.predictor.version != version:
+            await asyncio.to_thread(self._load, version)
+        predictor = self.predictor
+        if predictor is None or predictor.version != version:
+            return _error(403, "model not approved for serving: " + "; ".join(self.denied or ["not loaded"]))
+        started = time.perf_counter()
+        instances: list[bytes] = payload["instances"]
+        try:
+            tensors = await asyncio.gather(*(asyncio.to_thread(predictor.preprocess, d) for d in instances))
+        except Exception as exc:  # any decoder failure (codec, MONAI, pydicom) is the input's fault
+            return _error(422, f"cannot decode the image for this model ({type(exc).__name__})")
+        preprocessed = time.perf_counter()
+        outputs = await asyncio.gather(*(forward(t.astype(np.float32, copy=False)) for t in tensors))
+        forwarded = time.perf_counter()
+        results: list[dict[str, Any]] = []
+        objects: list[list[bytes]] = []
+        for data, (logits, _) in zip(instances, outputs, strict=True):
+            probabilities = softmax(logits[None, :])[0]
+            try:
+                result, dicom = await asyncio.to_thread(
+                    predictor.result, data, probabilities, explain=explain, dicom=bool(payload.get("dicom"))
+                )
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:
+                return _error(422, f"cannot build results for this image ({type(exc).__name__})")
+            results.append(result)
+            objects.append(dicom)
+        done = time.perf_counter()
+        return {
+            "model": {
+                "name": predictor.loaded.name,
+                "version": predictor.version,
+                "backend": predictor.forward.name,
+            },
+            "approval": predictor.approval(),
+            "results": results,
+            "objects": objects,
+            "batch_sizes": [size for _, size in outputs],
+            "timings_ms": {
+                "preprocess": round((preprocessed - started) * 1000, 2),
+                "forward": round((forwarded - preprocessed) * 1000, 2),
+                "results": round((done - forwarded) * 1000, 2),
+            },
+        }
