@@ -1,0 +1,180 @@
+"""``radgate compliance check`` (once or periodically) and ``radgate erase --patient ...``."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from governance.auth import Principal
+
+__all__ = ["register"]
+
+compliance_app = typer.Typer(help="Compliance evidence: de-identification, keys, audit, approvals, tokens.")
+console = Console()
+err = Console(stderr=True)
+
+_COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _principal(token: str | None, role_hint: str) -> Principal:
+    from governance.auth import AuthError, principal_from_env_or_token
+
+    try:
+        return principal_from_env_or_token(token)
+    except AuthError as exc:
+        raise _fail(f"{exc} ({role_hint})") from None
+
+
+def _interval(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise _fail(f"invalid interval {text!r} (e.g. 30m, 24h)") from None
+
+
+def _print(report_dict: dict[str, object]) -> None:
+    table = Table(title=f"compliance check {report_dict['checked_at']}")
+    for column in ("check", "status", "evidence", "supports"):
+        table.add_column(column, overflow="fold")
+    for check in report_dict["checks"]:  # type: ignore[attr-defined]
+        status = check["status"]
+        table.add_row(
+            check["name"],
+            f"[{_COLOURS[status]}]{status.upper()}[/]",
+            check["summary"],
+            "; ".join(check["safeguards"]),
+        )
+    console.print(table)
+    status = str(report_dict["status"])
+    console.print(
+        f"overall: [{_COLOURS[status]}]{status.upper()}[/] (audit entry {report_dict['audit_seq']})"
+    )
+
+
+@compliance_app.command("check")
+def check(
+    sample: int | None = typer.Option(
+        None, "--sample", min=0, help="Instances to re-scan (default from the thresholds file; 0 = all)."
+    ),
+    all_instances: bool = typer.Option(False, "--all", help="Re-scan every stored instance."),
+    out: Path | None = typer.Option(None, "--out", help="JSON file (default RADGATE_HOME/compliance/...)."),
+    as_of: str | None = typer.Option(None, "--as-of", help="Judge ages and approvals at this ISO date."),
+    every: str | None = typer.Option(
+        None, "--every", help="Periodic job: repeat at this interval (e.g. 24h) until interrupted."
+    ),
+    token: str | None = typer.Option(None, "--token", help="Auditor, admin or data-steward token."),
+) -> None:
+    """Is everything held still compliant? Pass/warn/fail per check with evidence; audited.
+
+    Exit code 0 when nothing fails (warnings allowed), 1 when a check fails."""
+    from governance.auth import AuthError
+    from governance.settings import get_settings
+    from imaging.compliance import ComplianceConfigError, run_compliance_check
+
+    principal = _principal(token, "auditor, admin or data-steward")
+    moment = None
+    if as_of:
+        try:
+            moment = datetime.fromisoformat(as_of)
+        except ValueError:
+            raise _fail(f"--as-of: not an ISO date {as_of!r}") from None
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    period = _interval(every) if every else None
+    while True:
+        try:
+            report = run_compliance_check(principal, sample=0 if all_instances else sample, now=moment)
+        except (AuthError, ComplianceConfigError) as exc:
+            raise _fail(str(exc)) from None
+        data = report.to_dict()
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = out or get_settings().home / "compliance" / f"check-{stamp}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1, default=str))
+        _print(data)
+        console.print(f"evidence: {path}")
+        if period is None:
+            raise typer.Exit(1 if str(report.status) == "fail" else 0)
+        next_run = datetime.now(UTC) + timedelta(seconds=period)
+        console.print(f"next check at {next_run.isoformat(timespec='seconds')}")
+        time.sleep(period)
+
+
+def erase(
+    patient: str = typer.Option(..., "--patient", help="The patient's ORIGINAL PatientID (never logged)."),
+    reason: str = typer.Option("", "--reason", help="Why (e.g. the request reference); stored sealed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased and flagged."),
+    token: str | None = typer.Option(None, "--token", help="Honest-broker token (or RADGATE_TOKEN)."),
+    admin_token: str | None = typer.Option(
+        None,
+        "--admin-token",
+        envvar="RADGATE_ADMIN_TOKEN",
+        help="Co-signing admin token (not for --dry-run).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Erase one patient (GDPR Art. 17): objects, quarantine, map entries and lineage; supersede
+    dataset versions; flag models trained on them for review. Honest broker + admin; audited."""
+    from governance.auth import AuthError, authenticate
+    from imaging.compliance import ErasureError, erase_patient, plan_erasure
+
+    principal = _principal(token, "honest-broker")
+    try:
+        if dry_run:
+            plan = plan_erasure(patient, principal=principal)
+            result = {"dry_run": True, **plan.to_dict()}
+        else:
+            if not admin_token:
+                raise _fail("an admin must co-sign: pass --admin-token or set RADGATE_ADMIN_TOKEN")
+            approver = authenticate(admin_token)
+            erasure_id, plan, superseded = erase_patient(
+                patient,
+                principal=principal,
+                approver=approver,
+                reason=reason,
+            )
+            result = {"dry_run": False, "erasure_id": erasure_id, **plan.to_dict(), "superseded": superseded}
+    except (ErasureError, AuthError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        console.print_json(json.dumps(result, default=str))
+        return
+    verb = "would erase" if dry_run else "erased"
+    console.print(
+        f"{verb}: {len(result['instances'])} stored instance(s), "
+        f"{len(result['quarantined_inputs'])} quarantined input(s), {result['map_entries']} map "
+        f"entr(ies), {result['lineage_rows']} lineage row(s)"
+    )
+    for name, count in result["other_rows"].items():
+        console.print(f"  {name}: {count} row(s)")
+    for d in result["dataset_versions"]:
+        console.print(f"dataset {d['name']}@{d['id'][:12]}: {d['items']} item(s) of this patient")
+    for s in result.get("superseded", []):
+        successor = s["successor"][:12] if s["successor"] else "none (empty)"
+        console.print(f"  superseded {s['id'][:12]} -> {successor}")
+    for m in result["model_versions"]:
+        console.print(
+            f"model {m['name']} v{m['version']} trained on {m['dataset_version'][:12]}: "
+            + ("would be flagged" if dry_run else "flagged radgate.erasure.review=required")
+        )
+    if not dry_run:
+        console.print(f"erasure {result['erasure_id']} complete (subject {result['subject']})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``compliance`` (sub-app) and ``erase`` to the ``radgate`` app."""
+    app.add_typer(compliance_app, name="compliance")
+    app.command("erase")(erase)
