@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# RadGate intake gateway: C-STORE SCP (DIMSE, port 11112) + STOW-RS (HTTP, port 8042).
+#   docker build -f docker/gateway.Dockerfile -t radgate/gateway .        (from the repo root)
+# Settings come from the environment at run time (RADGATE_CATALOG_URL, RADGATE_OBJECT_STORE,
+# AWS_*); secrets from mounted files (RADGATE_KEY_FILE, PACS passwords): none is in a layer, and
+# docker/gateway.Dockerfile.dockerignore keeps .radgate/, .env and keys out of the context.
+FROM python:3.11-slim-bookworm
+
+ARG RADGATE_EXTRAS=postgres,s3
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    TCP_NODELAY=1 \
+    RADGATE_HOME=/var/lib/radgate
+
+# Editable install at /opt/radgate: the code finds its shipped configs (deid profiles, policy)
+# next to the packages, as in a checkout. Dependencies first, so code edits reuse this layer.
+WORKDIR /opt/radgate
+COPY pyproject.toml README.md ./
+RUN mkdir radgate imaging training serving governance \
+    && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
+    && pip install -e ".[${RADGATE_EXTRAS}]" \
+    && useradd --system --uid 10001 --user-group --create-home --home-dir /home/radgate radgate \
+    && mkdir -p /var/lib/radgate /etc/radgate \
+    && chown radgate:radgate /var/lib/radgate
+COPY radgate ./radgate
+COPY imaging ./imaging
+COPY training ./training
+COPY serving ./serving
+COPY governance ./governance
+COPY configs ./configs
+COPY configs/gateway/gateway.yaml /etc/radgate/gateway.yaml
+COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/radgate-healthcheck
+COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
+
+USER 10001:10001
+WORKDIR /var/lib/radgate
+VOLUME ["/var/lib/radgate"]
+EXPOSE 11112 8042
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "/usr/local/bin/radgate-healthcheck", "tcp", "127.0.0.1", "11112"]
+ENTRYPOINT ["/usr/local/bin/radgate-entrypoint", "radgate"]
+CMD ["gateway", "--config", "/etc/radgate/gateway.yaml"]
