@@ -160,7 +160,7 @@ def train_command(
     typer.echo(
         f"test AUROC {m['auroc']:.3f}  sensitivity {m['sensitivity']:.3f}  "
         f"specificity {m['specificity']:.3f}  "
-        f"ECE {m['ece']:.3f}  (threshold {outcome.evaluation.threshold:.3f}, n={int(m['n'])})"
+        f"ECE {m['ece']:.3f}  (threshold {outcome.evaluation.threshold:.3g}, n={int(m['n'])})"
     )
     if attribute:
         typer.echo(f"largest subgroup gap: {attribute} {metric} {gap:.3f}")

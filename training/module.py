@@ -60,9 +60,14 @@ class ClassifierModule(pl.LightningModule):
         self.log("val_auroc", self.val_auroc, on_step=False, on_epoch=True)
 
     def configure_optimizers(self) -> Any:
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
+        # Cosine decay to zero over the run: the last epochs settle instead of oscillating,
+        # which matters because the final weights (not a "best" epoch) are evaluated and registered.
+        epochs = max(int(self.trainer.max_epochs or 1), 1) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
 class ImageDataModule(pl.LightningDataModule):

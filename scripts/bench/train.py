@@ -1,0 +1,129 @@
+"""Benchmark: steady-state training images/s of Ray Train (N workers) vs one-process Lightning.
+
+Same network, data, epochs and global batch in the same run; prints per-run detail, then ONE
+JSON line: ``{"bench": "train", "value": ratio, "target": 0.85, "better": "higher", ...}``.
+
+    .venv/bin/python scripts/bench/train.py                       # 2 CPU workers vs 1 process
+    .venv/bin/python scripts/bench/train.py --workers 1 --gpus-per-worker 1   # on a GPU machine
+
+Steady state = median epoch time over epochs after the first; the start-up overhead is the time
+from calling fit to the first training epoch (Ray start, workers, caching, process group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--patients", type=int, default=60)
+    parser.add_argument("--size", type=int, default=64, help="Network input size (pixels).")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16, help="Per-worker batch size.")
+    parser.add_argument("--network", default="resnet18")
+    parser.add_argument("--target", type=float, default=0.85)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="radgate-bench-") as tmp:
+        home = Path(tmp)
+        os.environ["RADGATE_HOME"] = str(home)
+        os.environ.setdefault("RADGATE_PROJECT_KEY", "5a" * 32)
+        from governance.settings import get_settings
+
+        get_settings.cache_clear()
+        import torch
+        from mlflow.tracking import MlflowClient
+
+        from imaging.datasets import create_dataset, materialize
+        from imaging.demo_data import write_demo_studies
+        from imaging.ingest import Ingestor
+        from training.launch import FitJob, fit_local, fit_ray
+        from training.preprocess import PreprocessingSpec
+        from training.run import ensure_experiment
+
+        settings = get_settings()
+        demo = write_demo_studies(home / "in", patients=args.patients, images_per_patient=2, size=128)
+        ingestor = Ingestor(settings)
+        for path in demo.files:
+            ingestor.ingest_path(path)
+        version = create_dataset("bench", demo.labels_csv, settings=settings).version
+        train_rows = materialize(version, "train", settings)
+        val_rows = materialize(version, "val", settings)
+        uri = settings.resolved_mlflow_uri
+        experiment = ensure_experiment(uri, "bench", settings)
+        client = MlflowClient(uri)
+        spec = PreprocessingSpec(spatial_size=(args.size, args.size), augment={"flip_prob": 0.5})
+        gpu = args.gpus_per_worker > 0 and torch.cuda.is_available()
+        cores = os.cpu_count() or 1
+
+        def job(workers: int, batch: int, cpus: int, name: str) -> FitJob:
+            return FitJob(
+                train_rows=train_rows, val_rows=val_rows, spec=spec, network=args.network, num_classes=2,
+                lr=1e-3, weight_decay=1e-4, dropout=0.0, max_epochs=args.epochs, batch_size=batch,
+                cache_rate=1.0, seed=0, tracking_uri=uri,
+                run_id=client.create_run(experiment, run_name=name).info.run_id,
+                checkpoint_dir=home / "checkpoints" / name, workers=workers, cpus_per_worker=cpus,
+                gpus_per_worker=args.gpus_per_worker,
+            )  # fmt: skip
+
+        # Baseline: one process with all the cores (or the GPU), the same global batch. It runs
+        # before and after Ray and the faster of the two counts, so background load on a shared
+        # machine cannot flatter the ratio.
+        before = fit_local(job(1, args.batch * args.workers, cores, "baseline-1"))
+        ray_result = fit_ray(job(args.workers, args.batch, max(cores // args.workers, 1), "ray"))
+        after = fit_local(job(1, args.batch * args.workers, cores, "baseline-2"))
+        baseline = max(before, after, key=lambda r: r.steady_images_per_s)
+        ratio = ray_result.steady_images_per_s / max(baseline.steady_images_per_s, 1e-9)
+        runs = (
+            ("lightning-before", before),
+            (f"ray-{args.workers}-workers", ray_result),
+            ("lightning-after", after),
+        )
+        for name, result in runs:
+            print(
+                f"{name:>22}: {result.steady_images_per_s:7.1f} images/s steady, epochs "
+                f"{[round(s, 2) for s in result.epoch_seconds]} s, start-up {result.startup_seconds:.1f} s",
+                file=sys.stderr,
+            )
+        line = {
+            "bench": "train",
+            "value": round(ratio, 3),
+            "target": args.target,
+            "better": "higher",
+            "unit": "ratio of steady-state images/s (Ray Train / one-process Lightning)",
+            "ray_images_per_s": round(ray_result.steady_images_per_s, 2),
+            "baseline_images_per_s": round(baseline.steady_images_per_s, 2),
+            "baseline_runs_images_per_s": [
+                round(before.steady_images_per_s, 2),
+                round(after.steady_images_per_s, 2),
+            ],
+            "ray_startup_s": round(ray_result.startup_seconds, 2),
+            "baseline_startup_s": round(baseline.startup_seconds, 2),
+            "startup_overhead_s": round(ray_result.startup_seconds - baseline.startup_seconds, 2),
+            "workers": args.workers,
+            "device": torch.cuda.get_device_name(0) if gpu else f"cpu x{cores}",
+            "network": args.network,
+            "input": f"{args.size}x{args.size}",
+            "images_per_epoch": len(train_rows),
+            "global_batch": args.batch * args.workers,
+            "epochs": args.epochs,
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        print(json.dumps(line))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
