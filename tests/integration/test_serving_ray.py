@@ -1,0 +1,224 @@
+"""End to end through a real Ray Serve on 127.0.0.1 (one instance for the module): models
+registered in a real MLflow SQLite store, approved through the real workflow, real DICOM in,
+results pushed into a real Orthanc and read back with a DICOMweb client; unapproved and
+tampered versions refused at load; a revocation stops serving within the gate's TTL.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MODEL = "chest-opacity"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def radgate_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One RADGATE_HOME shared with the Ray workers (they inherit the environment)."""
+    from governance.settings import get_settings
+
+    home = tmp_path_factory.mktemp("serve-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RADGATE_HOME", str(home))
+        mp.setenv("RADGATE_PROJECT_KEY", "33" * 32)
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.delenv("RADGATE_CATALOG_URL", raising=False)
+        get_settings.cache_clear()
+        yield home
+        get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def served(
+    radgate_home: Path, orthanc: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    import ray
+    from ray import serve
+
+    from governance.testing import create_cast
+    from imaging.demo_data import write_demo_studies
+    from serving.app import run
+    from serving.config import ServeConfig
+    from serving.testing import approve_and_promote, register_model
+
+    cast = create_cast()
+    version = register_model(MODEL)
+    approve_and_promote(MODEL, version, cast)
+    pending = register_model("pending-model", seed=1)
+    tampered = register_model("tampered-model", seed=2)
+    approve_and_promote("tampered-model", tampered, cast)
+    # Change the approved artifact's weights on disk after approval.
+    _tamper(radgate_home, "tampered-model", tampered)
+
+    port = _free_port()
+    config = ServeConfig.model_validate(
+        {
+            "port": port,
+            "gate_ttl_s": 2,
+            "ingress_num_cpus": 0.5,
+            "pacs": {
+                "name": "orthanc",
+                "ae_title": orthanc.aet,
+                "host": "127.0.0.1",
+                "port": orthanc.dicom_port,
+            },
+            "models": [
+                {"name": MODEL, "num_cpus": 0.5, "max_batch_size": 4},
+                {"name": "pending-model", "version": pending, "num_cpus": 0.5},
+                {"name": "tampered-model", "num_cpus": 0.5},
+            ],
+        }
+    )
+    temp = f"/tmp/rg-ray-{os.getpid()}"
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp)
+    try:
+        run(config)
+        files = write_demo_studies(
+            tmp_path_factory.mktemp("demo"), patients=3, images_per_patient=1, size=64, seed=5
+        ).files
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "cast": cast,
+            "version": version,
+            "files": files,
+            "orthanc": orthanc,
+        }
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _tamper(home: Path, name: str, version: str) -> None:
+    """Overwrite one byte of the version's stored weights (what an attacker with disk access does)."""
+    from mlflow.tracking import MlflowClient
+
+    from governance.settings import get_settings
+
+    uri = get_settings().resolved_mlflow_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    download = client.get_model_version_download_uri(name, version)
+    assert download.startswith("file://"), download
+    root = Path(download.removeprefix("file://"))
+    weights = next(p for p in root.rglob("*.pth"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+
+def _headers(served: dict[str, Any], who: str = "pacs", content_type: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {served['cast'].tokens[who]}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    return headers
+
+
+def test_predict_from_dicom_bytes(served: dict[str, Any]) -> None:
+    reply = httpx.post(
+        f"{served['url']}/v1/models/{MODEL}/predict",
+        content=served["files"][0].read_bytes(),
+        headers=_headers(served, content_type="application/dicom"),
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["model"] == {"name": MODEL, "version": served["version"], "backend": "inprocess"}
+    assert body["results"][0]["labels"] == ["no_finding", "opacity"]
+
+
+def test_models_health_metrics_through_serve(served: dict[str, Any]) -> None:
+    url = served["url"]
+    models = httpx.get(f"{url}/v1/models", headers=_headers(served), timeout=60).json()["models"]
+    state = {m["name"]: m for m in models}
+    assert state[MODEL]["loaded"] and state[MODEL]["version"] == served["version"]
+    assert not state["pending-model"]["loaded"]
+    assert not state["tampered-model"]["loaded"]
+    assert any("artifact" in reason for reason in state["tampered-model"]["denied"])
+    assert httpx.get(f"{url}/healthz", timeout=30).status_code == 401
+    health = httpx.get(f"{url}/healthz", headers=_headers(served), timeout=30).json()
+    assert health["models"] == {MODEL: True, "pending-model": False, "tampered-model": False}
+    metrics = httpx.get(f"{url}/metrics", headers=_headers(served, "eng"), timeout=30).text
+    assert "radgate_serve_requests_total" in metrics
+
+
+def test_unapproved_and_tampered_versions_are_refused(served: dict[str, Any]) -> None:
+    for name in ("pending-model", "tampered-model"):
+        reply = httpx.post(
+            f"{served['url']}/v1/models/{name}/predict",
+            content=served["files"][0].read_bytes(),
+            headers=_headers(served, content_type="application/dicom"),
+            timeout=60,
+        )
+        assert reply.status_code == 403, (name, reply.text)
+        assert "not approved" in reply.json()["detail"]
+
+
+def test_series_to_pacs_and_back_through_dicomweb(served: dict[str, Any]) -> None:
+    from dicomweb_client import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+    from pydicom import dcmread
+
+    from imaging.gateway.multipart import build_related
+
+    orthanc = served["orthanc"]
+    orthanc.clear()
+    files = served["files"][1:3]
+    body, content_type = build_related([p.read_bytes() for p in files])
+    reply = httpx.post(
+        f"{served['url']}/v1/models/{MODEL}/predict?push=true",
+        content=body,
+        headers=_headers(served, content_type=content_type),
+        timeout=180,
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["pushed"] == {"sent": 4, "failed": 0}
+    client = DICOMwebClient(
+        url=orthanc.dicomweb_url, session=create_session_from_user_pass(orthanc.user, orthanc.password)
+    )
+    study = str(dcmread(files[0]).StudyInstanceUID)
+    series = client.search_for_series(study_instance_uid=study)
+    modalities = sorted(s["00080060"]["Value"][0] for s in series)
+    assert modalities == ["OT", "SR"] or set(modalities) >= {"SR"}
+    sr_series = next(s for s in series if s["00080060"]["Value"][0] == "SR")
+    sr_uid = sr_series["0020000E"]["Value"][0]
+    (instance,) = client.search_for_instances(study_instance_uid=study, series_instance_uid=sr_uid)
+    report = client.retrieve_instance(study, sr_uid, instance["00080018"]["Value"][0])
+    assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+
+
+def test_revocation_stops_serving_within_seconds(served: dict[str, Any]) -> None:
+    from governance.approvals import Workflow
+    from governance.audit import AuditLog
+
+    Workflow().revoke(served["cast"]["doc"], MODEL, served["version"], "withdrawn in test")
+    deadline = time.monotonic() + 30
+    status = 200
+    while time.monotonic() < deadline:
+        reply = httpx.post(
+            f"{served['url']}/v1/models/{MODEL}/predict",
+            content=served["files"][0].read_bytes(),
+            headers=_headers(served, content_type="application/dicom"),
+            timeout=60,
+        )
+        status = reply.status_code
+        if status == 403:
+            break
+        time.sleep(0.5)
+    assert status == 403
+    actions = [e.action for e in AuditLog().entries(newest_first=True)][:200]
+    assert "serve.predict.denied" in actions and "serve.predict" in actions
