@@ -1,0 +1,437 @@
+"""Static checks of the deployment files (no Docker engine or Kubernetes cluster runs here):
+hadolint on every Dockerfile, the compose file against the Compose Specification schema,
+KubeRay manifests against KubeRay's CRD schemas (shared/schemas/kuberay), built-in Kubernetes
+kinds and every pod template with kubernetes-validate (strict: a misspelt key fails), and the
+platform's own rules: non-root images with health checks, secrets only as files or secret refs,
+GPU resources where training and inference run, configs that load with RadGate's own loaders."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+K8S = DOCKER / "k8s"
+KUBERAY_SCHEMAS = next(
+    (
+        p
+        for p in (REPO / "shared" / "schemas" / "kuberay", REPO.parent / "shared" / "schemas" / "kuberay")
+        if p.is_dir()
+    ),
+    REPO.parent / "shared" / "schemas" / "kuberay",
+)
+DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|^RADGATE_PROJECT_KEY$|ACCESS_KEY", re.IGNORECASE)
+OUR_IMAGES = {"gateway", "serving", "trainer", "ui", "mlflow"}
+
+
+def _tool(name: str) -> str:
+    local = Path(sys.executable).with_name(name)
+    found = str(local) if local.exists() else shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed (pip install -e '.[test]')")
+    return found
+
+
+def _documents(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _all_manifests() -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (path, doc)
+        for path in sorted(K8S.glob("*.yaml"))
+        if not path.name.endswith("-values.yaml")
+        for doc in _documents(path)
+    ]
+
+
+def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+# --- Dockerfiles -----------------------------------------------------------------------------
+
+
+def test_every_image_the_issue_names_has_a_dockerfile() -> None:
+    assert {p.name.removesuffix(".Dockerfile") for p in DOCKERFILES} >= {
+        "gateway",
+        "serving",
+        "trainer",
+        "ui",
+    }
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfile_lints_clean_with_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [_tool("hadolint"), "--failure-threshold", "info", "--format", "json", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    findings = json.loads(result.stdout or "[]")
+    assert result.returncode == 0 and not findings, [
+        f"{f['line']}: {f['code']} {f['message']}" for f in findings
+    ]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_image_runs_as_non_root_with_a_health_check(dockerfile: Path) -> None:
+    steps = _instructions(dockerfile)
+    users = [rest for keyword, rest in steps if keyword == "USER"]
+    assert users, "no USER: the image would run as root"
+    final = users[-1].split(":")[0]
+    assert final not in {"root", "0"}, f"final USER is {users[-1]}"
+    last_user = max(i for i, (keyword, _) in enumerate(steps) if keyword == "USER")
+    assert not any(k == "RUN" for k, _ in steps[last_user + 1 :]), "RUN after the final USER"
+    health = [rest for keyword, rest in steps if keyword == "HEALTHCHECK"]
+    assert health and "NONE" not in health[-1].upper()
+    if dockerfile.name == "trainer.Dockerfile":  # CUDA base: Ray's GPU image (nvidia/cuda + cuDNN)
+        assert ("FROM", "${RAY_IMAGE}") in steps
+        assert re.search(r"RAY_IMAGE=rayproject/ray:[\d.]+-py311-(gpu|cu\d+)", dockerfile.read_text())
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_no_secret_is_baked_into_a_layer(dockerfile: Path) -> None:
+    for keyword, rest in _instructions(dockerfile):
+        if keyword in {"ENV", "ARG"}:
+            names = re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", rest) or [rest.split()[0]]
+            assert not [n for n in names if SECRET_NAME.search(n)], f"{keyword} {rest}"
+        if keyword in {"COPY", "ADD"}:
+            sources = [s for s in rest.split() if not s.startswith("--")][:-1]
+            assert not [s for s in sources if re.search(r"\.env$|\.key$|\.pem$|secrets|\.radgate", s)], rest
+    # The build context is an allow-list: state, keys and env files never reach the builder.
+    ignore = Path(f"{dockerfile}.dockerignore")
+    assert ignore.exists(), f"{ignore.name} missing"
+    patterns = [
+        line.strip() for line in ignore.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*"
+    assert not [
+        p for p in patterns if p.startswith("!") and re.search(r"\.radgate|\.env|secrets|\.venv|key", p)
+    ]
+    assert {"**/.env", "**/*.key"} <= set(patterns)
+
+
+def test_entrypoint_turns_secret_files_into_variables(tmp_path: Path) -> None:
+    secret = tmp_path / "pg"
+    secret.write_text("s3cr3t\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "PGPASSWORD_FILE": str(secret),
+        "RADGATE_KEY_FILE": "/keys/project.key",
+    }
+    show = 'printf "%s|%s" "$PGPASSWORD" "${RADGATE_KEY-unset}"'
+    result = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "sh", "-c", show],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert result.returncode == 0 and result.stdout == "s3cr3t|unset", result.stderr
+    env["PGPASSWORD_FILE"] = str(tmp_path / "missing")
+    failed = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "true"], capture_output=True, text=True, env=env
+    )
+    assert failed.returncode == 64 and "PGPASSWORD_FILE" in failed.stderr and "s3cr3t" not in failed.stderr
+
+
+def test_healthcheck_script_reports_up_and_down() -> None:
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        script = [sys.executable, str(DOCKER / "healthcheck.py")]
+        assert subprocess.run([*script, "tcp", "127.0.0.1", str(port)], timeout=30).returncode == 0
+    assert subprocess.run([*script, "tcp", "127.0.0.1", str(port)], timeout=30).returncode == 1
+
+
+# --- compose -------------------------------------------------------------------------------
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def test_compose_file_validates_against_the_compose_spec() -> None:
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DOCKER / "compose.yaml")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_brings_up_the_whole_platform() -> None:
+    services = _compose()["services"]
+    images = {name: str(s.get("image", "")) for name, s in services.items()}
+    assert images["postgres"].startswith("postgres:15")
+    assert images["minio"].startswith("minio/minio:")
+    assert images["triton"].startswith("nvcr.io/nvidia/tritonserver:")
+    assert images["orthanc"].startswith("orthancteam/orthanc:")
+    for role in ("mlflow", "ray-head", "ray-worker", "gateway", "serving", "ui", "trainer"):
+        assert role in services
+    # Third-party images are pinned; ours are built from the Dockerfiles checked above.
+    for name, image in images.items():
+        if not image.startswith("radgate/"):
+            assert ":" in image and not image.endswith(":latest"), name
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            assert (DOCKER / build["context"] / build["dockerfile"]).resolve().is_file(), name
+    # GPUs where training and inference run.
+    for name in ("ray-worker", "triton"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    assert services["ray-worker"]["deploy"]["replicas"] >= 2
+    # Ray needs a real /dev/shm (Docker's default is 64 MiB).
+    assert all("shm_size" in services[n] for n in ("ray-head", "ray-worker", "serving"))
+
+
+def test_compose_keeps_secrets_in_files_and_checks_health() -> None:
+    compose = _compose()
+    declared = set(compose["secrets"])
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        assert isinstance(env, dict), f"{name}: use a mapping for environment"
+        for key, value in env.items():
+            if SECRET_NAME.search(key) and not key.endswith("_FILE") and key != "RAY_AUTH_TOKEN_PATH":
+                pytest.fail(f"{name}: {key} is set inline; mount a secret and use {key}_FILE")
+            assert not re.search(r"://[^/@\s]+:[^/@\s]+@", str(value)), (
+                f"{name}: credentials in a URL ({key})"
+            )
+        used = {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+        assert used <= declared, f"{name}: undeclared secrets {used - declared}"
+        for key, value in env.items():
+            if key.endswith("_FILE") and str(value).startswith("/run/secrets/"):
+                assert str(value).removeprefix("/run/secrets/") in used, (
+                    f"{name}: {key} names an unmounted secret"
+                )
+        image = str(service.get("image", ""))
+        ours = image.startswith("radgate/")
+        long_running = service.get("restart") not in (None, "no") and "profiles" not in service
+        if long_running and not ours:
+            assert "healthcheck" in service, f"{name} has no health check"
+        if ours:
+            dockerfile = DOCKER / f"{image.split('/')[1].split(':')[0]}.Dockerfile"
+            assert dockerfile.exists(), f"{name}: no Dockerfile for {image}"
+    for secret in compose["secrets"].values():
+        assert secret["file"].startswith("./secrets/")
+    assert (DOCKER / "secrets" / ".gitignore").read_text().split()[0] == "*"
+
+
+def test_compose_configs_load_with_radgate_loaders() -> None:
+    from imaging.gateway.config import load_config
+    from serving.config import load_serve_config
+
+    gateway = load_config(DOCKER / "config" / "gateway.yaml")
+    assert gateway.dicom.allowed_peers and not gateway.dicom.allow_any
+    subnet = _compose()["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert all(subnet in peer.hosts for peer in gateway.dicom.allowed_peers)
+    serve = load_serve_config(DOCKER / "config" / "serve.yaml")
+    assert serve.host == "0.0.0.0" and all(m.triton_url.startswith("triton:") for m in serve.models)
+
+
+# --- Kubernetes ----------------------------------------------------------------------------
+
+
+def _kuberay_schema(kind: str) -> Path:
+    path = KUBERAY_SCHEMAS / f"{kind.lower()}.schema.json"
+    if not path.exists():
+        pytest.skip(f"KubeRay schema {path} not available")
+    return path
+
+
+def _check_jsonschema(schema: Path, instance: dict[str, Any], tmp_path: Path, name: str) -> None:
+    target = tmp_path / f"{name}.json"
+    target.write_text(json.dumps(instance))
+    result = subprocess.run(
+        [_tool("check-jsonschema"), "--schemafile", str(schema), str(target)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _cluster_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every RayCluster spec in the manifests: a RayCluster's, a RayJob's, a RayService's."""
+    out = []
+    for path, doc in _all_manifests():
+        if doc["kind"] == "RayCluster":
+            out.append((f"{path.name}:{doc['kind']}", doc["spec"]))
+        elif doc["kind"] == "RayJob":
+            out.append((f"{path.name}:{doc['kind']}", doc["spec"]["rayClusterSpec"]))
+        elif doc["kind"] == "RayService":
+            out.append((f"{path.name}:{doc['kind']}", doc["spec"]["rayClusterConfig"]))
+    return out
+
+
+def test_kuberay_manifests_cover_training_and_serving() -> None:
+    kinds = {doc["kind"] for _, doc in _all_manifests() if doc["apiVersion"] == "ray.io/v1"}
+    assert {"RayCluster", "RayJob", "RayService"} <= kinds
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayService"])
+def test_kuberay_manifests_validate_against_kuberay_schemas(kind: str, tmp_path: Path) -> None:
+    schema = _kuberay_schema(kind)
+    docs = [(path, doc) for path, doc in _all_manifests() if doc["kind"] == kind]
+    assert docs
+    for index, (path, doc) in enumerate(docs):
+        _check_jsonschema(schema, doc, tmp_path, f"{path.stem}-{index}")
+
+
+def test_rayjob_cluster_spec_validates_and_runs_radgate_train(tmp_path: Path) -> None:
+    """No RayJob schema ships; its rayClusterSpec is a RayCluster spec, checked with that schema."""
+    from training.config import load_config
+
+    schema = _kuberay_schema("RayCluster")
+    jobs = [doc for _, doc in _all_manifests() if doc["kind"] == "RayJob"]
+    assert jobs
+    for index, job in enumerate(jobs):
+        spec = job["spec"]
+        cluster = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": job["metadata"],
+                   "spec": spec["rayClusterSpec"]}  # fmt: skip
+        _check_jsonschema(schema, cluster, tmp_path, f"rayjob-{index}")
+        assert spec["submissionMode"] in {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+        assert spec["shutdownAfterJobFinishes"] is True
+        words = spec["entrypoint"].split()
+        assert words[:2] == ["radgate", "train"]
+        config = Path(words[2].replace("/home/ray/app/", f"{REPO}/"))
+        load_config(config)
+        workers = int(words[words.index("--workers") + 1])
+        gpus = float(words[words.index("--gpus-per-worker") + 1])
+        gpu_slots = sum(
+            int(group["replicas"]) * int(container["resources"]["limits"].get("nvidia.com/gpu", 0))
+            for group in spec["rayClusterSpec"]["workerGroupSpecs"]
+            for container in group["template"]["spec"]["containers"]
+        )
+        assert workers * gpus <= gpu_slots, "the job asks for more GPUs than its worker groups have"
+
+
+def test_ray_clusters_have_gpu_workers_token_auth_and_matching_versions() -> None:
+    from importlib.metadata import version
+
+    for name, spec in _cluster_specs():
+        assert spec["rayVersion"] == version("ray"), name
+        assert spec.get("authOptions", {}).get("mode") == "token", name
+        gpus = [
+            container["resources"]["limits"].get("nvidia.com/gpu")
+            for group in spec["workerGroupSpecs"]
+            for container in group["template"]["spec"]["containers"]
+        ]
+        assert any(gpus), f"{name}: no GPU worker group"
+
+
+def test_pod_templates_and_builtin_kinds_validate_strictly_against_kubernetes() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version()
+
+    def check(resource: dict[str, Any], where: str) -> None:
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where}: {str(exc).splitlines()[0]}")
+
+    builtin = 0
+    for path, doc in _all_manifests():
+        if doc["apiVersion"] != "ray.io/v1":
+            check(doc, f"{path.name}:{doc['kind']}/{doc['metadata']['name']}")
+            builtin += 1
+    assert builtin >= 5
+    for name, spec in _cluster_specs():
+        groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+        for group, group_spec in groups:
+            template = group_spec["template"]
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"{group}-pod"},
+                "spec": template["spec"],
+            }
+            check(pod, f"{name} {group} pod template")
+
+
+def test_pods_run_as_non_root_and_take_secrets_from_secret_refs() -> None:
+    pods: list[tuple[str, dict[str, Any]]] = []
+    for path, doc in _all_manifests():
+        if doc["kind"] == "Deployment":
+            pods.append((f"{path.name}:{doc['metadata']['name']}", doc["spec"]["template"]["spec"]))
+    for name, spec in _cluster_specs():
+        pods.append((f"{name} head", spec["headGroupSpec"]["template"]["spec"]))
+        pods += [(f"{name} {g['groupName']}", g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
+    assert pods
+    for where, spec in pods:
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        for container in spec["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+            for env in container.get("env", []):
+                if SECRET_NAME.search(env["name"]):
+                    assert "secretKeyRef" in env.get("valueFrom", {}), (
+                        f"{where}: {env['name']} not from a Secret"
+                    )
+                assert not re.search(r"://[^/@\s]+:[^/@\s]+@", str(env.get("value", ""))), where
+            for arg in container.get("args", []) + container.get("command", []):
+                assert not re.search(r"://[^/@\s]+:[^/@\s]+@", arg), f"{where}: credentials in a URL"
+    for path, doc in _all_manifests():
+        assert doc["kind"] != "Secret", f"{path.name} commits a Secret"
+
+
+def test_rayservice_serves_radgate_with_a_valid_serving_config() -> None:
+    from serving.config import load_serve_config
+
+    services = [doc for _, doc in _all_manifests() if doc["kind"] == "RayService"]
+    maps = {doc["metadata"]["name"]: doc for _, doc in _all_manifests() if doc["kind"] == "ConfigMap"}
+    for service in services:
+        serve = yaml.safe_load(service["spec"]["serveConfigV2"])
+        for app in serve["applications"]:
+            config_path = Path(app["args"]["config"])
+            mounted = [
+                v["configMap"]["name"]
+                for v in service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["volumes"]
+                if "configMap" in v
+            ]
+            data = maps[mounted[0]]["data"][config_path.name]
+            local = Path(os.environ.get("TMPDIR", "/tmp")) / f"radgate-serve-{os.getpid()}.yaml"
+            local.write_text(data)
+            try:
+                config = load_serve_config(local)
+            finally:
+                local.unlink()
+            assert config.host == "0.0.0.0"
+            module_name, _, attribute = app["import_path"].partition(":")
+            module = __import__(module_name, fromlist=[attribute])
+            if not hasattr(module, attribute):
+                pytest.skip(f"{app['import_path']} (a Ray Serve application builder) is not in serving yet")
+            assert callable(getattr(module, attribute))
+
+
+def test_settings_manifests_point_at_postgres_s3_mlflow_and_triton() -> None:
+    settings = next(doc for _, doc in _all_manifests() if doc["kind"] == "ConfigMap"
+                    and doc["metadata"]["name"] == "radgate-settings")["data"]  # fmt: skip
+    assert settings["RADGATE_CATALOG_URL"].startswith("postgresql+psycopg://")
+    assert settings["RADGATE_OBJECT_STORE"].startswith("s3://")
+    assert settings["RADGATE_MLFLOW_TRACKING_URI"].startswith("http://radgate-mlflow:")
+    assert settings["RADGATE_TRITON_URL"].startswith("radgate-triton:")
+    values = yaml.safe_load((K8S / "postgresql-values.yaml").read_text())
+    assert values["auth"]["existingSecret"]
+    assert not {"password", "postgresPassword"} & set(values["auth"]), "passwords belong in the Secret"
+    assert "CREATE DATABASE mlflow" in values["primary"]["initdb"]["scripts"]["10-mlflow.sql"]
