@@ -1,0 +1,199 @@
+"""Live profile: each served request's features, recorded in the catalog (no PHI).
+
+Serving calls :meth:`LiveRecorder.record` once per request (or :func:`record_live_features`).
+When the request's DICOM bytes are passed, they are sealed with the project key (AES-GCM, the
+request id as associated data) under ``RADGATE_HOME/monitoring/pending/`` until feedback arrives
+or ``feedback.pending_input_hours`` pass; they are never stored in clear and never de-identified
+unless a reviewer gives feedback and the monitoring config allows keeping inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, select, update
+
+from governance.catalog import open_catalog, utcnow
+from governance.keys import load_project_key
+from governance.settings import Settings, get_settings
+from serving.monitoring.config import MonitoringConfig, load_monitoring_config
+from serving.monitoring.models import LiveRecord
+from training.reference_profile import ReferenceProfile, live_feature_row
+
+__all__ = [
+    "LiveRecorder",
+    "MonitoringError",
+    "pending_input_path",
+    "purge_expired_inputs",
+    "read_pending_input",
+    "record_live_features",
+]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class MonitoringError(RuntimeError):
+    """A monitoring operation cannot be done (bad request id, unknown request...)."""
+
+
+def _check_request_id(request_id: str) -> str:
+    if not _REQUEST_ID.match(request_id or ""):
+        raise MonitoringError("request id must be 1-64 characters of letters, digits, . _ : -")
+    return request_id
+
+
+def _pending_dir(settings: Settings) -> Path:
+    return settings.home / "monitoring" / "pending"
+
+
+def pending_input_path(request_id: str, settings: Settings | None = None) -> Path:
+    """Where a request's sealed input waits (file name: a hash of the id, not the id)."""
+    settings = settings or get_settings()
+    name = hashlib.sha256(_check_request_id(request_id).encode()).hexdigest()
+    return _pending_dir(settings) / f"{name}.sealed"
+
+
+def _seal_input(request_id: str, data: bytes, settings: Settings) -> None:
+    path = pending_input_path(request_id, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sealed = load_project_key(settings).seal(data, request_id.encode())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(sealed)
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+def read_pending_input(request_id: str, settings: Settings | None = None) -> bytes | None:
+    """The request's original input bytes, or ``None`` when none is kept (or it expired)."""
+    settings = settings or get_settings()
+    path = pending_input_path(request_id, settings)
+    if not path.exists():
+        return None
+    return load_project_key(settings).unseal(path.read_bytes(), request_id.encode())
+
+
+def discard_pending_input(request_id: str, settings: Settings | None = None) -> None:
+    pending_input_path(request_id, settings).unlink(missing_ok=True)
+
+
+def purge_expired_inputs(now: datetime | None = None, settings: Settings | None = None) -> int:
+    """Delete sealed inputs whose feedback window has passed; returns how many went."""
+    settings = settings or get_settings()
+    now = now or utcnow()
+    catalog = open_catalog(settings)
+    with catalog.session() as session:
+        expired = list(
+            session.execute(
+                select(LiveRecord.request_id).where(
+                    LiveRecord.input_expires_at.is_not(None), LiveRecord.input_expires_at <= now
+                )
+            ).scalars()
+        )
+        for request_id in expired:
+            discard_pending_input(request_id, settings)
+        if expired:
+            session.execute(
+                update(LiveRecord).where(LiveRecord.request_id.in_(expired)).values(input_expires_at=None)
+            )
+    return len(expired)
+
+
+class LiveRecorder:
+    """Records requests served by one model version against its reference profile.
+
+    Build one per loaded model (``LiveRecorder.for_run(name, version, run_id)``) and call
+    :meth:`record` per request; thread-safe.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        profile: ReferenceProfile,
+        *,
+        config: MonitoringConfig | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = str(model_version)
+        self.profile = profile
+        self.config = config or load_monitoring_config()
+        self.settings = settings or get_settings()
+        self.catalog = open_catalog(self.settings)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_run(
+        cls, model_name: str, model_version: str, run_id: str, *, tracking_uri: str | None = None
+    ) -> LiveRecorder:
+        """A recorder with the reference profile logged by the run that produced the version."""
+        from training.reference_profile import load_reference_profile
+
+        return cls(model_name, model_version, load_reference_profile(run_id, tracking_uri=tracking_uri))
+
+    def record(
+        self,
+        request_id: str,
+        image: np.ndarray,
+        attributes: Mapping[str, Any],
+        scores: Sequence[float],
+        embedding: np.ndarray | Sequence[float],
+        *,
+        input_bytes: bytes | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Store one request's features; returns them.
+
+        ``image``: the decoded pixel array after the modality LUT (``apply_modality_lut``);
+        ``attributes``: :func:`training.reference_profile.attributes_from_dataset` of the request;
+        ``scores``: class probabilities; ``embedding``: the full penultimate-layer vector
+        (:func:`training.reference_profile.embed_and_score`); ``input_bytes``: the DICOM as
+        received, sealed and kept only for possible feedback.
+        """
+        _check_request_id(request_id)
+        row = live_feature_row(image, attributes, scores, self.profile.label_names)
+        projected = self.profile.project(np.asarray(embedding, dtype=np.float64))[0]
+        expires = None
+        if input_bytes is not None and self.config.feedback.keep_inputs:
+            _seal_input(request_id, input_bytes, self.settings)
+            expires = (at or utcnow()) + timedelta(hours=self.config.feedback.pending_input_hours)
+        record = LiveRecord(
+            request_id=request_id,
+            model_name=self.model_name,
+            model_version=self.model_version,
+            created_at=at or utcnow(),
+            features=row,
+            embedding=[float(v) for v in projected],
+            score=row.get("score"),
+            predicted_label=str(row["predicted_label"]),
+            input_expires_at=expires,
+        )
+        with self._lock, self.catalog.session() as session:
+            session.execute(delete(LiveRecord).where(LiveRecord.request_id == request_id))
+            session.add(record)
+        return row
+
+
+def record_live_features(
+    request_id: str,
+    *,
+    model_name: str,
+    model_version: str,
+    profile: ReferenceProfile,
+    image: np.ndarray,
+    attributes: Mapping[str, Any],
+    scores: Sequence[float],
+    embedding: np.ndarray | Sequence[float],
+    input_bytes: bytes | None = None,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """One-shot form of :meth:`LiveRecorder.record`."""
+    recorder = LiveRecorder(model_name, model_version, profile)
+    return recorder.record(request_id, image, attributes, scores, embedding, input_bytes=input_bytes, at=at)
