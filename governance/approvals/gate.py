@@ -171,6 +171,10 @@ class Gate:
             return GateDecision(not reasons, name, alias, version, evidence.artifact_sha256, reasons)
         except (MlflowException, RegistryError, PolicyError, OSError) as exc:
             return GateDecision(False, name, alias, version, None, [f"gate error: {exc}"])
+        except Exception as exc:  # fail closed on anything else (e.g. a damaged audit row)
+            return GateDecision(
+                False, name, alias, version, None, [f"gate error: {type(exc).__name__}: {exc}"]
+            )
 
     def _alias_reasons(self, name: str, alias: str, version: str) -> list[str]:
         """The alias must have been set by RadGate's promote for exactly this version."""

@@ -119,7 +119,8 @@ def _entry_hash(
     return hashlib.sha256(canonical_json(body)).hexdigest()
 
 
-def _row_hash(row: AuditRow, seq: int | None = None) -> str:
+def _row_hash(row: Any, seq: int | None = None) -> str:
+    """Hash of a stored row (an :class:`AuditRow` or a raw row with the same attributes)."""
     return _entry_hash(
         row.seq if seq is None else seq,
         row.ts,
@@ -249,7 +250,7 @@ class AuditLog:
         return (
             digest == entry.hash
             and entry.key_id == self.key.key_id
-            and hmac.compare_digest(entry.mac, self._mac(entry.hash))
+            and hmac.compare_digest(entry.mac.encode(), self._mac(entry.hash).encode())
         )
 
     def head(self) -> AuditEntry | None:

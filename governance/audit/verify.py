@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from governance.audit.log import GENESIS_HASH, _row_hash
+from sqlalchemy import String, select, type_coerce
+
+from governance.audit.log import GENESIS_HASH, AuditRow, _row_hash
 from governance.settings import get_settings
 
 if TYPE_CHECKING:
@@ -48,6 +52,27 @@ class VerifyReport:
     detail: str = ""
     unchecked_macs: int = 0
     anchors_checked: list[str] = field(default_factory=list)
+
+
+def _raw_rows(log: AuditLog, batch: int = 1000) -> Iterator[SimpleNamespace]:
+    """Rows as stored, with ``details`` parsed here (``None`` when it is not valid JSON), so a
+    damaged row is reported instead of crashing the ORM's JSON loader."""
+    table = AuditRow.__table__
+    columns = [c if c.name != "details" else type_coerce(c, String).label("details") for c in table.c]
+    last = 0
+    while True:
+        query = select(*columns).where(table.c.seq > last).order_by(table.c.seq).limit(batch)
+        with log.catalog.session() as session:
+            rows = [SimpleNamespace(**row._mapping) for row in session.execute(query)]
+        if not rows:
+            return
+        for row in rows:
+            try:
+                row.details = json.loads(row.details)
+            except (TypeError, ValueError):
+                row.details = None
+            yield row
+        last = rows[-1].seq
 
 
 def _head(log: AuditLog) -> dict[str, Any]:
@@ -111,7 +136,7 @@ def verify_chain(
         report.ok, report.problem, report.first_bad_seq, report.detail = False, problem, seq, detail
         return report
 
-    for row in log._iter_rows():
+    for row in _raw_rows(log):
         report.entries += 1
         if row.seq != expected:
             return fail("deleted", expected, f"entries {expected}..{row.seq - 1} are missing")
@@ -125,7 +150,7 @@ def verify_chain(
                 return fail("inserted", row.seq - 1, "entry was inserted into the chain")
             return fail("altered", row.seq - 1, "chain link broken: previous entry was changed")
         if row.key_id == key_id:
-            if not hmac.compare_digest(row.mac, log._mac(row.hash)):
+            if not hmac.compare_digest(row.mac.encode(), log._mac(row.hash).encode()):
                 return fail("forged", row.seq, "hash is not sealed by the project key")
         elif row.key_id in accepted:
             unchecked += 1

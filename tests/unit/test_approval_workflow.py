@@ -338,3 +338,19 @@ def test_history_shows_who_did_what_with_verified_comments(registry: object, cas
     key = next(k for k in registry.get_model_version(NAME, version).tags if k.startswith("radgate.decision."))  # type: ignore[attr-defined]
     registry.set_model_version_tag(NAME, version, key, '{"comment": "edited in the MLflow UI"}')  # type: ignore[attr-defined]
     assert workflow.history(NAME, version)[1]["comment"] == ""  # an edited comment is not shown
+
+
+def test_gate_fails_closed_on_a_damaged_audit_log(registry: object, cast: Cast) -> None:
+    import sqlite3
+
+    from governance.settings import get_settings
+
+    version, _, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    assert gate(NAME, "production").allowed
+    db = sqlite3.connect(get_settings().home / "catalog.db", isolation_level=None)
+    db.execute("UPDATE audit_log SET details='{not json' WHERE action='model.promote'")
+    decision = gate(NAME, "production", fresh=True)
+    assert not decision.allowed and decision.reasons[0].startswith("gate error")
+    report = AuditLog().verify()
+    assert (report.ok, report.problem) == (False, "altered")

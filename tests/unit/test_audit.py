@@ -228,3 +228,24 @@ def test_any_json_details_roundtrip_and_verify(details: dict[str, object]) -> No
     stored = log.entries(newest_first=True, limit=1)[0]
     assert stored.hash == entry.hash and log.authentic(stored)
     assert log.verify().ok
+
+
+_COLUMNS = ["ts", "actor", "role", "action", "target", "details", "prev_hash", "hash", "mac", "key_id"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seq=st.integers(1, 8), column=st.sampled_from(_COLUMNS), salt=st.text(min_size=1, max_size=5))
+def test_any_single_field_edit_is_detected(seq: int, column: str, salt: str) -> None:
+    log = AuditLog()
+    if log.head() is None:
+        _fill(8)
+    db = _db()
+    (original,) = db.execute(f"SELECT {column} FROM audit_log WHERE seq=?", (seq,)).fetchone()
+    changed = '{"edited": "' + salt + '"}' if column == "details" else original + salt
+    db.execute(f"UPDATE audit_log SET {column}=? WHERE seq=?", (changed, seq))
+    try:
+        report = log.verify()
+        assert not report.ok and report.first_bad_seq in {seq, seq - 1, seq + 1}
+    finally:
+        db.execute(f"UPDATE audit_log SET {column}=? WHERE seq=?", (original, seq))
+    assert log.verify().ok
