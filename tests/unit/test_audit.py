@@ -249,3 +249,19 @@ def test_any_single_field_edit_is_detected(seq: int, column: str, salt: str) -> 
     finally:
         db.execute(f"UPDATE audit_log SET {column}=? WHERE seq=?", (original, seq))
     assert log.verify().ok
+
+
+def test_appends_from_several_processes_keep_one_chain() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from governance.audit import record\n"
+        "import sys\n"
+        "for i in range(15): record('p' + sys.argv[1], 'inference', 'model:cxr/1', {'i': i})\n"
+    )
+    record("parent", "start", "t:0", {})  # the catalog exists before the children start
+    children = [subprocess.Popen([sys.executable, "-c", code, str(n)]) for n in range(3)]
+    assert [child.wait(timeout=300) for child in children] == [0, 0, 0]
+    report = AuditLog().verify()
+    assert report.ok and report.entries == 46
