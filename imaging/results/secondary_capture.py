@@ -10,6 +10,7 @@ the SC Equipment module. No text is burned into the pixels; viewers show the ser
 from __future__ import annotations
 
 import datetime
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,23 +119,26 @@ def build_overlay_secondary_capture(
         contribution_description=f"{algorithm.method} attribution overlay"[:64],
     )
     try:
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=np.ascontiguousarray(rgb),
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=series_instance_uid or hd.UID(),
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid or hd.UID(),
-            instance_number=instance_number,
-            manufacturer=algorithm.manufacturer,
-            pixel_spacing=_pixel_spacing(source) if same_matrix else None,  # type: ignore[arg-type]
-            patient_orientation=orientation or ("L", "F"),
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-            contributing_equipment=[equipment],
-            series_description=f"AI {algorithm.method}: {algorithm.label}"[:64],
-        )
+        with warnings.catch_warnings():
+            # Pseudonymised names are single-component by design; highdicom warns on each one.
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+            image = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=source,
+                pixel_array=np.ascontiguousarray(rgb),
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=series_instance_uid or hd.UID(),
+                series_number=series_number,
+                sop_instance_uid=sop_instance_uid or hd.UID(),
+                instance_number=instance_number,
+                manufacturer=algorithm.manufacturer,
+                pixel_spacing=_pixel_spacing(source) if same_matrix else None,  # type: ignore[arg-type]
+                patient_orientation=orientation or ("L", "F"),
+                transfer_syntax_uid=ExplicitVRLittleEndian,
+                contributing_equipment=[equipment],
+                series_description=f"AI {algorithm.method}: {algorithm.label}"[:64],
+            )
     except (ValueError, TypeError) as exc:
         raise SecondaryCaptureError(f"highdicom refused the overlay: {exc}") from exc
     if orientation is None:
