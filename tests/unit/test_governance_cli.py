@@ -151,3 +151,21 @@ def test_authorize_cli_for_other_packages_commands() -> None:
     assert "hello ds" in _run(app, "ingest", token=steward)
     assert "needs role" in _run(app, "ingest", token=admin.token, code=4)
     assert "no token" in _run(app, "ingest", code=3)
+
+
+def test_every_role_boundary_of_the_admin_and_audit_commands(cli: typer.Typer) -> None:
+    from governance.testing import create_cast
+
+    cast = create_cast()
+    allowed = {
+        ("users", "list"): {"admin", "auditor"},
+        ("audit", "verify"): {"admin", "auditor"},
+        ("audit", "list"): {"admin", "auditor"},
+        ("audit", "export"): {"admin", "auditor"},
+        ("users", "revoke", "nobody"): {"admin"},
+    }
+    for command, roles in allowed.items():
+        for who, token in cast.tokens.items():
+            role_ok = cast[who].role.value in roles
+            expected = (1 if command[-1] == "nobody" else 0) if role_ok else 4  # unknown user -> 1
+            _run(cli, *command, token=token, code=expected)
