@@ -43,8 +43,10 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
 class ContentStore:
     """``put`` returns the sha256 key; ``get`` verifies it."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, cache_dir: Path | None = None) -> None:
         self.root = root
+        # Remote stores: where path() keeps verified local copies (readers such as MONAI need files).
+        self.cache_dir = cache_dir
         self._local = "://" not in root or root.startswith("file://")
         if self._local:
             self._path = Path(root.removeprefix("file://"))
@@ -55,7 +57,8 @@ class ContentStore:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ContentStore:
-        return cls((settings or get_settings()).resolved_object_store)
+        settings = settings or get_settings()
+        return cls(settings.resolved_object_store, cache_dir=settings.home / "cache" / "objects")
 
     @staticmethod
     def _rel(key: str) -> str:
@@ -64,10 +67,17 @@ class ContentStore:
         return f"{key[:2]}/{key[2:4]}/{key}.dcm"
 
     def path(self, key: str) -> Path:
-        """Local path of an object (local stores only)."""
-        if not self._local:
-            raise StoreError("path() is only available for a local store")
-        return self._path / self._rel(key)
+        """Local path of an object. A remote store fetches the object into ``cache_dir`` first
+        (verified against its key); an object absent from the store gives a path that does not
+        exist, as for a local store."""
+        if self._local:
+            return self._path / self._rel(key)
+        if self.cache_dir is None:
+            raise StoreError("path() on a remote store needs a cache_dir")
+        local = self.cache_dir / self._rel(key)
+        if not local.exists() and self.exists(key):
+            atomic_write(local, self.get(key), durable=False)
+        return local
 
     def exists(self, key: str) -> bool:
         if self._local:
