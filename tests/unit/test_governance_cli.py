@@ -169,3 +169,16 @@ def test_every_role_boundary_of_the_admin_and_audit_commands(cli: typer.Typer) -
             role_ok = cast[who].role.value in roles
             expected = (1 if command[-1] == "nobody" else 0) if role_ok else 4  # unknown user -> 1
             _run(cli, *command, token=token, code=expected)
+
+
+def test_webhook_commands_need_a_secret_and_admin(cli: typer.Typer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from governance.testing import create_cast
+
+    monkeypatch.delenv("RADGATE_WEBHOOK_SECRET", raising=False)
+    assert "secret is required" in _run(cli, "model", "webhook", "serve", code=2)
+    cast = create_cast()
+    url = "http://127.0.0.1:9/mlflow/webhook"
+    _run(cli, "model", "webhook", "register", "--url", url, token=cast.tokens["eng"], code=4)
+    assert "RADGATE_WEBHOOK_SECRET" in _run(
+        cli, "model", "webhook", "register", "--url", url, token=cast.tokens["admin"], code=2
+    )
