@@ -174,7 +174,11 @@ def train(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     resume = config.run.resume_from
-    cpus = config.run.cpus_per_worker if config.run.workers > 1 else max(os.cpu_count() or 1, 1)
+    # RAY_ADDRESS (settings) selects an existing cluster when the config names none; a worker on
+    # a cluster asks for cpus_per_worker, not this machine's core count.
+    ray_address = config.run.ray_address or settings.ray_address
+    on_ray = config.run.workers > 1 or ray_address is not None
+    cpus = config.run.cpus_per_worker if on_ray else max(os.cpu_count() or 1, 1)
     with mlflow.start_run(
         run_id=resume,
         experiment_id=None if resume else experiment_id,
@@ -207,7 +211,7 @@ def train(
             workers=config.run.workers,
             cpus_per_worker=cpus,
             gpus_per_worker=config.run.gpus_per_worker,
-            ray_address=config.run.ray_address,
+            ray_address=ray_address,
             resume=resume is not None,
         )
         result = fit(job)

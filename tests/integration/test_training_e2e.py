@@ -64,8 +64,9 @@ def _check_mlflow(outcome: Any, epochs: int) -> None:
     assert version.tags[ModelTag.ARTIFACT_SHA256] == outcome.artifact_sha256
     assert version.tags[ModelTag.DATASET_VERSION] == outcome.dataset_version
     assert "radgate.metrics.auroc" in version.tags
-    loaded = load_model(f"tiny-model/{outcome.model_version}")
-    assert loaded.artifact_sha256 == outcome.artifact_sha256
+    client.set_registered_model_alias("tiny-model", "candidate", outcome.model_version)
+    loaded = load_model("tiny-model@candidate")
+    assert loaded.version == outcome.model_version and loaded.artifact_sha256 == outcome.artifact_sha256
     assert loaded.label_names == ("no_finding", "opacity") and loaded.network == "resnet18"
     assert loaded.preprocessing.spatial_size == (16, 16)
     assert loaded.torchscript_path is not None and loaded.torchscript_path.exists()
@@ -97,6 +98,15 @@ def test_local_lightning_run_is_tracked_registered_and_resumable(tmp_path: Path,
     assert len(resumed.fit.epoch_seconds) == 1  # only epoch 2 ran
     _check_mlflow(resumed, epochs=2)
     assert resumed.model_version == "2"
+    # A changed artifact no longer matches the hash recorded at registration.
+    from training.registry import ArtifactIntegrityError, load_model
+
+    cards = sorted((radgate_home / "mlflow-artifacts").glob("**/artifacts/extra_files/model_card.md"))
+    assert len(cards) == 2
+    for card in cards:
+        card.write_text(card.read_text() + "tampered\n")
+    with pytest.raises(ArtifactIntegrityError):
+        load_model("tiny-model/2")
 
 
 def test_ray_train_two_cpu_workers(tmp_path: Path, radgate_home: Path) -> None:
