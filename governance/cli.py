@@ -122,6 +122,19 @@ def users_list(token: str | None = TOKEN_OPTION) -> None:
     out.print(table)
 
 
+@users_app.command("rotate")
+def users_rotate(
+    name: str = typer.Argument(..., help="User whose token to replace."), token: str | None = TOKEN_OPTION
+) -> None:
+    """Replace a user's token (admin, or the user themself); prints the new token once."""
+    from governance.auth import rotate_token
+
+    with _errors():
+        issued = rotate_token(name, by=_principal(token))
+    err.print(f"new token for {issued.user.name}; the old one no longer works. Shown only once:")
+    print(issued.token)
+
+
 @users_app.command("revoke")
 def users_revoke(
     name: str = typer.Argument(..., help="User to revoke."), token: str | None = TOKEN_OPTION

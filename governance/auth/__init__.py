@@ -33,6 +33,7 @@ from governance.auth.users import (
     list_users,
     principal_from_env_or_token,
     revoke_user,
+    rotate_token,
 )
 
 
@@ -69,4 +70,5 @@ __all__ = [
     "principal_from_env_or_token",
     "require_role",
     "revoke_user",
+    "rotate_token",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "list_users",
     "principal_from_env_or_token",
     "revoke_user",
+    "rotate_token",
 ]
 
 TOKEN_PREFIX = "rg_"
@@ -175,6 +176,26 @@ def list_users(*, by: Principal, catalog: Catalog | None = None) -> list[UserInf
     catalog = catalog or open_catalog()
     with catalog.session() as session:
         return [_info(r) for r in session.scalars(select(User).order_by(User.id))]
+
+
+def rotate_token(name: str, *, by: Principal, catalog: Catalog | None = None) -> IssuedToken:
+    """Issue a new token for ``name`` (an admin, or the user themself); the old one stops working."""
+    from governance.audit import record
+
+    if by.name != name:
+        require_role(by, Role.ADMIN)
+    catalog = catalog or open_catalog()
+    token = _new_token()
+    with catalog.session() as session:
+        row = session.scalar(select(User).where(User.name == name))
+        if row is None:
+            raise UnknownUser(f"no user {name!r}")
+        if row.revoked_at is not None:
+            raise RevokedToken(f"user {name!r} is revoked")
+        row.token_sha256 = hash_token(token)
+        info = _info(row)
+    record(by.name, "user.rotate", f"user:{name}", {"role": info.role.value}, role=by.role.value)
+    return IssuedToken(info, token)
 
 
 def revoke_user(name: str, *, by: Principal, catalog: Catalog | None = None) -> UserInfo:

@@ -153,3 +153,19 @@ def test_fastapi_dependency_401_403_200() -> None:
     }
     revoke_user("pacs", by=cast["admin"])
     assert client.get("/predict", headers=auth).status_code == 401
+
+
+def test_token_rotation_by_self_or_admin_only() -> None:
+    from governance.auth import rotate_token
+
+    cast = create_cast()
+    fresh = rotate_token("doc", by=cast["doc"]).token
+    with pytest.raises(InvalidToken):
+        authenticate(cast.tokens["doc"])
+    assert authenticate(fresh).name == "doc"
+    with pytest.raises(PermissionDenied):
+        rotate_token("doc", by=cast["eng"])
+    assert authenticate(rotate_token("doc", by=cast["admin"]).token).name == "doc"
+    revoke_user("eng2", by=cast["admin"])
+    with pytest.raises(RevokedToken):
+        rotate_token("eng2", by=cast["admin"])
