@@ -184,3 +184,24 @@ def test_untrusted_bodies_never_escape_as_other_errors() -> None:
                 pass
 
     check()
+
+
+def test_startup_sweep_removes_only_stale_temp_files(radgate_home: Path) -> None:
+    import os
+    import time
+
+    from governance.settings import get_settings
+    from imaging.gateway.recovery import sweep_stale_temp_files
+
+    settings = get_settings()
+    shard = Path(settings.resolved_object_store) / "ab" / "cd"
+    shard.mkdir(parents=True)
+    stale, fresh, stored = shard / ".tmp-stale", shard / ".tmp-fresh", shard / ("ab" * 32 + ".dcm")
+    for path in (stale, fresh, stored):
+        path.write_bytes(b"x")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert sweep_stale_temp_files(600) == 1
+    assert not stale.exists() and fresh.exists() and stored.exists()
+    assert sweep_stale_temp_files(0) == 1  # after a crash with no other writer
+    assert stored.exists()
