@@ -435,3 +435,16 @@ def test_settings_manifests_point_at_postgres_s3_mlflow_and_triton() -> None:
     assert values["auth"]["existingSecret"]
     assert not {"password", "postgresPassword"} & set(values["auth"]), "passwords belong in the Secret"
     assert "CREATE DATABASE mlflow" in values["primary"]["initdb"]["scripts"]["10-mlflow.sql"]
+
+
+def test_readme_documents_the_scale_out_settings() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "## Scale-out" in readme
+    section = readme.split("## Scale-out", 1)[1]
+    for variable in (
+        "RADGATE_CATALOG_URL", "RADGATE_MLFLOW_TRACKING_URI", "RADGATE_OBJECT_STORE", "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "RAY_ADDRESS", "RAY_AUTH_MODE", "RADGATE_TRITON_URL",
+    ):  # fmt: skip
+        assert variable in section, variable
+    for path in ("docker/compose.yaml", "docker/k8s/rayjob-train.yaml", "docker/k8s/rayservice.yaml"):
+        assert (REPO / path).exists() and Path(path).name in section
