@@ -30,18 +30,18 @@ class TritonPythonModel:
         self.model = torch.jit.load(here, map_location="cpu").eval()
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        import numpy as np
         import triton_python_backend_utils as pb_utils
+        from torch.utils.dlpack import from_dlpack, to_dlpack
 
-        arrays = [pb_utils.get_input_tensor_by_name(r, "INPUT__0").as_numpy() for r in requests]
-        sizes = [len(a) for a in arrays]
+        # DLPack, not numpy: the backend stub is built against numpy 1 and our numpy may be 2.
+        inputs = [from_dlpack(pb_utils.get_input_tensor_by_name(r, "INPUT__0").to_dlpack()) for r in requests]
+        sizes = [len(t) for t in inputs]
         with self.torch.inference_mode():
-            logits = self.model(self.torch.from_numpy(np.concatenate(arrays))).numpy()
-        responses, start = [], 0
-        for size in sizes:
-            chunk = np.ascontiguousarray(logits[start : start + size], dtype=np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("OUTPUT__0", chunk)]))
-            start += size
+            logits = self.model(self.torch.cat(inputs).float()).contiguous()
+        responses = []
+        for chunk in self.torch.split(logits, sizes):
+            tensor = pb_utils.Tensor.from_dlpack("OUTPUT__0", to_dlpack(chunk.contiguous().clone()))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
     def finalize(self) -> None:
