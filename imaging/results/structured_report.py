@@ -9,6 +9,8 @@ the Secondary Capture overlay.
 
 from __future__ import annotations
 
+import warnings
+
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -81,17 +83,20 @@ def build_result_report(
         imaging_measurements=[group],
     )
     try:
-        sr = hd.sr.ComprehensiveSR(
-            evidence=[source],
-            content=report[0],
-            series_instance_uid=series_instance_uid or hd.UID(),
-            series_number=series_number,
-            sop_instance_uid=hd.UID(),
-            instance_number=instance_number,
-            manufacturer=algorithm.manufacturer,
-            series_description=f"AI result: {algorithm.label}"[:64],
-            transfer_syntax_uid=ExplicitVRLittleEndian,
-        )
+        with warnings.catch_warnings():
+            # Pseudonymised names are single-component by design; highdicom warns on each one.
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
+            sr = hd.sr.ComprehensiveSR(
+                evidence=[source],
+                content=report[0],
+                series_instance_uid=series_instance_uid or hd.UID(),
+                series_number=series_number,
+                sop_instance_uid=hd.UID(),
+                instance_number=instance_number,
+                manufacturer=algorithm.manufacturer,
+                series_description=f"AI result: {algorithm.label}"[:64],
+                transfer_syntax_uid=ExplicitVRLittleEndian,
+            )
     except (ValueError, TypeError) as exc:
         raise StructuredReportError(f"highdicom refused the report: {exc}") from exc
     scheme = Dataset()  # declare the private scheme (SOP Common, Coding Scheme Identification)
