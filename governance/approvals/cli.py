@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import typer
@@ -151,6 +152,30 @@ def model_status(
             out.print(table)
         if not checklist.passed:
             err.print("next: " + "; ".join(f"{i.name} ({i.expected})" for i in checklist.failures))
+
+
+@model_app.command("list")
+def model_list(
+    name: str | None = typer.Argument(None, help="Registered model (default: all)."),
+    token: str | None = TOKEN_OPTION,
+) -> None:
+    """Versions with their review status and aliases: the reviewers' queue (any user).
+
+    The status column is MLflow's ``radgate.status`` tag (a mirror); ``model status`` evaluates.
+    """
+    from governance.approvals import registry_client
+
+    with _errors():
+        _principal(token)
+        client = registry_client()
+        query = f"name = '{name}'" if name else ""
+        versions = client.search_model_versions(query, max_results=1000)
+    table = Table("model", "version", "status", "aliases", "created (UTC)")
+    for mv in sorted(versions, key=lambda v: (v.name, int(v.version))):
+        created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
+        status = (mv.tags or {}).get("radgate.status", "not submitted")
+        table.add_row(mv.name, str(mv.version), status, ", ".join(mv.aliases or []), created[:19])
+    out.print(table)
 
 
 @model_app.command("gate")

@@ -86,7 +86,10 @@ def test_model_workflow_and_audit_commands(
     assert '"allowed": false' in _run(
         cli, "model", "gate", NAME, "--version", version, token=tokens["aud"], code=1
     )
+    listing = _run(cli, "model", "list", token=tokens["aud"])
+    assert "cxr" in listing and "pending" in listing
     _run(cli, "model", "revoke", NAME, version, "-m", "poor AUROC", token=tokens["doc"])
+    assert "revoked" in _run(cli, "model", "list", NAME, token=tokens["aud"])
     assert "revoked" in _run(cli, "model", "status", NAME, version, "--json", token=tokens["eng"])
 
     assert "needs role" in _run(cli, "audit", "list", token=tokens["eng"], code=4)
