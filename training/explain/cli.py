@@ -114,6 +114,7 @@ def sanity_command(
     version and record it where the approval policy reads it (tag radgate.saliency_sanity)."""
     import torch
 
+    from training.explain.core import ExplainMethod
     from training.explain.sanity import run_randomization_check
     from training.explain.tracking import log_sanity_result, sanity_threshold_from_policy
 
@@ -127,7 +128,7 @@ def sanity_command(
     result = run_randomization_check(
         loaded.module,
         batch,
-        config=settings.sanity.model_copy(update={"method": method, "cascade": cascade}),
+        config=settings.sanity.model_copy(update={"method": ExplainMethod(method), "cascade": cascade}),
         explain_config=settings.explain.model_copy(
             update={"target_layer": settings.explain.target_layer or loaded.gradcam_layer or None}
         ),

@@ -234,10 +234,11 @@ def run_randomization_check(
     ``targets``). ``threshold`` overrides ``config.max_spearman`` (e.g. from the policy).
     """
     config = config or SanityConfig()
+    method = ExplainMethod(config.method)  # model_copy(update=...) does not validate
     limit = config.max_spearman if threshold is None else float(threshold)
     trained = Explainer(model, family=family, config=explain_config)
-    reference = trained.explain(inputs, config.method, targets)
-    repeat = trained.explain(inputs, config.method, list(reference.targets))
+    reference = trained.explain(inputs, method, targets)
+    repeat = trained.explain(inputs, method, list(reference.targets))
     control = float(np.mean([spearman(a, b) for a, b in zip(reference.maps, repeat.maps, strict=True)]))
     layer = reference.target_layer
     layer_config = (explain_config or ExplainConfig()).model_copy(update={"target_layer": layer})
@@ -250,7 +251,7 @@ def run_randomization_check(
             for offset, block in enumerate(blocks):
                 randomize_parameters(clone.get_submodule(block), config.seed + offset)
         explainer = Explainer(clone, family=family, config=layer_config)
-        return explainer.explain(inputs, config.method, list(reference.targets)).maps
+        return explainer.explain(inputs, method, list(reference.targets)).maps
 
     rhos, ssim = _compare(reference.maps, randomized_maps(None))
     gap: float | None = None
@@ -278,7 +279,7 @@ def run_randomization_check(
             f"(insertion - deletion {gap:.2f} < {config.min_faithfulness_gap:g})"
         )
     return SanityResult(
-        method=config.method,
+        method=method,
         images=len(inputs),
         spearman=mean_rho,
         spearman_per_image=tuple(rhos),
