@@ -1,0 +1,215 @@
+"""Benchmark: serving latency and throughput through Ray Serve, in-process and Triton backends,
+each as a ratio over raw decode + preprocess + torch forward measured in the same run.
+
+Throw-away RADGATE_HOME; a model (``--network``, ``--size``) registered in embedded MLflow,
+approved and promoted through the real workflow; real DICOM bodies (demo radiographs). Every
+served request goes through auth, input validation, the gate (cached), the audit log and
+metrics, exactly as in production. Raw baseline: ``LoadedModel.preprocess(bytes)`` + forward
+at batch 1 (latency) and preprocess + batched forward at batch ``--concurrency`` (throughput),
+with the same torch threads as the replica.
+
+Targets (issue 7): p50 at most 1.3x raw; throughput at least 0.9x raw batched forward.
+The JSON ``value`` is the in-process p50 ratio; the other ratios are fields of the same line.
+
+    .venv/bin/python scripts/bench/serve.py [--network densenet121] [--size 224] [--requests 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+MODEL = "bench-model"
+
+
+def _pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raw_baseline(bodies: list[bytes], threads: int, requests: int, concurrency: int) -> dict[str, float]:
+    import torch
+
+    from training.registry import load_model
+
+    torch.set_num_threads(threads)
+    loaded = load_model(f"{MODEL}@production")
+    with torch.inference_mode():
+        for body in bodies[:3]:
+            loaded.module(loaded.preprocess(body))
+        latencies = []
+        for i in range(requests):
+            start = time.perf_counter()
+            loaded.module(loaded.preprocess(bodies[i % len(bodies)]))
+            latencies.append((time.perf_counter() - start) * 1000)
+        rounds = max(2, requests // concurrency)
+        start = time.perf_counter()
+        for r in range(rounds):
+            batch = torch.cat([loaded.preprocess(bodies[(r + k) % len(bodies)]) for k in range(concurrency)])
+            loaded.module(batch)
+        throughput = rounds * concurrency / (time.perf_counter() - start)
+    return {"p50_ms": _pct(latencies, 0.5), "p95_ms": _pct(latencies, 0.95), "throughput": throughput}
+
+
+async def _measure(
+    url: str, token: str, bodies: list[bytes], requests: int, concurrency: int
+) -> dict[str, float]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/dicom"}
+    predict = f"{url}/v1/models/{MODEL}/predict"
+    async with httpx.AsyncClient(timeout=120) as client:
+        for body in bodies[:3]:
+            (await client.post(predict, content=body, headers=headers)).raise_for_status()
+        latencies = []
+        for i in range(requests):
+            start = time.perf_counter()
+            reply = await client.post(predict, content=bodies[i % len(bodies)], headers=headers)
+            reply.raise_for_status()
+            latencies.append((time.perf_counter() - start) * 1000)
+        errors = 0
+        queue = list(range(requests * 2))
+
+        async def worker() -> None:
+            nonlocal errors
+            while queue:
+                i = queue.pop()
+                reply = await client.post(predict, content=bodies[i % len(bodies)], headers=headers)
+                errors += reply.status_code != 200
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        throughput = requests * 2 / (time.perf_counter() - start)
+    return {
+        "p50_ms": _pct(latencies, 0.5),
+        "p95_ms": _pct(latencies, 0.95),
+        "throughput": throughput,
+        "errors": errors,
+    }
+
+
+def _deploy(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> None:
+    from serving.app import run
+    from serving.config import ServeConfig
+
+    model: dict[str, Any] = {
+        "name": MODEL,
+        "backend": backend,
+        "num_cpus": threads,
+        "max_batch_size": concurrency,
+        "batch_wait_timeout_s": 0.005,
+    }
+    if triton_url:
+        model.update(triton_url=triton_url, num_cpus=0)
+    run(ServeConfig.model_validate({"port": port, "ingress_num_cpus": 0, "models": [model]}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--network", default="densenet121", help="tiny, resnet18, densenet121, ...")
+    parser.add_argument("--size", type=int, default=224, help="model input size (square)")
+    parser.add_argument("--requests", type=int, default=40, help="sequential requests per measure")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (replica CPUs)")
+    parser.add_argument("--no-triton", action="store_true", help="skip the Triton backend")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="radgate-bench-serve-"))
+    os.environ["RADGATE_HOME"] = str(home)
+    os.environ.setdefault("RADGATE_PROJECT_KEY", os.urandom(32).hex())
+    for var in ("RADGATE_MLFLOW_TRACKING_URI", "RADGATE_CATALOG_URL"):
+        os.environ.pop(var, None)
+
+    import ray
+    from ray import serve
+
+    from governance.testing import create_cast
+    from imaging.demo_data import write_demo_studies
+    from serving.testing import approve_and_promote, register_model
+
+    cast = create_cast()
+    version = register_model(MODEL, network=args.network, spatial_size=(args.size, args.size))
+    approve_and_promote(MODEL, version, cast)
+    files = write_demo_studies(home / "demo", patients=8, images_per_patient=1, size=256, seed=1).files
+    bodies = [p.read_bytes() for p in files]
+    token = cast.tokens["pacs"]
+
+    raw = raw_baseline(bodies, args.threads, args.requests, args.concurrency)
+    print(f"raw: {json.dumps({k: round(v, 2) for k, v in raw.items()})}", file=sys.stderr)
+
+    ray.init(num_cpus=args.threads, include_dashboard=False, _temp_dir=f"/tmp/rg-bench-{os.getpid()}")
+    port = _free_port()
+    results: dict[str, dict[str, float]] = {}
+    triton_server = None
+    try:
+        _deploy(port, "inprocess", args.threads, args.concurrency)
+        results["inprocess"] = asyncio.run(
+            _measure(f"http://127.0.0.1:{port}", token, bodies, args.requests, args.concurrency)
+        )
+        print(f"inprocess: {json.dumps(results['inprocess'])}", file=sys.stderr)
+        if not args.no_triton:
+            from serving.triton import TritonNotInstalled, TritonServer, export_repository
+
+            try:
+                export_repository(f"{MODEL}@production", home / "triton-repo", threads=args.threads)
+                triton_server = TritonServer(home / "triton-repo", home / "triton-work").start()
+            except TritonNotInstalled as exc:
+                print(f"triton skipped: {exc}", file=sys.stderr)
+            if triton_server is not None:
+                serve.delete("radgate")
+                _deploy(port, "triton", args.threads, args.concurrency, triton_server.grpc_url)
+                results["triton"] = asyncio.run(
+                    _measure(f"http://127.0.0.1:{port}", token, bodies, args.requests, args.concurrency)
+                )
+                print(f"triton: {json.dumps(results['triton'])}", file=sys.stderr)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if triton_server is not None:
+            triton_server.stop()
+
+    line: dict[str, Any] = {
+        "bench": "serve",
+        "value": round(results["inprocess"]["p50_ms"] / raw["p50_ms"], 3),
+        "target": 1.3,
+        "better": "lower",
+        "unit": "p50 latency ratio (Ray Serve in-process / raw decode+preprocess+forward, batch 1)",
+        "network": args.network,
+        "size": args.size,
+        "threads": args.threads,
+        "raw_p50_ms": round(raw["p50_ms"], 2),
+        "raw_p95_ms": round(raw["p95_ms"], 2),
+        "raw_batched_throughput": round(raw["throughput"], 2),
+    }
+    for backend, r in results.items():
+        line[f"{backend}_p50_ms"] = round(r["p50_ms"], 2)
+        line[f"{backend}_p95_ms"] = round(r["p95_ms"], 2)
+        line[f"{backend}_throughput"] = round(r["throughput"], 2)
+        line[f"{backend}_errors"] = int(r["errors"])
+        line[f"{backend}_p50_ratio"] = round(r["p50_ms"] / raw["p50_ms"], 3)
+        line[f"{backend}_p95_ratio"] = round(r["p95_ms"] / raw["p95_ms"], 3)
+        line[f"{backend}_throughput_ratio"] = round(r["throughput"] / raw["throughput"], 3)
+    line["throughput_target"] = 0.9
+    print(json.dumps(line))
+
+
+if __name__ == "__main__":
+    main()
