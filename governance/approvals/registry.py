@@ -185,12 +185,14 @@ def gather_evidence(
     submission: Submission | None = None
     decisions: list[Decision] = []
     backed: set[str] = set()
+    submitters: set[str] = set()
     for entry in entries:
         if not audit.authentic(entry):
             continue
         details = entry.details
         if entry.action == "model.submit":
             submission = Submission(entry.actor, _at(entry), str(details.get("artifact_sha256", "")))
+            submitters.add(entry.actor)
             continue
         try:
             role = Role(entry.role)
@@ -230,5 +232,7 @@ def gather_evidence(
             current = artifact_sha256(client, name, mv.version)
         except RegistryError:
             current = None
-    evidence = Evidence(name, str(mv.version), current, submission, decisions, metrics, tags)
+    evidence = Evidence(
+        name, str(mv.version), current, submission, decisions, metrics, tags, frozenset(submitters)
+    )
     return evidence, mv

@@ -268,7 +268,7 @@ class Workflow:
         if (
             kind is DecisionKind.APPROVE
             and evidence.submission is not None
-            and evidence.submission.actor == principal.name
+            and evidence.is_submitter(principal.name)
             and not model_policy.submitter_may_approve
         ):
             raise SelfApproval(f"{principal.name} submitted {name} v{mv.version} and may not approve it")

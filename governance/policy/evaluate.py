@@ -68,6 +68,12 @@ class Evidence:
     decisions: list[Decision]
     metrics: dict[str, float]
     tags: dict[str, str]
+    # Everyone who ever submitted this version (a resubmission does not clear the first
+    # submitter's conflict of interest).
+    submitters: frozenset[str] = frozenset()
+
+    def is_submitter(self, actor: str) -> bool:
+        return actor in self.submitters or (self.submission is not None and self.submission.actor == actor)
 
 
 @dataclass(frozen=True)
@@ -243,7 +249,7 @@ def evaluate(policy: ModelPolicy, evidence: Evidence, now: datetime) -> Checklis
         for d in latest.values():
             if d.kind is not DecisionKind.APPROVE or d.role is not need.role:
                 continue
-            if sub is not None and d.actor == sub.actor and not policy.submitter_may_approve:
+            if evidence.is_submitter(d.actor) and not policy.submitter_may_approve:
                 void.append(f"{d.actor}: submitter may not approve")
             elif d.artifact_sha256 != current:
                 void.append(f"{d.actor}: approved another artifact")

@@ -354,3 +354,12 @@ def test_gate_fails_closed_on_a_damaged_audit_log(registry: object, cast: Cast) 
     assert not decision.allowed and decision.reasons[0].startswith("gate error")
     report = AuditLog().verify()
     assert (report.ok, report.problem) == (False, "altered")
+
+
+def test_an_earlier_submitter_may_not_approve_after_a_resubmission(registry: object, cast: Cast) -> None:
+    version, _, workflow = _submitted(registry, cast)  # submitted by eng
+    workflow.submit(cast["eng2"], NAME, version, "resubmitted")
+    with pytest.raises(SelfApproval):
+        workflow.approve(cast["eng"], NAME, version)
+    with pytest.raises(SelfApproval):
+        workflow.approve(cast["eng2"], NAME, version)
