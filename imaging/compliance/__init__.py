@@ -30,6 +30,7 @@ from imaging.compliance.erasure import (
     ErasureError,
     ErasurePlan,
     erase_patient,
+    list_erasures,
     plan_erasure,
     superseded_by,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "ScanResult",
     "Thresholds",
     "erase_patient",
+    "list_erasures",
     "load_thresholds",
     "plan_erasure",
     "run_compliance_check",

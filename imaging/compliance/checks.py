@@ -382,11 +382,17 @@ def _approvals(t: ComplianceThresholds, now: datetime, client: Any) -> CheckResu
                 expires = min(approvals) + timedelta(days=valid)
                 if expires - now < timedelta(days=t.approval_expiry_warning_days):
                     expiring.append({"model": target, "expires": expires.isoformat(timespec="seconds")})
+    # Versions trained on an erased patient's data wait for governance to set the tag to "reviewed".
+    awaiting = [
+        f"{mv.name}/{mv.version}"
+        for mv in client.search_model_versions(filter_string=f"tags.`{ERASURE_REVIEW_TAG}` = 'required'")
+    ]
     evidence_out = {
         "served": served,
         "without_valid_approval": failing,
         "expiring": expiring,
         "flagged_by_erasure": flagged,
+        "awaiting_erasure_review": sorted(awaiting),
     }
     if failing or flagged:
         return CheckResult(
@@ -396,13 +402,15 @@ def _approvals(t: ComplianceThresholds, now: datetime, client: Any) -> CheckResu
             f"{len(flagged)} flagged by an erasure",
             evidence_out,
         )
-    if expiring:
-        return CheckResult(
-            "approvals",
-            CheckStatus.WARN,
-            f"{len(expiring)} approval(s) expire within {t.approval_expiry_warning_days} days",
-            evidence_out,
-        )
+    if expiring or awaiting:
+        problems = []
+        if expiring:
+            problems.append(
+                f"{len(expiring)} approval(s) expire within {t.approval_expiry_warning_days} days"
+            )
+        if awaiting:
+            problems.append(f"{len(awaiting)} unserved version(s) trained on erased data await review")
+        return CheckResult("approvals", CheckStatus.WARN, "; ".join(problems), evidence_out)
     return CheckResult(
         "approvals", CheckStatus.PASS, f"{len(served)} served version(s), all approved", evidence_out
     )

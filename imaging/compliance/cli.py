@@ -113,6 +113,41 @@ def check(
         time.sleep(period)
 
 
+@compliance_app.command("erasures")
+def erasures(
+    token: str | None = typer.Option(None, "--token", help="Auditor, admin or honest-broker token."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List completed patient erasures (opaque ids, who, when, what was removed and flagged)."""
+    from governance.auth import AuthError, Role, require_role
+    from imaging.compliance import list_erasures
+
+    principal = _principal(token, "auditor, admin or honest-broker")
+    try:
+        require_role(principal, Role.AUDITOR, Role.ADMIN, Role.HONEST_BROKER)
+    except AuthError as exc:
+        raise _fail(str(exc)) from None
+    rows = list_erasures()
+    if as_json:
+        console.print_json(json.dumps(rows, default=str))
+        return
+    table = Table(title="patient erasures")
+    for column in ("id", "when", "by", "co-signed", "instances", "datasets", "models flagged"):
+        table.add_column(column)
+    for row in rows:
+        s = row["summary"]
+        table.add_row(
+            row["id"],
+            str(row["created_at"])[:19],
+            row["requested_by"],
+            row["approved_by"],
+            str(s.get("instances", 0)),
+            str(s.get("dataset_versions", 0)),
+            str(s.get("model_versions", 0)),
+        )
+    console.print(table)
+
+
 def erase(
     patient: str = typer.Option(..., "--patient", help="The patient's ORIGINAL PatientID (never logged)."),
     reason: str = typer.Option("", "--reason", help="Why (e.g. the request reference); stored sealed."),

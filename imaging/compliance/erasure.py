@@ -45,6 +45,7 @@ __all__ = [
     "ErasureError",
     "ErasurePlan",
     "erase_patient",
+    "list_erasures",
     "plan_erasure",
     "superseded_by",
 ]
@@ -446,3 +447,20 @@ def erase_patient(
         role=principal.role.value,
     )
     return erasure_id, plan, superseded
+
+
+def list_erasures(settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Completed erasures, newest first (no PHI; the sealed reason is left out)."""
+    with open_catalog(settings or get_settings()).session() as session:
+        rows = list(session.scalars(select(ErasureRecord).order_by(ErasureRecord.created_at.desc())))
+        return [
+            {
+                "id": r.id,
+                "created_at": r.created_at,
+                "requested_by": r.requested_by,
+                "approved_by": r.approved_by,
+                "reason_sha256": r.reason_sha256,
+                "summary": {k: v for k, v in (r.summary or {}).items() if k != "reason_sealed"},
+            }
+            for r in rows
+        ]

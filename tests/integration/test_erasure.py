@@ -20,6 +20,7 @@ from imaging.compliance import (
     CheckStatus,
     ErasureError,
     erase_patient,
+    list_erasures,
     plan_erasure,
     run_compliance_check,
     superseded_by,
@@ -180,7 +181,11 @@ def test_erasure_removes_the_patient_keeps_everyone_else_and_flags_exact_models(
     report = run_compliance_check(cast["auditor"], sample=0)
     assert report.result("approvals").status is CheckStatus.FAIL
     assert report.result("approvals").evidence["flagged_by_erasure"] == [f"cxr/{world['served']}@production"]
+    assert report.result("approvals").evidence["awaiting_erasure_review"] == [f"cxr/{world['served']}"]
     assert report.result("store_deidentified").status is CheckStatus.PASS
+    listed = list_erasures()
+    assert [e["id"] for e in listed] == [erasure_id] and "reason_sealed" not in listed[0]["summary"]
+    assert listed[0]["requested_by"] == "broker" and listed[0]["approved_by"] == "admin"
     # A second run finds nothing left and breaks nothing.
     again = plan_erasure(target, principal=cast["broker"])
     assert again.instances == [] and again.quarantine == [] and again.map_entries == 0
@@ -220,3 +225,7 @@ def test_erase_cli_dry_run_and_execute(world: dict[str, object]) -> None:
     assert done.exit_code == 0, done.output
     result = json.loads(done.output)
     assert result["dry_run"] is False and len(result["instances"]) == 2 and result["superseded"]
+    listed = CliRunner().invoke(app, ["compliance", "erasures", "--json", "--token", cast.tokens["auditor"]])
+    assert listed.exit_code == 0 and json.loads(listed.output)[0]["id"] == result["erasure_id"]
+    refused = CliRunner().invoke(app, ["compliance", "erasures", "--token", cast.tokens["eng"]])
+    assert refused.exit_code == 2
