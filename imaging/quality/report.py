@@ -164,7 +164,8 @@ def _subgroups(version: DatasetVersion, t: QualityThresholds, warn: Callable[...
                     len(members),
                     t.min_subgroup_count,
                 )
-            for split, n_split in split_total.items():
+            # Too small a group is already warned about; its split shares are noise.
+            for split, n_split in split_total.items() if len(members) >= t.min_subgroup_count else ():
                 overall = len(members) / len(items)
                 in_split = splits.get(split, 0) / n_split
                 if abs(in_split - overall) > t.max_split_subgroup_shift:
