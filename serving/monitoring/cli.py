@@ -29,6 +29,7 @@ def drift(
     config: Path | None = typer.Option(None, "--config", help="Monitoring YAML."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report."),
     fail_on_drift: bool = typer.Option(False, "--fail-on-drift", help="Exit 3 when an alert is raised."),
+    all_plots: bool = typer.Option(False, "--all-plots", help="Plot every feature, not only drifted ones."),
 ) -> None:
     """Test each feature for drift, write drift.json + drift.html (PNG plots), alert past thresholds."""
     from rich.console import Console
@@ -46,6 +47,7 @@ def drift(
             out_dir=out,
             config=load_monitoring_config(config),
             actor="radgate-cli",
+            all_plots=all_plots,
         )
     except (MonitoringError, MonitoringConfigError, FileNotFoundError, LookupError) as exc:
         raise _fail(str(exc)) from exc

@@ -79,6 +79,7 @@ def run_drift_check(
     config: MonitoringConfig | None = None,
     settings: Settings | None = None,
     actor: str = "radgate-monitor",
+    all_plots: bool = False,
 ) -> DriftCheck:
     """Compare ``model``'s live requests in ``[now - window, now]`` with its reference profile.
 
@@ -129,7 +130,7 @@ def run_drift_check(
     report["alert"] = alert
     if out_dir is None:
         out_dir = settings.home / "monitoring" / "reports" / model / end.strftime("%Y%m%dT%H%M%SZ")
-    paths = write_report(report, result, profile, rows, embeddings, out_dir)
+    paths = write_report(report, result, profile, rows, embeddings, out_dir, all_plots=all_plots)
     publish_gauges(model, result, alert)
     with catalog.session() as session:
         session.add(

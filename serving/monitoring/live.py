@@ -21,7 +21,7 @@ import numpy as np
 from sqlalchemy import delete, select, update
 
 from governance.catalog import open_catalog, utcnow
-from governance.keys import load_project_key
+from governance.keys import ProjectKey, load_project_key
 from governance.settings import Settings, get_settings
 from serving.monitoring.config import MonitoringConfig, load_monitoring_config
 from serving.monitoring.models import LiveRecord
@@ -60,10 +60,10 @@ def pending_input_path(request_id: str, settings: Settings | None = None) -> Pat
     return _pending_dir(settings) / f"{name}.sealed"
 
 
-def _seal_input(request_id: str, data: bytes, settings: Settings) -> None:
+def _seal_input(request_id: str, data: bytes, settings: Settings, key: ProjectKey) -> None:
     path = pending_input_path(request_id, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sealed = load_project_key(settings).seal(data, request_id.encode())
+    sealed = key.seal(data, request_id.encode())
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(sealed)
     tmp.chmod(0o600)
@@ -127,6 +127,7 @@ class LiveRecorder:
         self.config = config or load_monitoring_config()
         self.settings = settings or get_settings()
         self.catalog = open_catalog(self.settings)
+        self.key = load_project_key(self.settings)
         self._lock = threading.Lock()
 
     @classmethod
@@ -162,7 +163,7 @@ class LiveRecorder:
         projected = self.profile.project(np.asarray(embedding, dtype=np.float64))[0]
         expires = None
         if input_bytes is not None and self.config.feedback.keep_inputs:
-            _seal_input(request_id, input_bytes, self.settings)
+            _seal_input(request_id, input_bytes, self.settings, self.key)
             expires = (at or utcnow()) + timedelta(hours=self.config.feedback.pending_input_hours)
         record = LiveRecord(
             request_id=request_id,

@@ -43,11 +43,9 @@ def observe_dicom(
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
-    from governance.keys import load_project_key
-
     ds = pydicom.dcmread(io.BytesIO(data))
     image = np.asarray(apply_modality_lut(ds.pixel_array, ds))
-    attributes = attributes_from_dataset(ds, load_project_key(recorder.settings))
+    attributes = attributes_from_dataset(ds, recorder.key)
     probs, embedding = embed_and_score(model.module, model.preprocess(data))
     row = recorder.record(
         request_id,

@@ -77,10 +77,6 @@ def _loaded_model(run_id: str, version: str, dataset_id: str, home: Path) -> Any
     )  # fmt: skip
 
 
-def _files(root: Path) -> list[Path]:
-    return sorted(root.rglob("*.dcm"))
-
-
 def test_drift_and_feedback_end_to_end(radgate_home: Path, tmp_path: Path, webhook: str,
                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import typer
@@ -111,7 +107,7 @@ def test_drift_and_feedback_end_to_end(radgate_home: Path, tmp_path: Path, webho
 
     settings = get_settings()
     # 1. training data: de-identified through the standard pipeline, a dataset version
-    train = write_demo_studies(tmp_path / "train", patients=24, images_per_patient=2, seed=1, size=48)
+    train = write_demo_studies(tmp_path / "train", patients=20, images_per_patient=2, seed=1, size=48)
     ingestor = Ingestor(settings)
     for path in train.files:
         ingestor.ingest_path(path)
@@ -124,10 +120,8 @@ def test_drift_and_feedback_end_to_end(radgate_home: Path, tmp_path: Path, webho
     run_id = client.create_run(client.create_experiment("monitoring-tests")).info.run_id
     network = TinyNet().eval()
     label_names = list(dataset.manifest.label_names)
-    profile = compute_reference_profile(
-        network, materialize(dataset, "train"), _loaded_model(run_id, "1", dataset.id, tmp_path).preprocessing,
-        label_names=label_names,
-    )  # fmt: skip
+    spec = _loaded_model(run_id, "1", dataset.id, tmp_path).preprocessing
+    profile = compute_reference_profile(network, materialize(dataset, "train"), spec, label_names=label_names)
     assert profile.n_images == len(dataset.manifest.items_in("train"))
     assert (
         profile.categorical["manufacturer"] and profile.summaries["intensity_mean"]["n"] == profile.n_images
@@ -139,12 +133,12 @@ def test_drift_and_feedback_end_to_end(radgate_home: Path, tmp_path: Path, webho
         client.set_model_version_tag(MODEL, mv.version, "radgate.dataset_version", dataset.id)
 
     # 3. live requests, recorded as serving records them
-    live = write_demo_studies(tmp_path / "live", patients=24, images_per_patient=2, seed=7, size=48)
+    live = write_demo_studies(tmp_path / "live", patients=16, images_per_patient=2, seed=7, size=48).files
     request_ids = []
     for version, shift in (("1", "none"), ("2", "intensity"), ("3", "manufacturer")):
         model = _loaded_model(run_id, version, dataset.id, tmp_path)
         recorder = LiveRecorder.for_run(MODEL, version, run_id)
-        for i, path in enumerate(_files(tmp_path / "live")):
+        for i, path in enumerate(sorted(live)):
             request_id = f"req-{version}-{i:03d}"
             observe_dicom(model, recorder, request_id, shift_dicom(path.read_bytes(), shift),
                           keep_input=version == "1")  # fmt: skip
