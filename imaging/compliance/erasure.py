@@ -67,6 +67,17 @@ _HANDLED = {
 }
 
 
+#: Columns by which another domain's table names patient-derived rows: the pseudonym, the hash
+#: of an original input, or the content hash of a stored (de-identified) instance.
+_KEY_COLUMNS = ("patient_pseudonym", "input_sha256", "instance_sha256")
+
+
+def _values(column: str, pseudonym: str, inputs: set[str], outputs: set[str]) -> list[str]:
+    if column == "patient_pseudonym":
+        return [pseudonym]
+    return sorted(inputs if column == "input_sha256" else outputs)
+
+
 class ErasureError(RuntimeError):
     """The erasure was refused or cannot be carried out (message carries no PHI)."""
 
@@ -140,8 +151,8 @@ def _quarantined(session: Session, key: ProjectKey, patient_id: str) -> list[tup
 
 
 def _other_tables(session: Session) -> list[tuple[Table, str]]:
-    """Catalog tables owned by other domains that hold patient-derived rows (by convention:
-    a ``patient_pseudonym`` or ``input_sha256`` column)."""
+    """Catalog tables owned by other domains that hold patient-derived rows (by convention: a
+    ``patient_pseudonym``, ``input_sha256`` or ``instance_sha256`` column, e.g. feedback cases)."""
     bind = session.get_bind()
     names = inspect(bind).get_table_names()
     meta = MetaData()
@@ -150,7 +161,7 @@ def _other_tables(session: Session) -> list[tuple[Table, str]]:
         if name in _HANDLED:
             continue
         table = Table(name, meta, autoload_with=bind)
-        for column in ("patient_pseudonym", "input_sha256"):
+        for column in _KEY_COLUMNS:
             if column in table.c:
                 out.append((table, column))
     return out
@@ -171,7 +182,7 @@ def _find(session: Session, key: ProjectKey, patient_id: str, settings: Settings
         list(session.scalars(select(LineageEvent.id).where(_lineage_filter(inputs, outputs))))
     )
     for table, column in _other_tables(session):
-        values = [pseudonym] if column == "patient_pseudonym" else sorted(inputs)
+        values = _values(column, pseudonym, inputs, outputs)
         count = len(session.execute(select(table).where(table.c[column].in_(values))).all()) if values else 0
         if count:
             plan.other_rows[f"{table.name}.{column}"] = count
@@ -400,7 +411,7 @@ def erase_patient(
         inputs = {i[2] for i in plan.instances} | {q for q, _ in plan.quarantine}
         outputs = {i[0] for i in plan.instances}
         for table, column in _other_tables(session):
-            values = [plan.pseudonym] if column == "patient_pseudonym" else sorted(inputs)
+            values = _values(column, plan.pseudonym, inputs, outputs)
             if values:
                 session.execute(delete(table).where(table.c[column].in_(values)))
         session.execute(delete(LineageEvent).where(_lineage_filter(inputs, outputs)))

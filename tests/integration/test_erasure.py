@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,34 @@ def world(radgate_home: Path, mlflow_template: Path) -> dict[str, object]:
                 {"patient_pseudonym": "RGOTHER", "verdict": "agree"},
             ],
         )
+    # Serving's feedback cases name the de-identified instance they concern (real table, 0006).
+    with catalog.engine.begin() as connection:
+        real = Table("monitoring_feedback", MetaData(), autoload_with=connection)
+        theirs = connection.execute(
+            select(Instance.sha256).where(Instance.patient_pseudonym == pseudonym)
+        ).first()
+        someone = connection.execute(
+            select(Instance.sha256).where(Instance.patient_pseudonym != pseudonym)
+        ).first()
+        assert theirs is not None and someone is not None
+        connection.execute(
+            insert(real),
+            [
+                {
+                    "request_id": f"req-{n}",
+                    "model_name": "cxr",
+                    "model_version": "1",
+                    "reviewer": "doc",
+                    "agree": True,
+                    "predicted_label": "opacity",
+                    "label": "opacity",
+                    "instance_sha256": sha,
+                    "input_status": "kept",
+                    "created_at": datetime.now(UTC),
+                }
+                for n, sha in enumerate([theirs[0], someone[0]])
+            ],
+        )
     return {
         "ingested": ingested,
         "target": target,
@@ -116,7 +145,10 @@ def test_dry_run_lists_everything_and_changes_nothing(world: dict[str, object]) 
     assert len(plan.instances) == 2 and len(plan.quarantine) == 1
     assert [d["id"] for d in plan.datasets] == [world["ds_all"].id]  # type: ignore[attr-defined]
     assert plan.models == [{"name": "cxr", "version": world["served"], "dataset_version": world["ds_all"].id}]  # type: ignore[attr-defined]
-    assert plan.other_rows == {"feedback_cases.patient_pseudonym": 1}
+    assert plan.other_rows == {
+        "feedback_cases.patient_pseudonym": 1,
+        "monitoring_feedback.instance_sha256": 1,
+    }
     assert plan.map_entries >= 2 + 2 * 4  # patient id + name, and per study: study/series/SOP/accession
     assert _instances() == before
     text = json.dumps(plan.to_dict())
@@ -156,7 +188,11 @@ def test_erasure_removes_the_patient_keeps_everyone_else_and_flags_exact_models(
         feedback = session.execute(
             select(Table("feedback_cases", MetaData(), autoload_with=session.get_bind()))
         ).all()
+        cases = session.execute(
+            select(Table("monitoring_feedback", MetaData(), autoload_with=session.get_bind()))
+        ).all()
     assert [row.patient_pseudonym for row in feedback] == ["RGOTHER"]
+    assert [row.request_id for row in cases] == ["req-1"]
     assert not list(Path(plan.quarantine[0][1]).parent.glob("*.sealed"))
     # Datasets: "all" superseded by a successor without the patient; "others" untouched.
     ds_all = world["ds_all"]
