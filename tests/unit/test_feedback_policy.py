@@ -1,0 +1,71 @@
+"""Feedback and sealed inputs on the real catalog: the input is sealed at rest, kept only when
+feedback arrives and the monitoring config allows it, purged when the feedback window passes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from governance.catalog import utcnow
+from governance.testing import create_cast
+from imaging.demo_data import write_demo_studies
+from serving.monitoring import (
+    FeedbackIn,
+    LiveRecorder,
+    MonitoringConfig,
+    purge_expired_inputs,
+    submit_feedback,
+)
+from serving.monitoring.feedback import InputStatus, UnknownRequest
+from serving.monitoring.live import MonitoringError, pending_input_path, read_pending_input
+from training.reference_profile import live_feature_row, profile_from_rows
+
+LABELS = ["no_finding", "opacity"]
+
+
+@pytest.fixture()
+def recorder() -> LiveRecorder:
+    rng = np.random.default_rng(0)
+    rows = [
+        live_feature_row(rng.random((8, 8)), {"manufacturer": "GE"}, [0.7, 0.3], LABELS) for _ in range(20)
+    ]
+    profile = profile_from_rows(rows, rng.normal(size=(20, 6)), LABELS, embedding_dims=3)
+    return LiveRecorder("chest", "1", profile)
+
+
+def _record(recorder: LiveRecorder, request_id: str, data: bytes | None, **kw: object) -> None:
+    rng = np.random.default_rng(1)
+    recorder.record(request_id, rng.random((8, 8)), {"manufacturer": "GE"}, [0.2, 0.8], rng.normal(size=6),
+                    input_bytes=data, **kw)  # fmt: skip
+
+
+def test_input_is_sealed_and_not_kept_when_policy_says_no(recorder: LiveRecorder, tmp_path: Path) -> None:
+    data = write_demo_studies(tmp_path, patients=1, images_per_patient=1, size=16).files[0].read_bytes()
+    _record(recorder, "req-a", data)
+    sealed = pending_input_path("req-a").read_bytes()
+    assert data[128:] not in sealed and b"DICM" not in sealed  # encrypted at rest
+    assert read_pending_input("req-a") == data
+    doc = create_cast()["doc"]
+    no_keep = MonitoringConfig.model_validate({"feedback": {"keep_inputs": False}})
+    out = submit_feedback(doc, FeedbackIn(request_id="req-a", agree=True), config=no_keep)
+    assert out.input_status is InputStatus.NOT_KEPT_BY_POLICY and out.instance_sha256 is None
+    assert out.label == "opacity"  # agreeing keeps the predicted label
+    assert not pending_input_path("req-a").exists()
+    with pytest.raises(UnknownRequest):
+        submit_feedback(doc, FeedbackIn(request_id="req-zzz", agree=True))
+
+
+def test_expired_inputs_are_purged(recorder: LiveRecorder) -> None:
+    _record(recorder, "req-old", b"not even dicom", at=utcnow() - timedelta(days=10))
+    _record(recorder, "req-new", b"kept for now")
+    assert purge_expired_inputs() == 1
+    assert not pending_input_path("req-old").exists()
+    assert read_pending_input("req-new") == b"kept for now"
+
+
+def test_request_ids_are_checked(recorder: LiveRecorder) -> None:
+    with pytest.raises(MonitoringError):
+        _record(recorder, "../../etc/passwd", None)
