@@ -57,7 +57,21 @@ class RayHead:
         # Token authentication is on by default in Ray 2.60; a test head runs without it.
         return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
-    def start(self, timeout: float = 120) -> RayHead:
+    def start(self, timeout: float = 120, attempts: int = 2) -> RayHead:
+        """Start the head; on a loaded machine the raylet can miss Ray's fixed 30 s registration
+        deadline, so a failed start is cleaned up and tried again."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout)
+            except RayHeadError:
+                if attempt == attempts:
+                    raise
+                self.temp_dir = Path(tempfile.mkdtemp(prefix="rg-ray-", dir="/tmp"))
+                self.port = free_port()
+                self.output = []
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> RayHead:
         ray = Path(sys.executable).with_name("ray")
         command = [
             str(ray) if ray.exists() else "ray", "start", "--head", "--block",
