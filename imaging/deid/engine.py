@@ -7,16 +7,17 @@ they were read, which is why the engine runs close to raw read + write speed.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
 from governance.keys import ProjectKey
 from imaging.deid.errors import QuarantineError, QuarantineReason
@@ -92,6 +93,10 @@ _IDENTIFYING_KEYWORDS = (
     "ContentCreatorName",
     "DeviceSerialNumber",
 )
+_RAW_SAFE_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6"})
+# Every generic PHI pattern of the scrubber needs a digit, an @ or a title word: text without
+# any of them (and without a known token) cannot change, so it is left undecoded.
+_SUSPECT = re.compile(r"[0-9@]|(?<![a-z])(?:dr|doctor|prof|mr|mrs|ms|miss)(?![a-z])")
 _IDENTIFYING_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _IDENTIFYING_KEYWORDS)
 _DATE_KEYWORDS = (
     "PatientBirthDate",
@@ -126,6 +131,10 @@ class _Instance:
     offset_days: int
     scrubber_values: list[str]
     actions: Counter[str]
+    # Raw bytes may be inspected without decoding only in single-byte or UTF-8 character sets.
+    raw_text_ok: bool = True
+    # Free text is cleaned after the walk, once every nested name and ID has been seen.
+    pending: list[tuple[Dataset, Any]] = field(default_factory=list)
     _scrubber: TextScrubber | None = None
 
     @property
@@ -183,6 +192,7 @@ class Deidentifier:
         self._safe_private = {(s.group, s.creator.strip().upper(), s.element) for s in profile.safe_private}
         self._safe_groups = {(s.group, s.creator.strip().upper()) for s in profile.safe_private}
         self._vr_cache: dict[int, str | None] = {}
+        self._codes_cache: dict[bool, list[Dataset]] = {}
         self._method = f"{SOFTWARE}; PS3.15 E.1-1 {self.table.release}; {profile.label}"[:64]
 
     # -- public -------------------------------------------------------------------------------
@@ -201,11 +211,12 @@ class Deidentifier:
         values = [_text(ds[tag].value) for tag in ds.keys() if int(tag) in _IDENTIFYING_TAGS]
         for keyword in _DATE_KEYWORDS:
             values.extend(_date_variants(_text(ds.get(keyword, ""))))
-        values.extend(self._nested_identifiers(ds))
+        charset = _text(ds.get("SpecificCharacterSet", "")).strip().upper()
         state = _Instance(
             offset_days=self.pseudonyms.date_offset_days(pseudonym),
             scrubber_values=values,
             actions=Counter(),
+            raw_text_ok=charset in _RAW_SAFE_CHARSETS,
         )
         originals = self._originals(ds, patient_id, pseudonym)
         attributes = self._attributes(ds, modality)
@@ -215,7 +226,8 @@ class Deidentifier:
             apply_pixel_cleaning(ds, pixel_rule)
             pixel_cleaned = True
 
-        self._walk(ds, state, pseudonym)
+        self._walk(ds, state, pseudonym, depth=0)
+        self._scrub_pending(state)
         self._mark(ds, pixel_cleaned)
         self._fix_meta(ds)
         new = {k: u for k, _, u in originals if k.endswith("_uid")}
@@ -253,23 +265,6 @@ class Deidentifier:
                 QuarantineReason.BURNED_IN_RISK, f"modality {modality} commonly has burned-in text"
             )
         return None
-
-    def _nested_identifiers(self, ds: Dataset, found: list[str] | None = None, depth: int = 0) -> list[str]:
-        """Names and identifiers inside sequences (observers, SR content, beams): not to survive in text.
-
-        Only PN and identifying attributes are decoded; everything else stays raw for the writer.
-        """
-        found = [] if found is None else found
-        for tag in ds.keys():
-            vr = self._vr(ds, tag)
-            if vr == "SQ":
-                for item in ds[tag].value or ():
-                    self._nested_identifiers(item, found, depth + 1)
-            elif depth and (vr == "PN" or int(tag) in _IDENTIFYING_TAGS):
-                value = ds[tag].value
-                if value:
-                    found.append(_text(value))
-        return found
 
     def _originals(self, ds: Dataset, patient_id: str, pseudonym: str) -> list[tuple[str, str, str]]:
         out = [(PseudonymKind.PATIENT_ID, patient_id, pseudonym)]
@@ -310,7 +305,7 @@ class Deidentifier:
 
     # -- the walk -----------------------------------------------------------------------------
 
-    def _walk(self, ds: Dataset, state: _Instance, pseudonym: str) -> None:
+    def _walk(self, ds: Dataset, state: _Instance, pseudonym: str, depth: int) -> None:
         # ``tag`` is the dataset's own key object: passing it back makes every dict lookup an
         # identity hit, where a fresh int would go through pydicom's Python-level Tag equality.
         purge_groups: set[int] = set()
@@ -323,9 +318,15 @@ class Deidentifier:
             if t & 0xFFFF == 0 and group != 0x0002:
                 del ds[tag]  # group lengths are retired and become wrong once values change
                 continue
+            if depth and (t in _IDENTIFYING_TAGS or self._vr(ds, tag) == "PN"):
+                # names and IDs inside sequences (observers, SR content, beams) must not
+                # survive in any free text either
+                value = ds[tag].value
+                if value:
+                    state.scrubber_values.append(_text(value))
             action = self.table.lookup(t)
             if action is None:
-                self._unlisted(ds, tag, state, pseudonym)
+                self._unlisted(ds, tag, state, pseudonym, depth)
                 continue
             state.actions[action.value] += 1
             if action is Action.REMOVE:
@@ -334,18 +335,18 @@ class Deidentifier:
                     purge_groups.add(group)  # an overlay without its data is invalid
             elif action is Action.KEEP:
                 if self._vr(ds, tag) == "SQ":
-                    self._recurse(ds, tag, state, pseudonym)
+                    self._recurse(ds, tag, state, pseudonym, depth)
             else:
-                self._apply(ds, tag, action, state, pseudonym)
+                self._apply(ds, tag, action, state, pseudonym, depth)
                 if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000 and tag not in ds:
                     purge_groups.add(group)
         if purge_groups:
             for tag in [k for k in ds.keys() if (int(k) >> 16) in purge_groups]:
                 del ds[tag]
 
-    def _recurse(self, ds: Dataset, t: int, state: _Instance, pseudonym: str) -> None:
+    def _recurse(self, ds: Dataset, t: int, state: _Instance, pseudonym: str, depth: int) -> None:
         for item in ds[t].value or ():
-            self._walk(item, state, pseudonym)
+            self._walk(item, state, pseudonym, depth + 1)
 
     def _vr(self, ds: Dataset, tag: int) -> str | None:
         vr = ds.get_item(tag).VR
@@ -359,14 +360,56 @@ class Deidentifier:
                 self._vr_cache[t] = None
         return self._vr_cache[t] if vr != "UN" or self._vr_cache[t] else "UN"
 
-    def _apply(self, ds: Dataset, t: int, action: Action, state: _Instance, pseudonym: str) -> None:
+    def _raw_text(self, ds: Dataset, tag: int, state: _Instance) -> str | None:
+        """The undecoded value as text when that is safe to inspect, else None."""
+        raw = ds.get_item(tag)
+        if not state.raw_text_ok or not isinstance(raw, RawDataElement) or raw.value is None:
+            return None
+        return raw.value.decode("utf-8", "replace")
+
+    def _text_unchanged(self, ds: Dataset, tag: int, state: _Instance) -> bool:
+        """True when scrubbing could not change this text (checked on the raw bytes)."""
+        text = self._raw_text(ds, tag, state)
+        if text is None:
+            return False
+        lowered = text.lower()
+        if _SUSPECT.search(lowered):
+            return False
+        return not any(low in lowered for _, low in state.scrubber.ordered)
+
+    def _registered_uids_only(self, ds: Dataset, tag: int, state: _Instance) -> bool:
+        text = self._raw_text(ds, tag, state)
+        if text is None:
+            return False
+        values = [v.strip(" \x00") for v in text.split("\\")]
+        return all(v in UID_dictionary or not v for v in values)
+
+    def _set(self, ds: Dataset, tag: int, vr: str, value: Any) -> None:
+        """Replace an element without decoding the old value."""
+        ds[tag] = DataElement(tag, vr, value)
+
+    def _apply(
+        self, ds: Dataset, t: int, action: Action, state: _Instance, pseudonym: str, depth: int
+    ) -> None:
+        raw_vr = self._vr(ds, t)
+        if raw_vr not in (None, "UN", "SQ") and action in (Action.ZERO, Action.PSEUDONYM, Action.DUMMY):
+            vr = str(raw_vr)
+            if action is Action.PSEUDONYM:
+                self._set(ds, t, vr, pseudonym)
+                return
+            if action is Action.ZERO:
+                self._set(ds, t, vr, b"" if vr in _BINARY_VRS else None if vr in _NUMERIC_VRS else "")
+                return
+            if vr != "UI":  # a dummy UID derives from the original value
+                self._set(ds, t, vr, self._dummy_for(vr))
+                return
         elem = ds[t]
         vr = elem.VR
         if vr == "SQ":
             if action is Action.ZERO:
                 elem.value = Sequence()
             else:  # D, U, C: keep the structure (a dummy of the same shape), apply the table inside
-                self._recurse(ds, t, state, pseudonym)
+                self._recurse(ds, t, state, pseudonym, depth)
             return
         if action is Action.PSEUDONYM:
             elem.value = pseudonym
@@ -380,9 +423,12 @@ class Deidentifier:
             self._clean(ds, elem, state)
 
     def _dummy(self, elem: DataElement) -> Any:
-        vr = elem.VR
-        if vr == "UI":
+        if elem.VR == "UI":
             return self._uid(_text(elem.value)) if elem.value else ""
+        return self._dummy_for(elem.VR)
+
+    @staticmethod
+    def _dummy_for(vr: str) -> Any:
         if vr in _TEXT_VRS:
             return _TEXT_DUMMY
         if vr in _BINARY_VRS:
@@ -414,13 +460,18 @@ class Deidentifier:
             if vr == "PN":
                 elem.value = _DUMMY["PN"]
             else:
-                self._scrub(elem, state)
+                state.pending.append((ds, elem.tag))
         elif vr == "AE":
             elem.value = "AE" + self.pseudonyms.lookup("ae", _text(elem.value))[:14].upper()
         elif vr == "UI":
             self._replace_uids(elem)
         elif vr in _BINARY_VRS:
             del ds[elem.tag]  # pixel-like content cannot be cleaned in place: removed
+
+    def _scrub_pending(self, state: _Instance) -> None:
+        for ds, tag in state.pending:
+            if tag in ds and not self._text_unchanged(ds, tag, state):
+                self._scrub(ds[tag], state)
 
     def _scrub(self, elem: DataElement, state: _Instance) -> None:
         if elem.value is None or elem.value == "":
@@ -438,7 +489,7 @@ class Deidentifier:
         shifted = [_shift_value(_text(v), elem.VR, state.offset_days) for v in values]
         return shifted if len(shifted) > 1 else shifted[0]
 
-    def _unlisted(self, ds: Dataset, t: int, state: _Instance, pseudonym: str) -> None:
+    def _unlisted(self, ds: Dataset, t: int, state: _Instance, pseudonym: str, depth: int) -> None:
         """Attributes the table does not list, as the profile's ``unlisted`` policy states."""
         vr = self._vr(ds, t)
         if vr is None or vr == "UN":
@@ -447,18 +498,19 @@ class Deidentifier:
                 del ds[t]
             return
         if vr == "SQ":
-            self._recurse(ds, t, state, pseudonym)
+            self._recurse(ds, t, state, pseudonym, depth)
         elif vr in _TEXT_VRS:
             if self.profile.unlisted.text is UnlistedText.REMOVE:
                 del ds[t]
             else:
-                self._scrub(ds[t], state)
+                state.pending.append((ds, t))
             state.actions["unlisted_text"] += 1
         elif vr == "PN":
             ds[t].value = _DUMMY["PN"]
             state.actions["unlisted_pn"] += 1
         elif vr == "UI":
-            self._replace_uids(ds[t])
+            if not self._registered_uids_only(ds, t, state):
+                self._replace_uids(ds[t])
         elif vr in ("DA", "DT", "TM") and not self._full_dates:
             self._clean(ds, ds[t], state)
 
@@ -483,19 +535,9 @@ class Deidentifier:
     def _mark(self, ds: Dataset, pixel_cleaned: bool) -> None:
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self._method
-        codes = [BASIC_PROFILE_CODE]
         if pixel_cleaned:
-            codes.append(CLEAN_PIXEL_DATA_CODE)
             ds.BurnedInAnnotation = "NO"
-        codes.extend(option.code for option in self.profile.options)
-        items = []
-        for value, meaning in codes:
-            item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
-            items.append(item)
-        ds.DeidentificationMethodCodeSequence = items
+        ds[0x00120064] = DataElement(0x00120064, "SQ", self._method_codes(pixel_cleaned))
         if self._full_dates:
             ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
         elif self._modified_dates:
@@ -506,6 +548,22 @@ class Deidentifier:
         cap = self.profile.cap_age_years
         if cap and len(age) == 4 and age.endswith("Y") and age[:3].isdigit() and int(age[:3]) >= cap:
             ds.PatientAge = f"{cap:03d}Y"
+
+    def _method_codes(self, pixel_cleaned: bool) -> Sequence:
+        """CID 7050 codes of what was applied (built once per engine; the items are never edited)."""
+        cached = self._codes_cache.get(pixel_cleaned)
+        if cached is None:
+            codes = [BASIC_PROFILE_CODE, *([CLEAN_PIXEL_DATA_CODE] if pixel_cleaned else [])]
+            codes.extend(option.code for option in self.profile.options)
+            items = []
+            for value, meaning in codes:
+                item = Dataset()
+                item.CodeValue = value
+                item.CodingSchemeDesignator = "DCM"
+                item.CodeMeaning = meaning
+                items.append(item)
+            cached = self._codes_cache[pixel_cleaned] = items
+        return Sequence(cached)
 
     def _fix_meta(self, ds: Dataset) -> None:
         meta = getattr(ds, "file_meta", None)

@@ -58,11 +58,11 @@ class TextScrubber:
     """
 
     tokens: frozenset[str]
-    _ordered: tuple[tuple[str, str], ...] = ()
+    ordered: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        ordered = sorted(self.tokens, key=len, reverse=True)
-        self._ordered = tuple((t, t.lower()) for t in ordered)
+        # longest first, so "John Doe" goes before "John"; (token, lowercase token)
+        self.ordered = tuple((t, t.lower()) for t in sorted(self.tokens, key=len, reverse=True))
 
     @classmethod
     def from_values(cls, values: Iterable[str]) -> TextScrubber:
@@ -85,7 +85,7 @@ class TextScrubber:
         if not text:
             return text
         lowered = text.lower()
-        for _token, low in self._ordered:
+        for _token, low in self.ordered:
             if low in lowered:
                 text = _replace_token(text, lowered, low)
                 lowered = text.lower()
