@@ -448,3 +448,18 @@ def test_readme_documents_the_scale_out_settings() -> None:
         assert variable in section, variable
     for path in ("docker/compose.yaml", "docker/k8s/rayjob-train.yaml", "docker/k8s/rayservice.yaml"):
         assert (REPO / path).exists() and Path(path).name in section
+
+
+def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
+    (tmp_path / "secrets").mkdir()
+    script = tmp_path / "make-secrets.sh"
+    shutil.copy(DOCKER / "make-secrets.sh", script)
+    env = {"PATH": os.environ["PATH"]}
+    assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
+    made = {p.name: p.read_text() for p in (tmp_path / "secrets").iterdir()}
+    assert {Path(s["file"]).name for s in _compose()["secrets"].values()} <= set(made)
+    assert len(made["radgate_project_key"].strip()) == 64 and len(made["postgres_password"].strip()) >= 32
+    assert json.loads(made["orthanc_users"]) == {"radgate": made["orthanc_password"].strip()}
+    # A second run keeps what exists (rotating the project key would orphan every pseudonym).
+    assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
+    assert (tmp_path / "secrets" / "radgate_project_key").read_text() == made["radgate_project_key"]
