@@ -90,6 +90,7 @@ class ErasurePlan:
     pseudonym: str = field(repr=False)
     instances: list[tuple[str, str, str]] = field(default_factory=list)  # sha256, store key, input sha256
     quarantine: list[tuple[str, str]] = field(default_factory=list)  # input sha256, sealed path
+    pending_inputs: list[str] = field(default_factory=list, repr=False)  # sealed served inputs (paths)
     map_entries: int = 0
     lineage_rows: int = 0
     other_rows: dict[str, int] = field(default_factory=dict)
@@ -102,6 +103,7 @@ class ErasurePlan:
             "subject": self.subject,
             "instances": [sha[:12] for sha, _, _ in self.instances],
             "quarantined_inputs": [sha[:12] for sha, _ in self.quarantine],
+            "pending_served_inputs": len(self.pending_inputs),
             "map_entries": self.map_entries,
             "lineage_rows": self.lineage_rows,
             "other_rows": self.other_rows,
@@ -150,6 +152,40 @@ def _quarantined(session: Session, key: ProjectKey, patient_id: str) -> list[tup
     return found
 
 
+def _patient_of(data: bytes) -> str:
+    from pydicom import dcmread
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True)
+    return str(ds.get("PatientID", "")).strip()
+
+
+def _pending_inputs(session: Session, key: ProjectKey, patient_id: str, settings: Settings) -> list[str]:
+    """Served requests' inputs that serving keeps sealed while feedback may come (its layout:
+    ``monitoring/pending/<sha256 of the request id>.sealed``, the request id as associated data)."""
+    bind = session.get_bind()
+    if "monitoring_records" not in inspect(bind).get_table_names():
+        return []
+    records = Table("monitoring_records", MetaData(), autoload_with=bind)
+    found = []
+    folder = settings.home / "monitoring" / "pending"
+    for (request_id,) in session.execute(
+        select(records.c.request_id).where(records.c.input_expires_at.isnot(None))
+    ):
+        path = folder / f"{hashlib.sha256(str(request_id).encode()).hexdigest()}.sealed"
+        if not path.exists():
+            continue
+        try:
+            if _patient_of(key.unseal(path.read_bytes(), str(request_id).encode())) == patient_id.strip():
+                found.append(str(path))
+        except (KeyError_, OSError):
+            continue
+        except Exception:  # an input that does not parse cannot be attributed
+            continue
+    return found
+
+
 def _other_tables(session: Session) -> list[tuple[Table, str]]:
     """Catalog tables owned by other domains that hold patient-derived rows (by convention: a
     ``patient_pseudonym``, ``input_sha256`` or ``instance_sha256`` column, e.g. feedback cases)."""
@@ -173,6 +209,7 @@ def _find(session: Session, key: ProjectKey, patient_id: str, settings: Settings
     instances = list(session.scalars(select(Instance).where(Instance.patient_pseudonym == pseudonym)))
     plan.instances = [(i.sha256, i.store_key, i.input_sha256) for i in instances]
     plan.quarantine = _quarantined(session, key, patient_id)
+    plan.pending_inputs = _pending_inputs(session, key, patient_id, settings)
     uids = {i.study_instance_uid for i in instances} | {i.series_instance_uid for i in instances}
     uids |= {i.sop_instance_uid for i in instances}
     plan.map_entries = len(list(session.scalars(select(Pseudonym.id).where(_map_filter(pseudonym, uids)))))
@@ -399,6 +436,8 @@ def erase_patient(
     store = ContentStore.from_settings(settings)
     for _, store_key, _ in plan.instances:
         _delete_object(store, store_key)
+    for path in plan.pending_inputs:
+        Path(path).unlink(missing_ok=True)
     for _, sealed in plan.quarantine:
         Path(sealed).unlink(missing_ok=True)
         Path(sealed).with_suffix(".json").unlink(missing_ok=True)

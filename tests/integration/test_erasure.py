@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -121,6 +121,32 @@ def world(radgate_home: Path, mlflow_template: Path) -> dict[str, object]:
                 for n, sha in enumerate([theirs[0], someone[0]])
             ],
         )
+    # Serving keeps a served request's raw input sealed while feedback may come (real layout).
+    from governance.keys import load_project_key
+    from serving.monitoring.live import pending_input_path
+
+    live = Table("monitoring_records", MetaData(), autoload_with=catalog.engine)
+    later = datetime.now(UTC) + timedelta(hours=24)
+    for request_id, study in (("live-1", studies[1]), ("live-2", studies[4])):  # patient 0, patient 2
+        path = pending_input_path(request_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(load_project_key().seal(study.path.read_bytes(), request_id.encode()))
+        with catalog.engine.begin() as connection:
+            connection.execute(
+                insert(live),
+                [
+                    {
+                        "request_id": request_id,
+                        "model_name": "cxr",
+                        "model_version": "1",
+                        "created_at": datetime.now(UTC),
+                        "features": {},
+                        "embedding": [],
+                        "predicted_label": "opacity",
+                        "input_expires_at": later,
+                    }
+                ],
+            )
     return {
         "ingested": ingested,
         "target": target,
@@ -142,7 +168,7 @@ def test_dry_run_lists_everything_and_changes_nothing(world: dict[str, object]) 
     cast: Cast = world["cast"]  # type: ignore[assignment]
     before = _instances()
     plan = plan_erasure(str(world["target"]), principal=cast["broker"])
-    assert len(plan.instances) == 2 and len(plan.quarantine) == 1
+    assert len(plan.instances) == 2 and len(plan.quarantine) == 1 and len(plan.pending_inputs) == 1
     assert [d["id"] for d in plan.datasets] == [world["ds_all"].id]  # type: ignore[attr-defined]
     assert plan.models == [{"name": "cxr", "version": world["served"], "dataset_version": world["ds_all"].id}]  # type: ignore[attr-defined]
     assert plan.other_rows == {
@@ -194,6 +220,9 @@ def test_erasure_removes_the_patient_keeps_everyone_else_and_flags_exact_models(
     assert [row.patient_pseudonym for row in feedback] == ["RGOTHER"]
     assert [row.request_id for row in cases] == ["req-1"]
     assert not list(Path(plan.quarantine[0][1]).parent.glob("*.sealed"))
+    from serving.monitoring.live import pending_input_path
+
+    assert not pending_input_path("live-1").exists() and pending_input_path("live-2").exists()
     # Datasets: "all" superseded by a successor without the patient; "others" untouched.
     ds_all = world["ds_all"]
     successor = superseded_by(ds_all.id)  # type: ignore[attr-defined]
