@@ -27,10 +27,14 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "imaging.cli",
     "imaging.gateway.cli",
+    "imaging.compliance.cli",
     "training.cli",
+    "imaging.quality.cli",  # after training.cli: adds `report` to its `dataset` group
     "training.explain.cli",
     "governance.cli",
     "serving.cli",
+    "serving.monitoring.cli",
+    "serving.ui.cli",
     "radgate.demo",
 )
 
