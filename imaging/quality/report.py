@@ -336,6 +336,16 @@ def build_report(
         warnings.append(Warning_(code, message, value, threshold))
 
     manifest = version.manifest
+    from imaging.compliance.erasure import superseded_by
+
+    successor = superseded_by(version.id)
+    if successor is not None:
+        warn(
+            "superseded",
+            f"version superseded by {successor[:12] or 'nothing'} (patient erasure): do not train on it",
+            successor or None,
+            "current",
+        )
     facts = {i.sha256: read_facts(store, i.sha256, i.store_key) for i in manifest.items}
     unreadable = [{"sha256": f.sha256[:12], "reason": f.error} for f in facts.values() if f.error]
     if len(unreadable) > t.max_unreadable:
@@ -357,6 +367,7 @@ def build_report(
             "split_fractions": manifest.split,
             "group_by": str(manifest.group_by),
             "profiles": manifest.profiles,
+            "superseded_by": successor,
         },
         splits=_splits(version, t, warn),
         subgroups=_subgroups(version, t, warn),

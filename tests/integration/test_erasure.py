@@ -230,6 +230,13 @@ def test_erasure_removes_the_patient_keeps_everyone_else_and_flags_exact_models(
     current = get_dataset("all")
     assert current.id == successor and len(current.manifest.items) == len(ds_all.manifest.items) - 2  # type: ignore[attr-defined]
     assert all(i.patient != pseudonym for i in current.manifest.items)
+    from imaging.quality import build_report
+
+    stale = build_report(ds_all).to_dict()  # type: ignore[arg-type]
+    assert stale["dataset"]["superseded_by"] == successor and "superseded" in {
+        w["code"] for w in stale["warnings"]
+    }
+    assert stale["pixels"]["reasons"] == {"missing-object": 2}
     assert superseded_by(world["ds_others"].id) is None  # type: ignore[attr-defined]
     # Models: exactly the one trained on the affected version is flagged.
     client = registry_client()
