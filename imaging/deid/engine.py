@@ -6,7 +6,6 @@ they were read, which is why the engine runs close to raw read + write speed.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from imaging.deid.table import (
     Option,
     load_table,
 )
+from imaging.deid.values import DUMMY, TEXT_DUMMY, age_band, date_variants, shift_value, text_of
 
 __all__ = ["DeidRecord", "Deidentifier"]
 
@@ -40,19 +40,6 @@ _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "IS", "DS", "AT"})
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _MAX_LEN = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "AE": 16, "CS": 16, "PN": 64}
-_TEXT_DUMMY = "ANONYMIZED"
-_DUMMY: dict[str, Any] = {
-    "PN": "ANONYMOUS",
-    "DA": "19000101",
-    "TM": "000000.00",
-    "DT": "19000101000000",
-    "AS": "000Y",
-    "AE": "ANONYMOUS",
-    "CS": "ANONYMIZED",
-    "IS": "0",
-    "DS": "0",
-    "UR": "",
-}
 # File meta attributes that name the sending system or carry private data.
 _META_REMOVE = (0x00020016, 0x00020017, 0x00020018, 0x00020100, 0x00020102)
 # Header values whose words must not survive in any cleaned free text.
@@ -144,39 +131,6 @@ class _Instance:
         return self._scrubber
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, MultiValue | list | tuple):
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-def _date_variants(value: str) -> list[str]:
-    """The ways a DA value may be written in free text."""
-    if len(value) != 8 or not value.isdigit():
-        return [value] if value else []
-    y, m, d = value[:4], value[4:6], value[6:]
-    return [value, f"{y}-{m}-{d}", f"{m}/{d}/{y}", f"{d}/{m}/{y}", f"{d}.{m}.{y}", f"{y}/{m}/{d}"]
-
-
-def _age_band(ds: Dataset) -> str:
-    years: int | None = None
-    age = _text(ds.get("PatientAge", ""))
-    if len(age) == 4 and age[:3].isdigit():
-        years = int(age[:3]) if age[3] == "Y" else 0
-    else:
-        birth, study = _text(ds.get("PatientBirthDate", "")), _text(ds.get("StudyDate", ""))
-        if len(birth) == 8 and len(study) == 8 and birth.isdigit() and study.isdigit():
-            years = int(study[:4]) - int(birth[:4]) - ((study[4:]) < (birth[4:]))
-    if years is None or years < 0:
-        return "unknown"
-    if years >= 90:
-        return "90+"
-    low = years // 10 * 10
-    return f"{low}-{low + 9}"
-
-
 class Deidentifier:
     """Applies one profile under one project key; reusable across instances and threads."""
 
@@ -199,19 +153,19 @@ class Deidentifier:
 
     def deidentify(self, ds: Dataset) -> DeidRecord:
         """De-identify ``ds`` in place; raises :class:`QuarantineError` when it is not safe to."""
-        sop_class = _text(ds.get("SOPClassUID", "")) or _text(
+        sop_class = text_of(ds.get("SOPClassUID", "")) or text_of(
             ds.file_meta.get("MediaStorageSOPClassUID", "") if hasattr(ds, "file_meta") else ""
         )
-        modality = _text(ds.get("Modality", "")).upper()
+        modality = text_of(ds.get("Modality", "")).upper()
         pixel_rule = self._burned_in_gate(ds, sop_class, modality)
 
-        patient_id = _text(ds.get("PatientID", ""))
-        study_uid = _text(ds.get("StudyInstanceUID", ""))
+        patient_id = text_of(ds.get("PatientID", ""))
+        study_uid = text_of(ds.get("StudyInstanceUID", ""))
         pseudonym = self.pseudonyms.patient(patient_id, fallback=study_uid)
-        values = [_text(ds[tag].value) for tag in ds.keys() if int(tag) in _IDENTIFYING_TAGS]
+        values = [text_of(ds[tag].value) for tag in ds.keys() if int(tag) in _IDENTIFYING_TAGS]
         for keyword in _DATE_KEYWORDS:
-            values.extend(_date_variants(_text(ds.get(keyword, ""))))
-        charset = _text(ds.get("SpecificCharacterSet", "")).strip().upper()
+            values.extend(date_variants(text_of(ds.get(keyword, ""))))
+        charset = text_of(ds.get("SpecificCharacterSet", "")).strip().upper()
         state = _Instance(
             offset_days=self.pseudonyms.date_offset_days(pseudonym),
             scrubber_values=values,
@@ -251,7 +205,7 @@ class Deidentifier:
         rule = matching_rule(ds, policy.pixel_cleaning)
         if rule is not None:
             return rule
-        if _text(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        if text_of(ds.get("BurnedInAnnotation", "")).upper() == "YES":
             raise QuarantineError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
         if sop_class in policy.quarantine_sop_classes:
             reason = (
@@ -268,7 +222,7 @@ class Deidentifier:
 
     def _originals(self, ds: Dataset, patient_id: str, pseudonym: str) -> list[tuple[str, str, str]]:
         out = [(PseudonymKind.PATIENT_ID, patient_id, pseudonym)]
-        name = _text(ds.get("PatientName", ""))
+        name = text_of(ds.get("PatientName", ""))
         if name:
             out.append((PseudonymKind.PATIENT_NAME, name, pseudonym))
         uid = self._uid
@@ -277,10 +231,10 @@ class Deidentifier:
             (PseudonymKind.SERIES_UID, "SeriesInstanceUID"),
             (PseudonymKind.SOP_UID, "SOPInstanceUID"),
         ):
-            original = _text(ds.get(keyword, ""))
+            original = text_of(ds.get(keyword, ""))
             out.append((kind, original, uid(original) if original else ""))
-        accession = _text(ds.get("AccessionNumber", ""))
-        study_uid = _text(ds.get("StudyInstanceUID", ""))
+        accession = text_of(ds.get("AccessionNumber", ""))
+        study_uid = text_of(ds.get("StudyInstanceUID", ""))
         if accession and study_uid:
             # Labels exported by accession number map to the de-identified study.
             out.append((PseudonymKind.ACCESSION, accession, uid(study_uid)))
@@ -288,18 +242,18 @@ class Deidentifier:
 
     def _attributes(self, ds: Dataset, modality: str) -> dict[str, Any]:
         """Non-identifying attributes for datasets and subgroup analysis."""
-        sex = _text(ds.get("PatientSex", "")).upper()
+        sex = text_of(ds.get("PatientSex", "")).upper()
         return {
             "modality": modality,
             "sex": sex if sex in {"M", "F", "O"} else "unknown",
-            "age_band": _age_band(ds),
-            "manufacturer": _text(ds.get("Manufacturer", "")) or "unknown",
-            "manufacturer_model": _text(ds.get("ManufacturerModelName", "")) or "unknown",
-            "site": self.pseudonyms.site(_text(ds.get("InstitutionName", ""))),
-            "body_part": _text(ds.get("BodyPartExamined", "")).upper() or "unknown",
+            "age_band": age_band(ds),
+            "manufacturer": text_of(ds.get("Manufacturer", "")) or "unknown",
+            "manufacturer_model": text_of(ds.get("ManufacturerModelName", "")) or "unknown",
+            "site": self.pseudonyms.site(text_of(ds.get("InstitutionName", ""))),
+            "body_part": text_of(ds.get("BodyPartExamined", "")).upper() or "unknown",
             "rows": int(ds.get("Rows", 0) or 0),
             "columns": int(ds.get("Columns", 0) or 0),
-            "photometric": _text(ds.get("PhotometricInterpretation", "")),
+            "photometric": text_of(ds.get("PhotometricInterpretation", "")),
             "bits_stored": int(ds.get("BitsStored", 0) or 0),
         }
 
@@ -323,7 +277,7 @@ class Deidentifier:
                 # survive in any free text either
                 value = ds[tag].value
                 if value:
-                    state.scrubber_values.append(_text(value))
+                    state.scrubber_values.append(text_of(value))
             action = self.table.lookup(t)
             if action is None:
                 self._unlisted(ds, tag, state, pseudonym, depth)
@@ -424,18 +378,18 @@ class Deidentifier:
 
     def _dummy(self, elem: DataElement) -> Any:
         if elem.VR == "UI":
-            return self._uid(_text(elem.value)) if elem.value else ""
+            return self._uid(text_of(elem.value)) if elem.value else ""
         return self._dummy_for(elem.VR)
 
     @staticmethod
     def _dummy_for(vr: str) -> Any:
         if vr in _TEXT_VRS:
-            return _TEXT_DUMMY
+            return TEXT_DUMMY
         if vr in _BINARY_VRS:
             return b""
         if vr in _NUMERIC_VRS and vr not in ("IS", "DS"):
             return 0
-        return _DUMMY.get(vr, "")
+        return DUMMY.get(vr, "")
 
     def _uid(self, value: str) -> str:
         return value if self._retain_uids else self.pseudonyms.uid(value)
@@ -458,11 +412,11 @@ class Deidentifier:
                 elem.value = self._dummy(elem)
         elif vr in _TEXT_VRS or vr == "PN":
             if vr == "PN":
-                elem.value = _DUMMY["PN"]
+                elem.value = DUMMY["PN"]
             else:
                 state.pending.append((ds, elem.tag))
         elif vr == "AE":
-            elem.value = "AE" + self.pseudonyms.lookup("ae", _text(elem.value))[:14].upper()
+            elem.value = "AE" + self.pseudonyms.lookup("ae", text_of(elem.value))[:14].upper()
         elif vr == "UI":
             self._replace_uids(elem)
         elif vr in _BINARY_VRS:
@@ -486,7 +440,7 @@ class Deidentifier:
 
     def _shift(self, elem: DataElement, state: _Instance) -> Any:
         values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
-        shifted = [_shift_value(_text(v), elem.VR, state.offset_days) for v in values]
+        shifted = [shift_value(text_of(v), elem.VR, state.offset_days) for v in values]
         return shifted if len(shifted) > 1 else shifted[0]
 
     def _unlisted(self, ds: Dataset, t: int, state: _Instance, pseudonym: str, depth: int) -> None:
@@ -506,7 +460,7 @@ class Deidentifier:
                 state.pending.append((ds, t))
             state.actions["unlisted_text"] += 1
         elif vr == "PN":
-            ds[t].value = _DUMMY["PN"]
+            ds[t].value = DUMMY["PN"]
             state.actions["unlisted_pn"] += 1
         elif vr == "UI":
             if not self._registered_uids_only(ds, t, state):
@@ -518,12 +472,12 @@ class Deidentifier:
         group, element = t >> 16, t & 0xFFFF
         if self._safe_private and self.table.private is not Action.REMOVE and group > 0x0008:
             if 0x0010 <= element <= 0x00FF:
-                creator = _text(ds[t].value).strip().upper()
+                creator = text_of(ds[t].value).strip().upper()
                 if (group, creator) in self._safe_groups:
                     return
             elif element >= 0x1000:
                 creator_tag = (group << 16) | (element >> 8)
-                creator = _text(ds[creator_tag].value).strip().upper() if creator_tag in ds else ""
+                creator = text_of(ds[creator_tag].value).strip().upper() if creator_tag in ds else ""
                 if (group, creator, element & 0xFF) in self._safe_private:
                     state.actions["private_kept"] += 1
                     return
@@ -544,7 +498,7 @@ class Deidentifier:
             ds.LongitudinalTemporalInformationModified = "MODIFIED"
         else:
             ds.LongitudinalTemporalInformationModified = "REMOVED"
-        age = _text(ds.get("PatientAge", ""))
+        age = text_of(ds.get("PatientAge", ""))
         cap = self.profile.cap_age_years
         if cap and len(age) == 4 and age.endswith("Y") and age[:3].isdigit() and int(age[:3]) >= cap:
             ds.PatientAge = f"{cap:03d}Y"
@@ -581,23 +535,3 @@ class Deidentifier:
         # The file is now written by RadGate (on pydicom): the writer's identity, not the source's.
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = "RADGATE_010"
-
-
-def _shift_value(value: str, vr: str, days: int) -> str:
-    """Shift a DA or DT value by whole days; unparseable values become the dummy."""
-    value = value.strip()
-    if not value:
-        return value
-    if vr == "DA" and "-" in value:  # a range (query form)
-        return "-".join(_shift_value(part, vr, days) if part else "" for part in value.split("-"))
-    try:
-        if len(value) >= 8:
-            shifted = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + dt.timedelta(days=days)
-            return shifted.strftime("%Y%m%d") + value[8:]
-        if len(value) in (4, 6):  # DT to the year or month
-            month = int(value[4:6]) if len(value) == 6 else 7
-            anchor = dt.date(int(value[:4]), month, 15) + dt.timedelta(days=days)
-            return anchor.strftime("%Y%m")[: len(value)]
-    except ValueError:
-        pass
-    return _DUMMY[vr]
