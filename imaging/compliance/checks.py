@@ -72,6 +72,7 @@ SAFEGUARDS: dict[str, list[str]] = {
         "GDPR Art. 5(2) accountability",
         "GDPR Art. 17 erasure (models trained on erased data)",
     ],
+    "retention": ["GDPR Art. 5(1)(e) storage limitation", "HIPAA 164.310(d)(2)(i) disposal"],
     "access_tokens": [
         "HIPAA 164.308(a)(3)(ii)(C) termination",
         "HIPAA 164.308(a)(4) access management",
@@ -449,6 +450,29 @@ def _tokens(settings: Settings, t: ComplianceThresholds, now: datetime) -> Check
     )
 
 
+def _retention(settings: Settings, t: ComplianceThresholds, now: datetime) -> CheckResult:
+    from imaging.compliance.retention import retention_findings
+
+    found = retention_findings(settings, now, t.max_quarantine_age_days)
+    if found["pending_inputs_overdue"] or found["pending_inputs_orphaned"]:
+        return CheckResult(
+            "retention",
+            CheckStatus.FAIL,
+            f"{found['pending_inputs_overdue']} served input(s) kept past their expiry, "
+            f"{found['pending_inputs_orphaned']} sealed input(s) without a record",
+            found,
+        )
+    if found["quarantine_older_than_limit"]:
+        return CheckResult(
+            "retention",
+            CheckStatus.WARN,
+            f"{found['quarantine_older_than_limit']} quarantined input(s) older than "
+            f"{t.max_quarantine_age_days} days: review, release or erase them",
+            found,
+        )
+    return CheckResult("retention", CheckStatus.PASS, "nothing identifying kept past its limit", found)
+
+
 def run_compliance_check(
     principal: Principal,
     *,
@@ -472,6 +496,7 @@ def run_compliance_check(
         ("pseudonym_map", lambda: _map(settings)),
         ("audit_chain", lambda: _audit(settings, t, now, client)),
         ("approvals", lambda: _approvals(t, now, client)),
+        ("retention", lambda: _retention(settings, t, now)),
         ("access_tokens", lambda: _tokens(settings, t, now)),
     ]
     results = []

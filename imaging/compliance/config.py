@@ -58,6 +58,7 @@ class ComplianceThresholds(BaseModel):
     token_unused_days: int = Field(90, ge=1)
     max_admins: int = Field(2, ge=1)
     max_anchor_age_days: int = Field(7, ge=1)
+    max_quarantine_age_days: int = Field(90, ge=1)
     require_mlflow_anchor: bool = False
 
 

@@ -184,3 +184,33 @@ def test_cli_table_json_and_roles(anchored: tuple[Ingested, Cast], tmp_path: Pat
     assert json.loads(out.read_text())["status"] == "pass"
     denied = CliRunner().invoke(app, ["compliance", "check", "--token", cast.tokens["eng"]])
     assert denied.exit_code == 2 and "needs role" in denied.output and "Traceback" not in denied.output
+
+
+def test_red_on_a_served_input_kept_past_its_expiry(anchored: tuple[Ingested, Cast]) -> None:
+    ingested, cast = anchored
+    from sqlalchemy import MetaData, Table, insert
+
+    from governance.keys import load_project_key
+    from serving.monitoring.live import pending_input_path
+
+    catalog = open_catalog()
+    live = Table("monitoring_records", MetaData(), autoload_with=catalog.engine)
+    now = datetime.now(UTC)
+    path = pending_input_path("req-9")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(load_project_key().seal(ingested.demo.studies[0].path.read_bytes(), b"req-9"))
+    with catalog.engine.begin() as connection:
+        row = {
+            "request_id": "req-9",
+            "model_name": "cxr",
+            "model_version": "1",
+            "created_at": now,
+            "features": {},
+            "embedding": [],
+            "predicted_label": "opacity",
+        }
+        connection.execute(insert(live), [{**row, "input_expires_at": now + timedelta(hours=1)}])
+    assert _statuses(cast)["retention"] is CheckStatus.PASS
+    report = run_compliance_check(cast["auditor"], sample=0, now=now + timedelta(hours=2))
+    _only_red({r.name: r.status for r in report.results}, "retention")
+    assert report.result("retention").evidence["pending_inputs_overdue"] == 1
