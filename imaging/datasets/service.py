@@ -96,9 +96,13 @@ def create_dataset(
     """Build the manifest from the catalog and the labels file, store it (idempotent) and return it."""
     settings = settings or get_settings()
     fractions = dict(split or DEFAULT_SPLIT)
-    for split_name in fractions:
-        Split(split_name)
-    group_by = GroupBy(group_by)
+    unknown = [name for name in fractions if name not in {s.value for s in Split}]
+    if unknown or fractions.get(Split.TRAIN, 0) <= 0:
+        raise DatasetError("the split needs train (and optionally val, test) with a positive train fraction")
+    try:
+        group_by = GroupBy(group_by)
+    except ValueError:
+        raise DatasetError("--group-by must be patient or study") from None
     table = read_labels(labels_csv)
     catalog = open_catalog(settings)
     project_key = load_project_key(settings)
