@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 
 MODEL = "chest-opacity"
 
@@ -200,3 +201,28 @@ def test_metrics_count_requests_and_denials(world: dict[str, Any]) -> None:
     assert 'radgate_serve_requests_total{model="chest-opacity",status="200"}' in text
     assert "radgate_serve_denials_total" in text and "radgate_serve_batch_size_bucket" in text
     assert "radgate_serve_predictions_total" in text
+
+
+def test_openapi_fuzz_never_5xx(world: dict[str, Any]) -> None:
+    """schemathesis over the published schema (with a valid token): never a 5xx."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import given
+
+    from serving.api import api
+
+    @schemathesis.serializer("application/dicom", 'multipart/related; type="application/dicom"')
+    def _binary(ctx: Any, value: Any) -> bytes:  # arbitrary bytes: the endpoint must refuse them cleanly
+        return value if isinstance(value, bytes) else str(value).encode()
+
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api, headers=_auth(world))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/models", "/v1/models/{name}/predict", "/healthz"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+        def check(case: Any) -> None:
+            response = case.call(headers=_auth(world))
+            assert response.status_code < 500, (case.path, response.status_code, response.text[:200])
+
+        check()
