@@ -20,6 +20,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _use_settings_mlflow() -> None:
+    """MLflow resolves ``models:/m-...`` sources through the process-wide URIs: point them at ours."""
+    import mlflow
+
+    from governance.settings import get_settings
+
+    uri = get_settings().resolved_mlflow_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 @monitor_app.command("drift")
 def drift(
     name: str = typer.Argument(..., help="Registered model name."),
@@ -86,6 +97,7 @@ def profile(
     """Compute and log the reference profile of a version whose training run has none."""
     from serving.monitoring.served import ensure_reference_profile
 
+    _use_settings_mlflow()
     try:
         prof, computed = ensure_reference_profile(ref, recompute=recompute)
     except (LookupError, FileNotFoundError, ValueError) as exc:
@@ -109,6 +121,7 @@ def replay(
     from serving.monitoring.served import observe_dicom, shift_dicom
     from training.registry import load_model
 
+    _use_settings_mlflow()
     try:
         model = load_model(ref)
         recorder = LiveRecorder.for_run(model.name, model.version, str(model.run_id))
@@ -196,6 +209,40 @@ def dataset(
     typer.echo(f"dataset {version.name}@{version.short_id} {state}: {len(version.manifest.items)} instances")
 
 
+def retrain_command(
+    name: str = typer.Argument(..., help="Registered model name."),
+    alias: str = typer.Option("production", "--alias", help="Champion alias (its config is reused)."),
+    version: str | None = typer.Option(None, "--version", help="Champion version (instead of --alias)."),
+    dataset_name: str | None = typer.Option(None, "--dataset-name", help="Name of the new dataset version."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config value: key.path=value."),
+    token: str | None = typer.Option(None, "--token", help="Token (default RADGATE_TOKEN)."),
+) -> None:
+    """Retrain on the champion's dataset plus feedback labels; register a pending version and log a
+    champion/challenger comparison on a fixed test split to MLflow (ml-engineer role)."""
+    from governance.auth import AuthError, principal_from_env_or_token
+    from imaging.datasets import DatasetError
+    from serving.monitoring.live import MonitoringError
+    from serving.monitoring.retrain import retrain
+    from training.config import ConfigError
+
+    _use_settings_mlflow()
+    try:
+        principal = principal_from_env_or_token(token)
+        outcome = retrain(
+            principal, name, alias=alias, version=version, dataset_name=dataset_name, overrides=overrides
+        )
+    except AuthError as exc:
+        raise _fail(str(exc), 1) from exc
+    except (MonitoringError, DatasetError, ConfigError, LookupError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(
+        f"dataset {outcome.dataset_version[:12]}; registered {name} version "
+        f"{outcome.challenger_version} (pending review); run {outcome.run_id}"
+    )
+    typer.echo(json.dumps(outcome.comparison, indent=2, sort_keys=True))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(monitor_app, name="monitor")
     app.add_typer(feedback_app, name="feedback")
+    app.command("retrain")(retrain_command)
