@@ -106,6 +106,57 @@ async def _measure(
     }
 
 
+def _replica_rss_mb() -> float:
+    import psutil
+
+    total = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any("ray::ServeReplica" in part for part in proc.info["cmdline"] or []):
+                total += proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total / 2**20
+
+
+async def _soak(
+    url: str, token: str, bodies: list[bytes], seconds: float, concurrency: int
+) -> dict[str, float]:
+    """Load test: ``concurrency`` clients for ``seconds``; errors and replica memory over time."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/dicom"}
+    predict = f"{url}/v1/models/{MODEL}/predict"
+    done = errors = 0
+    rss = [_replica_rss_mb()]
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def worker(k: int) -> None:
+            nonlocal done, errors
+            i = k
+            while time.monotonic() < deadline:
+                reply = await client.post(predict, content=bodies[i % len(bodies)], headers=headers)
+                errors += reply.status_code != 200
+                done += 1
+                i += concurrency
+
+        async def sampler() -> None:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(max(1.0, seconds / 10))
+                rss.append(_replica_rss_mb())
+
+        await asyncio.gather(sampler(), *(worker(k) for k in range(concurrency)))
+    return {
+        "requests": done,
+        "errors": errors,
+        "rps": done / seconds,
+        "rss_first_mb": round(rss[1] if len(rss) > 1 else rss[0], 1),
+        "rss_last_mb": round(rss[-1], 1),
+        "rss_max_mb": round(max(rss), 1),
+    }
+
+
 def _deploy(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> None:
     from serving.app import run
     from serving.config import ServeConfig
@@ -128,8 +179,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224, help="model input size (square)")
     parser.add_argument("--requests", type=int, default=40, help="sequential requests per measure")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (replica CPUs)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (replica CPUs; 1 on a shared 2-core box)"
+    )
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton backend")
+    parser.add_argument(
+        "--soak", type=float, default=0, help="load test seconds (issue: 300) after in-process"
+    )
+    parser.add_argument("--soak-concurrency", type=int, default=16)
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="radgate-bench-serve-"))
@@ -159,12 +216,18 @@ def main() -> None:
     port = _free_port()
     results: dict[str, dict[str, float]] = {}
     triton_server = None
+    soak: dict[str, float] = {}
     try:
         _deploy(port, "inprocess", args.threads, args.concurrency)
         results["inprocess"] = asyncio.run(
             _measure(f"http://127.0.0.1:{port}", token, bodies, args.requests, args.concurrency)
         )
         print(f"inprocess: {json.dumps(results['inprocess'])}", file=sys.stderr)
+        if args.soak > 0:
+            soak = asyncio.run(
+                _soak(f"http://127.0.0.1:{port}", token, bodies, args.soak, args.soak_concurrency)
+            )
+            print(f"soak: {json.dumps(soak)}", file=sys.stderr)
         if not args.no_triton:
             from serving.triton import TritonNotInstalled, TritonServer, export_repository
 
@@ -208,6 +271,8 @@ def main() -> None:
         line[f"{backend}_p95_ratio"] = round(r["p95_ms"] / raw["p95_ms"], 3)
         line[f"{backend}_throughput_ratio"] = round(r["throughput"] / raw["throughput"], 3)
     line["throughput_target"] = 0.9
+    if args.soak > 0:
+        line.update({f"soak_{k}": v for k, v in soak.items()}, soak_seconds=args.soak)
     print(json.dumps(line))
 
 

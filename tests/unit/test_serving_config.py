@@ -1,0 +1,72 @@
+"""Serving config validation and the CLI's clean errors (no Ray started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from serving.config import Backend, ServeConfigError, load_serve_config
+
+
+def _app() -> typer.Typer:
+    from serving.cli import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def _root() -> None:
+        """Test root."""
+
+    register(app)
+    return app
+
+
+def test_shipped_configs_validate() -> None:
+    default = load_serve_config()
+    assert default.models[0].ref == "chest-opacity@production"
+    assert default.models[0].backend is Backend.INPROCESS
+    repo = Path(__file__).resolve().parents[2]
+    triton = load_serve_config(repo / "configs" / "serve" / "triton.yaml")
+    assert triton.models[0].backend is Backend.TRITON
+
+
+def test_pinned_version_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text("models:\n  - {name: m, version: '3', autoscaling: {min_replicas: 1, max_replicas: 3}}\n")
+    config = load_serve_config(path, port=9001)
+    assert config.port == 9001 and config.models[0].ref == "m/3"
+    assert config.models[0].autoscaling is not None and config.models[0].autoscaling.max_replicas == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "models: []\n",
+        "models:\n  - {name: m, alias: production, version: '2'}\n",
+        "models:\n  - {name: m}\n  - {name: m}\n",
+        "gate_ttl_s: 60\nmodels:\n  - {name: m}\n",  # revocation must take effect within 10 s
+        "models: [unclosed\n",
+        "- a list\n",
+    ],
+)
+def test_invalid_configs_are_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(text)
+    with pytest.raises(ServeConfigError):
+        load_serve_config(path)
+
+
+def test_cli_errors_are_clean(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(_app(), ["serve", str(tmp_path / "nope.yaml")])
+    assert missing.exit_code == 2 and "cannot read serving config" in missing.output
+    assert "Traceback" not in missing.output
+    bad_backend = runner.invoke(
+        _app(), ["triton", "export", "m@production", "--repo", str(tmp_path), "--backend", "x"]
+    )
+    assert bad_backend.exit_code == 2 and "unknown backend" in bad_backend.output
+    help_text = runner.invoke(_app(), ["serve", "--help"]).output
+    assert "Ray Serve" in help_text
