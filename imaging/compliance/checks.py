@@ -16,22 +16,24 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from enum import StrEnum
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, select
 
-from governance.audit import AuditLog, AuditRow, record
+from governance.audit import AuditLog, record
 from governance.auth import Principal, Role, require_role
-from governance.auth.users import User
 from governance.catalog import Instance, Pseudonym, QuarantineRecord, open_catalog
 from governance.keys import KeyError_, load_project_key
 from governance.settings import Settings, get_settings
 from imaging.compliance.config import ComplianceThresholds, load_thresholds
-from imaging.compliance.erasure import ERASURE_REVIEW_TAG
+from imaging.compliance.governance_checks import (
+    approvals_check,
+    audit_check,
+    mlflow_client_if_present,
+    tokens_check,
+)
+from imaging.compliance.result import SAFEGUARDS, CheckResult, CheckStatus, ComplianceReport
 from imaging.compliance.scan import scan_store
 from imaging.store import ContentStore
 
@@ -45,95 +47,6 @@ __all__ = [
 ]
 
 CHECK_ROLES = (Role.AUDITOR, Role.ADMIN, Role.DATA_STEWARD)
-
-#: What each check is evidence for (stated, not certified).
-SAFEGUARDS: dict[str, list[str]] = {
-    "store_deidentified": [
-        "HIPAA 164.514(b) de-identification",
-        "HIPAA 164.312(c)(1) integrity",
-        "GDPR Art. 25 data protection by design",
-        "GDPR Art. 89(1) pseudonymisation",
-    ],
-    "quarantine_sealed": ["HIPAA 164.312(a)(2)(iv) encryption", "GDPR Art. 32(1)(a) encryption"],
-    "project_key": ["HIPAA 164.312(a)(2)(iv) encryption and key management", "GDPR Art. 32(1)(a)"],
-    "pseudonym_map": [
-        "HIPAA 164.514(c) re-identification code",
-        "GDPR Art. 4(5) pseudonymisation",
-        "GDPR Art. 32(1)(a)",
-    ],
-    "audit_chain": [
-        "HIPAA 164.312(b) audit controls",
-        "HIPAA 164.312(c)(1) integrity",
-        "GDPR Art. 5(2) accountability",
-        "GDPR Art. 30 records of processing",
-    ],
-    "approvals": [
-        "HIPAA 164.308(a)(8) evaluation",
-        "GDPR Art. 5(2) accountability",
-        "GDPR Art. 17 erasure (models trained on erased data)",
-    ],
-    "retention": ["GDPR Art. 5(1)(e) storage limitation", "HIPAA 164.310(d)(2)(i) disposal"],
-    "access_tokens": [
-        "HIPAA 164.308(a)(3)(ii)(C) termination",
-        "HIPAA 164.308(a)(4) access management",
-        "HIPAA 164.312(d) authentication",
-        "GDPR Art. 32(1)(b) confidentiality",
-    ],
-}
-
-
-class CheckStatus(StrEnum):
-    PASS = "pass"
-    WARN = "warn"
-    FAIL = "fail"
-
-
-@dataclass
-class CheckResult:
-    name: str
-    status: CheckStatus
-    summary: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "status": str(self.status),
-            "summary": self.summary,
-            "evidence": self.evidence,
-            "safeguards": SAFEGUARDS.get(self.name, []),
-            "seconds": round(self.seconds, 3),
-        }
-
-
-@dataclass
-class ComplianceReport:
-    checked_at: str
-    key_id: str
-    results: list[CheckResult]
-    audit_seq: int | None = None
-
-    @property
-    def status(self) -> CheckStatus:
-        statuses = {r.status for r in self.results}
-        if CheckStatus.FAIL in statuses:
-            return CheckStatus.FAIL
-        return CheckStatus.WARN if CheckStatus.WARN in statuses else CheckStatus.PASS
-
-    def result(self, name: str) -> CheckResult:
-        return next(r for r in self.results if r.name == name)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": "radgate.compliance-check/1",
-            "checked_at": self.checked_at,
-            "key_id": self.key_id,
-            "status": str(self.status),
-            "audit_seq": self.audit_seq,
-            "checks": [r.to_dict() for r in self.results],
-            "note": "Evidence for the safeguards named; not a certification.",
-        }
 
 
 def _store(settings: Settings, t: ComplianceThresholds, sample: int | None, seed: int | None) -> CheckResult:
@@ -294,162 +207,6 @@ def _map(settings: Settings) -> CheckResult:
     )
 
 
-def _mlflow_client(settings: Settings) -> Any:
-    uri = settings.resolved_mlflow_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return None
-    from governance.approvals.registry import registry_client
-
-    return registry_client(uri)
-
-
-def _audit(settings: Settings, t: ComplianceThresholds, now: datetime, client: Any) -> CheckResult:
-    from governance.audit.verify import read_mlflow_anchor
-
-    log = AuditLog(open_catalog(settings))
-    anchor = read_mlflow_anchor(client) if client is not None else None
-    report = log.verify(mlflow_anchor=anchor is not None)
-    evidence: dict[str, Any] = {
-        "entries": report.entries,
-        "head_seq": report.head_seq,
-        "anchors_checked": report.anchors_checked,
-    }
-    if not report.ok:
-        evidence.update(problem=report.problem, first_bad_seq=report.first_bad_seq, detail=report.detail)
-        return CheckResult(
-            "audit_chain",
-            CheckStatus.FAIL,
-            f"audit chain broken: {report.problem} at entry {report.first_bad_seq}",
-            evidence,
-        )
-    if anchor is None:
-        status = CheckStatus.FAIL if t.require_mlflow_anchor else CheckStatus.WARN
-        return CheckResult(
-            "audit_chain",
-            status,
-            f"{report.entries} entries intact; head not anchored in "
-            "MLflow (run `radgate audit anchor --mlflow`)",
-            evidence,
-        )
-    anchored = int(anchor.get("seq", 0))
-    evidence["mlflow_anchor_seq"] = anchored
-    if report.head_seq > anchored:
-        with open_catalog(settings).session() as session:
-            first_unanchored = session.scalar(select(AuditRow.ts).where(AuditRow.seq == anchored + 1))
-        age = (now - datetime.fromisoformat(str(first_unanchored))).total_seconds() / 86400
-        evidence["unanchored_entries"], evidence["oldest_unanchored_days"] = (
-            report.head_seq - anchored,
-            round(age, 2),
-        )
-        if age > t.max_anchor_age_days:
-            return CheckResult(
-                "audit_chain",
-                CheckStatus.WARN,
-                f"{report.head_seq - anchored} entries not anchored for {age:.0f} days",
-                evidence,
-            )
-    return CheckResult(
-        "audit_chain",
-        CheckStatus.PASS,
-        f"{report.entries} entries intact, anchored at entry {anchored}",
-        evidence,
-    )
-
-
-def _approvals(t: ComplianceThresholds, now: datetime, client: Any) -> CheckResult:
-    if client is None:
-        return CheckResult(
-            "approvals", CheckStatus.PASS, "no model registry yet: nothing served", {"served": 0}
-        )
-    from governance.approvals import Workflow
-    from governance.approvals.registry import gather_evidence
-    from governance.policy import DecisionKind
-
-    workflow = Workflow(client)
-    served, failing, expiring, flagged = [], [], [], []
-    for model in client.search_registered_models():
-        for alias, version in (model.aliases or {}).items():
-            target = f"{model.name}/{version}@{alias}"
-            served.append(target)
-            checklist = workflow.status(model.name, version, now=now)
-            if not checklist.passed:
-                failing.append({"model": target, "failures": [i.name for i in checklist.failures]})
-            evidence, mv = gather_evidence(client, workflow.audit, model.name, version)
-            if (mv.tags or {}).get(ERASURE_REVIEW_TAG) == "required":
-                flagged.append(target)
-            valid = workflow.policy.for_model(model.name).approval_valid_days
-            approvals = [d.at for d in evidence.decisions if d.kind is DecisionKind.APPROVE and d.confirmed]
-            if approvals and checklist.passed:
-                expires = min(approvals) + timedelta(days=valid)
-                if expires - now < timedelta(days=t.approval_expiry_warning_days):
-                    expiring.append({"model": target, "expires": expires.isoformat(timespec="seconds")})
-    # Versions trained on an erased patient's data wait for governance to set the tag to "reviewed".
-    awaiting = [
-        f"{mv.name}/{mv.version}"
-        for mv in client.search_model_versions(filter_string=f"tags.`{ERASURE_REVIEW_TAG}` = 'required'")
-    ]
-    evidence_out = {
-        "served": served,
-        "without_valid_approval": failing,
-        "expiring": expiring,
-        "flagged_by_erasure": flagged,
-        "awaiting_erasure_review": sorted(awaiting),
-    }
-    if failing or flagged:
-        return CheckResult(
-            "approvals",
-            CheckStatus.FAIL,
-            f"{len(failing)} served version(s) without a valid approval, "
-            f"{len(flagged)} flagged by an erasure",
-            evidence_out,
-        )
-    if expiring or awaiting:
-        problems = []
-        if expiring:
-            problems.append(
-                f"{len(expiring)} approval(s) expire within {t.approval_expiry_warning_days} days"
-            )
-        if awaiting:
-            problems.append(f"{len(awaiting)} unserved version(s) trained on erased data await review")
-        return CheckResult("approvals", CheckStatus.WARN, "; ".join(problems), evidence_out)
-    return CheckResult(
-        "approvals", CheckStatus.PASS, f"{len(served)} served version(s), all approved", evidence_out
-    )
-
-
-def _tokens(settings: Settings, t: ComplianceThresholds, now: datetime) -> CheckResult:
-    with open_catalog(settings).session() as session:
-        users = list(session.scalars(select(User).where(User.revoked_at.is_(None))))
-        last = dict(
-            session.execute(select(AuditRow.actor, func.max(AuditRow.ts)).group_by(AuditRow.actor)).all()
-        )
-    cutoff = now - timedelta(days=t.token_unused_days)
-    unused = []
-    for user in users:
-        created = user.created_at if user.created_at.tzinfo else user.created_at.replace(tzinfo=UTC)
-        seen = datetime.fromisoformat(last[user.name]) if user.name in last else created
-        if seen < cutoff:
-            unused.append({"user": user.name, "role": user.role, "last_activity": seen.date().isoformat()})
-    admins = [u.name for u in users if u.role == Role.ADMIN.value]
-    evidence = {
-        "active_users": len(users),
-        "unused": unused,
-        "admins": admins,
-        "max_admins": t.max_admins,
-        "unused_days": t.token_unused_days,
-    }
-    problems = []
-    if unused:
-        problems.append(f"{len(unused)} token(s) unused for {t.token_unused_days} days")
-    if len(admins) > t.max_admins:
-        problems.append(f"{len(admins)} active admins (at most {t.max_admins})")
-    if problems:
-        return CheckResult("access_tokens", CheckStatus.WARN, "; ".join(problems), evidence)
-    return CheckResult(
-        "access_tokens", CheckStatus.PASS, f"{len(users)} active token(s), none idle", evidence
-    )
-
-
 def _retention(settings: Settings, t: ComplianceThresholds, now: datetime) -> CheckResult:
     from imaging.compliance.retention import retention_findings
 
@@ -488,16 +245,16 @@ def run_compliance_check(
     settings = settings or get_settings()
     t = thresholds or load_thresholds().compliance
     now = now or datetime.now(UTC)
-    client = _mlflow_client(settings)
+    client = mlflow_client_if_present(settings)
     steps: list[tuple[str, Callable[[], CheckResult]]] = [
         ("store_deidentified", lambda: _store(settings, t, sample, seed)),
         ("quarantine_sealed", lambda: _quarantine(settings)),
         ("project_key", lambda: _key(settings, t, now)),
         ("pseudonym_map", lambda: _map(settings)),
-        ("audit_chain", lambda: _audit(settings, t, now, client)),
-        ("approvals", lambda: _approvals(t, now, client)),
+        ("audit_chain", lambda: audit_check(settings, t, now, client)),
+        ("approvals", lambda: approvals_check(t, now, client)),
         ("retention", lambda: _retention(settings, t, now)),
-        ("access_tokens", lambda: _tokens(settings, t, now)),
+        ("access_tokens", lambda: tokens_check(settings, t, now)),
     ]
     results = []
     for name, step in steps:
