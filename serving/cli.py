@@ -64,6 +64,45 @@ def _report_models(host: str, port: int) -> None:
         return
 
 
+def serve_ae(
+    model: str = typer.Option(..., "--model", help="Served model name the instances go to."),
+    url: str = typer.Option("http://127.0.0.1:8000", help="The serving API (radgate serve)."),
+    ae_title: str = typer.Option("RADGATE-AI", help="This SCP's AE title."),
+    host: str = typer.Option("127.0.0.1", help="Listen address."),
+    port: int = typer.Option(11113, help="Listen port."),
+    allow: list[str] = typer.Option([], "--allow", help="Calling AE titles allowed (repeat); default any."),
+) -> None:
+    """Inference AE: a C-STORE SCP whose instances are predicted and the results pushed back to
+    the PACS of the serving config (token from RADGATE_TOKEN, a pacs-client user)."""
+    import os
+
+    from serving.inference_ae import InferenceAE
+
+    token = os.environ.get("RADGATE_TOKEN")
+    if not token:
+        typer.echo("error: set RADGATE_TOKEN to a pacs-client token", err=True)
+        raise typer.Exit(2)
+    try:
+        node = InferenceAE(
+            serve_url=url,
+            model=model,
+            token=token,
+            ae_title=ae_title,
+            host=host,
+            port=port,
+            allowed_aes=set(allow) or None,
+        ).start()
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"inference AE {ae_title} on {host}:{port} -> {url} ({model})")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    node.stop()
+
+
 @triton_app.command("export")
 def export(
     ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION (must be approved)."),
@@ -113,4 +152,5 @@ def start(
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
+    app.command("serve-ae")(serve_ae)
     app.add_typer(triton_app, name="triton")

@@ -201,6 +201,41 @@ def test_series_to_pacs_and_back_through_dicomweb(served: dict[str, Any]) -> Non
     assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 
 
+def test_inference_ae_routes_a_study_and_results_come_back(served: dict[str, Any]) -> None:
+    """The PACS routes a study to the inference AE (C-STORE); results land back in the PACS."""
+    from pydicom import dcmread
+
+    from serving.inference_ae import InferenceAE
+
+    orthanc = served["orthanc"]
+    orthanc.clear()
+    port = _free_port()
+    node = InferenceAE(
+        serve_url=served["url"],
+        model=MODEL,
+        token=served["cast"].tokens["pacs"],
+        port=port,
+        allowed_aes={orthanc.aet},
+    ).start()
+    try:
+        orthanc.add_modality("radgate-ai", "RADGATE-AI", "127.0.0.1", port)
+        source = served["files"][0]
+        uploaded = orthanc.upload(source.read_bytes())
+        orthanc.rest(
+            "POST", "/modalities/radgate-ai/store", {"Resources": [uploaded["ID"]], "Synchronous": True}
+        )
+        node.drain()
+    finally:
+        node.stop()
+    assert node.stats.received == 1 and node.stats.predicted == 1, node.stats
+    study = str(dcmread(source).StudyInstanceUID)
+    found = orthanc.rest(
+        "POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study}, "Expand": True}
+    )
+    modalities = sorted(series["MainDicomTags"].get("Modality", "") for series in found)
+    assert "SR" in modalities and len(modalities) == 3, modalities  # source + SC + SR
+
+
 def test_revocation_stops_serving_within_seconds(served: dict[str, Any]) -> None:
     from governance.approvals import Workflow
     from governance.audit import AuditLog

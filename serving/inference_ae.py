@@ -1,0 +1,122 @@
+"""The inference AE: a C-STORE SCP a PACS routes studies to; each instance is sent to the
+serving API (``/v1/models/{model}/predict?push=true``), so the same token, gate, audit and
+metrics apply, and the results go back to the PACS configured in the serving app.
+
+The SCP answers success once an instance is queued (the PACS does not wait for inference);
+a worker thread posts instances in order. Only known calling AE titles are accepted. Log lines
+carry counts and statuses, never identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from io import BytesIO
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from imaging.gateway.scp import set_tcp_nodelay
+
+__all__ = ["InferenceAE", "InferenceStats"]
+
+LOGGER = logging.getLogger(__name__)
+_REFUSED = 0xA700  # Out of resources: refused (queue full)
+
+
+@dataclass
+class InferenceStats:
+    received: int = 0
+    predicted: int = 0
+    failed: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+class InferenceAE:
+    """C-STORE SCP on ``host:port`` forwarding to ``serve_url`` for ``model``."""
+
+    def __init__(
+        self,
+        *,
+        serve_url: str,
+        model: str,
+        token: str,
+        ae_title: str = "RADGATE-AI",
+        host: str = "127.0.0.1",
+        port: int = 11113,
+        allowed_aes: set[str] | None = None,
+        max_queue: int = 256,
+    ) -> None:
+        self.serve_url = serve_url.rstrip("/")
+        self.model = model
+        self._token = token
+        self.ae_title, self.host, self.port = ae_title, host, port
+        self.allowed_aes = allowed_aes
+        self.stats = InferenceStats()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+        self._server: Any = None
+        self._worker: threading.Thread | None = None
+
+    def _on_store(self, event: evt.Event) -> int:
+        calling = str(event.assoc.requestor.ae_title).strip()
+        if self.allowed_aes is not None and calling not in self.allowed_aes:
+            return 0x0124  # Refused: not authorized
+        dataset: Dataset = event.dataset
+        dataset.file_meta = event.file_meta
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        try:
+            self._queue.put_nowait(buffer.getvalue())
+        except queue.Full:
+            return _REFUSED
+        self.stats.received += 1
+        return 0x0000
+
+    def _run(self) -> None:
+        import httpx
+
+        url = f"{self.serve_url}/v1/models/{self.model}/predict?push=true"
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/dicom"}
+        with httpx.Client(timeout=300) as client:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                try:
+                    status = client.post(url, content=item, headers=headers).status_code
+                except httpx.HTTPError:
+                    status = -1
+                self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
+                if status == 200:
+                    self.stats.predicted += 1
+                else:
+                    self.stats.failed += 1
+                    LOGGER.warning("inference AE: serving answered %s", status)
+                self._queue.task_done()
+
+    def start(self) -> InferenceAE:
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        ae.add_supported_context(Verification)
+        handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        self._worker = threading.Thread(target=self._run, name="inference-ae", daemon=True)
+        self._worker.start()
+        self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        return self
+
+    def drain(self) -> None:
+        """Wait until every received instance went through serving."""
+        self._queue.join()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if self._worker is not None:
+            self._queue.put(None)
+            self._worker.join(timeout=60)
+            self._worker = None
