@@ -19,6 +19,7 @@ from training.registry import (
     ModelStatus,
     ModelTag,
     artifact_sha256,
+    download_model_dir,
     model_metadata,
 )
 
@@ -68,7 +69,6 @@ def log_and_register(
     downloaded from the store, i.e. exactly what serving will verify.
     """
     import mlflow
-    import mlflow.artifacts
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
@@ -105,7 +105,9 @@ def log_and_register(
                 dataset_version=dataset_version,
             ),
         )
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=tracking_uri))
+    from mlflow.tracking import MlflowClient
+
+    local = download_model_dir(MlflowClient(tracking_uri), info.model_uri, info.model_id)
     digest = artifact_sha256(local)
     mlflow.set_tag(ModelTag.ARTIFACT_SHA256, digest)
     if not model_name:

@@ -66,6 +66,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelTag",
     "artifact_sha256",
+    "download_model_dir",
     "load_model",
     "parse_model_ref",
     "resolve_model_version",
@@ -190,21 +191,35 @@ def resolve_model_version(ref: str, *, tracking_uri: str | None = None) -> Any:
         raise ModelNotFoundError(f"no registered model version for {ref!r}") from exc
 
 
+def download_model_dir(client: Any, source: str, model_id: str | None = None) -> Path:
+    """Download a model's artifacts through ``client``'s stores only.
+
+    ``mlflow.artifacts.download_artifacts("models:/m-...")`` looks the logged model up in the
+    process-wide default tracking store (``./mlflow.db``), whatever ``tracking_uri`` says; so
+    resolve the artifact location here and download that plain URI.
+    """
+    import mlflow.artifacts
+
+    if model_id or source.startswith("models:/m-"):
+        logged = client.get_logged_model(model_id or source.removeprefix("models:/").split("/")[0])
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=logged.artifact_location))
+    if source.startswith("runs:/"):
+        run_id, _, path = source.removeprefix("runs:/").partition("/")
+        return Path(client.download_artifacts(run_id, path))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=source))
+
+
 def load_model(
     ref: str, *, tracking_uri: str | None = None, verify: bool = True, map_location: str = "cpu"
 ) -> LoadedModel:
     """Download, verify and load a registered model version (see the module docstring)."""
-    import mlflow.artifacts
     import mlflow.pytorch
     from mlflow.models import Model
 
     client = _client(tracking_uri)
     version = resolve_model_version(ref, tracking_uri=client.tracking_uri)
     uri = f"models:/{version.name}/{version.version}"
-    # The version's source (``models:/m-...`` or ``runs:/...``) resolves through the tracking store.
-    local_dir = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=client.tracking_uri)
-    )
+    local_dir = download_model_dir(client, version.source, getattr(version, "model_id", None))
     tags = dict(version.tags or {})
     digest = artifact_sha256(local_dir)
     expected = tags.get(ModelTag.ARTIFACT_SHA256)
