@@ -1,0 +1,383 @@
+"""The ``/ui`` router: sign-in, models and versions with the approval workflow, audit trail,
+case viewer and drift reports (server-rendered Jinja2, static JS/CSS, no CDN)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from governance.auth import AuthenticationError, AuthError, Principal, Role, authenticate, require_role
+from governance.settings import get_settings
+from serving.ui.cases import CaseError, list_cases, load_case
+from serving.ui.security import (
+    AUDIT_ROLES,
+    CASE_ROLES,
+    COOKIE,
+    DRIFT_ROLES,
+    MODEL_ROLES,
+    CsrfError,
+    NotSignedIn,
+    csrf_token,
+    current_principal,
+    verify_csrf,
+)
+
+__all__ = ["PREFIX", "create_ui_app", "create_ui_router", "install_ui"]
+
+PREFIX = "/ui"
+_HERE = Path(__file__).parent
+_templates = Jinja2Templates(directory=str(_HERE / "templates"))
+_ACTIONS = ("submit", "approve", "reject", "revoke", "promote")
+_AUDIT_PAGE = 200
+
+
+def _workflow() -> Any:
+    from governance.approvals import Workflow
+
+    return Workflow()
+
+
+def _nav(principal: Principal) -> list[tuple[str, str]]:
+    items = []
+    if principal.role in MODEL_ROLES:
+        items.append(("Models", f"{PREFIX}/models"))
+    if principal.role in CASE_ROLES:
+        items.append(("Cases", f"{PREFIX}/cases"))
+    if principal.role in AUDIT_ROLES:
+        items.append(("Audit", f"{PREFIX}/audit"))
+    if principal.role in DRIFT_ROLES:
+        items.append(("Drift", f"{PREFIX}/drift"))
+    return items
+
+
+def _page(
+    request: Request, template: str, principal: Principal | None, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    token = request.cookies.get(COOKIE)
+    base = {
+        "prefix": PREFIX,
+        "principal": principal,
+        "nav": _nav(principal) if principal else [],
+        "csrf": csrf_token(token) if (principal and token) else "",
+    }
+    response = _templates.TemplateResponse(request, template, {**base, **context}, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _signed_in(request: Request, *roles: Role) -> Principal:
+    principal = current_principal(request)
+    if roles:
+        require_role(principal, *roles)
+    return principal
+
+
+def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
+    """The UI routes under ``/ui``. Mount the static files with :func:`install_ui` (an
+    ``APIRouter`` cannot carry a mount); the pages work without them, the viewer does not."""
+    router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+    @router.get("", response_class=HTMLResponse)
+    @router.get("/", response_class=HTMLResponse)
+    def home(request: Request) -> Response:
+        try:
+            principal = current_principal(request)
+        except NotSignedIn:
+            return RedirectResponse(f"{PREFIX}/login", status_code=303)
+        nav = _nav(principal)
+        if not nav:
+            return _page(
+                request, "error.html", principal, status_code=403, message="Your role has no pages here."
+            )
+        return RedirectResponse(nav[0][1], status_code=303)
+
+    @router.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request) -> HTMLResponse:
+        return _page(request, "login.html", None, error="")
+
+    @router.post("/login")
+    def login(request: Request, token: str = Form(...)) -> Response:
+        try:
+            principal = authenticate(token.strip())
+        except AuthenticationError:
+            return _page(request, "login.html", None, status_code=401, error="That token is not valid.")
+        nav = _nav(principal)
+        response = RedirectResponse(nav[0][1] if nav else f"{PREFIX}/", status_code=303)
+        response.set_cookie(
+            COOKIE, token.strip(), httponly=True, samesite="strict", secure=secure_cookie, path=PREFIX
+        )
+        return response
+
+    @router.post("/logout")
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        verify_csrf(request, csrf)
+        response = RedirectResponse(f"{PREFIX}/login", status_code=303)
+        response.delete_cookie(COOKIE, path=PREFIX)
+        return response
+
+    # ---- models ------------------------------------------------------------------------
+
+    @router.get("/models", response_class=HTMLResponse)
+    def models(request: Request) -> HTMLResponse:
+        from serving.ui.models import list_versions
+
+        principal = _signed_in(request, *MODEL_ROLES)
+        return _page(request, "models.html", principal, models=list_versions(_workflow()))
+
+    @router.get("/models/{name}/{version}", response_class=HTMLResponse)
+    def version_page(request: Request, name: str, version: str, done: str = "", error: str = "") -> Response:
+        from governance.approvals import RegistryError
+        from serving.ui.models import allowed_actions, version_view
+
+        principal = _signed_in(request, *MODEL_ROLES)
+        workflow = _workflow()
+        try:
+            view = version_view(workflow, name, version)
+        except RegistryError:
+            return _page(request, "error.html", principal, status_code=404, message="No such model version.")
+        return _page(
+            request,
+            "version.html",
+            principal,
+            v=view,
+            actions=allowed_actions(workflow, principal, name),
+            done=done if done in _ACTIONS else "",
+            error=error[:300],
+        )
+
+    @router.post("/models/{name}/{version}/{action}")
+    def act(
+        request: Request,
+        name: str,
+        version: str,
+        action: str,
+        csrf: str = Form(""),
+        comment: str = Form(""),
+        alias: str = Form(""),
+    ) -> Response:
+        from governance.approvals import ApprovalError, PolicyNotSatisfied, RegistryError
+
+        verify_csrf(request, csrf)
+        principal = _signed_in(request, *MODEL_ROLES)
+        if action not in _ACTIONS:
+            return JSONResponse({"detail": "unknown action"}, status_code=404)
+        if action != "promote" and action != "submit" and not comment.strip():
+            return _redirect_version(name, version, error="A comment is required.")
+        workflow = _workflow()
+        try:
+            if action == "promote":
+                workflow.promote(principal, name, version, alias)
+            else:
+                getattr(workflow, action)(principal, name, version, comment)
+        except PolicyNotSatisfied as exc:
+            failed = ", ".join(item.name for item in exc.checklist.failures)
+            return _redirect_version(name, version, error=f"Policy not satisfied: {failed}")
+        except (ApprovalError, RegistryError) as exc:
+            return _redirect_version(name, version, error=str(exc))
+        return _redirect_version(name, version, done=action)
+
+    # ---- audit -------------------------------------------------------------------------
+
+    @router.get("/audit", response_class=HTMLResponse)
+    def audit(
+        request: Request,
+        actor: str = "",
+        action: str = "",
+        target: str = "",
+        since: str = "",
+        until: str = "",
+    ) -> HTMLResponse:
+        from governance.audit import AuditLog
+        from governance.audit.log import AuditError
+
+        principal = _signed_in(request, *AUDIT_ROLES)
+        log = AuditLog()
+        filters = {"actor": actor, "action": action, "target": target, "since": since, "until": until}
+        error = ""
+        try:
+            entries = log.entries(
+                actor=actor or None,
+                action=action or None,
+                target_prefix=target or None,
+                since=since or None,
+                until=until or None,
+                limit=_AUDIT_PAGE,
+                newest_first=True,
+            )
+        except (AuditError, ValueError):
+            entries, error = [], "Dates must be ISO dates or times (UTC), e.g. 2026-01-31."
+        report = log.verify()
+        return _page(
+            request, "audit.html", principal, entries=entries, filters=filters, report=report, error=error
+        )
+
+    # ---- cases -------------------------------------------------------------------------
+
+    @router.get("/cases", response_class=HTMLResponse)
+    def cases(request: Request) -> HTMLResponse:
+        principal = _signed_in(request, *CASE_ROLES)
+        return _page(request, "cases.html", principal, cases=list_cases())
+
+    @router.get("/cases/{case_id}", response_class=HTMLResponse)
+    def case_page(request: Request, case_id: str) -> HTMLResponse:
+        principal = _signed_in(request, *CASE_ROLES)
+        try:
+            case = load_case(case_id)
+        except CaseError:
+            return _page(request, "error.html", principal, status_code=404, message="No such case.")
+        return _page(request, "case.html", principal, case=case)
+
+    @router.get("/api/cases/{case_id}/{method}")
+    def case_data(request: Request, case_id: str, method: str) -> JSONResponse:
+        _signed_in(request, *CASE_ROLES)
+        try:
+            payload = load_case(case_id).payload(method)
+        except CaseError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        return JSONResponse(payload, headers={"Cache-Control": "no-store"})
+
+    @router.post("/api/cases/{case_id}/feedback")
+    def case_feedback(
+        request: Request,
+        case_id: str,
+        csrf: str = Form(""),
+        agree: str = Form(...),
+        corrected_label: str = Form(""),
+        comment: str = Form(""),
+    ) -> JSONResponse:
+        verify_csrf(request, csrf)
+        principal = _signed_in(request, Role.CLINICAL_REVIEWER)
+        try:
+            case = load_case(case_id)
+        except CaseError as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        if not case.request_id:
+            return JSONResponse(
+                {"detail": "feedback applies to served predictions; this case has no request id"},
+                status_code=409,
+            )
+        try:
+            from serving.monitoring import MonitoringError
+            from serving.monitoring.feedback import FeedbackIn, submit_feedback
+        except ImportError:
+            return JSONResponse({"detail": "the feedback store is not available"}, status_code=503)
+        try:
+            body = FeedbackIn(
+                request_id=case.request_id,
+                agree=agree == "true",
+                corrected_label=corrected_label or None,
+                comment=comment or None,
+            )
+            out = submit_feedback(principal, body)
+        except (ValueError, LookupError, MonitoringError) as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+        return JSONResponse({"feedback_id": out.feedback_id, "label": out.label}, status_code=201)
+
+    # ---- drift -------------------------------------------------------------------------
+
+    @router.get("/drift", response_class=HTMLResponse)
+    def drift(request: Request) -> HTMLResponse:
+        principal = _signed_in(request, *DRIFT_ROLES)
+        return _page(request, "drift.html", principal, reports=_drift_reports())
+
+    @router.get("/drift/{model}/{stamp}/{filename}")
+    def drift_file(request: Request, model: str, stamp: str, filename: str) -> Response:
+        _signed_in(request, *DRIFT_ROLES)
+        root = (get_settings().home / "monitoring" / "reports").resolve()
+        path = (root / model / stamp / filename).resolve()
+        if root not in path.parents or path.suffix not in {".png", ".html", ".json"} or not path.is_file():
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        headers = {"Content-Security-Policy": "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"}
+        return FileResponse(path, headers=headers)
+
+    return router
+
+
+def _redirect_version(name: str, version: str, *, done: str = "", error: str = "") -> RedirectResponse:
+    from urllib.parse import quote, urlencode
+
+    query = urlencode({k: v for k, v in {"done": done, "error": error}.items() if v})
+    url = f"{PREFIX}/models/{quote(name, safe='')}/{quote(version, safe='')}"
+    return RedirectResponse(f"{url}?{query}" if query else url, status_code=303)
+
+
+def _drift_reports() -> list[dict[str, Any]]:
+    root = get_settings().home / "monitoring" / "reports"
+    reports: list[dict[str, Any]] = []
+    if not root.is_dir():
+        return reports
+    for path in sorted(root.glob("*/*/drift.json"), reverse=True):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        model, stamp = path.parent.parent.name, path.parent.name
+        plots = data.get("plots") or {}
+        names = plots.values() if isinstance(plots, dict) else plots
+        reports.append(
+            {
+                "model": model,
+                "stamp": stamp,
+                "drifted": data.get("drifted", data.get("drift")),
+                "summary": {k: data[k] for k in ("model_version", "n_live", "n_reference") if k in data},
+                "plots": [Path(str(p)).name for p in names if str(p).endswith(".png")],
+            }
+        )
+    return reports
+
+
+def _errors(app: FastAPI) -> None:
+    def not_signed_in(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith(f"{PREFIX}/api/"):
+            return JSONResponse({"detail": "not signed in"}, status_code=401)
+        return RedirectResponse(f"{PREFIX}/login", status_code=303)
+
+    def forbidden(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, AuthenticationError):
+            return not_signed_in(request, exc)
+        if request.url.path.startswith(f"{PREFIX}/api/") or request.method != "GET":
+            return JSONResponse({"detail": "your role may not do this"}, status_code=403)
+        try:
+            principal = current_principal(request)
+        except NotSignedIn:
+            return not_signed_in(request, exc)
+        return _page(
+            request, "error.html", principal, status_code=403, message="Your role may not see this page."
+        )
+
+    def csrf(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"detail": "CSRF check failed"}, status_code=403)
+
+    handlers: dict[type[Exception], Callable[[Request, Exception], Response]] = {
+        NotSignedIn: not_signed_in,
+        AuthError: forbidden,
+        CsrfError: csrf,
+    }
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)
+
+
+def install_ui(app: FastAPI, *, secure_cookie: bool = False) -> None:
+    """Add the UI router, its static files and error handlers to an existing FastAPI app."""
+    app.include_router(create_ui_router(secure_cookie=secure_cookie))
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=str(_HERE / "static")), name="ui-static")
+    _errors(app)
+
+
+def create_ui_app(*, secure_cookie: bool = False) -> FastAPI:
+    """A standalone app serving only the UI (no Ray needed)."""
+    app = FastAPI(title="RadGate reviewer UI", docs_url=None, redoc_url=None, openapi_url=None)
+    install_ui(app, secure_cookie=secure_cookie)
+
+    @app.get("/")
+    def root() -> RedirectResponse:
+        return RedirectResponse(f"{PREFIX}/", status_code=303)
+
+    return app

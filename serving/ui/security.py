@@ -1,0 +1,65 @@
+"""Sign-in cookie, role checks and CSRF tokens of the reviewer UI.
+
+The user's RadGate token is kept in an HttpOnly, SameSite=Strict cookie and authenticated on
+every request with :func:`governance.auth.authenticate` (a revoked user is signed out at once).
+POSTs carry a CSRF token: an HMAC (project key, purpose ``ui-csrf``) of the token's SHA-256, so
+it is bound to the signed-in user and cannot be computed by another site.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from fastapi import Request
+
+from governance.auth import AuthenticationError, Principal, Role, authenticate, hash_token
+from governance.keys import load_project_key
+
+__all__ = [
+    "APPROVER_ROLES",
+    "AUDIT_ROLES",
+    "CASE_ROLES",
+    "COOKIE",
+    "DRIFT_ROLES",
+    "MODEL_ROLES",
+    "CsrfError",
+    "NotSignedIn",
+    "csrf_token",
+    "current_principal",
+    "verify_csrf",
+]
+
+COOKIE = "radgate_ui"
+MODEL_ROLES = (Role.CLINICAL_REVIEWER, Role.ML_ENGINEER, Role.ADMIN, Role.AUDITOR)
+APPROVER_ROLES = (Role.CLINICAL_REVIEWER, Role.ML_ENGINEER)
+AUDIT_ROLES = (Role.AUDITOR, Role.ADMIN)
+CASE_ROLES = (Role.CLINICAL_REVIEWER, Role.ML_ENGINEER)
+DRIFT_ROLES = (Role.CLINICAL_REVIEWER, Role.ML_ENGINEER, Role.ADMIN, Role.AUDITOR)
+
+
+class NotSignedIn(Exception):
+    """No valid sign-in cookie (pages redirect to the sign-in form, APIs answer 401)."""
+
+
+class CsrfError(Exception):
+    """A POST without the CSRF token of the signed-in user."""
+
+
+def current_principal(request: Request) -> Principal:
+    token = request.cookies.get(COOKIE)
+    if not token:
+        raise NotSignedIn("not signed in")
+    try:
+        return authenticate(token)
+    except AuthenticationError as exc:
+        raise NotSignedIn(str(exc)) from exc
+
+
+def csrf_token(token: str) -> str:
+    return load_project_key().mac("ui-csrf", hash_token(token).encode()).hex()
+
+
+def verify_csrf(request: Request, submitted: str | None) -> None:
+    token = request.cookies.get(COOKIE)
+    if not token or not submitted or not hmac.compare_digest(csrf_token(token), submitted):
+        raise CsrfError("missing or wrong CSRF token")

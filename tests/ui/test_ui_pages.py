@@ -1,0 +1,214 @@
+"""The reviewer UI through FastAPI's TestClient: sign-in, roles, CSRF, every page, and the
+approval workflow through the UI on a real embedded MLflow registry (SQLite)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from governance.approvals import TAG_DECISION_PREFIX, TAG_STATUS, Workflow
+from governance.audit import AuditLog
+from governance.testing import Cast, create_version
+from serving.ui.security import COOKIE
+from tests.ui.conftest import write_case
+
+NAME = "cxr-pneumonia"
+
+
+def sign_in(client: Any, token: str) -> str:
+    """Sign in and return the CSRF token of the session (from a rendered page)."""
+    client.cookies.clear()
+    response = client.post("/ui/login", data={"token": token}, follow_redirects=False)
+    assert response.status_code == 303
+    page = client.get(response.headers["location"])
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', page.text)
+    assert match, page.text[:500]
+    return match.group(1)
+
+
+def submitted(registry: Any, cast: Cast) -> str:
+    version, _ = create_version(registry, NAME)
+    Workflow(registry).submit(cast["eng"], NAME, version, "ready for review")
+    return version
+
+
+def test_ui_requires_sign_in(ui_client: Any) -> None:
+    for path in ("/ui/models", "/ui/audit", "/ui/cases", "/ui/drift", "/ui/cases/demo"):
+        response = ui_client.get(path, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/ui/login"
+    assert ui_client.get("/ui/api/cases/demo/gradcam").status_code == 401
+    assert "Sign in" in ui_client.get("/ui/login").text
+
+
+def test_ui_bad_token_refused(ui_client: Any, cast: Cast) -> None:
+    response = ui_client.post("/ui/login", data={"token": "rg_" + "x" * 43}, follow_redirects=False)
+    assert response.status_code == 401
+    assert COOKIE not in response.cookies
+
+
+def test_ui_cookie_is_httponly_and_strict(ui_client: Any, cast: Cast) -> None:
+    response = ui_client.post("/ui/login", data={"token": cast.tokens["doc"]}, follow_redirects=False)
+    header = response.headers["set-cookie"].lower()
+    assert "httponly" in header and "samesite=strict" in header and "path=/ui" in header
+
+
+def test_ui_every_page_renders(ui_client: Any, registry: Any, cast: Cast, radgate_home: Path) -> None:
+    version = submitted(registry, cast)
+    report = radgate_home / "monitoring" / "reports" / NAME / "20260101T000000Z"
+    report.mkdir(parents=True)
+    (report / "drift.json").write_text(json.dumps({"drifted": True, "plots": {"score": "score.png"}}))
+    (report / "score.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    sign_in(ui_client, cast.tokens["doc"])
+    pages = {
+        "/ui/models": "cxr-pneumonia",
+        f"/ui/models/{NAME}/{version}": "Policy checklist",
+        "/ui/cases": "Case demo",
+        "/ui/cases/demo": "canvas",
+        "/ui/drift": "20260101T000000Z",
+    }
+    for path, text in pages.items():
+        response = ui_client.get(path)
+        assert response.status_code == 200, path
+        assert text in response.text, path
+    data = ui_client.get("/ui/api/cases/demo/gradcam").json()
+    assert (data["width"], data["height"]) == (32, 32)
+    assert ui_client.get(f"/ui/drift/{NAME}/20260101T000000Z/score.png").status_code == 200
+    assert ui_client.get(f"/ui/drift/{NAME}/..%2F..%2F/mlflow.db").status_code == 404
+    assert ui_client.get("/ui/static/viewer.js").status_code == 200
+    assert ui_client.get("/ui/models/nope/1").status_code == 404
+    sign_in(ui_client, cast.tokens["auditor"])
+    audit = ui_client.get("/ui/audit")
+    assert audit.status_code == 200
+    assert "Chain verified" in audit.text and "model.submit" in audit.text
+    filtered = ui_client.get("/ui/audit", params={"actor": "nobody"})
+    assert "No entries match" in filtered.text
+    assert "Dates must be" in ui_client.get("/ui/audit", params={"since": "not a date"}).text
+
+
+def test_ui_pages_limited_by_role(ui_client: Any, registry: Any, cast: Cast) -> None:
+    version = submitted(registry, cast)
+    sign_in(ui_client, cast.tokens["doc"])
+    assert ui_client.get("/ui/audit").status_code == 403
+    sign_in(ui_client, cast.tokens["auditor"])
+    assert ui_client.get("/ui/cases").status_code == 403
+    assert ui_client.get("/ui/api/cases/demo/gradcam").status_code == 403
+    page = ui_client.get(f"/ui/models/{NAME}/{version}")
+    assert page.status_code == 200
+    assert "btn-approve" not in page.text and 'data-testid="no-actions"' in page.text
+    sign_in(ui_client, cast.tokens["pacs"])
+    assert ui_client.get("/ui/models").status_code == 403
+
+
+def test_ui_buttons_follow_roles(ui_client: Any, registry: Any, cast: Cast) -> None:
+    version = submitted(registry, cast)
+    expected = {
+        "doc": {"approve", "reject", "revoke"},
+        "eng2": {"submit", "approve", "reject", "revoke", "promote"},
+        "admin": {"revoke", "promote"},
+        "auditor": set(),
+    }
+    for who, actions in expected.items():
+        sign_in(ui_client, cast.tokens[who])
+        text = ui_client.get(f"/ui/models/{NAME}/{version}").text
+        shown = set(re.findall(r'class="btn-([a-z]+)"', text))
+        assert shown == actions, who
+
+
+def test_ui_approve_changes_mlflow_tags_and_audit(ui_client: Any, registry: Any, cast: Cast) -> None:
+    version = submitted(registry, cast)
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    response = ui_client.post(
+        f"/ui/models/{NAME}/{version}/approve",
+        data={"csrf": csrf, "comment": "reviewed the gallery"},
+        follow_redirects=False,
+    )
+    assert response.status_code == 303 and "done=approve" in response.headers["location"]
+    tags = registry.get_model_version(NAME, version).tags
+    decisions = [json.loads(v) for k, v in tags.items() if k.startswith(TAG_DECISION_PREFIX)]
+    assert [(d["actor"], d["decision"], d["comment"]) for d in decisions] == [
+        ("doc", "approve", "reviewed the gallery")
+    ]
+    assert tags[TAG_STATUS] == "pending"
+    entry = AuditLog().entries(action="model.approve")[-1]
+    assert (entry.actor, entry.role) == ("doc", "clinical-reviewer")
+    csrf = sign_in(ui_client, cast.tokens["eng2"])
+    ui_client.post(f"/ui/models/{NAME}/{version}/approve", data={"csrf": csrf, "comment": "ok"})
+    assert registry.get_model_version(NAME, version).tags[TAG_STATUS] == "approved"
+    page = ui_client.post(f"/ui/models/{NAME}/{version}/promote", data={"csrf": csrf, "alias": "staging"})
+    assert "Recorded: promote" in page.text
+    assert str(registry.get_model_version_by_alias(NAME, "staging").version) == version
+
+
+def test_ui_workflow_refusals_are_shown(ui_client: Any, registry: Any, cast: Cast) -> None:
+    version = submitted(registry, cast)
+    csrf = sign_in(ui_client, cast.tokens["eng"])
+    page = ui_client.post(f"/ui/models/{NAME}/{version}/approve", data={"csrf": csrf, "comment": "mine"})
+    assert "may not approve" in page.text  # the submitter (SelfApproval from the workflow)
+    page = ui_client.post(f"/ui/models/{NAME}/{version}/promote", data={"csrf": csrf, "alias": "production"})
+    assert "Policy not satisfied" in page.text
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    page = ui_client.post(f"/ui/models/{NAME}/{version}/reject", data={"csrf": csrf, "comment": " "})
+    assert "A comment is required" in page.text
+
+
+def test_ui_csrf_and_forged_requests_refused(ui_client: Any, registry: Any, cast: Cast) -> None:
+    version = submitted(registry, cast)
+    csrf_doc = sign_in(ui_client, cast.tokens["doc"])
+    url = f"/ui/models/{NAME}/{version}/approve"
+    assert ui_client.post(url, data={"comment": "no token"}).status_code == 403
+    assert ui_client.post(url, data={"csrf": "0" * 64, "comment": "forged"}).status_code == 403
+    csrf_auditor = sign_in(ui_client, cast.tokens["auditor"])
+    assert csrf_auditor != csrf_doc
+    # Another user's CSRF token does not work, and a role without the right is refused by the workflow.
+    assert ui_client.post(url, data={"csrf": csrf_doc, "comment": "x"}).status_code == 403
+    assert ui_client.post(url, data={"csrf": csrf_auditor, "comment": "x"}).status_code == 403
+    tags = registry.get_model_version(NAME, version).tags
+    assert not [k for k in tags if k.startswith(TAG_DECISION_PREFIX)]
+    refused = AuditLog().entries(actor="auditor")
+    assert refused, "the workflow audits refused steps"
+
+
+def test_ui_revoked_user_is_signed_out(ui_client: Any, cast: Cast) -> None:
+    from governance.auth import revoke_user
+
+    sign_in(ui_client, cast.tokens["doc"])
+    revoke_user("doc", by=cast["admin"])
+    assert ui_client.get("/ui/models", follow_redirects=False).status_code == 303
+
+
+def test_ui_logout_needs_csrf(ui_client: Any, cast: Cast) -> None:
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    assert ui_client.post("/ui/logout", data={}).status_code == 403
+    response = ui_client.post("/ui/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert response.status_code == 303
+    assert ui_client.get("/ui/models", follow_redirects=False).status_code == 303
+
+
+def test_ui_feedback_on_unserved_case(ui_client: Any, cast: Cast) -> None:
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    response = ui_client.post("/ui/api/cases/demo/feedback", data={"csrf": csrf, "agree": "true"})
+    assert response.status_code == 409
+    assert ui_client.post("/ui/api/cases/demo/feedback", data={"agree": "true"}).status_code == 403
+
+
+def test_ui_feedback_unknown_request(ui_client: Any, cast: Cast, radgate_home: Path) -> None:
+    write_case(radgate_home, "served", request_id="req-unknown")
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    response = ui_client.post(
+        "/ui/api/cases/served/feedback", data={"csrf": csrf, "agree": "false", "corrected_label": "normal"}
+    )
+    assert response.status_code == 422
+    csrf = sign_in(ui_client, cast.tokens["eng"])
+    response = ui_client.post("/ui/api/cases/served/feedback", data={"csrf": csrf, "agree": "true"})
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("case_id", ["../x", "a" * 65])
+def test_ui_bad_case_ids(ui_client: Any, cast: Cast, case_id: str) -> None:
+    sign_in(ui_client, cast.tokens["doc"])
+    assert ui_client.get(f"/ui/cases/{case_id}").status_code == 404
