@@ -188,6 +188,9 @@ def main() -> None:
     )
     parser.add_argument("--soak-concurrency", type=int, default=16)
     args = parser.parse_args()
+    # The raw baseline gets the same thread budget as a Ray replica (Ray sets OMP_NUM_THREADS).
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
 
     home = Path(tempfile.mkdtemp(prefix="radgate-bench-serve-"))
     os.environ["RADGATE_HOME"] = str(home)
