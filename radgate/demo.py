@@ -4,7 +4,11 @@
 2. ingest them: de-identify (PS3.15 research profile), store by hash, record lineage;
 3. scan what was stored for every identifier that went in (an independent check);
 4. create a dataset version from the site's labels file (keyed by original accession numbers)
-   and train, evaluate and register a model (Ray Train, MLflow), unless ``--stages ingest``.
+   and train, evaluate and register a model (Ray Train, MLflow);
+5. explain: Grad-CAM overlay (PNG + DICOM Secondary Capture) of a stored case, and the
+   parameter-randomisation sanity check recorded where the approval policy reads it;
+6. govern: submit, two approvals by distinct people with the right roles, the policy checklist,
+   and promotion to ``staging`` only if the policy holds (else the gate's refusal is shown).
 
 Each stage prints what it did; the last line is a JSON summary.
 """
@@ -25,7 +29,7 @@ __all__ = ["demo", "register"]
 
 console = Console()
 
-STAGES = ("ingest", "train")
+STAGES = ("ingest", "train", "explain", "govern")
 
 
 def _stage(title: str) -> None:
@@ -104,6 +108,119 @@ def _train_stage(labels_csv: Path, workers: int) -> dict[str, Any]:
     }
 
 
+def _store_paths(limit: int) -> list[Path]:
+    from sqlalchemy import select
+
+    from governance.catalog import Instance, open_catalog
+    from imaging.store import ContentStore
+
+    store = ContentStore.from_settings()
+    with open_catalog().session() as session:
+        keys = list(session.scalars(select(Instance.store_key).order_by(Instance.id).limit(limit)))
+    return [store.path(key) for key in keys]
+
+
+def _explain_stage(home: Path, model: str, version: str) -> dict[str, Any]:
+    import torch
+
+    from training.explain.case import explain_registered
+    from training.explain.core import ExplainMethod
+    from training.explain.sanity import run_randomization_check
+    from training.explain.settings import load_explain_settings
+    from training.explain.tracking import log_sanity_result, sanity_threshold_from_policy
+    from training.registry import load_model
+
+    _stage("4. explanations: overlay for reviewers and PACS, sanity check")
+    loaded = load_model(f"{model}/{version}")
+    settings = load_explain_settings(None)
+    cases = _store_paths(8)
+    case = explain_registered(loaded, cases[0], method=ExplainMethod.GRADCAM, config=settings.explain)
+    written = case.write(home / "demo" / "explain")
+    console.print(case.summary)
+    for kind, path in written.items():
+        console.print(f"  {kind}: {path}")
+    batch = torch.cat([loaded.preprocess(path) for path in cases])
+    result = run_randomization_check(
+        loaded.module,
+        batch,
+        config=settings.sanity,
+        explain_config=settings.explain.model_copy(
+            update={"target_layer": settings.explain.target_layer or loaded.gradcam_layer or None}
+        ),
+        threshold=sanity_threshold_from_policy(loaded.name),
+    )
+    log_sanity_result(result, run_id=loaded.run_id, model_name=loaded.name, model_version=loaded.version)
+    console.print(
+        f"sanity check (Adebayo et al. 2018): {result.status}, Spearman trained vs randomised "
+        f"{result.spearman:.3f} (threshold {result.threshold:g})"
+    )
+    return {"overlay": {k: str(v) for k, v in written.items()}, "sanity": result.status}
+
+
+def _demo_principals(home: Path) -> dict[str, Any]:
+    """The demo's four people; their tokens are kept (0600) so the demo can be run again."""
+    from governance.auth import Role, add_user, authenticate
+
+    path = home / "demo" / "tokens.json"
+    if path.exists():
+        tokens = json.loads(path.read_text())
+    else:
+        people = {
+            "demo-admin": Role.ADMIN,
+            "demo-trainer": Role.ML_ENGINEER,
+            "demo-ml-lead": Role.ML_ENGINEER,
+            "demo-radiologist": Role.CLINICAL_REVIEWER,
+        }
+        admin = add_user("demo-admin", Role.ADMIN, by=None)
+        tokens = {"demo-admin": admin.token}
+        by = authenticate(admin.token)
+        for name, role in people.items():
+            if name != "demo-admin":
+                tokens[name] = add_user(name, role, by=by).token
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(tokens, handle)
+    return {name: authenticate(token) for name, token in tokens.items()}
+
+
+def _govern_stage(home: Path, model: str, version: str) -> dict[str, Any]:
+    from governance.approvals.workflow import PolicyNotSatisfied, Workflow
+
+    _stage("5. governance: submit, two-person approval, policy gate, promotion")
+    people = _demo_principals(home)
+    workflow = Workflow()
+    workflow.submit(people["demo-trainer"], model, version, "demo run: synthetic chest radiographs")
+    workflow.approve(people["demo-radiologist"], model, version, "overlays reviewed on the demo gallery")
+    workflow.approve(people["demo-ml-lead"], model, version, "metrics and lineage reviewed")
+    checklist = workflow.status(model, version)
+    table = Table(title=f"policy checklist {model} v{version}")
+    for column in ("requirement", "passed", "value", "expected"):
+        table.add_column(column)
+    for item in checklist.items:
+        mark = "[green]yes[/]" if item.passed else "[red]no[/]"
+        table.add_row(item.name, mark, str(item.value)[:40], item.expected[:40])
+    console.print(table)
+    try:
+        workflow.promote(people["demo-ml-lead"], model, version, "staging")
+        promoted = True
+        console.print(
+            f"[green]promoted[/] {model} v{version} to alias 'staging': the serving gate will allow it"
+        )
+    except PolicyNotSatisfied as exc:
+        promoted = False
+        failed = ", ".join(item.name for item in exc.checklist.failures)
+        console.print(
+            f"[yellow]promotion refused by the policy gate[/] (not met: {failed}); "
+            "a small demo model stays pending, which is the gate doing its job"
+        )
+    return {
+        "status": checklist.status,
+        "promoted_to_staging": promoted,
+        "failed": [i.name for i in checklist.failures],
+    }
+
+
 def demo(
     patients: int = typer.Option(24, "--patients", min=4, help="Synthetic patients (two studies each)."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
@@ -127,7 +244,12 @@ def demo(
         k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
     }
     if "train" in wanted:
-        summary["train"] = _train_stage(Path(ingest["labels_csv"]), workers)
+        summary["train"] = train = _train_stage(Path(ingest["labels_csv"]), workers)
+        model, version = train["model"], train["model_version"]
+        if "explain" in wanted and model and version:
+            summary["explain"] = _explain_stage(settings.home, model, version)
+        if "govern" in wanted and model and version:
+            summary["govern"] = _govern_stage(settings.home, model, version)
     summary["elapsed_s"] = round(time.perf_counter() - start, 1)
     console.rule("[bold green]done")
     print(json.dumps(summary))
