@@ -37,8 +37,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def s3_store(s3_server: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def s3_store(
+    s3_server: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
     """RADGATE_OBJECT_STORE on the bucket (one prefix per test), credentials from the env."""
+    from s3fs import S3FileSystem
+
     from governance.settings import get_settings
 
     for key, value in s3_server.env().items():
@@ -46,7 +50,11 @@ def s3_store(s3_server: Any, request: pytest.FixtureRequest, monkeypatch: pytest
     url = f"s3://{BUCKET}/{request.node.name}/store"
     monkeypatch.setenv("RADGATE_OBJECT_STORE", url)
     get_settings.cache_clear()
-    return url
+    # fsspec caches filesystems per process with the endpoint they were built with: one left by
+    # another module's (stopped) server must not be reused.
+    S3FileSystem.clear_instance_cache()
+    yield url
+    S3FileSystem.clear_instance_cache()
 
 
 def test_content_store_round_trip_and_verification_on_s3(s3_store: str, s3_server: Any) -> None:

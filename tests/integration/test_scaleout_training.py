@@ -110,13 +110,18 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 @pytest.fixture
-def scaled(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Platform:
+def scaled(platform: Platform, monkeypatch: pytest.MonkeyPatch) -> Iterator[Platform]:
+    from s3fs import S3FileSystem
+
     from governance.settings import get_settings
 
     for key, value in platform.env().items():
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    return platform
+    # fsspec caches filesystems per process with their endpoint: never reuse another module's.
+    S3FileSystem.clear_instance_cache()
+    yield platform
+    S3FileSystem.clear_instance_cache()
 
 
 def test_training_runs_on_the_ray_cluster_and_tracks_to_postgres_and_s3(
