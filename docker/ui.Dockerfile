@@ -30,7 +30,9 @@ COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
 USER 10001:10001
 WORKDIR /var/lib/radgate
 EXPOSE 8080
+# The sign-in page answers without a session.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "/usr/local/bin/radgate-healthcheck", "tcp", "127.0.0.1", "8080"]
+    CMD ["python", "/usr/local/bin/radgate-healthcheck", "http", "http://127.0.0.1:8080/ui/login"]
 ENTRYPOINT ["/usr/local/bin/radgate-entrypoint", "radgate"]
+# Behind an HTTPS proxy (as it should be), add --secure-cookie.
 CMD ["ui", "--host", "0.0.0.0", "--port", "8080"]
