@@ -33,9 +33,6 @@ def serve(
         raise typer.Exit(2) from exc
     from serving.app import run
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     try:
         run(settings, num_cpus=num_cpus)
     except RuntimeError as exc:  # Ray Serve deploy failures
@@ -47,10 +44,17 @@ def serve(
         + "); Ctrl-C or SIGTERM stops it"
     )
     _report_models(settings.host, settings.port)
+    # After ray.init, which installs its own SIGTERM handler: ours shuts Serve down cleanly.
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    import ray
     from ray import serve as ray_serve
 
+    typer.echo("stopping")
     ray_serve.shutdown()
+    ray.shutdown()
 
 
 def _report_models(host: str, port: int) -> None:
