@@ -4,6 +4,7 @@ case viewer and drift reports (server-rendered Jinja2, static JS/CSS, no CDN).""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,22 @@ __all__ = ["PREFIX", "create_ui_app", "create_ui_router", "install_ui"]
 PREFIX = "/ui"
 _HERE = Path(__file__).parent
 _templates = Jinja2Templates(directory=str(_HERE / "templates"))
+_HEX = re.compile(r"^[0-9a-f]{40,}$")
+
+
+def _shown(value: Any) -> str:
+    """A checklist value for people: lists joined, long digests shortened (full value in title)."""
+    if value is None or value == []:
+        return "—"
+    if isinstance(value, list | tuple | set):
+        return ", ".join(_shown(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text[:12] + "…" if _HEX.match(text) else text
+
+
+_templates.env.filters["shown"] = _shown
 _ACTIONS = ("submit", "approve", "reject", "revoke", "promote")
 _AUDIT_PAGE = 200
 

@@ -212,3 +212,21 @@ def test_ui_feedback_unknown_request(ui_client: Any, cast: Cast, radgate_home: P
 def test_ui_bad_case_ids(ui_client: Any, cast: Cast, case_id: str) -> None:
     sign_in(ui_client, cast.tokens["doc"])
     assert ui_client.get(f"/ui/cases/{case_id}").status_code == 404
+
+
+def test_ui_cli_registers_command() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from serving.ui.cli import register
+
+    app = typer.Typer()
+    register(app)
+
+    @app.command()
+    def other() -> None:
+        """Keeps typer in sub-command mode."""
+
+    result = CliRunner().invoke(app, ["ui", "--help"])
+    assert result.exit_code == 0
+    assert "--port" in result.output
