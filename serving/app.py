@@ -68,7 +68,11 @@ class Ingress:
 
     def __init__(self, config_json: str, models: dict[str, DeploymentHandle]) -> None:
         config = ServeConfig.model_validate_json(config_json)
-        install_service(IngressService(config, {n: _HandleClient(h) for n, h in models.items()}))
+        service = IngressService(config, {n: _HandleClient(h) for n, h in models.items()})
+        # Warm the gate (artifact hashes, audit scan) so the first request does not pay for it.
+        for served in config.models:
+            service.gate(served.name, served.alias, version=served.version)
+        install_service(service)
 
 
 def build_app(config: ServeConfig) -> Any:
