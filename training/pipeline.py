@@ -24,9 +24,9 @@ __all__ = ["DEMO_CONFIG", "PipelineOutcome", "demo_config_path", "train_from_lab
 #: Used when configs/train/demo.yaml is not available (installed package without the repo).
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo-opacity",
-    "data": {"dataset": "demo", "spatial_size": [48, 48], "batch_size": 8},
+    "data": {"dataset": "demo", "spatial_size": [64, 64], "batch_size": 8},
     "model": {"network": "resnet18"},
-    "optim": {"lr": 0.002, "max_epochs": 8},
+    "optim": {"lr": 0.001, "max_epochs": 12},
     "run": {"workers": 1, "experiment": "radgate-demo"},
     "evaluation": {"min_subgroup_size": 3},
     "registry": {"model_name": "chest-opacity"},
