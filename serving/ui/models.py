@@ -9,6 +9,7 @@ from typing import Any
 from governance.approvals import TAG_STATUS, Workflow, gather_evidence
 from governance.approvals.workflow import PROMOTER_ROLES, REVOKER_ROLES, SUBMITTER_ROLES
 from governance.auth import Principal, Role
+from serving.ui.evidence import Evidence, run_evidence
 
 __all__ = ["VersionRow", "VersionView", "allowed_actions", "list_versions", "version_view"]
 
@@ -35,6 +36,8 @@ class VersionView:
     aliases: list[str]
     history: list[dict[str, object]]
     allowed_aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    evidence: Evidence = field(default_factory=Evidence)
 
 
 def list_versions(workflow: Workflow) -> dict[str, list[VersionRow]]:
@@ -75,6 +78,8 @@ def version_view(workflow: Workflow, name: str, version: str) -> VersionView:
         aliases=list(getattr(mv, "aliases", None) or []),
         history=workflow.history(name, version),
         allowed_aliases=list(workflow.policy.for_model(name).allowed_aliases),
+        run_id=mv.run_id,
+        evidence=run_evidence(workflow.client, mv.run_id),
     )
 
 

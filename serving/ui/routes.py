@@ -169,6 +169,22 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
             error=error[:300],
         )
 
+    @router.get("/models/{name}/{version}/files/{path:path}")
+    def version_file(request: Request, name: str, version: str, path: str) -> Response:
+        from governance.approvals import RegistryError
+        from governance.approvals.registry import get_version
+        from serving.ui.evidence import read_artifact, run_evidence
+
+        _signed_in(request, *MODEL_ROLES)
+        client = _workflow().client
+        try:
+            mv = get_version(client, name, version)
+        except RegistryError:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        if not mv.run_id or path not in run_evidence(client, mv.run_id).files:
+            return JSONResponse({"detail": "not found"}, status_code=404)
+        return Response(read_artifact(client, mv.run_id, path), media_type="image/png")
+
     @router.post("/models/{name}/{version}/{action}")
     def act(
         request: Request,

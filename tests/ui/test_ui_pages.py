@@ -230,3 +230,28 @@ def test_ui_cli_registers_command() -> None:
     result = CliRunner().invoke(app, ["ui", "--help"])
     assert result.exit_code == 0
     assert "--port" in result.output
+
+
+def test_ui_version_evidence_files(ui_client: Any, registry: Any, cast: Cast, tmp_path: Path) -> None:
+    """Model card, evaluation plots, saliency gallery and the subgroup table from the run."""
+    version = submitted(registry, cast)
+    run_id = registry.get_model_version(NAME, version).run_id
+    png = b"\x89PNG\r\n\x1a\nplot"
+    (tmp_path / "calibration.png").write_bytes(png)
+    (tmp_path / "case-01.png").write_bytes(png)
+    (tmp_path / "model_card.md").write_text("# Model card\nIntended use: <triage>\n")
+    report = {"subgroups": {"site": {"site-a": {"n": 40, "auroc": 0.9}, "site-b": {"n": 35, "auroc": 0.87}}}}
+    (tmp_path / "evaluation.json").write_text(json.dumps(report))
+    registry.log_artifact(run_id, str(tmp_path / "calibration.png"), "evaluation")
+    registry.log_artifact(run_id, str(tmp_path / "evaluation.json"), "evaluation")
+    registry.log_artifact(run_id, str(tmp_path / "case-01.png"), "explain/gallery")
+    registry.log_artifact(run_id, str(tmp_path / "model_card.md"))
+    sign_in(ui_client, cast.tokens["doc"])
+    page = ui_client.get(f"/ui/models/{NAME}/{version}").text
+    assert "Intended use: &lt;triage&gt;" in page  # escaped
+    assert "site-b" in page and "Saliency gallery" in page
+    base = f"/ui/models/{NAME}/{version}/files/"
+    assert ui_client.get(base + "evaluation/calibration.png").content == png
+    assert ui_client.get(base + "explain/gallery/case-01.png").content == png
+    assert ui_client.get(base + "evaluation/evaluation.json").status_code == 404  # only listed plots
+    assert ui_client.get(base + "../../mlflow.db").status_code == 404
