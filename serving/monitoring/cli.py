@@ -116,6 +116,8 @@ def replay(
     keep_inputs: bool = typer.Option(False, "--keep-inputs", help="Seal inputs for later feedback."),
 ) -> None:
     """Predict files as served requests would be and record their live features (demo and tests)."""
+    from pydicom.errors import InvalidDicomError
+
     from imaging.ingest import iter_files
     from serving.monitoring.live import LiveRecorder
     from serving.monitoring.served import observe_dicom, shift_dicom
@@ -127,14 +129,21 @@ def replay(
         recorder = LiveRecorder.for_run(model.name, model.version, str(model.run_id))
     except (LookupError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    count = 0
+    count = skipped = 0
     for path in iter_files(paths):
-        data = shift_dicom(path.read_bytes(), shift)
-        observation = observe_dicom(model, recorder, uuid.uuid4().hex, data, keep_input=keep_inputs)
+        try:
+            data = shift_dicom(path.read_bytes(), shift)
+            observation = observe_dicom(model, recorder, uuid.uuid4().hex, data, keep_input=keep_inputs)
+        except (InvalidDicomError, AttributeError, ValueError):  # not an image DICOM
+            skipped += 1
+            continue
         count += 1
         if keep_inputs:
             typer.echo(f"{observation.request_id} {observation.predicted_label}")
-    typer.echo(f"recorded {count} requests for {model.name} v{model.version} (shift: {shift})")
+    typer.echo(
+        f"recorded {count} requests for {model.name} v{model.version} (shift: {shift}); "
+        f"{skipped} files skipped (not image DICOM)"
+    )
 
 
 @feedback_app.command("submit")
@@ -194,6 +203,9 @@ def dataset(
     new_name: str = typer.Option(..., "--name", help="Name of the new dataset version."),
     base: str | None = typer.Option(None, "--base", help="Base dataset (default: the served version's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
+    hold_out_test: bool = typer.Option(
+        False, "--hold-out-test", help="Leave the base's test patients out (a fixed test set)."
+    ),
 ) -> None:
     """Make the next dataset version: the base dataset's labels plus feedback labels (feedback wins)."""
     from imaging.datasets import DatasetError
@@ -201,7 +213,9 @@ def dataset(
     from serving.monitoring.live import MonitoringError
 
     try:
-        report = feedback_dataset(name, new_name, base=base, seed=seed)
+        report = feedback_dataset(
+            name, new_name, base=base, seed=seed, hold_out="test" if hold_out_test else None
+        )
     except (MonitoringError, DatasetError, LookupError) as exc:
         raise _fail(str(exc)) from exc
     version = report.version

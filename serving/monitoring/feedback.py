@@ -289,10 +289,17 @@ def feedback_dataset(
     base: str | None = None,
     since: datetime | None = None,
     seed: int = 0,
+    hold_out: str | None = None,
     settings: Settings | None = None,
 ) -> Any:
     """A new dataset version: ``base`` (default: the dataset the model's latest served version was
-    trained on) relabelled and extended with the feedback labels. Returns ``CreateReport``."""
+    trained on) relabelled and extended with the feedback labels. Returns ``CreateReport``.
+
+    ``hold_out="test"`` leaves the base's test split out of the new version, with every feedback
+    case of a patient in it, so that split stays a fixed, unseen test set for champion/challenger
+    comparisons (a new version re-splits its patients: kept in, they could land in train).
+    """
+    from governance.catalog import Instance
     from imaging.datasets import create_dataset, get_dataset
 
     settings = settings or get_settings()
@@ -303,7 +310,22 @@ def feedback_dataset(
         base = _served_dataset(model, settings)
     previous = get_dataset(base, settings)
     names = list(previous.manifest.label_names)
-    merged = {item.sha256: names[item.label] for item in previous.manifest.items}
+    items = previous.manifest.items
+    if hold_out is not None:
+        held = {i.patient for i in items if str(i.split) == hold_out}
+        items = [i for i in items if i.patient not in held]
+        with open_catalog(settings).session() as session:
+            patients = dict(
+                session.execute(
+                    select(Instance.sha256, Instance.patient_pseudonym).where(
+                        Instance.sha256.in_(list(labels))
+                    )
+                ).tuples()
+            )
+        labels = {k: v for k, v in labels.items() if patients.get(k) not in held}
+        if not labels:
+            raise MonitoringError("every feedback case belongs to a held-out patient")
+    merged = {item.sha256: names[item.label] for item in items}
     merged.update(labels)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "labels.csv"
