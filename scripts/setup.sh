@@ -9,6 +9,8 @@ if [ "${RADGATE_SKIP_APT:-0}" != "1" ]; then
   # Orthanc (a real PACS peer), dcmtk, dicom3tools (dciodvfy), GDCM; Chromium for the web UI tests.
   sh scripts/ci/install-apt.sh
   if [ -x scripts/ci/install-browser.sh ]; then sh scripts/ci/install-browser.sh; fi
+  # PostgreSQL 15 for the scale-out integration tests (a private cluster per test session).
+  if [ -f scripts/ci/install-postgres.sh ]; then sh scripts/ci/install-postgres.sh; fi
 fi
 
 PYTHON="${PYTHON:-python3.11}"
