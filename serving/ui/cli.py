@@ -10,6 +10,7 @@ __all__ = ["register"]
 def ui(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8600, help="Port to listen on."),
+    demo: bool = typer.Option(True, "--demo/--no-demo", help="Build the demo case before serving."),
     secure_cookie: bool = typer.Option(
         False, "--secure-cookie", help="Mark the sign-in cookie Secure (behind HTTPS)."
     ),
@@ -18,7 +19,11 @@ def ui(
     import uvicorn
 
     from serving.ui import create_ui_app
+    from serving.ui.cases import demo_case
 
+    if demo:
+        typer.echo("Preparing the demo case (Captum maps on a synthetic radiograph)...")
+        demo_case()
     typer.echo(f"RadGate UI on http://{host}:{port}/ui")
     uvicorn.run(create_ui_app(secure_cookie=secure_cookie), host=host, port=port, log_level="warning")
 

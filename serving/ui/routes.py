@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -397,11 +397,31 @@ def _errors(app: FastAPI) -> None:
         app.add_exception_handler(kind, handler)
 
 
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+
+
 def install_ui(app: FastAPI, *, secure_cookie: bool = False) -> None:
-    """Add the UI router, its static files and error handlers to an existing FastAPI app."""
+    """Add the UI router, its static files, error handlers and security headers (on ``/ui``
+    responses only) to an existing FastAPI app."""
     app.include_router(create_ui_router(secure_cookie=secure_cookie))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=str(_HERE / "static")), name="ui-static")
     _errors(app)
+
+    @app.middleware("http")
+    async def ui_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        if request.url.path == PREFIX or request.url.path.startswith(f"{PREFIX}/"):
+            for key, value in _SECURITY_HEADERS.items():
+                response.headers.setdefault(key, value)
+        return response
 
 
 def create_ui_app(*, secure_cookie: bool = False) -> FastAPI:

@@ -55,6 +55,9 @@ def test_ui_cookie_is_httponly_and_strict(ui_client: Any, cast: Cast) -> None:
     response = ui_client.post("/ui/login", data={"token": cast.tokens["doc"]}, follow_redirects=False)
     header = response.headers["set-cookie"].lower()
     assert "httponly" in header and "samesite=strict" in header and "path=/ui" in header
+    page = ui_client.get("/ui/login")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
 
 
 def test_ui_every_page_renders(ui_client: Any, registry: Any, cast: Cast, radgate_home: Path) -> None:
