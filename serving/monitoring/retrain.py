@@ -1,10 +1,11 @@
 """Retraining from feedback: a new dataset version, the production version's config, a new pending
 version and a champion/challenger comparison on a fixed test split, all in MLflow and the audit log.
 
-The fixed test split is the champion's dataset's test split minus any instance the new dataset puts
-in train or val (feedback cases and a re-split can move instances; testing on what the challenger
-learnt from would flatter it). Promotion still goes through the governance policy: the challenger is
-registered ``pending_review`` like any other version.
+The fixed test split is the champion's dataset's test split: the new dataset version leaves its
+patients out (``feedback_dataset(hold_out="test")``), so the challenger never trains on it; any
+instance the new version still holds in train or val is excluded from the comparison as well.
+Promotion still goes through the governance policy: the challenger is registered
+``pending_review`` like any other version.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def retrain(
         )
     base = get_dataset(champion.dataset_version, settings)
     created = feedback_dataset(
-        model, dataset_name or f"{base.name}-feedback", base=base.id, settings=settings
+        model, dataset_name or f"{base.name}-feedback", base=base.id, hold_out="test", settings=settings
     )
     new = created.version
     config_data["data"]["dataset"] = new.id
