@@ -142,3 +142,19 @@ def live_ui(registry: Any, radgate_home: Path, demo_case_template: Path) -> Iter
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
+
+
+def record_served_request(request_id: str) -> None:
+    """A served prediction in the real monitoring store (what serving records per request)."""
+    from serving.monitoring import LiveRecorder
+    from training.reference_profile import live_feature_row, profile_from_rows
+
+    labels = ["no_finding", "opacity"]
+    rng = np.random.default_rng(0)
+    rows = [
+        live_feature_row(rng.random((8, 8)), {"manufacturer": "GE"}, [0.7, 0.3], labels) for _ in range(20)
+    ]
+    profile = profile_from_rows(rows, rng.normal(size=(20, 6)), labels, embedding_dims=3)
+    recorder = LiveRecorder("chest", "1", profile)
+    image, attributes = rng.random((8, 8)), {"manufacturer": "GE"}
+    recorder.record(request_id, image, attributes, [0.2, 0.8], rng.normal(size=6), input_bytes=None)

@@ -1,10 +1,12 @@
 """The reviewer UI in a real headless Chromium (Debian's, driven by Playwright): two reviewers
 approve a version and see the checklist change; a third user inspects the overlay of the demo
-case (real Captum maps on a synthetic radiograph). Screenshots go to ``$RADGATE_UI_ARTIFACTS``
+case (real Captum maps on a synthetic radiograph) and sends feedback to the monitoring store.
+Screenshots go to ``$RADGATE_UI_ARTIFACTS``
 (default: the test's temporary folder)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from governance.approvals import TAG_STATUS, Workflow
 from governance.testing import Cast, create_version
+from tests.ui.conftest import record_served_request
 
 pytestmark = [
     pytest.mark.integration,
@@ -98,9 +101,14 @@ def overlay_pixel_sum(page: Any) -> int:
     )
 
 
-def test_ui_browser_case_overlay(page: Any, live_ui: str, cast: Cast, shots: Path) -> None:
+def test_ui_browser_case_overlay(
+    page: Any, live_ui: str, cast: Cast, shots: Path, radgate_home: Path
+) -> None:
     from playwright.sync_api import expect
 
+    record_served_request("req-browser-1")  # the demo case stands for a served prediction here
+    meta_path = radgate_home / "ui" / "cases" / "demo" / "case.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "request_id": "req-browser-1"}))
     page.set_viewport_size({"width": 1280, "height": 800})
     sign_in(page, live_ui, cast.tokens["doc"])
     page.goto(f"{live_ui}/ui/cases")
@@ -124,3 +132,8 @@ def test_ui_browser_case_overlay(page: Any, live_ui: str, cast: Cast, shots: Pat
     page.keyboard.press("+")
     expect(page.locator("#zoom-out")).to_have_text("1.3")
     page.screenshot(path=str(shots / "case-saliency-zoomed.png"))
+
+    page.get_by_label("Corrected label (if you disagree)").fill("no_finding")
+    page.get_by_label("Comment", exact=True).fill("opacity is a rib overlap")
+    page.get_by_role("button", name="Disagree").click()
+    expect(page.locator("#fb-result")).to_have_text("Feedback recorded.")

@@ -14,7 +14,7 @@ from governance.approvals import TAG_DECISION_PREFIX, TAG_STATUS, Workflow
 from governance.audit import AuditLog
 from governance.testing import Cast, create_version
 from serving.ui.security import COOKIE
-from tests.ui.conftest import write_case
+from tests.ui.conftest import record_served_request, write_case
 
 NAME = "cxr-pneumonia"
 
@@ -258,3 +258,28 @@ def test_ui_version_evidence_files(ui_client: Any, registry: Any, cast: Cast, tm
     assert ui_client.get(base + "explain/gallery/case-01.png").content == png
     assert ui_client.get(base + "evaluation/evaluation.json").status_code == 404  # only listed plots
     assert ui_client.get(base + "../../mlflow.db").status_code == 404
+
+
+def test_ui_feedback_on_served_case(ui_client: Any, cast: Cast, radgate_home: Path) -> None:
+    """Feedback through the UI lands in the monitoring feedback store and the audit log."""
+    from sqlalchemy import select
+
+    from governance.catalog import open_catalog
+    from serving.monitoring.feedback import FeedbackRecord
+
+    record_served_request("req-ui-1")
+    write_case(radgate_home, "served", request_id="req-ui-1")
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    assert "Disagree" in ui_client.get("/ui/cases/served").text
+    response = ui_client.post(
+        "/ui/api/cases/served/feedback",
+        data={"csrf": csrf, "agree": "false", "corrected_label": "no_finding", "comment": "rib overlap"},
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["label"] == "no_finding"
+    with open_catalog().session() as session:
+        rows = list(session.scalars(select(FeedbackRecord)))
+    assert [(r.reviewer, r.agree, r.label) for r in rows] == [("doc", False, "no_finding")]
+    assert AuditLog().entries(action="monitoring.feedback", actor="doc")
+    bad = ui_client.post("/ui/api/cases/served/feedback", data={"csrf": csrf, "agree": "false"})
+    assert bad.status_code == 422  # a disagreement needs the corrected label
