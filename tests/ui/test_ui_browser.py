@@ -110,7 +110,7 @@ def test_ui_browser_case_overlay(
     meta_path = radgate_home / "ui" / "cases" / "demo" / "case.json"
     meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "request_id": "req-browser-1"}))
     page.set_viewport_size({"width": 1280, "height": 800})
-    sign_in(page, live_ui, cast.tokens["doc"])
+    sign_in(page, live_ui, cast.tokens["doc2"])  # a third reviewer
     page.goto(f"{live_ui}/ui/cases")
     page.get_by_role("link", name="Demo radiograph (synthetic)").click()
     viewer = page.locator("#viewer")
