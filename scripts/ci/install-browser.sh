@@ -1,7 +1,7 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Debian's Chromium for the web UI's browser tests (Playwright drives it through its
 # executable path; `playwright install` is never used). Idempotent.
-set -euo pipefail
+set -eu
 if command -v chromium >/dev/null 2>&1; then
     exit 0
 fi
