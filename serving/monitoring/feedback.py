@@ -315,13 +315,10 @@ def feedback_dataset(
         held = {i.patient for i in items if str(i.split) == hold_out}
         items = [i for i in items if i.patient not in held]
         with open_catalog(settings).session() as session:
-            patients = dict(
-                session.execute(
-                    select(Instance.sha256, Instance.patient_pseudonym).where(
-                        Instance.sha256.in_(list(labels))
-                    )
-                ).tuples()
+            found = session.execute(
+                select(Instance.sha256, Instance.patient_pseudonym).where(Instance.sha256.in_(list(labels)))
             )
+            patients = {sha256: patient for sha256, patient in found}
         labels = {k: v for k, v in labels.items() if patients.get(k) not in held}
         if not labels:
             raise MonitoringError("every feedback case belongs to a held-out patient")

@@ -241,3 +241,8 @@ def test_drift_and_feedback_end_to_end(radgate_home: Path, tmp_path: Path, webho
     assert len(items) == len(dataset.manifest.items) + 2
     assert nxt.manifest.label_names[items[out["instance_sha256"]].label] == "opacity"
     assert get_dataset(nxt.id).id == nxt.id
+    # holding out the base's test patients keeps that split unseen for champion/challenger
+    held_out = feedback_dataset(MODEL, "chest-v2-fixed-test", base=dataset.id, hold_out="test").version
+    test_patients = {i.patient for i in dataset.manifest.items_in("test")}
+    assert test_patients and not test_patients & {i.patient for i in held_out.manifest.items}
+    assert out["instance_sha256"] in {i.sha256 for i in held_out.manifest.items}
