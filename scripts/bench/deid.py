@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import os
 import shutil
 import sys
@@ -29,7 +30,7 @@ from pydicom import dcmread
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from imaging.corpus import packaged_dicom_files
-from imaging.phi_corpus import PlantedFile, identifying_values, plant_phi, residual_phi
+from imaging.phi_corpus import PlantedFile, identifying_values, plant_phi
 
 
 def _raw(files: list[Path], out: Path) -> None:
@@ -70,16 +71,16 @@ def _timed(
 
 
 def _leaks(planted: list[PlantedFile], outputs: list[Path]) -> int:
-    """Outputs (any file) holding any value planted in or identifying any input."""
+    """Outputs (any file) holding any value planted in or identifying any input (one regex)."""
     values: set[str] = set()
     for item in planted:
         values.update(item.planted)
         values.update(identifying_values(item.path.read_bytes()))
-    leaking = 0
-    for path in outputs:
-        if residual_phi(path.read_bytes(), values):
-            leaking += 1
-    return leaking
+    ordered = sorted(values, key=len, reverse=True)
+    pattern = re.compile(
+        "(?<![0-9A-Za-z.])(?:" + "|".join(re.escape(v) for v in ordered) + ")(?![0-9A-Za-z])", re.IGNORECASE
+    )
+    return sum(1 for path in outputs if pattern.search(path.read_bytes().decode("latin-1")))
 
 
 def main() -> None:
