@@ -55,7 +55,9 @@ def convert(rows: list[dict[str, str]], release: str) -> dict[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("source", type=Path, help="the standard's Table E.1-1 as JSON")
     parser.add_argument("--release", required=True, help="DICOM release, e.g. 2024b")
     parser.add_argument(
