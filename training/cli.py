@@ -148,11 +148,12 @@ def train_command(
         cfg = load_config(config, extra)
     except ConfigError as exc:
         raise _fail(str(exc)) from None
+    from training.evidence import SupersededDatasetError
     from training.run import train
 
     try:
         outcome = train(cfg, register=False if no_register else None)
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, SupersededDatasetError) as exc:
         raise _fail(str(exc)) from None
     m = outcome.evaluation.overall
     attribute, metric, gap = outcome.evaluation.largest_gap

@@ -23,7 +23,9 @@ from governance.settings import Settings, get_settings
 from imaging.datasets import DatasetVersion, get_dataset, materialize
 from training.config import ConfigError, TrainConfig
 from training.evaluation import EvaluationReport, evaluate, save_plots
+from training.evidence import record_post_training_evidence, refuse_superseded
 from training.launch import FitJob, FitResult, fit
+from training.networks import gradcam_layer
 from training.preprocess import IMAGE_KEY, PreprocessingSpec
 
 __all__ = ["TrainOutcome", "ensure_experiment", "predict_scores", "train"]
@@ -159,6 +161,7 @@ def train(
 
     settings = settings or get_settings()
     dataset = get_dataset(config.data.dataset, settings)
+    refuse_superseded(dataset.id)  # e.g. a patient was erased from it: train on the successor
     label_names = dataset.manifest.label_names
     if len(label_names) != 2:
         raise ConfigError(f"dataset {dataset.short_id} has {len(label_names)} classes; evaluation needs 2")
@@ -259,6 +262,19 @@ def train(
             model_card=card,
             model_name=config.registry.model_name if do_register else None,
             torchscript=config.registry.torchscript,
+        )
+        record_post_training_evidence(
+            run_id=run_id,
+            dataset=dataset,
+            network=network,
+            rows=rows,
+            spec=spec,
+            label_names=label_names,
+            test_scores=test_scores,
+            report=report,
+            registration=registration,
+            gradcam_layer=gradcam_layer(str(config.model.network)),
+            settings=settings,
         )
     return TrainOutcome(
         run_id=run_id,
