@@ -8,7 +8,9 @@
 5. explain: Grad-CAM overlay (PNG + DICOM Secondary Capture) of a stored case, and the
    parameter-randomisation sanity check recorded where the approval policy reads it;
 6. govern: submit, two approvals by distinct people with the right roles, the policy checklist,
-   and promotion to ``staging`` only if the policy holds (else the gate's refusal is shown).
+   and promotion to ``staging`` only if the policy holds (else the gate's refusal is shown);
+7. serve: when promoted, Ray Serve loads ``NAME@staging`` through the gate and answers one
+   prediction (DICOM in, JSON with the decision, explanation and clinician summary out).
 
 Each stage prints what it did; the last line is a JSON summary.
 """
@@ -29,7 +31,7 @@ __all__ = ["demo", "register"]
 
 console = Console()
 
-STAGES = ("ingest", "train", "explain", "govern")
+STAGES = ("ingest", "train", "explain", "govern", "serve")
 
 
 def _stage(title: str) -> None:
@@ -221,6 +223,17 @@ def _govern_stage(home: Path, model: str, version: str) -> dict[str, Any]:
     }
 
 
+def _serve_stage(home: Path, model: str) -> dict[str, Any]:
+    from serving.demo import predict_once
+
+    _stage("6. serving: Ray Serve behind the gate, one DICOM in, JSON out")
+    token = json.loads((home / "demo" / "tokens.json").read_text())["demo-radiologist"]
+    result = predict_once(model, _store_paths(1)[0], token=token, alias="staging")
+    shown = {k: result[k] for k in ("model", "version", "decision", "summary") if k in result}
+    console.print_json(json.dumps(shown, default=str))
+    return shown
+
+
 def demo(
     patients: int = typer.Option(24, "--patients", min=4, help="Synthetic patients (two studies each)."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
@@ -249,7 +262,9 @@ def demo(
         if "explain" in wanted and model and version:
             summary["explain"] = _explain_stage(settings.home, model, version)
         if "govern" in wanted and model and version:
-            summary["govern"] = _govern_stage(settings.home, model, version)
+            summary["govern"] = governed = _govern_stage(settings.home, model, version)
+            if "serve" in wanted and governed["promoted_to_staging"]:
+                summary["serve"] = _serve_stage(settings.home, model)
     summary["elapsed_s"] = round(time.perf_counter() - start, 1)
     console.rule("[bold green]done")
     print(json.dumps(summary))
