@@ -229,7 +229,7 @@ def _serve_stage(home: Path, model: str) -> dict[str, Any]:
     _stage("6. serving: Ray Serve behind the gate, one DICOM in, JSON out")
     token = json.loads((home / "demo" / "tokens.json").read_text())["demo-radiologist"]
     result = predict_once(model, _store_paths(1)[0], token=token, alias="staging")
-    shown = {k: result[k] for k in ("model", "version", "decision", "summary") if k in result}
+    shown: dict[str, Any] = {k: result[k] for k in ("model", "version", "decision", "summary") if k in result}
     console.print_json(json.dumps(shown, default=str))
     return shown
 
