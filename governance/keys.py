@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from governance.settings import Settings, get_settings
 
-__all__ = ["KeyError_", "ProjectKey", "load_project_key"]
+__all__ = ["KeyError_", "ProjectKey", "load_project_key", "seal_key_path", "write_secret_file"]
 
 _NONCE_BYTES = 12
 
@@ -31,13 +31,30 @@ class KeyError_(RuntimeError):
 
 @dataclass(frozen=True)
 class ProjectKey:
-    """A project secret and the sub-keys derived from it."""
+    """A project secret and the sub-keys derived from it.
+
+    ``seal_secret``, when set, is a separate encryption key (``keys/seal.key``): it can be
+    rotated (``radgate keys rotate``) without changing any pseudonym, since the HMAC key of the
+    de-identification stays ``secret``.
+    """
 
     secret: bytes = field(repr=False)
+    seal_secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) != 32:
             raise KeyError_("project key must be exactly 32 bytes")
+        if self.seal_secret is not None and len(self.seal_secret) != 32:
+            raise KeyError_("seal key must be exactly 32 bytes")
+
+    @property
+    def seal_key_id(self) -> str:
+        """Public id of the encryption key in use (changes on rotation)."""
+        material = self.seal_secret if self.seal_secret is not None else self.secret
+        return hashlib.sha256(b"radgate-seal-key-id" + material).hexdigest()[:16]
+
+    def with_seal_secret(self, seal_secret: bytes) -> ProjectKey:
+        return ProjectKey(self.secret, seal_secret)
 
     @property
     def key_id(self) -> str:
@@ -46,9 +63,10 @@ class ProjectKey:
 
     def derive(self, purpose: str) -> bytes:
         """A 32-byte sub-key for one purpose (``uid``, ``date``, ``pseudonym``, ``seal``...)."""
+        material = self.seal_secret if purpose == "seal" and self.seal_secret is not None else self.secret
         return HKDF(
             algorithm=hashes.SHA256(), length=32, salt=b"radgate-v1", info=purpose.encode()
-        ).derive(self.secret)
+        ).derive(material)
 
     def mac(self, purpose: str, message: bytes) -> bytes:
         """HMAC-SHA256 of ``message`` under the sub-key for ``purpose``."""
@@ -81,14 +99,34 @@ def _parse_hex(text: str) -> bytes:
     return raw
 
 
+def seal_key_path(settings: Settings) -> Path:
+    """Where the (rotatable) encryption key lives: next to the project key file."""
+    return settings.resolved_key_file.with_name("seal.key")
+
+
+def write_secret_file(path: Path, secret: bytes) -> None:
+    """Write a key file with owner-only permissions, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret.hex() + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def load_project_key(settings: Settings | None = None, *, create: bool = True) -> ProjectKey:
     """The project key from ``RADGATE_PROJECT_KEY`` or the key file (created if absent)."""
     settings = settings or get_settings()
+    seal_path = seal_key_path(settings)
+    seal = _parse_hex(seal_path.read_text()) if seal_path.exists() else None
     if settings.project_key is not None:
-        return ProjectKey(_parse_hex(settings.project_key.get_secret_value()))
+        return ProjectKey(_parse_hex(settings.project_key.get_secret_value()), seal)
     path: Path = settings.resolved_key_file
     if path.exists():
-        return ProjectKey(_parse_hex(path.read_text()))
+        return ProjectKey(_parse_hex(path.read_text()), seal)
     if not create:
         raise KeyError_("no project key: set RADGATE_PROJECT_KEY or create the key file")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,35 @@ def test_reid_requires_honest_broker_and_is_audited(input_tree: Path, tmp_path: 
     assert denied.returncode != 0 and PATIENT_ID not in denied.stdout + denied.stderr
     found = run("reid", pseudonym, "--kind", "patient_id", "--reason", "ethics 42", "--token", broker_token)
     assert PATIENT_ID in found.stdout
-    audit = run("audit", "list", "--token", admin_token, check=False)
-    assert "reid" in audit.stdout + audit.stderr
-    assert PATIENT_ID not in audit.stdout
+    audit = run("audit", "list", "--json", "--action", "reid", "--token", admin_token).stdout
+    assert '"reid"' in audit and "reid.denied" in audit
+    assert PATIENT_ID not in audit
+
+
+def test_keys_rotate_reseals_map_and_quarantine(input_tree: Path, radgate_home: Path) -> None:
+    from governance.keys import load_project_key
+    from governance.settings import get_settings
+
+    run("ingest", str(input_tree))
+    pseudonym = json.loads(run("catalog", "--level", "studies", "--json").stdout)[0]["patient"]
+    admin = run("users", "add", "root", "--role", "admin").stdout
+    admin_token = next(w for w in admin.split() if w.startswith("rg_"))
+    broker = run("users", "add", "broker", "--role", "honest-broker", "--token", admin_token).stdout
+    broker_token = next(w for w in broker.split() if w.startswith("rg_"))
+    sealed = sorted((radgate_home / "quarantine").glob("*.sealed"))
+    before = {p: p.read_bytes() for p in sealed}
+    get_settings.cache_clear()
+    old_id = load_project_key().seal_key_id
+    assert run("keys", "rotate", "--token", broker_token, check=False).returncode != 0  # admin only
+    rotated = run("keys", "rotate", "--token", admin_token)
+    assert "re-sealed" in rotated.stdout
+    get_settings.cache_clear()
+    key = load_project_key()
+    assert key.seal_key_id != old_id
+    for path, old_bytes in before.items():
+        assert path.read_bytes() != old_bytes
+        key.unseal(path.read_bytes(), path.stem.encode())  # readable under the new key only
+    found = run("reid", pseudonym, "--kind", "patient_id", "--reason", "audit", "--token", broker_token)
+    assert PATIENT_ID in found.stdout  # pseudonyms unchanged, originals still readable
+    audit = run("audit", "list", "--json", "--action", "keys.", "--token", admin_token).stdout
+    assert "keys.rotate" in audit
