@@ -46,3 +46,8 @@ def test_lineage_and_sealed_originals_are_recorded(tmp_path: Path) -> None:
         assert len(originals) == 1  # one patient, stored once
         assert PATIENT_ID.encode() not in originals[0].sealed_original
         assert key.unseal(originals[0].sealed_original, originals[0].lookup.encode()).decode() == PATIENT_ID
+    from governance.audit import AuditLog
+
+    entries = [e for e in AuditLog().entries() if e.action == "ingest.run"]
+    assert len(entries) == 1 and entries[0].details["deidentified"] == 3
+    assert PATIENT_ID not in str(entries[0].details)
