@@ -71,16 +71,26 @@ def _timed(
 
 
 def _leaks(planted: list[PlantedFile], outputs: list[Path]) -> int:
-    """Outputs (any file) holding any value planted in or identifying any input (one regex)."""
+    """Outputs (any file) holding any value planted in or identifying any input.
+
+    Single-token values are matched against the output's tokens (a set lookup), values with
+    spaces by substring: whole-corpus scans in seconds, where one regex per value took hours.
+    """
     values: set[str] = set()
     for item in planted:
         values.update(item.planted)
         values.update(identifying_values(item.path.read_bytes()))
-    ordered = sorted(values, key=len, reverse=True)
-    pattern = re.compile(
-        "(?<![0-9A-Za-z.])(?:" + "|".join(re.escape(v) for v in ordered) + ")(?![0-9A-Za-z])", re.IGNORECASE
-    )
-    return sum(1 for path in outputs if pattern.search(path.read_bytes().decode("latin-1")))
+    single = {v.lower() for v in values if not re.search(r"[^0-9A-Za-z.]", v)}
+    multi = [v.lower() for v in values if re.search(r"[^0-9A-Za-z.]", v)]
+    splitter = re.compile(r"[^0-9a-z.]+")
+    leaking = 0
+    for path in outputs:
+        text = path.read_bytes().decode("latin-1").lower()
+        tokens = set(splitter.split(text))
+        tokens |= {t.strip(".") for t in tokens}
+        if single & tokens or any(v in text for v in multi):
+            leaking += 1
+    return leaking
 
 
 def main() -> None:
