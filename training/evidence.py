@@ -128,11 +128,37 @@ def record_post_training_evidence(
         except Exception as exc:
             log.warning("post-training %s not recorded: %s", name, type(exc).__name__)
             outcome[name] = f"not recorded ({type(exc).__name__})"
+    _audit_training(run_id, dataset, registration, outcome)
     mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
     client.set_tag(
         run_id, "radgate.evidence", ",".join(f"{k}={v}" for k, v in sorted(outcome.items()))[:5000]
     )
     return outcome
+
+
+def _audit_training(run_id: str, dataset: Any, registration: Any, outcome: dict[str, str]) -> None:
+    """Training and registration enter the audit trail (ids and hashes only)."""
+    import getpass
+
+    from governance.audit import record
+    from governance.auth import AuthError, principal_from_env_or_token
+
+    try:
+        principal = principal_from_env_or_token(None)
+        actor, role = principal.name, principal.role.value
+    except AuthError:
+        actor, role = f"local:{getpass.getuser()}", ""
+    record(
+        actor, "train.run", f"run:{run_id}", {"dataset_version": dataset.id, "evidence": outcome}, role=role
+    )
+    if registration.name:
+        record(
+            actor,
+            "model.register",
+            f"model:{registration.name}/{registration.version}",
+            {"run_id": run_id, "artifact_sha256": registration.artifact_sha256, "status": "pending_review"},
+            role=role,
+        )
 
 
 def _dataset_report(dataset: Any, run_id: str, settings: Settings) -> None:
