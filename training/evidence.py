@@ -138,16 +138,10 @@ def record_post_training_evidence(
 
 def _audit_training(run_id: str, dataset: Any, registration: Any, outcome: dict[str, str]) -> None:
     """Training and registration enter the audit trail (ids and hashes only)."""
-    import getpass
-
     from governance.audit import record
-    from governance.auth import AuthError, principal_from_env_or_token
+    from governance.auth import current_actor
 
-    try:
-        principal = principal_from_env_or_token(None)
-        actor, role = principal.name, principal.role.value
-    except AuthError:
-        actor, role = f"local:{getpass.getuser()}", ""
+    actor, role = current_actor()
     record(
         actor, "train.run", f"run:{run_id}", {"dataset_version": dataset.id, "evidence": outcome}, role=role
     )

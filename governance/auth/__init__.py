@@ -64,6 +64,7 @@ __all__ = [
     "UserInfo",
     "add_user",
     "authenticate",
+    "current_actor",
     "fastapi_dependency",
     "hash_token",
     "list_users",
@@ -72,3 +73,15 @@ __all__ = [
     "revoke_user",
     "rotate_token",
 ]
+
+
+def current_actor() -> tuple[str, str]:
+    """(actor, role) for audit entries of local commands: the ``RADGATE_TOKEN`` holder if the
+    token is valid, else ``local:<os user>`` with no role (commands that need no role)."""
+    import getpass
+
+    try:
+        principal = principal_from_env_or_token(None)
+    except AuthError:
+        return f"local:{getpass.getuser()}", ""
+    return principal.name, principal.role.value

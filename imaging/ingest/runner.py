@@ -269,15 +269,9 @@ def run_files(
 
 def _audit_run(report: RunReport, step: str) -> None:
     """One audit entry per run: counts, profile and key id (never names, paths or UIDs)."""
-    import getpass
-
     from governance.audit import record
-    from governance.auth import AuthError, principal_from_env_or_token
+    from governance.auth import current_actor
 
-    try:
-        principal = principal_from_env_or_token(None)
-        actor, role = principal.name, principal.role.value
-    except AuthError:
-        actor, role = f"local:{getpass.getuser()}", ""
+    actor, role = current_actor()
     details = {k: v for k, v in report.as_dict().items() if k not in ("actions",)}
     record(actor, f"{step}.run", f"profile:{report.profile}", details, role=role)
