@@ -64,9 +64,9 @@ class ProjectKey:
     def derive(self, purpose: str) -> bytes:
         """A 32-byte sub-key for one purpose (``uid``, ``date``, ``pseudonym``, ``seal``...)."""
         material = self.seal_secret if purpose == "seal" and self.seal_secret is not None else self.secret
-        return HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=b"radgate-v1", info=purpose.encode()
-        ).derive(material)
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"radgate-v1", info=purpose.encode()).derive(
+            material
+        )
 
     def mac(self, purpose: str, message: bytes) -> bytes:
         """HMAC-SHA256 of ``message`` under the sub-key for ``purpose``."""
