@@ -85,7 +85,11 @@ def _leaks(planted: list[PlantedFile], outputs: list[Path]) -> int:
     splitter = re.compile(r"[^0-9a-z.]+")
     leaking = 0
     for path in outputs:
-        text = path.read_bytes().decode("latin-1").lower()
+        data = path.read_bytes()
+        # Scan the header, not the pixels: text sits before (7FE0,0010); pixel bytes would make
+        # the substring search hundreds of times slower and find nothing readable.
+        cut = data.rfind(b"\xe0\x7f\x10\x00")
+        text = (data[:cut] if cut > 0 else data).decode("latin-1").lower()
         tokens = set(splitter.split(text))
         tokens |= {t.strip(".") for t in tokens}
         if single & tokens or any(v in text for v in multi):
