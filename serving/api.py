@@ -74,6 +74,16 @@ api = FastAPI(
 )
 
 
+def _install_feedback() -> None:
+    """Clinician feedback (issue 8) on the same API: ``POST /v1/feedback``, clinical-reviewer role."""
+    from serving.monitoring.feedback import feedback_router
+
+    api.include_router(feedback_router())
+
+
+_install_feedback()
+
+
 def _audit(actor: str, role: str, action: str, target: str, details: dict[str, Any]) -> None:
     record(actor, action, target, details, role=role)
 
