@@ -70,31 +70,44 @@ def _timed(
     return len(files) / (time.perf_counter() - start), out
 
 
-def _leaks(planted: list[PlantedFile], outputs: list[Path]) -> int:
-    """Outputs (any file) holding any value planted in or identifying any input.
+def _header_text(data: bytes) -> str:
+    # Scan the header, not the pixels: text sits before (7FE0,0010); pixel bytes would make the
+    # search hundreds of times slower and find nothing readable.
+    cut = data.rfind(b"\xe0\x7f\x10\x00")
+    return (data[:cut] if cut > 0 else data).decode("latin-1").lower()
 
-    Single-token values are matched against the output's tokens (a set lookup), values with
-    spaces by substring: whole-corpus scans in seconds, where one regex per value took hours.
-    """
-    values: set[str] = set()
-    for item in planted:
-        values.update(item.planted)
-        values.update(identifying_values(item.path.read_bytes()))
-    single = {v.lower() for v in values if not re.search(r"[^0-9A-Za-z.]", v)}
-    multi = [v.lower() for v in values if re.search(r"[^0-9A-Za-z.]", v)]
+
+def _leaks(pairs: list[tuple[PlantedFile, bytes]]) -> int:
+    """Outputs holding a value planted in, or identifying, their own input (whole tokens)."""
     splitter = re.compile(r"[^0-9a-z.]+")
     leaking = 0
-    for path in outputs:
-        data = path.read_bytes()
-        # Scan the header, not the pixels: text sits before (7FE0,0010); pixel bytes would make
-        # the substring search hundreds of times slower and find nothing readable.
-        cut = data.rfind(b"\xe0\x7f\x10\x00")
-        text = (data[:cut] if cut > 0 else data).decode("latin-1").lower()
+    for item, output in pairs:
+        values = set(item.planted) | identifying_values(item.path.read_bytes())
+        text = _header_text(output)
         tokens = set(splitter.split(text))
         tokens |= {t.strip(".") for t in tokens}
+        single = {v.lower() for v in values if not re.search(r"[^0-9A-Za-z.]", v)}
+        multi = [v.lower() for v in values if re.search(r"[^0-9A-Za-z.]", v)]
         if single & tokens or any(v in text for v in multi):
             leaking += 1
     return leaking
+
+
+def _radgate_pairs(planted: list[PlantedFile]) -> list[tuple[PlantedFile, bytes]]:
+    """Each input with its de-identified output (same engine and key as the timed runs)."""
+    from governance.keys import load_project_key
+    from imaging.deid import Deidentifier, load_profile
+    from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
+
+    quiet_pydicom()
+    profile, key = load_profile(), load_project_key()
+    engine = Deidentifier(profile, key)
+    pairs = []
+    for item in planted:
+        result = process_bytes(item.path.read_bytes(), engine, key, profile)
+        if result.outcome is Outcome.DEIDENTIFIED and result.output is not None:
+            pairs.append((item, result.output))
+    return pairs
 
 
 def main() -> None:
@@ -142,13 +155,17 @@ def main() -> None:
         "radgate_vs_dicognito": round(one / best["dicognito"], 3),
     }
     if args.scan:
-        radgate_out = [p for p in outs["radgate_1"].rglob("*.dcm")]
-        dicognito_out = list(outs["dicognito"].glob("*.dcm"))
+        radgate_pairs = _radgate_pairs(planted)
+        dicognito_pairs = [
+            (item, (outs["dicognito"] / f"{i}.dcm").read_bytes())
+            for i, item in enumerate(planted)
+            if (outs["dicognito"] / f"{i}.dcm").exists()
+        ]
         result["outputs_with_residual_phi"] = {
-            "radgate": _leaks(planted, radgate_out),
-            "radgate_outputs": len(radgate_out),
-            "dicognito": _leaks(planted, dicognito_out),
-            "dicognito_outputs": len(dicognito_out),
+            "radgate": _leaks(radgate_pairs),
+            "radgate_outputs": len(radgate_pairs),
+            "dicognito": _leaks(dicognito_pairs),
+            "dicognito_outputs": len(dicognito_pairs),
         }
     shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result))
