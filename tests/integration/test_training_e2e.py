@@ -64,6 +64,12 @@ def _check_mlflow(outcome: Any, epochs: int) -> None:
     assert version.tags[ModelTag.ARTIFACT_SHA256] == outcome.artifact_sha256
     assert version.tags[ModelTag.DATASET_VERSION] == outcome.dataset_version
     assert "radgate.metrics.auroc" in version.tags
+    # post-training evidence the approval policy reads (training/evidence.py)
+    assert version.tags["radgate.dataset.deidentified"] == "true"
+    evidence = client.get_run(outcome.run_id).data.tags["radgate.evidence"]
+    assert "dataset_deidentified=ok" in evidence and "reference_profile=ok" in evidence, evidence
+    assert "explanations=ok" in evidence and "dataset_report=ok" in evidence, evidence
+    assert "radgate.saliency_sanity" in client.get_model_version("tiny-model", outcome.model_version).tags
     client.set_registered_model_alias("tiny-model", "candidate", outcome.model_version)
     loaded = load_model("tiny-model@candidate")
     assert loaded.version == outcome.model_version and loaded.artifact_sha256 == outcome.artifact_sha256
