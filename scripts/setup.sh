@@ -22,7 +22,7 @@ fi
 .venv/bin/python -m pip install -q -e '.[test,postgres]'
 # Triton: the client without its protobuf<7 pin (its gRPC stubs work with the protobuf Ray and
 # MLflow need), and the real tritonserver binary from nvidia-pytriton, installed apart.
-.venv/bin/python -m pip install -q grpcio python-rapidjson
+.venv/bin/python -m pip install -q grpcio python-rapidjson "ml-dtypes<=0.5.4" urllib3
 .venv/bin/python -m pip install -q --no-deps "tritonclient==2.73.0"
 PYTHON="$PWD/.venv/bin/python" bash scripts/ci/install-triton.sh
 echo "setup done: $(.venv/bin/radgate --version)"
