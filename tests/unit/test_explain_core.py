@@ -133,10 +133,18 @@ def test_explain_restores_model_state(images: torch.Tensor) -> None:
     model.train()
     model.head.weight.requires_grad_(False)
     before = [p.requires_grad for p in model.parameters()]
-    Explainer(model).explain(images, "gradcam")
-    assert model.training
-    assert [p.requires_grad for p in model.parameters()] == before
-    assert not torch.are_deterministic_algorithms_enabled()
+    # Other code in the same process (Lightning with deterministic=True) may have switched the
+    # global flag on: explain must leave it as it found it, either way.
+    initial = torch.are_deterministic_algorithms_enabled()
+    try:
+        for flag in (False, True):
+            torch.use_deterministic_algorithms(flag)
+            Explainer(model).explain(images, "gradcam")
+            assert model.training
+            assert [p.requires_grad for p in model.parameters()] == before
+            assert torch.are_deterministic_algorithms_enabled() is flag
+    finally:
+        torch.use_deterministic_algorithms(initial)
 
 
 def test_explain_single_output_model_uses_sigmoid(images: torch.Tensor) -> None:
