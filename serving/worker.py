@@ -12,6 +12,7 @@ import asyncio
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,6 +45,7 @@ class ModelWorker:
         self.served = served
         self.gate = gate or Gate()
         self.predictor: ServedPredictor | None = None
+        self.recorder: Any = None  # serving.monitoring.LiveRecorder, when a reference profile exists
         self.denied: list[str] = []
         self._lock = threading.Lock()
         self._load(None)
@@ -64,8 +66,32 @@ class ModelWorker:
                 return
             forward = self._forward_for(loaded)
             self.predictor = ServedPredictor(loaded, decision, forward)
+            self.recorder = self._recorder_for(loaded)
             self.denied = []
             LOGGER.info("serving %s v%s (%s)", loaded.name, loaded.version, forward.name)
+
+    @staticmethod
+    def _recorder_for(loaded: Any) -> Any:
+        """Live monitoring against the version's reference profile (issue 8); None without one."""
+        try:
+            from serving.monitoring.live import LiveRecorder
+
+            return LiveRecorder.for_run(loaded.name, loaded.version, loaded.run_id)
+        except Exception as exc:  # monitoring must never stop serving
+            LOGGER.warning(
+                "no live monitoring for %s v%s (%s)", loaded.name, loaded.version, type(exc).__name__
+            )
+            return None
+
+    def _observe(self, predictor: ServedPredictor, recorder: Any, cases: list[tuple[str, bytes]]) -> None:
+        """Record each request's features (no PHI) off the request path."""
+        from serving.monitoring.served import observe_dicom
+
+        for request_id, data in cases:
+            try:
+                observe_dicom(predictor.loaded, recorder, request_id, data)
+            except Exception as exc:  # a monitoring failure is logged, not served
+                LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
 
     def _forward_for(self, loaded: Any) -> Any:
         import torch
@@ -129,9 +155,16 @@ class ModelWorker:
                 )
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 return _error(422, f"cannot build results for this image ({type(exc).__name__})")
+            # The id clinicians give back with their feedback (POST /v1/feedback).
+            result["request_id"] = uuid.uuid4().hex
             results.append(result)
             objects.append(dicom)
         done = time.perf_counter()
+        if self.recorder is not None:
+            cases = [(r["request_id"], d) for r, d in zip(results, instances, strict=True)]
+            threading.Thread(
+                target=self._observe, args=(predictor, self.recorder, cases), daemon=True
+            ).start()
         return {
             "model": {
                 "name": predictor.loaded.name,

@@ -226,3 +226,39 @@ def test_openapi_fuzz_never_5xx(world: dict[str, Any]) -> None:
             assert response.status_code < 500, (case.path, response.status_code, response.text[:200])
 
         check()
+
+
+def test_served_requests_feed_live_monitoring_and_feedback(world: dict[str, Any]) -> None:
+    """Serving records each request's features against the reference profile (no PHI), and the
+    request id it returns is what a clinician's feedback refers to."""
+    import time
+
+    from serving.monitoring.live import LiveRecorder
+    from training.preprocess import IMAGE_KEY
+    from training.reference_profile import compute_reference_profile
+    from training.registry import load_model
+
+    loaded = load_model(f"{MODEL}/{world['version']}")
+    rows = [{IMAGE_KEY: str(p)} for p in world["files"]]
+    profile = compute_reference_profile(
+        loaded.module, rows, loaded.preprocessing, label_names=loaded.label_names
+    )
+    worker = world["service"].models[MODEL].worker
+    worker.recorder = LiveRecorder(MODEL, world["version"], profile)
+    try:
+        reply = world["client"].post(
+            f"/v1/models/{MODEL}/predict",
+            content=world["files"][0].read_bytes(),
+            headers={**_auth(world), "Content-Type": "application/dicom"},
+        )
+        assert reply.status_code == 200, reply.text
+        request_id = reply.json()["results"][0]["request_id"]
+        feedback = {"request_id": request_id, "agree": False, "corrected_label": "opacity"}
+        for _ in range(120):  # the features are recorded off the request path
+            answer = world["client"].post("/v1/feedback", json=feedback, headers=_auth(world, "doc"))
+            if answer.status_code != 404:
+                break
+            time.sleep(0.5)
+        assert answer.status_code == 201, answer.text
+    finally:
+        worker.recorder = None
