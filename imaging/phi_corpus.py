@@ -46,7 +46,7 @@ def _tag(rng: random.Random, n: int = 3) -> str:
     return "".join(rng.choice(string.ascii_uppercase) for _ in range(n))
 
 
-def _plant(ds: Dataset, rng: random.Random, index: int) -> list[str]:
+def _plant(ds: Dataset, rng: random.Random) -> list[str]:
     surname = f"{rng.choice(_SURNAMES)}{_tag(rng)}".upper()
     given = f"{rng.choice(_GIVEN)}{_tag(rng)}".upper()
     physician = f"{rng.choice(_SURNAMES)}{_tag(rng)}".upper()
@@ -108,7 +108,7 @@ def plant_phi(sources: Iterable[Path], out_dir: Path, *, copies: int, seed: int 
             for copy in range(copies):
                 try:
                     ds = dcmread(source)
-                    planted = _plant(ds, rng, copy)
+                    planted = _plant(ds, rng)
                     target = out_dir / f"{number:04d}-{copy:03d}.dcm"
                     ds.save_as(target, enforce_file_format=True)
                 except Exception:

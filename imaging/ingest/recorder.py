@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,10 +207,3 @@ def _unique(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str,
     for row in rows:
         seen.setdefault(tuple(row[k] for k in keys), row)
     return list(seen.values())
-
-
-def result_json(result: Result) -> dict[str, Any]:
-    """A result for reports (no sealed bytes)."""
-    data = asdict(result)
-    data.pop("sealed")
-    return data
