@@ -81,9 +81,14 @@ def seal_originals(key: ProjectKey, deid: Deidentifier, record: DeidRecord) -> l
     return out
 
 
-def process_bytes(data: bytes, deid: Deidentifier, key: ProjectKey, profile: DeidProfile) -> Processed:
-    """De-identify one encoded instance, or say why it is quarantined. Does not raise."""
-    digest = hashlib.sha256(data).hexdigest()
+def process_bytes(
+    data: bytes, deid: Deidentifier, key: ProjectKey, profile: DeidProfile, *, digest: str | None = None
+) -> Processed:
+    """De-identify one encoded instance, or say why it is quarantined. Does not raise.
+
+    ``digest`` is the sha256 of ``data`` when the caller has it already (it is not recomputed).
+    """
+    digest = digest or hashlib.sha256(data).hexdigest()
     try:
         ds = parse_instance(data, max_bytes=profile.max_bytes)
         record = deid.deidentify(ds)

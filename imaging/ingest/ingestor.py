@@ -14,7 +14,7 @@ from governance.catalog import Instance, open_catalog
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from imaging.deid import Deidentifier, DeidProfile, load_profile
-from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_input, result_from
+from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_processed, result_from
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 from imaging.store import ContentStore
 
@@ -89,17 +89,9 @@ class Ingestor:
                 known.series_instance_uid,
                 known.study_instance_uid,
             )
-        processed = process_bytes(data, self.deid, self.key, self.profile)
+        processed = process_bytes(data, self.deid, self.key, self.profile, digest=digest)
         if processed.outcome is Outcome.QUARANTINED:
-            location = quarantine_input(
-                self.settings.quarantine_dir,
-                self.key,
-                digest,
-                data,
-                processed.reason or "",
-                processed.detail,
-                source,
-            )
+            location = quarantine_processed(self.settings.quarantine_dir, self.key, processed, data, source)
         else:
             assert processed.output is not None
             location = self.store.put(processed.output)

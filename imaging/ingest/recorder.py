@@ -18,7 +18,7 @@ from imaging.deid.engine import SOFTWARE
 from imaging.pipeline import Outcome, Processed, SealedOriginal
 from imaging.store import atomic_write
 
-__all__ = ["CatalogRecorder", "Result", "quarantine_input", "result_from"]
+__all__ = ["CatalogRecorder", "Result", "quarantine_input", "quarantine_processed", "result_from"]
 
 
 @dataclass
@@ -90,6 +90,22 @@ def quarantine_input(
     }
     atomic_write(directory / f"{digest}.json", json.dumps(note, indent=1).encode(), durable=durable)
     return str(sealed_path if data is not None else directory / f"{digest}.json")
+
+
+def quarantine_processed(
+    directory: Path, key: ProjectKey, processed: Processed, data: bytes, source: str, *, durable: bool = True
+) -> str:
+    """Seal an input that ``process_bytes`` quarantined, with its reason."""
+    return quarantine_input(
+        directory,
+        key,
+        processed.input_sha256,
+        data,
+        processed.reason or "",
+        processed.detail,
+        source,
+        durable=durable,
+    )
 
 
 def _insert_ignore(session: Session, table: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:

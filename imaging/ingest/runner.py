@@ -22,7 +22,13 @@ from governance.catalog import open_catalog
 from governance.keys import ProjectKey, load_project_key
 from governance.settings import Settings, get_settings
 from imaging.deid import Deidentifier, DeidProfile, QuarantineReason, load_profile
-from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_input, result_from
+from imaging.ingest.recorder import (
+    CatalogRecorder,
+    Result,
+    quarantine_input,
+    quarantine_processed,
+    result_from,
+)
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 from imaging.store import ContentStore, atomic_write
 
@@ -166,18 +172,9 @@ def _process_path(path_str: str) -> Result:
             detail=detail,
             summary={"outcome": "quarantined", "reason": reason, "detail": detail},
         )
-    processed = process_bytes(data, _state["deid"], key, job.profile)
+    processed = process_bytes(data, _state["deid"], key, job.profile, digest=digest)
     if processed.outcome is Outcome.QUARANTINED:
-        location = quarantine_input(
-            Path(job.quarantine_dir),
-            key,
-            digest,
-            data,
-            processed.reason or "",
-            processed.detail,
-            source,
-            durable=False,
-        )
+        location = quarantine_processed(Path(job.quarantine_dir), key, processed, data, source, durable=False)
         return result_from(processed, source, location)
     assert processed.record is not None and processed.output is not None
     if job.sink is Sink.STORE:
