@@ -1,4 +1,5 @@
-"""DICOM and image results of AI models: display windowing, overlays (PNG, Secondary Capture)."""
+"""DICOM and image results of AI models: display windowing, overlays (PNG, Secondary Capture),
+classification SR, segmentation (DICOM SEG + volumetric SR)."""
 
 from imaging.results.display import DisplayImage, ResultImageError, display_image, linear_window
 from imaging.results.overlay import Colormap, OverlayCaption, OverlayError, blend_overlay, resize_map
@@ -9,6 +10,12 @@ from imaging.results.secondary_capture import (
     build_overlay_secondary_capture,
     patient_orientation_of,
     write_secondary_capture,
+)
+from imaging.results.segmentation import (
+    SegmentationResultError,
+    build_segmentation,
+    build_segmentation_results,
+    build_volume_report,
 )
 from imaging.results.structured_report import RADGATE_SCHEME, StructuredReportError, build_result_report
 
@@ -21,10 +28,14 @@ __all__ = [
     "OverlayError",
     "ResultImageError",
     "SecondaryCaptureError",
+    "SegmentationResultError",
     "StructuredReportError",
     "blend_overlay",
     "build_overlay_secondary_capture",
     "build_result_report",
+    "build_segmentation",
+    "build_segmentation_results",
+    "build_volume_report",
     "display_image",
     "linear_window",
     "patient_orientation_of",
