@@ -2,17 +2,19 @@
 # System packages for the PACS integration tests and benchmarks: Orthanc (+ DICOMweb, GDCM
 # plugins), dcmtk (storescu, echoscu, findscu, movescu, dcmcjpeg...), dicom3tools (dciodvfy),
 # GDCM tools (gdcmconv). The Orthanc service is not started: the test fixtures run their own
-# private instance on 127.0.0.1 (scripts/ci/orthanc.py).
+# private instance on 127.0.0.1 (scripts/ci/orthanc.py). mricron-data: a real T1 brain (ch2) with
+# AAL/Brodmann label maps on its grid, the anatomy of the segmentation demo (imaging.volumes).
 set -eu
 SUDO=""
 if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v Orthanc >/dev/null || ! command -v storescu >/dev/null \
    || ! command -v dciodvfy >/dev/null || ! command -v gdcmconv >/dev/null \
-   || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+   || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] \
+   || [ ! -e /usr/share/mricron/templates/ch2.nii.gz ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends \
-    orthanc orthanc-dicomweb orthanc-gdcm dcmtk dicom3tools libgdcm-tools
+    orthanc orthanc-dicomweb orthanc-gdcm dcmtk dicom3tools libgdcm-tools mricron-data
 fi
 # Debian's package may start the system service; the tests never use it.
 if command -v service >/dev/null 2>&1; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi

@@ -1,0 +1,46 @@
+"""Series as volumes: assembly with checked geometry, label volumes on the series grid, and
+segmentation dataset versions.
+
+``group_series(paths)`` -> ``{series_uid: [paths]}``; ``assemble_series(paths_or_datasets)``
+-> :class:`Volume` (raises :class:`SeriesGeometryError`); ``read_label_volume(path, reference)``
+-> (Z, Y, X) uint8 from NIfTI or DICOM SEG (raises :class:`LabelAlignmentError`);
+``series_datasets(volume, template)`` -> one DICOM instance per slice;
+``create_segmentation_dataset(...)`` and ``materialize_segmentation(version, cache_dir)`` for
+training.
+"""
+
+from imaging.volumes.assemble import assemble_series, group_series
+from imaging.volumes.geometry import (
+    GeometryIssue,
+    GeometryIssueKind,
+    GeometryReport,
+    LabelAlignmentError,
+    SeriesGeometryError,
+    VolumeError,
+    lps_affine,
+)
+from imaging.volumes.labels import align_to_reference, read_label_volume
+from imaging.volumes.volume import Volume, nifti_bytes, nifti_image, write_nifti, zyx_ras_affine
+from imaging.volumes.writer import MR_IMAGE_STORAGE, derived_uid, series_datasets
+
+__all__ = [
+    "MR_IMAGE_STORAGE",
+    "GeometryIssue",
+    "GeometryIssueKind",
+    "GeometryReport",
+    "LabelAlignmentError",
+    "SeriesGeometryError",
+    "Volume",
+    "VolumeError",
+    "align_to_reference",
+    "assemble_series",
+    "derived_uid",
+    "group_series",
+    "lps_affine",
+    "nifti_bytes",
+    "nifti_image",
+    "read_label_volume",
+    "series_datasets",
+    "write_nifti",
+    "zyx_ras_affine",
+]
