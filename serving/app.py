@@ -73,6 +73,11 @@ class Ingress:
         for served in config.models:
             service.gate(served.name, served.alias, version=served.version)
         install_service(service)
+        # Periodic drift checks (serve config ``drift:``), in the first ingress replica only (one
+        # alert per drift, not one per replica); their gauges are on that process's /metrics.
+        from serving.monitoring.job import start_serving_drift
+
+        self.drift = start_serving_drift(config) if serve.get_replica_context().rank.rank == 0 else None
 
 
 def build_app(config: ServeConfig) -> Any:

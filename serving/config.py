@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_CONFIG",
     "AutoscalingConfig",
     "Backend",
+    "DriftSchedule",
     "ServeConfig",
     "ServeConfigError",
     "ServedModel",
@@ -101,6 +102,17 @@ class ServedModel(_Model):
         return self.torch_threads or max(1, int(self.num_cpus))
 
 
+class DriftSchedule(_Model):
+    """Drift checks the ingress runs periodically (``radgate serve``); alerts are audited, set the
+    ``radgate_drift_*`` gauges on ``/metrics`` and go to the monitoring config's webhook."""
+
+    interval_s: float = Field(default=3600.0, ge=1)
+    window: str | None = Field(
+        default=None, pattern=r"^\s*[1-9]\d*\s*[smhdw]\s*$"
+    )  # default: monitoring config
+    models: list[str] | None = None  # default: every served model
+
+
 class ServeConfig(_Model):
     """The whole application."""
 
@@ -114,6 +126,7 @@ class ServeConfig(_Model):
     gate_ttl_s: float = Field(default=5.0, gt=0, le=10)  # revocation takes effect within this
     pacs: PacsPeer | None = None  # results are pushed here when a request asks for it
     calling_ae: str = "RADGATE"
+    drift: DriftSchedule | None = None  # periodic drift checks; none when absent
     models: list[ServedModel] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -121,6 +134,9 @@ class ServeConfig(_Model):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("each served model name may appear once")
+        unknown = set(self.drift.models or []) - set(names) if self.drift else set()
+        if unknown:
+            raise ValueError(f"drift.models names models not served here: {', '.join(sorted(unknown))}")
         return self
 
     def model(self, name: str) -> ServedModel | None:

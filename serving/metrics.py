@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -40,4 +41,6 @@ PREDICTIONS = Counter(
 
 
 def render() -> tuple[bytes, str]:
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The ingress's metrics, then the default registry's: drift gauges and feedback counters
+    (``serving.monitoring.alerts``) and the process metrics."""
+    return generate_latest(REGISTRY) + generate_latest(DEFAULT_REGISTRY), CONTENT_TYPE_LATEST

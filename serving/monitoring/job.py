@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
@@ -27,7 +27,17 @@ from serving.monitoring.models import DriftRun, LiveRecord
 from serving.monitoring.report import write_report
 from training.reference_profile import ReferenceProfile, load_reference_profile
 
-__all__ = ["DriftCheck", "DriftScheduler", "NoLiveData", "run_drift_check", "run_drift_job"]
+if TYPE_CHECKING:
+    from serving.config import ServeConfig
+
+__all__ = [
+    "DriftCheck",
+    "DriftScheduler",
+    "NoLiveData",
+    "run_drift_check",
+    "run_drift_job",
+    "start_serving_drift",
+]
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +218,16 @@ class DriftScheduler:
                 run_drift_job(self.models, window=self.window)
             except Exception:  # keep the scheduler alive; the next pass retries
                 log.exception("drift job failed")
+
+
+def start_serving_drift(config: ServeConfig) -> DriftScheduler | None:
+    """Start the periodic drift checks a serving config asks for (``drift:``); ``None`` when it
+    asks for none. Called by the serving ingress; the checks run in its process, so their gauges
+    are on its ``/metrics``."""
+    if config.drift is None:
+        return None
+    models = config.drift.models or [m.name for m in config.models]
+    scheduler = DriftScheduler(models, interval_s=config.drift.interval_s, window=config.drift.window)
+    scheduler.start()
+    log.info("drift checks of %s every %.0f s", ", ".join(models), config.drift.interval_s)
+    return scheduler
