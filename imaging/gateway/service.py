@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from imaging.gateway.config import GatewayConfig
+from imaging.gateway.recovery import RunJournal
 from imaging.gateway.scp import GatewayStats, StorageSCP
 from imaging.gateway.sink import Sink
 from imaging.gateway.workers import WorkerPool
@@ -54,11 +55,19 @@ class GatewayService:
         self._stop = threading.Event()
         self.http_port: int | None = None
         self.swept_temp_files = 0
+        self.journal: RunJournal | None = None
+        self.recovered: dict[str, int] = {}
 
     def start(self) -> None:
-        from imaging.gateway.recovery import sweep_stale_temp_files
+        from imaging.gateway.recovery import RunJournal, sweep_stale_temp_files
 
         self.swept_temp_files = sweep_stale_temp_files(self.config.stale_temp_age)
+        # A previous run that did not stop cleanly may have left objects its catalog never
+        # recorded (killed between the two): check them before serving (and later, when too
+        # young to judge now).
+        self.journal = RunJournal.load()
+        self.journal.begin()
+        self.recovered = self.journal.reconcile(self.config.stale_temp_age).as_dict()
         self.scp.bind()
         if self.config.dicom.workers > 1:
             # Migrate the catalog and create the key once, here; fork before any thread exists
@@ -119,6 +128,7 @@ class GatewayService:
             "http_host": self.config.http.host if self.config.http.enabled else None,
             "http_port": self.http_port,
             "swept_temp_files": self.swept_temp_files,
+            "recovered": self.recovered,
         }
 
     def stop(self) -> dict[str, Any]:
@@ -135,6 +145,18 @@ class GatewayService:
             self._http_thread.join(timeout + 5)
         return {"event": "stopped", "aborted_associations": aborted, **self.stats.snapshot()}
 
+    def _deferred_recovery(self) -> None:
+        """Windows of an interrupted run holding objects too young to judge at start-up."""
+        journal = self.journal
+        if journal is None or not journal.pending:
+            return
+        if time.time() - journal.pending[0][1] < self.config.stale_temp_age:
+            return
+        try:
+            journal.reconcile(self.config.stale_temp_age)
+        except Exception as exc:  # recovery must never stop intake; it is retried at next start
+            LOGGER.error("deferred recovery failed: %s", type(exc).__name__)
+
     def request_stop(self, signum: int = signal.SIGTERM, _frame: FrameType | None = None) -> None:
         self._stop.set()
 
@@ -150,9 +172,12 @@ class GatewayService:
                 LOGGER.error("a gateway worker died: stopping (let the supervisor restart the service)")
                 failed = True
                 break
+            self._deferred_recovery()
         LOGGER.warning("stopping: draining transfers in flight")
         final = self.stop()
         final["failed_worker"] = failed
+        if self.journal is not None and not failed:
+            self.journal.end()  # a clean stop: nothing of this run to check at the next start
         print(json.dumps(final), flush=True)
         sys.stdout.flush()
         return final

@@ -1,19 +1,26 @@
-"""Single-instance ingestion for network intake (C-STORE, STOW-RS, pulls): durable before it returns."""
+"""Single-instance ingestion for network intake (C-STORE, STOW-RS, pulls): durable before it returns.
+
+Each instance is de-identified and written in its caller's thread (the store object and its
+folders fsynced there, so concurrent callers' fsyncs overlap), then recorded through a group
+commit: instances arriving together share one catalog transaction. On SQLite that transaction
+is committed with ``synchronous=FULL``, so a returned outcome survives a power loss, not only
+a crash of the process.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, event, select
 
-from governance.catalog import Instance, open_catalog
+from governance.catalog import Catalog, Instance, open_catalog
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from imaging.deid import Deidentifier, DeidProfile, load_profile
+from imaging.ingest.commit import GroupCommit, fsync_directory, fsync_file
 from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_processed, result_from
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 from imaging.store import ContentStore
@@ -40,6 +47,23 @@ class IngestOutcome:
     study_instance_uid: str | None = None
 
 
+def _full_sync(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA synchronous=FULL")  # WAL fsynced at each commit
+    cursor.close()
+
+
+def _durable_catalog(settings: Settings) -> Catalog:
+    """The migrated catalog, through an engine of its own whose commits are durable on disk."""
+    shared = open_catalog(settings)  # migrates once per process
+    if not shared.url.startswith("sqlite:///"):
+        return shared  # server databases commit durably by default
+    catalog = Catalog(shared.url)
+    engine: Engine = catalog.engine
+    event.listen(engine, "connect", _full_sync)
+    return catalog
+
+
 class Ingestor:
     """De-identify, store and record one instance at a time; safe to share between threads."""
 
@@ -50,7 +74,7 @@ class Ingestor:
         self.key = load_project_key(self.settings)
         self.deid = Deidentifier(self.profile, self.key)
         self.store = ContentStore.from_settings(self.settings)
-        self.catalog = open_catalog(self.settings)
+        self.catalog = _durable_catalog(self.settings)
         self.recorder = CatalogRecorder(
             self.catalog,
             profile=self.profile.label,
@@ -59,16 +83,42 @@ class Ingestor:
             record_instances=True,
         )
         self.settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        # SQLite serialises writers anyway; one lock keeps the duplicate check and insert atomic.
-        self._lock = threading.Lock()
+        self._local_root = self._local_store_root()
+        self.commits: GroupCommit[Result] = GroupCommit(self.recorder.record)
 
-    def _existing(self, input_sha256: str) -> Instance | None:
-        with self.catalog.session() as session:
-            return (
-                session.execute(select(Instance).where(Instance.input_sha256 == input_sha256))
-                .scalars()
-                .first()
-            )
+    def _local_store_root(self) -> Path | None:
+        root = self.store.root
+        return Path(root.removeprefix("file://")) if "://" not in root or root.startswith("file://") else None
+
+    _KNOWN_COLUMNS = (
+        Instance.sha256,
+        Instance.store_key,
+        Instance.sop_class_uid,
+        Instance.sop_instance_uid,
+        Instance.series_instance_uid,
+        Instance.study_instance_uid,
+    )
+
+    def _existing(self, input_sha256: str) -> tuple[str, ...] | None:
+        """The stored instance made from this input, if its object is really in the store (a
+        record whose object is missing is treated as absent, so a resend restores the object)."""
+        query = select(*self._KNOWN_COLUMNS).where(Instance.input_sha256 == input_sha256).limit(1)
+        with self.catalog.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or not self.store.exists(row[1]):
+            return None
+        return tuple(row)
+
+    def _make_durable(self, key: str, new_folder: bool) -> None:
+        """fsync the object written without it, its folder, and the folder above when new."""
+        if self._local_root is None:
+            return  # object stores (fsspec) acknowledge a put once it is stored
+        path = self.store.path(key)
+        fsync_file(path)
+        fsync_directory(path.parent)
+        if new_folder:
+            fsync_directory(path.parent.parent)
+            fsync_directory(path.parent.parent.parent)
 
     def ingest_path(self, path: Path | str, source: str = "folder") -> IngestOutcome:
         return self.ingest_bytes(Path(path).read_bytes(), source)
@@ -78,26 +128,22 @@ class Ingestor:
         digest = hashlib.sha256(data).hexdigest()
         known = self._existing(digest)
         if known is not None:
+            sha, store_key, sop_class, sop_instance, series, study = known
             return IngestOutcome(
-                IngestStatus.DUPLICATE,
-                digest,
-                known.sha256,
-                known.store_key,
-                None,
-                known.sop_class_uid,
-                known.sop_instance_uid,
-                known.series_instance_uid,
-                known.study_instance_uid,
+                IngestStatus.DUPLICATE, digest, sha, store_key, None, sop_class, sop_instance, series, study
             )
         processed = process_bytes(data, self.deid, self.key, self.profile, digest=digest)
         if processed.outcome is Outcome.QUARANTINED:
             location = quarantine_processed(self.settings.quarantine_dir, self.key, processed, data, source)
+            fsync_directory(self.settings.quarantine_dir)
         else:
-            assert processed.output is not None
-            location = self.store.put(processed.output)
+            assert processed.output is not None and processed.output_sha256 is not None
+            folder = self.store.path(processed.output_sha256).parent if self._local_root else None
+            new_folder = folder is not None and not folder.is_dir()
+            location = self.store.put(processed.output, durable=False)
+            self._make_durable(location, new_folder)
         result: Result = result_from(processed, source, location)
-        with self._lock:
-            self.recorder.record([result])
+        self.commits.submit(result)  # returns once the batch holding it is committed
         record = processed.record
         return IngestOutcome(
             status=IngestStatus(result.outcome),

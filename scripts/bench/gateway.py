@@ -90,6 +90,14 @@ def send(port: int, aec: str, files: list[Path], concurrency: int, env: dict[str
     return len(files) / (time.perf_counter() - start)
 
 
+def operator_token(env: dict[str, str]) -> str:
+    """A token for ``radgate gateway`` (every command authenticates): the bench home's first
+    user, an admin, created in a child process on that home."""
+    code = "from governance.auth import add_user\nprint(add_user('bench-operator', 'admin', by=None).token)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def start_gateway(workdir: Path, env: dict[str, str], workers: int) -> tuple[subprocess.Popen[str], int]:
     config = {
         "dicom": {
@@ -188,11 +196,16 @@ def main() -> None:
         }
         env.pop("RADGATE_CATALOG_URL", None)
         env.pop("RADGATE_OBJECT_STORE", None)
+        env["RADGATE_TOKEN"] = operator_token(env)
         orthanc = orthanc_ci.OrthancServer(
             work / "orthanc", modalities={"sender": ("STORESCU", "127.0.0.1", 1)}
         )
         orthanc.start()
-        gateway, gateway_port = start_gateway(work, env, args.workers)
+        try:
+            gateway, gateway_port = start_gateway(work, env, args.workers)
+        except BaseException:
+            orthanc.stop()
+            raise
         targets = {"orthanc": (orthanc.dicom_port, orthanc.aet), "gateway": (gateway_port, "RADGATE")}
         rates: dict[tuple[str, int], list[float]] = {
             key: [] for key in product(targets, (1, args.concurrency))
