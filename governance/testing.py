@@ -23,6 +23,7 @@ __all__ = [
     "GOOD_TAGS",
     "Cast",
     "approved_version",
+    "cast_token",
     "copy_store",
     "create_cast",
     "create_version",
@@ -48,6 +49,11 @@ class Cast:
     def __getitem__(self, name: str) -> Principal:
         return self.principals[name]
 
+    def token_for(self, role: Role | str) -> str:
+        """The token of the cast's (first) member with ``role``."""
+        wanted = Role.parse(role)
+        return next(self.tokens[n] for n, p in self.principals.items() if p.role is wanted)
+
 
 def create_cast() -> Cast:
     """Bootstrap an admin and create: ``admin``, ``eng`` and ``eng2`` (ml-engineer), ``doc``
@@ -71,6 +77,18 @@ def create_cast() -> Cast:
         tokens[name] = issued.token
         principals[name] = authenticate(issued.token)
     return Cast(principals, tokens)
+
+
+_CASTS: dict[str, Cast] = {}
+
+
+def cast_token(role: Role | str) -> str:
+    """A token of ``role`` for CLI tests (``RADGATE_TOKEN``): the cast of the current catalog,
+    created on first use (the catalog must have no user yet then)."""
+    url = get_settings().resolved_catalog_url
+    if url not in _CASTS:
+        _CASTS[url] = create_cast()
+    return _CASTS[url].token_for(role)
 
 
 def create_version(

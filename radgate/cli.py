@@ -11,6 +11,7 @@ import logging
 
 import typer
 
+from governance.auth.cli_guard import guard_typer_app
 from radgate import __version__
 
 __all__ = ["app", "main"]
@@ -64,6 +65,9 @@ for _module in _COMMAND_MODULES:
     except ModuleNotFoundError as exc:  # a package not built yet in this checkout
         if exc.name is None or not (_module + ".").startswith(exc.name + "."):
             raise
+
+# Every command authenticates and checks its role (governance/auth/access.py) before it runs.
+guard_typer_app(app)
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,3 +23,17 @@ def radgate_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     get_settings.cache_clear()
     yield home
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def as_role(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+    """``as_role("data-steward")`` sets ``RADGATE_TOKEN`` (inherited by subprocesses) to a user
+    of that role (``governance.testing.cast_token``) and returns the token."""
+    from governance.testing import cast_token
+
+    def use(role: str) -> str:
+        token = cast_token(role)
+        monkeypatch.setenv("RADGATE_TOKEN", token)
+        return token
+
+    return use

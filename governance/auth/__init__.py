@@ -2,11 +2,22 @@
 
 Library API: :func:`authenticate` (token -> :class:`Principal`), :func:`require_role`,
 :func:`principal_from_env_or_token` (CLI: ``--token`` or ``RADGATE_TOKEN``),
-:func:`fastapi_dependency` (serving), :func:`add_user` / :func:`list_users` / :func:`revoke_user`.
+:func:`fastapi_dependency` (serving), :func:`add_user` / :func:`list_users` / :func:`revoke_user`,
+:data:`COMMAND_ACCESS` (the role each ``radgate`` command needs) and :func:`acting_as`.
 """
 
 from collections.abc import Callable
 
+from governance.auth.access import (
+    COMMAND_ACCESS,
+    Access,
+    AccessMode,
+    UnlistedCommand,
+    access_for,
+    acting_as,
+    acting_principal,
+    authorize_command,
+)
 from governance.auth.roles import (
     AuthenticationError,
     AuthError,
@@ -23,15 +34,18 @@ from governance.auth.roles import (
 )
 from governance.auth.users import (
     TOKEN_ENV,
+    TOKEN_FILE_ENV,
     TOKEN_PREFIX,
     IssuedToken,
     User,
     UserInfo,
     add_user,
     authenticate,
+    has_users,
     hash_token,
     list_users,
     principal_from_env_or_token,
+    resolve_token,
     revoke_user,
     rotate_token,
 )
@@ -46,8 +60,12 @@ def fastapi_dependency(*roles: Role | str) -> Callable[..., Principal]:
 
 
 __all__ = [
+    "COMMAND_ACCESS",
     "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
     "TOKEN_PREFIX",
+    "Access",
+    "AccessMode",
     "AuthError",
     "AuthenticationError",
     "BootstrapError",
@@ -59,27 +77,38 @@ __all__ = [
     "RevokedToken",
     "Role",
     "UnknownUser",
+    "UnlistedCommand",
     "User",
     "UserExists",
     "UserInfo",
+    "access_for",
+    "acting_as",
+    "acting_principal",
     "add_user",
     "authenticate",
+    "authorize_command",
     "current_actor",
     "fastapi_dependency",
+    "has_users",
     "hash_token",
     "list_users",
     "principal_from_env_or_token",
     "require_role",
+    "resolve_token",
     "revoke_user",
     "rotate_token",
 ]
 
 
 def current_actor() -> tuple[str, str]:
-    """(actor, role) for audit entries of local commands: the ``RADGATE_TOKEN`` holder if the
-    token is valid, else ``local:<os user>`` with no role (commands that need no role)."""
+    """(actor, role) for audit entries of local work: the caller of the running command (see
+    :func:`acting_as`), else the ``RADGATE_TOKEN`` holder if the token is valid, else
+    ``local:<os user>`` with no role (library use outside the CLI)."""
     import getpass
 
+    acting = acting_principal()
+    if acting is not None:
+        return acting.name, acting.role.value
     try:
         principal = principal_from_env_or_token(None)
     except AuthError:

@@ -31,21 +31,25 @@ from governance.catalog.models import Base, utcnow
 
 __all__ = [
     "TOKEN_ENV",
+    "TOKEN_FILE_ENV",
     "TOKEN_PREFIX",
     "IssuedToken",
     "User",
     "UserInfo",
     "add_user",
     "authenticate",
+    "has_users",
     "hash_token",
     "list_users",
     "principal_from_env_or_token",
+    "resolve_token",
     "revoke_user",
     "rotate_token",
 ]
 
 TOKEN_PREFIX = "rg_"
 TOKEN_ENV = "RADGATE_TOKEN"
+TOKEN_FILE_ENV = "RADGATE_TOKEN_FILE"
 _NAME_MAX = 64
 
 
@@ -112,7 +116,7 @@ def authenticate(token: str | None, *, catalog: Catalog | None = None) -> Princi
     """The principal owning ``token``; raises :class:`MissingToken`, :class:`InvalidToken` or
     :class:`RevokedToken`."""
     if not token:
-        raise MissingToken(f"no token: pass --token or set {TOKEN_ENV}")
+        raise MissingToken(f"no token: pass --token or set {TOKEN_ENV} (or {TOKEN_FILE_ENV})")
     token = token.strip()
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         raise InvalidToken("malformed token")
@@ -126,9 +130,33 @@ def authenticate(token: str | None, *, catalog: Catalog | None = None) -> Princi
         return Principal(name=row.name, role=Role(row.role), user_id=row.id)
 
 
+def resolve_token(token: str | None) -> str | None:
+    """The caller's token: ``token`` if given, else ``RADGATE_TOKEN``, else the first line of
+    the file named by ``RADGATE_TOKEN_FILE`` (a mounted secret); ``None`` when there is none."""
+    if token:
+        return token
+    if os.environ.get(TOKEN_ENV):
+        return os.environ[TOKEN_ENV]
+    path = os.environ.get(TOKEN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.readline().strip() or None
+    except OSError as exc:
+        raise InvalidToken(f"cannot read {TOKEN_FILE_ENV}: {exc.strerror}") from exc
+
+
 def principal_from_env_or_token(token: str | None) -> Principal:
-    """Authenticate ``token`` if given, else the ``RADGATE_TOKEN`` environment variable."""
-    return authenticate(token or os.environ.get(TOKEN_ENV))
+    """Authenticate ``token`` if given, else ``RADGATE_TOKEN``, else ``RADGATE_TOKEN_FILE``."""
+    return authenticate(resolve_token(token))
+
+
+def has_users(*, catalog: Catalog | None = None) -> bool:
+    """Whether any user exists (before the first admin, only bootstrap commands run)."""
+    catalog = catalog or open_catalog()
+    with catalog.session() as session:
+        return bool(session.scalar(select(func.count()).select_from(User)))
 
 
 def add_user(

@@ -1,0 +1,135 @@
+"""The Typer side of :mod:`governance.auth.access`: every command checks its role first.
+
+:func:`guard_typer_app` walks a Typer app (sub-apps included) and wraps each command's callback:
+the wrapper authenticates the caller (``--token``, ``RADGATE_TOKEN`` or ``RADGATE_TOKEN_FILE``),
+checks the command's entry in :data:`~governance.auth.access.COMMAND_ACCESS`, and only then
+runs the command, with :func:`~governance.auth.access.acting_as` set to the caller. A command
+without its own ``token`` parameter gets a ``--token`` option. Refusals print one line (no
+token, no traceback) and exit 3 (not authenticated) or 4 (not allowed); refusals of a known
+user are audited as ``<command>.denied``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import typer
+from typer.main import get_command_name
+from typer.models import DefaultPlaceholder
+
+from governance.auth.access import acting_as, authorize_command
+from governance.auth.roles import AuthenticationError, BootstrapError, PermissionDenied, Principal
+
+__all__ = ["EXIT_FORBIDDEN", "EXIT_UNAUTHENTICATED", "command_paths", "guard_typer_app"]
+
+EXIT_UNAUTHENTICATED = 3
+EXIT_FORBIDDEN = 4
+_MARK = "__radgate_command__"
+_LOG = logging.getLogger(__name__)
+_TOKEN_HELP = "Your RadGate token (default: RADGATE_TOKEN, or the file named by RADGATE_TOKEN_FILE)."
+
+
+def _name(value: Any) -> str | None:
+    return value.value if isinstance(value, DefaultPlaceholder) else value
+
+
+def _walk(app: typer.Typer, prefix: tuple[str, ...]) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    for info in app.registered_commands:
+        if info.callback is None:
+            continue
+        name = _name(info.name) or get_command_name(info.callback.__name__)
+        found.append((" ".join((*prefix, name)), info))
+    for group in app.registered_groups:
+        sub = group.typer_instance
+        if sub is None:
+            continue
+        group_name = _name(group.name) or _name(sub.info.name)
+        if not group_name:
+            raise ValueError("every sub-app of the radgate CLI needs a name")
+        found.extend(_walk(sub, (*prefix, group_name)))
+    return found
+
+
+def command_paths(app: typer.Typer) -> list[str]:
+    """Every command of ``app`` as a space-separated path (``"model webhook serve"``)."""
+    return [path for path, _ in _walk(app, ())]
+
+
+def guard_typer_app(app: typer.Typer) -> typer.Typer:
+    """Wrap every command of ``app`` (idempotent); returns ``app``."""
+    for path, info in _walk(app, ()):
+        if getattr(info.callback, _MARK, None) != path:
+            info.callback = _guarded(path, info.callback)
+    return app
+
+
+def _refuse(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _audit_refusal(command: str, principal_name: str, role: str, reason: str) -> None:
+    from governance.audit import record
+
+    try:
+        record(
+            principal_name,
+            command.replace(" ", ".") + ".denied",
+            f"command:{command}",
+            {"reason": reason[:200]},
+            role=role,
+        )
+    except Exception as exc:  # the refusal stands even if it cannot be recorded
+        _LOG.warning("refusal of %r not audited: %s", command, type(exc).__name__)
+
+
+def _authorize(command: str, token: str | None) -> Principal | None:
+    try:
+        return authorize_command(command, token)
+    except AuthenticationError as exc:
+        raise _refuse(str(exc), EXIT_UNAUTHENTICATED) from None
+    except BootstrapError as exc:
+        raise _refuse(str(exc), EXIT_FORBIDDEN) from None
+    except PermissionDenied as exc:
+        from governance.auth.users import authenticate, resolve_token
+
+        try:
+            who = authenticate(resolve_token(token))
+            _audit_refusal(command, who.name, who.role.value, str(exc))
+        except AuthenticationError:
+            pass
+        raise _refuse(str(exc), EXIT_FORBIDDEN) from None
+
+
+def _guarded(command: str, callback: Callable[..., Any]) -> Callable[..., Any]:
+    try:
+        signature = inspect.signature(callback, eval_str=True)
+    except NameError:  # an annotation imported only for type checking
+        signature = inspect.signature(callback)
+    owns_token = "token" in signature.parameters
+
+    @functools.wraps(callback)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        token = kwargs.get("token") if owns_token else kwargs.pop("token", None)
+        principal = _authorize(command, token)
+        with acting_as(principal):
+            return callback(*args, **kwargs)
+
+    if not owns_token:
+        token_param = inspect.Parameter(
+            "token",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, "--token", help=_TOKEN_HELP),
+            annotation=str | None,
+        )
+        guarded.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[*signature.parameters.values(), token_param]
+        )
+        guarded.__annotations__ = {**getattr(callback, "__annotations__", {}), "token": str | None}
+    setattr(guarded, _MARK, command)
+    return guarded
