@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from governance.approvals.registry import model_target
-from governance.audit import record
+from governance.audit import GroupCommit
 from governance.auth import Principal, Role, fastapi_dependency
 from serving import metrics
 from serving.config import ServeConfig
@@ -84,16 +84,20 @@ def _install_feedback() -> None:
 _install_feedback()
 
 
-def _audit(actor: str, role: str, action: str, target: str, details: dict[str, Any]) -> None:
-    record(actor, action, target, details, role=role)
+# Audit entries of concurrent requests share one catalog transaction (group commit); each request
+# still waits for its own entry to be committed before it answers.
+_AUDIT = GroupCommit()
+
+
+async def _audit(actor: str, role: str, action: str, target: str, details: dict[str, Any]) -> None:
+    await _AUDIT.record(actor, action, target, details, role=role)
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code in (401, 403) and request.url.path.startswith("/v1/"):
         # Failed authentication / authorisation is part of the audit trail (no token, no PHI).
-        await asyncio.to_thread(
-            _audit,
+        await _audit(
             "anonymous",
             "",
             "serve.auth.denied",
@@ -162,7 +166,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "JSON results, or the DICOM result objects (SC overlay + SR) as multipart/related",
+        "description": "JSON results, or the DICOM result objects (SC overlay + SR; for a segmentation "
+        "model SEG + SR) as multipart/related",
         "content": {"application/json": {}, 'multipart/related; type="application/dicom"': {}},
     },
     400: {"description": "corrupt or malformed input"},
@@ -218,8 +223,9 @@ async def predict(
             body,
             request.headers.get("content-type"),
             max_bytes=service.config.max_body_bytes,
-            max_parts=service.config.max_instances_per_request,
+            max_parts=max(service.config.max_instances_per_request, service.config.max_series_instances),
         )
+        await _check_part_count(service, name, len(instances))
     except RequestError as exc:
         return await _refuse(name, actor, role, exc.status, exc.message, started)
     digests = [i.sha256 for i in instances]
@@ -228,8 +234,7 @@ async def predict(
     if not decision.allowed:
         metrics.DENIALS.labels(reason="gate").inc()
         metrics.REQUESTS.labels(model=name, status="403").inc()
-        await asyncio.to_thread(
-            _audit,
+        await _audit(
             actor,
             role,
             "serve.predict.denied",
@@ -259,11 +264,11 @@ async def predict(
     for size in out.pop("batch_sizes"):
         metrics.BATCH.labels(model=name).observe(size)
     for result in out["results"]:
-        metrics.PREDICTIONS.labels(model=name, label=result["decision"]["label"]).inc()
+        label = result["decision"]["label"] if "decision" in result else result.get("task", "")
+        metrics.PREDICTIONS.labels(model=name, label=label).inc()
     metrics.REQUESTS.labels(model=name, status="200").inc()
     metrics.LATENCY.labels(model=name).observe(elapsed)
-    await asyncio.to_thread(
-        _audit,
+    await _audit(
         actor,
         role,
         "serve.predict",
@@ -288,6 +293,15 @@ async def predict(
     return JSONResponse(out)
 
 
+async def _check_part_count(service: IngressService, name: str, count: int) -> None:
+    """Classification takes at most ``max_instances_per_request``; a segmentation model one series."""
+    if count <= service.config.max_instances_per_request:
+        return
+    info = await service.models[name].info()
+    if info.get("task") != "segmentation":
+        raise RequestError(413, f"at most {service.config.max_instances_per_request} instances per request")
+
+
 async def _refuse(
     name: str,
     actor: str,
@@ -299,8 +313,7 @@ async def _refuse(
     digests: list[str] | None = None,
 ) -> JSONResponse:
     metrics.REQUESTS.labels(model=name if _svc().config.model(name) else "unknown", status=str(status)).inc()
-    await asyncio.to_thread(
-        _audit,
+    await _audit(
         actor,
         role,
         "serve.predict.rejected",

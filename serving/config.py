@@ -121,6 +121,7 @@ class ServeConfig(_Model):
     route_prefix: str = "/"
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_instances_per_request: int = Field(default=16, ge=1)
+    max_series_instances: int = Field(default=1024, ge=1)  # one series for a segmentation model
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
     gate_ttl_s: float = Field(default=5.0, gt=0, le=10)  # revocation takes effect within this

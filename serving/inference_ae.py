@@ -3,8 +3,11 @@ serving API (``/v1/models/{model}/predict?push=true``), so the same token, gate,
 metrics apply, and the results go back to the PACS configured in the serving app.
 
 The SCP answers success once an instance is queued (the PACS does not wait for inference);
-a worker thread posts instances in order. Only known calling AE titles are accepted. Log lines
-carry counts and statuses, never identifiers.
+a worker thread posts instances in order. For a segmentation model (``series_mode``, asked of
+the serving API at start when not given) the instances of an association are gathered and,
+when the association is released, each series is posted whole as ``multipart/related``, so the
+model sees a volume and the SEG + SR go back to the PACS. Only known calling AE titles are
+accepted. Log lines carry counts and statuses, never identifiers.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ _REFUSED = 0xA700  # Out of resources: refused (queue full)
 @dataclass
 class InferenceStats:
     received: int = 0
-    predicted: int = 0
+    predicted: int = 0  # requests answered 200 (one per instance, or per series in series mode)
     failed: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
 
@@ -50,6 +53,7 @@ class InferenceAE:
         port: int = 11113,
         allowed_aes: set[str] | None = None,
         max_queue: int = 256,
+        series_mode: bool | None = None,
     ) -> None:
         self.serve_url = serve_url.rstrip("/")
         self.model = model
@@ -57,7 +61,10 @@ class InferenceAE:
         self.ae_title, self.host, self.port = ae_title, host, port
         self.allowed_aes = allowed_aes
         self.stats = InferenceStats()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
+        self.series_mode = series_mode
+        self._queue: queue.Queue[bytes | list[bytes] | None] = queue.Queue(maxsize=max_queue)
+        self._pending: dict[int, dict[str, list[bytes]]] = {}  # association -> series -> instances
+        self._pending_lock = threading.Lock()
         self._server: Any = None
         self._worker: threading.Thread | None = None
 
@@ -69,6 +76,12 @@ class InferenceAE:
         dataset.file_meta = event.file_meta
         buffer = BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
+        if self.series_mode:
+            series = str(dataset.get("SeriesInstanceUID", ""))
+            with self._pending_lock:
+                self._pending.setdefault(id(event.assoc), {}).setdefault(series, []).append(buffer.getvalue())
+            self.stats.received += 1
+            return 0x0000
         try:
             self._queue.put_nowait(buffer.getvalue())
         except queue.Full:
@@ -76,8 +89,43 @@ class InferenceAE:
         self.stats.received += 1
         return 0x0000
 
+    def _on_release(self, event: evt.Event) -> None:
+        """End of an association: queue each gathered series as one request."""
+        with self._pending_lock:
+            gathered = self._pending.pop(id(event.assoc), {})
+        for instances in gathered.values():
+            try:
+                self._queue.put(instances, timeout=60)
+            except queue.Full:
+                self.stats.failed += 1
+                LOGGER.warning("inference AE: queue full, a series of %d instance(s) dropped", len(instances))
+
+    def _on_abort(self, event: evt.Event) -> None:
+        """An aborted association may have sent part of a series: nothing of it is inferred."""
+        with self._pending_lock:
+            gathered = self._pending.pop(id(event.assoc), {})
+        if gathered:
+            self.stats.failed += len(gathered)
+            LOGGER.warning("inference AE: association aborted, %d partial series dropped", len(gathered))
+
+    def _model_task(self) -> str:
+        """The served model's task, from ``GET /v1/models`` (classification when unknown)."""
+        import httpx
+
+        try:
+            reply = httpx.get(
+                f"{self.serve_url}/v1/models", headers={"Authorization": f"Bearer {self._token}"}, timeout=60
+            )
+            models = reply.json().get("models", []) if reply.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            models = []
+        task = next((m.get("task") for m in models if m.get("name") == self.model), None)
+        return str(task or "classification")
+
     def _run(self) -> None:
         import httpx
+
+        from imaging.gateway.multipart import build_related
 
         url = f"{self.serve_url}/v1/models/{self.model}/predict?push=true"
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/dicom"}
@@ -86,8 +134,10 @@ class InferenceAE:
                 item = self._queue.get()
                 if item is None:
                     return
+                body, content_type = build_related(item) if isinstance(item, list) else (item, None)
+                sent = {**headers, "Content-Type": content_type} if content_type else headers
                 try:
-                    status = client.post(url, content=item, headers=headers).status_code
+                    status = client.post(url, content=body, headers=sent).status_code
                 except httpx.HTTPError:
                     status = -1
                 self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
@@ -102,7 +152,11 @@ class InferenceAE:
         ae = AE(ae_title=self.ae_title)
         ae.supported_contexts = AllStoragePresentationContexts
         ae.add_supported_context(Verification)
+        if self.series_mode is None:
+            self.series_mode = self._model_task() == "segmentation"
         handlers: list[Any] = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        if self.series_mode:
+            handlers += [(evt.EVT_RELEASED, self._on_release), (evt.EVT_ABORTED, self._on_abort)]
         self._worker = threading.Thread(target=self._run, name="inference-ae", daemon=True)
         self._worker.start()
         self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)

@@ -125,10 +125,16 @@ class ServedPredictor:
     def version(self) -> str:
         return self.loaded.version
 
+    @property
+    def task(self) -> str:
+        """``classification`` or ``segmentation`` (the version's ``radgate.task`` tag)."""
+        return self.loaded.tags.get("radgate.task", "classification")
+
     def info(self) -> dict[str, Any]:
         return {
             "name": self.loaded.name,
             "version": self.loaded.version,
+            "task": self.task,
             "labels": list(self.loaded.label_names),
             "threshold": self.loaded.threshold,
             "backend": self.forward.name,

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
     from governance.testing import Cast
 
-__all__ = ["approve_and_promote", "build_tiny_network", "register_model"]
+__all__ = ["approve_and_promote", "build_tiny_network", "register_model", "register_segmentation_model"]
 
 
 def build_tiny_network(network: str = "tiny", seed: int = 0) -> tuple[nn.Module, str]:
@@ -38,6 +38,23 @@ def build_tiny_network(network: str = "tiny", seed: int = 0) -> tuple[nn.Module,
     return build_network(network, num_classes=2).eval(), gradcam_layer(network)
 
 
+def _experiment(name: str) -> tuple[str, str]:
+    """(tracking URI, experiment id) in this RADGATE_HOME's MLflow store, created on first use."""
+    from mlflow.tracking import MlflowClient
+
+    from governance.settings import get_settings
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    uri = settings.resolved_mlflow_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return uri, str(found.experiment_id)
+    location = (settings.home / "mlartifacts").as_uri()
+    return uri, str(client.create_experiment(name, artifact_location=location))
+
+
 def register_model(
     name: str,
     *,
@@ -50,24 +67,13 @@ def register_model(
     import mlflow
     import mlflow.artifacts
     import mlflow.pytorch
-    from mlflow.tracking import MlflowClient
 
-    from governance.settings import get_settings
     from governance.testing import GOOD_METRICS, GOOD_TAGS
     from training.preprocess import PreprocessingSpec
     from training.registration import export_torchscript
     from training.registry import TORCHSCRIPT_NAME, artifact_sha256, model_metadata
 
-    settings = get_settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    uri = settings.resolved_mlflow_uri
-    client = MlflowClient(uri, registry_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(experiment, artifact_location=(settings.home / "mlartifacts").as_uri())
-    )
+    uri, experiment_id = _experiment(experiment)
     net, layer = build_tiny_network(network, seed)
     spec = PreprocessingSpec(spatial_size=spatial_size)
     metadata = model_metadata(
@@ -109,3 +115,61 @@ def approve_and_promote(name: str, version: str, cast: Cast, alias: str = "produ
     workflow.approve(cast["doc"], name, version)
     workflow.approve(cast["eng2"], name, version)
     workflow.promote(cast["eng"], name, version, alias)
+
+
+def register_segmentation_model(
+    name: str,
+    *,
+    labels: dict[int, str] | None = None,
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0),
+    roi_size: tuple[int, int, int] = (16, 32, 32),
+    seed: int = 0,
+    experiment: str = "serving-tests",
+) -> str:
+    """Log and register an untrained 3D UNet as a segmentation version (``radgate.task``,
+    ``segmentation.json``, artifact hash, passing evidence), pending review; returns it."""
+    import mlflow
+    import mlflow.artifacts
+    import mlflow.pytorch
+    import torch
+
+    from governance.testing import GOOD_METRICS, GOOD_TAGS
+    from training.preprocess import PreprocessingSpec
+    from training.registry import artifact_sha256, model_metadata
+    from training.segmentation.networks import build_segmentation_network
+    from training.segmentation.spec import SEGMENTATION_TASK, TASK_TAG, SegmentationSpec
+
+    uri, experiment_id = _experiment(experiment)
+    spec = SegmentationSpec(labels=labels or {1: "blob"}, spacing=spacing, roi_size=roi_size)
+    torch.manual_seed(seed)
+    net = build_segmentation_network(spec.network, num_classes=spec.num_classes, channels=(4, 8)).eval()
+    metadata = model_metadata(
+        label_names=["background", *spec.structures],
+        preprocessing=PreprocessingSpec(),
+        network=spec.network,
+        gradcam_layer="model.1",
+        threshold=None,
+        dataset_version="serving-test",
+    )
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id):
+        info = mlflow.pytorch.log_model(
+            net,
+            name="model",
+            metadata=metadata,
+            extra_files=[str(spec.save(Path(tmp)))],
+            pip_requirements=[],
+            serialization_format="pickle",
+        )
+        for metric, value in GOOD_METRICS.items():
+            mlflow.log_metric(metric, value)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=uri))
+    tags = {
+        "radgate.status": "pending_review",
+        "radgate.artifact_sha256": artifact_sha256(local),
+        TASK_TAG: SEGMENTATION_TASK,
+        **GOOD_TAGS,
+    }
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    return str(version.version)

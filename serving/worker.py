@@ -136,6 +136,10 @@ class ModelWorker:
         predictor = self.predictor
         if predictor is None or predictor.version != version:
             return _error(403, "model not approved for serving: " + "; ".join(self.denied or ["not loaded"]))
+        if predictor.task == "segmentation":  # one series -> volume -> SEG + SR (issue 12)
+            from serving.segmentation import predict_series
+
+            return await asyncio.to_thread(predict_series, predictor, payload)
         started = time.perf_counter()
         instances: list[bytes] = payload["instances"]
         try:
