@@ -159,38 +159,57 @@ def _explain_stage(home: Path, model: str, version: str) -> dict[str, Any]:
     return {"overlay": {k: str(v) for k, v in written.items()}, "sanity": result.status}
 
 
-def _demo_principals(home: Path) -> dict[str, Any]:
-    """The demo's four people; their tokens are kept (0600) so the demo can be run again."""
-    from governance.auth import Role, add_user, authenticate
+DEMO_PEOPLE = {
+    "demo-steward": "data-steward",
+    "demo-trainer": "ml-engineer",
+    "demo-ml-lead": "ml-engineer",
+    "demo-radiologist": "clinical-reviewer",
+}
+
+
+def _demo_principals(home: Path, token: str | None) -> dict[str, Any]:
+    """The demo's people, created once and acted as by each stage (audited under their names).
+
+    On an empty ``RADGATE_HOME`` a ``demo-admin`` is bootstrapped to create them; when other
+    users exist, an admin's token (``--token`` or ``RADGATE_TOKEN``) does, once. Their tokens are
+    kept in ``RADGATE_HOME/demo/tokens.json`` (0600, like the project key) for the next runs.
+    """
+    from governance.auth import AuthError, add_user, authenticate, has_users, resolve_token
 
     path = home / "demo" / "tokens.json"
-    if path.exists():
-        tokens = json.loads(path.read_text())
-    else:
-        people = {
-            "demo-admin": Role.ADMIN,
-            "demo-trainer": Role.ML_ENGINEER,
-            "demo-ml-lead": Role.ML_ENGINEER,
-            "demo-radiologist": Role.CLINICAL_REVIEWER,
-        }
-        admin = add_user("demo-admin", Role.ADMIN, by=None)
-        tokens = {"demo-admin": admin.token}
-        by = authenticate(admin.token)
-        for name, role in people.items():
-            if name != "demo-admin":
-                tokens[name] = add_user(name, role, by=by).token
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(tokens, handle)
-    return {name: authenticate(token) for name, token in tokens.items()}
+    tokens: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    missing = [name for name in DEMO_PEOPLE if name not in tokens]
+    try:
+        if missing:
+            if "demo-admin" in tokens:
+                admin = authenticate(tokens["demo-admin"])
+            elif not has_users():
+                tokens["demo-admin"] = add_user("demo-admin", "admin", by=None).token
+                admin = authenticate(tokens["demo-admin"])
+            else:
+                admin = authenticate(resolve_token(token))
+            for name in missing:
+                tokens[name] = add_user(name, DEMO_PEOPLE[name], by=admin).token
+        people = {name: authenticate(tokens[name]) for name in DEMO_PEOPLE}
+    except AuthError as exc:
+        console.print(
+            f"[red]error:[/red] {exc} (the demo creates its users on an empty RADGATE_HOME, or "
+            "with an admin's --token when other users exist)"
+        )
+        raise typer.Exit(4) from None
+    finally:
+        if tokens:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(tokens, handle)
+    return people
 
 
-def _govern_stage(home: Path, model: str, version: str) -> dict[str, Any]:
+def _govern_stage(people: dict[str, Any], model: str, version: str) -> dict[str, Any]:
     from governance.approvals.workflow import PolicyNotSatisfied, Workflow
 
     _stage("5. governance: submit, two-person approval, policy gate, promotion")
-    people = _demo_principals(home)
     workflow = Workflow()
     workflow.submit(people["demo-trainer"], model, version, "demo run: synthetic chest radiographs")
     workflow.approve(people["demo-radiologist"], model, version, "overlays reviewed on the demo gallery")
@@ -238,8 +257,16 @@ def demo(
     patients: int = typer.Option(24, "--patients", min=4, help="Synthetic patients (two studies each)."),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
     stages: str = typer.Option(",".join(STAGES), "--stages", help=f"Comma-separated subset of {STAGES}."),
+    token: str | None = typer.Option(
+        None, "--token", help="An admin's token, needed once when users exist but no demo users yet."
+    ),
 ) -> None:
-    """Run the end-to-end demo on embedded defaults (SQLite, local MLflow, local Ray)."""
+    """Run the end-to-end demo on embedded defaults (SQLite, local MLflow, local Ray).
+
+    The demo creates its own users (an admin bootstrapped on an empty RADGATE_HOME, a data
+    steward, two ML engineers, a radiologist) and runs each stage as the person whose role it
+    needs; their tokens stay in RADGATE_HOME/demo/tokens.json (owner-only)."""
+    from governance.auth import acting_as
     from governance.settings import get_settings
 
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
@@ -252,17 +279,20 @@ def demo(
     console.print(f"RADGATE_HOME={settings.home}")
     start = time.perf_counter()
     summary: dict[str, Any] = {"home": str(settings.home)}
-    ingest = _ingest_stage(settings.home, patients, workers)
+    people = _demo_principals(settings.home, token)
+    with acting_as(people["demo-steward"]):
+        ingest = _ingest_stage(settings.home, patients, workers)
     summary["ingest"] = {
         k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
     }
     if "train" in wanted:
-        summary["train"] = train = _train_stage(Path(ingest["labels_csv"]), workers)
-        model, version = train["model"], train["model_version"]
-        if "explain" in wanted and model and version:
-            summary["explain"] = _explain_stage(settings.home, model, version)
+        with acting_as(people["demo-trainer"]):
+            summary["train"] = train = _train_stage(Path(ingest["labels_csv"]), workers)
+            model, version = train["model"], train["model_version"]
+            if "explain" in wanted and model and version:
+                summary["explain"] = _explain_stage(settings.home, model, version)
         if "govern" in wanted and model and version:
-            summary["govern"] = governed = _govern_stage(settings.home, model, version)
+            summary["govern"] = governed = _govern_stage(people, model, version)
             if "serve" in wanted and governed["promoted_to_staging"]:
                 summary["serve"] = _serve_stage(settings.home, model)
     summary["elapsed_s"] = round(time.perf_counter() - start, 1)
