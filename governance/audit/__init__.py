@@ -1,15 +1,18 @@
 """The append-only, hash-chained audit log (tamper-evident; never PHI).
 
 Everyday entry point: :func:`record` (``record(actor, action, target, details, role=...)``).
-:class:`AuditLog` adds listing, export, anchoring and :meth:`AuditLog.verify`.
+:class:`AuditLog` adds listing, export, anchoring and :meth:`AuditLog.verify`;
+:class:`GroupCommit` groups concurrent entries into one transaction for busy writers (serving).
 """
 
+from governance.audit.group import GroupCommit
 from governance.audit.log import (
     GENESIS_HASH,
     AuditEntry,
     AuditError,
     AuditLog,
     AuditRow,
+    PendingEntry,
     canonical_json,
     record,
 )
@@ -24,6 +27,8 @@ __all__ = [
     "AuditLog",
     "AuditPHIError",
     "AuditRow",
+    "GroupCommit",
+    "PendingEntry",
     "VerifyReport",
     "canonical_json",
     "check_details",

@@ -15,11 +15,11 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import JSON, Integer, String, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -40,6 +40,7 @@ __all__ = [
     "AuditError",
     "AuditLog",
     "AuditRow",
+    "PendingEntry",
     "canonical_json",
     "record",
 ]
@@ -52,6 +53,16 @@ _HEAD_BYTES = 256
 
 class AuditError(RuntimeError):
     """The audit log could not be written or read."""
+
+
+class PendingEntry(NamedTuple):
+    """An entry to append (:meth:`AuditLog.append_many`); the log assigns seq, time and hashes."""
+
+    actor: str
+    action: str
+    target: str
+    details: dict[str, Any] | None = None
+    role: str = ""
 
 
 class AuditRow(Base):
@@ -180,37 +191,53 @@ class AuditLog:
         self, actor: str, action: str, target: str, details: dict[str, Any] | None = None, *, role: str = ""
     ) -> AuditEntry:
         """Append one entry chained to the current head; safe across threads and processes."""
-        actor = _check_text("actor", actor, 64)
-        action = _check_text("action", action, 64)
-        target = _check_text("target", target, 255)
-        clean = check_details(details)
+        return self.append_many([PendingEntry(actor, action, target, details, role)])[0]
+
+    def append_many(self, pending: Sequence[PendingEntry]) -> list[AuditEntry]:
+        """Append entries in order in one transaction (group commit): all are stored or none."""
+        clean = [
+            PendingEntry(
+                _check_text("actor", p.actor, 64),
+                _check_text("action", p.action, 64),
+                _check_text("target", p.target, 255),
+                check_details(p.details),
+                p.role,
+            )
+            for p in pending
+        ]
         last_error: Exception | None = None
         for attempt in range(_APPEND_RETRIES):
             try:
+                entries: list[AuditEntry] = []
                 with self.catalog.session() as session:
                     head = session.scalar(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1))
-                    seq = 1 if head is None else head.seq + 1
+                    seq = 0 if head is None else head.seq
                     prev = GENESIS_HASH if head is None else head.hash
-                    ts = datetime.now(UTC).isoformat(timespec="microseconds")
-                    digest = _entry_hash(seq, ts, actor, role, action, target, clean, prev)
-                    row = AuditRow(
-                        seq=seq,
-                        ts=ts,
-                        actor=actor,
-                        role=role,
-                        action=action,
-                        target=target,
-                        details=clean,
-                        prev_hash=prev,
-                        hash=digest,
-                        key_id=self.key.key_id,
-                        mac=self._mac(digest),
-                    )
-                    session.add(row)
+                    for p in clean:
+                        seq += 1
+                        ts = datetime.now(UTC).isoformat(timespec="microseconds")
+                        details = p.details or {}
+                        digest = _entry_hash(seq, ts, p.actor, p.role, p.action, p.target, details, prev)
+                        row = AuditRow(
+                            seq=seq,
+                            ts=ts,
+                            actor=p.actor,
+                            role=p.role,
+                            action=p.action,
+                            target=p.target,
+                            details=details,
+                            prev_hash=prev,
+                            hash=digest,
+                            key_id=self.key.key_id,
+                            mac=self._mac(digest),
+                        )
+                        session.add(row)
+                        entries.append(_entry(row))
+                        prev = digest
                     session.flush()
-                    entry = _entry(row)
-                self._write_head(entry)
-                return entry
+                if entries:
+                    self._write_head(entries[-1])
+                return entries
             except (IntegrityError, OperationalError) as exc:  # another writer took this seq
                 last_error = exc
                 time.sleep(min(0.001 * (2**attempt), 0.05))

@@ -194,6 +194,28 @@ def test_concurrent_appends_keep_one_chain() -> None:
     assert report.ok and report.entries == 40
 
 
+def test_group_commit_writes_every_entry_in_order_and_a_bad_one_fails_alone() -> None:
+    from governance.audit import GroupCommit, PendingEntry
+
+    group = GroupCommit(max_group=8)
+    futures = [group.submit("ingress", "serve.predict", f"model:cxr/{i}", {"i": i}) for i in range(20)]
+    bad = group.submit("ingress", "serve.predict", "model:cxr/x", {"PatientName": "DOE^JOHN"})
+    futures.append(group.submit("ingress", "serve.predict", "model:cxr/last", {"i": 20}))
+    stored = [f.result(timeout=30) for f in futures]
+    with pytest.raises(AuditPHIError):
+        bad.result(timeout=30)
+    log = AuditLog()
+    assert [e.details["i"] for e in log.entries()] == list(range(21))
+    assert [e.seq for e in stored] == list(range(1, 22))
+    assert log.verify().ok
+    # One transaction for several entries: all chained, nothing stored when one is refused.
+    appended = log.append_many([PendingEntry("a", "x", "t:1"), PendingEntry("a", "x", "t:2", role="r")])
+    assert appended[1].prev_hash == appended[0].hash and log.head() == appended[1]
+    with pytest.raises(AuditPHIError):
+        log.append_many([PendingEntry("a", "x", "t:3"), PendingEntry("a", "x", "t:4", {"patient_id": "1"})])
+    assert len(log.entries()) == 23 and log.verify().ok
+
+
 def test_filters_and_export() -> None:
     log = _fill()
     log.append("auditor", "audit.verify", "audit:log", {})
