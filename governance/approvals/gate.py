@@ -95,6 +95,10 @@ class Gate:
         self._cache: dict[tuple[str, str | None, str | None], tuple[float, GateDecision]] = {}
         self._hashes: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._lock = threading.Lock()
+        # One decision in flight per key: concurrent requests that find the entry expired wait
+        # for it instead of each querying the registry and the audit log (a thundering herd
+        # every ``ttl_s`` under load).
+        self._deciding: dict[tuple[str, str | None, str | None], threading.Lock] = {}
 
     @property
     def client(self) -> MlflowClient:
@@ -119,13 +123,28 @@ class Gate:
         if (alias is None) == (version is None):
             raise ValueError("give exactly one of alias or version")
         key = (name, alias, None if version is None else str(version))
-        now = time.monotonic()
-        if not fresh:
-            with self._lock:
-                hit = self._cache.get(key)
-            if hit is not None and hit[0] > now:
-                return replace(hit[1], cached=True)
-        decision = self._decide(name, alias, key[2], fresh)
+        if fresh:
+            return self._store(key, self._decide(name, alias, key[2], fresh))
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            deciding = self._deciding.setdefault(key, threading.Lock())
+        with deciding:
+            # A decision that finished while this thread waited is as fresh as one it would make.
+            hit = self._cached(key)
+            if hit is not None:
+                return hit
+            return self._store(key, self._decide(name, alias, key[2], fresh))
+
+    def _cached(self, key: tuple[str, str | None, str | None]) -> GateDecision | None:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is not None and hit[0] > time.monotonic():
+            return replace(hit[1], cached=True)
+        return None
+
+    def _store(self, key: tuple[str, str | None, str | None], decision: GateDecision) -> GateDecision:
         with self._lock:
             self._cache[key] = (time.monotonic() + self.ttl_s, decision)
         return decision

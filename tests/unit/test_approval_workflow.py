@@ -290,6 +290,28 @@ def test_gate_rehashes_the_artifact_after_its_own_ttl(registry: object, cast: Ca
     assert not long_hash(NAME, "production", fresh=True).allowed
 
 
+def test_concurrent_requests_share_one_gate_decision(registry: object, cast: Cast) -> None:
+    """When the cached decision has expired, concurrent callers wait for one registry query."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    version, _, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+
+    class CountingGate(Gate):
+        decided = 0
+
+        def _decide(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            CountingGate.decided += 1
+            return super()._decide(*args, **kwargs)  # type: ignore[arg-type]
+
+    counting = CountingGate(registry, ttl_s=3600)  # type: ignore[arg-type]
+    with ThreadPoolExecutor(8) as pool:
+        decisions = list(pool.map(lambda _: counting(NAME, "production"), range(8)))
+    assert all(d.allowed for d in decisions) and CountingGate.decided == 1
+    assert sum(not d.cached for d in decisions) == 1
+    assert not counting(NAME, "production", fresh=True).cached and CountingGate.decided == 2
+
+
 def test_gate_fails_closed_on_unknown_model(registry: object) -> None:
     decision = gate("no-such-model", "production")
     assert not decision.allowed and decision.reasons
