@@ -83,13 +83,16 @@ class ModelWorker:
             )
             return None
 
-    def _observe(self, predictor: ServedPredictor, recorder: Any, cases: list[tuple[str, bytes]]) -> None:
-        """Record each request's features (no PHI) off the request path."""
+    def _observe(
+        self, predictor: ServedPredictor, recorder: Any, cases: list[tuple[str, bytes, dict[str, Any]]]
+    ) -> None:
+        """Record each request's features (no PHI) and what the UI may show of it, off the
+        request path."""
         from serving.monitoring.served import observe_dicom
 
-        for request_id, data in cases:
+        for request_id, data, result in cases:
             try:
-                observe_dicom(predictor.loaded, recorder, request_id, data)
+                observe_dicom(predictor.loaded, recorder, request_id, data, view=result)
             except Exception as exc:  # a monitoring failure is logged, not served
                 LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
 
@@ -165,7 +168,7 @@ class ModelWorker:
             objects.append(dicom)
         done = time.perf_counter()
         if self.recorder is not None:
-            cases = [(r["request_id"], d) for r, d in zip(results, instances, strict=True)]
+            cases = [(r["request_id"], d, r) for r, d in zip(results, instances, strict=True)]
             threading.Thread(
                 target=self._observe, args=(predictor, self.recorder, cases), daemon=True
             ).start()

@@ -5,11 +5,16 @@ When the request's DICOM bytes are passed, they are sealed with the project key 
 request id as associated data) under ``RADGATE_HOME/monitoring/pending/`` until feedback arrives
 or ``feedback.pending_input_hours`` pass; they are never stored in clear and never de-identified
 unless a reviewer gives feedback and the monitoring config allows keeping inputs.
+
+What the reviewer UI may show of a request (:func:`read_view`: the decision, the clinician
+summary and, when the request asked for an explanation and the config keeps inputs, the overlay
+PNG) is sealed the same way under ``monitoring/views/`` and purged at the same time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -33,6 +38,7 @@ __all__ = [
     "pending_input_path",
     "purge_expired_inputs",
     "read_pending_input",
+    "read_view",
     "record_live_features",
 ]
 
@@ -60,14 +66,31 @@ def pending_input_path(request_id: str, settings: Settings | None = None) -> Pat
     return _pending_dir(settings) / f"{name}.sealed"
 
 
-def _seal_input(request_id: str, data: bytes, settings: Settings, key: ProjectKey) -> None:
-    path = pending_input_path(request_id, settings)
+def _view_path(request_id: str, settings: Settings) -> Path:
+    pending = pending_input_path(request_id, settings)
+    return pending.parent.parent / "views" / pending.name
+
+
+def _seal_to(path: Path, request_id: str, data: bytes, key: ProjectKey) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sealed = key.seal(data, request_id.encode())
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(sealed)
     tmp.chmod(0o600)
     tmp.replace(path)
+
+
+def read_view(request_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
+    """What the UI may show of a served request (``labels``, ``decision``, ``summary``, ``explanation``:
+    method and overlay ``png_base64``), or ``None`` when nothing was kept or it expired."""
+    settings = settings or get_settings()
+    path = _view_path(request_id, settings)
+    if not path.exists():
+        return None
+    view: dict[str, Any] = json.loads(
+        load_project_key(settings).unseal(path.read_bytes(), request_id.encode())
+    )
+    return view
 
 
 def read_pending_input(request_id: str, settings: Settings | None = None) -> bytes | None:
@@ -98,6 +121,7 @@ def purge_expired_inputs(now: datetime | None = None, settings: Settings | None 
         )
         for request_id in expired:
             discard_pending_input(request_id, settings)
+            _view_path(request_id, settings).unlink(missing_ok=True)
         if expired:
             session.execute(
                 update(LiveRecord).where(LiveRecord.request_id.in_(expired)).values(input_expires_at=None)
@@ -148,6 +172,7 @@ class LiveRecorder:
         embedding: np.ndarray | Sequence[float],
         *,
         input_bytes: bytes | None = None,
+        view: Mapping[str, Any] | None = None,
         at: datetime | None = None,
     ) -> dict[str, Any]:
         """Store one request's features; returns them.
@@ -156,14 +181,25 @@ class LiveRecorder:
         ``attributes``: :func:`training.reference_profile.attributes_from_dataset` of the request;
         ``scores``: class probabilities; ``embedding``: the full penultimate-layer vector
         (:func:`training.reference_profile.embed_and_score`); ``input_bytes``: the DICOM as
-        received, sealed and kept only for possible feedback.
+        received, sealed and kept only for possible feedback; ``view``: what the reviewer UI may
+        show (serving's result: ``decision``, ``summary``, ``explanation``), sealed, its overlay
+        kept only when the config keeps inputs.
         """
         _check_request_id(request_id)
         row = live_feature_row(image, attributes, scores, self.profile.label_names)
         projected = self.profile.project(np.asarray(embedding, dtype=np.float64))[0]
+        keep = self.config.feedback.keep_inputs
+        if input_bytes is not None and keep:
+            _seal_to(pending_input_path(request_id, self.settings), request_id, input_bytes, self.key)
+        if view is not None:
+            shown = {
+                k: view[k]
+                for k in ("labels", "decision", "summary", "explanation")
+                if k in view and (keep or k != "explanation")
+            }
+            _seal_to(_view_path(request_id, self.settings), request_id, json.dumps(shown).encode(), self.key)
         expires = None
-        if input_bytes is not None and self.config.feedback.keep_inputs:
-            _seal_input(request_id, input_bytes, self.settings, self.key)
+        if (input_bytes is not None and keep) or view is not None:
             expires = (at or utcnow()) + timedelta(hours=self.config.feedback.pending_input_hours)
         record = LiveRecord(
             request_id=request_id,

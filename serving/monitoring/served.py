@@ -37,9 +37,16 @@ class Observation:
 
 
 def observe_dicom(
-    model: Any, recorder: LiveRecorder, request_id: str, data: bytes, *, keep_input: bool = True
+    model: Any,
+    recorder: LiveRecorder,
+    request_id: str,
+    data: bytes,
+    *,
+    keep_input: bool = True,
+    view: dict[str, Any] | None = None,
 ) -> Observation:
-    """Predict one DICOM with a ``training.registry.LoadedModel`` and record its live features."""
+    """Predict one DICOM with a ``training.registry.LoadedModel`` and record its live features
+    (``view``: serving's result for the request, what the reviewer UI may show of it)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -54,6 +61,7 @@ def observe_dicom(
         probs[0].tolist(),
         embedding[0],
         input_bytes=data if keep_input else None,
+        view=view,
     )
     return Observation(request_id, [float(p) for p in probs[0]], str(row["predicted_label"]))
 

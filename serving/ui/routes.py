@@ -29,6 +29,7 @@ from serving.ui.security import (
     current_principal,
     verify_csrf,
 )
+from serving.ui.served_routes import FeedbackFields, add_prediction_routes, feedback_response
 
 __all__ = ["PREFIX", "create_ui_app", "create_ui_router", "install_ui"]
 
@@ -254,9 +255,12 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
     # ---- cases -------------------------------------------------------------------------
 
     @router.get("/cases", response_class=HTMLResponse)
-    def cases(request: Request) -> HTMLResponse:
+    def cases(request: Request, model: str = "", page: int = 1) -> HTMLResponse:
+        from serving.ui.predictions import recent_predictions
+
         principal = _signed_in(request, *CASE_ROLES)
-        return _page(request, "cases.html", principal, cases=list_cases())
+        served = recent_predictions(model or None, page)
+        return _page(request, "cases.html", principal, cases=list_cases(), served=served)
 
     @router.get("/cases/{case_id}", response_class=HTMLResponse)
     def case_page(request: Request, case_id: str) -> HTMLResponse:
@@ -277,15 +281,8 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         return JSONResponse(payload, headers={"Cache-Control": "no-store"})
 
     @router.post("/api/cases/{case_id}/feedback")
-    def case_feedback(
-        request: Request,
-        case_id: str,
-        csrf: str = Form(""),
-        agree: str = Form(...),
-        corrected_label: str = Form(""),
-        comment: str = Form(""),
-    ) -> JSONResponse:
-        verify_csrf(request, csrf)
+    def case_feedback(request: Request, case_id: str, form: FeedbackFields) -> JSONResponse:
+        verify_csrf(request, form.csrf)
         principal = _signed_in(request, Role.CLINICAL_REVIEWER)
         try:
             case = load_case(case_id)
@@ -296,22 +293,9 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
                 {"detail": "feedback applies to served predictions; this case has no request id"},
                 status_code=409,
             )
-        try:
-            from serving.monitoring import MonitoringError
-            from serving.monitoring.feedback import FeedbackIn, submit_feedback
-        except ImportError:
-            return JSONResponse({"detail": "the feedback store is not available"}, status_code=503)
-        try:
-            body = FeedbackIn(
-                request_id=case.request_id,
-                agree=agree == "true",
-                corrected_label=corrected_label or None,
-                comment=comment or None,
-            )
-            out = submit_feedback(principal, body)
-        except (ValueError, LookupError, MonitoringError) as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        return JSONResponse({"feedback_id": out.feedback_id, "label": out.label}, status_code=201)
+        return feedback_response(principal, case.request_id, form)
+
+    add_prediction_routes(router)
 
     # ---- drift -------------------------------------------------------------------------
 

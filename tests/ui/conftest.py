@@ -144,7 +144,9 @@ def live_ui(registry: Any, radgate_home: Path, demo_case_template: Path) -> Iter
     thread.join(timeout=10)
 
 
-def record_served_request(request_id: str) -> None:
+def record_served_request(
+    request_id: str, model: str = "chest", view: dict[str, Any] | None = None, at: Any = None
+) -> None:
     """A served prediction in the real monitoring store (what serving records per request)."""
     from serving.monitoring import LiveRecorder
     from training.reference_profile import live_feature_row, profile_from_rows
@@ -155,6 +157,67 @@ def record_served_request(request_id: str) -> None:
         live_feature_row(rng.random((8, 8)), {"manufacturer": "GE"}, [0.7, 0.3], labels) for _ in range(20)
     ]
     profile = profile_from_rows(rows, rng.normal(size=(20, 6)), labels, embedding_dims=3)
-    recorder = LiveRecorder("chest", "1", profile)
+    recorder = LiveRecorder(model, "1", profile)
     image, attributes = rng.random((8, 8)), {"manufacturer": "GE"}
-    recorder.record(request_id, image, attributes, [0.2, 0.8], rng.normal(size=6), input_bytes=None)
+    recorder.record(request_id, image, attributes, [0.2, 0.8], rng.normal(size=6), view=view, at=at)
+
+
+def serve_prediction(cast: Cast, folder: Path, model: str = "cxr-served") -> dict[str, Any]:
+    """One prediction served for real: a small registered model approved by two people, the
+    serving API (model worker in-process) with live monitoring, a request asking for Grad-CAM.
+    Returns the result JSON once the monitoring store has recorded it (off the request path)."""
+    import asyncio
+
+    from fastapi.testclient import TestClient
+    from sqlalchemy import select
+
+    from governance.catalog import open_catalog
+    from imaging.demo_data import write_demo_studies
+    from serving.api import IngressService, api, install_service
+    from serving.config import ServeConfig
+    from serving.monitoring import LiveRecorder
+    from serving.monitoring.models import LiveRecord
+    from serving.testing import approve_and_promote, register_model
+    from serving.worker import ModelWorker
+    from training.preprocess import IMAGE_KEY
+    from training.reference_profile import compute_reference_profile
+    from training.registry import load_model
+
+    version = register_model(model, spatial_size=(32, 32))
+    approve_and_promote(model, version, cast)
+    files = write_demo_studies(folder, patients=2, images_per_patient=1, size=32).files
+    loaded = load_model(f"{model}/{version}")
+    rows = [{IMAGE_KEY: str(p)} for p in files]
+    profile = compute_reference_profile(
+        loaded.module, rows, loaded.preprocessing, label_names=loaded.label_names
+    )
+    config = ServeConfig.model_validate({"models": [{"name": model}]})
+    worker = ModelWorker(config.models[0])
+    worker.recorder = LiveRecorder(model, version, profile)
+
+    class _Local:
+        async def info(self) -> dict[str, Any]:
+            return worker.info()
+
+        async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
+            async def forward(item: np.ndarray) -> tuple[np.ndarray, int]:
+                return (await asyncio.to_thread(worker.forward, item[None]))[0], 1
+
+            return await worker.predict(payload, forward)
+
+    install_service(IngressService(config, {model: _Local()}))
+    reply = TestClient(api).post(
+        f"/v1/models/{model}/predict?explain=gradcam",
+        content=files[0].read_bytes(),
+        headers={"Authorization": f"Bearer {cast.tokens['pacs']}", "Content-Type": "application/dicom"},
+    )
+    assert reply.status_code == 200, reply.text
+    result: dict[str, Any] = reply.json()["results"][0]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open_catalog().session() as session:
+            query = select(LiveRecord.id).where(LiveRecord.request_id == result["request_id"])
+            if session.execute(query).first():
+                return result
+        time.sleep(0.2)
+    raise AssertionError("the served request was not recorded")

@@ -15,7 +15,7 @@ import pytest
 
 from governance.approvals import TAG_STATUS, Workflow
 from governance.testing import Cast, create_version
-from tests.ui.conftest import record_served_request
+from tests.ui.conftest import record_served_request, serve_prediction
 
 pytestmark = [
     pytest.mark.integration,
@@ -137,3 +137,53 @@ def test_ui_browser_case_overlay(
     page.get_by_label("Comment", exact=True).fill("opacity is a rib overlap")
     page.get_by_role("button", name="Disagree").click()
     expect(page.locator("#fb-result")).to_have_text("Feedback recorded.")
+
+
+def test_ui_browser_recent_prediction_feedback(
+    page: Any, live_ui: str, cast: Cast, shots: Path, tmp_path: Path
+) -> None:
+    """A prediction served for real (Grad-CAM asked for) is listed on the Cases page; a reviewer
+    opens it, sees the summary and the kept overlay, and sends feedback with the keyboard; an ML
+    engineer sees the prediction but no feedback buttons."""
+    from playwright.sync_api import expect
+    from sqlalchemy import select
+
+    from governance.catalog import open_catalog
+    from serving.monitoring.models import FeedbackRecord
+
+    result = serve_prediction(cast, tmp_path / "studies")
+    short = result["request_id"][:12]
+    page.set_viewport_size({"width": 1280, "height": 800})
+    sign_in(page, live_ui, cast.tokens["doc2"])
+    page.goto(f"{live_ui}/ui/cases")
+    row = page.locator(f'#predictions tr[data-request-id="{result["request_id"]}"]')
+    expect(row).to_contain_text("cxr-served")
+    expect(row.get_by_test_id("has-feedback")).to_have_text("no")
+    page.screenshot(path=str(shots / "cases-recent-predictions.png"), full_page=True)
+    page.get_by_role("link", name=f"Prediction {short}").click()
+    expect(page.get_by_test_id("summary")).to_have_text(result["summary"])
+    overlay = page.get_by_role("img", name=f"gradcam explanation overlaid on the image of request {short}")
+    expect(overlay).to_be_visible()
+    assert page.evaluate("() => document.getElementById('overlay').naturalWidth") > 0
+    page.get_by_label("Corrected label (if you disagree)").select_option("no_finding")
+    page.get_by_label("Comment", exact=True).fill("rib overlap")
+    page.get_by_role("button", name="Disagree").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#fb-result")).to_have_text("Feedback recorded.")
+    page.screenshot(path=str(shots / "prediction-feedback.png"), full_page=True)
+    with open_catalog().session() as session:
+        rows = list(session.scalars(select(FeedbackRecord)))
+    assert [(r.request_id, r.reviewer, r.agree, r.label) for r in rows] == [
+        (result["request_id"], "doc2", False, "no_finding")
+    ]
+    page.goto(f"{live_ui}/ui/cases")
+    expect(row.get_by_test_id("has-feedback")).to_have_text("yes")
+    sign_out(page)
+
+    sign_in(page, live_ui, cast.tokens["eng"])
+    page.goto(f"{live_ui}/ui/predictions/{result['request_id']}")
+    expect(page.get_by_test_id("request-id")).to_have_text(result["request_id"])
+    assert page.get_by_role("button", name="Disagree").count() == 0
+    assert page.get_by_role("button", name="Agree").count() == 0
+    page.set_viewport_size({"width": 768, "height": 1024})  # tablet width
+    page.screenshot(path=str(shots / "prediction-engineer-tablet.png"), full_page=True)

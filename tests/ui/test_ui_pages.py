@@ -205,7 +205,7 @@ def test_ui_feedback_unknown_request(ui_client: Any, cast: Cast, radgate_home: P
     response = ui_client.post(
         "/ui/api/cases/served/feedback", data={"csrf": csrf, "agree": "false", "corrected_label": "normal"}
     )
-    assert response.status_code == 422
+    assert response.status_code == 404  # as POST /v1/feedback answers
     csrf = sign_in(ui_client, cast.tokens["eng"])
     response = ui_client.post("/ui/api/cases/served/feedback", data={"csrf": csrf, "agree": "true"})
     assert response.status_code == 403
@@ -283,3 +283,64 @@ def test_ui_feedback_on_served_case(ui_client: Any, cast: Cast, radgate_home: Pa
     assert AuditLog().entries(action="monitoring.feedback", actor="doc")
     bad = ui_client.post("/ui/api/cases/served/feedback", data={"csrf": csrf, "agree": "false"})
     assert bad.status_code == 422  # a disagreement needs the corrected label
+
+
+def test_ui_recent_predictions(ui_client: Any, cast: Cast) -> None:
+    """Served requests from the monitoring store: newest first, paginated, filtered by model; one
+    opens with what serving kept (summary, overlay) and takes feedback; roles limit all of it."""
+    import base64
+    from datetime import timedelta
+
+    from governance.catalog import utcnow
+    from serving.ui.predictions import PAGE_SIZE
+
+    png = b"\x89PNG\r\n\x1a\n" + b"overlay"
+    view = {"labels": ["no_finding", "opacity"], "decision": {"label": "opacity", "threshold": 0.5},
+            "summary": "Finding: opacity (0.80); Grad-CAM attention in the right lower zone.",
+            "explanation": {"method": "gradcam", "png_base64": base64.b64encode(png).decode()}}  # fmt: skip
+    start = utcnow() - timedelta(hours=1)
+    for i in range(PAGE_SIZE + 2):
+        record_served_request(f"req-a-{i:03d}", model="chest-a", at=start + timedelta(seconds=i))
+    record_served_request("req-b-newest", model="chest-b", view=view, at=start + timedelta(minutes=5))
+    record_served_request("req-b-plain", model="chest-b", at=start)
+
+    csrf = sign_in(ui_client, cast.tokens["doc"])
+    page = ui_client.get("/ui/cases").text
+    rows = re.findall(r'data-request-id="([^"]+)"', page)
+    assert rows[:2] == ["req-b-newest", "req-a-021"] and len(rows) == PAGE_SIZE
+    assert f"{PAGE_SIZE + 4} served requests" in page and "Page 1 of 2" in page
+    older = re.findall(r'data-request-id="([^"]+)"', ui_client.get("/ui/cases?page=2").text)
+    assert len(older) == 4 and not set(older) & set(rows)
+    only_b = re.findall(r'data-request-id="([^"]+)"', ui_client.get("/ui/cases?model=chest-b").text)
+    assert only_b == ["req-b-newest", "req-b-plain"]
+    assert len(re.findall(r"data-request-id", ui_client.get("/ui/cases?model=nope").text)) == PAGE_SIZE
+
+    detail = ui_client.get("/ui/predictions/req-b-newest").text
+    assert "Grad-CAM attention in the right lower zone" in detail and "Disagree" in detail
+    assert ui_client.get("/ui/api/predictions/req-b-newest/overlay.png").content == png
+    plain = ui_client.get("/ui/predictions/req-b-plain").text
+    assert "No explanation overlay kept" in plain and "No clinician summary" in plain
+    assert ui_client.get("/ui/api/predictions/req-b-plain/overlay.png").status_code == 404
+    assert ui_client.get("/ui/predictions/req-none").status_code == 404
+    assert ui_client.get("/ui/predictions/..%2Fx").status_code == 404
+
+    url = "/ui/api/predictions/req-b-newest/feedback"
+    sent = ui_client.post(url, data={"csrf": csrf, "agree": "false", "corrected_label": "no_finding"})
+    assert sent.status_code == 201 and sent.json()["label"] == "no_finding"
+    assert ui_client.post(url, data={"agree": "true"}).status_code == 403  # no CSRF token
+    assert (
+        ui_client.post(
+            "/ui/api/predictions/req-none/feedback", data={"csrf": csrf, "agree": "true"}
+        ).status_code
+        == 404
+    )
+    listed = ui_client.get("/ui/cases?model=chest-b").text
+    assert re.search(r'data-request-id="req-b-newest">.*?data-testid="has-feedback">yes<', listed, re.S)
+    assert AuditLog().entries(action="monitoring.feedback", actor="doc")
+
+    csrf = sign_in(ui_client, cast.tokens["eng"])  # may look, may not give feedback
+    assert "Disagree" not in ui_client.get("/ui/predictions/req-b-newest").text
+    assert ui_client.post(url, data={"csrf": csrf, "agree": "true"}).status_code == 403
+    sign_in(ui_client, cast.tokens["auditor"])
+    assert ui_client.get("/ui/predictions/req-b-newest").status_code == 403
+    assert ui_client.get("/ui/api/predictions/req-b-newest/overlay.png").status_code == 403

@@ -69,3 +69,24 @@ def test_expired_inputs_are_purged(recorder: LiveRecorder) -> None:
 def test_request_ids_are_checked(recorder: LiveRecorder) -> None:
     with pytest.raises(MonitoringError):
         _record(recorder, "../../etc/passwd", None)
+
+
+def test_what_the_ui_may_show_is_sealed_kept_by_policy_and_purged(recorder: LiveRecorder) -> None:
+    from serving.monitoring.live import read_view
+
+    overlay = {"method": "gradcam", "png_base64": "iVBORw0KGgo="}
+    result = {"labels": LABELS, "decision": {"label": "opacity"}, "summary": "Finding: opacity",
+              "explanation": overlay, "probabilities": [0.2, 0.8]}  # fmt: skip
+    _record(recorder, "req-v", None, view=result)
+    assert read_view("req-v") == {k: result[k] for k in ("labels", "decision", "summary", "explanation")}
+    assert b"Finding" not in next((recorder.settings.home / "monitoring" / "views").iterdir()).read_bytes()
+    recorder.config = MonitoringConfig.model_validate({"feedback": {"keep_inputs": False}})
+    _record(recorder, "req-w", None, view=result)
+    assert read_view("req-w") == {
+        "labels": LABELS,
+        "decision": {"label": "opacity"},
+        "summary": "Finding: opacity",
+    }
+    assert read_view("req-none") is None
+    assert purge_expired_inputs(now=utcnow() + timedelta(days=30)) == 2
+    assert read_view("req-v") is None and read_view("req-w") is None

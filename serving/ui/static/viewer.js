@@ -122,16 +122,5 @@
     else if (e.key === "-") { setZoom(state.zoom / 1.25); e.preventDefault(); }
   });
 
-  const feedback = document.getElementById("feedback");
-  if (feedback) {
-    feedback.addEventListener("submit", async (e) => {
-      e.preventDefault();
-      const body = new FormData(feedback);
-      body.set("agree", e.submitter ? e.submitter.value : "true");
-      const res = await fetch(feedback.dataset.url, { method: "POST", body, credentials: "same-origin" });
-      const json = await res.json().catch(() => ({}));
-      $("fb-result").textContent = res.ok ? "Feedback recorded." : "Not recorded: " + (json.detail || res.status);
-    });
-  }
   load();
 })();
