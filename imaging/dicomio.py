@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import struct
+from copy import copy
 from io import BytesIO
+from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import BytesLengthException, InvalidDicomError
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, UID_dictionary
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    UID_dictionary,
+)
+from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
 from imaging.deid.errors import QuarantineError, QuarantineReason
 
@@ -117,10 +131,237 @@ def _check_pixels(ds: Dataset) -> None:
 
 
 def encode_instance(ds: Dataset) -> bytes:
-    """The Part 10 encoding of ``ds``, keeping its transfer syntax (compressed data untouched)."""
+    """The Part 10 encoding of ``ds``, keeping its transfer syntax (compressed data untouched).
+
+    The bytes are those of pydicom's ``save_as(enforce_file_format=True)``; elements still
+    undecoded are copied through as read instead of going through pydicom's per-element writer.
+    """
+    try:
+        return _encode_part10(ds)
+    except Exception:
+        return encode_reference(ds)  # pydicom's own path decides: it writes or raises its error
+
+
+def encode_reference(ds: Dataset) -> bytes:
+    """pydicom's encoding of ``ds`` (the general path, and the reference of :func:`encode_instance`)."""
     buffer = BytesIO()
     try:
         ds.save_as(buffer, enforce_file_format=True)
     except _PARSE_ERRORS as exc:
         raise QuarantineError(QuarantineReason.WRITE_FAILED, f"cannot encode ({type(exc).__name__})") from exc
     return buffer.getvalue()
+
+
+class _Unsupported(Exception):
+    """The dataset needs pydicom's general writer (big endian, deflate, meta in the dataset...)."""
+
+
+_ITEM = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
+_ITEM_DELIMITER = struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+_SEQUENCE_DELIMITER = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+_STRING_VRS = frozenset({"AE", "AS", "CS", "UR", "UI", "DA", "DT", "TM"})  # pydicom's write_string
+_TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})  # pydicom's write_text
+_NUMBER_FORMATS = {
+    "US": "<H",
+    "SS": "<h",
+    "UL": "<L",
+    "SL": "<l",
+    "UV": "<Q",
+    "SV": "<q",
+    "FL": "<f",
+    "FD": "<d",
+}
+_BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
+_LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
+
+
+def _encode_part10(ds: Dataset) -> bytes:
+    """What ``dcmwrite(..., enforce_file_format=True)`` writes, for little endian, non-deflated data."""
+    if any(t >> 16 in (0, 2) for t in ds._dict):
+        raise _Unsupported
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        raise _Unsupported
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax is None or syntax.is_private or not syntax.is_transfer_syntax:
+        raise _Unsupported
+    if not syntax.is_little_endian or syntax == DeflatedExplicitVRLittleEndian:
+        raise _Unsupported
+    if ds.original_encoding[1] is False:
+        raise _Unsupported  # save_as refuses to convert big endian data
+    preamble = getattr(ds, "preamble", None)
+    if preamble and len(preamble) != 128:
+        raise _Unsupported
+    file_meta = FileMetaDataset()  # a copy: the caller's file meta stays as it is
+    for tag, meta_elem in meta._dict.items():
+        file_meta[tag] = copy(meta_elem)
+    for meta_keyword, keyword in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        current, wanted = file_meta.get(meta_keyword, None), ds.get(keyword, None)
+        if current is None or (wanted and wanted != current):
+            setattr(file_meta, meta_keyword, wanted)
+    validate_file_meta(file_meta, enforce_standard=True)
+    if "PixelData" in ds:
+        ds["PixelData"].is_undefined_length = syntax.is_compressed
+    head = DicomBytesIO()
+    head.is_implicit_VR, head.is_little_endian = False, True
+    head.write(preamble or b"\x00" * 128)
+    head.write(b"DICM")
+    write_file_meta_info(head, file_meta, enforce_standard=True)
+    chunks: list[bytes] = [head.getvalue()]
+    _Writer(syntax.is_implicit_VR, chunks).dataset(ds, default_encoding)
+    return b"".join(chunks)
+
+
+def _plain(elem: Any) -> bool:
+    """A decoded, non-sequence element whose VR is not ambiguous."""
+    return isinstance(elem, DataElement) and elem.VR != "SQ" and elem.VR not in AMBIGUOUS_VR
+
+
+def _text_bytes(elem: DataElement) -> bytes | None:
+    """A string value's encoding as pydicom writes it, for the simple cases; None for the rest.
+
+    Single-byte string VRs are written as ISO 8859-1 (pydicom's ``write_string``); text VRs
+    only when ASCII, whose encoding is the same in every character set DICOM allows.
+    """
+    vr, value = elem.VR, elem.value
+    if elem.is_undefined_length:
+        return None
+    number = _NUMBER_FORMATS.get(vr)
+    if number is not None:
+        # pydicom's write_numbers, single value (lists may hold LUT descriptors: pydicom's path)
+        if type(value) is int or (type(value) is float and vr in ("FL", "FD")):
+            return struct.pack(number, value)
+        return None
+    if vr not in _STRING_VRS and vr not in _TEXT_VRS:
+        return None
+    if not isinstance(value, str):
+        if not isinstance(value, MultiValue | list) or not all(isinstance(v, str) for v in value):
+            return None
+        value = "\\".join(value)
+    if vr in _TEXT_VRS and not value.isascii():
+        return None
+    if len(value) % 2:
+        value += "\x00" if vr == "UI" else " "
+    return value.encode("latin-1")
+
+
+class _Writer:
+    """Encodes a dataset as pydicom's ``write_dataset`` does, copying raw elements through."""
+
+    def __init__(self, implicit: bool, chunks: list[bytes]) -> None:
+        self.implicit = implicit
+        self.chunks = chunks
+
+    def dataset(self, ds: Dataset, parent_encoding: Any) -> None:
+        elements = ds._dict
+        if (
+            ds.original_encoding != (self.implicit, True) or ds.original_character_set != ds._character_set
+        ) and not all(_plain(e) for e in elements.values()):
+            # values must be re-encoded (other VR encoding or character set): pydicom converts
+            # raw elements and resolves ambiguous VRs first. A dataset built in memory of plain
+            # elements (new code items) has nothing to convert and is written below.
+            buffer = self._buffer()
+            write_dataset(buffer, ds, parent_encoding)
+            self.chunks.append(buffer.getvalue())
+            return
+        encoding = ds.get("SpecificCharacterSet", parent_encoding)
+        for tag in sorted(elements, key=int):
+            if tag & 0xFFFF == 0 and tag >> 16 > 6:
+                continue  # retired group lengths are not written
+            elem = elements[tag]
+            if isinstance(elem, RawDataElement):
+                self._raw(elem)
+            elif elem.VR == "SQ":
+                self._sequence(elem, encoding)
+            elif elem.VR in _BINARY_VRS and type(elem.value) is bytes:
+                self._binary(elem)
+            else:
+                data = _text_bytes(elem)
+                if data is None:
+                    buffer = self._buffer()
+                    write_data_element(buffer, elem, encoding)
+                    self.chunks.append(buffer.getvalue())
+                else:
+                    self._header(elem.tag, elem.VR, len(data), False)
+                    self.chunks.append(data)
+
+    def _buffer(self) -> DicomBytesIO:
+        buffer = DicomBytesIO()
+        buffer.is_implicit_VR, buffer.is_little_endian = self.implicit, True
+        return buffer
+
+    def _header(self, tag: int, vr: str | None, length: int, undefined: bool) -> None:
+        if self.implicit:
+            self.chunks.append(
+                struct.pack("<HHL", tag >> 16, tag & 0xFFFF, 0xFFFFFFFF if undefined else length)
+            )
+            return
+        if not vr or len(vr) != 2:
+            raise _Unsupported  # pydicom refuses it with its own error
+        if vr not in _LONG_VRS and not undefined and length > 0xFFFF:
+            vr = "UN"  # PS3.5 6.2.2: too long for a 16-bit length field
+        if vr in _LONG_VRS:
+            header = struct.pack(
+                "<HH2sHL",
+                tag >> 16,
+                tag & 0xFFFF,
+                vr.encode(default_encoding),
+                0,
+                0xFFFFFFFF if undefined else length,
+            )
+        elif undefined:
+            header = struct.pack("<HH2sL", tag >> 16, tag & 0xFFFF, vr.encode(default_encoding), 0xFFFFFFFF)
+        else:
+            header = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(default_encoding), length)
+        self.chunks.append(header)
+
+    def _raw(self, elem: RawDataElement) -> None:
+        value = elem.value
+        if not isinstance(value, bytes):
+            raise _Unsupported
+        undefined = elem.length == 0xFFFFFFFF
+        if undefined and elem.tag == 0x7FE00010 and not value[:4].startswith(b"\xfe\xff\x00\xe0"):
+            raise _Unsupported
+        self._header(elem.tag, elem.VR, len(value), undefined)
+        self.chunks.append(value)
+        if undefined:
+            self.chunks.append(_SEQUENCE_DELIMITER)
+
+    def _binary(self, elem: DataElement) -> None:
+        """pydicom's ``write_OBvalue``/``write_OWvalue``/``write_UN``, without copying the value."""
+        value: bytes = elem.value
+        undefined = elem.is_undefined_length
+        if undefined and elem.tag == 0x7FE00010 and not value.startswith(b"\xfe\xff\x00\xe0"):
+            raise _Unsupported  # encapsulated pixel data must start with an item: pydicom raises
+        padding = b"\x00" if len(value) % 2 and elem.VR != "UN" else b""
+        self._header(elem.tag, elem.VR, len(value) + len(padding), undefined)
+        self.chunks.append(value)
+        if padding:
+            self.chunks.append(padding)
+        if undefined:
+            self.chunks.append(_SEQUENCE_DELIMITER)
+
+    def _sequence(self, elem: DataElement, encoding: Any) -> None:
+        encodings = convert_encodings(encoding or [default_encoding])
+        outer, self.chunks = self.chunks, []
+        try:
+            for item in elem.value or ():
+                start = len(self.chunks)
+                self.chunks.append(_ITEM)
+                self.dataset(item, encodings)
+                if getattr(item, "is_undefined_length_sequence_item", False):
+                    self.chunks.append(_ITEM_DELIMITER)
+                else:
+                    size = sum(len(c) for c in self.chunks[start + 1 :])
+                    self.chunks[start] = struct.pack("<HHL", 0xFFFE, 0xE000, size)
+            body = self.chunks
+        finally:
+            self.chunks = outer
+        undefined = elem.is_undefined_length
+        self._header(elem.tag, "SQ", sum(len(c) for c in body), undefined)
+        self.chunks.extend(body)
+        if undefined:
+            self.chunks.append(_SEQUENCE_DELIMITER)

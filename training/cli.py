@@ -25,8 +25,28 @@ def demo_data(
     images_per_patient: int = typer.Option(2, "--images-per-patient", min=1, help="Studies per patient."),
     seed: int = typer.Option(0, "--seed", help="Random seed (output is deterministic for a seed)."),
     size: int = typer.Option(128, "--size", min=16, help="Image rows and columns."),
+    anatomy: bool = typer.Option(
+        False,
+        "--anatomy",
+        help="Instead: brain MR series (real ch2/AAL anatomy, one synthetic subject per patient) "
+        "with label maps, for segmentation (labels.csv names each series' NIfTI).",
+    ),
+    spacing: float = typer.Option(3.0, "--spacing", help="Voxel size in mm of the --anatomy series."),
 ) -> None:
     """Write synthetic chest radiographs (DICOM with PHI-bearing headers) and a labels CSV."""
+    if anatomy:
+        from imaging.volumes import VolumeError, write_anatomy_set
+
+        try:
+            anatomy_set = write_anatomy_set(out_dir, subjects=patients, seed=seed, spacing=spacing)
+        except (VolumeError, ValueError) as exc:
+            raise _fail(str(exc)) from None
+        typer.echo(
+            f"wrote {len(anatomy_set.subjects)} MR series ({len(anatomy_set.files)} files) to "
+            f"{anatomy_set.dicom_dir}; "
+            f"labels: {anatomy_set.labels_csv} (--label-names {','.join(anatomy_set.label_names)})"
+        )
+        return
     from imaging.demo_data import write_demo_studies
 
     demo = write_demo_studies(
@@ -53,12 +73,26 @@ def dataset_create(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
     label_names: str | None = typer.Option(
-        None, "--label-names", help="Comma-separated class names, index = label (e.g. no_finding,opacity)."
+        None,
+        "--label-names",
+        help="Comma-separated class names, index = label (e.g. no_finding,opacity); for segmentation "
+        "the structure of each label value, 0 = background (e.g. background,cerebellum,thalamus).",
+    ),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification (a class per instance) | segmentation (the label column names a NIfTI "
+        "or DICOM SEG label volume per series, relative to the labels file).",
     ),
 ) -> None:
     """Create (or find, if identical) a dataset version from the catalog and a labels file."""
-    from imaging.datasets import DatasetError, GroupBy, create_dataset, parse_split
+    from imaging.datasets import DatasetError, GroupBy, Task, create_dataset, parse_split
 
+    if task not in {t.value for t in Task}:
+        raise _fail("--task must be classification or segmentation")
+    if task == Task.SEGMENTATION:
+        _create_segmentation(name, labels, split, group_by, seed, label_names)
+        return
     try:
         report = create_dataset(
             name,
@@ -79,6 +113,37 @@ def dataset_create(
     )
     for split_name, counts in sorted(summary["splits"].items()):
         typer.echo(f"  {split_name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+def _create_segmentation(
+    name: str, labels: Path, split: str, group_by: str, seed: int, label_names: str | None
+) -> None:
+    from imaging.datasets import DatasetError, parse_split
+    from imaging.volumes import create_segmentation_dataset
+
+    try:
+        report = create_segmentation_dataset(
+            name,
+            labels,
+            split=parse_split(split),
+            group_by=group_by,
+            seed=seed,
+            label_names=[n.strip() for n in label_names.split(",")] if label_names else None,
+        )
+    except DatasetError as exc:
+        raise _fail(str(exc)) from None
+    summary = report.version.manifest.summary()
+    typer.echo(f"{'created' if report.created else 'exists'} {name} {report.version.id}")
+    typer.echo(
+        f"  {summary['series']} series ({summary['instances']} instances), {summary['patients']} patients; "
+        f"label rows matched {report.matched_rows}, unmatched {report.unmatched_rows}"
+    )
+    for reason, count in sorted(report.skipped.items()):
+        typer.echo(f"  skipped {count} series: {reason}")
+    label_map = sorted(report.version.manifest.label_map.items())
+    typer.echo("  labels: " + ", ".join(f"{k}={v}" for k, v in label_map))
+    for split_name, counts in sorted(summary["splits"].items()):
+        typer.echo(f"  {split_name}: {counts['series']} series")
 
 
 @dataset_app.command("list")

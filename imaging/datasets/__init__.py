@@ -12,7 +12,9 @@ from imaging.datasets.manifest import (
     DatasetManifest,
     GroupBy,
     ManifestItem,
+    SeriesItem,
     Split,
+    Task,
     parse_split,
 )
 from imaging.datasets.models import DatasetVersionRecord
@@ -37,7 +39,9 @@ __all__ = [
     "GroupBy",
     "KeyKind",
     "ManifestItem",
+    "SeriesItem",
     "Split",
+    "Task",
     "create_dataset",
     "get_dataset",
     "list_datasets",

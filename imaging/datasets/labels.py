@@ -34,6 +34,7 @@ class KeyKind(StrEnum):
     ACCESSION = "accession_number"
     PATIENT = "patient_id"
     STUDY = "study_instance_uid"
+    SERIES = "series_instance_uid"
     SOP = "sop_instance_uid"
     SHA256 = "sha256"
 
@@ -42,6 +43,7 @@ _COLUMN_ALIASES = {
     KeyKind.ACCESSION: ("accessionnumber", "accession", "accessionno"),
     KeyKind.PATIENT: ("patientid", "patient", "patientpseudonym", "mrn"),
     KeyKind.STUDY: ("studyinstanceuid", "studyuid", "study"),
+    KeyKind.SERIES: ("seriesinstanceuid", "seriesuid", "series"),
     KeyKind.SOP: ("sopinstanceuid", "sopuid", "instanceuid"),
     KeyKind.SHA256: ("sha256", "contenthash", "instancesha256"),
 }
@@ -120,6 +122,7 @@ _PSEUDONYM_KIND = {
     KeyKind.ACCESSION: PseudonymKind.ACCESSION,
     KeyKind.PATIENT: PseudonymKind.PATIENT_ID,
     KeyKind.STUDY: PseudonymKind.STUDY_UID,
+    KeyKind.SERIES: PseudonymKind.SERIES_UID,
     KeyKind.SOP: PseudonymKind.SOP_UID,
 }
 
@@ -129,6 +132,7 @@ def _instance_column(kind: KeyKind) -> Any:
         KeyKind.ACCESSION: Instance.study_instance_uid,  # an accession's pseudonym is the deid study UID
         KeyKind.PATIENT: Instance.patient_pseudonym,
         KeyKind.STUDY: Instance.study_instance_uid,
+        KeyKind.SERIES: Instance.series_instance_uid,
         KeyKind.SOP: Instance.sop_instance_uid,
         KeyKind.SHA256: Instance.sha256,
     }[kind]

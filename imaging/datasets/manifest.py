@@ -21,7 +21,9 @@ __all__ = [
     "DatasetManifest",
     "GroupBy",
     "ManifestItem",
+    "SeriesItem",
     "Split",
+    "Task",
     "parse_split",
 ]
 
@@ -38,6 +40,13 @@ class Split(StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
+
+
+class Task(StrEnum):
+    """What a dataset version's labels are for."""
+
+    CLASSIFICATION = "classification"  # one class per instance (``items``)
+    SEGMENTATION = "segmentation"  # one label volume per series (``series``)
 
 
 class GroupBy(StrEnum):
@@ -80,6 +89,29 @@ class ManifestItem(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
+class SeriesItem(BaseModel):
+    """One de-identified series with its label volume (segmentation datasets).
+
+    ``instances`` are the store keys of the slices in volume order; ``label_sha256`` is the
+    store key of the label volume (gzipped NIfTI, uint8, on the series' (Z, Y, X) grid, aligned
+    to the de-identified series); ``label_input_sha256`` is the hash of the file it came from.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    series_uid: str
+    study: str
+    patient: str
+    split: Split
+    instances: list[str] = Field(min_length=1)
+    label_sha256: str = Field(min_length=64, max_length=64)
+    label_input_sha256: str = Field(min_length=64, max_length=64)
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    label_voxels: dict[str, int] = Field(default_factory=dict)  # label value -> voxel count
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
 class DatasetManifest(BaseModel):
     """The content of a dataset version; ``id`` is derived, never set."""
 
@@ -94,6 +126,10 @@ class DatasetManifest(BaseModel):
     labels_sha256: str
     profiles: list[str] = Field(default_factory=list)
     items: list[ManifestItem]
+    # Segmentation versions only. None (not a default value) keeps classification manifests,
+    # and so their ids, exactly as they were before these fields existed.
+    task: Task | None = None
+    series: list[SeriesItem] | None = None
 
     @field_validator("items")
     @classmethod
@@ -102,8 +138,42 @@ class DatasetManifest(BaseModel):
             raise DatasetError("an instance appears twice in the manifest")
         return sorted(items, key=lambda i: i.sha256)
 
+    @field_validator("series")
+    @classmethod
+    def _sorted_unique_series(cls, series: list[SeriesItem] | None) -> list[SeriesItem] | None:
+        if series is None:
+            return None
+        if len({s.series_uid for s in series}) != len(series):
+            raise DatasetError("a series appears twice in the manifest")
+        return sorted(series, key=lambda s: s.series_uid)
+
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def kind(self) -> Task:
+        return self.task or Task.CLASSIFICATION
+
+    @property
+    def label_map(self) -> dict[int, str]:
+        """Label value -> name (for segmentation, 0 is the background)."""
+        return dict(enumerate(self.label_names))
+
+    def series_in(self, split: Split | str) -> list[SeriesItem]:
+        return [s for s in self.series or [] if s.split == Split(split)]
+
+    def without_patient(self, pseudonym: str) -> DatasetManifest:
+        """The same manifest minus one patient's items and series (erasure)."""
+        update: dict[str, Any] = {"items": [i for i in self.items if i.patient != pseudonym]}
+        if self.series is not None:
+            update["series"] = [s for s in self.series if s.patient != pseudonym]
+        return self.model_copy(update=update)
+
+    @property
+    def size(self) -> int:
+        """Labelled units: instances (classification) or series (segmentation)."""
+        return len(self.series) if self.series is not None else len(self.items)
 
     @property
     def id(self) -> str:
@@ -114,6 +184,8 @@ class DatasetManifest(BaseModel):
 
     def summary(self) -> dict[str, Any]:
         """Counts per split and label, patients, and subgroup values: safe to print and log."""
+        if self.series is not None:
+            return self._series_summary()
         per_split: dict[str, dict[str, int]] = {}
         for item in self.items:
             counts = per_split.setdefault(str(item.split), {})
@@ -131,6 +203,34 @@ class DatasetManifest(BaseModel):
             "patients": len({i.patient for i in self.items}),
             "studies": len({i.study for i in self.items}),
             "label_names": self.label_names,
+            "splits": per_split,
+            "subgroups": subgroups,
+        }
+
+    def _series_summary(self) -> dict[str, Any]:
+        series = self.series or []
+        per_split: dict[str, dict[str, int]] = {}
+        subgroups: dict[str, dict[str, int]] = {}
+        voxels: dict[str, int] = {}
+        for s in series:
+            counts = per_split.setdefault(str(s.split), {"series": 0})
+            counts["series"] += 1
+            for key, value in s.attributes.items():
+                subgroups.setdefault(key, {})
+                subgroups[key][value] = subgroups[key].get(value, 0) + 1
+            for value, count in s.label_voxels.items():
+                name = self.label_names[int(value)] if int(value) < len(self.label_names) else value
+                voxels[name] = voxels.get(name, 0) + count
+        return {
+            "name": self.name,
+            "id": self.id,
+            "task": str(self.kind),
+            "series": len(series),
+            "instances": sum(len(s.instances) for s in series),
+            "patients": len({s.patient for s in series}),
+            "studies": len({s.study for s in series}),
+            "label_names": self.label_names,
+            "label_voxels": voxels,
             "splits": per_split,
             "subgroups": subgroups,
         }

@@ -29,10 +29,13 @@ __all__ = [
     "DEFAULT_SPLIT",
     "CreateReport",
     "DatasetVersion",
+    "check_options",
     "create_dataset",
     "get_dataset",
     "list_datasets",
     "materialize",
+    "store_version",
+    "subgroup_attributes",
 ]
 
 DEFAULT_SPLIT = {"train": 0.7, "val": 0.15, "test": 0.15}
@@ -83,6 +86,20 @@ def _label_names(values: set[str], label_names: list[str] | None) -> tuple[list[
     return names, {v: i for i, v in enumerate(names)}
 
 
+def check_options(
+    split: Mapping[str, float] | None, group_by: GroupBy | str
+) -> tuple[dict[str, float], GroupBy]:
+    """Validated split fractions (default :data:`DEFAULT_SPLIT`) and grouping unit."""
+    fractions = dict(split or DEFAULT_SPLIT)
+    unknown = [name for name in fractions if name not in {s.value for s in Split}]
+    if unknown or fractions.get(Split.TRAIN, 0) <= 0:
+        raise DatasetError("the split needs train (and optionally val, test) with a positive train fraction")
+    try:
+        return fractions, GroupBy(group_by)
+    except ValueError:
+        raise DatasetError("--group-by must be patient or study") from None
+
+
 def create_dataset(
     name: str,
     labels_csv: Path,
@@ -95,14 +112,7 @@ def create_dataset(
 ) -> CreateReport:
     """Build the manifest from the catalog and the labels file, store it (idempotent) and return it."""
     settings = settings or get_settings()
-    fractions = dict(split or DEFAULT_SPLIT)
-    unknown = [name for name in fractions if name not in {s.value for s in Split}]
-    if unknown or fractions.get(Split.TRAIN, 0) <= 0:
-        raise DatasetError("the split needs train (and optionally val, test) with a positive train fraction")
-    try:
-        group_by = GroupBy(group_by)
-    except ValueError:
-        raise DatasetError("--group-by must be patient or study") from None
+    fractions, group_by = check_options(split, group_by)
     table = read_labels(labels_csv)
     catalog = open_catalog(settings)
     project_key = load_project_key(settings)
@@ -139,10 +149,7 @@ def create_dataset(
             sop_instance_uid=inst.sop_instance_uid,
             label=index[label],
             split=Split(assignment[group_of(inst)]),
-            attributes={
-                k: str((inst.attributes or {}).get(k, inst.modality if k == "modality" else "unknown"))
-                for k in SUBGROUP_ATTRIBUTES
-            },
+            attributes=subgroup_attributes(inst),
         )
         for inst, label in rows
     ]
@@ -156,16 +163,36 @@ def create_dataset(
         profiles=sorted({inst.profile for inst, _ in rows}),
         items=items,
     )
+    version, created = store_version(manifest, settings)
+    return CreateReport(
+        version=version,
+        created=created,
+        matched_rows=resolution.matched_rows,
+        unmatched_rows=resolution.unmatched_rows,
+        unlabelled_instances=total_instances - len(items),
+    )
+
+
+def subgroup_attributes(inst: Instance) -> dict[str, str]:
+    """The non-identifying attributes of an instance kept in manifests for subgroup analysis."""
+    return {
+        k: str((inst.attributes or {}).get(k, inst.modality if k == "modality" else "unknown"))
+        for k in SUBGROUP_ATTRIBUTES
+    }
+
+
+def store_version(manifest: DatasetManifest, settings: Settings | None = None) -> tuple[DatasetVersion, bool]:
+    """Record a manifest as a dataset version (idempotent): the version and whether it is new."""
     version_id = manifest.id
     created = False
-    with catalog.session() as session:
+    with open_catalog(settings or get_settings()).session() as session:
         record = session.get(DatasetVersionRecord, version_id)
         if record is None:
             summary = manifest.summary()
             record = DatasetVersionRecord(
                 id=version_id,
-                name=name,
-                instances=len(items),
+                name=manifest.name,
+                instances=summary["instances"],
                 patients=summary["patients"],
                 summary=summary,
                 manifest_json=manifest.canonical_json(),
@@ -174,13 +201,7 @@ def create_dataset(
             session.flush()
             created = True
         version = _version(record)
-    return CreateReport(
-        version=version,
-        created=created,
-        matched_rows=resolution.matched_rows,
-        unmatched_rows=resolution.unmatched_rows,
-        unlabelled_instances=total_instances - len(items),
-    )
+    return version, created
 
 
 def _version(record: DatasetVersionRecord) -> DatasetVersion:

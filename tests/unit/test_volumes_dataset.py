@@ -1,0 +1,166 @@
+"""Anatomy demo series (real ch2/AAL anatomy, PHI headers) -> ingest -> segmentation dataset
+version -> NIfTI rows for MONAI, with labels aligned to the de-identified series."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from governance.catalog import LineageEvent, open_catalog
+from imaging.datasets import DatasetError, Task, create_dataset, get_dataset
+from imaging.volumes import (
+    ANATOMY_LABEL_NAMES,
+    AnatomySet,
+    assemble_series,
+    create_segmentation_dataset,
+    materialize_segmentation,
+    read_label_volume,
+    write_anatomy_set,
+    zyx_ras_affine,
+)
+from imaging.volumes.anatomy import TEMPLATES_DIR
+
+pytestmark = pytest.mark.skipif(
+    not (TEMPLATES_DIR / "ch2.nii.gz").exists(), reason="mricron-data is not installed"
+)
+
+
+@pytest.fixture(scope="module")
+def anatomy(tmp_path_factory: pytest.TempPathFactory) -> AnatomySet:
+    return write_anatomy_set(tmp_path_factory.mktemp("anatomy"), subjects=4, seed=3, spacing=5.0)
+
+
+def test_anatomy_series_carry_phi_and_aligned_labels(anatomy: AnatomySet) -> None:
+    assert len(anatomy.subjects) == 4 and anatomy.label_names[0] == "background"
+    masks = []
+    for subject in anatomy.subjects:
+        ds = pydicom.dcmread(subject.files[0])
+        assert ds.Modality == "MR" and ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.4"
+        assert ds.PatientName == subject.patient_name and ds.PatientID == subject.patient_id
+        assert ds.AccessionNumber == subject.accession_number and ds.InstitutionName == subject.site
+        assert ds.PatientBirthDate and ds.StudyDate
+        volume = assemble_series(reversed(subject.files))
+        assert volume.geometry.ok and volume.spacing == pytest.approx((5.0, 5.0, 5.0))
+        labels = read_label_volume(subject.label_path, volume)  # an (X, Y, Z) RAS NIfTI
+        counts = np.bincount(labels.ravel(), minlength=4)
+        assert counts.size == len(ANATOMY_LABEL_NAMES) and all(counts[1:] > 20)
+        # the cerebellum lies below the thalamus, the occipital lobe behind it (LPS: +z up, +y back)
+        centre = {k: np.argwhere(labels == k).mean(axis=0) for k in (1, 2, 3)}  # (z, y, x)
+        assert centre[1][0] < centre[2][0] and centre[3][1] > centre[2][1]
+        masks.append(labels)
+    assert len({m.tobytes() for m in masks}) == 4  # every subject deformed differently
+    assert len({s.site for s in anatomy.subjects}) > 1 and {s.sex for s in anatomy.subjects} <= {"F", "M"}
+
+
+def test_segmentation_dataset_from_deidentified_series(anatomy: AnatomySet, tmp_path: Path) -> None:
+    from imaging.ingest import Ingestor, IngestStatus
+
+    ingestor = Ingestor()
+    assert {ingestor.ingest_path(p).status for p in anatomy.files} == {IngestStatus.DEIDENTIFIED}
+    report = create_segmentation_dataset("brain", anatomy.labels_csv, label_names=anatomy.label_names)
+    version = report.version
+    manifest = version.manifest
+    assert report.created and report.series == 4 and report.skipped == {} and report.unmatched_rows == 0
+    assert manifest.kind is Task.SEGMENTATION and manifest.label_map == ANATOMY_LABEL_NAMES
+    text = manifest.canonical_json()
+    for s in anatomy.subjects:  # no original identifier reaches the manifest
+        for original in (
+            s.accession_number,
+            s.patient_id,
+            s.series_instance_uid,
+            s.volume.study_instance_uid,
+        ):
+            assert original not in text
+    assert len({(s.patient, s.split) for s in manifest.series or []}) == len(
+        {s.patient for s in manifest.series or []}
+    )
+    assert get_dataset("brain").id == version.id
+    again = create_segmentation_dataset("brain", anatomy.labels_csv, label_names=anatomy.label_names)
+    assert not again.created and again.version.id == version.id
+    with open_catalog().session() as session:
+        events = (
+            session.execute(select(LineageEvent).where(LineageEvent.step == "label_volume")).scalars().all()
+        )
+        assert {e.output_sha256 for e in events} == {s.label_sha256 for s in manifest.series or []}
+
+    rows = materialize_segmentation(version, tmp_path / "cache")
+    assert len(rows) == 4 and {r["split"] for r in rows} <= {"train", "val", "test"}
+    matched = set()
+    for row in rows:
+        image, label = _nifti(row["image"]), _nifti(row["label"])
+        assert image.shape == label.shape and np.allclose(image.affine, label.affine)
+        assert np.allclose(np.sqrt((image.affine[:3, :3] ** 2).sum(axis=0)), 5.0)  # (z, y, x) pixdim
+        assert set(row["subgroups"]) >= {"site", "manufacturer", "sex", "age_band"}
+        ds = pydicom.dcmread(_store_files(version, row["series_uid"])[0])
+        assert ds.PatientIdentityRemoved == "YES" and ds.SeriesInstanceUID == row["series_uid"]
+        # same place in the scanner (table offsets differ per subject): the subject it came from
+        subject = next(s for s in anatomy.subjects if np.allclose(zyx_ras_affine(s.volume), image.affine))
+        matched.add(subject.accession_number)
+        labels = read_label_volume(subject.label_path, subject.volume)
+        np.testing.assert_array_equal(np.asarray(label.dataobj), labels)  # aligned to the de-id series
+        np.testing.assert_allclose(np.asarray(image.dataobj), subject.volume.array)
+    assert len(matched) == 4
+    assert materialize_segmentation(version, tmp_path / "cache", split="train") == [
+        r for r in rows if r["split"] == "train"
+    ]
+    with pytest.raises(DatasetError, match="not a segmentation"):
+        classification = create_dataset("cls", _relabel(anatomy, tmp_path, "1")).version
+        materialize_segmentation(classification, tmp_path / "c2")
+
+
+def test_segmentation_dataset_errors_name_no_phi(anatomy: AnatomySet, tmp_path: Path) -> None:
+    from imaging.ingest import Ingestor
+
+    ingestor = Ingestor()
+    for path in anatomy.subjects[0].files:
+        ingestor.ingest_path(path)
+    subject = anatomy.subjects[0]
+    with pytest.raises(DatasetError, match="out of range"):
+        create_segmentation_dataset("b", anatomy.labels_csv, label_names=["background", "cerebellum"])
+    with pytest.raises(DatasetError, match="cannot be read") as caught:
+        create_segmentation_dataset("b", _relabel(anatomy, tmp_path, "labels/missing.nii.gz"))
+    assert subject.accession_number not in str(caught.value)
+    # a label map of another subject (other grid) is not silently resampled
+    other = next(
+        s
+        for s in anatomy.subjects
+        if s.volume.shape != subject.volume.shape or s.volume.origin != subject.volume.origin
+    )
+    shutil.copy(other.label_path, tmp_path / "wrong.nii.gz")
+    with pytest.raises(DatasetError, match="label_not_on_series_grid") as caught:
+        create_segmentation_dataset(
+            "b", _relabel(anatomy, tmp_path, str(tmp_path / "wrong.nii.gz"), only=subject)
+        )
+    assert subject.accession_number not in str(caught.value) and "wrong" not in str(caught.value)
+
+
+def _relabel(anatomy: AnatomySet, folder: Path, label: str, only: object = None) -> Path:
+    path = folder / "relabel.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["accession_number", "label"])
+        for s in anatomy.subjects:
+            if only is None or s is only:
+                writer.writerow([s.accession_number, label])
+    return path
+
+
+def _nifti(path: str) -> nib.Nifti1Image:
+    image = nib.load(path)
+    assert isinstance(image, nib.Nifti1Image)
+    return image
+
+
+def _store_files(version: object, series_uid: str) -> list[Path]:
+    from imaging.store import ContentStore
+
+    store = ContentStore.from_settings()
+    item = next(s for s in version.manifest.series if s.series_uid == series_uid)  # type: ignore[attr-defined]
+    return [store.path(key) for key in item.instances]
