@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-__all__ = ["LABEL_NAMES", "DemoSet", "DemoStudy", "write_demo_studies"]
+__all__ = ["LABEL_NAMES", "DemoSet", "DemoStudy", "set_identifying_headers", "write_demo_studies"]
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -162,6 +162,39 @@ def _uid(*parts: object) -> str:
     return _UID_ROOT + str(int.from_bytes(digest[:16], "big") >> 1)
 
 
+def set_identifying_headers(
+    ds: Dataset,
+    *,
+    patient: dict[str, str],
+    study: dict[str, str],
+    site: _Site,
+    station: str,
+    manufacturer: str,
+    model: str,
+) -> None:
+    """The identifiers and site details a real export carries (what de-identification removes)."""
+    ds.AccessionNumber = study["accession"]
+    ds.Manufacturer = manufacturer
+    ds.InstitutionName = site.name
+    ds.InstitutionAddress = site.address
+    ds.ReferringPhysicianName = study["referrer"]
+    ds.StationName = station
+    ds.OperatorsName = study["operator"]
+    ds.ManufacturerModelName = model
+    ds.PatientName = patient["name"]
+    ds.PatientID = patient["id"]
+    ds.PatientBirthDate = patient["birth_date"]
+    ds.PatientSex = patient["sex"]
+    ds.PatientAge = f"{int(patient['age']):03d}Y"
+    other_id = Dataset()
+    other_id.PatientID = patient["mrn2"]
+    other_id.IssuerOfPatientID = site.name
+    other_id.TypeOfPatientID = "TEXT"
+    ds.OtherPatientIDsSequence = Sequence([other_id])
+    ds.DeviceSerialNumber = station + "-" + model.split()[0].upper()
+    ds.SoftwareVersions = "1.0"
+
+
 def _dataset(
     *,
     pixels: np.ndarray,
@@ -180,32 +213,21 @@ def _dataset(
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["date"]
     ds.StudyTime = study["time"]
     ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = study["time"]
-    ds.AccessionNumber = study["accession"]
     ds.Modality = device.modality
-    ds.Manufacturer = device.manufacturer
-    ds.InstitutionName = site.name
-    ds.InstitutionAddress = site.address
-    ds.ReferringPhysicianName = study["referrer"]
-    ds.StationName = station
+    set_identifying_headers(
+        ds,
+        patient=patient,
+        study=study,
+        site=site,
+        station=station,
+        manufacturer=device.manufacturer,
+        model=device.model,
+    )
     ds.StudyDescription = f"XR CHEST PA {patient['name'].replace('^', ' ')}"
     ds.SeriesDescription = "PA"
-    ds.OperatorsName = study["operator"]
-    ds.ManufacturerModelName = device.model
-    ds.PatientName = patient["name"]
-    ds.PatientID = patient["id"]
-    ds.PatientBirthDate = patient["birth_date"]
-    ds.PatientSex = patient["sex"]
-    ds.PatientAge = f"{int(patient['age']):03d}Y"
-    other_id = Dataset()
-    other_id.PatientID = patient["mrn2"]
-    other_id.IssuerOfPatientID = site.name
-    other_id.TypeOfPatientID = "TEXT"
-    ds.OtherPatientIDsSequence = Sequence([other_id])
     ds.BodyPartExamined = "CHEST"
     ds.ViewPosition = "PA"
     ds.KVP = "120"
-    ds.DeviceSerialNumber = station + "-" + device.model.split()[0].upper()
-    ds.SoftwareVersions = "1.0"
     ds.StudyInstanceUID = study["study_uid"]
     ds.SeriesInstanceUID = study["series_uid"]
     ds.StudyID = study["accession"][-6:]

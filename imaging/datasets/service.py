@@ -13,7 +13,7 @@ from sqlalchemy import select
 from governance.catalog import Instance, open_catalog
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
-from imaging.datasets.labels import read_labels, resolve_labels
+from imaging.datasets.labels import LabelTable, Resolution, read_labels, resolve_labels
 from imaging.datasets.manifest import (
     SUBGROUP_ATTRIBUTES,
     DatasetError,
@@ -32,6 +32,7 @@ __all__ = [
     "check_options",
     "create_dataset",
     "get_dataset",
+    "labelled_instances",
     "list_datasets",
     "materialize",
     "store_version",
@@ -100,6 +101,28 @@ def check_options(
         raise DatasetError("--group-by must be patient or study") from None
 
 
+def labelled_instances(
+    table: LabelTable, settings: Settings
+) -> tuple[Resolution, list[tuple[Instance, str]], int]:
+    """The instances the label rows designate, each with its label value, and the number of
+    instances in the catalog. Refuses conflicting rows and a file that matches nothing."""
+    with open_catalog(settings).session() as session:
+        resolution = resolve_labels(session, table, load_project_key(settings))
+        if resolution.conflicts:
+            raise DatasetError(f"{resolution.conflicts} instance(s) get different labels from different rows")
+        if not resolution.labels:
+            raise DatasetError(
+                f"none of the {len(table.rows)} label rows matched an ingested instance "
+                f"(key column: {table.kind.value}); ingest the images first"
+            )
+        instances = session.execute(
+            select(Instance).where(Instance.id.in_(list(resolution.labels)))
+        ).scalars()
+        rows = [(inst, resolution.labels[inst.id]) for inst in instances]
+        total_instances = session.query(Instance).count()
+    return resolution, rows, total_instances
+
+
 def create_dataset(
     name: str,
     labels_csv: Path,
@@ -114,22 +137,7 @@ def create_dataset(
     settings = settings or get_settings()
     fractions, group_by = check_options(split, group_by)
     table = read_labels(labels_csv)
-    catalog = open_catalog(settings)
-    project_key = load_project_key(settings)
-    with catalog.session() as session:
-        resolution = resolve_labels(session, table, project_key)
-        if resolution.conflicts:
-            raise DatasetError(f"{resolution.conflicts} instance(s) get different labels from different rows")
-        if not resolution.labels:
-            raise DatasetError(
-                f"none of the {len(table.rows)} label rows matched an ingested instance "
-                f"(key column: {table.kind.value}); ingest the images first"
-            )
-        instances = session.execute(
-            select(Instance).where(Instance.id.in_(list(resolution.labels)))
-        ).scalars()
-        rows = [(inst, resolution.labels[inst.id]) for inst in instances]
-        total_instances = session.query(Instance).count()
+    resolution, rows, total_instances = labelled_instances(table, settings)
     names, index = _label_names({label for _, label in rows}, label_names)
 
     def group_of(inst: Instance) -> str:

@@ -21,9 +21,17 @@ from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
-from imaging.demo_data import _FAMILY, _GIVEN_F, _GIVEN_M, _OPERATORS, _PHYSICIANS, _SITES, _uid
+from imaging.demo_data import (
+    _FAMILY,
+    _GIVEN_F,
+    _GIVEN_M,
+    _OPERATORS,
+    _PHYSICIANS,
+    _SITES,
+    _uid,
+    set_identifying_headers,
+)
 from imaging.volumes.geometry import VolumeError
 from imaging.volumes.volume import LPS_TO_RAS, Volume
 from imaging.volumes.writer import MR_IMAGE_STORAGE, series_datasets
@@ -185,27 +193,18 @@ def _template(
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
     ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = study["date"]
     ds.StudyTime = ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = study["time"]
-    ds.AccessionNumber = study["accession"]
     ds.Modality = "MR"
-    ds.Manufacturer = scanner.manufacturer
-    ds.InstitutionName = site.name
-    ds.InstitutionAddress = site.address
-    ds.ReferringPhysicianName = study["referrer"]
-    ds.StationName = station
+    set_identifying_headers(
+        ds,
+        patient=patient,
+        study=study,
+        site=site,
+        station=station,
+        manufacturer=scanner.manufacturer,
+        model=scanner.model,
+    )
     ds.StudyDescription = f"MR BRAIN {patient['name'].replace('^', ' ')}"
     ds.SeriesDescription = "T1 MPRAGE AX"
-    ds.OperatorsName = study["operator"]
-    ds.ManufacturerModelName = scanner.model
-    ds.PatientName = patient["name"]
-    ds.PatientID = patient["id"]
-    ds.PatientBirthDate = patient["birth_date"]
-    ds.PatientSex = patient["sex"]
-    ds.PatientAge = f"{int(patient['age']):03d}Y"
-    other_id = Dataset()
-    other_id.PatientID = patient["mrn2"]
-    other_id.IssuerOfPatientID = site.name
-    other_id.TypeOfPatientID = "TEXT"
-    ds.OtherPatientIDsSequence = Sequence([other_id])
     ds.BodyPartExamined = "HEAD"
     ds.PatientPosition = "HFS"
     ds.ScanningSequence = "GR"
@@ -217,8 +216,6 @@ def _template(
     ds.InversionTime = "900"
     ds.EchoTrainLength = 1
     ds.MagneticFieldStrength = scanner.field_strength
-    ds.DeviceSerialNumber = station + "-" + scanner.model.split()[0].upper()
-    ds.SoftwareVersions = "1.0"
     ds.StudyID = study["accession"][-6:]
     ds.SeriesNumber = 3
     ds.AcquisitionNumber = 1

@@ -22,11 +22,16 @@ import numpy as np
 from sqlalchemy import select
 
 from governance.catalog import Instance, LineageEvent, open_catalog
-from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
-from imaging.datasets.labels import read_labels, resolve_labels
+from imaging.datasets.labels import read_labels
 from imaging.datasets.manifest import DatasetError, DatasetManifest, GroupBy, SeriesItem, Split, Task
-from imaging.datasets.service import DatasetVersion, check_options, store_version, subgroup_attributes
+from imaging.datasets.service import (
+    DatasetVersion,
+    check_options,
+    labelled_instances,
+    store_version,
+    subgroup_attributes,
+)
 from imaging.datasets.split import assign_splits
 from imaging.store import ContentStore, StoreError, atomic_write
 from imaging.volumes.assemble import assemble_series
@@ -96,23 +101,10 @@ def create_segmentation_dataset(
     labels_csv = Path(labels_csv)
     table = read_labels(labels_csv)
     files = _label_files(labels_csv, {label for _, label in table.rows})
-    catalog = open_catalog(settings)
-    project_key = load_project_key(settings)
     store = ContentStore.from_settings(settings)
-    with catalog.session() as session:
-        resolution = resolve_labels(session, table, project_key)
-        if not resolution.labels:
-            raise DatasetError(
-                f"none of the {len(table.rows)} label rows matched an ingested instance "
-                f"(key column: {table.kind.value}); ingest the series first"
-            )
-        instances = list(
-            session.execute(select(Instance).where(Instance.id.in_(list(resolution.labels)))).scalars()
-        )
-        for inst in instances:
-            session.expunge(inst)
+    resolution, rows, _ = labelled_instances(table, settings)
     by_series: dict[str, list[Instance]] = {}
-    for inst in instances:
+    for inst, _ in rows:
         by_series.setdefault(inst.series_instance_uid, []).append(inst)
     skipped: dict[str, int] = {}
     built: list[tuple[Instance, SeriesItem, str]] = []  # first instance, item (split unset), label file hash
@@ -191,7 +183,7 @@ def create_segmentation_dataset(
         task=Task.SEGMENTATION,
         series=series,
     )
-    with catalog.session() as session:
+    with open_catalog(settings).session() as session:
         known = set(
             session.execute(
                 select(LineageEvent.output_sha256).where(
