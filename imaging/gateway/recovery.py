@@ -1,11 +1,13 @@
 """Start-up recovery after a crash: temporary files, and store objects without catalog records.
 
-The store writes through ``.tmp-*`` files (fsync, then rename), so a SIGKILL can leave one
-behind but never a partial object. The gateway commits an instance's catalog record only after
-its object is durable, so a process killed between the two leaves a complete object that no
-record names (an *orphan*); the sender heard no success and will resend it. The reverse, a
-record whose object is missing, cannot come from a crash (it means lost or tampered storage):
-it is reported, and the ingest path treats such a record as absent, so a resend restores it.
+The store writes through ``.tmp-*`` files (rename, fsync), so a SIGKILL can leave one behind
+but never a partial object. The gateway answers success only once an instance's object and its
+catalog record are both durable (flushed at the same time, after the object's rename), so a
+process killed in between leaves a complete object that no record names (an *orphan*); its
+sender heard no success and will resend it. After a power loss, the reverse can also happen: a
+committed record whose object never became durable (its sender heard no success either). A
+window's orphans are removed, and so are its records without objects (the ingest path also
+treats such a record as absent, so a resend restores the object).
 
 Each run of the gateway is noted in ``RADGATE_HOME/gateway/runs.json``; a run that did not stop
 cleanly leaves a *window* (its start to the next start) whose objects are checked against the
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from governance.settings import Settings, get_settings
 
@@ -70,7 +72,7 @@ class Reconciliation:
     checked_objects: int = 0
     orphan_objects: int = 0  # objects without a record, removed
     orphan_quarantine: int = 0  # quarantine files without a record, removed
-    missing_objects: int = 0  # records whose object is missing (restored by a resend)
+    missing_objects: int = 0  # records whose object is missing, removed
     pending_windows: int = 0  # windows with objects too young to judge yet
 
     def as_dict(self) -> dict[str, int]:
@@ -153,16 +155,17 @@ def reconcile_window(since: float, until: float, settings: Settings | None = Non
         keys = list(objects)
         known = _present(catalog, Instance.sha256, keys)
         result.orphan_objects = _unlink_durably([objects[k] for k in keys if k not in known])
-        # Records of the window whose object is not there (e.g. restored storage lost it).
+        # Records of the window whose object is not there (never durable before a power loss).
         with catalog.session() as session:
             rows = session.execute(
-                select(Instance.sha256).where(
+                select(Instance.id, Instance.sha256).where(
                     Instance.created_at >= _utc(since), Instance.created_at <= _utc(until)
                 )
             )
-            result.missing_objects = sum(
-                1 for (sha,) in rows if not (store / sha[:2] / sha[2:4] / f"{sha}.dcm").exists()
-            )
+            missing = [i for i, sha in rows if not (store / sha[:2] / sha[2:4] / f"{sha}.dcm").exists()]
+            if missing:
+                session.execute(delete(Instance).where(Instance.id.in_(missing)))
+            result.missing_objects = len(missing)
     quarantined = _quarantine_since(settings.quarantine_dir, since, until)
     if quarantined:
         digests = list(quarantined)
@@ -252,8 +255,9 @@ class RunJournal:
         if total.orphan_objects or total.orphan_quarantine or total.missing_objects:
             LOGGER.warning(
                 "recovery after an interrupted run: removed %d store objects and %d quarantine "
-                "entries that no catalog record names (their senders heard no success and resend); "
-                "%d catalog records have no object (a resend restores it); %d objects checked",
+                "entries that no catalog record names, and %d catalog records whose object never "
+                "became durable (their senders heard no success; a resend stores them); "
+                "%d objects checked",
                 total.orphan_objects,
                 total.orphan_quarantine,
                 total.missing_objects,

@@ -43,7 +43,14 @@ from imaging.gateway.config import DicomListener
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
 
-__all__ = ["STORAGE_TRANSFER_SYNTAXES", "GatewayStats", "StorageSCP", "audit", "set_tcp_nodelay"]
+__all__ = [
+    "STORAGE_TRANSFER_SYNTAXES",
+    "AcceptBalance",
+    "GatewayStats",
+    "StorageSCP",
+    "audit",
+    "set_tcp_nodelay",
+]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -108,6 +115,64 @@ class GatewayStats:
             }
 
 
+class AcceptBalance:
+    """Spreads associations over pre-forked workers sharing one listening socket: a worker
+    that holds more associations than the least busy one lets it accept, unless that one has
+    not taken the connection within ``patience`` seconds. ``counts`` is shared memory (one
+    slot per worker, each written only by its own worker)."""
+
+    def __init__(self, counts: Any, index: int, patience: float = 0.05) -> None:
+        self.counts = counts
+        self.index = index
+        self.patience = patience
+        self._lock = threading.Lock()
+        self._deferring_since: float | None = None
+
+    def defer(self) -> bool:
+        mine = self.counts[self.index]
+        others = [c for i, c in enumerate(self.counts) if i != self.index]
+        if not others or mine <= min(others):
+            self._deferring_since = None
+            return False
+        now = time.monotonic()
+        if self._deferring_since is None:
+            self._deferring_since = now
+        if now - self._deferring_since > self.patience:
+            self._deferring_since = None
+            return False
+        return True
+
+    def opened(self) -> None:
+        with self._lock:
+            self.counts[self.index] += 1
+
+    def closed(self) -> None:
+        with self._lock:
+            self.counts[self.index] -= 1
+
+
+class _AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with optional accept balancing between processes."""
+
+    balance: AcceptBalance | None = None
+
+    def _handle_request_noblock(self) -> None:
+        if self.balance is not None and self.balance.defer():
+            time.sleep(0.002)  # the less busy worker is woken by the same connection
+            return
+        super()._handle_request_noblock()  # type: ignore[misc]
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        balance = self.balance
+        if balance is not None:
+            balance.opened()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            if balance is not None:
+                balance.closed()
+
+
 class StorageSCP:
     """The C-STORE / C-ECHO acceptor. ``start()`` returns once it listens; ``stop()`` drains."""
 
@@ -150,13 +215,21 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_closed),
         ]
         self._server = cast(
-            ThreadedAssociationServer,
+            _AssociationServer,
             self.ae.make_server(
                 (self.listener.host, self.listener.port),
                 evt_handlers=handlers,
-                server_class=ThreadedAssociationServer,
+                server_class=_AssociationServer,
             ),
         )
+
+    def balance_with(self, balance: AcceptBalance) -> None:
+        """In a pre-forked worker: accept without waiting (another worker may have taken the
+        connection) and leave connections to less busy workers."""
+        if self._server is None or self._server.socket is None:
+            raise RuntimeError("bind() the SCP first")
+        cast(_AssociationServer, self._server).balance = balance
+        self._server.socket.settimeout(0.0)
 
     def serve(self) -> None:
         """Accept associations in a background thread (each association gets its own thread)."""

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import logging
+import multiprocessing
 import os
 import signal
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from imaging.gateway.scp import StorageSCP
+from imaging.gateway.scp import AcceptBalance, StorageSCP
 from imaging.gateway.sink import Sink
 
 __all__ = ["WorkerPool"]
@@ -51,23 +52,26 @@ class WorkerPool:
         self.count = count
         self.drain_timeout = drain_timeout
         self.workers: list[_Worker] = []
+        # Associations held by each worker, in memory shared across the fork (accept balancing).
+        self.associations = multiprocessing.RawArray("i", count)
 
     def start(self) -> None:
         """Fork the workers; ``scp`` must be bound and no thread may be running yet."""
-        for _ in range(self.count):
+        for index in range(self.count):
             read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:  # worker
                 os.close(read_fd)
-                self._run_worker(write_fd)  # never returns
+                self._run_worker(write_fd, index)  # never returns
             os.close(write_fd)
             self.workers.append(_Worker(pid, read_fd))
         self.scp.close_listener()  # only the workers accept
 
-    def _run_worker(self, stats_fd: int) -> None:
+    def _run_worker(self, stats_fd: int, index: int) -> None:
         code = 0
         try:
             _die_with_parent()
+            self.scp.balance_with(AcceptBalance(self.associations, index))
             stop = threading.Event()
 
             def request_stop(_signum: int, _frame: FrameType | None) -> None:

@@ -1,6 +1,6 @@
 """Start-up recovery: objects without catalog records (a run killed between store and commit)
-are removed, recorded objects are kept, records without objects are reported and restored by a
-resend; windows too young to judge stay pending."""
+are removed, recorded objects are kept, records without objects (power loss) are removed and a
+resend stores them again; windows too young to judge stay pending."""
 
 from __future__ import annotations
 
@@ -58,11 +58,14 @@ def test_interrupted_run_is_reconciled_at_next_start(
     assert not any(p.exists() for p in [*orphans, stray])
     assert kept[0].exists() and kept[1].exists()
     message = " ".join(r.getMessage() for r in caplog.records)
-    assert "removed 2 store objects" in message and "1 catalog records have no object" in message
+    assert "removed 2 store objects and 1 quarantine entries" in message
+    assert "1 catalog records whose object never became durable" in message
     for secret in (PATIENT_ID, str(PATIENT_NAME), *(o.sop_instance_uid or "-" for o in outcomes)):
         assert secret not in message
-    # A resend restores the missing object; nothing is duplicated.
-    assert ingestor.ingest_bytes(inputs[2], "test").status is IngestStatus.DUPLICATE
+    with open_catalog().session() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 2
+    # A resend stores the missing one again; nothing is duplicated.
+    assert ingestor.ingest_bytes(inputs[2], "test").status is IngestStatus.DEIDENTIFIED
     assert kept[2].exists()
     with open_catalog().session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 3

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from governance.catalog import Instance, LineageEvent, open_catalog
+from governance.settings import get_settings
 from imaging.ingest.commit import GroupCommit
 from tests.dicom_factory import encode, make_ct
 
@@ -113,6 +114,9 @@ def test_concurrent_ingest_records_each_instance_once_and_fails_only_the_refused
     with open_catalog().session() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 23
         assert session.scalar(select(func.count()).select_from(LineageEvent)) == 23
+        recorded = set(session.scalars(select(Instance.sha256)))
+    # The refused instance's object is not left in the store (its sender heard a failure).
+    assert {p.stem for p in Path(get_settings().resolved_object_store).rglob("*.dcm")} == recorded
     # Resending everything duplicates nothing (the refused one is refused again).
     again = [ingest(n) for n in range(24)]
     assert again.count(IngestStatus.DUPLICATE) == 23
