@@ -216,14 +216,17 @@ def gateway_config(orthanc: Any | None = None, **overrides: Any) -> dict[str, An
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Path, radgate_home: Path) -> Iterator[Any]:
-    """Factory: ``start_gateway(config_dict) -> GatewayProcess`` sharing the test's RADGATE_HOME;
-    every gateway still running at the end is killed."""
+def start_gateway(tmp_path: Path, radgate_home: Path, as_role: Any) -> Iterator[Any]:
+    """Factory: ``start_gateway(config_dict) -> GatewayProcess`` sharing the test's RADGATE_HOME,
+    run as a data steward unless the test chose a token; every gateway still running at the end
+    is killed."""
     import yaml
 
     started: list[GatewayProcess] = []
 
     def start(config: dict[str, Any]) -> GatewayProcess:
+        if "RADGATE_TOKEN" not in os.environ:
+            as_role("data-steward")  # `radgate gateway` authenticates its operator
         path = tmp_path / f"gateway-{len(started)}.yaml"
         path.write_text(yaml.safe_dump(config))
         process = GatewayProcess(path, {**os.environ, "TCP_NODELAY": "1"})
