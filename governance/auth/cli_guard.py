@@ -11,6 +11,7 @@ user are audited as ``<command>.denied``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
@@ -60,11 +61,34 @@ def command_paths(app: typer.Typer) -> list[str]:
     return [path for path, _ in _walk(app, ())]
 
 
-def guard_typer_app(app: typer.Typer) -> typer.Typer:
-    """Wrap every command of ``app`` (idempotent); returns ``app``."""
-    for path, info in _walk(app, ()):
-        if getattr(info.callback, _MARK, None) != path:
-            info.callback = _guarded(path, info.callback)
+def guard_typer_app(app: typer.Typer, _prefix: tuple[str, ...] = ()) -> typer.Typer:
+    """Wrap every command of ``app`` (idempotent); returns ``app``.
+
+    Sub-apps are replaced by guarded copies: the packages' own Typer instances stay as they
+    are, so a package's tests that build their own app see the same commands whatever was
+    imported before.
+    """
+    commands = []
+    for info in app.registered_commands:
+        callback = info.callback
+        if callback is not None:
+            path = " ".join((*_prefix, _name(info.name) or get_command_name(callback.__name__)))
+            if getattr(callback, _MARK, None) != path:
+                info = copy.copy(info)
+                info.callback = _guarded(path, callback)
+        commands.append(info)
+    groups = []
+    for group in app.registered_groups:
+        sub = group.typer_instance
+        if sub is not None:
+            group_name = _name(group.name) or _name(sub.info.name)
+            if not group_name:
+                raise ValueError("every sub-app of the radgate CLI needs a name")
+            group = copy.copy(group)
+            group.typer_instance = guard_typer_app(copy.copy(sub), (*_prefix, group_name))
+        groups.append(group)
+    app.registered_commands = commands
+    app.registered_groups = groups
     return app
 
 

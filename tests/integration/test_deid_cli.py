@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,9 @@ def input_tree(tmp_path: Path) -> Path:
 
 
 def test_deid_folder_report_counts_and_quarantine(
-    input_tree: Path, tmp_path: Path, radgate_home: Path
+    input_tree: Path, tmp_path: Path, radgate_home: Path, as_role: Callable[[str], str]
 ) -> None:
+    as_role("data-steward")
     out, report = tmp_path / "out", tmp_path / "report.json"
     proc = run("deid", str(input_tree), str(out), "--workers", "2", "--report", str(report))
     data = json.loads(report.read_text())
@@ -75,12 +77,14 @@ def test_deid_folder_report_counts_and_quarantine(
         assert PATIENT_ID not in text and "DOEWINTERS" not in text.upper()
 
 
-def test_deid_refuses_output_inside_input(input_tree: Path) -> None:
+def test_deid_refuses_output_inside_input(input_tree: Path, as_role: Callable[[str], str]) -> None:
+    as_role("data-steward")
     proc = run("deid", str(input_tree), str(input_tree / "out"), check=False)
     assert proc.returncode == 2 and "inside" in proc.stderr
 
 
-def test_ingest_is_idempotent_and_catalog_lists(input_tree: Path) -> None:
+def test_ingest_is_idempotent_and_catalog_lists(input_tree: Path, as_role: Callable[[str], str]) -> None:
+    as_role("data-steward")
     first = tmp = run("ingest", str(input_tree), "--workers", "1")
     assert "deidentified" in first.stdout
     second = run("ingest", str(input_tree), "--workers", "2", "--report", str(input_tree.parent / "r.json"))
@@ -94,16 +98,25 @@ def test_ingest_is_idempotent_and_catalog_lists(input_tree: Path) -> None:
     assert tmp is first and second.returncode == 0
 
 
-def test_reid_requires_honest_broker_and_is_audited(input_tree: Path, tmp_path: Path) -> None:
-    run("ingest", str(input_tree))
-    instances = json.loads(run("catalog", "--level", "studies", "--json").stdout)
-    pseudonym = instances[0]["patient"]
+def _users() -> tuple[str, str, dict[str, str]]:
+    """Bootstrap an admin through the CLI, then an honest broker and a data steward; returns
+    (admin token, broker token, environment of the steward)."""
     admin = run("users", "add", "root", "--role", "admin").stdout
     admin_token = next(w for w in admin.split() if w.startswith("rg_"))
     broker = run("users", "add", "broker", "--role", "honest-broker", "--token", admin_token).stdout
     broker_token = next(w for w in broker.split() if w.startswith("rg_"))
+    steward = run("users", "add", "steward", "--role", "data-steward", "--token", admin_token).stdout
+    steward_token = next(w for w in steward.split() if w.startswith("rg_"))
+    return admin_token, broker_token, {"RADGATE_TOKEN": steward_token}
+
+
+def test_reid_requires_honest_broker_and_is_audited(input_tree: Path, tmp_path: Path) -> None:
+    admin_token, broker_token, steward = _users()
+    run("ingest", str(input_tree), env=steward)
+    instances = json.loads(run("catalog", "--level", "studies", "--json", env=steward).stdout)
+    pseudonym = instances[0]["patient"]
     denied = run("reid", pseudonym, "--reason", "ethics 42", "--token", admin_token, check=False)
-    assert denied.returncode != 0 and PATIENT_ID not in denied.stdout + denied.stderr
+    assert denied.returncode == 4 and PATIENT_ID not in denied.stdout + denied.stderr
     found = run("reid", pseudonym, "--kind", "patient_id", "--reason", "ethics 42", "--token", broker_token)
     assert PATIENT_ID in found.stdout
     audit = run("audit", "list", "--json", "--action", "reid", "--token", admin_token).stdout
@@ -115,17 +128,14 @@ def test_keys_rotate_reseals_map_and_quarantine(input_tree: Path, radgate_home: 
     from governance.keys import load_project_key
     from governance.settings import get_settings
 
-    run("ingest", str(input_tree))
-    pseudonym = json.loads(run("catalog", "--level", "studies", "--json").stdout)[0]["patient"]
-    admin = run("users", "add", "root", "--role", "admin").stdout
-    admin_token = next(w for w in admin.split() if w.startswith("rg_"))
-    broker = run("users", "add", "broker", "--role", "honest-broker", "--token", admin_token).stdout
-    broker_token = next(w for w in broker.split() if w.startswith("rg_"))
+    admin_token, broker_token, steward = _users()
+    run("ingest", str(input_tree), env=steward)
+    pseudonym = json.loads(run("catalog", "--level", "studies", "--json", env=steward).stdout)[0]["patient"]
     sealed = sorted((radgate_home / "quarantine").glob("*.sealed"))
     before = {p: p.read_bytes() for p in sealed}
     get_settings.cache_clear()
     old_id = load_project_key().seal_key_id
-    assert run("keys", "rotate", "--token", broker_token, check=False).returncode != 0  # admin only
+    assert run("keys", "rotate", "--token", broker_token, check=False).returncode == 4  # admin only
     rotated = run("keys", "rotate", "--token", admin_token)
     assert "re-sealed" in rotated.stdout
     get_settings.cache_clear()

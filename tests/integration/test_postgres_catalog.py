@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +86,9 @@ def test_migrations_reach_every_head_on_postgres(catalog_url: str, postgres: Any
 
 
 def test_ingest_and_dataset_round_trip_on_postgres(
-    catalog_url: str, postgres: Any, tmp_path: Path, radgate_home: Path
+    catalog_url: str, postgres: Any, tmp_path: Path, radgate_home: Path, as_role: Callable[[str], str]
 ) -> None:
+    as_role("data-steward")  # ingest, catalog and dataset create need a token (inherited)
     from sqlalchemy import func, select
 
     from governance.catalog import open_catalog

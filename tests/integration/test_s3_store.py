@@ -9,7 +9,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +84,9 @@ def test_content_store_round_trip_and_verification_on_s3(s3_store: str, s3_serve
 
 
 def test_ingest_writes_into_the_bucket_and_datasets_read_from_it(
-    s3_store: str, s3_server: Any, tmp_path: Path, radgate_home: Path
+    s3_store: str, s3_server: Any, tmp_path: Path, radgate_home: Path, as_role: Callable[[str], str]
 ) -> None:
+    as_role("data-steward")  # `radgate ingest` needs a token (inherited by the subprocess)
     from sqlalchemy import select
 
     from governance.catalog import open_catalog
