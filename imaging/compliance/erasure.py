@@ -109,10 +109,9 @@ def _supersede(session: Session, plan: ErasurePlan, erasure_id: str) -> list[dic
         if rec is None or superseded_by(rec.id, session=session) is not None:
             continue
         manifest = DatasetManifest.model_validate_json(rec.manifest_json)
-        remaining = [i for i in manifest.items if i.patient != plan.pseudonym]
+        successor = manifest.without_patient(plan.pseudonym)  # items and series (segmentation)
         successor_id = None
-        if remaining:
-            successor = manifest.model_copy(update={"items": remaining})
+        if successor.size:
             successor_id = successor.id
             if session.get(DatasetVersionRecord, successor_id) is None:
                 summary = successor.summary()
@@ -120,7 +119,7 @@ def _supersede(session: Session, plan: ErasurePlan, erasure_id: str) -> list[dic
                     DatasetVersionRecord(
                         id=successor_id,
                         name=rec.name,
-                        instances=len(remaining),
+                        instances=summary["instances"],
                         patients=summary["patients"],
                         summary=summary,
                         manifest_json=successor.canonical_json(),
@@ -131,9 +130,7 @@ def _supersede(session: Session, plan: ErasurePlan, erasure_id: str) -> list[dic
                 version_id=rec.id, successor_id=successor_id, reason="erasure", erasure_id=erasure_id
             )
         )
-        out.append(
-            {"id": rec.id, "successor": successor_id, "removed_items": len(manifest.items) - len(remaining)}
-        )
+        out.append({"id": rec.id, "successor": successor_id, "removed_items": manifest.size - successor.size})
     return out
 
 
@@ -200,6 +197,8 @@ def erase_patient(
     store = ContentStore.from_settings(settings)
     for _, store_key, _ in plan.instances:
         _delete_object(store, store_key)
+    for store_key in plan.label_volumes:
+        _delete_object(store, store_key)
     for path in plan.pending_inputs:
         Path(path).unlink(missing_ok=True)
     for _, sealed in plan.quarantine:
@@ -212,7 +211,7 @@ def erase_patient(
         uids = {i.study_instance_uid for i in instances} | {i.series_instance_uid for i in instances}
         uids |= {i.sop_instance_uid for i in instances}
         inputs = {i[2] for i in plan.instances} | {q for q, _ in plan.quarantine}
-        outputs = {i[0] for i in plan.instances}
+        outputs = {i[0] for i in plan.instances} | set(plan.label_volumes)
         for table, column in other_tables(session):
             values = key_values(column, plan.pseudonym, inputs, outputs)
             if values:

@@ -82,6 +82,7 @@ class ErasurePlan:
     lineage_rows: int = 0
     other_rows: dict[str, int] = field(default_factory=dict)
     datasets: list[dict[str, Any]] = field(default_factory=list)
+    label_volumes: list[str] = field(default_factory=list)  # store keys of segmentation label volumes
     models: list[dict[str, Any]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
 
@@ -213,6 +214,9 @@ def find_patient_data(session: Session, key: ProjectKey, patient_id: str, settin
     for rec in session.scalars(select(DatasetVersionRecord)):
         manifest = DatasetManifest.model_validate_json(rec.manifest_json)
         hit = sum(1 for item in manifest.items if item.patient == pseudonym)
+        series = [s for s in manifest.series or [] if s.patient == pseudonym]
+        plan.label_volumes.extend(s.label_sha256 for s in series if s.label_sha256 not in plan.label_volumes)
+        hit += len(series)
         if hit:
             plan.datasets.append(
                 {

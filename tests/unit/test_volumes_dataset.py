@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from governance.catalog import LineageEvent, open_catalog
+from governance.settings import get_settings
 from imaging.datasets import DatasetError, Task, create_dataset, get_dataset
 from imaging.volumes import (
     ANATOMY_LABEL_NAMES,
@@ -110,6 +111,18 @@ def test_segmentation_dataset_from_deidentified_series(anatomy: AnatomySet, tmp_
     assert materialize_segmentation(version, tmp_path / "cache", split="train") == [
         r for r in rows if r["split"] == "train"
     ]
+    # erasure finds the patient's series and derived label volume; the successor drops them
+    from governance.keys import load_project_key
+    from imaging.compliance.erasure_find import find_patient_data
+
+    subject = anatomy.subjects[0]
+    with open_catalog().session() as session:
+        plan = find_patient_data(session, load_project_key(), subject.patient_id, get_settings())
+    mine = [s for s in manifest.series or [] if s.patient == plan.pseudonym]
+    assert len(mine) == 1 and plan.label_volumes == [mine[0].label_sha256]
+    assert [d["id"] for d in plan.datasets] == [version.id] and plan.datasets[0]["items"] == 1
+    successor = manifest.without_patient(plan.pseudonym)
+    assert successor.size == 3 and successor.id != version.id and successor.kind is Task.SEGMENTATION
     with pytest.raises(DatasetError, match="not a segmentation"):
         classification = create_dataset("cls", _relabel(anatomy, tmp_path, "1")).version
         materialize_segmentation(classification, tmp_path / "c2")
