@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from training.networks import NetworkFamily
 from training.preprocess import IntensityMode, PreprocessingSpec
+from training.segmentation.spec import SegmentationIntensity, SegmentationNetwork, SegmentationSpec
 
 __all__ = [
     "AugmentConfig",
@@ -22,7 +23,9 @@ __all__ = [
     "OptimConfig",
     "RegistryConfig",
     "RunSettings",
+    "SegmentationConfig",
     "TrainConfig",
+    "TrainTask",
     "apply_overrides",
     "load_config",
 ]
@@ -115,7 +118,69 @@ class RegistryConfig(_Strict):
     torchscript: bool = True
 
 
+class TrainTask(StrEnum):
+    CLASSIFICATION = "classification"
+    SEGMENTATION = "segmentation"
+
+
+class SegmentationConfig(_Strict):
+    """The ``segmentation:`` section (``task: segmentation``): geometry, network and patch sampling.
+
+    Structure labels come from the dataset version; with them this section becomes the
+    :class:`~training.segmentation.spec.SegmentationSpec` registered with the model.
+    """
+
+    spacing: tuple[float, float, float] = Field(
+        default=(2.0, 2.0, 2.0), description="Voxel spacing (z, y, x) mm the volumes are resampled to."
+    )
+    roi_size: tuple[int, int, int] = Field(
+        default=(32, 32, 32), description="Training patch and sliding-window size (z, y, x) voxels."
+    )
+    overlap: float = Field(default=0.25, ge=0, lt=1, description="Sliding-window overlap.")
+    intensity: SegmentationIntensity = SegmentationIntensity.ZSCORE_NONZERO
+    network: SegmentationNetwork = SegmentationNetwork.UNET
+    channels: tuple[int, ...] = Field(
+        default=(8, 16, 32, 64), description="UNet channels per level / SwinUNETR feature size (first)."
+    )
+    samples_per_volume: int = Field(default=4, ge=1, le=64, description="Patches drawn per volume and epoch.")
+    pos_fraction: float = Field(
+        default=0.67, ge=0, le=1, description="Share of patches centred on a structure voxel."
+    )
+    sw_batch_size: int = Field(default=4, ge=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(value) < 2 or min(value) < 1:
+            raise ValueError("channels needs at least two positive levels, e.g. [8, 16, 32]")
+        return value
+
+    @model_validator(mode="after")
+    def _forms_a_spec(self) -> SegmentationConfig:
+        # The spec's own rules (positive spacing, patch size, patch fits the network), once.
+        try:
+            self.spec({1: "structure"})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(problems.replace("Value error, ", "")) from None
+        return self
+
+    def spec(self, labels: dict[int, str]) -> SegmentationSpec:
+        """The model's spec for the dataset's structure labels (raises ValueError if inconsistent)."""
+        return SegmentationSpec(
+            labels=labels,
+            spacing=self.spacing,
+            roi_size=self.roi_size,
+            overlap=self.overlap,
+            intensity=self.intensity.value,
+            network=self.network.value,
+        )
+
+
 class TrainConfig(_Strict):
+    task: TrainTask = Field(
+        default=TrainTask.CLASSIFICATION, description="classification (2D) or segmentation (3D series)."
+    )
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Name of this training recipe.")
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -123,13 +188,42 @@ class TrainConfig(_Strict):
     run: RunSettings = Field(default_factory=RunSettings)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    segmentation: SegmentationConfig | None = Field(
+        default=None, description="Required with task: segmentation, refused otherwise."
+    )
+
+    @model_validator(mode="after")
+    def _task_sections(self) -> TrainConfig:
+        if self.task is TrainTask.SEGMENTATION:
+            if self.segmentation is None:
+                raise ValueError("task: segmentation needs a segmentation: section (spacing, roi_size...)")
+            if "network" in self.model.model_fields_set:
+                raise ValueError(
+                    "model.network names a 2D classifier; for segmentation set segmentation.network"
+                )
+            unused = {"spatial_size", "intensity"} & self.data.model_fields_set
+            if unused:
+                raise ValueError(
+                    f"data.{sorted(unused)[0]} is for 2D classification; for segmentation use "
+                    "segmentation.spacing, segmentation.roi_size and segmentation.intensity"
+                )
+            if "flip_prob" in self.data.augment.model_fields_set:
+                raise ValueError(
+                    "data.augment.flip_prob is not used for segmentation: flips would swap "
+                    "left and right structures"
+                )
+        elif self.segmentation is not None:
+            raise ValueError("a segmentation: section needs task: segmentation")
+        return self
 
 
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = "unknown field" if item["type"] == "extra_forbidden" else item["msg"]
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
         lines.append(f"{where}: {message}")
     return "invalid training config:\n  " + "\n  ".join(lines)
 

@@ -134,6 +134,17 @@ class EvaluationReport:
         out["max_subgroup_gap"] = self.largest_gap[2]
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
+    def summary(self) -> dict[str, float]:
+        """The figures written as ``radgate.metrics.*`` tags on the registered version."""
+        return {
+            "auroc": self.overall["auroc"],
+            "sensitivity": self.overall["sensitivity"],
+            "specificity": self.overall["specificity"],
+            "ece": self.overall["ece"],
+            "n_test": self.overall["n"],
+            "max_subgroup_gap": self.largest_gap[2],
+        }
+
     def to_dict(self) -> dict[str, Any]:
         attribute, metric, gap = self.largest_gap
         return {

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from governance.settings import Settings
+from training.segmentation.spec import SegmentationSpec
 
 __all__ = [
     "SupersededDatasetError",
@@ -57,6 +58,10 @@ def dataset_deidentified(dataset: Any, settings: Settings) -> tuple[bool, str]:
     standard = {f"{p.stem}@v" for p in profile_dir().glob("*.yaml")}
     key_id = load_project_key(settings).key_id
     wanted = {item.sha256 for item in dataset.manifest.items}
+    # Segmentation versions: every slice of every series (label volumes are not DICOM inputs).
+    wanted |= {sha for series in dataset.manifest.series or [] for sha in series.instances}
+    if not wanted:
+        return False, "the dataset version lists no instances"
     with open_catalog(settings).session() as session:
         rows = session.execute(
             select(Instance.sha256, Instance.profile, Instance.key_id).where(Instance.sha256.in_(wanted))
@@ -111,16 +116,25 @@ def record_post_training_evidence(
         client.log_metric(run_id, "max_subgroup_gap", float(gap))
     outcome["max_subgroup_gap"] = "ok" if not math.isnan(gap) else "no subgroup large enough"
 
-    steps: list[tuple[str, Any]] = [
-        ("dataset_report", lambda: _dataset_report(dataset, run_id, settings)),
-        ("reference_profile", lambda: _reference_profile(run_id, network, rows, spec, label_names, settings)),
-        (
-            "explanations",
-            lambda: _explanations(
-                run_id, network, rows, spec, label_names, test_scores, registration, gradcam_layer, settings
+    steps: list[tuple[str, Any]] = [("dataset_report", lambda: _dataset_report(dataset, run_id, settings))]
+    if isinstance(spec, SegmentationSpec):
+        # The 2D reference profile and Grad-CAM gallery do not apply to volumes; segmentation
+        # explanations are made on demand (training.explain), not recorded here.
+        outcome["reference_profile"] = outcome["explanations"] = "not applicable (segmentation)"
+    else:
+        steps += [
+            (
+                "reference_profile",
+                lambda: _reference_profile(run_id, network, rows, spec, label_names, settings),
             ),
-        ),
-    ]
+            (
+                "explanations",
+                lambda: _explanations(
+                    run_id, network, rows, spec, label_names, test_scores, registration, gradcam_layer,
+                    settings,
+                ),
+            ),
+        ]  # fmt: skip
     for name, step in steps:
         try:
             step()

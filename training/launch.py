@@ -11,11 +11,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.preprocess import PreprocessingSpec
+from training.segmentation.spec import SegmentationSpec
+
+if TYPE_CHECKING:
+    from training.segmentation.data import SegmentationFitOptions
 
 __all__ = ["FitJob", "FitResult", "fit", "fit_local", "fit_ray"]
 
@@ -29,7 +33,8 @@ class FitJob:
 
     train_rows: list[dict[str, Any]]
     val_rows: list[dict[str, Any]]
-    spec: PreprocessingSpec
+    #: A classifier's preprocessing, or a segmentation model's spec (then the rows are volumes).
+    spec: PreprocessingSpec | SegmentationSpec
     network: str
     num_classes: int
     lr: float
@@ -47,6 +52,7 @@ class FitJob:
     gpus_per_worker: float = 0.0
     ray_address: str | None = None
     resume: bool = False
+    segmentation: SegmentationFitOptions | None = None
 
 
 @dataclass
@@ -84,6 +90,8 @@ def _trainer_kwargs(job: FitJob) -> dict[str, Any]:
 
 
 def _build(job: FitJob) -> tuple[Any, Any]:
+    if isinstance(job.spec, SegmentationSpec):
+        return _build_segmentation(job, job.spec)
     from training.module import ClassifierModule, ImageDataModule
 
     module = ClassifierModule(
@@ -97,6 +105,23 @@ def _build(job: FitJob) -> tuple[Any, Any]:
         cache_rate=job.cache_rate,
         seed=job.seed,
     )
+    return module, data
+
+
+def _build_segmentation(job: FitJob, spec: SegmentationSpec) -> tuple[Any, Any]:
+    from training.segmentation.data import SegmentationFitOptions, VolumeDataModule
+    from training.segmentation.module import SegmentationModule
+
+    options = job.segmentation or SegmentationFitOptions()
+    module = SegmentationModule(
+        spec.to_dict(), channels=options.channels, lr=job.lr, weight_decay=job.weight_decay,
+        dropout=job.dropout, sw_batch_size=options.sw_batch_size,
+    )  # fmt: skip
+    data = VolumeDataModule(
+        job.train_rows, job.val_rows, spec, batch_size=job.batch_size,
+        samples_per_volume=options.samples_per_volume, pos_fraction=options.pos_fraction,
+        augment=options.augment, cache_rate=job.cache_rate, seed=job.seed,
+    )  # fmt: skip
     return module, data
 
 

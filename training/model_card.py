@@ -8,11 +8,39 @@ from typing import Any
 from training.config import TrainConfig
 from training.evaluation import EvaluationReport
 
-__all__ = ["render_model_card"]
+__all__ = ["render_model_card", "subgroup_section"]
 
 
 def _fmt(value: float) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def subgroup_section(
+    subgroups: dict[str, dict[str, dict[str, float]]],
+    columns: dict[str, str],
+    *,
+    largest_gap: tuple[str, str, float],
+    min_size: int,
+    unit: str,
+) -> list[str]:
+    """The card's subgroup section: the largest gap, then one row per attribute value.
+
+    ``columns`` maps a column heading to the metric key of each subgroup's figures.
+    """
+    attribute, metric, gap = largest_gap
+    lines = [
+        "## Subgroups (test split)",
+        f"Largest gap: {attribute or 'n/a'} {metric} {_fmt(gap)} (subgroups with at least "
+        f"{min_size} {unit}).",
+        "",
+        "| attribute | value | n | " + " | ".join(columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    for key, groups in subgroups.items():
+        for value, m in groups.items():
+            cells = " | ".join(_fmt(m[k]) for k in columns.values())
+            lines.append(f"| {key} | {value} | {int(m['n'])} | {cells} |")
+    return lines
 
 
 def render_model_card(
@@ -28,7 +56,6 @@ def render_model_card(
 ) -> str:
     """The card; it names the run and dataset version so every number can be traced back."""
     o = report.overall
-    attribute, metric, gap = report.largest_gap
     lines = [
         f"# Model card: {config.registry.model_name}",
         "",
@@ -68,19 +95,14 @@ def render_model_card(
         f"- Calibration: ECE {_fmt(o['ece'])} ({config.evaluation.calibration_bins} bins; "
         "see reliability.png)",
         "",
-        "## Subgroups (test split)",
-        f"Largest gap: {attribute or 'n/a'} {metric} {_fmt(gap)} (subgroups with at least "
-        f"{config.evaluation.min_subgroup_size} images).",
-        "",
-        "| attribute | value | n | AUROC | sensitivity | specificity |",
-        "|---|---|---|---|---|---|",
     ]
-    for key, groups in report.subgroups.items():
-        for value, m in groups.items():
-            lines.append(
-                f"| {key} | {value} | {int(m['n'])} | {_fmt(m['auroc'])} | {_fmt(m['sensitivity'])} | "
-                f"{_fmt(m['specificity'])} |"
-            )
+    lines += subgroup_section(
+        report.subgroups,
+        {"AUROC": "auroc", "sensitivity": "sensitivity", "specificity": "specificity"},
+        largest_gap=report.largest_gap,
+        min_size=config.evaluation.min_subgroup_size,
+        unit="images",
+    )
     lines += [
         "",
         "## Limitations",

@@ -17,10 +17,44 @@ from torch.utils.data import DataLoader
 from training.networks import build_network
 from training.preprocess import IMAGE_KEY, LABEL_KEY, PreprocessingSpec
 
-__all__ = ["ClassifierModule", "ImageDataModule", "MlflowEpochLogger", "ThroughputMeter"]
+__all__ = [
+    "CachedRowsDataModule",
+    "ClassifierModule",
+    "ImageDataModule",
+    "MlflowEpochLogger",
+    "SupervisedModule",
+    "ThroughputMeter",
+]
 
 
-class ClassifierModule(pl.LightningModule):
+class SupervisedModule(pl.LightningModule):
+    """``self.net`` trained on ``batch["image"]`` against ``batch["label"]`` with ``self.loss``,
+    AdamW with cosine decay to zero over the run (hparams ``lr``, ``weight_decay``)."""
+
+    net: torch.nn.Module
+    loss: torch.nn.Module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # type: ignore[no-any-return,unused-ignore]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch[IMAGE_KEY])
+        loss = self.loss(logits, batch[LABEL_KEY].long())
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(logits))
+        return loss  # type: ignore[no-any-return,unused-ignore]
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+        )
+        # Cosine decay to zero over the run: the last epochs settle instead of oscillating,
+        # which matters because the final weights (not a "best" epoch) are evaluated and registered.
+        epochs = max(int(self.trainer.max_epochs or 1), 1) if self._trainer is not None else 1
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+
+class ClassifierModule(SupervisedModule):
     """Cross-entropy classifier around a MONAI network; logs loss and AUROC per epoch."""
 
     def __init__(
@@ -39,18 +73,9 @@ class ClassifierModule(pl.LightningModule):
 
         self.val_auroc = AUROC(task="binary" if num_classes == 2 else "multiclass", num_classes=num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)  # type: ignore[no-any-return,unused-ignore]
-
     def _scores(self, logits: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(logits, dim=1)
         return probs[:, 1] if self.hparams["num_classes"] == 2 else probs
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch[IMAGE_KEY])
-        loss = self.loss(logits, batch[LABEL_KEY].long())
-        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(logits))
-        return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch[IMAGE_KEY])
@@ -59,18 +84,73 @@ class ClassifierModule(pl.LightningModule):
         self.val_auroc.update(self._scores(logits), labels)
         self.log("val_auroc", self.val_auroc, on_step=False, on_epoch=True)
 
-    def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+
+class CachedRowsDataModule(pl.LightningDataModule):
+    """Train/val loaders over materialised rows through MONAI ``CacheDataset``.
+
+    Subclasses say what a row keeps (:meth:`row`) and which transforms apply
+    (:meth:`transforms`); the deterministic prefix of each is cached once.
+    """
+
+    #: Validation batch size; None = ``batch_size``.
+    val_batch_size: int | None = None
+    #: Drop the last incomplete training batch when there is more than one batch.
+    drop_last = True
+    collate_fn: Any = None
+
+    def __init__(
+        self,
+        train_rows: Sequence[dict[str, Any]],
+        val_rows: Sequence[dict[str, Any]],
+        *,
+        batch_size: int,
+        cache_rate: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_rows = [self.row(r) for r in train_rows]
+        self.val_rows = [self.row(r) for r in val_rows]
+        self.batch_size = batch_size
+        self.cache_rate = cache_rate
+        self.seed = seed
+        self._train: Any = None
+        self._val: Any = None
+
+    def row(self, row: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def transforms(self) -> tuple[Any, Any]:
+        """(train transform, eval transform)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        from monai.data import CacheDataset
+
+        if self._train is None:
+            # num_workers=0: process workers made cached loading slower here (FIELD-NOTES).
+            train_transform, eval_transform = self.transforms()
+            train_transform.set_random_state(seed=self.seed)
+            self._train = CacheDataset(
+                self.train_rows, train_transform, cache_rate=self.cache_rate, num_workers=0, progress=False
+            )
+            self._val = CacheDataset(
+                self.val_rows, eval_transform, cache_rate=self.cache_rate, num_workers=0, progress=False
+            )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self._train, batch_size=self.batch_size, shuffle=True, num_workers=0, generator=generator,
+            drop_last=self.drop_last and len(self.train_rows) > self.batch_size, collate_fn=self.collate_fn,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(
+            self._val, batch_size=self.val_batch_size or self.batch_size, shuffle=False, num_workers=0
         )
-        # Cosine decay to zero over the run: the last epochs settle instead of oscillating,
-        # which matters because the final weights (not a "best" epoch) are evaluated and registered.
-        epochs = max(int(self.trainer.max_epochs or 1), 1) if self._trainer is not None else 1
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(CachedRowsDataModule):
     """Train/val loaders over materialised rows (``{"image": path, "label": int, ...}``)."""
 
     def __init__(
@@ -83,40 +163,14 @@ class ImageDataModule(pl.LightningDataModule):
         cache_rate: float = 1.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.train_rows = [{IMAGE_KEY: r[IMAGE_KEY], LABEL_KEY: int(r[LABEL_KEY])} for r in train_rows]
-        self.val_rows = [{IMAGE_KEY: r[IMAGE_KEY], LABEL_KEY: int(r[LABEL_KEY])} for r in val_rows]
         self.spec = spec
-        self.batch_size = batch_size
-        self.cache_rate = cache_rate
-        self.seed = seed
-        self._train: Any = None
-        self._val: Any = None
+        super().__init__(train_rows, val_rows, batch_size=batch_size, cache_rate=cache_rate, seed=seed)
 
-    def setup(self, stage: str | None = None) -> None:
-        from monai.data import CacheDataset
+    def row(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {IMAGE_KEY: row[IMAGE_KEY], LABEL_KEY: int(row[LABEL_KEY])}
 
-        if self._train is None:
-            # num_workers=0: process workers made cached loading slower here (FIELD-NOTES).
-            train_transform = self.spec.train_transform()
-            train_transform.set_random_state(seed=self.seed)
-            self._train = CacheDataset(
-                self.train_rows, train_transform, cache_rate=self.cache_rate, num_workers=0, progress=False
-            )
-            self._val = CacheDataset(
-                self.val_rows, self.spec.eval_transform(), cache_rate=self.cache_rate, num_workers=0,
-                progress=False,
-            )  # fmt: skip
-
-    def train_dataloader(self) -> DataLoader[Any]:
-        generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            self._train, batch_size=self.batch_size, shuffle=True, num_workers=0, generator=generator,
-            drop_last=len(self.train_rows) > self.batch_size,
-        )  # fmt: skip
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return DataLoader(self._val, batch_size=self.batch_size, shuffle=False, num_workers=0)
+    def transforms(self) -> tuple[Any, Any]:
+        return self.spec.train_transform(), self.spec.eval_transform()
 
 
 class ThroughputMeter(pl.Callback):

@@ -22,8 +22,9 @@ from training.registry import (
     download_model_dir,
     model_metadata,
 )
+from training.segmentation.spec import SEGMENTATION_ARTIFACT, SEGMENTATION_TASK, SegmentationSpec
 
-__all__ = ["Registration", "export_torchscript", "log_and_register"]
+__all__ = ["Registration", "example_input", "export_torchscript", "log_and_register"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,18 @@ class Registration:
     artifact_sha256: str
 
 
-def export_torchscript(module: torch.nn.Module, spec: PreprocessingSpec, path: Path) -> Path:
-    """Traced TorchScript of the network for Triton (input ``[N, C, H, W]`` float32)."""
-    example = torch.zeros(1, spec.channels, *spec.spatial_size)
+def example_input(spec: PreprocessingSpec | SegmentationSpec) -> torch.Tensor:
+    """A random input of the network's shape: ``[1, C, H, W]``, or ``[1, 1, Z, Y, X]`` (one patch)."""
+    if isinstance(spec, SegmentationSpec):
+        return torch.rand(1, 1, *spec.roi_size)
+    return torch.rand(1, spec.channels, *spec.spatial_size)
+
+
+def export_torchscript(
+    module: torch.nn.Module, spec: PreprocessingSpec | SegmentationSpec, path: Path
+) -> Path:
+    """Traced TorchScript of the network for Triton (input ``[N, C, H, W]`` or ``[N, 1, Z, Y, X]``)."""
+    example = torch.zeros_like(example_input(spec))
     with torch.no_grad():
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
     traced.save(str(path))
@@ -53,10 +63,10 @@ def log_and_register(
     module: torch.nn.Module,
     *,
     network: str,
-    spec: PreprocessingSpec,
+    spec: PreprocessingSpec | SegmentationSpec,
     label_names: list[str],
     dataset_version: str,
-    report: EvaluationReport,
+    report: EvaluationReport | Any,
     run_id: str,
     tracking_uri: str,
     model_card: str,
@@ -66,14 +76,17 @@ def log_and_register(
     """Log the model in the active run; register a new version tagged ``pending_review`` when named.
 
     The version's ``radgate.artifact_sha256`` is the tree hash of the model directory as
-    downloaded from the store, i.e. exactly what serving will verify.
+    downloaded from the store, i.e. exactly what serving will verify. A segmentation model
+    (``spec`` a :class:`SegmentationSpec`, ``report`` a ``SegmentationReport``) carries
+    ``segmentation.json`` and the tags ``radgate.task=segmentation`` and ``radgate.segmentation``.
     """
+    segmentation = isinstance(spec, SegmentationSpec)
     import mlflow
     import mlflow.pytorch
     from mlflow.models import infer_signature
 
     module = module.eval().cpu()
-    example = torch.rand(1, spec.channels, *spec.spatial_size)
+    example = example_input(spec)
     with torch.no_grad():
         output = module(example)
     signature = infer_signature(example.numpy(), output.numpy())
@@ -82,7 +95,7 @@ def log_and_register(
         card_path = Path(tmp) / "model_card.md"
         card_path.write_text(model_card)
         extra.append(str(card_path))
-        prep_path = Path(tmp) / "preprocessing.json"
+        prep_path = Path(tmp) / (SEGMENTATION_ARTIFACT if segmentation else "preprocessing.json")
         prep_path.write_text(spec.to_json())
         extra.append(str(prep_path))
         if torchscript:
@@ -100,8 +113,8 @@ def log_and_register(
                 label_names=label_names,
                 preprocessing=spec,
                 network=network,
-                gradcam_layer=gradcam_layer(network),
-                threshold=report.threshold,
+                gradcam_layer="" if segmentation else gradcam_layer(network),
+                threshold=None if segmentation else report.threshold,
                 dataset_version=dataset_version,
             ),
         )
@@ -118,19 +131,16 @@ def log_and_register(
         ModelTag.DATASET_VERSION: dataset_version,
         ModelTag.NETWORK: network,
         ModelTag.LABEL_NAMES: json.dumps(label_names),
-        ModelTag.PREPROCESSING: spec.to_json(),
-        ModelTag.THRESHOLD: f"{report.threshold:.6f}",
         ModelTag.RUN_ID: run_id,
     }
-    summary = {
-        "auroc": report.overall["auroc"],
-        "sensitivity": report.overall["sensitivity"],
-        "specificity": report.overall["specificity"],
-        "ece": report.overall["ece"],
-        "n_test": report.overall["n"],
-        "max_subgroup_gap": report.largest_gap[2],
-    }
-    for key, value in summary.items():
+    if segmentation:
+        tags[ModelTag.TASK] = SEGMENTATION_TASK
+        tags[ModelTag.SEGMENTATION] = spec.to_json()
+    else:
+        tags[ModelTag.TASK] = "classification"
+        tags[ModelTag.PREPROCESSING] = spec.to_json()
+        tags[ModelTag.THRESHOLD] = f"{report.threshold:.6f}"
+    for key, value in report.summary().items():
         tags[f"{ModelTag.METRICS_PREFIX}{key}"] = "nan" if math.isnan(value) else f"{value:.4f}"
     version = mlflow.register_model(
         info.model_uri, model_name, tags={str(k): str(v) for k, v in tags.items()}

@@ -27,6 +27,12 @@ Contract (stable; other packages code against it)
     ``LoadedModel.predict_proba(tensor)`` -> ``Tensor[N, C]``.
   - ``threshold``: the operating point chosen on the validation split (probability of the
     positive class at or above it = positive), ``None`` if not recorded.
+  - ``task``: ``"classification"`` or ``"segmentation"``; for segmentation versions (tag
+    ``radgate.task=segmentation``) ``segmentation`` is the
+    :class:`training.segmentation.spec.SegmentationSpec` (labels 1..K, spacing, roi_size,
+    overlap, intensity, network; also the artifact ``segmentation.json``): input
+    ``float32 (B, 1, Z, Y, X)``, output logits ``(B, K+1, Z, Y, X)``; ``label_names`` is
+    ``("background", structure 1, ...)``, ``preprocessing`` a placeholder and ``threshold`` None.
   - ``run_id``, ``dataset_version``, ``artifact_sha256`` (recomputed on the downloaded files),
     ``tags`` (all model-version tags), ``local_dir`` (the downloaded MLflow model directory),
     ``torchscript_path`` (``extra_files/model.ts`` inside it, for Triton; may be ``None``),
@@ -59,6 +65,7 @@ from typing import Any
 import torch
 
 from training.preprocess import PreprocessingSpec, preprocess_dicom
+from training.segmentation.spec import SEGMENTATION_TASK, SegmentationSpec
 
 __all__ = [
     "ArtifactIntegrityError",
@@ -91,6 +98,10 @@ class ModelTag(StrEnum):
     THRESHOLD = "radgate.threshold"
     RUN_ID = "radgate.run_id"
     METRICS_PREFIX = "radgate.metrics."
+    #: ``classification`` or ``segmentation`` (versions registered before the tag: classification).
+    TASK = "radgate.task"
+    #: The :class:`~training.segmentation.spec.SegmentationSpec` as JSON (segmentation versions).
+    SEGMENTATION = "radgate.segmentation"
 
 
 class ModelStatus(StrEnum):
@@ -147,6 +158,9 @@ class LoadedModel:
     local_dir: Path
     torchscript_path: Path | None
     tags: dict[str, str] = field(default_factory=dict)
+    task: str = "classification"
+    #: Segmentation versions only: labels, spacing, patch and intensity the network expects.
+    segmentation: SegmentationSpec | None = None
 
     @property
     def model_uri(self) -> str:
@@ -158,6 +172,10 @@ class LoadedModel:
 
     def preprocess(self, source: Path | str | bytes) -> torch.Tensor:
         """One DICOM (path or bytes) -> ``Tensor[1, 1, H, W]`` as the model was trained on."""
+        if self.segmentation is not None:
+            raise TypeError(
+                f"{self.model_uri} segments series: use training.segmentation.inference.segment_volume"
+            )
         return preprocess_dicom(source, self.preprocessing)
 
     @torch.no_grad()
@@ -235,12 +253,17 @@ def load_model(
     module.eval()
     ts_matches = sorted(local_dir.rglob(TORCHSCRIPT_NAME))
     threshold = metadata.get("threshold")
+    segmentation = None
+    if metadata.get("task") == SEGMENTATION_TASK:
+        segmentation = SegmentationSpec.from_dict(metadata["segmentation"])
+    # Segmentation models record no 2D preprocessing: the default spec stands in (unused).
+    preprocessing = metadata.get("preprocessing")
     return LoadedModel(
         module=module,
         name=version.name,
         version=str(version.version),
         label_names=tuple(metadata["label_names"]),
-        preprocessing=PreprocessingSpec.from_dict(metadata["preprocessing"]),
+        preprocessing=PreprocessingSpec.from_dict(preprocessing) if preprocessing else PreprocessingSpec(),
         network=str(metadata["network"]),
         gradcam_layer=str(metadata["gradcam_layer"]),
         threshold=None if threshold is None else float(threshold),
@@ -250,30 +273,38 @@ def load_model(
         local_dir=local_dir,
         torchscript_path=ts_matches[0] if ts_matches else None,
         tags={str(k): str(v) for k, v in tags.items()},
+        task=str(metadata.get("task") or "classification"),
+        segmentation=segmentation,
     )
 
 
 def model_metadata(
     *,
     label_names: list[str],
-    preprocessing: PreprocessingSpec,
+    preprocessing: PreprocessingSpec | SegmentationSpec,
     network: str,
     gradcam_layer: str,
     threshold: float | None,
     dataset_version: str,
 ) -> dict[str, Any]:
-    """The ``metadata`` dict to pass to ``mlflow.pytorch.log_model`` (read back by load_model)."""
-    return {
-        METADATA_KEY: {
-            "label_names": list(label_names),
-            "preprocessing": preprocessing.to_dict(),
-            "network": network,
-            "gradcam_layer": gradcam_layer,
-            "threshold": threshold,
-            "dataset_version": dataset_version,
-            "format": 1,
-        }
+    """The ``metadata`` dict to pass to ``mlflow.pytorch.log_model`` (read back by load_model).
+
+    For a segmentation model ``preprocessing`` is its :class:`SegmentationSpec`, recorded under
+    ``segmentation`` with ``task: segmentation``.
+    """
+    entry: dict[str, Any] = {
+        "label_names": list(label_names),
+        "network": network,
+        "gradcam_layer": gradcam_layer,
+        "threshold": threshold,
+        "dataset_version": dataset_version,
+        "format": 1,
     }
+    if isinstance(preprocessing, SegmentationSpec):
+        entry.update(task=SEGMENTATION_TASK, segmentation=preprocessing.to_dict())
+    else:
+        entry.update(task="classification", preprocessing=preprocessing.to_dict())
+    return {METADATA_KEY: entry}
 
 
 def labels_from_tag(value: str) -> list[str]:

@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,14 +23,22 @@ import torch
 
 from governance.settings import Settings, get_settings
 from imaging.datasets import DatasetVersion, get_dataset, materialize
-from training.config import ConfigError, TrainConfig
+from training.config import ConfigError, TrainConfig, TrainTask
 from training.evaluation import EvaluationReport, evaluate, save_plots
 from training.evidence import record_post_training_evidence, refuse_superseded
 from training.launch import FitJob, FitResult, fit
 from training.networks import gradcam_layer
 from training.preprocess import IMAGE_KEY, PreprocessingSpec
 
-__all__ = ["TrainOutcome", "ensure_experiment", "predict_scores", "train"]
+__all__ = [
+    "RunContext",
+    "TrainOutcome",
+    "ensure_experiment",
+    "log_fit_metrics",
+    "open_run",
+    "predict_scores",
+    "train",
+]
 
 _PACKAGES = ("torch", "monai", "pytorch-lightning", "ray", "mlflow", "pydicom", "numpy", "radgate")
 
@@ -44,12 +54,29 @@ class TrainOutcome:
     model_version: str | None
     model_uri: str
     artifact_sha256: str
-    evaluation: EvaluationReport
+    #: A :class:`training.segmentation.evaluation.SegmentationReport` for segmentation runs.
+    evaluation: EvaluationReport | Any
     fit: FitResult
 
     @property
     def metrics(self) -> dict[str, float]:
         return self.evaluation.flat_metrics()
+
+    @classmethod
+    def of(
+        cls, ctx: RunContext, dataset: DatasetVersion, registration: Any, report: Any, result: FitResult
+    ) -> TrainOutcome:
+        return cls(
+            run_id=ctx.run_id,
+            experiment_id=ctx.experiment_id,
+            dataset_version=dataset.id,
+            model_name=registration.name,
+            model_version=registration.version,
+            model_uri=registration.model_uri,
+            artifact_sha256=registration.artifact_sha256,
+            evaluation=report,
+            fit=result,
+        )
 
 
 def _versions() -> dict[str, str]:
@@ -120,18 +147,20 @@ def _log_dataset_input(dataset: DatasetVersion) -> None:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.pandas_dataset import from_pandas
 
-    frame = pd.DataFrame(
-        [
-            {
-                "sha256": i.sha256,
-                "patient": i.patient,
-                "label": i.label,
-                "split": str(i.split),
-                **i.attributes,
-            }
+    series = dataset.manifest.series
+    if series is not None:  # segmentation: one row per series, its label volume by hash
+        records = [
+            {"series_uid": s.series_uid, "patient": s.patient, "label_sha256": s.label_sha256,
+             "split": str(s.split), "slices": len(s.instances), **s.attributes}
+            for s in series
+        ]  # fmt: skip
+    else:
+        records = [
+            {"sha256": i.sha256, "patient": i.patient, "label": i.label, "split": str(i.split),
+             **i.attributes}
             for i in dataset.manifest.items
         ]
-    )
+    frame = pd.DataFrame(records)
     # A RadGate dataset version is addressed by its manifest hash, not by a file or URL.
     source = CodeDatasetSource(
         {
@@ -140,38 +169,50 @@ def _log_dataset_input(dataset: DatasetVersion) -> None:
             "uri": f"radgate://datasets/{dataset.id}",
         }
     )
-    data = from_pandas(frame, source=source, targets="label", name=dataset.name, digest=dataset.id[:16])
+    targets = "label" if series is None else None
+    data = from_pandas(frame, source=source, targets=targets, name=dataset.name, digest=dataset.id[:16])
     mlflow.log_input(data, context="training", tags={"radgate.dataset_version": dataset.id})
     mlflow.log_dict(json.loads(dataset.manifest.canonical_json()), "dataset/manifest.json")
 
 
-def train(
-    config: TrainConfig, *, settings: Settings | None = None, register: bool | None = None
-) -> TrainOutcome:
-    """Fit, evaluate, log and (by default) register a model as the config says.
+@dataclass
+class RunContext:
+    """Where a run logs and trains: opened by :func:`open_run`, shared by every task."""
 
-    Raises :class:`imaging.datasets.DatasetError` for a missing dataset version and
-    :class:`training.config.ConfigError` for a config the data cannot satisfy.
-    """
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    ray_address: str | None
+    cpus_per_worker: int
+    resume: bool
+    settings: Settings
+
+    def job_kwargs(self, config: TrainConfig) -> dict[str, Any]:
+        """The :class:`~training.launch.FitJob` fields every task fills the same way."""
+        return {
+            "lr": config.optim.lr,
+            "weight_decay": config.optim.weight_decay,
+            "dropout": config.model.dropout,
+            "max_epochs": config.optim.max_epochs,
+            "batch_size": config.data.batch_size,
+            "cache_rate": config.data.cache_rate,
+            "seed": config.run.seed,
+            "tracking_uri": self.tracking_uri,
+            "run_id": self.run_id,
+            "checkpoint_dir": self.settings.home / "checkpoints" / self.run_id,
+            "workers": config.run.workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": config.run.gpus_per_worker,
+            "ray_address": self.ray_address,
+            "resume": self.resume,
+        }
+
+
+@contextmanager
+def open_run(config: TrainConfig, dataset: DatasetVersion, settings: Settings) -> Iterator[RunContext]:
+    """Open (or resume) the MLflow run of ``config`` on ``dataset``: params, tags, dataset input."""
     import mlflow
 
-    from training.model_card import render_model_card
-    from training.module import ClassifierModule
-    from training.registration import log_and_register
-
-    settings = settings or get_settings()
-    dataset = get_dataset(config.data.dataset, settings)
-    refuse_superseded(dataset.id)  # e.g. a patient was erased from it: train on the successor
-    label_names = dataset.manifest.label_names
-    if len(label_names) != 2:
-        raise ConfigError(f"dataset {dataset.short_id} has {len(label_names)} classes; evaluation needs 2")
-    rows = {split: materialize(dataset, split, settings) for split in ("train", "val", "test")}
-    for split, split_rows in rows.items():
-        if not split_rows:
-            raise ConfigError(
-                f"dataset {dataset.short_id} has no {split} images: use a larger dataset or split"
-            )
-    spec = config.data.preprocessing()
     tracking_uri = settings.resolved_mlflow_uri
     experiment_id = ensure_experiment(tracking_uri, config.run.experiment, settings)
     mlflow.set_tracking_uri(tracking_uri)
@@ -193,35 +234,69 @@ def train(
             mlflow.log_params(_flatten("", config.model_dump(mode="json"), {}))
             mlflow.log_dict(config.model_dump(mode="json"), "config.json")
             mlflow.set_tags({"radgate.git_commit": _git_commit(), "radgate.dataset_version": dataset.id,
+                             "radgate.task": str(config.task),
                              **{f"radgate.version.{k}": v for k, v in _versions().items()}})  # fmt: skip
             _log_dataset_input(dataset)
+        yield RunContext(run_id, experiment_id, tracking_uri, ray_address, cpus, resume is not None, settings)
+
+
+def log_fit_metrics(result: FitResult) -> None:
+    import mlflow
+
+    mlflow.log_metrics(
+        {"startup_seconds": result.startup_seconds, "fit_wall_seconds": result.wall_seconds,
+         "steady_images_per_s": result.steady_images_per_s}
+    )  # fmt: skip
+
+
+def train(
+    config: TrainConfig, *, settings: Settings | None = None, register: bool | None = None
+) -> TrainOutcome:
+    """Fit, evaluate, log and (by default) register a model as the config says.
+
+    Raises :class:`imaging.datasets.DatasetError` for a missing dataset version and
+    :class:`training.config.ConfigError` for a config the data cannot satisfy.
+    ``task: segmentation`` configs run :func:`training.segmentation.run.train_segmentation`.
+    """
+    import mlflow
+
+    from training.model_card import render_model_card
+    from training.module import ClassifierModule
+    from training.registration import log_and_register
+
+    settings = settings or get_settings()
+    dataset = get_dataset(config.data.dataset, settings)
+    refuse_superseded(dataset.id)  # e.g. a patient was erased from it: train on the successor
+    if config.task is TrainTask.SEGMENTATION:
+        from training.segmentation.run import train_segmentation
+
+        return train_segmentation(config, dataset, settings=settings, register=register)
+    if dataset.manifest.series is not None:
+        raise ConfigError(
+            f"dataset {dataset.short_id} is a segmentation dataset: set task: segmentation in the config"
+        )
+    label_names = dataset.manifest.label_names
+    if len(label_names) != 2:
+        raise ConfigError(f"dataset {dataset.short_id} has {len(label_names)} classes; evaluation needs 2")
+    rows = {split: materialize(dataset, split, settings) for split in ("train", "val", "test")}
+    for split, split_rows in rows.items():
+        if not split_rows:
+            raise ConfigError(
+                f"dataset {dataset.short_id} has no {split} images: use a larger dataset or split"
+            )
+    spec = config.data.preprocessing()
+    with open_run(config, dataset, settings) as ctx:
+        run_id, tracking_uri = ctx.run_id, ctx.tracking_uri
         job = FitJob(
             train_rows=rows["train"],
             val_rows=rows["val"],
             spec=spec,
             network=str(config.model.network),
             num_classes=len(label_names),
-            lr=config.optim.lr,
-            weight_decay=config.optim.weight_decay,
-            dropout=config.model.dropout,
-            max_epochs=config.optim.max_epochs,
-            batch_size=config.data.batch_size,
-            cache_rate=config.data.cache_rate,
-            seed=config.run.seed,
-            tracking_uri=tracking_uri,
-            run_id=run_id,
-            checkpoint_dir=settings.home / "checkpoints" / run_id,
-            workers=config.run.workers,
-            cpus_per_worker=cpus,
-            gpus_per_worker=config.run.gpus_per_worker,
-            ray_address=ray_address,
-            resume=resume is not None,
+            **ctx.job_kwargs(config),
         )
         result = fit(job)
-        mlflow.log_metrics(
-            {"startup_seconds": result.startup_seconds, "fit_wall_seconds": result.wall_seconds,
-             "steady_images_per_s": result.steady_images_per_s}
-        )  # fmt: skip
+        log_fit_metrics(result)
         module = ClassifierModule(str(config.model.network), len(label_names), dropout=config.model.dropout)
         module.load_state_dict(result.state_dict, strict=False)
         network = module.net.eval()
@@ -276,14 +351,4 @@ def train(
             gradcam_layer=gradcam_layer(str(config.model.network)),
             settings=settings,
         )
-    return TrainOutcome(
-        run_id=run_id,
-        experiment_id=experiment_id,
-        dataset_version=dataset.id,
-        model_name=registration.name,
-        model_version=registration.version,
-        model_uri=registration.model_uri,
-        artifact_sha256=registration.artifact_sha256,
-        evaluation=report,
-        fit=result,
-    )
+    return TrainOutcome.of(ctx, dataset, registration, report, result)

@@ -11,11 +11,13 @@ from governance.policy.evaluate import (
 )
 from governance.policy.schema import (
     POLICY_ENV,
+    TASK_TAG,
     ApprovalRequirement,
     Check,
     CheckSource,
     Comparison,
     ModelPolicy,
+    ModelTask,
     Policy,
     PolicyError,
     default_policy_path,
@@ -24,6 +26,7 @@ from governance.policy.schema import (
 
 __all__ = [
     "POLICY_ENV",
+    "TASK_TAG",
     "ApprovalRequirement",
     "Check",
     "CheckSource",
@@ -33,6 +36,7 @@ __all__ = [
     "DecisionKind",
     "Evidence",
     "ModelPolicy",
+    "ModelTask",
     "Policy",
     "PolicyError",
     "Requirement",

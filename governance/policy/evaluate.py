@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from governance.auth.roles import Role
-from governance.policy.schema import Check, CheckSource, ModelPolicy
+from governance.policy.schema import TASK_TAG, Check, CheckSource, Comparison, ModelPolicy
 
 # Set by training at registration (training.registry.artifact_sha256, same tree hash).
 REGISTRATION_HASH_TAG = "radgate.artifact_sha256"
@@ -135,6 +135,8 @@ class Checklist:
 
 
 def _check(check: Check, evidence: Evidence) -> Requirement:
+    if check.is_prefix:
+        return _check_every(check, evidence)
     raw: Any
     if check.source is CheckSource.METRIC:
         raw = evidence.metrics.get(check.key)
@@ -152,6 +154,26 @@ def _check(check: Check, evidence: Evidence) -> Requirement:
     else:
         value, threshold = str(raw).strip().lower(), str(threshold).strip().lower()
     return Requirement("check", check.name, check.op.holds(value, threshold), raw, check.describe())
+
+
+def _check_every(check: Check, evidence: Evidence) -> Requirement:
+    """A prefix key: each matching value must hold; the first failing (or the worst) is reported."""
+    source = evidence.metrics if check.source is CheckSource.METRIC else evidence.tags
+    prefix = check.key[:-1]
+    matched = {key: value for key, value in sorted(source.items()) if key.startswith(prefix)}
+    if not matched:
+        return Requirement("check", check.name, False, None, check.describe(), "missing")
+    results = {key: _check(check.model_copy(update={"key": key}), evidence) for key in matched}
+    failed = [key for key, item in results.items() if not item.passed]
+    if failed:
+        detail = "; ".join(f"{key}={results[key].value}" for key in failed)
+        return Requirement("check", check.name, False, results[failed[0]].value, check.describe(), detail)
+    numbers = [float(r.value) for r in results.values() if isinstance(r.value, int | float)]
+    lower_is_worse = check.op in (Comparison.GE, Comparison.GT)
+    worst = (min(numbers) if lower_is_worse else max(numbers)) if numbers else None
+    return Requirement(
+        "check", check.name, True, worst, check.describe(), f"{len(matched)} values, worst shown"
+    )
 
 
 def evaluate(policy: ModelPolicy, evidence: Evidence, now: datetime) -> Checklist:
@@ -271,5 +293,6 @@ def evaluate(policy: ModelPolicy, evidence: Evidence, now: datetime) -> Checklis
                 "; ".join(void),
             )
         )
-    items.extend(_check(check, evidence) for check in policy.checks)
+    task = evidence.tags.get(TASK_TAG)
+    items.extend(_check(check, evidence) for check in policy.checks if check.applies_to(task))
     return Checklist(evidence.name, evidence.version, items)

@@ -22,11 +22,13 @@ from governance.settings import get_settings
 
 __all__ = [
     "POLICY_ENV",
+    "TASK_TAG",
     "ApprovalRequirement",
     "Check",
     "CheckSource",
     "Comparison",
     "ModelPolicy",
+    "ModelTask",
     "Policy",
     "PolicyError",
     "default_policy_path",
@@ -66,6 +68,17 @@ class Comparison(enum.StrEnum):
         raise AssertionError(self)
 
 
+class ModelTask(enum.StrEnum):
+    """What a model does, read from its version's ``radgate.task`` tag (absent: classification)."""
+
+    CLASSIFICATION = "classification"
+    SEGMENTATION = "segmentation"
+
+
+#: Model-version tag naming the task (set by training at registration).
+TASK_TAG = "radgate.task"
+
+
 class CheckSource(enum.StrEnum):
     """Where a check reads its value: a metric of the version's run, or a tag (the model
     version's tag first, then the run's)."""
@@ -75,7 +88,13 @@ class CheckSource(enum.StrEnum):
 
 
 class Check(BaseModel):
-    """One evidence requirement, e.g. ``test_auroc >= 0.85`` or tag ``saliency_sanity == passed``."""
+    """One evidence requirement, e.g. ``test_auroc >= 0.85`` or tag ``saliency_sanity == passed``.
+
+    ``task`` limits the check to models of one task (``radgate.task`` tag; none = every model),
+    so a classifier is not failed for lacking a Dice nor a segmenter for lacking an AUROC.
+    A ``key`` ending in ``*`` is a prefix: every metric (or tag) starting with it must hold,
+    e.g. ``test_dice_*`` >= 0.7 is a minimum Dice per structure; the worst value is reported.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -85,9 +104,20 @@ class Check(BaseModel):
     op: Comparison
     threshold: float | str
     description: str = ""
+    task: ModelTask | None = None
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.key.endswith("*")
+
+    def applies_to(self, task: str | None) -> bool:
+        """Whether the check is evaluated for a model of ``task`` (None: classification)."""
+        return self.task is None or self.task == (task or ModelTask.CLASSIFICATION)
 
     @model_validator(mode="after")
     def _consistent(self) -> Check:
+        if "*" in self.key and (not self.is_prefix or "*" in self.key[:-1] or len(self.key) < 2):
+            raise ValueError(f"check {self.name!r}: only a trailing * after a prefix is allowed in key")
         if self.source is CheckSource.METRIC and not isinstance(self.threshold, float | int):
             raise ValueError(f"check {self.name!r}: a metric threshold must be a number")
         if isinstance(self.threshold, str) and self.op not in (Comparison.EQ, Comparison.NE):
@@ -95,7 +125,8 @@ class Check(BaseModel):
         return self
 
     def describe(self) -> str:
-        return f"{self.key} {self.op.value} {self.threshold}"
+        subject = f"every {self.key}" if self.is_prefix else self.key
+        return f"{subject} {self.op.value} {self.threshold}"
 
 
 class ApprovalRequirement(BaseModel):

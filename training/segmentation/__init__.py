@@ -11,6 +11,7 @@ from training.segmentation.spec import (
     SegmentationNetwork,
     SegmentationSpec,
     SegmentationSpecError,
+    check_roi_for_network,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "SegmentationNetwork",
     "SegmentationSpec",
     "SegmentationSpecError",
+    "check_roi_for_network",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "SegmentationNetwork",
     "SegmentationSpec",
     "SegmentationSpecError",
+    "check_roi_for_network",
 ]
 
 #: Artifact path (inside the model artifact directory) holding the spec as JSON.
@@ -56,6 +57,22 @@ class SegmentationIntensity(StrEnum):
     ZSCORE = "zscore"
     #: Min-max of the volume to [0, 1].
     MINMAX = "minmax"
+
+
+def _member(enum: type[StrEnum], value: str, field: str) -> str:
+    try:
+        return enum(value).value
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum)
+        raise ValueError(f"{field} must be one of {allowed}") from None
+
+
+def check_roi_for_network(network: str, roi_size: tuple[int, int, int]) -> None:
+    """Raise ValueError when the patch cannot pass through the network's down-sampling."""
+    # SwinUNETR halves the grid five times, and its instance norm needs more than one voxel
+    # at the bottom: each patch side must be a multiple of 32, at least 64.
+    if network == SegmentationNetwork.SWIN_UNETR and any(s % 32 or s < 64 for s in roi_size):
+        raise ValueError("swin_unetr needs roi_size a multiple of 32 and at least 64 on every axis")
 
 
 class SegmentationSpec(BaseModel):
@@ -103,26 +120,16 @@ class SegmentationSpec(BaseModel):
     @field_validator("intensity")
     @classmethod
     def _intensity(cls, value: str) -> str:
-        try:
-            return SegmentationIntensity(value).value
-        except ValueError:
-            allowed = ", ".join(m.value for m in SegmentationIntensity)
-            raise ValueError(f"intensity must be one of {allowed}") from None
+        return _member(SegmentationIntensity, value, "intensity")
 
     @field_validator("network")
     @classmethod
     def _network(cls, value: str) -> str:
-        try:
-            return SegmentationNetwork(value).value
-        except ValueError:
-            allowed = ", ".join(m.value for m in SegmentationNetwork)
-            raise ValueError(f"network must be one of {allowed}") from None
+        return _member(SegmentationNetwork, value, "network")
 
     @model_validator(mode="after")
-    def _swin_patch(self) -> SegmentationSpec:
-        # SwinUNETR downsamples 5 times: each patch side must be divisible by 32.
-        if self.network == SegmentationNetwork.SWIN_UNETR and any(s % 32 for s in self.roi_size):
-            raise ValueError("swin_unetr needs roi_size divisible by 32 on every axis")
+    def _patch_fits_network(self) -> SegmentationSpec:
+        check_roi_for_network(self.network, self.roi_size)
         return self
 
     @property
