@@ -35,14 +35,32 @@ class ModelDeployment:
         self.worker = ModelWorker(served, Gate(ttl_s=gate_ttl_s))
         self._forward_batch.set_max_batch_size(served.max_batch_size)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._images_in_flight = 0
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _forward_batch(self, items: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
-        logits = await asyncio.to_thread(self.worker.forward, np.stack(items))
-        return [(row, len(items)) for row in logits]
+    async def _forward_batch(
+        self, items: list[np.ndarray]
+    ) -> list[tuple[np.ndarray, int, np.ndarray | None]]:
+        logits, embeddings = await asyncio.to_thread(self.worker.forward, np.stack(items))
+        return [
+            (row, len(items), None if embeddings is None else embeddings[k]) for k, row in enumerate(logits)
+        ]
+
+    async def _forward(self, item: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """Batch only when other images are in this replica: a lone image would wait
+        ``batch_wait_timeout_s`` for company that is not coming."""
+        if self._images_in_flight > 1:
+            result: tuple[np.ndarray, int, np.ndarray | None] = await self._forward_batch(item)
+            return result
+        return await self.worker.forward_one(item)
 
     async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return await self.worker.predict(payload, self._forward_batch)
+        images = len(payload.get("instances") or ())
+        self._images_in_flight += images
+        try:
+            return await self.worker.predict(payload, self._forward)
+        finally:
+            self._images_in_flight -= images
 
     def info(self) -> dict[str, Any]:
         return self.worker.info()

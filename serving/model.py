@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 from dataclasses import dataclass
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
@@ -99,12 +100,39 @@ class InProcessForward:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.module = loaded.module
+        self._local = threading.local()
+        self._hook_lock = threading.Lock()
+        self._hooked: bool | None = None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.module(torch.from_numpy(batch)).numpy()
+
+    def with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the penultimate-layer embedding (the input of the last ``Linear``, what live
+        monitoring projects) from the same forward pass; ``None`` for a network without one."""
+        import torch
+
+        with self._hook_lock:
+            if self._hooked is None:
+                linears = [m for m in self.module.modules() if isinstance(m, torch.nn.Linear)]
+                if linears:  # one hook for good; it keeps inputs only for a thread that asks
+                    linears[-1].register_forward_hook(self._capture)
+                self._hooked = bool(linears)
+        self._local.embedding = None
+        self._local.capturing = self._hooked
+        try:
+            logits = self(batch)
+        finally:
+            self._local.capturing = False
+        embedding = self._local.embedding
+        return logits, None if embedding is None else embedding.numpy()
+
+    def _capture(self, _module: Any, inputs: tuple[Any, ...], _output: Any) -> None:
+        if getattr(self._local, "capturing", False):
+            self._local.embedding = inputs[0].detach().flatten(1)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

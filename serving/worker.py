@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 __all__ = ["BatchForward", "ModelWorker"]
 
 LOGGER = logging.getLogger(__name__)
-#: ``await forward(one [C, H, W] array) -> (logits row, batch size it ran in)``
-BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int]]]
+#: ``await forward(one [C, H, W] array) -> (logits row, batch size it ran in, embedding row)``;
+#: the penultimate embedding is there when live monitoring records this model, else ``None``.
+BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int, np.ndarray | None]]]
 _EXPLAIN_METHODS = ("gradcam", "saliency", "ig", "occlusion")
 
 
@@ -84,15 +85,21 @@ class ModelWorker:
             return None
 
     def _observe(
-        self, predictor: ServedPredictor, recorder: Any, cases: list[tuple[str, bytes, dict[str, Any]]]
+        self,
+        predictor: ServedPredictor,
+        recorder: Any,
+        cases: list[tuple[str, bytes, dict[str, Any], np.ndarray | None]],
     ) -> None:
         """Record each request's features (no PHI) and what the UI may show of it, off the
         request path."""
-        from serving.monitoring.served import observe_dicom
+        from serving.monitoring.served import observe_dicom, record_served
 
-        for request_id, data, result in cases:
+        for request_id, data, result, embedding in cases:
             try:
-                observe_dicom(predictor.loaded, recorder, request_id, data, view=result)
+                if embedding is None:  # e.g. Triton: the embedding needs a forward pass here
+                    observe_dicom(predictor.loaded, recorder, request_id, data, view=result)
+                else:  # the served forward pass already gave scores and embedding
+                    record_served(recorder, request_id, data, result["probabilities"], embedding, view=result)
             except Exception as exc:  # a monitoring failure is logged, not served
                 LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
 
@@ -117,9 +124,19 @@ class ModelWorker:
             return {**base, "loaded": False, "denied": list(self.denied)}
         return {**base, "loaded": True, **self.predictor.info()}
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits, plus the penultimate embeddings when live monitoring records this model and
+        the forward pass runs here (in-process): monitoring then needs no second forward."""
         assert self.predictor is not None
-        return self.predictor.forward(batch)
+        forward = self.predictor.forward
+        if self.recorder is not None and isinstance(forward, InProcessForward):
+            return forward.with_embedding(batch)
+        return forward(batch), None
+
+    async def forward_one(self, item: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """A :data:`BatchForward` without batching: one ``[C, H, W]`` image, forward at batch 1."""
+        logits, embeddings = await asyncio.to_thread(self.forward, item[None])
+        return logits[0], 1, None if embeddings is None else embeddings[0]
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -154,7 +171,7 @@ class ModelWorker:
         forwarded = time.perf_counter()
         results: list[dict[str, Any]] = []
         objects: list[list[bytes]] = []
-        for data, (logits, _) in zip(instances, outputs, strict=True):
+        for data, (logits, _, _) in zip(instances, outputs, strict=True):
             probabilities = softmax(logits[None, :])[0]
             try:
                 result, dicom = await asyncio.to_thread(
@@ -168,7 +185,10 @@ class ModelWorker:
             objects.append(dicom)
         done = time.perf_counter()
         if self.recorder is not None:
-            cases = [(r["request_id"], d, r) for r, d in zip(results, instances, strict=True)]
+            cases = [
+                (r["request_id"], d, r, embedding)
+                for r, d, (_, _, embedding) in zip(results, instances, outputs, strict=True)
+            ]
             threading.Thread(
                 target=self._observe, args=(predictor, self.recorder, cases), daemon=True
             ).start()
@@ -181,7 +201,7 @@ class ModelWorker:
             "approval": predictor.approval(),
             "results": results,
             "objects": objects,
-            "batch_sizes": [size for _, size in outputs],
+            "batch_sizes": [size for _, size, _ in outputs],
             "timings_ms": {
                 "preprocess": round((preprocessed - started) * 1000, 2),
                 "forward": round((forwarded - preprocessed) * 1000, 2),

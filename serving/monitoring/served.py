@@ -26,7 +26,14 @@ from training.reference_profile import (
     log_reference_profile,
 )
 
-__all__ = ["Observation", "ShiftKind", "ensure_reference_profile", "observe_dicom", "shift_dicom"]
+__all__ = [
+    "Observation",
+    "ShiftKind",
+    "ensure_reference_profile",
+    "observe_dicom",
+    "record_served",
+    "shift_dicom",
+]
 
 
 @dataclass
@@ -47,23 +54,40 @@ def observe_dicom(
 ) -> Observation:
     """Predict one DICOM with a ``training.registry.LoadedModel`` and record its live features
     (``view``: serving's result for the request, what the reviewer UI may show of it)."""
+    probs, embedding = embed_and_score(model.module, model.preprocess(data))
+    row = record_served(
+        recorder, request_id, data, probs[0].tolist(), embedding[0], keep_input=keep_input, view=view
+    )
+    return Observation(request_id, [float(p) for p in probs[0]], str(row["predicted_label"]))
+
+
+def record_served(
+    recorder: LiveRecorder,
+    request_id: str,
+    data: bytes,
+    scores: list[float],
+    embedding: np.ndarray,
+    *,
+    keep_input: bool = True,
+    view: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Record one request whose scores and penultimate embedding the serving forward pass already
+    computed (no second forward): only the header and pixel features are read here."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
     ds = pydicom.dcmread(io.BytesIO(data))
     image = np.asarray(apply_modality_lut(ds.pixel_array, ds))
     attributes = attributes_from_dataset(ds, recorder.key)
-    probs, embedding = embed_and_score(model.module, model.preprocess(data))
-    row = recorder.record(
+    return recorder.record(
         request_id,
         image,
         attributes,
-        probs[0].tolist(),
-        embedding[0],
+        scores,
+        embedding,
         input_bytes=data if keep_input else None,
         view=view,
     )
-    return Observation(request_id, [float(p) for p in probs[0]], str(row["predicted_label"]))
 
 
 def ensure_reference_profile(

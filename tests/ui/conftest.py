@@ -166,7 +166,6 @@ def serve_prediction(cast: Cast, folder: Path, model: str = "cxr-served") -> dic
     """One prediction served for real: a small registered model approved by two people, the
     serving API (model worker in-process) with live monitoring, a request asking for Grad-CAM.
     Returns the result JSON once the monitoring store has recorded it (off the request path)."""
-    import asyncio
 
     from fastapi.testclient import TestClient
     from sqlalchemy import select
@@ -200,10 +199,7 @@ def serve_prediction(cast: Cast, folder: Path, model: str = "cxr-served") -> dic
             return worker.info()
 
         async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
-            async def forward(item: np.ndarray) -> tuple[np.ndarray, int]:
-                return (await asyncio.to_thread(worker.forward, item[None]))[0], 1
-
-            return await worker.predict(payload, forward)
+            return await worker.predict(payload, worker.forward_one)
 
     install_service(IngressService(config, {model: _Local()}))
     reply = TestClient(api).post(

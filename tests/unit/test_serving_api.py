@@ -4,7 +4,6 @@ model worker is called in-process (Ray Serve is exercised in tests/integration/t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import shutil
 import subprocess
@@ -30,10 +29,7 @@ class LocalClient:
         return self.worker.info()
 
     async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
-        async def forward(item: np.ndarray) -> tuple[np.ndarray, int]:
-            return (await asyncio.to_thread(self.worker.forward, item[None]))[0], 1
-
-        return await self.worker.predict(payload, forward)
+        return await self.worker.predict(payload, self.worker.forward_one)
 
 
 @pytest.fixture(scope="module")
@@ -260,5 +256,15 @@ def test_served_requests_feed_live_monitoring_and_feedback(world: dict[str, Any]
                 break
             time.sleep(0.5)
         assert answer.status_code == 201, answer.text
+        # The embedding came from the served forward pass itself: the same as a separate one.
+        from governance.catalog.db import open_catalog
+        from serving.monitoring.models import LiveRecord
+        from training.reference_profile import embed_and_score
+
+        with open_catalog().session() as session:
+            stored = session.query(LiveRecord).filter_by(request_id=request_id).one()
+        _, embedding = embed_and_score(loaded.module, loaded.preprocess(world["files"][0].read_bytes()))
+        expected = profile.project(embedding[0].astype(np.float64))[0]
+        assert np.allclose(stored.embedding, expected, atol=1e-4)
     finally:
         worker.recorder = None
