@@ -16,37 +16,20 @@ from __future__ import annotations
 import time
 import uuid
 from io import BytesIO
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from serving.model import ServedPredictor
-    from training.segmentation.spec import SegmentationSpec
 
-__all__ = ["SEGMENTATION_TASK", "predict_series", "segmentation_spec"]
+__all__ = ["SEGMENTATION_TASK", "predict_series"]
 
 SEGMENTATION_TASK = "segmentation"
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "message": message}}
-
-
-def segmentation_spec(loaded: Any) -> SegmentationSpec | None:
-    """The spec of a loaded segmentation model: ``LoadedModel.segmentation``, else the
-    ``segmentation.json`` artifact in its downloaded (hash-verified) directory; None without."""
-    from training.segmentation.spec import SEGMENTATION_ARTIFACT, SegmentationSpec, SegmentationSpecError
-
-    spec = getattr(loaded, "segmentation", None)
-    if isinstance(spec, SegmentationSpec):
-        return spec
-    found = sorted(Path(loaded.local_dir).rglob(SEGMENTATION_ARTIFACT)) if loaded.local_dir else []
-    try:
-        return SegmentationSpec.load(found[0]) if found else None
-    except SegmentationSpecError:
-        return None
 
 
 def _datasets(instances: list[bytes]) -> list[Dataset]:
@@ -65,9 +48,9 @@ def predict_series(predictor: ServedPredictor, payload: dict[str, Any]) -> dict[
     """One series (``payload["instances"]``) through a segmentation model (module docstring)."""
     from imaging.results import AlgorithmIdentity, SegmentationResultError, build_segmentation_results
     from imaging.volumes import SeriesGeometryError, assemble_series
-    from training.segmentation.inference import SegmentationInferenceError, segment_volume
+    from training.segmentation.inference import SegmentationInferenceError, segment_volume, spec_of
 
-    spec = segmentation_spec(predictor.loaded)
+    spec = spec_of(predictor.loaded)
     if spec is None:
         return _error(503, "the served version has no segmentation spec")
     if predictor.forward.name != "inprocess":

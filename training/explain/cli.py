@@ -1,4 +1,5 @@
-"""``radgate explain`` and ``radgate explain-sanity``: explanations of registered models."""
+"""``radgate explain``, ``radgate explain-sanity`` and ``radgate explain-segmentation``:
+explanations of registered models."""
 
 from __future__ import annotations
 
@@ -154,7 +155,68 @@ def sanity_command(
         raise typer.Exit(1)
 
 
+def segmentation_command(
+    series: Path = typer.Argument(
+        ..., exists=True, file_okay=False, help="Folder with the series' DICOM files."
+    ),
+    model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
+    structure: str = typer.Option(
+        ..., "--structure", "-s", help="Structure name (or label value) to explain."
+    ),
+    method: str = typer.Option(
+        "gradcam", "--method", help="gradcam (decoder layer) or occlusion (3D patches)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", file_okay=False, help="Output folder (PNG per slice, JSON)."
+    ),
+    slices: int = typer.Option(3, "--slices", min=1, max=12, help="Slices to render (most attribution)."),
+    sanity: bool = typer.Option(False, "--sanity/--no-sanity", help="Also run the randomisation check."),
+    token: str | None = typer.Option(
+        None, "--token", help="ML engineer or clinical reviewer token (RADGATE_TOKEN)."
+    ),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: settings)."),
+) -> None:
+    """Explain one structure of a 3D segmentation model on a DICOM series: Grad-CAM of the
+    structure's summed logit (or occlusion over 3D patches) rendered on the slices through it,
+    optionally with the parameter-randomisation sanity check."""
+    from governance.audit import record
+    from governance.auth import AuthError, Role, principal_from_env_or_token, require_role
+    from training.explain.segmentation import SegmentationExplainMethod, explain_series
+
+    try:
+        principal = require_role(principal_from_env_or_token(token), Role.ML_ENGINEER, Role.CLINICAL_REVIEWER)
+    except AuthError as exc:
+        raise _fail(str(exc)) from None
+    if method not in {m.value for m in SegmentationExplainMethod}:
+        raise _fail(f"--method must be one of {', '.join(m.value for m in SegmentationExplainMethod)}")
+    loaded = _load(model, tracking_uri)
+    files = sorted(p for p in series.rglob("*") if p.is_file())
+    try:
+        summary = explain_series(loaded, files, structure, out, method=method, slices=slices, sanity=sanity)
+    except ValueError as exc:
+        raise _fail(f"cannot explain this series: {exc}") from None
+    record(
+        principal.name,
+        "explain.segmentation",
+        f"model:{loaded.name}/{loaded.version}",
+        {"structure": summary["structure"], "method": method, "files": len(files)},
+        role=principal.role.value,
+    )
+    volumes = {s["name"]: s["volume_ml"] for s in summary["segmentation"]["structures"]}
+    typer.echo(f"{loaded.name}/{loaded.version} {method} for {summary['structure']}; volumes (mL): {volumes}")
+    if "sanity" in summary:
+        check = summary["sanity"]
+        typer.echo(
+            f"sanity: {'passed' if check['passed'] else 'failed'} (Spearman {check['spearman']:.3f}, "
+            f"control {check['control_spearman']:.3f}, threshold {check['threshold']:g})"
+        )
+    for path in summary["pngs"]:
+        typer.echo(f"png: {path}")
+    typer.echo(f"json: {out / 'explanation.json'}")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``explain`` and ``explain-sanity`` to the ``radgate`` app."""
+    """Add ``explain``, ``explain-sanity`` and ``explain-segmentation`` to the ``radgate`` app."""
     app.command("explain")(explain_command)
     app.command("explain-sanity")(sanity_command)
+    app.command("explain-segmentation")(segmentation_command)

@@ -40,6 +40,7 @@ __all__ = [
     "model_grid_shape",
     "prepare_volume",
     "segment_volume",
+    "spec_of",
 ]
 
 #: Sliding-window patches evaluated per forward call.
@@ -83,6 +84,25 @@ class SegmentationResult:
             "model_grid": list(self.model_grid),
             "timings_ms": dict(self.timings_ms),
         }
+
+
+def spec_of(loaded: Any) -> SegmentationSpec | None:
+    """The spec of a loaded registered model (``training.registry.LoadedModel``): its
+    ``segmentation`` field, else the ``segmentation.json`` artifact in its downloaded,
+    hash-verified directory; None for a model that does not segment."""
+    from pathlib import Path
+
+    from training.segmentation.spec import SEGMENTATION_ARTIFACT, SegmentationSpec, SegmentationSpecError
+
+    spec = getattr(loaded, "segmentation", None)
+    if isinstance(spec, SegmentationSpec):
+        return spec
+    local_dir = getattr(loaded, "local_dir", None)
+    found = sorted(Path(local_dir).rglob(SEGMENTATION_ARTIFACT)) if local_dir else []
+    try:
+        return SegmentationSpec.load(found[0]) if found else None
+    except SegmentationSpecError:
+        return None
 
 
 def model_grid_shape(
