@@ -162,15 +162,22 @@ class _AssociationServer(ThreadedAssociationServer):
             return
         super()._handle_request_noblock()  # type: ignore[misc]
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.balance is not None:
+            self.balance.opened()  # counted before the next accept decision, not in the thread
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            if self.balance is not None:
+                self.balance.closed()
+            raise
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        balance = self.balance
-        if balance is not None:
-            balance.opened()
         try:
             super().process_request_thread(request, client_address)
         finally:
-            if balance is not None:
-                balance.closed()
+            if self.balance is not None:
+                self.balance.closed()
 
 
 class StorageSCP:
