@@ -122,7 +122,10 @@ def _commands(app: typer.Typer) -> list[tuple[str, Any]]:
 def test_the_readme_matrix_is_the_table() -> None:
     from governance.auth.access import matrix_markdown
 
-    assert matrix_markdown() in (REPO / "governance" / "README.md").read_text()
+    assert matrix_markdown() in (REPO / "governance" / "README.md").read_text(), (
+        "replace the table under 'Who may run each command' in governance/README.md with the output of "
+        '.venv/bin/python -c "from governance.auth.access import matrix_markdown; print(matrix_markdown())"'
+    )
 
 
 @pytest.mark.parametrize("path", [p for p, a in COMMAND_ACCESS.items() if a.mode is not AccessMode.SELF])
