@@ -34,16 +34,15 @@ console = Console()
 STAGES = ("ingest", "train", "explain", "govern", "serve")
 
 
-def _stage(title: str) -> None:
+def stage(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
 def _ingest_stage(home: Path, patients: int, workers: int) -> dict[str, Any]:
-    from governance.settings import get_settings
     from imaging.demo_data import write_demo_studies
     from imaging.ingest import Sink, iter_files, run_files
 
-    _stage("1. PACS export -> de-identification -> store")
+    stage("1. PACS export -> de-identification -> store")
     source = home / "demo" / "pacs-export"
     demo = write_demo_studies(source, patients=patients, images_per_patient=2, seed=7)
     console.print(
@@ -62,19 +61,27 @@ def _ingest_stage(home: Path, patients: int, workers: int) -> dict[str, Any]:
         table.add_row(f"  quarantined: {reason}", str(count))
     console.print(table)
 
-    _stage("2. residual-PHI scan of the store")
+    identifiers: set[str] = set()
+    for study in demo.studies:
+        identifiers.update({study.patient_id, study.accession_number, study.study_instance_uid})
+    data["residual_phi_instances"] = residual_phi_scan(identifiers, report.profile)
+    data["labels_csv"] = str(demo.labels_csv)
+    return data
+
+
+def residual_phi_scan(identifiers: set[str], profile: str) -> int:
+    """Scan every instance stored under ``profile`` for the original identifiers (an independent
+    check of de-identification); exits the demo when one is found."""
     from sqlalchemy import select
 
     from governance.catalog import Instance, open_catalog
     from imaging.phi_corpus import residual_phi
     from imaging.store import ContentStore
 
-    identifiers: set[str] = set()
-    for study in demo.studies:
-        identifiers.update({study.patient_id, study.accession_number, study.study_instance_uid})
-    store = ContentStore.from_settings(get_settings())
+    stage("2. residual-PHI scan of the store")
+    store = ContentStore.from_settings()
     with open_catalog().session() as session:
-        keys = list(session.scalars(select(Instance.store_key).where(Instance.profile == report.profile)))
+        keys = list(session.scalars(select(Instance.store_key).where(Instance.profile == profile)))
     leaking = [key for key in keys if residual_phi(store.get(key), identifiers)]
     console.print(
         f"scanned {len(keys)} stored instances for {len(identifiers)} original identifiers: "
@@ -82,15 +89,13 @@ def _ingest_stage(home: Path, patients: int, workers: int) -> dict[str, Any]:
     )
     if leaking:
         raise typer.Exit(1)
-    data["residual_phi_instances"] = len(leaking)
-    data["labels_csv"] = str(demo.labels_csv)
-    return data
+    return len(leaking)
 
 
 def _train_stage(labels_csv: Path, workers: int) -> dict[str, Any]:
     from training.pipeline import train_from_labels
 
-    _stage("3. dataset version -> Ray Train -> MLflow (evaluation, registration pending review)")
+    stage("3. dataset version -> Ray Train -> MLflow (evaluation, registration pending review)")
     outcome = train_from_labels(labels_csv, dataset_name="demo", workers=workers)
     version = outcome.dataset.version
     run = outcome.training
@@ -132,7 +137,7 @@ def _explain_stage(home: Path, model: str, version: str) -> dict[str, Any]:
     from training.explain.tracking import log_sanity_result, sanity_threshold_from_policy
     from training.registry import load_model
 
-    _stage("4. explanations: overlay for reviewers and PACS, sanity check")
+    stage("4. explanations: overlay for reviewers and PACS, sanity check")
     loaded = load_model(f"{model}/{version}")
     settings = load_explain_settings(None)
     cases = _store_paths(8)
@@ -167,7 +172,7 @@ DEMO_PEOPLE = {
 }
 
 
-def _demo_principals(home: Path, token: str | None) -> dict[str, Any]:
+def demo_principals(home: Path, token: str | None) -> dict[str, Any]:
     """The demo's people, created once and acted as by each stage (audited under their names).
 
     On an empty ``RADGATE_HOME`` a ``demo-admin`` is bootstrapped to create them; when other
@@ -206,12 +211,14 @@ def _demo_principals(home: Path, token: str | None) -> dict[str, Any]:
     return people
 
 
-def _govern_stage(people: dict[str, Any], model: str, version: str) -> dict[str, Any]:
+def govern_stage(
+    people: dict[str, Any], model: str, version: str, what: str = "synthetic chest radiographs"
+) -> dict[str, Any]:
     from governance.approvals.workflow import PolicyNotSatisfied, Workflow
 
-    _stage("5. governance: submit, two-person approval, policy gate, promotion")
+    stage("5. governance: submit, two-person approval, policy gate, promotion")
     workflow = Workflow()
-    workflow.submit(people["demo-trainer"], model, version, "demo run: synthetic chest radiographs")
+    workflow.submit(people["demo-trainer"], model, version, f"demo run: {what}")
     workflow.approve(people["demo-radiologist"], model, version, "overlays reviewed on the demo gallery")
     workflow.approve(people["demo-ml-lead"], model, version, "metrics and lineage reviewed")
     checklist = workflow.status(model, version)
@@ -245,7 +252,7 @@ def _govern_stage(people: dict[str, Any], model: str, version: str) -> dict[str,
 def _serve_stage(home: Path, model: str) -> dict[str, Any]:
     from serving.demo import predict_once
 
-    _stage("6. serving: Ray Serve behind the gate, one DICOM in, JSON out")
+    stage("6. serving: Ray Serve behind the gate, one DICOM in, JSON out")
     token = json.loads((home / "demo" / "tokens.json").read_text())["demo-radiologist"]
     result = predict_once(model, _store_paths(1)[0], token=token, alias="staging")
     shown: dict[str, Any] = {k: result[k] for k in ("model", "version", "decision", "summary") if k in result}
@@ -254,11 +261,27 @@ def _serve_stage(home: Path, model: str) -> dict[str, Any]:
 
 
 def demo(
-    patients: int = typer.Option(24, "--patients", min=4, help="Synthetic patients (two studies each)."),
+    patients: int | None = typer.Option(
+        None,
+        "--patients",
+        min=4,
+        help="Synthetic patients: 24 with two radiographs each, or 10 brain MR series (--task segmentation).",
+    ),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
     stages: str = typer.Option(",".join(STAGES), "--stages", help=f"Comma-separated subset of {STAGES}."),
     token: str | None = typer.Option(
         None, "--token", help="An admin's token, needed once when users exist but no demo users yet."
+    ),
+    task: str = typer.Option(
+        "classification",
+        "--task",
+        help="classification (chest radiographs) | segmentation (brain MR series -> 3D UNet -> DICOM SEG).",
+    ),
+    pacs: str | None = typer.Option(
+        None,
+        "--pacs",
+        help="Segmentation: AET@HOST:PORT of a PACS to send the DICOM SEG and SR to "
+        "(default: an Orthanc answering C-ECHO as ORTHANC@127.0.0.1:4242, if any).",
     ),
 ) -> None:
     """Run the end-to-end demo on embedded defaults (SQLite, local MLflow, local Ray).
@@ -270,6 +293,9 @@ def demo(
     from governance.settings import get_settings
 
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
+    if task not in ("classification", "segmentation"):
+        console.print("[red]error:[/red] --task must be classification or segmentation")
+        raise typer.Exit(2)
     unknown = set(wanted) - set(STAGES)
     if unknown:
         console.print(f"[red]error:[/red] unknown stage(s): {', '.join(sorted(unknown))}")
@@ -279,7 +305,16 @@ def demo(
     console.print(f"RADGATE_HOME={settings.home}")
     start = time.perf_counter()
     summary: dict[str, Any] = {"home": str(settings.home)}
-    people = _demo_principals(settings.home, token)
+    people = demo_principals(settings.home, token)
+    if task == "segmentation":
+        from radgate.demo_segmentation import run_segmentation_demo
+
+        summary.update(run_segmentation_demo(settings.home, people, patients or 10, workers, wanted, pacs))
+        summary["elapsed_s"] = round(time.perf_counter() - start, 1)
+        console.rule("[bold green]done")
+        print(json.dumps(summary))
+        return
+    patients = patients or 24
     with acting_as(people["demo-steward"]):
         ingest = _ingest_stage(settings.home, patients, workers)
     summary["ingest"] = {
@@ -292,7 +327,7 @@ def demo(
             if "explain" in wanted and model and version:
                 summary["explain"] = _explain_stage(settings.home, model, version)
         if "govern" in wanted and model and version:
-            summary["govern"] = governed = _govern_stage(people, model, version)
+            summary["govern"] = governed = govern_stage(people, model, version)
             if "serve" in wanted and governed["promoted_to_staging"]:
                 summary["serve"] = _serve_stage(settings.home, model)
     summary["elapsed_s"] = round(time.perf_counter() - start, 1)

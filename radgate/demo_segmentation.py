@@ -1,0 +1,241 @@
+"""``radgate demo --task segmentation``: brain MR series to an approved 3D UNet and a DICOM SEG.
+
+1. a site's PACS export: synthetic subjects built from real anatomy (mricron ch2 + AAL:
+   cerebellum, thalamus, occipital lobe), one axial MR series each with PHI-bearing headers, and
+   the site's label maps (NIfTI, keyed by the original accession number);
+2. ingest (de-identification, store, lineage) and the residual-PHI scan of the store;
+3. a segmentation dataset version: each label map aligned to its de-identified series and
+   stored by hash, patient-level split;
+4. training (``configs/train/segmentation-demo.yaml``: MONAI 3D UNet, Dice/HD95 per structure
+   and subgroup, MLflow, registration pending review);
+5. governance: two approvals by distinct people, the policy gate, promotion to ``staging``;
+6. serving: a held-out series posted to Ray Serve behind the gate; the DICOM SEG and volume SR
+   come back, are checked against the site's own label map, and are sent to the PACS (an
+   Orthanc on 127.0.0.1:4242 when one answers, or ``--pacs AET@HOST:PORT``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from radgate.demo import console, govern_stage, residual_phi_scan, stage
+
+if TYPE_CHECKING:
+    from imaging.datasets import DatasetVersion
+    from imaging.gateway.config import PacsPeer
+
+__all__ = ["pacs_peer", "run_segmentation_demo"]
+
+DATASET_NAME = "anatomy"
+_DEFAULT_PACS = "ORTHANC@127.0.0.1:4242"
+
+
+def pacs_peer(spec: str | None) -> PacsPeer | None:
+    """``AET@HOST:PORT`` -> a peer; without a spec, the local Orthanc if it answers C-ECHO."""
+    from imaging.gateway.config import PacsPeer
+
+    text = spec or _DEFAULT_PACS
+    aet, _, address = text.partition("@")
+    host, _, port = address.rpartition(":")
+    if not (aet and host and port.isdigit()):
+        console.print("[red]error:[/red] --pacs must be AET@HOST:PORT")
+        raise typer.Exit(2)
+    peer = PacsPeer(name="demo-pacs", ae_title=aet, host=host, port=int(port))
+    if spec is None and not _echo(peer):
+        return None
+    return peer
+
+
+def _echo(peer: PacsPeer) -> bool:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="RADGATE")
+    ae.acse_timeout = ae.network_timeout = 3
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        return False
+    status = assoc.send_c_echo()
+    assoc.release()
+    return bool(status) and int(status.get("Status", -1)) == 0
+
+
+def _ingest(home: Path, subjects: int, workers: int) -> dict[str, Any]:
+    from imaging.ingest import Sink, iter_files, run_files
+    from imaging.volumes import write_anatomy_set
+
+    stage("1. PACS export (brain MR series) -> de-identification -> store")
+    anatomy = write_anatomy_set(home / "demo" / "anatomy-export", subjects=subjects, seed=11)
+    console.print(
+        f"generated {len(anatomy.subjects)} axial T1 MR series ({len(anatomy.files)} slices) of "
+        f"{len(anatomy.subjects)} patients from real anatomy (mricron ch2 + AAL), PHI in headers; "
+        f"label maps (NIfTI) keyed by accession number: {anatomy.labels_csv.name}"
+    )
+    report = run_files(list(iter_files([anatomy.dicom_dir])), sink=Sink.STORE, workers=workers, source="demo")
+    data = report.as_dict()
+    table = Table(show_header=False, title="ingest")
+    for key in ("inputs", "deidentified", "duplicates", "quarantined", "files_per_s", "profile"):
+        table.add_row(key, str(data[key]))
+    console.print(table)
+    identifiers: set[str] = set()
+    for s in anatomy.subjects:
+        identifiers.update(
+            {s.patient_id, s.accession_number, s.series_instance_uid, s.volume.study_instance_uid}
+        )
+    data["residual_phi_instances"] = residual_phi_scan(identifiers, report.profile)
+    data["labels_csv"] = str(anatomy.labels_csv)
+    data["label_names"] = anatomy.label_names
+    return data
+
+
+def _dataset(labels_csv: Path, label_names: list[str]) -> DatasetVersion:
+    from imaging.volumes import create_segmentation_dataset
+
+    stage("3. segmentation dataset version: label maps aligned to the de-identified series")
+    report = create_segmentation_dataset(DATASET_NAME, labels_csv, label_names=label_names)
+    summary = report.version.manifest.summary()
+    console.print(
+        f"dataset version {report.version.id[:16]} ({DATASET_NAME}): {summary['series']} series, "
+        f"{summary['patients']} patients; splits "
+        + ", ".join(f"{k}={v['series']}" for k, v in sorted(summary["splits"].items()))
+        + f"; skipped {sum(report.skipped.values())}"
+    )
+    return report.version
+
+
+def _train(dataset: DatasetVersion, workers: int) -> dict[str, Any]:
+    from training.config import load_config
+    from training.run import train
+
+    stage("4. 3D UNet -> Lightning/Ray Train -> MLflow (Dice, HD95), registration pending review")
+    path = Path(__file__).resolve().parents[1] / "configs" / "train" / "segmentation-demo.yaml"
+    config = load_config(path, [f"data.dataset={dataset.id}", f"run.workers={workers}"])
+    outcome = train(config)
+    metrics = {k: round(v, 4) for k, v in sorted(outcome.metrics.items()) if isinstance(v, int | float)}
+    table = Table(show_header=False, title=f"model {outcome.model_name} v{outcome.model_version}")
+    for key in [k for k in metrics if k.startswith("test_")][:14]:
+        table.add_row(key, str(metrics[key]))
+    console.print(table)
+    return {
+        "model": outcome.model_name,
+        "model_version": outcome.model_version,
+        "mlflow_run_id": outcome.run_id,
+        "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
+    }
+
+
+def _dice(reference: Any, predicted: Any, labels: dict[int, str]) -> dict[str, float]:
+    out = {}
+    for value, name in labels.items():
+        if value == 0:
+            continue
+        a, b = reference == value, predicted == value
+        total = int(a.sum() + b.sum())
+        out[name] = round(2.0 * int((a & b).sum()) / total, 3) if total else 1.0
+    return out
+
+
+def _serve(home: Path, dataset: DatasetVersion, model: str, pacs: PacsPeer | None) -> dict[str, Any]:
+    import io
+
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+
+    from imaging.store import ContentStore
+    from imaging.volumes import assemble_series, read_label_volume
+    from serving.demo import segment_series_once
+
+    stage("6. serving: a held-out series -> Ray Serve (gate) -> DICOM SEG + SR -> PACS")
+    held_out = (dataset.manifest.series_in("test") or dataset.manifest.series_in("val"))[0]
+    store = ContentStore.from_settings()
+    files = [store.path(key) for key in held_out.instances]
+    token = _token(home, "demo-radiologist")
+    answer, objects = segment_series_once(model, files, token=token, alias="staging", pacs=pacs)
+    out_dir = home / "demo" / "segmentation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for data in objects:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        kind = "seg" if ds.Modality == "SEG" else "sr"
+        written[kind] = out_dir / f"{kind}.dcm"
+        written[kind].write_bytes(data)
+    result = answer["results"][0]
+    table = Table(title=f"{model}@staging on held-out series ({result['slices']} slices)")
+    for column in ("structure", "volume (mL)"):
+        table.add_column(column)
+    for structure in result["structures"]:
+        table.add_row(str(structure.get("name")), str(structure.get("volume_ml")))
+    console.print(table)
+    summary: dict[str, Any] = {"objects": {k: str(v) for k, v in written.items()}}
+    if "seg" in written:  # the SEG, read back onto the series, against the site's own label map
+        volume = assemble_series(files)
+        predicted = read_label_volume(written["seg"], volume)
+        reference = np.asarray(nib.Nifti1Image.from_bytes(_gunzip(store.get(held_out.label_sha256))).dataobj)
+        summary["dice_vs_site_labels"] = _dice(reference, predicted, dataset.manifest.label_map)
+        console.print(f"DICOM SEG vs the site's label map (Dice): {summary['dice_vs_site_labels']}")
+    if pacs is None:
+        console.print(
+            "no PACS answered on 127.0.0.1:4242 (start Orthanc or pass --pacs): results kept locally"
+        )
+    else:
+        pushed = answer.get("pushed") or {}
+        summary["pushed"] = pushed
+        console.print(
+            f"sent {pushed.get('sent', 0)} result object(s) to {pacs.ae_title}@{pacs.host}:{pacs.port}: "
+            "open the study in the PACS viewer to see the segmentation over the series"
+        )
+    for kind, path in written.items():
+        console.print(f"  {kind}: {path}")
+    return summary
+
+
+def _gunzip(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.decompress(data)
+
+
+def _token(home: Path, person: str) -> str:
+    import json
+
+    tokens: dict[str, str] = json.loads((home / "demo" / "tokens.json").read_text())
+    return tokens[person]
+
+
+def run_segmentation_demo(
+    home: Path, people: dict[str, Any], subjects: int, workers: int, stages: list[str], pacs: str | None
+) -> dict[str, Any]:
+    """The stages above; returns the JSON summary's fields."""
+    from governance.auth import acting_as
+
+    peer = pacs_peer(pacs) if "serve" in stages else None
+    summary: dict[str, Any] = {"task": "segmentation"}
+    with acting_as(people["demo-steward"]):
+        ingest = _ingest(home, subjects, workers)
+        summary["ingest"] = {
+            k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
+        }
+        dataset = _dataset(Path(ingest["labels_csv"]), ingest["label_names"])
+        summary["dataset_version"] = dataset.id
+    if "train" not in stages:
+        return summary
+    with acting_as(people["demo-trainer"]):
+        summary["train"] = trained = _train(dataset, workers)
+    model, version = trained["model"], trained["model_version"]
+    if "govern" not in stages or not (model and version):
+        return summary
+    summary["govern"] = governed = govern_stage(
+        people,
+        model,
+        version,
+        what="3D segmentation of brain MR series (cerebellum, thalamus, occipital lobe)",
+    )
+    if "serve" in stages and governed["promoted_to_staging"]:
+        with acting_as(people["demo-radiologist"]):
+            summary["serve"] = _serve(home, dataset, model, peer)
+    return summary
