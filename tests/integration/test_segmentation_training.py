@@ -88,16 +88,75 @@ def test_short_training_improves_dice_on_held_out_subjects(tmp_path: Path, radga
     assert len(history) == job.max_epochs
 
 
-def test_ray_train_two_workers_runs_the_segmentation_module(tmp_path: Path, radgate_home: Path) -> None:
-    from training.launch import fit_ray
-
-    rows = _rows(tmp_path)
-    result = fit_ray(_job(rows, radgate_home, workers=2, max_epochs=1))
-    assert result.workers == 2 and len(result.epoch_seconds) == 1
+def test_train_on_anatomy_series_with_two_ray_workers_registers_a_pending_version(
+    tmp_path: Path, radgate_home: Path
+) -> None:
+    """DICOM series -> segmentation dataset version -> `train` with Ray Train (2 CPU workers,
+    1 epoch) -> MLflow run, evaluation, registered version with its spec -> load_model -> policy."""
     import torch
+    from mlflow.tracking import MlflowClient
 
-    untrained = _network().state_dict()
-    network = _network(result.state_dict).state_dict()
-    # The weights rank 0 checkpointed are the ones loaded, and one epoch changed them.
-    assert all(torch.equal(value, result.state_dict[f"net.{key}"]) for key, value in network.items())
-    assert any(not torch.equal(value, untrained[key]) for key, value in network.items())
+    from governance.approvals import Workflow
+    from governance.settings import get_settings
+    from imaging.ingest import Ingestor
+    from imaging.volumes import create_segmentation_dataset, write_anatomy_set
+    from training.config import validate_config
+    from training.registry import ModelTag, load_model
+    from training.run import train
+
+    anatomy = write_anatomy_set(tmp_path / "anatomy", subjects=5, seed=2, spacing=6.0)
+    ingestor = Ingestor()
+    for path in anatomy.files:
+        ingestor.ingest_path(path)
+    split = {"train": 0.4, "val": 0.2, "test": 0.4}
+    dataset = create_segmentation_dataset(
+        "brain", anatomy.labels_csv, label_names=anatomy.label_names, split=split
+    )
+    config = validate_config(
+        {"name": "brain-it", "task": "segmentation", "data": {"dataset": "brain", "batch_size": 2},
+         "segmentation": {"spacing": [6, 6, 6], "roi_size": [16, 16, 16], "channels": [8, 16, 32],
+                          "samples_per_volume": 2},
+         "optim": {"max_epochs": 1}, "run": {"workers": 2, "experiment": "seg-it"},
+         "evaluation": {"min_subgroup_size": 1}, "registry": {"model_name": "brain-seg-it"}}
+    )  # fmt: skip
+    outcome = train(config)
+    assert outcome.fit.workers == 2 and len(outcome.fit.epoch_seconds) == 1
+    assert outcome.model_version is not None
+    uri = get_settings().resolved_mlflow_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    run = client.get_run(outcome.run_id)
+    assert run.data.tags["radgate.task"] == "segmentation"
+    assert run.data.params["segmentation.network"] == "unet"
+    structures = ("cerebellum", "thalamus", "occipital_lobe")
+    # (HD95 is undefined for a structure one epoch may not predict yet: measured in the test above.)
+    assert {"test_dice_mean", "val_dice", *(f"test_dice_{s}" for s in structures)} <= set(run.data.metrics)
+    assert run.inputs is not None and run.inputs.dataset_inputs[0].dataset.digest == dataset.version.id[:16]
+    assert {"segmentation.json", "model_card.md", "evaluation", "dataset"} <= {
+        a.path for a in client.list_artifacts(outcome.run_id)
+    }
+    evidence = run.data.tags["radgate.evidence"]
+    assert "dataset_deidentified=ok" in evidence and "reference_profile=not applicable" in evidence, evidence
+    version = client.get_model_version("brain-seg-it", outcome.model_version)
+    assert version.tags[ModelTag.TASK] == "segmentation" and version.tags[ModelTag.STATUS] == "pending_review"
+    assert version.tags["radgate.dataset.deidentified"] == "true"
+    assert "radgate.metrics.dice_cerebellum" in version.tags
+
+    loaded = load_model(f"brain-seg-it/{outcome.model_version}")
+    spec = loaded.segmentation
+    assert spec is not None and loaded.task == "segmentation" and loaded.threshold is None
+    assert spec.labels == {1: "cerebellum", 2: "thalamus", 3: "occipital_lobe"} and spec.spacing == (6, 6, 6)
+    assert loaded.label_names == ("background", *structures)
+    assert spec == type(spec).load(next(loaded.local_dir.rglob("segmentation.json")))
+    x = torch.rand(1, 1, 16, 16, 16)
+    logits = loaded.module(x)
+    assert logits.shape == (1, 4, 16, 16, 16)
+    assert loaded.torchscript_path is not None
+    assert torch.allclose(torch.jit.load(str(loaded.torchscript_path))(x), logits, atol=1e-4)
+    with pytest.raises(TypeError, match="segment_volume"):
+        loaded.preprocess(b"")
+
+    # The shipped policy asks this version for Dice, not AUROC; one epoch is far from 0.7.
+    checklist = Workflow(client).status("brain-seg-it", outcome.model_version)
+    checks = {i.name: i for i in checklist.items if i.kind == "check"}
+    assert set(checks) == {"dataset_deidentified", "min_dice", "max_subgroup_dice_gap"}
+    assert checks["dataset_deidentified"].passed and not checks["min_dice"].passed
