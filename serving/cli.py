@@ -75,17 +75,24 @@ def serve_ae(
     host: str = typer.Option("127.0.0.1", help="Listen address."),
     port: int = typer.Option(11113, help="Listen port."),
     allow: list[str] = typer.Option([], "--allow", help="Calling AE titles allowed (repeat); default any."),
+    token: str | None = typer.Option(
+        None, "--token", help="A pacs-client token, presented to the serving API (default: RADGATE_TOKEN)."
+    ),
 ) -> None:
     """Inference AE: a C-STORE SCP whose instances are predicted and the results pushed back to
-    the PACS of the serving config (token from RADGATE_TOKEN, a pacs-client user)."""
-    import os
-
+    the PACS of the serving config (as a pacs-client user: --token, RADGATE_TOKEN or
+    RADGATE_TOKEN_FILE)."""
+    from governance.auth import AuthError, resolve_token
     from serving.inference_ae import InferenceAE
 
-    token = os.environ.get("RADGATE_TOKEN")
+    try:
+        token = resolve_token(token)
+    except AuthError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
     if not token:
-        typer.echo("error: set RADGATE_TOKEN to a pacs-client token", err=True)
-        raise typer.Exit(2)
+        typer.echo("error: pass --token or set RADGATE_TOKEN to a pacs-client token", err=True)
+        raise typer.Exit(3)
     try:
         node = InferenceAE(
             serve_url=url,
