@@ -108,6 +108,7 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     # explanations
     "explain": _roles(ML, CR),
     "explain-sanity": _roles(ML),
+    "explain-segmentation": _roles(ML, CR),
     # governance
     "users add": Access(
         AccessMode.BOOTSTRAP, frozenset({A}), "no token while no user exists: the first user, an admin"

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_explain_segmentation_cli(tmp_path: Path) -> None:
+    from governance.audit import AuditLog
+    from governance.auth.cli_guard import guard_typer_app
     from governance.testing import create_cast
     from serving.testing import register_segmentation_model
 
@@ -29,10 +31,11 @@ def test_explain_segmentation_cli(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["explain-segmentation", str(series), "--model", f"seg-explain/{version}", "-s", "Thalamus"]
     runner = CliRunner()
-    denied = runner.invoke(_app(), [*args, "--out", str(out), "--token", cast.tokens["pacs"]])
-    assert denied.exit_code == 2 and not out.exists(), denied.output
+    app = guard_typer_app(_app())
+    denied = runner.invoke(app, [*args, "--out", str(out), "--token", cast.tokens["pacs"]])
+    assert denied.exit_code == 4 and not out.exists(), denied.output
     done = runner.invoke(
-        _app(), [*args, "--out", str(out), "--slices", "2", "--sanity", "--token", cast.tokens["doc"]]
+        app, [*args, "--out", str(out), "--slices", "2", "--sanity", "--token", cast.tokens["doc"]]
     )
     assert done.exit_code == 0, done.output
     summary = json.loads((out / "explanation.json").read_text())
@@ -45,6 +48,8 @@ def test_explain_segmentation_cli(tmp_path: Path) -> None:
 
     for index, ds in enumerate(make_series(slices=4, size=24, seed=32)):
         ds.save_as(series / f"other-{index}.dcm", enforce_file_format=True)
-    mixed = runner.invoke(_app(), [*args, "--out", str(tmp_path / "o2"), "--token", cast.tokens["eng"]])
+    mixed = runner.invoke(app, [*args, "--out", str(tmp_path / "o2"), "--token", cast.tokens["eng"]])
     assert mixed.exit_code == 2 and "2 series" in mixed.output, mixed.output
     assert "SYNTH" not in mixed.output
+    entries = [e for e in AuditLog().entries(newest_first=True) if e.action == "explain.segmentation"]
+    assert [e.actor for e in entries] == ["doc"]

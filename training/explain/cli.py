@@ -171,22 +171,15 @@ def segmentation_command(
     ),
     slices: int = typer.Option(3, "--slices", min=1, max=12, help="Slices to render (most attribution)."),
     sanity: bool = typer.Option(False, "--sanity/--no-sanity", help="Also run the randomisation check."),
-    token: str | None = typer.Option(
-        None, "--token", help="ML engineer or clinical reviewer token (RADGATE_TOKEN)."
-    ),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow URI (default: settings)."),
 ) -> None:
     """Explain one structure of a 3D segmentation model on a DICOM series: Grad-CAM of the
     structure's summed logit (or occlusion over 3D patches) rendered on the slices through it,
     optionally with the parameter-randomisation sanity check."""
     from governance.audit import record
-    from governance.auth import AuthError, Role, principal_from_env_or_token, require_role
+    from governance.auth import current_actor
     from training.explain.segmentation import SegmentationExplainMethod, explain_series
 
-    try:
-        principal = require_role(principal_from_env_or_token(token), Role.ML_ENGINEER, Role.CLINICAL_REVIEWER)
-    except AuthError as exc:
-        raise _fail(str(exc)) from None
     if method not in {m.value for m in SegmentationExplainMethod}:
         raise _fail(f"--method must be one of {', '.join(m.value for m in SegmentationExplainMethod)}")
     loaded = _load(model, tracking_uri)
@@ -195,12 +188,13 @@ def segmentation_command(
         summary = explain_series(loaded, files, structure, out, method=method, slices=slices, sanity=sanity)
     except ValueError as exc:
         raise _fail(f"cannot explain this series: {exc}") from None
+    actor, role = current_actor()
     record(
-        principal.name,
+        actor,
         "explain.segmentation",
         f"model:{loaded.name}/{loaded.version}",
         {"structure": summary["structure"], "method": method, "files": len(files)},
-        role=principal.role.value,
+        role=role,
     )
     volumes = {s["name"]: s["volume_ml"] for s in summary["segmentation"]["structures"]}
     typer.echo(f"{loaded.name}/{loaded.version} {method} for {summary['structure']}; volumes (mL): {volumes}")
