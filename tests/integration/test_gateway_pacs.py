@@ -67,10 +67,9 @@ def _audit_ok() -> bool:
 
 
 def _token(role: str) -> str:
-    from governance.auth import add_user, authenticate
+    from governance.testing import cast_token
 
-    admin = add_user("admin", "admin", by=None)
-    return add_user(f"user-{role}", role, by=authenticate(admin.token)).token
+    return cast_token(role)
 
 
 def test_echo_and_allow_list(start_gateway: Any, dicom_env: dict[str, str]) -> None:
@@ -303,9 +302,11 @@ def test_corrupt_and_non_dicom_payloads_fail_and_quarantine(
 
 
 def test_pull_study_from_orthanc_qido_wado(
-    clean_orthanc: Any, orthanc_credentials_env: dict[str, str], tmp_path: Path
+    clean_orthanc: Any, orthanc_credentials_env: dict[str, str], tmp_path: Path, as_role: Any
 ) -> None:
     import yaml
+
+    as_role("data-steward")  # the subprocesses inherit RADGATE_TOKEN
 
     wanted = write_ct_series(tmp_path / "wanted", 4, patient_id="PULL-1")
     other = write_ct_series(tmp_path / "other", 2, patient_id="OTHER-2")
@@ -337,9 +338,11 @@ def test_pull_study_from_orthanc_qido_wado(
 
 
 def test_push_back_into_orthanc(
-    clean_orthanc: Any, orthanc_credentials_env: dict[str, str], tmp_path: Path
+    clean_orthanc: Any, orthanc_credentials_env: dict[str, str], tmp_path: Path, as_role: Any
 ) -> None:
     import yaml
+
+    as_role("data-steward")  # the subprocesses inherit RADGATE_TOKEN
 
     files = write_ct_series(tmp_path / "results", 3)
     files.append(Path(get_testdata_file("MR_small_jp2klossless.dcm")))  # compressed, as-is
@@ -415,9 +418,11 @@ def test_push_back_into_orthanc(
     assert "Traceback" not in refused.stderr
 
 
-def test_pull_study_from_orthanc_cfind_cget(clean_orthanc: Any, tmp_path: Path) -> None:
+def test_pull_study_from_orthanc_cfind_cget(clean_orthanc: Any, tmp_path: Path, as_role: Any) -> None:
     """A PACS without DICOMweb: C-FIND to list, C-GET to fetch, same ledger (resumable)."""
     import yaml
+
+    as_role("data-steward")
 
     wanted = write_ct_series(tmp_path / "wanted", 3, patient_id="DIMSE-1")
     other = write_ct_series(tmp_path / "other", 2, patient_id="ELSE-2")
