@@ -137,7 +137,7 @@ def test_feedback_retrains_into_a_pending_version(
     # 5. `radgate retrain NAME` (ml-engineer): refused for a reviewer, done for an engineer
     runner = CliRunner()
     refused = runner.invoke(app, ["retrain", MODEL], env={"RADGATE_TOKEN": cast.tokens["doc"]})
-    assert refused.exit_code == 1 and "Traceback" not in refused.output
+    assert refused.exit_code == 4 and "needs role" in refused.output and "Traceback" not in refused.output
     result = runner.invoke(app, ["retrain", MODEL], env={"RADGATE_TOKEN": cast.tokens["eng"]})
     assert result.exit_code == 0, result.output
     assert f"registered {MODEL} version 2 (pending review)" in result.output
