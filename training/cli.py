@@ -198,7 +198,7 @@ def train_command(
 ) -> None:
     """Train, evaluate and register a model as the config says; prints the run and model version."""
     from imaging.datasets import DatasetError
-    from training.config import ConfigError, load_config
+    from training.config import ConfigError, TrainTask, load_config
 
     extra = list(overrides)
     if workers is not None:
@@ -223,15 +223,23 @@ def train_command(
     m = outcome.evaluation.overall
     attribute, metric, gap = outcome.evaluation.largest_gap
     typer.echo(f"run {outcome.run_id} (dataset {outcome.dataset_version[:12]})")
-    typer.echo(
-        f"test AUROC {m['auroc']:.3f}  sensitivity {m['sensitivity']:.3f}  "
-        f"specificity {m['specificity']:.3f}  "
-        f"ECE {m['ece']:.3f}  (threshold {outcome.evaluation.threshold:.3g}, n={int(m['n'])})"
-    )
+    if cfg.task is TrainTask.SEGMENTATION:
+        per_structure: dict[str, dict[str, float]] = outcome.evaluation.to_dict()["overall"]
+        typer.echo("test split: Dice / HD95 (mm) per structure")
+        for name, values in per_structure.items():
+            n = int(values["n"])
+            typer.echo(f"  {name}: Dice {values['dice']:.3f}  HD95 {values['hd95']:.1f}  (n={n})")
+    else:
+        typer.echo(
+            f"test AUROC {m['auroc']:.3f}  sensitivity {m['sensitivity']:.3f}  "
+            f"specificity {m['specificity']:.3f}  "
+            f"ECE {m['ece']:.3f}  (threshold {outcome.evaluation.threshold:.3g}, n={int(m['n'])})"
+        )
     if attribute:
         typer.echo(f"largest subgroup gap: {attribute} {metric} {gap:.3f}")
+    unit = "volumes" if cfg.task is TrainTask.SEGMENTATION else "images"
     typer.echo(
-        f"training: {outcome.fit.steady_images_per_s:.1f} images/s, "
+        f"training: {outcome.fit.steady_images_per_s:.1f} {unit}/s, "
         f"start-up {outcome.fit.startup_seconds:.1f} s"
     )
     if outcome.model_version:
