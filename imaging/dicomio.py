@@ -13,8 +13,9 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
+from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -66,11 +67,11 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
     except _PARSE_ERRORS as exc:
         reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
         raise QuarantineError(reason, f"cannot parse ({type(exc).__name__})") from exc
-    for tag in ds.keys():
-        raw = ds.get_item(tag)
-        length = getattr(raw, "length", None)
-        value = getattr(raw, "value", None)
-        if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+    for tag, raw in ds._dict.items():  # as read (nothing deferred): no decoding, no lookups
+        if not isinstance(raw, RawDataElement):
+            continue
+        length, value = raw.length, raw.value
+        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
             reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
             raise QuarantineError(reason, f"element {tag} is truncated")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
@@ -205,12 +206,15 @@ def _encode_part10(ds: Dataset) -> bytes:
     validate_file_meta(file_meta, enforce_standard=True)
     if "PixelData" in ds:
         ds["PixelData"].is_undefined_length = syntax.is_compressed
-    head = DicomBytesIO()
-    head.is_implicit_VR, head.is_little_endian = False, True
-    head.write(preamble or b"\x00" * 128)
-    head.write(b"DICM")
-    write_file_meta_info(head, file_meta, enforce_standard=True)
-    chunks: list[bytes] = [head.getvalue()]
+    # pydicom's write_file_meta_info: the group length first, then the group (explicit VR LE)
+    group_length = file_meta._dict.pop(BaseTag(0x00020000), None)
+    if group_length is not None and group_length.VR != "UL":
+        raise _Unsupported
+    meta_chunks: list[bytes] = []
+    _Writer(False, meta_chunks).dataset(file_meta, default_encoding)
+    meta_bytes = b"".join(meta_chunks)
+    chunks = [preamble or b"\x00" * 128, b"DICM", struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(meta_bytes))]
+    chunks.append(meta_bytes)
     _Writer(syntax.is_implicit_VR, chunks).dataset(ds, default_encoding)
     return b"".join(chunks)
 
