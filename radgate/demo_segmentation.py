@@ -51,17 +51,26 @@ def pacs_peer(spec: str | None) -> PacsPeer | None:
 
 
 def _echo(peer: PacsPeer) -> bool:
+    """C-ECHO the peer; a refused connection is an answer (no PACS), not an error to log."""
+    import logging
+
     from pynetdicom import AE
 
-    ae = AE(ae_title="RADGATE")
-    ae.acse_timeout = ae.network_timeout = 3
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        return False
-    status = assoc.send_c_echo()
-    assoc.release()
-    return bool(status) and int(status.get("Status", -1)) == 0
+    log = logging.getLogger("pynetdicom")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        ae = AE(ae_title="RADGATE")
+        ae.acse_timeout = ae.network_timeout = 3
+        ae.add_requested_context("1.2.840.10008.1.1")
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        if not assoc.is_established:
+            return False
+        status = assoc.send_c_echo()
+        assoc.release()
+        return bool(status) and int(status.get("Status", -1)) == 0
+    finally:
+        log.setLevel(level)
 
 
 def _ingest(home: Path, subjects: int, workers: int) -> dict[str, Any]:

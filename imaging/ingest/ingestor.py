@@ -14,6 +14,7 @@ start-up recovery (``imaging.gateway.recovery``) removes both kinds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -92,9 +93,29 @@ class Ingestor:
         )
         self.settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
         self._local_root = self._local_store_root()
-        self.commits: GroupCommit[Result] = GroupCommit(self.recorder.record)
+        self._writer_lock = self._catalog_writer_lock()
+        self.commits: GroupCommit[Result] = GroupCommit(self._commit_batch)
         self._fsync_pool: ThreadPoolExecutor | None = None  # created on first use (after a fork)
         self._pool_lock = threading.Lock()
+
+    def _catalog_writer_lock(self) -> Path | None:
+        """SQLite: the lock file that serialises this home's group commits across processes."""
+        url = self.catalog.url
+        return Path(url.removeprefix("sqlite:///") + ".writer-lock") if url.startswith("sqlite:///") else None
+
+    def _commit_batch(self, batch: list[Result]) -> None:
+        """One transaction for the batch. On SQLite, the leaders of several processes (gateway
+        workers) queue on a file lock first: a waiter is woken as soon as the lock is free,
+        where SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries."""
+        if self._writer_lock is None:
+            self.recorder.record(batch)
+            return
+        with open(self._writer_lock, "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.recorder.record(batch)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _local_store_root(self) -> Path | None:
         root = self.store.root
@@ -127,7 +148,7 @@ class Ingestor:
         path = self.store.path(key)
         with self._pool_lock:
             if self._fsync_pool is None:
-                self._fsync_pool = ThreadPoolExecutor(16, thread_name_prefix="fsync")
+                self._fsync_pool = ThreadPoolExecutor(8, thread_name_prefix="fsync")
             pool = self._fsync_pool
         futures = [pool.submit(fsync_file, path), pool.submit(fsync_directory, path.parent)]
         if new_folder:
