@@ -60,6 +60,7 @@ def served(
     cast = create_cast()
     version = register_model(MODEL)
     approve_and_promote(MODEL, version, cast)
+    _log_reference_profile(MODEL, version, tmp_path_factory.mktemp("reference"))
     pending = register_model("pending-model", seed=1)
     tampered = register_model("tampered-model", seed=2)
     approve_and_promote("tampered-model", tampered, cast)
@@ -78,6 +79,7 @@ def served(
                 "host": "127.0.0.1",
                 "port": orthanc.dicom_port,
             },
+            "drift": {"interval_s": 2, "window": "1h", "models": [MODEL]},
             "models": [
                 {"name": MODEL, "num_cpus": 0.5, "max_batch_size": 4},
                 {"name": "pending-model", "version": pending, "num_cpus": 0.5},
@@ -102,6 +104,22 @@ def served(
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _log_reference_profile(name: str, version: str, folder: Path) -> None:
+    """What training logs for monitoring: the reference profile of the version's run."""
+    from imaging.demo_data import write_demo_studies
+    from training.preprocess import IMAGE_KEY
+    from training.reference_profile import compute_reference_profile, log_reference_profile
+    from training.registry import load_model
+
+    loaded = load_model(f"{name}/{version}")
+    files = write_demo_studies(folder, patients=4, images_per_patient=1, size=64, seed=9).files
+    rows = [{IMAGE_KEY: str(p)} for p in files]
+    profile = compute_reference_profile(
+        loaded.module, rows, loaded.preprocessing, label_names=loaded.label_names
+    )
+    log_reference_profile(str(loaded.run_id), profile)
 
 
 def _tamper(home: Path, name: str, version: str) -> None:
@@ -154,6 +172,28 @@ def test_models_health_metrics_through_serve(served: dict[str, Any]) -> None:
     assert health["models"] == {MODEL: True, "pending-model": False, "tampered-model": False}
     metrics = httpx.get(f"{url}/metrics", headers=_headers(served, "eng"), timeout=30).text
     assert "radgate_serve_requests_total" in metrics
+
+
+def test_serving_runs_periodic_drift_checks(served: dict[str, Any]) -> None:
+    """The serve config's ``drift:`` schedule runs in the ingress: served requests are recorded,
+    checked every 2 s (audited), and the drift gauges are on the serving /metrics."""
+    from governance.audit import AuditLog
+
+    reply = httpx.post(
+        f"{served['url']}/v1/models/{MODEL}/predict",
+        content=served["files"][1].read_bytes(),
+        headers=_headers(served, content_type="application/dicom"),
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+    gauge = f'radgate_drift_live_samples{{model="{MODEL}"}}'
+    deadline, metrics = time.monotonic() + 90, ""
+    while gauge not in metrics and time.monotonic() < deadline:
+        time.sleep(1)
+        metrics = httpx.get(f"{served['url']}/metrics", headers=_headers(served, "eng"), timeout=30).text
+    assert gauge in metrics
+    checks = AuditLog().entries(action="monitoring.drift.checked", actor="radgate-monitor")
+    assert checks and checks[0].target == f"model:{MODEL}/{served['version']}"
 
 
 def test_unapproved_and_tampered_versions_are_refused(served: dict[str, Any]) -> None:
