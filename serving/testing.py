@@ -126,50 +126,46 @@ def register_segmentation_model(
     seed: int = 0,
     experiment: str = "serving-tests",
 ) -> str:
-    """Log and register an untrained 3D UNet as a segmentation version (``radgate.task``,
-    ``segmentation.json``, artifact hash, passing evidence), pending review; returns it."""
+    """Register an untrained 3D UNet through training's own registration
+    (:func:`training.registration.log_and_register`: ``segmentation.json``, ``radgate.task``,
+    artifact hash) with passing segmentation evidence (test Dice per structure, subgroup gap,
+    de-identified dataset), pending review; returns the version."""
     import mlflow
-    import mlflow.artifacts
-    import mlflow.pytorch
     import torch
 
-    from governance.testing import GOOD_METRICS, GOOD_TAGS
-    from training.preprocess import PreprocessingSpec
-    from training.registry import artifact_sha256, model_metadata
+    from governance.testing import GOOD_TAGS
+    from training.registration import log_and_register
+    from training.segmentation.evaluation import SegmentationReport
     from training.segmentation.networks import build_segmentation_network
-    from training.segmentation.spec import SEGMENTATION_TASK, TASK_TAG, SegmentationSpec
+    from training.segmentation.spec import SegmentationSpec
 
     uri, experiment_id = _experiment(experiment)
     spec = SegmentationSpec(labels=labels or {1: "blob"}, spacing=spacing, roi_size=roi_size)
     torch.manual_seed(seed)
     net = build_segmentation_network(spec.network, num_classes=spec.num_classes, channels=(4, 8)).eval()
-    metadata = model_metadata(
-        label_names=["background", *spec.structures],
-        preprocessing=PreprocessingSpec(),
-        network=spec.network,
-        gradcam_layer="model.1",
-        threshold=None,
-        dataset_version="serving-test",
+    scores = {"dice": 0.85, "hd95": 3.0, "n": 4.0}
+    report = SegmentationReport(
+        structures=spec.structures,
+        overall={**{s: dict(scores) for s in spec.structures}, "mean": dict(scores)},
+        gaps={"site": 0.03},
     )
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(experiment_id=experiment_id):
-        info = mlflow.pytorch.log_model(
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metrics(report.flat_metrics())
+        mlflow.set_tags(GOOD_TAGS)
+        registration = log_and_register(
             net,
-            name="model",
-            metadata=metadata,
-            extra_files=[str(spec.save(Path(tmp)))],
-            pip_requirements=[],
-            serialization_format="pickle",
+            network=spec.network,
+            spec=spec,
+            label_names=["background", *spec.structures],
+            dataset_version="serving-test",
+            report=report,
+            run_id=run.info.run_id,
+            tracking_uri=uri,
+            model_card=f"# {name}\n\nUntrained 3D UNet registered by serving tests.\n",
+            model_name=name,
+            torchscript=False,
         )
-        for metric, value in GOOD_METRICS.items():
-            mlflow.log_metric(metric, value)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=uri))
-    tags = {
-        "radgate.status": "pending_review",
-        "radgate.artifact_sha256": artifact_sha256(local),
-        TASK_TAG: SEGMENTATION_TASK,
-        **GOOD_TAGS,
-    }
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
-    return str(version.version)
+    assert registration.version is not None
+    return registration.version

@@ -10,7 +10,8 @@ Steps (each in :func:`prepare_volume` / :func:`logits_to_source`, which training
 and the benchmark reuse):
 
 1. resample the array (axes as :class:`Volume` stores them: slices along the normal, rows,
-   columns) to ``spec.spacing`` with trilinear interpolation over the same field of view;
+   columns) to ``spec.spacing`` with trilinear interpolation over the same field of view
+   (the grid of ``training.segmentation.data.model_grid``, as training's ``eval_transform``);
 2. normalise as ``spec.intensity`` says (MONAI ``NormalizeIntensity`` / ``ScaleIntensity``);
 3. MONAI ``sliding_window_inference`` with ``spec.roi_size``, ``spec.overlap``, Gaussian blending;
 4. logits resampled back to the source shape (trilinear over the same field of view), argmax.
@@ -37,7 +38,6 @@ __all__ = [
     "SegmentationInferenceError",
     "SegmentationResult",
     "logits_to_source",
-    "model_grid_shape",
     "prepare_volume",
     "segment_volume",
     "spec_of",
@@ -105,14 +105,6 @@ def spec_of(loaded: Any) -> SegmentationSpec | None:
         return None
 
 
-def model_grid_shape(
-    shape: tuple[int, ...], spacing: tuple[float, float, float], target: tuple[float, float, float]
-) -> tuple[int, int, int]:
-    """Grid size covering the same field of view at ``target`` spacing (at least 1 voxel per axis)."""
-    sizes = (max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))
-    return tuple(sizes)  # type: ignore[return-value]
-
-
 def _normalise(tensor: torch.Tensor, intensity: str) -> torch.Tensor:
     from monai.transforms import NormalizeIntensity, ScaleIntensity
 
@@ -140,12 +132,14 @@ def prepare_volume(
     import torch
     import torch.nn.functional as F
 
+    from training.segmentation.data import model_grid
+
     if array.ndim != 3 or min(array.shape) < 1:
         raise SegmentationInferenceError(f"expected a (Z, Y, X) volume, got shape {array.shape}")
     if not np.isfinite(array).all():
         raise SegmentationInferenceError("the volume has non-finite voxel values")
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    grid = model_grid_shape(array.shape, spacing, spec.spacing)
+    grid = model_grid(array.shape, spacing, spec.spacing)
     if grid != tuple(array.shape):
         tensor = F.interpolate(tensor, size=grid, mode="trilinear", align_corners=False)
     return _normalise(tensor[0], spec.intensity)[None].contiguous()
