@@ -9,9 +9,11 @@
 4. training (``configs/train/segmentation-demo.yaml``: MONAI 3D UNet, Dice/HD95 per structure
    and subgroup, MLflow, registration pending review);
 5. governance: two approvals by distinct people, the policy gate, promotion to ``staging``;
-6. serving: a held-out series posted to Ray Serve behind the gate; the DICOM SEG and volume SR
-   come back, are checked against the site's own label map, and are sent to the PACS (an
-   Orthanc on 127.0.0.1:4242 when one answers, or ``--pacs AET@HOST:PORT``).
+6. serving: a held-out (test split) series, as the PACS holds it (original UIDs: clinical
+   inference runs on the site's data), is posted to Ray Serve behind the gate; the DICOM SEG and
+   volume SR come back referencing it, are checked against the site's own label map, and go to
+   the PACS with the series (an Orthanc on 127.0.0.1:4242 when one answers, or ``--pacs
+   AET@HOST:PORT``), where the viewer overlays the SEG on the series.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from radgate.demo import console, govern_stage, residual_phi_scan, stage
 if TYPE_CHECKING:
     from imaging.datasets import DatasetVersion
     from imaging.gateway.config import PacsPeer
+    from imaging.volumes import AnatomySet, AnatomySubject
 
 __all__ = ["pacs_peer", "run_segmentation_demo"]
 
@@ -73,7 +76,7 @@ def _echo(peer: PacsPeer) -> bool:
         log.setLevel(level)
 
 
-def _ingest(home: Path, subjects: int, workers: int) -> dict[str, Any]:
+def _ingest(home: Path, subjects: int, workers: int) -> tuple[dict[str, Any], AnatomySet]:
     from imaging.ingest import Sink, iter_files, run_files
     from imaging.volumes import write_anatomy_set
 
@@ -96,9 +99,7 @@ def _ingest(home: Path, subjects: int, workers: int) -> dict[str, Any]:
             {s.patient_id, s.accession_number, s.series_instance_uid, s.volume.study_instance_uid}
         )
     data["residual_phi_instances"] = residual_phi_scan(identifiers, report.profile)
-    data["labels_csv"] = str(anatomy.labels_csv)
-    data["label_names"] = anatomy.label_names
-    return data
+    return data, anatomy
 
 
 def _dataset(labels_csv: Path, label_names: list[str]) -> DatasetVersion:
@@ -148,65 +149,73 @@ def _dice(reference: Any, predicted: Any, labels: dict[int, str]) -> dict[str, f
     return out
 
 
-def _serve(home: Path, dataset: DatasetVersion, model: str, pacs: PacsPeer | None) -> dict[str, Any]:
+def _held_out(dataset: DatasetVersion, anatomy: AnatomySet) -> AnatomySubject:
+    """The site's original series of a test-split (de-identified) series: the demo plays the
+    site, which holds the originals; the de-identified UID is the keyed HMAC of the original."""
+    from governance.keys import load_project_key
+    from imaging.deid.pseudonym import Pseudonymizer
+
+    held_out = dataset.manifest.series_in("test") or dataset.manifest.series_in("val")
+    pseudonymizer = Pseudonymizer(load_project_key())
+    by_uid = {pseudonymizer.uid(s.series_instance_uid): s for s in anatomy.subjects}
+    return by_uid[held_out[0].series_uid]
+
+
+def _serve(
+    home: Path, dataset: DatasetVersion, anatomy: AnatomySet, model: str, pacs: PacsPeer | None
+) -> dict[str, Any]:
     import io
 
-    import nibabel as nib
-    import numpy as np
     import pydicom
 
-    from imaging.store import ContentStore
+    from imaging.gateway.push import PushError, push_files
     from imaging.volumes import assemble_series, read_label_volume
     from serving.demo import segment_series_once
 
-    stage("6. serving: a held-out series -> Ray Serve (gate) -> DICOM SEG + SR -> PACS")
-    held_out = (dataset.manifest.series_in("test") or dataset.manifest.series_in("val"))[0]
-    store = ContentStore.from_settings()
-    files = [store.path(key) for key in held_out.instances]
+    stage("6. serving: a held-out series from the PACS -> Ray Serve (gate) -> DICOM SEG + SR -> PACS")
+    subject = _held_out(dataset, anatomy)
+    summary: dict[str, Any] = {}
+    if pacs is not None:  # the series as the PACS holds it (the demo's PACS starts empty)
+        try:
+            summary["series_in_pacs"] = push_files(pacs, list(subject.files)).sent
+        except PushError as exc:
+            console.print(f"[yellow]the PACS refused the series ({exc}); results kept locally[/]")
+            pacs = None
     token = _token(home, "demo-radiologist")
-    answer, objects = segment_series_once(model, files, token=token, alias="staging", pacs=pacs)
+    answer, objects = segment_series_once(model, list(subject.files), token=token, alias="staging", pacs=pacs)
     out_dir = home / "demo" / "segmentation"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for data in objects:
-        ds = pydicom.dcmread(io.BytesIO(data))
-        kind = "seg" if ds.Modality == "SEG" else "sr"
+        kind = "seg" if pydicom.dcmread(io.BytesIO(data)).Modality == "SEG" else "sr"
         written[kind] = out_dir / f"{kind}.dcm"
         written[kind].write_bytes(data)
     result = answer["results"][0]
-    table = Table(title=f"{model}@staging on held-out series ({result['slices']} slices)")
+    table = Table(title=f"{model}@staging on a held-out series ({result['slices']} slices)")
     for column in ("structure", "volume (mL)"):
         table.add_column(column)
     for structure in result["structures"]:
         table.add_row(str(structure.get("name")), str(structure.get("volume_ml")))
     console.print(table)
-    summary: dict[str, Any] = {"objects": {k: str(v) for k, v in written.items()}}
+    summary["objects"] = {k: str(v) for k, v in written.items()}
     if "seg" in written:  # the SEG, read back onto the series, against the site's own label map
-        volume = assemble_series(files)
+        volume = assemble_series(subject.files)
         predicted = read_label_volume(written["seg"], volume)
-        reference = np.asarray(nib.Nifti1Image.from_bytes(_gunzip(store.get(held_out.label_sha256))).dataobj)
+        reference = read_label_volume(subject.label_path, volume)
         summary["dice_vs_site_labels"] = _dice(reference, predicted, dataset.manifest.label_map)
         console.print(f"DICOM SEG vs the site's label map (Dice): {summary['dice_vs_site_labels']}")
     if pacs is None:
-        console.print(
-            "no PACS answered on 127.0.0.1:4242 (start Orthanc or pass --pacs): results kept locally"
-        )
+        console.print("no PACS (start Orthanc on 127.0.0.1:4242 or pass --pacs): results kept locally")
     else:
-        pushed = answer.get("pushed") or {}
-        summary["pushed"] = pushed
+        summary["pushed"] = pushed = answer.get("pushed") or {}
         console.print(
-            f"sent {pushed.get('sent', 0)} result object(s) to {pacs.ae_title}@{pacs.host}:{pacs.port}: "
-            "open the study in the PACS viewer to see the segmentation over the series"
+            f"sent the series and {pushed.get('sent', 0)} result object(s) to "
+            f"{pacs.ae_title}@{pacs.host}:{pacs.port}: open the study in the PACS viewer to see the "
+            "segmentation over the series"
         )
     for kind, path in written.items():
         console.print(f"  {kind}: {path}")
     return summary
-
-
-def _gunzip(data: bytes) -> bytes:
-    import gzip
-
-    return gzip.decompress(data)
 
 
 def _token(home: Path, person: str) -> str:
@@ -225,11 +234,11 @@ def run_segmentation_demo(
     peer = pacs_peer(pacs) if "serve" in stages else None
     summary: dict[str, Any] = {"task": "segmentation"}
     with acting_as(people["demo-steward"]):
-        ingest = _ingest(home, subjects, workers)
+        ingest, anatomy = _ingest(home, subjects, workers)
         summary["ingest"] = {
             k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
         }
-        dataset = _dataset(Path(ingest["labels_csv"]), ingest["label_names"])
+        dataset = _dataset(anatomy.labels_csv, anatomy.label_names)
         summary["dataset_version"] = dataset.id
     if "train" not in stages:
         return summary
@@ -246,5 +255,5 @@ def run_segmentation_demo(
     )
     if "serve" in stages and governed["promoted_to_staging"]:
         with acting_as(people["demo-radiologist"]):
-            summary["serve"] = _serve(home, dataset, model, peer)
+            summary["serve"] = _serve(home, dataset, anatomy, model, peer)
     return summary
