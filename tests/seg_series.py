@@ -17,11 +17,13 @@ def make_series(
     seed: int = 0,
     study_uid: str | None = None,
     shuffle: bool = True,
+    orientation: tuple[float, float, float, float, float, float] = (1, 0, 0, 0, 1, 0),
 ) -> list[Dataset]:
     """``slices`` axial MR slices (``size`` x ``size``, spacing (z, y, x) mm) of one series.
 
     The image is noise plus a bright ellipsoid in the middle. Returned in random order when
     ``shuffle`` (as a PACS sends them); InstanceNumber and position give the true order.
+    ``orientation`` (ImageOrientationPatient) tilts the stack; positions follow its normal.
     """
     rng = np.random.default_rng(seed)
     study = study_uid or generate_uid()
@@ -31,6 +33,8 @@ def make_series(
     blob = ((z - centre[0]) / (slices / 4)) ** 2 + ((y - centre[1]) / (size / 4)) ** 2
     blob = blob + ((x - centre[2]) / (size / 5)) ** 2 <= 1
     volume = (rng.normal(200, 20, (slices, size, size)) + 600 * blob).clip(0, 4095).astype(np.uint16)
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    origin = np.array([-size * spacing[2] / 2, -size * spacing[1] / 2, -20.0])
     out = []
     for index in range(slices):
         ds = Dataset()
@@ -52,8 +56,8 @@ def make_series(
         ds.EchoTime, ds.RepetitionTime, ds.EchoTrainLength = 3.0, 8.0, 1
         ds.SliceThickness, ds.SpacingBetweenSlices = spacing[0], spacing[0]
         ds.PixelSpacing = [spacing[1], spacing[2]]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-size * spacing[2] / 2, -size * spacing[1] / 2, index * spacing[0] - 20.0]
+        ds.ImageOrientationPatient = list(orientation)
+        ds.ImagePositionPatient = [round(float(v), 4) for v in origin + index * spacing[0] * normal]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows = ds.Columns = size
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -72,7 +76,14 @@ def encode(ds: Dataset) -> bytes:
 
 def blob_labels(sources: list[Dataset]) -> tuple[list[Dataset], np.ndarray]:
     """Sources sorted by position and a 2-structure label volume (bright blob split left/right)."""
-    ordered = sorted(sources, key=lambda d: float(d.ImagePositionPatient[2]))
+
+    def along_normal(d: Dataset) -> float:
+        cosines = np.asarray([float(v) for v in d.ImageOrientationPatient])
+        return float(
+            np.cross(cosines[:3], cosines[3:]) @ np.asarray([float(v) for v in d.ImagePositionPatient])
+        )
+
+    ordered = sorted(sources, key=along_normal)
     pixels = np.stack([d.pixel_array for d in ordered]).astype(np.float32)
     labels = np.zeros(pixels.shape, np.uint8)
     bright = pixels > 500

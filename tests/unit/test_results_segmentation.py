@@ -119,3 +119,32 @@ def test_structure_codes() -> None:
     assert (category.value, kind.value, kind.scheme_designator) == ("91723000", "42695009", "SCT")
     assert structure_code("Caudate_Nucleus_R")[1].value == "11000004"
     assert structure_code("tumour")[1].scheme_designator == "99RADGATE"
+
+
+@pytest.mark.parametrize(
+    "orientation",
+    [(1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (0.8660254, 0.5, 0, -0.5, 0.8660254, 0)],
+    ids=["axial", "sagittal", "rotated"],
+)
+def test_volume_labels_seg_read_back_on_the_same_grid(tmp_path: Path, orientation: tuple[float, ...]) -> None:
+    """Series (any order, any orientation) -> Volume -> labels -> SEG -> read back: each frame sits
+    on its source slice (SOP Instance UID and position), and imaging.volumes reads the SEG back
+    onto the volume's grid unchanged."""
+    from imaging.volumes import assemble_series, read_label_volume
+
+    series = make_series(slices=9, size=20, seed=7, orientation=orientation)  # type: ignore[arg-type]
+    volume = assemble_series(series)
+    _, labels = blob_labels(series)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in series}
+    sources = [by_uid[uid] for uid in volume.sop_instance_uids]
+    seg = build_segmentation(sources, labels, STRUCTURES, ALGORITHM)
+    seg.save_as(tmp_path / "seg.dcm")
+    back = hd.seg.segread(tmp_path / "seg.dcm")
+    index = {uid: z for z, uid in enumerate(volume.sop_instance_uids)}
+    for number, frame in enumerate(back.PerFrameFunctionalGroupsSequence):
+        z = index[str(frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)]
+        position = [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient]
+        assert position == pytest.approx(list(volume.slice_position(z)), abs=1e-3)
+        segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        np.testing.assert_array_equal(back.pixel_array[number], labels[z] == segment)
+    np.testing.assert_array_equal(read_label_volume(tmp_path / "seg.dcm", volume), labels)
