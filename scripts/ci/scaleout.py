@@ -4,7 +4,10 @@ artifacts proxied to S3) and a separate Ray head, all on 127.0.0.1.
 
     python scripts/ci/scaleout.py up --dir /tmp/rg-scale      # starts them, writes DIR/scaleout.env
     set -a; . /tmp/rg-scale/scaleout.env; set +a               # RADGATE_*, AWS_*, RAY_ADDRESS
-    radgate ingest ... ; radgate dataset create ... ; radgate train CONFIG --workers 2
+    radgate users add me --role admin                          # first user of the new catalog
+    radgate users add sam --role data-steward --token ADMIN    # and eve, an ml-engineer
+    RADGATE_TOKEN=SAM radgate ingest ... ; RADGATE_TOKEN=SAM radgate dataset create ...
+    RADGATE_TOKEN=EVE radgate train CONFIG --workers 2
     python scripts/ci/scaleout.py down --dir /tmp/rg-scale
 
 ``up`` leaves a supervisor process that owns every service and stops them all on ``down``
