@@ -106,7 +106,8 @@ def serve_ae(
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"inference AE {ae_title} on {host}:{port} -> {url} ({model})")
+    mode = "one request per series on association release" if node.series_mode else "one request per instance"
+    typer.echo(f"inference AE {ae_title} on {host}:{port} -> {url} ({model}; {mode})")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
