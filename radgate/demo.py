@@ -92,11 +92,11 @@ def residual_phi_scan(identifiers: set[str], profile: str) -> int:
     return len(leaking)
 
 
-def _train_stage(labels_csv: Path, workers: int) -> dict[str, Any]:
+def _train_stage(labels_csv: Path, workers: int, overrides: list[str]) -> dict[str, Any]:
     from training.pipeline import train_from_labels
 
     stage("3. dataset version -> Ray Train -> MLflow (evaluation, registration pending review)")
-    outcome = train_from_labels(labels_csv, dataset_name="demo", workers=workers)
+    outcome = train_from_labels(labels_csv, dataset_name="demo", workers=workers, overrides=overrides)
     version = outcome.dataset.version
     run = outcome.training
     console.print(f"dataset version {version.id[:16]} ({version.name}), patient-level split")
@@ -277,6 +277,9 @@ def demo(
         "--task",
         help="classification (chest radiographs) | segmentation (brain MR series -> 3D UNet -> DICOM SEG).",
     ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Training config override KEY=VALUE (repeatable), e.g. --set optim.max_epochs=10."
+    ),
     pacs: str | None = typer.Option(
         None,
         "--pacs",
@@ -309,7 +312,9 @@ def demo(
     if task == "segmentation":
         from radgate.demo_segmentation import run_segmentation_demo
 
-        summary.update(run_segmentation_demo(settings.home, people, patients or 10, workers, wanted, pacs))
+        summary.update(
+            run_segmentation_demo(settings.home, people, patients or 10, workers, wanted, pacs, overrides)
+        )
         summary["elapsed_s"] = round(time.perf_counter() - start, 1)
         console.rule("[bold green]done")
         print(json.dumps(summary))
@@ -322,7 +327,7 @@ def demo(
     }
     if "train" in wanted:
         with acting_as(people["demo-trainer"]):
-            summary["train"] = train = _train_stage(Path(ingest["labels_csv"]), workers)
+            summary["train"] = train = _train_stage(Path(ingest["labels_csv"]), workers, overrides)
             model, version = train["model"], train["model_version"]
             if "explain" in wanted and model and version:
                 summary["explain"] = _explain_stage(settings.home, model, version)

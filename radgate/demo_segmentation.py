@@ -117,13 +117,13 @@ def _dataset(labels_csv: Path, label_names: list[str]) -> DatasetVersion:
     return report.version
 
 
-def _train(dataset: DatasetVersion, workers: int) -> dict[str, Any]:
+def _train(dataset: DatasetVersion, workers: int, overrides: list[str]) -> dict[str, Any]:
     from training.config import load_config
     from training.run import train
 
     stage("4. 3D UNet -> Lightning/Ray Train -> MLflow (Dice, HD95), registration pending review")
     path = Path(__file__).resolve().parents[1] / "configs" / "train" / "segmentation-demo.yaml"
-    config = load_config(path, [f"data.dataset={dataset.id}", f"run.workers={workers}"])
+    config = load_config(path, [*overrides, f"data.dataset={dataset.id}", f"run.workers={workers}"])
     outcome = train(config)
     metrics = {k: round(v, 4) for k, v in sorted(outcome.metrics.items()) if isinstance(v, int | float)}
     table = Table(show_header=False, title=f"model {outcome.model_name} v{outcome.model_version}")
@@ -226,7 +226,13 @@ def _token(home: Path, person: str) -> str:
 
 
 def run_segmentation_demo(
-    home: Path, people: dict[str, Any], subjects: int, workers: int, stages: list[str], pacs: str | None
+    home: Path,
+    people: dict[str, Any],
+    subjects: int,
+    workers: int,
+    stages: list[str],
+    pacs: str | None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """The stages above; returns the JSON summary's fields."""
     from governance.auth import acting_as
@@ -243,7 +249,7 @@ def run_segmentation_demo(
     if "train" not in stages:
         return summary
     with acting_as(people["demo-trainer"]):
-        summary["train"] = trained = _train(dataset, workers)
+        summary["train"] = trained = _train(dataset, workers, list(overrides or []))
     model, version = trained["model"], trained["model_version"]
     if "govern" not in stages or not (model and version):
         return summary
