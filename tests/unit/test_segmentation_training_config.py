@@ -102,3 +102,25 @@ def test_prefix_key_must_be_a_trailing_star() -> None:
             {"approvals": [{"role": "ml-engineer"}], "approval_valid_days": 1, "allowed_aliases": ["staging"],
              "checks": [base]}
         )  # fmt: skip
+
+
+def test_training_sees_the_voxels_serving_feeds_the_network(tmp_path: Path) -> None:
+    """The eval transform of training (NIfTI rows) equals inference's prepare_volume (a Volume's
+    array): same grid at the spec's spacing, same interpolation, same normalisation."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from tests.seg_volumes import write_rows
+    from training.segmentation.data import eval_transform
+    from training.segmentation.inference import prepare_volume
+
+    row = write_rows(tmp_path, 1, first_seed=7, spacing=(3.0, 2.0, 2.0))[0]
+    spec = SegmentationSpec(labels={1: "left", 2: "right"}, spacing=(4.0, 3.0, 3.0), roi_size=(8, 8, 8))
+    sample = eval_transform(spec)(row)
+    array = np.asarray(nib.load(row["image"]).dataobj, dtype=np.float32)
+    served = prepare_volume(array, (3.0, 2.0, 2.0), spec)[0]
+    assert tuple(sample["image"].shape) == tuple(served.shape) == (1, 15, 21, 21)
+    torch.testing.assert_close(torch.as_tensor(sample["image"]).float(), served, atol=1e-4, rtol=1e-4)
+    labels = torch.as_tensor(sample["label"])
+    assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) == {0, 1, 2}
