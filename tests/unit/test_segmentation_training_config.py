@@ -118,7 +118,9 @@ def test_training_sees_the_voxels_serving_feeds_the_network(tmp_path: Path) -> N
     row = write_rows(tmp_path, 1, first_seed=7, spacing=(3.0, 2.0, 2.0))[0]
     spec = SegmentationSpec(labels={1: "left", 2: "right"}, spacing=(4.0, 3.0, 3.0), roi_size=(8, 8, 8))
     sample = eval_transform(spec)(row)
-    array = np.asarray(nib.load(row["image"]).dataobj, dtype=np.float32)
+    image = nib.load(row["image"])
+    assert isinstance(image, nib.Nifti1Image)
+    array = np.asarray(image.dataobj, dtype=np.float32)
     served = prepare_volume(array, (3.0, 2.0, 2.0), spec)[0]
     assert tuple(sample["image"].shape) == tuple(served.shape) == (1, 15, 21, 21)
     torch.testing.assert_close(torch.as_tensor(sample["image"]).float(), served, atol=1e-4, rtol=1e-4)
