@@ -9,7 +9,10 @@ the Ray boundary intact and never become a 500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import queue
 import threading
 import time
 import uuid
@@ -30,6 +33,7 @@ LOGGER = logging.getLogger(__name__)
 #: ``await forward(one [C, H, W] array) -> (logits row, batch size it ran in, embedding row)``;
 #: the penultimate embedding is there when live monitoring records this model, else ``None``.
 BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int, np.ndarray | None]]]
+_MONITOR_BACKLOG = 1024  # requests waiting to be recorded before new ones are skipped
 _EXPLAIN_METHODS = ("gradcam", "saliency", "ig", "occlusion")
 
 
@@ -49,6 +53,12 @@ class ModelWorker:
         self.recorder: Any = None  # serving.monitoring.LiveRecorder, when a reference profile exists
         self.denied: list[str] = []
         self._lock = threading.Lock()
+        # Live monitoring runs on one background thread at the lowest CPU priority, so that
+        # recording request N does not slow request N+1 on the replica's CPUs.
+        self._monitor_queue: queue.Queue[tuple[ServedPredictor, Any, list[Any]]] = queue.Queue(
+            _MONITOR_BACKLOG
+        )
+        self._monitor: threading.Thread | None = None
         self._load(None)
 
     # ---- loading -----------------------------------------------------------------------------
@@ -83,6 +93,21 @@ class ModelWorker:
                 "no live monitoring for %s v%s (%s)", loaded.name, loaded.version, type(exc).__name__
             )
             return None
+
+    def _submit_observation(self, predictor: ServedPredictor, recorder: Any, cases: list[Any]) -> None:
+        if self._monitor is None or not self._monitor.is_alive():
+            self._monitor = threading.Thread(target=self._monitor_loop, name="live-monitoring", daemon=True)
+            self._monitor.start()
+        try:
+            self._monitor_queue.put_nowait((predictor, recorder, cases))
+        except queue.Full:  # overload: serving goes on, the gap is logged (drift is statistical)
+            LOGGER.warning("live monitoring backlog full: %d request(s) not recorded", len(cases))
+
+    def _monitor_loop(self) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: per-thread nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while True:
+            self._observe(*self._monitor_queue.get())
 
     def _observe(
         self,
@@ -189,9 +214,7 @@ class ModelWorker:
                 (r["request_id"], d, r, embedding)
                 for r, d, (_, _, embedding) in zip(results, instances, outputs, strict=True)
             ]
-            threading.Thread(
-                target=self._observe, args=(predictor, self.recorder, cases), daemon=True
-            ).start()
+            self._submit_observation(predictor, self.recorder, cases)
         return {
             "model": {
                 "name": predictor.loaded.name,
