@@ -116,13 +116,16 @@ def record_post_training_evidence(
         client.log_metric(run_id, "max_subgroup_gap", float(gap))
     outcome["max_subgroup_gap"] = "ok" if not math.isnan(gap) else "no subgroup large enough"
 
-    steps: list[tuple[str, Any]] = [("dataset_report", lambda: _dataset_report(dataset, run_id, settings))]
+    steps: list[tuple[str, Any]] = []
     if isinstance(spec, SegmentationSpec):
-        # The 2D reference profile and Grad-CAM gallery do not apply to volumes; segmentation
-        # explanations are made on demand (training.explain), not recorded here.
-        outcome["reference_profile"] = outcome["explanations"] = "not applicable (segmentation)"
+        # The dataset quality report reads 2D instances, the reference profile and Grad-CAM
+        # gallery 2D images: none applies to series; segmentation explanations are made on
+        # demand (training.explain), not recorded here.
+        for piece in ("dataset_report", "reference_profile", "explanations"):
+            outcome[piece] = "not applicable (segmentation)"
     else:
         steps += [
+            ("dataset_report", lambda: _dataset_report(dataset, run_id, settings)),
             (
                 "reference_profile",
                 lambda: _reference_profile(run_id, network, rows, spec, label_names, settings),
