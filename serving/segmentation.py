@@ -8,7 +8,9 @@ reference), else the answer is a 422 naming the problem (PHI-free). The labels g
 :func:`training.segmentation.inference.segment_volume`; with ``dicom`` the worker also returns
 a DICOM Segmentation of the series and a Comprehensive 3D SR of the structure volumes
 (:mod:`imaging.results.segmentation`), which the ingress answers as ``multipart/related`` or
-pushes to the PACS.
+pushes to the PACS. A JSON request with ``explain=gradcam|occlusion`` also gets the attribution
+of the largest structure on its three busiest slices as PNG overlays
+(:mod:`training.explain.segmentation`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["SEGMENTATION_TASK", "predict_series"]
 
 SEGMENTATION_TASK = "segmentation"
+_EXPLAIN_METHODS = ("gradcam", "occlusion")
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
@@ -53,6 +56,9 @@ def predict_series(predictor: ServedPredictor, payload: dict[str, Any]) -> dict[
     spec = spec_of(predictor.loaded)
     if spec is None:
         return _error(503, "the served version has no segmentation spec")
+    explain = None if payload.get("dicom") else payload.get("explain")
+    if explain is not None and explain not in _EXPLAIN_METHODS:
+        return _error(422, f"segmentation models explain with {' or '.join(_EXPLAIN_METHODS)}")
     if predictor.forward.name != "inprocess":
         return _error(422, "segmentation models are served in-process only")
     started = time.perf_counter()
@@ -86,6 +92,7 @@ def predict_series(predictor: ServedPredictor, payload: dict[str, Any]) -> dict[
         except SegmentationResultError as exc:
             return _error(422, f"cannot build DICOM results for this series ({exc})")
         objects = [_encode(seg), _encode(sr)]
+    explanation = _explanation(predictor, volume, spec, result, explain) if explain else None
     done = time.perf_counter()
     summary = result.to_dict()
     return {
@@ -107,6 +114,7 @@ def predict_series(predictor: ServedPredictor, payload: dict[str, Any]) -> dict[
                 "shape": summary["shape"],
                 "spacing_mm": summary["spacing_mm"],
                 "model_grid": summary["model_grid"],
+                **({"explanation": explanation} if explanation is not None else {}),
             }
         ],
         "objects": [objects],
@@ -117,4 +125,36 @@ def predict_series(predictor: ServedPredictor, payload: dict[str, Any]) -> dict[
             "forward": round((segmented - assembled) * 1000, 2),
             "results": round((done - segmented) * 1000, 2),
         },
+    }
+
+
+def _explanation(
+    predictor: ServedPredictor, volume: Any, spec: Any, result: Any, method: str
+) -> dict[str, Any]:
+    """The largest structure's attribution on its busiest slices (PNG, base64); no voxels, no UIDs."""
+    import base64
+
+    from training.explain.segmentation import explain_structure, render_slices
+
+    present = result.present()
+    if not present:
+        return {"method": method, "structure": None, "note": "no structure found in this series"}
+    label = max(present, key=lambda k: result.voxel_counts[result.structures[k]])
+    try:
+        explained = explain_structure(
+            predictor.loaded.module, volume, spec, label, method=method, labels=result.labels
+        )
+    except ValueError as exc:  # e.g. no decoder layer to attribute to: the segmentation stands
+        return {"method": method, "structure": result.structures[label], "note": str(exc)[:200]}
+    slices = render_slices(
+        volume,
+        explained,
+        model_name=predictor.loaded.name,
+        model_version=predictor.version,
+        approval=predictor.loaded.tags.get("radgate.status", "unknown"),
+    )
+    return {
+        "method": explained.method.value,
+        "structure": explained.structure,
+        "slices": [{"index": z, "png_base64": base64.b64encode(png).decode("ascii")} for z, png in slices],
     }

@@ -8,6 +8,7 @@ routed by Orthanc and the results land back in it. Unapproved versions and malfo
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from io import BytesIO
@@ -117,6 +118,16 @@ def test_series_segmented_as_json_and_as_seg_pushed_to_orthanc(served: dict[str,
     voxel_ml = 3.0 * 2.0 * 2.0 / 1000
     for structure in result["structures"]:
         assert structure["volume_ml"] == pytest.approx(structure["voxels"] * voxel_ml, abs=1e-3)
+
+    explained = _post(served, MODEL, instances, "?explain=gradcam").json()["results"][0]["explanation"]
+    found = [s for s in result["structures"] if s["voxels"]]
+    assert (explained["structure"] is None) == (not found)  # an untrained network may find nothing
+    if found:
+        largest = max(found, key=lambda s: s["voxels"])["name"]
+        assert explained["structure"] == largest and len(explained["slices"]) == 3
+        assert base64.b64decode(explained["slices"][0]["png_base64"]).startswith(b"\x89PNG")
+    refused = _post(served, MODEL, instances[:4], "?explain=ig")
+    assert refused.status_code == 422 and "gradcam or occlusion" in refused.json()["detail"]
 
     reply = _post(served, MODEL, instances, "?response=dicom&push=true")
     assert reply.status_code == 200, reply.text
