@@ -84,6 +84,17 @@ def _install_feedback() -> None:
 _install_feedback()
 
 
+def _install_reviewer_ui() -> None:
+    """The reviewer web UI (issue 9) under ``/ui`` on the serving port: its recent predictions are
+    this API's requests."""
+    from serving.ui import install_ui
+
+    install_ui(api)
+
+
+_install_reviewer_ui()
+
+
 # Audit entries of concurrent requests share one catalog transaction (group commit); each request
 # still waits for its own entry to be committed before it answers.
 _AUDIT = GroupCommit()

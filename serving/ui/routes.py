@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from governance.auth import AuthenticationError, AuthError, Principal, Role, authenticate, require_role
 from governance.settings import get_settings
@@ -398,14 +400,31 @@ def install_ui(app: FastAPI, *, secure_cookie: bool = False) -> None:
     app.include_router(create_ui_router(secure_cookie=secure_cookie))
     app.mount(f"{PREFIX}/static", StaticFiles(directory=str(_HERE / "static")), name="ui-static")
     _errors(app)
+    app.add_middleware(_UiHeaders)
 
-    @app.middleware("http")
-    async def ui_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
-        if request.url.path == PREFIX or request.url.path.startswith(f"{PREFIX}/"):
-            for key, value in _SECURITY_HEADERS.items():
-                response.headers.setdefault(key, value)
-        return response
+
+class _UiHeaders:
+    """Security headers on ``/ui`` responses; other requests (the serving API's predictions, their
+    streamed bodies) pass straight through (plain ASGI, no per-request wrapping)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == PREFIX or path.startswith(f"{PREFIX}/")):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in _SECURITY_HEADERS.items():
+                    if key not in headers:
+                        headers[key] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_ui_app(*, secure_cookie: bool = False) -> FastAPI:

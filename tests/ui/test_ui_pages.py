@@ -344,3 +344,18 @@ def test_ui_recent_predictions(ui_client: Any, cast: Cast) -> None:
     sign_in(ui_client, cast.tokens["auditor"])
     assert ui_client.get("/ui/predictions/req-b-newest").status_code == 403
     assert ui_client.get("/ui/api/predictions/req-b-newest/overlay.png").status_code == 403
+
+
+def test_ui_is_mounted_on_the_serving_api(cast: Cast) -> None:
+    """`radgate serve` serves the UI on its own port: sign-in page, static files, a page by role."""
+    from fastapi.testclient import TestClient
+
+    from serving.api import api
+
+    client = TestClient(api)
+    assert "Your RadGate token" in client.get("/ui/login").text
+    assert client.get("/ui/static/feedback.js").status_code == 200
+    assert client.get("/ui/cases", follow_redirects=False).headers["location"] == "/ui/login"
+    client.post("/ui/login", data={"token": cast.tokens["doc"]}, follow_redirects=False)
+    assert "Recent predictions" in client.get("/ui/cases").text
+    assert client.get("/healthz").status_code == 401  # the API's own routes are unchanged
