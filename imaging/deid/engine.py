@@ -303,7 +303,10 @@ class Deidentifier:
             self._walk(item, state, pseudonym, depth + 1)
 
     def _vr(self, ds: Dataset, tag: int) -> str | None:
-        vr = ds.get_item(tag).VR
+        elem = ds._dict[tag]  # the walk passes the dataset's own key: an identity hit
+        if isinstance(elem, RawDataElement) and elem.value is None:
+            elem = ds.get_item(tag)  # an empty raw value is decoded first, as get_item does
+        vr = elem.VR
         if vr and vr != "UN":
             return str(vr)
         t = int(tag)
@@ -526,12 +529,13 @@ class Deidentifier:
         for tag in _META_REMOVE:
             if tag in meta:
                 del meta[tag]
+        # New elements rather than attribute assignment: the old values are never decoded.
         if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            meta[0x00020003] = DataElement(0x00020003, "UI", ds.SOPInstanceUID)
         elif "MediaStorageSOPInstanceUID" in meta:
-            meta.MediaStorageSOPInstanceUID = self._uid(str(meta.MediaStorageSOPInstanceUID))
+            meta[0x00020003] = DataElement(0x00020003, "UI", self._uid(str(meta.MediaStorageSOPInstanceUID)))
         if "SOPClassUID" in ds:
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            meta[0x00020002] = DataElement(0x00020002, "UI", ds.SOPClassUID)
         # The file is now written by RadGate (on pydicom): the writer's identity, not the source's.
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "RADGATE_010"
+        meta[0x00020012] = DataElement(0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID)
+        meta[0x00020013] = DataElement(0x00020013, "SH", "RADGATE_010")
