@@ -126,3 +126,15 @@ def test_training_sees_the_voxels_serving_feeds_the_network(tmp_path: Path) -> N
     torch.testing.assert_close(torch.as_tensor(sample["image"]).float(), served, atol=1e-4, rtol=1e-4)
     labels = torch.as_tensor(sample["label"])
     assert labels.dtype == torch.uint8 and set(labels.unique().tolist()) == {0, 1, 2}
+
+
+def test_both_networks_build_with_one_output_channel_per_label() -> None:
+    import torch
+
+    from training.segmentation.networks import build_segmentation_network
+
+    unet = build_segmentation_network("unet", num_classes=3, channels=(4, 8, 16)).eval()
+    with torch.no_grad():
+        assert unet(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    swin = build_segmentation_network("swin_unetr", num_classes=3, channels=(8, 16))
+    assert swin.out.conv.out_channels == 3 and swin.swinViT.embed_dim == 12  # feature size >= 12
