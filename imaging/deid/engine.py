@@ -303,7 +303,7 @@ class Deidentifier:
             self._walk(item, state, pseudonym, depth + 1)
 
     def _vr(self, ds: Dataset, tag: int) -> str | None:
-        elem = ds._dict[tag]  # the walk passes the dataset's own key: an identity hit
+        elem = ds._dict[tag]  # type: ignore[index]  # the walk passes the dataset's own key
         if isinstance(elem, RawDataElement) and elem.value is None:
             elem = ds.get_item(tag)  # an empty raw value is decoded first, as get_item does
         vr = elem.VR
