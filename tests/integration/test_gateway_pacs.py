@@ -195,7 +195,9 @@ def test_stow_rs_from_dicomweb_client(start_gateway: Any, tmp_path: Path) -> Non
     assert "FailedSOPSequence" not in response
     assert _count(Instance) == 3
     (entry,) = _audit("gateway.stow-rs")
-    assert entry.actor == "user-pacs-client" and entry.details["stored"] == 3
+    from governance.auth import authenticate
+
+    assert entry.actor == authenticate(token).name and entry.details["stored"] == 3
     # Study-scoped STOW: an instance of another study fails with 0xA900, nothing stored.
     other = dcmread(write_ct_series(tmp_path / "other", 1)[0])
     from imaging.gateway.multipart import build_related
