@@ -84,8 +84,9 @@ class ContentStore:
             return self.path(key).exists()
         return bool(self._fs.exists(f"{self._base}/{self._rel(key)}"))
 
-    def put(self, data: bytes, *, durable: bool = True) -> str:
-        key = hashlib.sha256(data).hexdigest()
+    def put(self, data: bytes, *, durable: bool = True, digest: str | None = None) -> str:
+        """Store ``data``; ``digest`` is its sha256 when the caller has it already (not recomputed)."""
+        key = digest or hashlib.sha256(data).hexdigest()
         if self.exists(key):
             return key
         if self._local:

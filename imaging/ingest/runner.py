@@ -178,7 +178,7 @@ def _process_path(path_str: str) -> Result:
         return result_from(processed, source, location)
     assert processed.record is not None and processed.output is not None
     if job.sink is Sink.STORE:
-        location = _state["store"].put(processed.output, durable=False)
+        location = _state["store"].put(processed.output, durable=False, digest=processed.output_sha256)
     else:
         r = processed.record
         target = (
