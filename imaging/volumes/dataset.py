@@ -22,6 +22,7 @@ import numpy as np
 from sqlalchemy import select
 
 from governance.catalog import Instance, LineageEvent, open_catalog
+from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from imaging.datasets.labels import read_labels
 from imaging.datasets.manifest import DatasetError, DatasetManifest, GroupBy, SeriesItem, Split, Task
@@ -33,6 +34,7 @@ from imaging.datasets.service import (
     subgroup_attributes,
 )
 from imaging.datasets.split import assign_splits
+from imaging.deid.pseudonym import Pseudonymizer
 from imaging.store import ContentStore, StoreError, atomic_write
 from imaging.volumes.assemble import assemble_series
 from imaging.volumes.geometry import LabelAlignmentError, SeriesGeometryError, VolumeError
@@ -103,6 +105,9 @@ def create_segmentation_dataset(
     files = _label_files(labels_csv, {label for _, label in table.rows})
     store = ContentStore.from_settings(settings)
     resolution, rows, _ = labelled_instances(table, settings)
+    # A DICOM SEG made at the site references the original slices: their de-identified UIDs are
+    # the keyed HMAC the de-identifier used.
+    pseudonymizer = Pseudonymizer(load_project_key(settings))
     by_series: dict[str, list[Instance]] = {}
     for inst, _ in rows:
         by_series.setdefault(inst.series_instance_uid, []).append(inst)
@@ -119,7 +124,7 @@ def create_segmentation_dataset(
         by_sop = {i.sop_instance_uid: i for i in members}
         try:
             volume = assemble_series([store.path(i.store_key) for i in members])
-            labels = read_label_volume(label_path, volume)
+            labels = read_label_volume(label_path, volume, source_uid_map=pseudonymizer.uid)
         except SeriesGeometryError as exc:
             reason = "geometry:" + ",".join(sorted(k.value for k in exc.report.kinds() if k))
             skipped[reason] = skipped.get(reason, 0) + 1

@@ -7,11 +7,13 @@ else (other spacing, shifted origin, rotated, other size) raises
 :class:`LabelAlignmentError`: labels are never resampled silently.
 
 DICOM SEG (highdicom): frames are matched to the reference slices by the source SOP
-Instance UIDs the segmentation references.
+Instance UIDs the segmentation references (through ``source_uid_map`` when the SEG was made
+over the original slices and the reference is their de-identified copy).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,21 +95,25 @@ def _read_nifti(path: Path, reference: Volume) -> np.ndarray:
     return align_to_reference(_as_labels(data), LPS_TO_RAS @ affine, reference)
 
 
-def _read_seg(path: Path, reference: Volume) -> np.ndarray:
+def _read_seg(path: Path, reference: Volume, source_uid_map: Callable[[str], str] | None) -> np.ndarray:
     import highdicom as hd
 
     try:
         seg = hd.seg.segread(str(path))
     except (OSError, ValueError, AttributeError, KeyError) as exc:
         raise VolumeError(f"cannot read the DICOM SEG ({type(exc).__name__})") from None
-    referenced = {str(uid) for _, _, uid in seg.get_source_image_uids()}
-    missing = [uid for uid in reference.sop_instance_uids if uid not in referenced]
-    if not reference.sop_instance_uids or len(missing) == len(reference.sop_instance_uids):
+    # referenced SOP Instance UID as the reference series names it -> as the SEG names it
+    as_seg = {}
+    for _, _, source in seg.get_source_image_uids():
+        as_seg[str(source)] = str(source)
+        if source_uid_map is not None:
+            as_seg[source_uid_map(str(source))] = str(source)
+    present = [uid for uid in reference.sop_instance_uids if uid in as_seg]
+    if not present:
         raise LabelAlignmentError("the DICOM SEG does not reference the slices of this series")
-    present = [uid for uid in reference.sop_instance_uids if uid in referenced]
     try:
         pixels = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=present,
+            source_sop_instance_uids=[as_seg[uid] for uid in present],
             combine_segments=True,
             skip_overlap_checks=True,
             assert_missing_frames_are_empty=True,
@@ -125,8 +131,14 @@ def _read_seg(path: Path, reference: Volume) -> np.ndarray:
     return out
 
 
-def read_label_volume(path: Path, reference: Volume) -> np.ndarray:
-    """(Z, Y, X) uint8 labels on ``reference``'s grid from a NIfTI (.nii, .nii.gz) or DICOM SEG file."""
+def read_label_volume(
+    path: Path, reference: Volume, *, source_uid_map: Callable[[str], str] | None = None
+) -> np.ndarray:
+    """(Z, Y, X) uint8 labels on ``reference``'s grid from a NIfTI (.nii, .nii.gz) or DICOM SEG file.
+
+    ``source_uid_map`` turns the UIDs a DICOM SEG references into the reference's: a SEG made at
+    the site over the original slices labels their de-identified copies through the keyed UID
+    pseudonym (``imaging.deid.pseudonym.Pseudonymizer.uid``)."""
     path = Path(path)
     try:
         with path.open("rb") as handle:
@@ -134,5 +146,5 @@ def read_label_volume(path: Path, reference: Volume) -> np.ndarray:
     except OSError as exc:
         raise VolumeError(f"cannot read the label volume ({exc.strerror})") from None
     if head[128:132] == b"DICM":
-        return _read_seg(path, reference)
+        return _read_seg(path, reference, source_uid_map)
     return _read_nifti(path, reference)

@@ -177,3 +177,32 @@ def _store_files(version: object, series_uid: str) -> list[Path]:
     store = ContentStore.from_settings()
     item = next(s for s in version.manifest.series if s.series_uid == series_uid)  # type: ignore[attr-defined]
     return [store.path(key) for key in item.instances]
+
+
+def test_dicom_seg_made_over_the_original_series_labels_its_deidentified_copy(
+    anatomy: AnatomySet, tmp_path: Path
+) -> None:
+    from imaging.ingest import Ingestor
+    from imaging.results import AlgorithmIdentity, build_segmentation
+
+    subject = anatomy.subjects[1]
+    ingestor = Ingestor()
+    for path in subject.files:
+        ingestor.ingest_path(path)
+    sources = [pydicom.dcmread(p) for p in subject.files]
+    labels = read_label_volume(subject.label_path, subject.volume)
+    structures = {k: v for k, v in ANATOMY_LABEL_NAMES.items() if k}
+    seg = build_segmentation(sources, labels, structures, AlgorithmIdentity("site-tool", "1", "manual"))
+    seg.save_as(tmp_path / "seg.dcm")
+    # on the original series directly
+    np.testing.assert_array_equal(read_label_volume(tmp_path / "seg.dcm", subject.volume), labels)
+    # as a dataset label: aligned to the de-identified series through the keyed UID pseudonym
+    version = create_segmentation_dataset(
+        "seg-labels", _relabel(anatomy, tmp_path, str(tmp_path / "seg.dcm"), only=subject)
+    ).version
+    (item,) = version.manifest.series or []
+    assert item.series_uid != subject.series_instance_uid and item.label_voxels["2"] == int(
+        (labels == 2).sum()
+    )
+    (row,) = materialize_segmentation(version, tmp_path / "cache")
+    np.testing.assert_array_equal(np.asarray(_nifti(row["label"]).dataobj), labels)
