@@ -185,6 +185,18 @@ def _present(catalog: Catalog, column: Any, values: list[str]) -> set[str]:
     return found
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # a journal of this very process that never ended (a test) or a reused pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _utc(timestamp: float):  # type: ignore[no-untyped-def]
     from datetime import UTC, datetime
 
@@ -193,27 +205,31 @@ def _utc(timestamp: float):  # type: ignore[no-untyped-def]
 
 @dataclass
 class RunJournal:
-    """``runs.json``: the run in progress and the windows of interrupted runs still to check."""
+    """``runs.json``: the runs in progress (pid -> start) and the windows of interrupted runs
+    still to check. A run whose process is gone without ``end()`` was interrupted; a run whose
+    process is alive (another gateway on the same home) is left alone."""
 
     path: Path
-    running: dict[str, float] | None = None
+    running: dict[str, float] = field(default_factory=dict)
     pending: list[list[float]] = field(default_factory=list)
+    pid: int = field(default_factory=os.getpid)
 
     @classmethod
-    def load(cls, settings: Settings | None = None) -> RunJournal:
+    def load(cls, settings: Settings | None = None, *, pid: int | None = None) -> RunJournal:
         settings = settings or get_settings()
         path = settings.home / "gateway" / "runs.json"
+        pid = os.getpid() if pid is None else pid
         try:
             raw = json.loads(path.read_text())
-            running = raw.get("running")
+            running = {str(int(k)): float(v) for k, v in dict(raw.get("running") or {}).items()}
             pending = [[float(a), float(b)] for a, b in raw.get("pending", [])]
-            return cls(path, {k: float(v) for k, v in running.items()} if running else None, pending)
+            return cls(path, running, pending, pid)
         except FileNotFoundError:
-            return cls(path)
+            return cls(path, pid=pid)
         except (ValueError, TypeError, AttributeError, json.JSONDecodeError):
             LOGGER.error("recovery: %s is unreadable; checking the last day of objects", path.name)
             now = time.time()
-            return cls(path, None, [[now - 86400, now]])
+            return cls(path, {}, [[now - 86400, now]], pid)
 
     def save(self) -> None:
         from imaging.store import atomic_write
@@ -222,17 +238,17 @@ class RunJournal:
         atomic_write(self.path, json.dumps(body).encode())
 
     def begin(self, now: float | None = None) -> bool:
-        """Note a new run; True when the previous one did not stop cleanly."""
+        """Note this run; True when an earlier run was interrupted (its window is now pending)."""
         now = time.time() if now is None else now
-        crashed = self.running is not None
-        if self.running is not None:
-            self.pending.append([self.running["started_at"], now])
-        self.running = {"started_at": now, "pid": float(os.getpid())}
+        interrupted = [pid for pid in self.running if not _alive(int(pid))]
+        for pid in interrupted:
+            self.pending.append([self.running.pop(pid), now])
+        self.running[str(self.pid)] = now
         self.save()
-        return crashed
+        return bool(interrupted)
 
     def end(self) -> None:
-        self.running = None
+        self.running.pop(str(self.pid), None)
         self.save()
 
     def reconcile(self, max_age: float, settings: Settings | None = None) -> Reconciliation:

@@ -88,17 +88,17 @@ def _store_matches_catalog() -> None:
 def test_sigkill_during_concurrent_associations(
     start_gateway: Any, dicom_env: dict[str, str], tmp_path: Path
 ) -> None:
-    batches = [write_ct_series(tmp_path / f"s{n}", 40, patient_id=f"K{n}") for n in range(4)]
+    batches = [write_ct_series(tmp_path / f"s{n}", 30, patient_id=f"K{n}") for n in range(4)]
     config = gateway_config()  # stale_temp_age 0: no other writer in this home
     config["dicom"]["workers"] = 2
     gateway = start_gateway(config)
     senders = [Sender(gateway.dicom_port, files, dicom_env) for files in batches]
-    while sum(len(s.succeeded) for s in senders) < 50 and any(s.process.poll() is None for s in senders):
+    while sum(len(s.succeeded) for s in senders) < 40 and any(s.process.poll() is None for s in senders):
         threading.Event().wait(0.02)
     gateway.kill()  # SIGKILL of the service; its workers die with it
     assert [s.wait() for s in senders] != [0, 0, 0, 0]
     heard = [path for s in senders for path in s.succeeded]
-    assert len(heard) >= 50
+    assert len(heard) >= 40
     stored = set(_catalog_uids())
     assert {_deidentified_uid(path) for path in heard} <= stored  # every success is durable
 
@@ -109,9 +109,9 @@ def test_sigkill_during_concurrent_associations(
 
     resenders = [Sender(restarted.dicom_port, files, dicom_env) for files in batches]
     assert [s.wait() for s in resenders] == [0, 0, 0, 0]
-    assert [len(s.succeeded) for s in resenders] == [40, 40, 40, 40]
+    assert [len(s.succeeded) for s in resenders] == [30, 30, 30, 30]
     uids = _catalog_uids()
-    assert len(uids) == len(set(uids)) == 160
+    assert len(uids) == len(set(uids)) == 120
     _store_matches_catalog()
     assert restarted.terminate()["failed"] == 0
 

@@ -99,3 +99,21 @@ def test_objects_too_young_to_judge_stay_pending(radgate_home: Path) -> None:
 def _parts(key: str | None) -> tuple[str, str, str]:
     assert key is not None
     return key[:2], key[2:4], f"{key}.dcm"
+
+
+def test_a_run_of_another_live_gateway_is_not_taken_for_a_crash(radgate_home: Path) -> None:
+    import subprocess
+
+    from imaging.gateway.recovery import RunJournal
+
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        RunJournal.load(pid=other.pid).begin()  # another gateway on this home, still running
+        mine = RunJournal.load()
+        assert mine.begin() is False and mine.pending == []
+        mine.end()
+    finally:
+        other.kill()
+        other.wait()
+    after = RunJournal.load()  # the other one is gone without a clean stop
+    assert after.begin() is True and len(after.pending) == 1
