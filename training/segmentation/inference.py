@@ -152,7 +152,9 @@ def logits_to_source(logits: torch.Tensor, shape: tuple[int, int, int]) -> np.nd
 
     if tuple(logits.shape[2:]) != tuple(shape):
         logits = F.interpolate(logits, size=shape, mode="trilinear", align_corners=False)
-    return logits[0].argmax(dim=0).to(dtype=torch.uint8).cpu().numpy()
+    # max(dim=0).indices is argmax (first maximum on ties); on CPU it is an order of magnitude
+    # faster than argmax over the leading (channel) dimension of a large volume.
+    return logits[0].max(dim=0).indices.to(dtype=torch.uint8).cpu().numpy()
 
 
 def segment_volume(
