@@ -20,9 +20,12 @@ from imaging.volumes import (
     ANATOMY_LABEL_NAMES,
     AnatomySet,
     assemble_series,
+    catalog_series,
     create_segmentation_dataset,
+    load_stored_series,
     materialize_segmentation,
     read_label_volume,
+    stored_series,
     write_anatomy_set,
     zyx_ras_affine,
 )
@@ -90,6 +93,12 @@ def test_segmentation_dataset_from_deidentified_series(anatomy: AnatomySet, tmp_
             session.execute(select(LineageEvent).where(LineageEvent.step == "label_volume")).scalars().all()
         )
         assert {e.output_sha256 for e in events} == {s.label_sha256 for s in manifest.series or []}
+
+    # the catalog's view: four MR series, each assembling to its manifest grid
+    assert sorted(catalog_series(modality="MR")) == sorted(s.series_uid for s in manifest.series or [])
+    first = (manifest.series or [])[0]
+    assert load_stored_series(first.series_uid).shape == first.shape
+    assert stored_series("2.25.0") == []
 
     rows = materialize_segmentation(version, tmp_path / "cache")
     assert len(rows) == 4 and {r["split"] for r in rows} <= {"train", "val", "test"}
