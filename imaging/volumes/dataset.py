@@ -135,7 +135,7 @@ def create_segmentation_dataset(
         except VolumeError:
             skipped["label_unreadable"] = skipped.get("label_unreadable", 0) + 1
             continue
-        label_sha = store.put(nifti_bytes(volume, labels), durable=False)
+        label_sha = store.put(nifti_bytes(volume, labels))
         values_present, counts = np.unique(labels, return_counts=True)
         max_label = max(max_label, int(values_present.max()))
         first = by_sop[volume.sop_instance_uids[0]]
