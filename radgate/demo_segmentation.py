@@ -212,8 +212,8 @@ def _serve(
         summary["pushed"] = pushed = answer.get("pushed") or {}
         console.print(
             f"sent the series and {pushed.get('sent', 0)} result object(s) to "
-            f"{pacs.ae_title}@{pacs.host}:{pacs.port}: open the study in the PACS viewer to see the "
-            "segmentation over the series"
+            f"{pacs.ae_title}@{pacs.host}:{pacs.port}: both are in one study there, for a SEG-capable "
+            "viewer (e.g. OHIF) to overlay the segmentation on the series"
         )
     for kind, path in written.items():
         console.print(f"  {kind}: {path}")
