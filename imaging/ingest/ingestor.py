@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import threading
+import os
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import cast
 
@@ -67,10 +68,21 @@ def _durable_catalog(settings: Settings) -> Catalog:
     shared = open_catalog(settings)  # migrates once per process
     if not shared.url.startswith("sqlite:///"):
         return shared  # server databases commit durably by default
-    catalog = Catalog(shared.url)
+    return _durable_engine(shared.url, os.getpid())  # one per process: never shared over a fork
+
+
+@lru_cache(maxsize=8)
+def _durable_engine(url: str, _pid: int) -> Catalog:
+    catalog = Catalog(url)
     engine: Engine = catalog.engine
     event.listen(engine, "connect", _full_sync)
     return catalog
+
+
+@lru_cache(maxsize=4)
+def _fsync_pool(_pid: int) -> ThreadPoolExecutor:
+    """Threads that flush objects while their records commit (one pool per process)."""
+    return ThreadPoolExecutor(8, thread_name_prefix="fsync")
 
 
 class Ingestor:
@@ -95,8 +107,6 @@ class Ingestor:
         self._local_root = self._local_store_root()
         self._writer_lock = self._catalog_writer_lock()
         self.commits: GroupCommit[Result] = GroupCommit(self._commit_batch)
-        self._fsync_pool: ThreadPoolExecutor | None = None  # created on first use (after a fork)
-        self._pool_lock = threading.Lock()
 
     def _catalog_writer_lock(self) -> Path | None:
         """SQLite: the lock file that serialises this home's group commits across processes."""
@@ -146,10 +156,7 @@ class Ingestor:
         if self._local_root is None:
             return []  # object stores (fsspec) acknowledge a put once it is stored
         path = self.store.path(key)
-        with self._pool_lock:
-            if self._fsync_pool is None:
-                self._fsync_pool = ThreadPoolExecutor(8, thread_name_prefix="fsync")
-            pool = self._fsync_pool
+        pool = _fsync_pool(os.getpid())
         futures = [pool.submit(fsync_file, path), pool.submit(fsync_directory, path.parent)]
         if new_folder:
             futures += [
