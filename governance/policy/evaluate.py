@@ -165,12 +165,13 @@ def _check_every(check: Check, evidence: Evidence) -> Requirement:
         return Requirement("check", check.name, False, None, check.describe(), "missing")
     results = {key: _check(check.model_copy(update={"key": key}), evidence) for key in matched}
     failed = [key for key, item in results.items() if not item.passed]
+    shown = [results[key] for key in failed] if failed else list(results.values())
+    numbers = [float(r.value) for r in shown if isinstance(r.value, int | float)]
+    lower_is_worse = check.op in (Comparison.GE, Comparison.GT)
+    worst = (min(numbers) if lower_is_worse else max(numbers)) if numbers else shown[0].value
     if failed:
         detail = "; ".join(f"{key}={results[key].value}" for key in failed)
-        return Requirement("check", check.name, False, results[failed[0]].value, check.describe(), detail)
-    numbers = [float(r.value) for r in results.values() if isinstance(r.value, int | float)]
-    lower_is_worse = check.op in (Comparison.GE, Comparison.GT)
-    worst = (min(numbers) if lower_is_worse else max(numbers)) if numbers else None
+        return Requirement("check", check.name, False, worst, check.describe(), detail)
     return Requirement(
         "check", check.name, True, worst, check.describe(), f"{len(matched)} values, worst shown"
     )

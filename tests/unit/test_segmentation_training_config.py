@@ -86,8 +86,11 @@ def test_shipped_policy_checks_dice_for_segmenters_and_auroc_for_classifiers() -
     assert set(checks) == {"dataset_deidentified", "min_dice", "max_subgroup_dice_gap"}
     assert all(item.passed for item in checks.values())
     assert checks["min_dice"].value == pytest.approx(0.80)  # the worst structure is reported
-    weak = _checks(policy, _evidence({**good, "test_dice_right": 0.55}, "segmentation"))
-    assert not weak["min_dice"].passed and "test_dice_right=0.55" in weak["min_dice"].detail
+    weak = _checks(
+        policy, _evidence({**good, "test_dice_left": 0.6, "test_dice_right": 0.55}, "segmentation")
+    )["min_dice"]
+    assert not weak.passed and weak.value == pytest.approx(0.55)  # the worst failing value
+    assert "test_dice_left=0.6" in weak.detail and "test_dice_right=0.55" in weak.detail
     missing = _checks(policy, _evidence({"max_subgroup_dice_gap": 0.0}, "segmentation"))
     assert not missing["min_dice"].passed and missing["min_dice"].detail == "missing"
     # A classifier (no task tag: registered before tasks existed) is not asked for a Dice.
