@@ -110,6 +110,9 @@ def test_segmentation_dataset_from_deidentified_series(anatomy: AnatomySet, tmp_
         assert set(row["subgroups"]) >= {"site", "manufacturer", "sex", "age_band"}
         ds = pydicom.dcmread(_store_files(version, row["series_uid"])[0])
         assert ds.PatientIdentityRemoved == "YES" and ds.SeriesInstanceUID == row["series_uid"]
+        assert str(ds.PatientName) not in {s.patient_name for s in anatomy.subjects}
+        assert ds.get("AccessionNumber", "") not in {s.accession_number for s in anatomy.subjects}
+        assert "InstitutionName" not in ds or ds.InstitutionName not in {s.site for s in anatomy.subjects}
         # same place in the scanner (table offsets differ per subject): the subject it came from
         subject = next(s for s in anatomy.subjects if np.allclose(zyx_ras_affine(s.volume), image.affine))
         matched.add(subject.accession_number)
