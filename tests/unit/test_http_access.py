@@ -12,6 +12,9 @@ from fastapi.routing import APIRoute
 
 # Routes a caller may reach without a token: none on these two services.
 PUBLIC: set[str] = set()
+# The reviewer UI, when serving mounts it, signs users in with a cookie and checks the role in
+# each page (tests/ui); it is not a Bearer-token API.
+UI_PREFIX = "/ui"
 
 
 def _auth_names(dependant: Any) -> list[str]:
@@ -37,6 +40,8 @@ def _routes(routes: list[Any]) -> list[APIRoute]:
 def _roles_by_route(app: FastAPI) -> dict[str, str]:
     table: dict[str, str] = {}
     for route in _routes(list(app.routes)):
+        if route.path == UI_PREFIX or route.path.startswith(UI_PREFIX + "/"):
+            continue
         for method in sorted(route.methods or ()):
             names = _auth_names(route.dependant)
             key = f"{method} {route.path}"
