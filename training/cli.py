@@ -180,6 +180,8 @@ def dataset_show(
     summary["group_by"] = str(version.manifest.group_by)
     if items:
         summary["items"] = [i.model_dump(mode="json") for i in version.manifest.items]
+        if version.manifest.series is not None:  # segmentation: one item per series
+            summary["items"] = [s.model_dump(mode="json") for s in version.manifest.series]
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 

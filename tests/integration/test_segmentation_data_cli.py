@@ -41,6 +41,8 @@ def test_anatomy_export_to_segmentation_dataset(tmp_path: Path, as_role: Callabl
     shown = json.loads(_radgate("dataset", "show", "brain"))
     assert shown["task"] == "segmentation" and shown["series"] == 4 and shown["patients"] == 4
     assert all(shown["label_voxels"][n] > 0 for n in names.split(","))
+    items = json.loads(_radgate("dataset", "show", "brain", "--items"))["items"]
+    assert len(items) == 4 and all(len(i["label_sha256"]) == 64 and i["instances"] for i in items)
     # too few names for the label values: a clear error, nothing created, no identifier printed
     out = _radgate(
         "dataset",
