@@ -121,6 +121,35 @@ def test_nested_undefined_lengths_new_items_and_odd_values() -> None:
         assert _same_bytes(read)  # decoded, changed and new elements
 
 
+def test_deidentified_instance_encodes_like_pydicom_with_pixels_untouched() -> None:
+    src = make_ct()
+    src.add_new(0x00290010, "LO", "ACME SAFE")
+    src.add_new(0x00291010, "DS", "1.5")  # safe private: kept
+    src.add_new(0x00291011, "LO", "DOE^JANE")  # private name: removed
+    item = Dataset()
+    item.PersonName = "DOE^JANE"
+    item.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    item.ObservationDateTime = "20230105101500"
+    src.add_new(0x0040A730, "SQ", Sequence([item]))  # nested: UID, name and date inside
+    profile = load_profile("research").model_copy(
+        update={
+            "options": [*load_profile("research").options, Option.RETAIN_SAFE_PRIVATE],
+            "safe_private": [SafePrivate(group=0x0029, creator="ACME SAFE", element=0x10)],
+        }
+    )
+    ds = parse_instance(encode(src), max_bytes=1 << 20)
+    Deidentifier(profile, KEY).deidentify(ds)
+    assert _same_bytes(ds)
+    out = dcmread(BytesIO(encode_instance(ds)))
+    assert out.PixelData == src.PixelData
+    assert out[0x00291010].value == "1.5" and 0x00291011 not in out
+    nested = out[0x0040A730][0]
+    assert nested.ReferencedSOPInstanceUID == out.SOPInstanceUID != src.SOPInstanceUID
+    assert nested.PersonName == "ANONYMOUS"
+    assert out.StudyDate != src.StudyDate and len(out.StudyDate) == 8
+    assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
+
+
 @pytest.mark.parametrize("name", ["ExplVR_BigEnd.dcm", "image_dfl.dcm"])
 def test_big_endian_and_deflated_defer_to_pydicom(name: str) -> None:
     quiet_pydicom()
