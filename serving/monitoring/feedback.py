@@ -13,8 +13,6 @@
   wins) as a new dataset version.
 """
 
-from __future__ import annotations
-
 import csv
 import tempfile
 from collections.abc import Callable

@@ -1,14 +1,14 @@
 """The ``/ui`` router: sign-in, models and versions with the approval workflow, audit trail,
 case viewer and drift reports (server-rendered Jinja2, static JS/CSS, no CDN)."""
 
-from __future__ import annotations
-
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# No `from __future__ import annotations`: Ray Serve pickles the ingress app by value, and the
+# route closures below must carry their annotations as objects, not names it cannot resolve.
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles

@@ -2,8 +2,6 @@
 explanation overlay, the feedback form), its overlay PNG, and feedback posted through the same
 :func:`serving.monitoring.feedback.submit_feedback` as ``POST /v1/feedback``."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request

@@ -194,6 +194,13 @@ def test_serving_runs_periodic_drift_checks(served: dict[str, Any]) -> None:
     assert gauge in metrics
     checks = AuditLog().entries(action="monitoring.drift.checked", actor="radgate-monitor")
     assert checks and checks[0].target == f"model:{MODEL}/{served['version']}"
+    # feedback on that request and the reviewer UI, through the same Ray Serve ingress
+    feedback = {"request_id": reply.json()["results"][0]["request_id"], "agree": True}
+    answer = httpx.post(
+        f"{served['url']}/v1/feedback", json=feedback, headers=_headers(served, "doc"), timeout=60
+    )
+    assert answer.status_code == 201, answer.text
+    assert "Your RadGate token" in httpx.get(f"{served['url']}/ui/login", timeout=30).text
 
 
 def test_unapproved_and_tampered_versions_are_refused(served: dict[str, Any]) -> None:
