@@ -84,6 +84,21 @@ _RAW_SAFE_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO
 # Every generic PHI pattern of the scrubber needs a digit, an @ or a title word: text without
 # any of them (and without a known token) cannot change, so it is left undecoded.
 _SUSPECT = re.compile(r"[0-9@]|(?<![a-z])(?:dr|doctor|prof|mr|mrs|ms|miss)(?![a-z])")
+# Code Sequence Macro (PS3.3 Table 8.8-1) values come from a coding scheme: scrubbed of the
+# header's identifiers only, since the generic digit patterns would wipe codes such as 121322.
+_CODE_TAGS = frozenset(
+    int(tag_for_keyword(k) or 0)
+    for k in (
+        "CodeValue",
+        "CodingSchemeDesignator",
+        "CodingSchemeVersion",
+        "LongCodeValue",
+        "URNCodeValue",
+        "MappingResource",
+        "ContextIdentifier",
+        "ContextGroupVersion",
+    )
+)
 _IDENTIFYING_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _IDENTIFYING_KEYWORDS)
 _DATE_KEYWORDS = (
     "PatientBirthDate",
@@ -330,7 +345,7 @@ class Deidentifier:
         if text is None:
             return False
         lowered = text.lower()
-        if _SUSPECT.search(lowered):
+        if tag not in _CODE_TAGS and _SUSPECT.search(lowered):
             return False
         return not any(low in lowered for _, low in state.scrubber.ordered)
 
@@ -434,11 +449,12 @@ class Deidentifier:
         if elem.value is None or elem.value == "":
             return
         limit = _MAX_LEN.get(elem.VR)
+        generic = elem.tag not in _CODE_TAGS
         if isinstance(elem.value, MultiValue | list):
-            cleaned = [state.scrubber.clean(str(v)) for v in elem.value]
+            cleaned = [state.scrubber.clean(str(v), generic=generic) for v in elem.value]
             elem.value = [c[:limit] if limit else c for c in cleaned]
         else:
-            text = state.scrubber.clean(str(elem.value))
+            text = state.scrubber.clean(str(elem.value), generic=generic)
             elem.value = text[:limit] if limit else text
 
     def _shift(self, elem: DataElement, state: _Instance) -> Any:

@@ -80,8 +80,12 @@ class TextScrubber:
                     tokens.add(part)
         return cls(frozenset(t for t in tokens if t))
 
-    def clean(self, text: str) -> str:
-        """``text`` with every identifier replaced by ``***``."""
+    def clean(self, text: str, *, generic: bool = True) -> str:
+        """``text`` with every identifier replaced by ``***``.
+
+        ``generic=False`` removes only the identifiers known from the header, for values drawn
+        from a coding scheme (a SNOMED or DCM code value is a digit run, not an identifier).
+        """
         if not text:
             return text
         lowered = text.lower()
@@ -89,4 +93,4 @@ class TextScrubber:
             if low in lowered:
                 text = _replace_token(text, lowered, low)
                 lowered = text.lower()
-        return _GENERIC_RE.sub(REDACTED, text)
+        return _GENERIC_RE.sub(REDACTED, text) if generic else text

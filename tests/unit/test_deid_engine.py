@@ -194,3 +194,20 @@ def test_pixel_cleaning_rule_blanks_rectangles_and_records_it() -> None:
     assert (pixels[:2] == 0).all() and pixels[2:].any()
     assert out.BurnedInAnnotation == "NO"
     assert "113101" in {i.CodeValue for i in out.DeidentificationMethodCodeSequence}
+
+
+def test_coded_values_kept_but_header_identifiers_removed_from_them() -> None:
+    src = make_ct()
+    derivation = Dataset()
+    derivation.CodeValue = "121322"  # DCM "Source image for image processing operation"
+    derivation.CodingSchemeDesignator = "DCM"
+    derivation.CodeMeaning = "Source image for image processing operation"
+    planted = Dataset()
+    planted.CodeValue = PATIENT_ID  # an identifier hidden in a private scheme's code
+    planted.CodingSchemeDesignator = "99LOCAL"
+    planted.CodeMeaning = "Local code"
+    src.DerivationCodeSequence = Sequence([derivation, planted])
+    out = deid(src)
+    kept, scrubbed = out.DerivationCodeSequence
+    assert kept.CodeValue == "121322" and kept.CodingSchemeDesignator == "DCM"
+    assert PATIENT_ID not in str(scrubbed.CodeValue)
