@@ -136,10 +136,12 @@ def _bracketed(
 def _replica_rss_mb() -> float:
     import psutil
 
+    # Only this run's replicas (descendants of this driver's Ray): on a shared box other people's
+    # Ray Serve replicas carry the same process title.
     total = 0
-    for proc in psutil.process_iter(["cmdline"]):
+    for proc in psutil.Process().children(recursive=True):
         try:
-            if any("ray::ServeReplica" in part for part in proc.info["cmdline"] or []):
+            if any("ray::ServeReplica" in part for part in proc.cmdline()):
                 total += proc.memory_info().rss
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
