@@ -19,11 +19,13 @@ class StoreError(RuntimeError):
     """An object is missing or does not match its address."""
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, durable: bool = True, replace: bool = True) -> None:
     """Write via a temporary file in the same folder, then rename: never a partial file.
 
     ``durable`` fsyncs the file first; batch writers pass False and call ``os.sync()`` once
-    before they commit the batch's catalog records.
+    before they commit the batch's catalog records. ``replace=False`` keeps a file already at
+    ``path`` (hard link, not rename): content-addressed writers racing on one name then all
+    share the first file, which another writer's flushes and locks already hold.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -33,11 +35,26 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True) -> None:
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _publish_once(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _publish_once(tmp: str, path: Path) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # same name, same content: the first writer's file stays
+    except OSError:  # a filesystem without hard links
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+    os.unlink(tmp)
 
 
 class ContentStore:
@@ -90,7 +107,7 @@ class ContentStore:
         if self.exists(key):
             return key
         if self._local:
-            atomic_write(self.path(key), data, durable=durable)
+            atomic_write(self.path(key), data, durable=durable, replace=False)
         else:
             self._fs.pipe_file(f"{self._base}/{self._rel(key)}", data)
         return key

@@ -9,6 +9,12 @@ disk merges the flushes, which costs about one flush instead of three. A crash (
 leave an object without its record, never the reverse, since the rename comes first; after a
 power loss a record may outlive an object that was never durable (its sender heard no success):
 start-up recovery (``imaging.gateway.recovery``) removes both kinds.
+
+Twins (the same content arriving at once, e.g. on two associations) share one stored object. A
+failed twin drops the object only while holding the store's object lock exclusively and only
+if no committed record names it; a commit holds that lock shared and checks that each new
+record's object is still there (if a failed twin removed it first, the object is written
+again). So cleanup never removes an object that a committed record points to.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,7 +42,11 @@ from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_processe
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 from imaging.store import ContentStore
 
-__all__ = ["IngestOutcome", "IngestStatus", "Ingestor"]
+__all__ = ["IngestOutcome", "IngestStatus", "Ingestor", "ObjectVanishedError"]
+
+
+class ObjectVanishedError(RuntimeError):
+    """A record's object was removed (by a failed twin's cleanup) before the record committed."""
 
 
 class IngestStatus(StrEnum):
@@ -106,6 +117,7 @@ class Ingestor:
         self.settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
         self._local_root = self._local_store_root()
         self._writer_lock = self._catalog_writer_lock()
+        self._object_lock = self._local_root / ".objects-lock" if self._local_root else None
         self.commits: GroupCommit[Result] = GroupCommit(self._commit_batch)
 
     def _catalog_writer_lock(self) -> Path | None:
@@ -117,13 +129,26 @@ class Ingestor:
         """One transaction for the batch. On SQLite, the leaders of several processes (gateway
         workers) queue on a file lock first: a waiter is woken as soon as the lock is free,
         where SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries."""
-        if self._writer_lock is None:
+        with self._locked(self._writer_lock, fcntl.LOCK_EX), self._locked(self._object_lock, fcntl.LOCK_SH):
+            for result in batch:
+                stored = result.outcome == Outcome.DEIDENTIFIED.value and result.location
+                if stored and self._local_root is not None and not self.store.exists(str(result.location)):
+                    raise ObjectVanishedError("the stored object was removed before its record")
             self.recorder.record(batch)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _locked(path: Path | None, mode: int) -> Iterator[None]:
+        """flock ``path`` (created if absent) for the block; no lock when ``path`` is None. A
+        fresh open file per use: flock locks belong to open files, so threads exclude each
+        other too."""
+        if path is None:
+            yield
             return
-        with open(self._writer_lock, "a+b") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(path, "a+b") as lock:
+            fcntl.flock(lock, mode)
             try:
-                self.recorder.record(batch)
+                yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -170,6 +195,9 @@ class Ingestor:
         keeps only recorded objects, and a resend writes it again."""
         try:
             self.commits.submit(result)  # returns once the batch holding it is committed
+        except ObjectVanishedError:
+            wait(syncing)
+            raise
         except Exception:
             wait(syncing)
             self._drop_unless_recorded(result)
@@ -177,20 +205,29 @@ class Ingestor:
         wait(syncing)
         for future in syncing:
             if future.exception() is not None:
-                # Never durable: drop the object; its record is then treated as absent.
-                self._drop_unless_recorded(result, recorded_too=True)
+                # Not durable: the sender hears a failure. The object goes unless a committed
+                # record names it (then a twin may have made it durable; recovery checks it).
+                self._drop_unless_recorded(result)
                 raise cast(BaseException, future.exception())
 
-    def _drop_unless_recorded(self, result: Result, *, recorded_too: bool = False) -> None:
+    def _drop_unless_recorded(self, result: Result) -> None:
+        """Remove a failed instance's object unless a committed record points to it; the
+        exclusive object lock keeps a twin's commit from landing between check and unlink."""
         if self._local_root is None or result.outcome == Outcome.QUARANTINED.value or not result.location:
             return
-        if not recorded_too:
+        with self._locked(self._object_lock, fcntl.LOCK_EX):
             query = select(Instance.id).where(Instance.sha256 == result.output_sha256).limit(1)
             with self.catalog.engine.connect() as connection:
                 if connection.execute(query).first() is not None:
                     return
-        with contextlib.suppress(OSError):
-            self.store.path(result.location).unlink()
+            with contextlib.suppress(OSError):
+                self.store.path(result.location).unlink()
+
+    def _put(self, output: bytes, digest: str) -> tuple[str, list[Future[None]]]:
+        folder = self.store.path(digest).parent if self._local_root else None
+        new_folder = folder is not None and not folder.is_dir()
+        location = self.store.put(output, durable=False, digest=digest)
+        return location, self._start_durable(location, new_folder)
 
     def ingest_path(self, path: Path | str, source: str = "folder") -> IngestOutcome:
         return self.ingest_bytes(Path(path).read_bytes(), source)
@@ -211,12 +248,17 @@ class Ingestor:
             fsync_directory(self.settings.quarantine_dir)
         else:
             assert processed.output is not None and processed.output_sha256 is not None
-            folder = self.store.path(processed.output_sha256).parent if self._local_root else None
-            new_folder = folder is not None and not folder.is_dir()
-            location = self.store.put(processed.output, durable=False)
-            syncing = self._start_durable(location, new_folder)
+            location, syncing = self._put(processed.output, processed.output_sha256)
         result: Result = result_from(processed, source, location)
-        self._record(result, syncing)
+        for attempt in range(3):
+            try:
+                self._record(result, syncing)
+                break
+            except ObjectVanishedError:  # a failed twin removed the object: write it again
+                if attempt == 2:
+                    raise
+                assert processed.output is not None and processed.output_sha256 is not None
+                _, syncing = self._put(processed.output, processed.output_sha256)
         record = processed.record
         return IngestOutcome(
             status=IngestStatus(result.outcome),
