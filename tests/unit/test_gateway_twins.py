@@ -47,7 +47,13 @@ def _start(target: Callable[[], object]) -> tuple[threading.Thread, dict[str, ob
     return thread, out
 
 
-def _assert_stored(ingestor: object, outcome: object) -> None:
+def _assert_stored(ingestor: object, out: dict[str, object]) -> None:
+    """The committing twin heard success and its object is in the store, intact and recorded."""
+    from imaging.ingest import IngestStatus
+
+    assert "error" not in out
+    outcome = out["outcome"]
+    assert outcome.status is IngestStatus.DEIDENTIFIED  # type: ignore[attr-defined]
     store_key = outcome.store_key  # type: ignore[attr-defined]
     path: Path = ingestor.store.path(store_key)  # type: ignore[attr-defined]
     assert path.is_file(), "a committed record points to an object that a failed twin removed"
@@ -57,7 +63,7 @@ def _assert_stored(ingestor: object, outcome: object) -> None:
 
 
 def test_a_twin_whose_commit_fails_keeps_the_object_of_the_committing_twin(radgate_home: Path) -> None:
-    from imaging.ingest import Ingestor, IngestStatus
+    from imaging.ingest import Ingestor
 
     data = encode(make_ct(InstanceNumber=7))
     first, second = Ingestor(), Ingestor()  # e.g. two gateway worker processes
@@ -76,14 +82,11 @@ def test_a_twin_whose_commit_fails_keeps_the_object_of_the_committing_twin(radga
     finally:
         release.set()
         thread.join(30)
-    assert "error" not in out
-    outcome = out["outcome"]
-    assert outcome.status is IngestStatus.DEIDENTIFIED  # type: ignore[attr-defined]
-    _assert_stored(first, outcome)
+    _assert_stored(first, out)
 
 
 def test_a_twin_whose_flush_fails_keeps_the_object_that_a_record_names(radgate_home: Path) -> None:
-    from imaging.ingest import Ingestor, IngestStatus
+    from imaging.ingest import Ingestor
 
     data = encode(make_ct(InstanceNumber=8))
     first, second = Ingestor(), Ingestor()
@@ -114,7 +117,4 @@ def test_a_twin_whose_flush_fails_keeps_the_object_that_a_record_names(radgate_h
     finally:
         release.set()
         thread.join(30)
-    assert "error" not in out
-    outcome = out["outcome"]
-    assert outcome.status is IngestStatus.DEIDENTIFIED  # type: ignore[attr-defined]
-    _assert_stored(first, outcome)
+    _assert_stored(first, out)
