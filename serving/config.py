@@ -72,6 +72,10 @@ class ServedModel(_Model):
     triton_model_name: str | None = None  # defaults to ``name``
     num_replicas: int = Field(default=1, ge=1)
     autoscaling: AutoscalingConfig | None = None
+    # Run the model inside the ingress replica (one actor hop less per request). Default (None):
+    # colocated when the model is one replica on CPU without autoscaling; false: a deployment
+    # of its own (replicas, autoscaling, GPUs).
+    colocate: bool | None = None
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     torch_threads: int | None = Field(default=None, ge=1)  # default: the replica's CPUs
@@ -91,7 +95,21 @@ class ServedModel(_Model):
     def _one_reference(self) -> ServedModel:
         if (self.alias is None) == (self.version is None):
             raise ValueError(f"model {self.name!r}: give exactly one of alias or version")
+        if self.colocate and not self._colocatable:
+            raise ValueError(
+                f"model {self.name!r}: colocate needs one replica on CPU without autoscaling"
+                " (set colocate: false for a deployment of its own)"
+            )
         return self
+
+    @property
+    def _colocatable(self) -> bool:
+        return self.num_replicas == 1 and self.autoscaling is None and self.num_gpus == 0
+
+    @property
+    def colocated(self) -> bool:
+        """Whether the model runs in the ingress replica rather than a deployment of its own."""
+        return self._colocatable if self.colocate is None else self.colocate
 
     @property
     def ref(self) -> str:

@@ -60,18 +60,26 @@ def raw_baseline(loaded: Any, bodies: list[bytes], requests: int, concurrency: i
     with torch.inference_mode():
         for body in bodies[:3]:
             loaded.module(loaded.preprocess(body))
-        latencies = []
+        latencies, forwards = [], []
         for i in range(requests):
             start = time.perf_counter()
-            loaded.module(loaded.preprocess(bodies[i % len(bodies)]))
+            tensor = loaded.preprocess(bodies[i % len(bodies)])
+            preprocessed = time.perf_counter()
+            loaded.module(tensor)
             latencies.append((time.perf_counter() - start) * 1000)
+            forwards.append((time.perf_counter() - preprocessed) * 1000)
         rounds = max(2, requests * 2 // concurrency)
         start = time.perf_counter()
         for r in range(rounds):
             batch = torch.cat([loaded.preprocess(bodies[(r + k) % len(bodies)]) for k in range(concurrency)])
             loaded.module(batch)
         throughput = rounds * concurrency / (time.perf_counter() - start)
-    return {"p50_ms": _pct(latencies, 0.5), "p95_ms": _pct(latencies, 0.95), "throughput": throughput}
+    return {
+        "p50_ms": _pct(latencies, 0.5),
+        "p95_ms": _pct(latencies, 0.95),
+        "forward_ms": _pct(forwards, 0.5),
+        "throughput": throughput,
+    }
 
 
 async def _measure(
@@ -113,6 +121,7 @@ async def _measure(
         # Where a batch-1 request's time goes (medians): inside the model replica, inside the
         # ingress (auth, parse, gate, hop to the replica, audit) and the rest (HTTP proxy hop).
         "replica_ms": _pct([t["preprocess"] + t["forward"] + t["results"] for t in server], 0.5),
+        "replica_forward_ms": _pct([t["forward"] for t in server], 0.5),
         "ingress_ms": _pct([t["total"] for t in server], 0.5),
     }
 
@@ -128,6 +137,7 @@ def _bracketed(
     raw = {
         "p50_ms": min(first["p50_ms"], second["p50_ms"]),
         "p95_ms": min(first["p95_ms"], second["p95_ms"]),
+        "forward_ms": min(first["forward_ms"], second["forward_ms"]),
         "throughput": max(first["throughput"], second["throughput"]),
     }
     return raw, result
@@ -328,6 +338,8 @@ def main() -> None:
             line[f"{backend}_raw_batched_throughput"] = round(raw["throughput"], 2)
         line[f"{backend}_p50_ms"] = round(r["p50_ms"], 2)
         line[f"{backend}_replica_ms"] = round(r["replica_ms"], 2)
+        line[f"{backend}_replica_forward_ms"] = round(r["replica_forward_ms"], 2)
+        line[f"{backend}_raw_forward_ms"] = round(raw["forward_ms"], 2)
         line[f"{backend}_ingress_ms"] = round(r["ingress_ms"], 2)
         line[f"{backend}_p95_ms"] = round(r["p95_ms"], 2)
         line[f"{backend}_throughput"] = round(r["throughput"], 2)

@@ -64,6 +64,8 @@ def served(
     pending = register_model("pending-model", seed=1)
     tampered = register_model("tampered-model", seed=2)
     approve_and_promote("tampered-model", tampered, cast)
+    remote = register_model("remote-model", seed=3)
+    approve_and_promote("remote-model", remote, cast)
     # Change the approved artifact's weights on disk after approval.
     _tamper(radgate_home, "tampered-model", tampered)
 
@@ -81,9 +83,12 @@ def served(
             },
             "drift": {"interval_s": 2, "window": "1h", "models": [MODEL]},
             "models": [
+                # Colocated in the ingress replica (the default for one CPU replica)...
                 {"name": MODEL, "num_cpus": 0.5, "max_batch_size": 4},
-                {"name": "pending-model", "version": pending, "num_cpus": 0.5},
                 {"name": "tampered-model", "num_cpus": 0.5},
+                # ... and deployments of their own (reached through a Ray Serve handle).
+                {"name": "pending-model", "version": pending, "num_cpus": 0.25, "colocate": False},
+                {"name": "remote-model", "num_cpus": 0.25, "colocate": False},
             ],
         }
     )
@@ -98,6 +103,7 @@ def served(
             "url": f"http://127.0.0.1:{port}",
             "cast": cast,
             "version": version,
+            "remote_version": remote,
             "files": files,
             "orthanc": orthanc,
         }
@@ -159,6 +165,37 @@ def test_predict_from_dicom_bytes(served: dict[str, Any]) -> None:
     assert body["results"][0]["labels"] == ["no_finding", "opacity"]
 
 
+def test_predict_through_a_model_deployment_of_its_own(served: dict[str, Any]) -> None:
+    """``colocate: false``: the ingress calls the model's own deployment through a handle."""
+    files = served["files"]
+    boundary = "radgate-remote"
+    body = (
+        b"".join(
+            b"--"
+            + boundary.encode()
+            + b"\r\nContent-Type: application/dicom\r\n\r\n"
+            + p.read_bytes()
+            + b"\r\n"
+            for p in files[:2]
+        )
+        + b"--"
+        + boundary.encode()
+        + b"--\r\n"
+    )
+    reply = httpx.post(
+        f"{served['url']}/v1/models/remote-model/predict",
+        content=body,
+        headers=_headers(
+            served, content_type=f'multipart/related; type="application/dicom"; boundary={boundary}'
+        ),
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    answer = reply.json()
+    assert answer["model"]["version"] == served["remote_version"] and len(answer["results"]) == 2
+    assert answer["approval"]["version"] == served["remote_version"]
+
+
 def test_models_health_metrics_through_serve(served: dict[str, Any]) -> None:
     url = served["url"]
     models = httpx.get(f"{url}/v1/models", headers=_headers(served), timeout=60).json()["models"]
@@ -169,7 +206,12 @@ def test_models_health_metrics_through_serve(served: dict[str, Any]) -> None:
     assert any("artifact" in reason for reason in state["tampered-model"]["denied"])
     assert httpx.get(f"{url}/healthz", timeout=30).status_code == 401
     health = httpx.get(f"{url}/healthz", headers=_headers(served), timeout=30).json()
-    assert health["models"] == {MODEL: True, "pending-model": False, "tampered-model": False}
+    assert health["models"] == {
+        MODEL: True,
+        "pending-model": False,
+        "tampered-model": False,
+        "remote-model": True,
+    }
     metrics = httpx.get(f"{url}/metrics", headers=_headers(served, "eng"), timeout=30).text
     assert "radgate_serve_requests_total" in metrics
 

@@ -39,6 +39,17 @@ def test_pinned_version_and_overrides(tmp_path: Path) -> None:
     config = load_serve_config(path, port=9001)
     assert config.port == 9001 and config.models[0].ref == "m/3"
     assert config.models[0].autoscaling is not None and config.models[0].autoscaling.max_replicas == 3
+    assert not config.models[0].colocated  # autoscaled: a deployment of its own
+
+
+def test_colocation_default_and_opt_out(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(
+        "models:\n  - {name: a}\n  - {name: b, colocate: false}\n  - {name: c, num_gpus: 1}\n"
+        "  - {name: d, num_replicas: 2}\n"
+    )
+    colocated = {m.name: m.colocated for m in load_serve_config(path).models}
+    assert colocated == {"a": True, "b": False, "c": False, "d": False}
 
 
 @pytest.mark.parametrize(
@@ -48,6 +59,8 @@ def test_pinned_version_and_overrides(tmp_path: Path) -> None:
         "models:\n  - {name: m, alias: production, version: '2'}\n",
         "models:\n  - {name: m}\n  - {name: m}\n",
         "gate_ttl_s: 60\nmodels:\n  - {name: m}\n",  # revocation must take effect within 10 s
+        "models:\n  - {name: m, colocate: true, autoscaling: {max_replicas: 2}}\n",
+        "models:\n  - {name: m, colocate: true, num_gpus: 1}\n",
         "models: [unclosed\n",
         "- a list\n",
     ],
