@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -229,13 +229,24 @@ def run_files(
     report = RunReport(profile=profile.label, key_id=key.key_id, workers=max(1, workers))
     start = time.perf_counter()
     pending: list[Result] = []
+    # One batch is made durable and recorded in a background thread while the next is being
+    # processed (os.sync waits on the disk, not the CPU); at most one batch is in flight, and
+    # every batch is synced before its records are committed, as before.
+    recording = ThreadPoolExecutor(1, thread_name_prefix="radgate-record")
+    in_flight: list[Future[None]] = []
 
-    def flush() -> None:
+    def commit(batch: list[Result]) -> None:
         # Workers write without fsync; one sync makes the batch durable before it is recorded.
         os.sync()
-        for result in recorder.record(pending):
+        for result in recorder.record(batch):
             report.add(result)
-        pending.clear()
+
+    def flush() -> None:
+        while in_flight:
+            in_flight.pop().result()  # raises what recording raised
+        if pending:
+            in_flight.append(recording.submit(commit, pending.copy()))
+            pending.clear()
 
     names = [str(f) for f in files]
     if workers <= 1:
@@ -256,9 +267,11 @@ def run_files(
             if len(pending) >= _BATCH:
                 flush()
         flush()
+        flush()  # waits for the last batch
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        recording.shutdown(wait=True)
     report.elapsed_s = time.perf_counter() - start
     _audit_run(report, recorder.step)
     return report
