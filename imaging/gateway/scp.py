@@ -13,9 +13,11 @@ import contextlib
 import logging
 import socket
 import socketserver
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from typing import Any, cast
 
 from pydicom.dataset import Dataset
@@ -35,13 +37,24 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, _config, build_context, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    _config,
+    build_context,
+    evt,
+)
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from imaging.gateway.config import DicomListener
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
+from imaging.gateway.wakeups import install as install_wakeups
 
 __all__ = [
     "STORAGE_TRANSFER_SYNTAXES",
@@ -151,6 +164,15 @@ class AcceptBalance:
             self.counts[self.index] -= 1
 
 
+class _RequestHandler(RequestHandler):
+    """pynetdicom's handler; its associations wake on events instead of polling every 1 ms."""
+
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        install_wakeups(assoc)
+        return assoc
+
+
 class _AssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, with optional accept balancing between processes."""
 
@@ -227,6 +249,7 @@ class StorageSCP:
                 (self.listener.host, self.listener.port),
                 evt_handlers=handlers,
                 server_class=_AssociationServer,
+                request_handler=_RequestHandler,
             ),
         )
 
@@ -301,7 +324,7 @@ class StorageSCP:
         requestor = event.assoc.requestor
         source = f"c-store:{requestor.ae_title}@{requestor.address}"
         try:
-            data = event.encoded_dataset(include_meta=True)
+            data = part10_bytes(event)
             outcome = self.sink.ingest_bytes(data, source)
             verdict = verdict_for_outcome(outcome)
         except Exception as exc:  # the sender must hear "not stored", whatever broke
@@ -359,6 +382,39 @@ def _prefer_requestor_syntaxes(assoc: Any) -> None:
             context = build_context(context.abstract_syntax, order)
         contexts.append(context)
     assoc.acceptor.supported_contexts = contexts
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of group 0002 (short-length VRs)."""
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\0" if len(value) % 2 else value
+
+
+def part10_bytes(event: evt.Event) -> bytes:
+    """The received C-STORE data set as a Part 10 file, as pynetdicom's
+    ``event.encoded_dataset(include_meta=True)`` builds it (same file meta, same bytes), without
+    building and encoding a pydicom file meta dataset per instance."""
+    request = cast(C_STORE, event.request)
+    dataset = request.DataSet
+    if not isinstance(dataset, BytesIO):
+        return event.encoded_dataset(include_meta=True)  # not as received: pynetdicom's path
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    elements = b"".join(
+        (
+            struct.pack("<HH2sHL2s", 0x0002, 0x0001, b"OB", 0, 2, b"\0\1"),  # version 00 01
+            _meta_element(0x0002, b"UI", _uid_value(str(request.AffectedSOPClassUID))),
+            _meta_element(0x0003, b"UI", _uid_value(str(request.AffectedSOPInstanceUID))),
+            _meta_element(0x0010, b"UI", _uid_value(str(event.context.transfer_syntax))),
+            _meta_element(0x0012, b"UI", _uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
+            _meta_element(0x0013, b"SH", version + b" " if len(version) % 2 else version),
+        )
+    )
+    group_length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(elements))
+    return b"".join((b"\0" * 128, b"DICM", group_length, elements, dataset.getvalue()))
 
 
 def _status_dataset(verdict: Verdict) -> Dataset:
