@@ -1,6 +1,7 @@
 """DICOM results of a 3D segmentation model: a Segmentation (SEG) and a volumetric SR.
 
-:func:`build_segmentation` writes a highdicom BINARY ``Segmentation`` of the source series: same
+:func:`build_segmentation` writes a highdicom BINARY ``Segmentation`` of the source series
+(FRACTIONAL OCCUPANCY 0/100 % where bit-packed frames would not be byte-aligned): same
 patient and study (copied from the sources), a new series, the source frame of reference, one
 segment per structure (coded anatomy from SNOMED CT where the structure name has a code in
 pydicom's dictionary, else RadGate's private scheme), the model as automatic algorithm
@@ -118,9 +119,15 @@ def build_segmentation(
     series_instance_uid: str | None = None,
     series_number: int = _SEG_SERIES_NUMBER,
 ) -> hd.seg.Segmentation:
-    """A BINARY DICOM Segmentation of ``labels`` (``(Z, Y, X)``, values 0..K) over ``sources``."""
+    """A DICOM Segmentation of ``labels`` (``(Z, Y, X)``, values 0..K) over ``sources``: BINARY,
+    or FRACTIONAL (OCCUPANCY, 0 or 100 %) when a slice's pixel count is not a multiple of 8."""
     labels = np.asarray(labels)
     _check(sources, labels, structures)
+    # BINARY frames are bit-packed back to back: with rows x columns not a multiple of 8 they do
+    # not start on a byte boundary, and OHIF 3 draws such frames garbled (Orthanc will not serve
+    # them one by one either). A byte per pixel, same content, shows right in both.
+    aligned = labels.shape[1] * labels.shape[2] % 8 == 0
+    encoding = hd.seg.SegmentationTypeValues.BINARY if aligned else hd.seg.SegmentationTypeValues.FRACTIONAL
     algorithm_id = hd.AlgorithmIdentificationSequence(
         name=algorithm.name[:64],
         version=str(algorithm.version)[:64],
@@ -147,7 +154,8 @@ def build_segmentation(
             seg = hd.seg.Segmentation(
                 source_images=list(sources),
                 pixel_array=labels.astype(np.uint8, copy=False),
-                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segmentation_type=encoding,
+                fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
                 segment_descriptions=descriptions,
                 series_instance_uid=series_instance_uid or hd.UID(),
                 series_number=series_number,

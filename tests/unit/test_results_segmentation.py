@@ -148,3 +148,29 @@ def test_volume_labels_seg_read_back_on_the_same_grid(tmp_path: Path, orientatio
         segment = int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         np.testing.assert_array_equal(back.pixel_array[number], labels[z] == segment)
     np.testing.assert_array_equal(read_label_volume(tmp_path / "seg.dcm", volume), labels)
+
+
+def test_slices_not_a_multiple_of_8_pixels_give_a_fractional_seg(tmp_path: Path) -> None:
+    """Bit-packed BINARY frames of 42 x 42 pixels would not start on a byte (OHIF 3 draws such
+    frames garbled): the SEG is FRACTIONAL OCCUPANCY holding 0 or its maximum, valid, and reads
+    back the same labels. Slices of a multiple of 8 pixels stay BINARY."""
+    from imaging.volumes import assemble_series, read_label_volume
+
+    series = make_series(slices=8, size=42, seed=8)
+    volume = assemble_series(series)
+    _, labels = blob_labels(series)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in series}
+    sources = [by_uid[uid] for uid in volume.sop_instance_uids]
+    seg = build_segmentation(sources, labels, STRUCTURES, ALGORITHM)
+    assert (seg.SegmentationType, seg.SegmentationFractionalType, seg.BitsAllocated) == (
+        "FRACTIONAL",
+        "OCCUPANCY",
+        8,
+    )
+    assert set(np.unique(seg.pixel_array).tolist()) == {0, int(seg.MaximumFractionalValue)}
+    seg.save_as(tmp_path / "seg.dcm")
+    np.testing.assert_array_equal(read_label_volume(tmp_path / "seg.dcm", volume), labels)
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(tmp_path / "seg.dcm") == []
+    aligned, aligned_labels = blob_labels(make_series(slices=8, size=40, seed=8))
+    assert build_segmentation(aligned, aligned_labels, STRUCTURES, ALGORITHM).SegmentationType == "BINARY"
