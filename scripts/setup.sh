@@ -25,4 +25,6 @@ fi
 .venv/bin/python -m pip install -q grpcio python-rapidjson "ml-dtypes<=0.5.4" urllib3
 .venv/bin/python -m pip install -q --no-deps "tritonclient==2.73.0"
 PYTHON="$PWD/.venv/bin/python" bash scripts/ci/install-triton.sh
+# OHIF Viewer for Orthanc (npm pack, SHA-256 checked; ~/.cache/radgate/ohif): SEG over the series.
+PYTHON="$PWD/.venv/bin/python" sh scripts/ci/install-viewer.sh
 echo "setup done: $(.venv/bin/radgate --version)"

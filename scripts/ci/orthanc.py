@@ -64,6 +64,8 @@ class OrthancServer:
     password: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     # name -> (AE title, host, port): peers Orthanc accepts associations from and sends to.
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    # Serve the OHIF Viewer under /ohif/ (imaging.gateway.viewer; scripts/ci/install-viewer.sh).
+    viewer: bool = False
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -74,7 +76,22 @@ class OrthancServer:
     def dicomweb_url(self) -> str:
         return f"{self.url}/dicom-web"
 
+    def viewer_url(self, study_instance_uid: str) -> str:
+        from imaging.gateway.viewer import viewer_url
+
+        return viewer_url(self.url, study_instance_uid)
+
     def config(self) -> dict[str, Any]:
+        config = self._base_config()
+        if self.viewer:
+            from imaging.gateway.viewer import build_site, orthanc_viewer_config
+
+            extra = orthanc_viewer_config(build_site(self.workdir / "ohif"))
+            config["Plugins"] += extra.pop("Plugins")
+            config.update(extra)
+        return config
+
+    def _base_config(self) -> dict[str, Any]:
         return {
             "Name": "radgate-test-pacs",
             "StorageDirectory": str(self.workdir / "storage"),
@@ -197,6 +214,7 @@ class OrthancServer:
             "password": self.password,
             "pid": self.process.pid if self.process else None,
             "workdir": str(self.workdir),
+            "viewer_url": f"{self.url}/ohif/" if self.viewer else None,
         }
 
 
@@ -222,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("--dir", type=Path, required=True, help="Orthanc's working directory")
     parser.add_argument("--aet", default="ORTHANC")
+    parser.add_argument("--dicom-port", type=int, help="default: a free port")
+    parser.add_argument("--http-port", type=int, help="default: a free port")
+    parser.add_argument("--viewer", action="store_true", help="serve the OHIF Viewer under /ohif/")
     parser.add_argument(
         "--modality",
         action="append",
@@ -239,7 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         aet, _, address = rest.partition("@")
         host, _, port = address.rpartition(":")
         modalities[name] = (aet, host, int(port))
-    server = OrthancServer(args.dir, aet=args.aet, modalities=modalities).start()
+    ports = {k: v for k, v in (("dicom_port", args.dicom_port), ("http_port", args.http_port)) if v}
+    server = OrthancServer(args.dir, aet=args.aet, modalities=modalities, viewer=args.viewer, **ports)
+    server.start()
     # Detach: the process outlives this script; `stop --dir` ends it.
     server.process = None
     print(json.dumps(server.describe()))
