@@ -207,7 +207,11 @@ def _serve(
         summary["dice_vs_site_labels"] = _dice(reference, predicted, dataset.manifest.label_map)
         console.print(f"DICOM SEG vs the site's label map (Dice): {summary['dice_vs_site_labels']}")
     if pacs is None:
-        console.print("no PACS (start Orthanc on 127.0.0.1:4242 or pass --pacs): results kept locally")
+        console.print(
+            "no PACS (start Orthanc on 127.0.0.1:4242 or pass --pacs): results kept locally; an Orthanc "
+            "with the OHIF viewer: .venv/bin/python scripts/ci/orthanc.py start --dir .radgate/pacs --viewer "
+            "--dicom-port 4242 --http-port 8042 --modality radgate=RADGATE@127.0.0.1:11112"
+        )
     else:
         summary["pushed"] = pushed = answer.get("pushed") or {}
         console.print(
@@ -215,9 +219,23 @@ def _serve(
             f"{pacs.ae_title}@{pacs.host}:{pacs.port}: both are in one study there, for a SEG-capable "
             "viewer (e.g. OHIF) to overlay the segmentation on the series"
         )
+        # On the console only (a study UID of the site's data, as the PACS itself shows it).
+        url = _viewer_url(pacs, subject.volume.study_instance_uid)
+        console.print("the SEG over the series in OHIF (an Orthanc started with --viewer):")
+        console.print(url, soft_wrap=True)  # one unbroken line, to open or copy
     for kind, path in written.items():
         console.print(f"  {kind}: {path}")
     return summary
+
+
+def _viewer_url(pacs: PacsPeer, study_uid: str) -> str:
+    """OHIF served by that Orthanc (``scripts/ci/orthanc.py start --viewer``): its web root is
+    ``$RADGATE_PACS_WEB_URL``, default Orthanc's HTTP port 8042 on the PACS host."""
+    import os
+
+    from imaging.gateway.viewer import viewer_url
+
+    return viewer_url(os.environ.get("RADGATE_PACS_WEB_URL") or f"http://{pacs.host}:8042", study_uid)
 
 
 def _token(home: Path, person: str) -> str:
