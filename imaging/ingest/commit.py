@@ -23,10 +23,12 @@ T = TypeVar("T")
 
 
 def fsync_file(path: Path) -> None:
-    """Flush a written file's data and size to the disk (Linux: a read-only fd suffices)."""
+    """Flush a written file's data and size to the disk (Linux: a read-only fd suffices).
+    fdatasync: the metadata needed to read the data back (its size) is flushed too; only
+    timestamps are not."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        os.fdatasync(fd)
     finally:
         os.close(fd)
 

@@ -8,6 +8,11 @@ sent by dcmtk's ``storescu`` into Orthanc and into ``radgate gateway``, in the s
 2. ``--concurrency`` associations at once (several senders).
 
 The value is the ratio of files/s (gateway / Orthanc) over one association; target >= 1.0.
+Like for like: both targets get the same ``storescu`` options (``SCU_OPTIONS``) and receive
+PDUs of the same size (Orthanc's ``MaximumPduLength`` is raised to storescu's largest send PDU,
+131072 bytes; the gateway offers 1 MiB, of which storescu uses the same 131072), and both flush
+each file before answering (Orthanc's ``SyncStorageArea: true``, the default since 1.7.4, set
+explicitly; the gateway fsyncs object, folders and a synchronous=FULL catalog commit).
 For attribution it also reports the SCP alone (same pynetdicom settings, a sink that only
 hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file. Ends with ONE JSON line.
 
@@ -51,7 +56,7 @@ def _orthanc_module() -> Any:
 
 def write_ct(directory: Path, count: int, size: int = 512) -> list[Path]:
     directory.mkdir(parents=True)
-    template = dcmread(get_testdata_file("CT_small.dcm"))
+    template = dcmread(str(get_testdata_file("CT_small.dcm")))
     pixels = template.pixel_array
     repeat = size // pixels.shape[0]
     template.PixelData = np.kron(pixels, np.ones((repeat, repeat), pixels.dtype)).tobytes()
@@ -70,13 +75,28 @@ def write_ct(directory: Path, count: int, size: int = 512) -> list[Path]:
     return paths
 
 
+SCU_OPTIONS = ["--max-pdu", "131072"]  # storescu's receive PDU (its largest); same for both
+ORTHANC_PDU = 131072  # what storescu sends to the gateway too (its largest send PDU)
+
+
+def bench_orthanc(orthanc_ci: Any, workdir: Path) -> Any:
+    """Orthanc as the tests run it, plus the like-for-like settings above."""
+
+    class BenchOrthanc(orthanc_ci.OrthancServer):
+        def config(self) -> dict[str, Any]:
+            return {**super().config(), "SyncStorageArea": True, "MaximumPduLength": ORTHANC_PDU}
+
+    return BenchOrthanc(workdir, modalities={"sender": ("STORESCU", "127.0.0.1", 1)})
+
+
 def send(port: int, aec: str, files: list[Path], concurrency: int, env: dict[str, str]) -> float:
     """Files/s for ``files`` split over ``concurrency`` storescu processes (one association each)."""
     chunks = [files[i::concurrency] for i in range(concurrency)]
     start = time.perf_counter()
     senders = [
         subprocess.Popen(
-            ["storescu", "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port), *map(str, chunk)],
+            ["storescu", *SCU_OPTIONS, "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port)]
+            + [str(path) for path in chunk],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -139,6 +159,10 @@ def transport_only(files: list[Path], env: dict[str, str]) -> float:
         def ingest_bytes(self, data: bytes, source: str) -> IngestOutcome:
             return IngestOutcome(IngestStatus.DUPLICATE, hashlib.sha256(data).hexdigest())
 
+    os.environ["RADGATE_HOME"] = env["RADGATE_HOME"]  # its audit entries go to the bench's home
+    from governance.settings import get_settings
+
+    get_settings.cache_clear()
     listener = DicomListener(host="127.0.0.1", port=0, allowed_peers=(AllowedPeer(ae_title="STORESCU"),))
     scp = StorageSCP(listener, HashOnly())
     scp.start()
@@ -197,9 +221,7 @@ def main() -> None:
         env.pop("RADGATE_CATALOG_URL", None)
         env.pop("RADGATE_OBJECT_STORE", None)
         env["RADGATE_TOKEN"] = operator_token(env)
-        orthanc = orthanc_ci.OrthancServer(
-            work / "orthanc", modalities={"sender": ("STORESCU", "127.0.0.1", 1)}
-        )
+        orthanc = bench_orthanc(orthanc_ci, work / "orthanc")
         orthanc.start()
         try:
             gateway, gateway_port = start_gateway(work, env, args.workers)
@@ -265,6 +287,9 @@ def main() -> None:
             ],
             "gateway_workers": args.workers,
             "image": "CT 512x512 16-bit, Explicit VR LE",
+            "storescu_options": SCU_OPTIONS,
+            "orthanc": {"SyncStorageArea": True, "MaximumPduLength": ORTHANC_PDU},
+            "load_average": [round(x, 2) for x in os.getloadavg()],
             "cpus": os.cpu_count(),
         }
         print(json.dumps(result))
