@@ -30,6 +30,9 @@ from imaging.deid.errors import QuarantineError, QuarantineReason
 __all__ = ["encode_instance", "parse_instance"]
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Top-level values longer than this are not read by the parser (pixel data, not headers).
+_DEFER_SIZE = 64 * 1024
+_PIXEL_DATA = BaseTag(0x7FE00010)
 # Exceptions pydicom documents (or lets through from struct/codec layers) for malformed input.
 _PARSE_ERRORS = (
     InvalidDicomError,
@@ -61,17 +64,27 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
         raise QuarantineError(QuarantineReason.NOT_DICOM, "input too short to be DICOM")
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
-        # dcmread reads every top-level element header and value, so truncation shows here;
-        # values are decoded lazily, only where the profile changes them.
-        ds = dcmread(BytesIO(data), force=not has_preamble)
+        # dcmread reads every top-level element header, so truncation shows here; values are
+        # decoded lazily, only where the profile changes them. Bulk values (pixel data) are not
+        # even read: they stay in ``data`` and the encoder copies them from there.
+        ds = dcmread(BytesIO(data), force=not has_preamble, defer_size=_DEFER_SIZE)
+        if getattr(ds, "file_meta", {}).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+            # positions of a deflated dataset are those of the inflated stream, not of data
+            ds = dcmread(BytesIO(data), force=not has_preamble)
+        else:
+            ds._radgate_source = data  # where deferred values lie
     except _PARSE_ERRORS as exc:
         reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
         raise QuarantineError(reason, f"cannot parse ({type(exc).__name__})") from exc
-    for tag, raw in ds._dict.items():  # as read (nothing deferred): no decoding, no lookups
-        if not isinstance(raw, RawDataElement):
+    for tag, raw in ds._dict.items():  # as read: no decoding, no lookups
+        if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
             continue
         length, value = raw.length, raw.value
-        if isinstance(value, bytes) and length != 0xFFFFFFFF and len(value) < length:
+        if value is None:  # deferred: skipped over, not read
+            truncated = raw.value_tell + length > len(data)
+        else:
+            truncated = isinstance(value, bytes) and len(value) < length
+        if truncated:
             reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
             raise QuarantineError(reason, f"element {tag} is truncated")
     if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
@@ -115,7 +128,6 @@ def _check_pixels(ds: Dataset) -> None:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and UID(syntax).is_compressed:
         return
-    element = ds["PixelData"]
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -124,7 +136,11 @@ def _check_pixels(ds: Dataset) -> None:
     except (TypeError, ValueError) as exc:
         raise QuarantineError(QuarantineReason.CORRUPT, "invalid image pixel attributes") from exc
     expected = (rows * cols * frames * samples * bits + 7) // 8
-    actual = len(element.value or b"")
+    element = ds._dict[_PIXEL_DATA]
+    if isinstance(element, RawDataElement) and element.value is None and element.length != 0xFFFFFFFF:
+        actual = element.length  # deferred: within data (checked above), not read
+    else:
+        actual = len(ds["PixelData"].value or b"")
     if actual < expected:
         raise QuarantineError(
             QuarantineReason.PIXEL_DATA_LENGTH, f"pixel data has {actual} bytes, image needs {expected}"
@@ -204,7 +220,7 @@ def _encode_part10(ds: Dataset) -> bytes:
         if current is None or (wanted and wanted != current):
             setattr(file_meta, meta_keyword, wanted)
     validate_file_meta(file_meta, enforce_standard=True)
-    if "PixelData" in ds:
+    if "PixelData" in ds and not _raw_pixels_as_written(ds._dict[_PIXEL_DATA], syntax.is_compressed):
         ds["PixelData"].is_undefined_length = syntax.is_compressed
     # pydicom's write_file_meta_info: the group length first, then the group (explicit VR LE)
     group_length = file_meta._dict.pop(BaseTag(0x00020000), None)
@@ -215,8 +231,23 @@ def _encode_part10(ds: Dataset) -> bytes:
     meta_bytes = b"".join(meta_chunks)
     chunks = [preamble or b"\x00" * 128, b"DICM", struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(meta_bytes))]
     chunks.append(meta_bytes)
-    _Writer(syntax.is_implicit_VR, chunks).dataset(ds, default_encoding)
+    _Writer(syntax.is_implicit_VR, chunks, getattr(ds, "_radgate_source", None)).dataset(ds, default_encoding)
     return b"".join(chunks)
+
+
+def _raw_pixels_as_written(elem: Any, compressed: bool) -> bool:
+    """True when pixel data still as read would be written as pydicom writes it once decoded
+    (same VR, length form and even length), so it can be copied through without decoding."""
+    if not isinstance(elem, RawDataElement):
+        return False
+    if elem.value is None and elem.length == 0xFFFFFFFF:
+        return False  # encapsulated and deferred: its end is only known by reading it
+    length = elem.length if elem.value is None else len(elem.value)
+    return (
+        elem.VR in (None, "OB", "OW")
+        and (elem.length == 0xFFFFFFFF) == compressed
+        and (compressed or length % 2 == 0)
+    )
 
 
 def _plain(elem: Any) -> bool:
@@ -255,9 +286,10 @@ def _text_bytes(elem: DataElement) -> bytes | None:
 class _Writer:
     """Encodes a dataset as pydicom's ``write_dataset`` does, copying raw elements through."""
 
-    def __init__(self, implicit: bool, chunks: list[bytes]) -> None:
+    def __init__(self, implicit: bool, chunks: list[Any], source: bytes | None = None) -> None:
         self.implicit = implicit
         self.chunks = chunks
+        self.source = source  # the parsed bytes, where deferred values are copied from
 
     def dataset(self, ds: Dataset, parent_encoding: Any) -> None:
         elements = ds._dict
@@ -323,11 +355,16 @@ class _Writer:
         self.chunks.append(header)
 
     def _raw(self, elem: RawDataElement) -> None:
-        value = elem.value
-        if not isinstance(value, bytes):
+        value: bytes | memoryview | None = elem.value
+        if value is None and self.source is not None and 0 < elem.length != 0xFFFFFFFF:
+            # deferred by the parser: the value's bytes in the input, not copied
+            value = memoryview(self.source)[elem.value_tell : elem.value_tell + elem.length]
+            if len(value) != elem.length:
+                raise _Unsupported
+        elif not isinstance(value, bytes):
             raise _Unsupported
         undefined = elem.length == 0xFFFFFFFF
-        if undefined and elem.tag == 0x7FE00010 and not value[:4].startswith(b"\xfe\xff\x00\xe0"):
+        if undefined and elem.tag == 0x7FE00010 and not bytes(value[:4]).startswith(b"\xfe\xff\x00\xe0"):
             raise _Unsupported
         self._header(elem.tag, elem.VR, len(value), undefined)
         self.chunks.append(value)

@@ -319,8 +319,9 @@ class Deidentifier:
 
     def _vr(self, ds: Dataset, tag: int) -> str | None:
         elem = ds._dict[tag]  # type: ignore[index]  # the walk passes the dataset's own key
-        if isinstance(elem, RawDataElement) and elem.value is None:
+        if isinstance(elem, RawDataElement) and elem.value is None and elem.length == 0:
             elem = ds.get_item(tag)  # an empty raw value is decoded first, as get_item does
+        # a deferred value (bulk, left unread by the parser) is not read for its VR
         vr = elem.VR
         if vr and vr != "UN":
             return str(vr)
