@@ -38,6 +38,7 @@ __all__ = [
     "InProcessForward",
     "ServedPredictor",
     "load_gated",
+    "trace_with_embedding",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -94,27 +95,51 @@ class Forward(Protocol):
 
 
 class InProcessForward:
-    """Torch in this process."""
+    """Torch in this process, through a TorchScript trace of the registered module.
+
+    The trace returns the logits and the penultimate-layer embedding (the input of the last
+    ``Linear``, what live monitoring projects) from one forward pass. A TorchScript forward runs
+    in C++ without the GIL, so the serving process's other Python threads (HTTP handling,
+    preprocessing, monitoring) no longer stall it between ops as they stall an eager forward.
+    ``torchscript=False`` (or a module that cannot be traced): the eager module, embedding by a
+    forward hook.
+    """
 
     name = "inprocess"
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, *, torchscript: bool = True) -> None:
         self.module = loaded.module
         self._local = threading.local()
         self._hook_lock = threading.Lock()
         self._hooked: bool | None = None
+        self.traced: Any = None
+        if torchscript and loaded.task == "classification":
+            spec = loaded.preprocessing
+            try:
+                self.traced = trace_with_embedding(
+                    loaded.module, spec.spatial_size, channels=getattr(spec, "channels", 1)
+                )
+            except Exception as exc:  # e.g. a module trace cannot follow: the eager path serves it
+                LOGGER.warning("serving the eager module: trace failed (%s)", type(exc).__name__)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.with_embedding(batch)[0] if self.traced is not None else self._eager(batch)
+
+    def _eager(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
             return self.module(torch.from_numpy(batch)).numpy()
 
     def with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits and the penultimate-layer embedding (the input of the last ``Linear``, what live
-        monitoring projects) from the same forward pass; ``None`` for a network without one."""
+        """Logits and the penultimate-layer embedding from the same forward pass; ``None`` for a
+        network without a last ``Linear``."""
         import torch
 
+        if self.traced is not None:
+            with torch.inference_mode():
+                logits, embedding = self.traced(torch.from_numpy(batch))
+            return logits.numpy(), None if embedding.shape[1] == 0 else embedding.numpy()
         with self._hook_lock:
             if self._hooked is None:
                 linears = [m for m in self.module.modules() if isinstance(m, torch.nn.Linear)]
@@ -124,7 +149,7 @@ class InProcessForward:
         self._local.embedding = None
         self._local.capturing = self._hooked
         try:
-            logits = self(batch)
+            logits = self._eager(batch)
         finally:
             self._local.capturing = False
         embedding = self._local.embedding
@@ -133,6 +158,46 @@ class InProcessForward:
     def _capture(self, _module: Any, inputs: tuple[Any, ...], _output: Any) -> None:
         if getattr(self._local, "capturing", False):
             self._local.embedding = inputs[0].detach().flatten(1)
+
+
+def trace_with_embedding(module: Any, spatial_size: Any, *, channels: int = 1) -> Any:
+    """TorchScript trace of ``module`` (eval mode, same weights) returning ``(logits, embedding)``:
+    the embedding is the flattened input of the last ``Linear`` (``[N, 0]`` when there is none).
+    Traced like the registered ``model.ts`` (``torch.jit.trace`` of the eager module), with the
+    embedding as a second output, so live monitoring needs no second forward."""
+    import torch
+
+    class WithEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = module.eval()
+            self.captured: list[torch.Tensor] = []
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.captured.clear()
+            logits = self.network(x)
+            if self.captured:
+                return logits, self.captured[-1].flatten(1)
+            return logits, logits.new_zeros((x.shape[0], 0))
+
+    wrapper = WithEmbedding()
+    linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    handle = (
+        linears[-1].register_forward_hook(lambda _m, inputs, _o: wrapper.captured.append(inputs[0]))
+        if linears
+        else None
+    )
+    example = torch.zeros((1, channels, *(int(s) for s in spatial_size)), dtype=torch.float32)
+    try:
+        with torch.inference_mode():
+            traced = torch.jit.trace(wrapper, example, check_trace=False)
+    finally:
+        if handle is not None:
+            handle.remove()
+    with torch.inference_mode():
+        for _ in range(2):  # the profiling executor specialises on its first runs
+            traced(example)
+    return traced
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -44,7 +44,9 @@ def _error(status: int, message: str) -> dict[str, Any]:
 class ModelWorker:
     """One replica's model. Starts without a model when the gate denies it (and says why)."""
 
-    def __init__(self, served: ServedModel, gate: Gate | None = None) -> None:
+    def __init__(
+        self, served: ServedModel, gate: Gate | None = None, *, record_out_of_process: bool = False
+    ) -> None:
         from governance.approvals import Gate
 
         self.served = served
@@ -59,6 +61,15 @@ class ModelWorker:
             _MONITOR_BACKLOG
         )
         self._monitor: threading.Thread | None = None
+        # ``record_out_of_process`` (the serve app): the recorder this worker built for a loaded
+        # version records in a child process (serving.monitoring.process), off this process's
+        # GIL; a recorder set from outside (tests) still records on the thread.
+        self._recorder_process: Any = None
+        if record_out_of_process:
+            from serving.monitoring.process import RecorderProcess
+
+            self._recorder_process = RecorderProcess()
+        self._own_recorder: Any = None
         self._load(None)
 
     # ---- loading -----------------------------------------------------------------------------
@@ -77,7 +88,7 @@ class ModelWorker:
                 return
             forward = self._forward_for(loaded)
             self.predictor = ServedPredictor(loaded, decision, forward)
-            self.recorder = self._recorder_for(loaded)
+            self.recorder = self._own_recorder = self._recorder_for(loaded)
             self.denied = []
             LOGGER.info("serving %s v%s (%s)", loaded.name, loaded.version, forward.name)
 
@@ -119,6 +130,13 @@ class ModelWorker:
         request path."""
         from serving.monitoring.served import observe_dicom, record_served
 
+        if self._recorder_process is not None and recorder is self._own_recorder:
+            loaded = predictor.loaded
+            try:
+                self._recorder_process.submit(loaded.name, str(loaded.version), str(loaded.run_id), cases)
+            except Exception as exc:  # a monitoring failure is logged, not served
+                LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
+            return
         for request_id, data, result, embedding in cases:
             try:
                 if embedding is None:  # e.g. Triton: the embedding needs a forward pass here

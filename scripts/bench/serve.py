@@ -6,7 +6,8 @@ approved and promoted through the real workflow, with a reference profile so tha
 monitoring records every request (``--no-monitoring``: none); real DICOM bodies (demo
 radiographs). Every served request goes through auth, input validation, the gate (cached), the
 audit log, metrics and the monitoring recorder, exactly as in production.
-Raw baseline: ``LoadedModel.preprocess(bytes)`` + forward at batch 1 (latency) and preprocess
+Raw baseline: ``LoadedModel.preprocess(bytes)`` + the replica's forward (the same TorchScript
+trace of the same version, :class:`serving.model.InProcessForward`) at batch 1 (latency) and preprocess
 + batched forward at batch ``--concurrency`` over as many images as the served throughput run
 (throughput), with the same torch threads as the replica. It runs twice around each served
 measurement, with the app deployed and idle (the box is shared and its load drifts), and keeps
@@ -52,27 +53,31 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def raw_baseline(loaded: Any, bodies: list[bytes], requests: int, concurrency: int) -> dict[str, float]:
+def raw_baseline(
+    loaded: Any, forward: Any, bodies: list[bytes], requests: int, concurrency: int
+) -> dict[str, float]:
     """Decode + preprocess + forward in this process: ``requests`` at batch 1 (latency), then the
-    same ``2 * requests`` images as the served throughput run, in batches of ``concurrency``."""
+    same ``2 * requests`` images as the served throughput run, in batches of ``concurrency``.
+    ``forward``: the replica's own forward (``serving.model.InProcessForward``: the same
+    TorchScript trace returning logits and embedding, the same weights and torch threads)."""
     import torch
 
     with torch.inference_mode():
         for body in bodies[:3]:
-            loaded.module(loaded.preprocess(body))
+            forward.with_embedding(loaded.preprocess(body).numpy())
         latencies, forwards = [], []
         for i in range(requests):
             start = time.perf_counter()
             tensor = loaded.preprocess(bodies[i % len(bodies)])
             preprocessed = time.perf_counter()
-            loaded.module(tensor)
+            forward.with_embedding(tensor.numpy())
             latencies.append((time.perf_counter() - start) * 1000)
             forwards.append((time.perf_counter() - preprocessed) * 1000)
         rounds = max(2, requests * 2 // concurrency)
         start = time.perf_counter()
         for r in range(rounds):
             batch = torch.cat([loaded.preprocess(bodies[(r + k) % len(bodies)]) for k in range(concurrency)])
-            loaded.module(batch)
+            forward.with_embedding(batch.numpy())
         throughput = rounds * concurrency / (time.perf_counter() - start)
     return {
         "p50_ms": _pct(latencies, 0.5),
@@ -127,13 +132,13 @@ async def _measure(
 
 
 def _bracketed(
-    loaded: Any, bodies: list[bytes], args: argparse.Namespace, served: Any
+    loaded: Any, forward: Any, bodies: list[bytes], args: argparse.Namespace, served: Any
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Raw baseline, served measurement, raw again (the box is shared and its load drifts); the
     baseline is the better of its two runs on each figure, so the ratios are never flattered."""
-    first = raw_baseline(loaded, bodies, args.requests, args.concurrency)
+    first = raw_baseline(loaded, forward, bodies, args.requests, args.concurrency)
     result: dict[str, float] = served()
-    second = raw_baseline(loaded, bodies, args.requests, args.concurrency)
+    second = raw_baseline(loaded, forward, bodies, args.requests, args.concurrency)
     raw = {
         "p50_ms": min(first["p50_ms"], second["p50_ms"]),
         "p95_ms": min(first["p95_ms"], second["p95_ms"]),
@@ -272,6 +277,9 @@ def main() -> None:
         )
         log_reference_profile(str(loaded.run_id), profile)
 
+    from serving.model import InProcessForward
+
+    forward = InProcessForward(loaded)  # what the in-process replica builds from the same version
     ray.init(num_cpus=args.threads, include_dashboard=False, _temp_dir=f"/tmp/rg-bench-{os.getpid()}")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
@@ -281,6 +289,7 @@ def main() -> None:
     def measure(backend: str) -> None:
         raws[backend], results[backend] = _bracketed(
             loaded,
+            forward,
             bodies,
             args,
             lambda: asyncio.run(_measure(url, token, bodies, args.requests, args.concurrency)),
