@@ -265,7 +265,7 @@ def demo(
         None,
         "--patients",
         min=4,
-        help="Synthetic patients: 24 with two radiographs each, or 10 brain MR series (--task segmentation).",
+        help="Synthetic patients: 24 with two radiographs each, or 24 brain MR series (--task segmentation).",
     ),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
     stages: str = typer.Option(",".join(STAGES), "--stages", help=f"Comma-separated subset of {STAGES}."),
@@ -313,7 +313,7 @@ def demo(
         from radgate.demo_segmentation import run_segmentation_demo
 
         summary.update(
-            run_segmentation_demo(settings.home, people, patients or 10, workers, wanted, pacs, overrides)
+            run_segmentation_demo(settings.home, people, patients or 24, workers, wanted, pacs, overrides)
         )
         summary["elapsed_s"] = round(time.perf_counter() - start, 1)
         console.rule("[bold green]done")

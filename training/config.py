@@ -144,7 +144,10 @@ class SegmentationConfig(_Strict):
     )
     samples_per_volume: int = Field(default=4, ge=1, le=64, description="Patches drawn per volume and epoch.")
     pos_fraction: float = Field(
-        default=0.67, ge=0, le=1, description="Share of patches centred on a structure voxel."
+        default=0.67,
+        ge=0,
+        le=1,
+        description="Share of patches centred on a structure voxel, split equally between the structures.",
     )
     sw_batch_size: int = Field(default=4, ge=1)
 

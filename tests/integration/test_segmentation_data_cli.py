@@ -32,12 +32,12 @@ def test_anatomy_export_to_segmentation_dataset(tmp_path: Path, as_role: Callabl
     out = _radgate("demo-data", str(export), "--anatomy", "--patients", "4", "--spacing", "6", "--seed", "2")
     assert "wrote 4 MR series" in out and (export / "labels.csv").exists()
     _radgate("ingest", str(export / "dicom"), "--workers", "1")
-    names = "background,cerebellum,thalamus,occipital_lobe"
+    names = "background,cerebellum,deep_grey_nuclei,occipital_lobe"
     labels = str(export / "labels.csv")
     out = _radgate(
         "dataset", "create", "brain", "--task", "segmentation", "--labels", labels, "--label-names", names
     )
-    assert "created brain" in out and "4 series" in out and "2=thalamus" in out
+    assert "created brain" in out and "4 series" in out and "2=deep_grey_nuclei" in out
     shown = json.loads(_radgate("dataset", "show", "brain"))
     assert shown["task"] == "segmentation" and shown["series"] == 4 and shown["patients"] == 4
     assert all(shown["label_voxels"][n] > 0 for n in names.split(","))

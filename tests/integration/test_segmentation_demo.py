@@ -33,9 +33,10 @@ REPO = Path(__file__).resolve().parents[2]
 def _policy(tmp_path: Path) -> Path:
     policy = yaml.safe_load((REPO / "configs" / "governance" / "policy.yaml").read_text())
     model = yaml.safe_load((REPO / "configs" / "train" / "segmentation-demo.yaml").read_text())["registry"]
-    # Minutes of CPU training are far from the shipped Dice floor, and one test series has no
-    # subgroup gap: the demo model gets a floor of 0 on Dice and no gap check; every other check
-    # (de-identified dataset) and the two-person approval stay as shipped.
+    # This run is cut short (6 patients, 4 epochs: far from the shipped Dice floor, and two test
+    # series form no subgroups of two): the demo model gets a floor of 0 on Dice and no gap check;
+    # every other check (de-identified dataset) and the two-person approval stay as shipped. (The
+    # full demo, 24 patients and the config's epochs, still misses the shipped Dice floor: README.)
     checks = [
         {**c, "threshold": 0.0} if c["name"] == "min_dice" else c
         for c in policy["default"]["checks"]
@@ -64,7 +65,7 @@ def test_demo_puts_a_dicom_seg_over_the_series_in_orthanc(
     served = summary["serve"]
     assert served["pushed"]["sent"] == 2 and served["series_in_pacs"] > 0
     dice = served["dice_vs_site_labels"]  # the served SEG read back onto the series
-    assert set(dice) == {"cerebellum", "thalamus", "occipital_lobe"} and all(
+    assert set(dice) == {"cerebellum", "deep_grey_nuclei", "occipital_lobe"} and all(
         0 <= v <= 1 for v in dice.values()
     )
     # In the PACS: one study with the MR series and a SEG that references exactly that series.

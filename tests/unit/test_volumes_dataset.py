@@ -55,7 +55,7 @@ def test_anatomy_series_carry_phi_and_aligned_labels(anatomy: AnatomySet) -> Non
         labels = read_label_volume(subject.label_path, volume)  # an (X, Y, Z) RAS NIfTI
         counts = np.bincount(labels.ravel(), minlength=4)
         assert counts.size == len(ANATOMY_LABEL_NAMES) and all(counts[1:] > 20)
-        # the cerebellum lies below the thalamus, the occipital lobe behind it (LPS: +z up, +y back)
+        # the cerebellum lies below the deep grey nuclei, the occipital lobe behind them (LPS: +z up, +y back)
         centre = {k: np.argwhere(labels == k).mean(axis=0) for k in (1, 2, 3)}  # (z, y, x)
         assert centre[1][0] < centre[2][0] and centre[3][1] > centre[2][1]
         masks.append(labels)

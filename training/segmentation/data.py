@@ -10,9 +10,12 @@ serving time.
 Eval pipeline (validation, evaluation): load, channel first, resample the same field of view to
 ``spec.spacing`` (trilinear for the image, nearest for the label; the grid is
 ``round(n * spacing / target)`` per axis, as inference computes it), normalise per
-``spec.intensity``. Training adds padding to ``spec.roi_size``, ``RandCropByPosNegLabeld``
-patches and light augmentation (small affine, intensity scale/shift, noise). No flips: atlas
-structures are lateralised (left and right hippocampus are different labels).
+``spec.intensity``. Training adds padding to ``spec.roi_size``, class-balanced patches
+(``RandCropByLabelClassesd``: a share ``pos_fraction`` of the patches centred on structure voxels,
+split equally between the structures so a small one is seen as often as a large one; the rest
+centred anywhere in the volume) and light augmentation (small affine, intensity scale/shift,
+noise). No flips: atlas structures are lateralised (left and right hippocampus are different
+labels).
 """
 
 from __future__ import annotations
@@ -139,9 +142,11 @@ def train_transform(
 ) -> Any:
     """The eval pipeline, then patches of ``spec.roi_size`` and augmentation."""
     from monai.transforms import (
+        ClassesToIndicesd,
         Compose,
+        DeleteItemsd,
         RandAffined,
-        RandCropByPosNegLabeld,
+        RandCropByLabelClassesd,
         RandGaussianNoised,
         RandScaleIntensityd,
         RandShiftIntensityd,
@@ -149,17 +154,22 @@ def train_transform(
     )
 
     augment = augment or SegmentationAugment()
-    # pos / (pos + neg) = pos_fraction; MONAI takes the two weights.
-    pos, neg = (pos_fraction, 1.0 - pos_fraction) if 0 < pos_fraction < 1 else (float(pos_fraction > 0), 1.0)
-    # One flat list: CacheDataset caches everything before the first random transform.
+    # Patch-centre weights per class: background (any voxel of the volume) 1 - pos_fraction,
+    # each structure pos_fraction / K. A class absent from a volume gets weight 0.
+    structures = len(spec.labels)
+    ratios = [1.0 - pos_fraction, *([pos_fraction / structures] * structures)]
+    # One flat list: CacheDataset caches everything before the first random transform (the
+    # voxel indices per class included).
     steps = [
         *_eval_steps(spec, with_label=True),
         SpatialPadd(list(KEYS), spatial_size=spec.roi_size),
-        RandCropByPosNegLabeld(
-            list(KEYS), label_key=LABEL_KEY, spatial_size=spec.roi_size, pos=pos, neg=neg,
-            num_samples=samples_per_volume, image_key=IMAGE_KEY, image_threshold=0.0,
-            allow_smaller=True,
+        ClassesToIndicesd(LABEL_KEY, num_classes=spec.num_classes, indices_postfix="_class_indices"),
+        RandCropByLabelClassesd(
+            list(KEYS), label_key=LABEL_KEY, spatial_size=spec.roi_size, ratios=ratios,
+            num_classes=spec.num_classes, num_samples=samples_per_volume,
+            indices_key=f"{LABEL_KEY}_class_indices", allow_smaller=True, warn=False,
         ),
+        DeleteItemsd(f"{LABEL_KEY}_class_indices"),  # per-volume lists: not collated
         RandScaleIntensityd(IMAGE_KEY, factors=0.1, prob=0.3),
         RandShiftIntensityd(IMAGE_KEY, offsets=0.1, prob=0.3),
     ]
