@@ -7,6 +7,7 @@ with HKDF so that a UID hash can never be replayed as a date offset or an encryp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -64,9 +65,7 @@ class ProjectKey:
     def derive(self, purpose: str) -> bytes:
         """A 32-byte sub-key for one purpose (``uid``, ``date``, ``pseudonym``, ``seal``...)."""
         material = self.seal_secret if purpose == "seal" and self.seal_secret is not None else self.secret
-        return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"radgate-v1", info=purpose.encode()).derive(
-            material
-        )
+        return _derive(material, purpose)
 
     def mac(self, purpose: str, message: bytes) -> bytes:
         """HMAC-SHA256 of ``message`` under the sub-key for ``purpose``."""
@@ -75,18 +74,31 @@ class ProjectKey:
     def seal(self, plaintext: bytes, associated: bytes = b"") -> bytes:
         """AES-256-GCM encryption; the output is nonce || ciphertext || tag."""
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + AESGCM(self.derive("seal")).encrypt(nonce, plaintext, associated)
+        return nonce + _aead(self.derive("seal")).encrypt(nonce, plaintext, associated)
 
     def unseal(self, sealed: bytes, associated: bytes = b"") -> bytes:
         """Decrypt what :meth:`seal` produced; raises :class:`KeyError_` on a wrong key or tampering."""
         from cryptography.exceptions import InvalidTag
 
         try:
-            return AESGCM(self.derive("seal")).decrypt(
+            return _aead(self.derive("seal")).decrypt(
                 sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated
             )
         except (InvalidTag, ValueError) as exc:
             raise KeyError_("cannot decrypt: wrong project key or tampered data") from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _derive(material: bytes, purpose: str) -> bytes:
+    # HKDF is deterministic: derive each (key, purpose) once per process, not on every call
+    # (de-identification seals a pseudonym map entry per patient: thousands per corpus).
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"radgate-v1", info=purpose.encode())
+    return hkdf.derive(material)
+
+
+@functools.lru_cache(maxsize=16)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
 
 
 def _parse_hex(text: str) -> bytes:
