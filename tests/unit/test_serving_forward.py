@@ -43,7 +43,7 @@ def test_traced_forward_equals_the_eager_module(served: dict[str, Any]) -> None:
         logits, embedding = forward.with_embedding(batch.numpy())
         with torch.inference_mode():
             eager = loaded.module(batch).numpy()
-        probs, expected = embed_and_score(loaded.module, batch)
+        _, expected = embed_and_score(loaded.module, batch)
         assert logits.shape == eager.shape == (len(batch), 2)
         assert np.allclose(logits, eager, atol=1e-5)
         assert embedding is not None
