@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +75,13 @@ def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
     assert worker.recorder is not None, "the version has a reference profile"
     data = served["files"][1].read_bytes()
     try:
-        reply = asyncio.run(
-            worker.predict({"instances": [data], "version": served["version"]}, worker.forward_one)
-        )
+        # a fresh thread: an earlier test in the same session may leave an event loop marked
+        # running in the main thread, where asyncio.run refuses to start
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            reply = pool.submit(
+                asyncio.run,
+                worker.predict({"instances": [data], "version": served["version"]}, worker.forward_one),
+            ).result()
         request_id = reply["results"][0]["request_id"]
         stored = None
         for _ in range(240):  # recorded off the request path, by the child
