@@ -76,7 +76,7 @@ def dataset_create(
         None,
         "--label-names",
         help="Comma-separated class names, index = label (e.g. no_finding,opacity); for segmentation "
-        "the structure of each label value, 0 = background (e.g. background,cerebellum,thalamus).",
+        "the structure of each label value, 0 = background (e.g. background,cerebellum,deep_grey_nuclei).",
     ),
     task: str = typer.Option(
         "classification",
