@@ -128,7 +128,7 @@ class ModelWorker:
     ) -> None:
         """Record each request's features (no PHI) and what the UI may show of it, off the
         request path."""
-        from serving.monitoring.served import observe_dicom, record_served
+        from serving.monitoring.served import record_cases
 
         if self._recorder_process is not None and recorder is self._own_recorder:
             loaded = predictor.loaded
@@ -137,14 +137,7 @@ class ModelWorker:
             except Exception as exc:  # a monitoring failure is logged, not served
                 LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
             return
-        for request_id, data, result, embedding in cases:
-            try:
-                if embedding is None:  # e.g. Triton: the embedding needs a forward pass here
-                    observe_dicom(predictor.loaded, recorder, request_id, data, view=result)
-                else:  # the served forward pass already gave scores and embedding
-                    record_served(recorder, request_id, data, result["probabilities"], embedding, view=result)
-            except Exception as exc:  # a monitoring failure is logged, not served
-                LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
+        record_cases(recorder, cases, lambda: predictor.loaded)
 
     def _forward_for(self, loaded: Any) -> Any:
         import torch

@@ -102,7 +102,7 @@ def main() -> None:
     import torch
 
     from serving.monitoring.live import LiveRecorder
-    from serving.monitoring.served import observe_dicom, record_served
+    from serving.monitoring.served import record_cases
     from training.registry import load_model
 
     torch.set_num_threads(1)
@@ -117,16 +117,13 @@ def main() -> None:
         except Exception as exc:  # monitoring must never stop serving
             LOGGER.warning("no live monitoring for %s v%s (%s)", model, version, type(exc).__name__)
             continue
-        for request_id, data, result, embedding in cases:
-            try:
-                if embedding is None:  # e.g. Triton: the embedding needs a forward pass here
-                    if key not in models:
-                        models[key] = load_model(f"{model}/{version}", verify=True)
-                    observe_dicom(models[key], recorder, request_id, data, view=result)
-                else:
-                    record_served(recorder, request_id, data, result["probabilities"], embedding, view=result)
-            except Exception as exc:  # a monitoring failure is logged, not served
-                LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
+
+        def loaded(key: tuple[str, str] = key) -> Any:  # e.g. Triton: loaded, verified, once
+            if key not in models:
+                models[key] = load_model(f"{key[0]}/{key[1]}", verify=True)
+            return models[key]
+
+        record_cases(recorder, cases, loaded)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ whose training run did not (models trained before monitoring existed).
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -31,9 +33,12 @@ __all__ = [
     "ShiftKind",
     "ensure_reference_profile",
     "observe_dicom",
+    "record_cases",
     "record_served",
     "shift_dicom",
 ]
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass
@@ -142,3 +147,22 @@ def shift_dicom(data: bytes, kind: ShiftKind | str) -> bytes:
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def record_cases(
+    recorder: LiveRecorder,
+    cases: Iterable[tuple[str, bytes, dict[str, Any], np.ndarray | None]],
+    model: Callable[[], Any],
+) -> None:
+    """Record served requests ``(request_id, dicom_bytes, result, embedding)``: with the embedding
+    the served forward pass gave (:func:`record_served`), or without one (e.g. Triton) by a
+    forward pass of ``model()`` here (:func:`observe_dicom`). A failure is logged per request,
+    never raised: monitoring must not stop serving."""
+    for request_id, data, result, embedding in cases:
+        try:
+            if embedding is None:
+                observe_dicom(model(), recorder, request_id, data, view=result)
+            else:
+                record_served(recorder, request_id, data, result["probabilities"], embedding, view=result)
+        except Exception as exc:
+            LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
