@@ -102,13 +102,19 @@ class InProcessForward:
     in C++ without the GIL, so the serving process's other Python threads (HTTP handling,
     preprocessing, monitoring) no longer stall it between ops as they stall an eager forward.
     ``torchscript=False`` (or a module that cannot be traced): the eager module, embedding by a
-    forward hook.
+    forward hook. The forward runs on the device that holds the module's parameters (a GPU
+    replica moves the module there first, :meth:`serving.worker.ModelWorker`); inputs go to that
+    device and results come back as CPU arrays.
     """
 
     name = "inprocess"
 
     def __init__(self, loaded: LoadedModel, *, torchscript: bool = True) -> None:
+        import torch
+
         self.module = loaded.module
+        parameter = next(iter(loaded.module.parameters()), None)
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
         self._local = threading.local()
         self._hook_lock = threading.Lock()
         self._hooked: bool | None = None
@@ -129,7 +135,13 @@ class InProcessForward:
         import torch
 
         with torch.inference_mode():
-            return self.module(torch.from_numpy(batch)).numpy()
+            return self.module(self._tensor(batch)).cpu().numpy()
+
+    def _tensor(self, batch: np.ndarray) -> Any:
+        import torch
+
+        tensor = torch.from_numpy(batch)
+        return tensor if self.device.type == "cpu" else tensor.to(self.device, non_blocking=True)
 
     def with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits and the penultimate-layer embedding from the same forward pass; ``None`` for a
@@ -138,8 +150,8 @@ class InProcessForward:
 
         if self.traced is not None:
             with torch.inference_mode():
-                logits, embedding = self.traced(torch.from_numpy(batch))
-            return logits.numpy(), None if embedding.shape[1] == 0 else embedding.numpy()
+                logits, embedding = self.traced(self._tensor(batch))
+            return logits.cpu().numpy(), None if embedding.shape[1] == 0 else embedding.cpu().numpy()
         with self._hook_lock:
             if self._hooked is None:
                 linears = [m for m in self.module.modules() if isinstance(m, torch.nn.Linear)]
@@ -153,7 +165,7 @@ class InProcessForward:
         finally:
             self._local.capturing = False
         embedding = self._local.embedding
-        return logits, None if embedding is None else embedding.numpy()
+        return logits, None if embedding is None else embedding.cpu().numpy()
 
     def _capture(self, _module: Any, inputs: tuple[Any, ...], _output: Any) -> None:
         if getattr(self._local, "capturing", False):
@@ -187,7 +199,12 @@ def trace_with_embedding(module: Any, spatial_size: Any, *, channels: int = 1) -
         if linears
         else None
     )
-    example = torch.zeros((1, channels, *(int(s) for s in spatial_size)), dtype=torch.float32)
+    parameter = next(iter(module.parameters()), None)
+    example = torch.zeros(
+        (1, channels, *(int(s) for s in spatial_size)),
+        dtype=torch.float32,
+        device=parameter.device if parameter is not None else None,
+    )
     try:
         with torch.inference_mode():
             traced = torch.jit.trace(wrapper, example, check_trace=False)

@@ -143,6 +143,12 @@ class ModelWorker:
         import torch
 
         torch.set_num_threads(self.served.threads)
+        if self.served.num_gpus > 0 and self.served.backend is not Backend.TRITON:
+            # The replica holds a GPU: the module (forward, explanations, segmentation) runs there.
+            if torch.cuda.is_available():
+                loaded.module.to(torch.device("cuda"))
+            else:
+                LOGGER.warning("%s asks for a GPU but CUDA is not available: serving on CPU", loaded.name)
         if self.served.backend is Backend.TRITON:
             from serving.triton.client import TritonForward
 

@@ -183,8 +183,9 @@ def embed_and_score(module: torch.nn.Module, batch: torch.Tensor) -> tuple[np.nd
     handle = _last_linear(module).register_forward_hook(
         lambda _m, inputs, _out: captured.append(inputs[0].detach().flatten(1))
     )
+    parameter = next(iter(module.parameters()), None)
     try:
-        logits = module(batch)
+        logits = module(batch.to(parameter.device) if parameter is not None else batch)
     finally:
         handle.remove()
     probs = torch.softmax(logits, dim=1).cpu().numpy()

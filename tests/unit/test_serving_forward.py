@@ -57,6 +57,27 @@ def test_traced_forward_equals_the_eager_module(served: dict[str, Any]) -> None:
     assert embedding is not None and embedding.shape == (len(images), expected.shape[1])
 
 
+def test_gpu_model_without_cuda_serves_on_the_cpu(served: dict[str, Any], caplog: Any) -> None:
+    """A replica configured with a GPU places the module on CUDA (scripts/device/cuda_check.py
+    checks that on a GPU machine); where CUDA is absent it says so and serves on the CPU."""
+    import types
+
+    import torch
+
+    from serving.config import ServedModel
+    from serving.worker import ModelWorker
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: scripts/device/cuda_check.py covers the GPU path")
+    worker = types.SimpleNamespace(served=ServedModel(name=MODEL, alias="production", num_gpus=1))
+    with caplog.at_level("WARNING", logger="serving.worker"):
+        forward = ModelWorker._forward_for(worker, served["loaded"])  # type: ignore[arg-type]
+    assert "CUDA is not available" in caplog.text
+    assert forward.device.type == "cpu"
+    batch = served["loaded"].preprocess(served["files"][0].read_bytes()).numpy()
+    assert forward(batch).shape == (1, 2)
+
+
 def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
     from governance.catalog.db import open_catalog
     from serving.config import ServedModel
