@@ -31,12 +31,22 @@ from imaging.deid.table import (
     Option,
     load_table,
 )
-from imaging.deid.values import DUMMY, TEXT_DUMMY, age_band, date_variants, shift_value, text_of
+from imaging.deid.values import (
+    DUMMY,
+    RAW_CODECS,
+    TEXT_DUMMY,
+    age_band_of,
+    date_variants,
+    raw_text,
+    shift_value,
+    text_of,
+)
 
 __all__ = ["DeidRecord", "Deidentifier"]
 
 SOFTWARE = "RadGate 0.1.0"
 _TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+_MULTI_TEXT_VRS = frozenset({"LO", "SH", "UC"})  # the text VRs whose values split on backslashes
 _NUMERIC_VRS = frozenset({"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "IS", "DS", "AT"})
 _BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
 _MAX_LEN = {"SH": 16, "LO": 64, "ST": 1024, "LT": 10240, "AE": 16, "CS": 16, "PN": 64}
@@ -80,7 +90,6 @@ _IDENTIFYING_KEYWORDS = (
     "ContentCreatorName",
     "DeviceSerialNumber",
 )
-_RAW_SAFE_CHARSETS = frozenset({"", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 6"})
 # Every generic PHI pattern of the scrubber needs a digit, an @ or a title word: text without
 # any of them (and without a known token) cannot change, so it is left undecoded.
 _SUSPECT = re.compile(r"[0-9@]|(?<![a-z])(?:dr|doctor|prof|mr|mrs|ms|miss)(?![a-z])")
@@ -100,14 +109,24 @@ _CODE_TAGS = frozenset(
     )
 )
 _IDENTIFYING_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in _IDENTIFYING_KEYWORDS)
-_DATE_KEYWORDS = (
-    "PatientBirthDate",
-    "StudyDate",
-    "SeriesDate",
-    "AcquisitionDate",
-    "ContentDate",
-    "InstanceCreationDate",
+_DATE_TAGS = tuple(
+    int(tag_for_keyword(k) or 0)
+    for k in (
+        "PatientBirthDate",
+        "StudyDate",
+        "SeriesDate",
+        "AcquisitionDate",
+        "ContentDate",
+        "InstanceCreationDate",
+    )
 )
+_CHARSET = 0x00080005
+# Header attributes the engine reads (tags, not keywords: no keyword lookups per instance).
+_SOP_CLASS, _SOP_INSTANCE, _STUDY_UID, _SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
+_MODALITY, _BURNED_IN, _PATIENT_ID, _PATIENT_NAME = 0x00080060, 0x00280301, 0x00100020, 0x00100010
+_ACCESSION, _PATIENT_SEX, _PATIENT_AGE, _PATIENT_BIRTH_DATE = 0x00080050, 0x00100040, 0x00101010, 0x00100030
+_STUDY_DATE, _MANUFACTURER, _MODEL, _INSTITUTION = 0x00080020, 0x00080070, 0x00081090, 0x00080080
+_BODY_PART, _PHOTOMETRIC = 0x00180015, 0x00280004
 
 
 @dataclass
@@ -133,8 +152,10 @@ class _Instance:
     offset_days: int
     scrubber_values: list[str]
     actions: Counter[str]
-    # Raw bytes may be inspected without decoding only in single-byte or UTF-8 character sets.
-    raw_text_ok: bool = True
+    # Python codec of the top-level character set when values can be read from their raw
+    # bytes without pydicom (see ``values.RAW_CODECS``); None: every value goes through pydicom.
+    codec: str | None = "latin-1"
+    root: Dataset | None = None
     # Free text is cleaned after the walk, once every nested name and ID has been seen.
     pending: list[tuple[Dataset, Any]] = field(default_factory=list)
     _scrubber: TextScrubber | None = None
@@ -168,27 +189,26 @@ class Deidentifier:
 
     def deidentify(self, ds: Dataset) -> DeidRecord:
         """De-identify ``ds`` in place; raises :class:`QuarantineError` when it is not safe to."""
-        sop_class = text_of(ds.get("SOPClassUID", "")) or text_of(
+        # the character set first: it says whether values may be read from their raw bytes
+        state = _Instance(offset_days=0, scrubber_values=[], actions=Counter(), root=ds)
+        state.codec = RAW_CODECS.get(self._text(ds, _CHARSET, state).strip().upper())
+        text = self._text
+        sop_class = text(ds, _SOP_CLASS, state) or text_of(
             ds.file_meta.get("MediaStorageSOPClassUID", "") if hasattr(ds, "file_meta") else ""
         )
-        modality = text_of(ds.get("Modality", "")).upper()
-        pixel_rule = self._burned_in_gate(ds, sop_class, modality)
+        modality = text(ds, _MODALITY, state).upper()
+        pixel_rule = self._burned_in_gate(ds, sop_class, modality, state)
 
-        patient_id = text_of(ds.get("PatientID", ""))
-        study_uid = text_of(ds.get("StudyInstanceUID", ""))
+        patient_id = text(ds, _PATIENT_ID, state)
+        study_uid = text(ds, _STUDY_UID, state)
         pseudonym = self.pseudonyms.patient(patient_id, fallback=study_uid)
-        values = [text_of(ds[tag].value) for tag in ds.keys() if int(tag) in _IDENTIFYING_TAGS]
-        for keyword in _DATE_KEYWORDS:
-            values.extend(date_variants(text_of(ds.get(keyword, ""))))
-        charset = text_of(ds.get("SpecificCharacterSet", "")).strip().upper()
-        state = _Instance(
-            offset_days=self.pseudonyms.date_offset_days(pseudonym),
-            scrubber_values=values,
-            actions=Counter(),
-            raw_text_ok=charset in _RAW_SAFE_CHARSETS,
-        )
-        originals = self._originals(ds, patient_id, pseudonym)
-        attributes = self._attributes(ds, modality)
+        values = state.scrubber_values
+        values.extend(text(ds, tag, state) for tag in ds._dict if int(tag) in _IDENTIFYING_TAGS)
+        for tag in _DATE_TAGS:
+            values.extend(date_variants(text(ds, tag, state)))
+        state.offset_days = self.pseudonyms.date_offset_days(pseudonym)
+        originals = self._originals(ds, patient_id, pseudonym, state)
+        attributes = self._attributes(ds, modality, state)
 
         pixel_cleaned = False
         if pixel_rule is not None:
@@ -215,12 +235,12 @@ class Deidentifier:
 
     # -- before the walk ----------------------------------------------------------------------
 
-    def _burned_in_gate(self, ds: Dataset, sop_class: str, modality: str) -> Any:
+    def _burned_in_gate(self, ds: Dataset, sop_class: str, modality: str, state: _Instance) -> Any:
         policy = self.profile.burned_in
         rule = matching_rule(ds, policy.pixel_cleaning)
         if rule is not None:
             return rule
-        if text_of(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        if self._text(ds, _BURNED_IN, state).upper() == "YES":
             raise QuarantineError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
         if sop_class in policy.quarantine_sop_classes:
             reason = (
@@ -235,40 +255,46 @@ class Deidentifier:
             )
         return None
 
-    def _originals(self, ds: Dataset, patient_id: str, pseudonym: str) -> list[tuple[str, str, str]]:
+    def _originals(
+        self, ds: Dataset, patient_id: str, pseudonym: str, state: _Instance
+    ) -> list[tuple[str, str, str]]:
         out = [(PseudonymKind.PATIENT_ID, patient_id, pseudonym)]
-        name = text_of(ds.get("PatientName", ""))
+        name = self._text(ds, _PATIENT_NAME, state)
         if name:
             out.append((PseudonymKind.PATIENT_NAME, name, pseudonym))
         uid = self._uid
-        for kind, keyword in (
-            (PseudonymKind.STUDY_UID, "StudyInstanceUID"),
-            (PseudonymKind.SERIES_UID, "SeriesInstanceUID"),
-            (PseudonymKind.SOP_UID, "SOPInstanceUID"),
+        for kind, tag in (
+            (PseudonymKind.STUDY_UID, _STUDY_UID),
+            (PseudonymKind.SERIES_UID, _SERIES_UID),
+            (PseudonymKind.SOP_UID, _SOP_INSTANCE),
         ):
-            original = text_of(ds.get(keyword, ""))
+            original = self._text(ds, tag, state)
             out.append((kind, original, uid(original) if original else ""))
-        accession = text_of(ds.get("AccessionNumber", ""))
-        study_uid = text_of(ds.get("StudyInstanceUID", ""))
+        accession = self._text(ds, _ACCESSION, state)
+        study_uid = self._text(ds, _STUDY_UID, state)
         if accession and study_uid:
             # Labels exported by accession number map to the de-identified study.
             out.append((PseudonymKind.ACCESSION, accession, uid(study_uid)))
         return out
 
-    def _attributes(self, ds: Dataset, modality: str) -> dict[str, Any]:
+    def _attributes(self, ds: Dataset, modality: str, state: _Instance) -> dict[str, Any]:
         """Non-identifying attributes for datasets and subgroup analysis."""
-        sex = text_of(ds.get("PatientSex", "")).upper()
+        text = self._text
+        sex = text(ds, _PATIENT_SEX, state).upper()
+        age = age_band_of(
+            text(ds, _PATIENT_AGE, state), text(ds, _PATIENT_BIRTH_DATE, state), text(ds, _STUDY_DATE, state)
+        )
         return {
             "modality": modality,
             "sex": sex if sex in {"M", "F", "O"} else "unknown",
-            "age_band": age_band(ds),
-            "manufacturer": text_of(ds.get("Manufacturer", "")) or "unknown",
-            "manufacturer_model": text_of(ds.get("ManufacturerModelName", "")) or "unknown",
-            "site": self.pseudonyms.site(text_of(ds.get("InstitutionName", ""))),
-            "body_part": text_of(ds.get("BodyPartExamined", "")).upper() or "unknown",
+            "age_band": age,
+            "manufacturer": text(ds, _MANUFACTURER, state) or "unknown",
+            "manufacturer_model": text(ds, _MODEL, state) or "unknown",
+            "site": self.pseudonyms.site(text(ds, _INSTITUTION, state)),
+            "body_part": text(ds, _BODY_PART, state).upper() or "unknown",
             "rows": int(ds.get("Rows", 0) or 0),
             "columns": int(ds.get("Columns", 0) or 0),
-            "photometric": text_of(ds.get("PhotometricInterpretation", "")),
+            "photometric": text(ds, _PHOTOMETRIC, state),
             "bits_stored": int(ds.get("BitsStored", 0) or 0),
         }
 
@@ -290,9 +316,9 @@ class Deidentifier:
             if depth and (t in _IDENTIFYING_TAGS or self._vr(ds, tag) == "PN"):
                 # names and IDs inside sequences (observers, SR content, beams) must not
                 # survive in any free text either
-                value = ds[tag].value
+                value = self._text(ds, tag, state)
                 if value:
-                    state.scrubber_values.append(text_of(value))
+                    state.scrubber_values.append(value)
             action = self.table.lookup(t)
             if action is None:
                 self._unlisted(ds, tag, state, pseudonym, depth)
@@ -333,12 +359,37 @@ class Deidentifier:
                 self._vr_cache[t] = None
         return self._vr_cache[t] if vr != "UN" or self._vr_cache[t] else "UN"
 
+    @staticmethod
+    def _codec(ds: Dataset, state: _Instance) -> str | None:
+        """The codec of ``ds``'s values: the top level's, unless an item sets its own charset."""
+        return state.codec if ds is state.root or _CHARSET not in ds._dict else None
+
+    def _text(self, ds: Dataset, tag: int, state: _Instance) -> str:
+        """``text_of`` the element's value ('' when absent), read from its raw bytes when
+        :func:`raw_text` gives what pydicom would decode (a value read so stays undecoded)."""
+        elem = ds._dict.get(tag)  # type: ignore[call-overload]
+        if elem is None:
+            return ""
+        if type(elem) is RawDataElement and elem.value is not None and not (tag >> 16) & 1:
+            codec = self._codec(ds, state) if tag != _CHARSET else "latin-1"
+            vr = self._vr(ds, tag)
+            if codec is not None and vr is not None and elem.VR in (vr, None):
+                text = raw_text(elem.value, vr, codec)
+                if text is not None:
+                    return text
+        return text_of(ds[tag].value)
+
     def _raw_text(self, ds: Dataset, tag: int, state: _Instance) -> str | None:
-        """The undecoded value as text when that is safe to inspect, else None."""
+        """The undecoded value as text when that is safe to inspect, else None.
+
+        Decoded with the codec pydicom uses for the character set: a value read in another
+        codec (ISO 8859-1 bytes as UTF-8) would hide the header's names from the check.
+        """
         raw = ds.get_item(tag)
-        if not state.raw_text_ok or not isinstance(raw, RawDataElement) or raw.value is None:
+        codec = self._codec(ds, state)
+        if codec is None or not isinstance(raw, RawDataElement) or raw.value is None:
             return None
-        return raw.value.decode("utf-8", "replace")
+        return raw.value.decode(codec, "replace")
 
     def _text_unchanged(self, ds: Dataset, tag: int, state: _Instance) -> bool:
         """True when scrubbing could not change this text (checked on the raw bytes)."""
@@ -365,17 +416,10 @@ class Deidentifier:
         self, ds: Dataset, t: int, action: Action, state: _Instance, pseudonym: str, depth: int
     ) -> None:
         raw_vr = self._vr(ds, t)
-        if raw_vr not in (None, "UN", "SQ") and action in (Action.ZERO, Action.PSEUDONYM, Action.DUMMY):
-            vr = str(raw_vr)
-            if action is Action.PSEUDONYM:
-                self._set(ds, t, vr, pseudonym)
-                return
-            if action is Action.ZERO:
-                self._set(ds, t, vr, b"" if vr in _BINARY_VRS else None if vr in _NUMERIC_VRS else "")
-                return
-            if vr != "UI":  # a dummy UID derives from the original value
-                self._set(ds, t, vr, self._dummy_for(vr))
-                return
+        if raw_vr not in (None, "UN", "SQ") and self._apply_undecoded(
+            ds, t, str(raw_vr), action, state, pseudonym
+        ):
+            return
         elem = ds[t]
         vr = elem.VR
         if vr == "SQ":
@@ -394,6 +438,52 @@ class Deidentifier:
             self._replace_uids(elem)
         elif action is Action.CLEAN:
             self._clean(ds, elem, state)
+
+    def _apply_undecoded(
+        self, ds: Dataset, t: int, vr: str, action: Action, state: _Instance, pseudonym: str
+    ) -> bool:
+        """Apply ``action`` without pydicom decoding the old value (True when done): it is not
+        needed (P, Z, most D, cleaned text and names) or is read from its raw bytes (UIDs, dates)."""
+        if action is Action.PSEUDONYM:
+            self._set(ds, t, vr, pseudonym)
+            return True
+        if action is Action.ZERO:
+            self._set(ds, t, vr, b"" if vr in _BINARY_VRS else None if vr in _NUMERIC_VRS else "")
+            return True
+        if action is Action.DUMMY and vr != "UI":  # a dummy UID derives from the original value
+            self._set(ds, t, vr, self._dummy_for(vr))
+            return True
+        if ds._dict[t].VR not in (vr, None):  # type: ignore[index]
+            return False  # stored as UN: pydicom decides what it becomes, as before
+        if action is Action.CLEAN:
+            if vr in _TEXT_VRS:
+                state.pending.append((ds, t))  # cleaned once the whole instance is read
+                return True
+            if vr == "PN":
+                self._set(ds, t, vr, DUMMY["PN"])
+                return True
+            if vr == "TM" and (self._modified_dates or self._full_dates):
+                return True  # kept: dates move by whole days
+            if vr in ("DA", "DT", "TM") and not self._modified_dates:
+                self._set(ds, t, vr, self._dummy_for(vr))
+                return True
+        if vr not in ("UI", "DA", "DT") or action not in (Action.UID, Action.CLEAN, Action.DUMMY):
+            return False
+        if type(ds._dict[t]) is not RawDataElement:  # type: ignore[index]
+            return False
+        text = self._text(ds, t, state)
+        values = text.split("\\")
+        if vr == "UI":
+            if action is Action.DUMMY:  # as _dummy: one UID from the whole original value
+                self._set(ds, t, vr, self._uid(text) if text else "")
+            else:  # as _replace_uids
+                self._set(ds, t, vr, [self._uid(v) for v in values] if len(values) > 1 else self._uid(text))
+            return True
+        if action is not Action.CLEAN:
+            return False
+        shifted = [shift_value(v, vr, state.offset_days) for v in values]  # as _shift
+        self._set(ds, t, vr, shifted if len(shifted) > 1 else shifted[0])
+        return True
 
     def _dummy(self, elem: DataElement) -> Any:
         if elem.VR == "UI":
@@ -443,8 +533,35 @@ class Deidentifier:
 
     def _scrub_pending(self, state: _Instance) -> None:
         for ds, tag in state.pending:
-            if tag in ds and not self._text_unchanged(ds, tag, state):
+            changed = tag in ds and not self._text_unchanged(ds, tag, state)
+            if changed and not self._scrub_raw(ds, tag, state):
                 self._scrub(ds[tag], state)
+
+    def _scrub_raw(self, ds: Dataset, tag: int, state: _Instance) -> bool:
+        """:meth:`_scrub` on the text read from the raw bytes (True when done), so that pydicom
+        does not decode a value that is replaced anyway; the new value is the same."""
+        elem = ds._dict[tag]  # type: ignore[index]
+        codec = self._codec(ds, state)
+        vr = self._vr(ds, tag)
+        if codec is None or vr not in _TEXT_VRS or type(elem) is not RawDataElement:
+            return False
+        if elem.VR not in (vr, None) or elem.value is None:
+            return False
+        text = raw_text(elem.value, vr, codec)
+        if text is None:
+            return False
+        limit = _MAX_LEN.get(vr)
+        generic = tag not in _CODE_TAGS
+        clean = state.scrubber.clean
+        if vr in _MULTI_TEXT_VRS and "\\" in text:  # pydicom's MultiValue
+            cleaned = [clean(v, generic=generic) for v in text.split("\\")]
+            self._set(ds, tag, vr, [c[:limit] if limit else c for c in cleaned])
+        elif text:
+            cleaned_text = clean(text, generic=generic)
+            self._set(ds, tag, vr, cleaned_text[:limit] if limit else cleaned_text)
+        else:
+            self._set(ds, tag, vr, "")  # what pydicom decodes an empty or blank value to
+        return True
 
     def _scrub(self, elem: DataElement, state: _Instance) -> None:
         if elem.value is None or elem.value == "":

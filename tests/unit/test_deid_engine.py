@@ -211,3 +211,24 @@ def test_coded_values_kept_but_header_identifiers_removed_from_them() -> None:
     kept, scrubbed = out.DerivationCodeSequence
     assert kept.CodeValue == "121322" and kept.CodingSchemeDesignator == "DCM"
     assert PATIENT_ID not in str(scrubbed.CodeValue)
+
+
+@pytest.mark.parametrize(
+    ("charset", "codec"), [("ISO_IR 100", "latin-1"), ("ISO_IR 192", "utf-8"), (None, "latin-1")]
+)
+def test_non_ascii_names_are_found_in_free_text_of_their_character_set(
+    charset: str | None, codec: str
+) -> None:
+    # The engine reads undecoded text to decide whether it needs cleaning: in the codec of the
+    # character set, or a name with an accent (ISO 8859-1 bytes read as UTF-8) went unseen.
+    # StudyDescription is cleaned by the table (C), Manufacturer as unlisted text.
+    src = make_ct(PatientName="MÜLLER^JÜRGEN", StudyDescription="Befund für Müller", Manufacturer="Jürgen")
+    if charset is not None:
+        src.SpecificCharacterSet = charset
+    elif "SpecificCharacterSet" in src:
+        del src.SpecificCharacterSet
+    out = deid(src)
+    for keyword in ("StudyDescription", "Manufacturer"):
+        text = str(out.get(keyword, "")).lower()
+        assert "müller" not in text and "jürgen" not in text, keyword
+    assert "MÜLLER".encode(codec) not in encode(out)
