@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
 
 from sqlalchemy import Engine, event, select
 
@@ -37,7 +36,7 @@ from governance.catalog import Catalog, Instance, open_catalog
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from imaging.deid import Deidentifier, DeidProfile, load_profile
-from imaging.ingest.commit import GroupCommit, fsync_directory, fsync_file
+from imaging.ingest.commit import GroupCommit, fsync_directory, fsync_file, write_new_object
 from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_processed, result_from
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 from imaging.store import ContentStore
@@ -92,8 +91,33 @@ def _durable_engine(url: str, _pid: int) -> Catalog:
 
 @lru_cache(maxsize=4)
 def _fsync_pool(_pid: int) -> ThreadPoolExecutor:
-    """Threads that flush objects while their records commit (one pool per process)."""
+    """Threads that write and flush objects while their records commit (one pool per process).
+    A task never waits for another task, so a full pool only queues."""
     return ThreadPoolExecutor(8, thread_name_prefix="fsync")
+
+
+@dataclass(frozen=True)
+class _Writing:
+    """An object being stored: ``placed`` once it is at its name, ``durable`` once flushed."""
+
+    placed: Future[None]
+    durable: Future[None]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A record for the group commit, with the write its commit must wait for (if any)."""
+
+    result: Result
+    placed: Future[None] | None
+
+
+def _settle(future: Future[None] | None) -> BaseException | None:
+    """Wait for ``future``; its exception, if it failed."""
+    if future is None:
+        return None
+    wait([future])
+    return future.exception()
 
 
 class Ingestor:
@@ -118,23 +142,34 @@ class Ingestor:
         self._local_root = self._local_store_root()
         self._writer_lock = self._catalog_writer_lock()
         self._object_lock = self._local_root / ".objects-lock" if self._local_root else None
-        self.commits: GroupCommit[Result] = GroupCommit(self._commit_batch)
+        if self._local_root is not None:
+            self._local_root.mkdir(parents=True, exist_ok=True)  # its lock may be taken first
+        self.commits: GroupCommit[_Pending] = GroupCommit(self._commit_batch)
 
     def _catalog_writer_lock(self) -> Path | None:
         """SQLite: the lock file that serialises this home's group commits across processes."""
         url = self.catalog.url
         return Path(url.removeprefix("sqlite:///") + ".writer-lock") if url.startswith("sqlite:///") else None
 
-    def _commit_batch(self, batch: list[Result]) -> None:
+    def _commit_batch(self, batch: list[_Pending]) -> None:
         """One transaction for the batch. On SQLite, the leaders of several processes (gateway
         workers) queue on a file lock first: a waiter is woken as soon as the lock is free,
-        where SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries."""
+        where SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries. The rows are
+        inserted while the objects are still being written; the commit waits until each
+        object is at its name."""
         with self._locked(self._writer_lock, fcntl.LOCK_EX), self._locked(self._object_lock, fcntl.LOCK_SH):
-            for result in batch:
-                stored = result.outcome == Outcome.DEIDENTIFIED.value and result.location
-                if stored and self._local_root is not None and not self.store.exists(str(result.location)):
-                    raise ObjectVanishedError("the stored object was removed before its record")
-            self.recorder.record(batch)
+            self.recorder.record([p.result for p in batch], before_commit=lambda: self._check_placed(batch))
+
+    def _check_placed(self, batch: list[_Pending]) -> None:
+        """Raise unless every stored object of the batch is at its name (a failed write, or a
+        failed twin's cleanup removed it)."""
+        for pending in batch:
+            if pending.placed is not None:
+                pending.placed.result()  # the write's own error, if it failed
+            result = pending.result
+            stored = result.outcome == Outcome.DEIDENTIFIED.value and result.location
+            if stored and self._local_root is not None and not self.store.exists(str(result.location)):
+                raise ObjectVanishedError("the stored object was removed before its record")
 
     @staticmethod
     @contextlib.contextmanager
@@ -165,50 +200,71 @@ class Ingestor:
         Instance.study_instance_uid,
     )
 
+    _KNOWN_SQLITE = (
+        f"SELECT {', '.join(c.name for c in _KNOWN_COLUMNS)} FROM {Instance.__tablename__} "
+        "WHERE input_sha256 = ? LIMIT 1"
+    )
+
     def _existing(self, input_sha256: str) -> tuple[str, ...] | None:
         """The stored instance made from this input, if its object is really in the store (a
-        record whose object is missing is treated as absent, so a resend restores the object)."""
-        query = select(*self._KNOWN_COLUMNS).where(Instance.input_sha256 == input_sha256).limit(1)
+        record whose object is missing is treated as absent, so a resend restores the object).
+        On SQLite the query runs on the DB-API cursor (Core costs several times the lookup)."""
         with self.catalog.engine.connect() as connection:
-            row = connection.execute(query).first()
+            if connection.dialect.name == "sqlite":
+                cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+                row = cursor.execute(self._KNOWN_SQLITE, (input_sha256,)).fetchone()
+            else:
+                query = select(*self._KNOWN_COLUMNS).where(Instance.input_sha256 == input_sha256).limit(1)
+                row = connection.execute(query).first()
         if row is None or not self.store.exists(row[1]):
             return None
         return tuple(row)
 
-    def _start_durable(self, key: str, new_folder: bool) -> list[Future[None]]:
-        """fsync, in the pool, the object written without it, its folder, and the folders
-        above when its folder is new."""
-        if self._local_root is None:
-            return []  # object stores (fsspec) acknowledge a put once it is stored
-        path = self.store.path(key)
-        pool = _fsync_pool(os.getpid())
-        futures = [pool.submit(fsync_file, path), pool.submit(fsync_directory, path.parent)]
-        if new_folder:
-            futures += [
-                pool.submit(fsync_directory, f) for f in (path.parent.parent, path.parent.parent.parent)
-            ]
-        return futures
-
-    def _record(self, result: Result, syncing: list[Future[None]]) -> None:
-        """Commit the record while the object's fsyncs run; raise if either failed. The caller
-        hears a failure then, so its object is dropped unless a record names it: the store
-        keeps only recorded objects, and a resend writes it again."""
+    def _place(self, key: str, output: bytes, placed: Future[None]) -> None:
+        """In the pool: write the object (unless already there), say so, then flush it."""
         try:
-            self.commits.submit(result)  # returns once the batch holding it is committed
+            path = self.store.path(key)
+            new_folder = not path.parent.is_dir()
+            if new_folder:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                write_new_object(path, output)
+        except BaseException as exc:
+            placed.set_exception(exc)
+            raise
+        placed.set_result(None)
+        self._flush(key, new_folder)
+
+    def _flush(self, key: str, new_folder: bool) -> None:
+        """fsync the object written without it, then its folder, and the folders above when its
+        folder is new (after the file's flush, the folders' usually have nothing left to do)."""
+        path = self.store.path(key)
+        fsync_file(path)
+        fsync_directory(path.parent)
+        if new_folder:
+            fsync_directory(path.parent.parent)
+            fsync_directory(path.parent.parent.parent)
+
+    def _record(self, result: Result, writing: _Writing | None) -> None:
+        """Commit the record while the object is written and flushed; raise if either failed.
+        The caller hears a failure then, so its object is dropped unless a record names it:
+        the store keeps only recorded objects, and a resend writes it again."""
+        placed, durable = (writing.placed, writing.durable) if writing else (None, None)
+        try:
+            self.commits.submit(_Pending(result, placed))  # returns once its batch is committed
         except ObjectVanishedError:
-            wait(syncing)
+            _settle(durable)
             raise
         except Exception:
-            wait(syncing)
+            _settle(durable)
             self._drop_unless_recorded(result)
             raise
-        wait(syncing)
-        for future in syncing:
-            if future.exception() is not None:
-                # Not durable: the sender hears a failure. The object goes unless a committed
-                # record names it (then a twin may have made it durable; recovery checks it).
-                self._drop_unless_recorded(result)
-                raise cast(BaseException, future.exception())
+        error = _settle(durable)
+        if error is not None:
+            # Not durable: the sender hears a failure. The object goes unless a committed
+            # record names it (then a twin may have made it durable; recovery checks it).
+            self._drop_unless_recorded(result)
+            raise error
 
     def _drop_unless_recorded(self, result: Result) -> None:
         """Remove a failed instance's object unless a committed record points to it; the
@@ -223,11 +279,14 @@ class Ingestor:
             with contextlib.suppress(OSError):
                 self.store.path(result.location).unlink()
 
-    def _put(self, output: bytes, digest: str) -> tuple[str, list[Future[None]]]:
-        folder = self.store.path(digest).parent if self._local_root else None
-        new_folder = folder is not None and not folder.is_dir()
-        location = self.store.put(output, durable=False, digest=digest)
-        return location, self._start_durable(location, new_folder)
+    def _put(self, output: bytes, digest: str) -> tuple[str, _Writing | None]:
+        """Store the object: on a local store, start writing and flushing it in the pool (the
+        caller records it meanwhile); an object store (fsspec) has it once ``put`` returns."""
+        if self._local_root is None:
+            return self.store.put(output, durable=False, digest=digest), None
+        placed: Future[None] = Future()
+        durable = _fsync_pool(os.getpid()).submit(self._place, digest, output, placed)
+        return digest, _Writing(placed, durable)
 
     def ingest_path(self, path: Path | str, source: str = "folder") -> IngestOutcome:
         return self.ingest_bytes(Path(path).read_bytes(), source)
@@ -242,23 +301,23 @@ class Ingestor:
                 IngestStatus.DUPLICATE, digest, sha, store_key, None, sop_class, sop_instance, series, study
             )
         processed = process_bytes(data, self.deid, self.key, self.profile, digest=digest)
-        syncing: list[Future[None]] = []
+        writing: _Writing | None = None
         if processed.outcome is Outcome.QUARANTINED:
             location = quarantine_processed(self.settings.quarantine_dir, self.key, processed, data, source)
             fsync_directory(self.settings.quarantine_dir)
         else:
             assert processed.output is not None and processed.output_sha256 is not None
-            location, syncing = self._put(processed.output, processed.output_sha256)
+            location, writing = self._put(processed.output, processed.output_sha256)
         result: Result = result_from(processed, source, location)
         for attempt in range(3):
             try:
-                self._record(result, syncing)
+                self._record(result, writing)
                 break
             except ObjectVanishedError:  # a failed twin removed the object: write it again
                 if attempt == 2:
                     raise
                 assert processed.output is not None and processed.output_sha256 is not None
-                _, syncing = self._put(processed.output, processed.output_sha256)
+                _, writing = self._put(processed.output, processed.output_sha256)
         record = processed.record
         return IngestOutcome(
             status=IngestStatus(result.outcome),

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Dialect, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -122,6 +123,62 @@ def _insert_ignore(session: Connection, table: Any, rows: list[dict[str, Any]], 
                 session.execute(insert(table), [row])
 
 
+_Binding = tuple[str, Callable[[Any], Any] | None]  # parameter name, its bind processor
+
+
+class _SqliteStatements:
+    """The recorder's statements on SQLite, run on the DB-API cursor of the transaction's
+    connection: compiled by SQLAlchemy once per table and column set, values converted by the
+    columns' own bind processors (rows are stored exactly as Core stores them). Core's work
+    per statement (cache keys, parameter processing, result objects) cost several times what
+    SQLite itself spends on the gateway's one-instance batches."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self._inserts: dict[tuple[str, tuple[str, ...], tuple[str, ...]], tuple[str, list[_Binding]]] = {}
+        self._known = f"SELECT sha256 FROM {Instance.__tablename__} WHERE sha256 IN "
+
+    def _compiled(
+        self, table: Any, columns: tuple[str, ...], conflict: tuple[str, ...]
+    ) -> tuple[str, list[_Binding]]:
+        key = (table.name, columns, conflict)
+        compiled = self._inserts.get(key)
+        if compiled is None:
+            statement = sqlite_insert(table)
+            if conflict:
+                statement = statement.on_conflict_do_nothing(index_elements=list(conflict))
+            sql = statement.compile(dialect=self.dialect, column_keys=list(columns))
+            order = list(sql.positiontup or ())
+            if sorted(order) != sorted(columns):
+                raise RuntimeError(f"unexpected parameters in the insert into {table.name}")
+            bindings = [
+                (name, table.c[name].type.dialect_impl(self.dialect).bind_processor(self.dialect))
+                for name in order
+            ]
+            compiled = self._inserts[key] = (sql.string, bindings)
+        return compiled
+
+    def insert(
+        self, cursor: Any, table: Any, rows: list[dict[str, Any]], conflict: tuple[str, ...] = ()
+    ) -> None:
+        """``INSERT`` the rows (``ON CONFLICT DO NOTHING`` on ``conflict`` when given)."""
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            groups.setdefault(tuple(row), []).append(row)
+        for columns, same in groups.items():
+            sql, bindings = self._compiled(table, columns, conflict)
+            values = [
+                tuple(row[name] if process is None else process(row[name]) for name, process in bindings)
+                for row in same
+            ]
+            cursor.executemany(sql, values)
+
+    def known(self, cursor: Any, digests: list[str]) -> set[str]:
+        """Which of ``digests`` are stored instances already."""
+        placeholders = ", ".join("?" * len(digests))
+        return {row[0] for row in cursor.execute(f"{self._known}({placeholders})", digests)}
+
+
 class CatalogRecorder:
     """Writes instances, quarantine, lineage and sealed originals in one transaction per batch."""
 
@@ -133,18 +190,47 @@ class CatalogRecorder:
         self.key_id = key_id
         self.step = step
         self.record_instances = record_instances
+        self._sqlite: _SqliteStatements | None = None
+
+    def _statements(self, session: Connection) -> _SqliteStatements | None:
+        if session.dialect.name != "sqlite":
+            return None
+        if self._sqlite is None or self._sqlite.dialect is not session.dialect:
+            self._sqlite = _SqliteStatements(session.dialect)
+        return self._sqlite
 
     def known_outputs(self, session: Connection, digests: list[str]) -> set[str]:
         if not digests:
             return set()
+        statements = self._statements(session)
+        if statements is not None:
+            return statements.known(_cursor(session), digests)
         rows = session.execute(select(Instance.sha256).where(Instance.sha256.in_(digests)))
         return {row[0] for row in rows}
 
-    def record(self, results: list[Result]) -> list[Result]:
-        """Record a batch durably; results whose output is already stored become ``duplicate``."""
+    def _insert(
+        self, session: Connection, table: Any, rows: list[dict[str, Any]], conflict: tuple[str, ...] = ()
+    ) -> None:
+        """Insert ``rows``; with ``conflict``, rows clashing on those columns are skipped."""
+        if not rows:
+            return
+        statements = self._statements(session)
+        if statements is not None:
+            statements.insert(_cursor(session), table, rows, conflict)
+        elif conflict:
+            _insert_ignore(session, table, rows, list(conflict))
+        else:
+            session.execute(insert(table), rows)
+
+    def record(
+        self, results: list[Result], before_commit: Callable[[], object] | None = None
+    ) -> list[Result]:
+        """Record a batch durably; results whose output is already stored become ``duplicate``.
+        ``before_commit`` runs after the inserts, inside the transaction (raise to roll back)."""
         now = utcnow()
-        # A Core connection, not an ORM session: every statement here is Core (a session costs
-        # about as much again as the inserts on the gateway's one-instance batches).
+        # A Core connection, not an ORM session (a session costs about as much again as the
+        # inserts on the gateway's one-instance batches); on SQLite, the statements run on its
+        # DB-API cursor (``_SqliteStatements``).
         with self.catalog.engine.begin() as session:
             if self.record_instances:
                 known = self.known_outputs(session, [r.output_sha256 for r in results if r.output_sha256])
@@ -163,9 +249,8 @@ class CatalogRecorder:
                 for r in results
                 for s in r.sealed
             ]
-            _insert_ignore(
-                session, Pseudonym.__table__, _unique(pseudonyms, ("kind", "lookup")), ["kind", "lookup"]
-            )
+            keys: tuple[str, ...] = ("kind", "lookup")
+            self._insert(session, Pseudonym.__table__, _unique(pseudonyms, keys), keys)
             quarantined = [
                 {
                     "input_sha256": r.input_sha256,
@@ -179,9 +264,8 @@ class CatalogRecorder:
                 for r in results
                 if r.outcome == Outcome.QUARANTINED.value
             ]
-            _insert_ignore(
-                session, QuarantineRecord.__table__, _unique(quarantined, ("input_sha256",)), ["input_sha256"]
-            )
+            keys = ("input_sha256",)
+            self._insert(session, QuarantineRecord.__table__, _unique(quarantined, keys), keys)
             if self.record_instances:
                 instances = [
                     {
@@ -198,7 +282,7 @@ class CatalogRecorder:
                     for r in results
                     if r.outcome == Outcome.DEIDENTIFIED.value
                 ]
-                _insert_ignore(session, Instance.__table__, _unique(instances, ("sha256",)), ["sha256"])
+                self._insert(session, Instance.__table__, _unique(instances, ("sha256",)), ("sha256",))
             if results:
                 lineage = [
                     {
@@ -215,8 +299,15 @@ class CatalogRecorder:
                     }
                     for r in results
                 ]
-                session.execute(insert(LineageEvent.__table__), lineage)  # type: ignore[arg-type]
+                self._insert(session, LineageEvent.__table__, lineage)
+            if before_commit is not None:
+                before_commit()
         return results
+
+
+def _cursor(session: Connection) -> Any:
+    """A DB-API cursor on the connection of ``session`` (in its transaction)."""
+    return session.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
 
 
 def _unique(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:

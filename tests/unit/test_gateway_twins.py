@@ -7,15 +7,14 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from governance.catalog import Instance
-from imaging.ingest.recorder import Result
 from tests.dicom_factory import encode, make_ct
 
 
@@ -99,19 +98,17 @@ def test_a_twin_whose_flush_fails_keeps_the_object_that_a_record_names(radgate_h
         # after it; its own flush fails (EIO), so its sender must hear a failure.
         real_commit = second.commits.commit
 
-        def after_first(batch: list[Result]) -> object:
+        def after_first(batch: list[Any]) -> object:
             release.set()
             thread.join(30)
             return real_commit(batch)
 
         second.commits.commit = after_first
 
-        def failed_flush(key: str, new_folder: bool) -> list[Future[None]]:
-            future: Future[None] = Future()
-            future.set_exception(OSError(5, "Input/output error"))
-            return [future]
+        def failed_flush(key: str, new_folder: bool) -> None:
+            raise OSError(5, "Input/output error")
 
-        second._start_durable = failed_flush  # type: ignore[method-assign]
+        second._flush = failed_flush  # type: ignore[method-assign]
         with pytest.raises(OSError):
             second.ingest_bytes(data, "c-store:B")
     finally:
