@@ -27,7 +27,7 @@ from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
 from imaging.deid.errors import QuarantineError, QuarantineReason
 
-__all__ = ["encode_instance", "parse_instance"]
+__all__ = ["Parts", "encode_instance", "encode_instance_parts", "parse_instance"]
 
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 # Top-level values longer than this are not read by the parser (pixel data, not headers).
@@ -147,16 +147,26 @@ def _check_pixels(ds: Dataset) -> None:
         )
 
 
+# An encoding in pieces: bytes, and views of the parsed input where values are copied through.
+Parts = list[bytes | memoryview]
+
+
 def encode_instance(ds: Dataset) -> bytes:
     """The Part 10 encoding of ``ds``, keeping its transfer syntax (compressed data untouched).
 
     The bytes are those of pydicom's ``save_as(enforce_file_format=True)``; elements still
     undecoded are copied through as read instead of going through pydicom's per-element writer.
     """
+    return b"".join(encode_instance_parts(ds))
+
+
+def encode_instance_parts(ds: Dataset) -> Parts:
+    """:func:`encode_instance` in pieces, whose concatenation it is: a writer or a hash takes
+    them one by one, and bulk values are not copied into one more buffer on the way."""
     try:
-        return _encode_part10(ds)
+        return _encode_part10_parts(ds)
     except Exception:
-        return encode_reference(ds)  # pydicom's own path decides: it writes or raises its error
+        return [encode_reference(ds)]  # pydicom's own path decides: it writes or raises its error
 
 
 def encode_reference(ds: Dataset) -> bytes:
@@ -173,27 +183,32 @@ class _Unsupported(Exception):
     """The dataset needs pydicom's general writer (big endian, deflate, meta in the dataset...)."""
 
 
-_ITEM = struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF)
-_ITEM_DELIMITER = struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
-_SEQUENCE_DELIMITER = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+# Explicit VR Big Endian (retired, still found in archives) is written as pydicom writes it:
+# headers, item tags and new numbers big endian; raw values copied as read (they are already).
+_BYTE_ORDER = {True: "<", False: ">"}  # little endian?
+_ITEM = {k: struct.pack(f"{o}HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) for k, o in _BYTE_ORDER.items()}
+_ITEM_DELIMITER = {k: struct.pack(f"{o}HHL", 0xFFFE, 0xE00D, 0) for k, o in _BYTE_ORDER.items()}
+_SEQUENCE_DELIMITER = {k: struct.pack(f"{o}HHL", 0xFFFE, 0xE0DD, 0) for k, o in _BYTE_ORDER.items()}
+_ITEM_TAG = {k: struct.pack(f"{o}HH", 0xFFFE, 0xE000) for k, o in _BYTE_ORDER.items()}
+_HEADERS = {
+    k: tuple(struct.Struct(o + f).pack for f in ("HHL", "HH2sHL", "HH2sL", "HH2sH"))
+    for k, o in _BYTE_ORDER.items()
+}
 _STRING_VRS = frozenset({"AE", "AS", "CS", "UR", "UI", "DA", "DT", "TM"})  # pydicom's write_string
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT"})  # pydicom's write_text
-_NUMBER_FORMATS = {
-    "US": "<H",
-    "SS": "<h",
-    "UL": "<L",
-    "SL": "<l",
-    "UV": "<Q",
-    "SV": "<q",
-    "FL": "<f",
-    "FD": "<d",
-}
+_NUMBER_FORMATS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
 _BINARY_VRS = frozenset({"OB", "OW", "OD", "OF", "OL", "OV", "UN"})
 _LONG_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_32)
 
 
 def _encode_part10(ds: Dataset) -> bytes:
-    """What ``dcmwrite(..., enforce_file_format=True)`` writes, for little endian, non-deflated data."""
+    """What ``dcmwrite(..., enforce_file_format=True)`` writes, for non-deflated data kept in the
+    byte order it was read in."""
+    return b"".join(_encode_part10_parts(ds))
+
+
+def _encode_part10_parts(ds: Dataset) -> Parts:
+    """:func:`_encode_part10` in pieces."""
     if any(t >> 16 in (0, 2) for t in ds._dict):
         raise _Unsupported
     meta = getattr(ds, "file_meta", None)
@@ -202,10 +217,13 @@ def _encode_part10(ds: Dataset) -> bytes:
     syntax = meta.get("TransferSyntaxUID")
     if syntax is None or syntax.is_private or not syntax.is_transfer_syntax:
         raise _Unsupported
-    if not syntax.is_little_endian or syntax == DeflatedExplicitVRLittleEndian:
+    if syntax == DeflatedExplicitVRLittleEndian:
         raise _Unsupported
-    if ds.original_encoding[1] is False:
+    little = bool(syntax.is_little_endian)
+    if ds.original_encoding[1] is False and little:
         raise _Unsupported  # save_as refuses to convert big endian data
+    if not little and ds.original_encoding != (False, False):
+        raise _Unsupported  # big endian written only for data read so (no conversion)
     preamble = getattr(ds, "preamble", None)
     if preamble and len(preamble) != 128:
         raise _Unsupported
@@ -229,10 +247,28 @@ def _encode_part10(ds: Dataset) -> bytes:
     meta_chunks: list[bytes] = []
     _Writer(False, meta_chunks).dataset(file_meta, default_encoding)
     meta_bytes = b"".join(meta_chunks)
-    chunks = [preamble or b"\x00" * 128, b"DICM", struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(meta_bytes))]
-    chunks.append(meta_bytes)
-    _Writer(syntax.is_implicit_VR, chunks, getattr(ds, "_radgate_source", None)).dataset(ds, default_encoding)
-    return b"".join(chunks)
+    chunks: Parts = [preamble or b"\x00" * 128, b"DICM"]
+    chunks.extend((struct.pack("<HH2sHL", 2, 0, b"UL", 4, len(meta_bytes)), meta_bytes))
+    source = getattr(ds, "_radgate_source", None)
+    _Writer(syntax.is_implicit_VR, chunks, source, little=little).dataset(ds, default_encoding)
+    return _coalesce(chunks)
+
+
+def _coalesce(chunks: Parts) -> Parts:
+    """Runs of small chunks joined; bulk values (views of the input, pixel data) left as they are."""
+    out: Parts = []
+    run: Parts = []
+    for chunk in chunks:
+        if len(chunk) < _DEFER_SIZE:
+            run.append(chunk)
+            continue
+        if run:
+            out.append(b"".join(run))
+            run = []
+        out.append(chunk)
+    if run:
+        out.append(b"".join(run))
+    return out
 
 
 def _raw_pixels_as_written(elem: Any, compressed: bool) -> bool:
@@ -255,7 +291,7 @@ def _plain(elem: Any) -> bool:
     return isinstance(elem, DataElement) and elem.VR != "SQ" and elem.VR not in AMBIGUOUS_VR
 
 
-def _text_bytes(elem: DataElement) -> bytes | None:
+def _text_bytes(elem: DataElement, byte_order: str = "<") -> bytes | None:
     """A string value's encoding as pydicom writes it, for the simple cases; None for the rest.
 
     Single-byte string VRs are written as ISO 8859-1 (pydicom's ``write_string``); text VRs
@@ -268,7 +304,7 @@ def _text_bytes(elem: DataElement) -> bytes | None:
     if number is not None:
         # pydicom's write_numbers, single value (lists may hold LUT descriptors: pydicom's path)
         if type(value) is int or (type(value) is float and vr in ("FL", "FD")):
-            return struct.pack(number, value)
+            return struct.pack(byte_order + number, value)
         return None
     if vr not in _STRING_VRS and vr not in _TEXT_VRS:
         return None
@@ -286,15 +322,22 @@ def _text_bytes(elem: DataElement) -> bytes | None:
 class _Writer:
     """Encodes a dataset as pydicom's ``write_dataset`` does, copying raw elements through."""
 
-    def __init__(self, implicit: bool, chunks: list[Any], source: bytes | None = None) -> None:
+    def __init__(
+        self, implicit: bool, chunks: list[Any], source: bytes | None = None, *, little: bool = True
+    ) -> None:
         self.implicit = implicit
+        self.little = little
+        self.order = _BYTE_ORDER[little]
+        # implicit VR headers and items; explicit VR headers: 32-bit length, undefined, 16-bit
+        self.tag_length, self.long_header, self.undefined_header, self.short_header = _HEADERS[little]
         self.chunks = chunks
         self.source = source  # the parsed bytes, where deferred values are copied from
 
     def dataset(self, ds: Dataset, parent_encoding: Any) -> None:
         elements = ds._dict
         if (
-            ds.original_encoding != (self.implicit, True) or ds.original_character_set != ds._character_set
+            ds.original_encoding != (self.implicit, self.little)
+            or ds.original_character_set != ds._character_set
         ) and not all(_plain(e) for e in elements.values()):
             # values must be re-encoded (other VR encoding or character set): pydicom converts
             # raw elements and resolves ambiguous VRs first. A dataset built in memory of plain
@@ -315,7 +358,7 @@ class _Writer:
             elif elem.VR in _BINARY_VRS and type(elem.value) is bytes:
                 self._binary(elem)
             else:
-                data = _text_bytes(elem)
+                data = _text_bytes(elem, self.order)
                 if data is None:
                     buffer = self._buffer()
                     write_data_element(buffer, elem, encoding)
@@ -326,22 +369,19 @@ class _Writer:
 
     def _buffer(self) -> DicomBytesIO:
         buffer = DicomBytesIO()
-        buffer.is_implicit_VR, buffer.is_little_endian = self.implicit, True
+        buffer.is_implicit_VR, buffer.is_little_endian = self.implicit, self.little
         return buffer
 
     def _header(self, tag: int, vr: str | None, length: int, undefined: bool) -> None:
         if self.implicit:
-            self.chunks.append(
-                struct.pack("<HHL", tag >> 16, tag & 0xFFFF, 0xFFFFFFFF if undefined else length)
-            )
+            self.chunks.append(self.tag_length(tag >> 16, tag & 0xFFFF, 0xFFFFFFFF if undefined else length))
             return
         if not vr or len(vr) != 2:
             raise _Unsupported  # pydicom refuses it with its own error
         if vr not in _LONG_VRS and not undefined and length > 0xFFFF:
             vr = "UN"  # PS3.5 6.2.2: too long for a 16-bit length field
         if vr in _LONG_VRS:
-            header = struct.pack(
-                "<HH2sHL",
+            header = self.long_header(
                 tag >> 16,
                 tag & 0xFFFF,
                 vr.encode(default_encoding),
@@ -349,9 +389,9 @@ class _Writer:
                 0xFFFFFFFF if undefined else length,
             )
         elif undefined:
-            header = struct.pack("<HH2sL", tag >> 16, tag & 0xFFFF, vr.encode(default_encoding), 0xFFFFFFFF)
+            header = self.undefined_header(tag >> 16, tag & 0xFFFF, vr.encode(default_encoding), 0xFFFFFFFF)
         else:
-            header = struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(default_encoding), length)
+            header = self.short_header(tag >> 16, tag & 0xFFFF, vr.encode(default_encoding), length)
         self.chunks.append(header)
 
     def _raw(self, elem: RawDataElement) -> None:
@@ -364,18 +404,18 @@ class _Writer:
         elif not isinstance(value, bytes):
             raise _Unsupported
         undefined = elem.length == 0xFFFFFFFF
-        if undefined and elem.tag == 0x7FE00010 and not bytes(value[:4]).startswith(b"\xfe\xff\x00\xe0"):
+        if undefined and elem.tag == 0x7FE00010 and bytes(value[:4]) != _ITEM_TAG[self.little]:
             raise _Unsupported
         self._header(elem.tag, elem.VR, len(value), undefined)
         self.chunks.append(value)
         if undefined:
-            self.chunks.append(_SEQUENCE_DELIMITER)
+            self.chunks.append(_SEQUENCE_DELIMITER[self.little])
 
     def _binary(self, elem: DataElement) -> None:
         """pydicom's ``write_OBvalue``/``write_OWvalue``/``write_UN``, without copying the value."""
         value: bytes = elem.value
         undefined = elem.is_undefined_length
-        if undefined and elem.tag == 0x7FE00010 and not value.startswith(b"\xfe\xff\x00\xe0"):
+        if undefined and elem.tag == 0x7FE00010 and not value.startswith(_ITEM_TAG[self.little]):
             raise _Unsupported  # encapsulated pixel data must start with an item: pydicom raises
         padding = b"\x00" if len(value) % 2 and elem.VR != "UN" else b""
         self._header(elem.tag, elem.VR, len(value) + len(padding), undefined)
@@ -383,7 +423,7 @@ class _Writer:
         if padding:
             self.chunks.append(padding)
         if undefined:
-            self.chunks.append(_SEQUENCE_DELIMITER)
+            self.chunks.append(_SEQUENCE_DELIMITER[self.little])
 
     def _sequence(self, elem: DataElement, encoding: Any) -> None:
         encodings = convert_encodings(encoding or [default_encoding])
@@ -391,13 +431,13 @@ class _Writer:
         try:
             for item in elem.value or ():
                 start = len(self.chunks)
-                self.chunks.append(_ITEM)
+                self.chunks.append(_ITEM[self.little])
                 self.dataset(item, encodings)
                 if getattr(item, "is_undefined_length_sequence_item", False):
-                    self.chunks.append(_ITEM_DELIMITER)
+                    self.chunks.append(_ITEM_DELIMITER[self.little])
                 else:
                     size = sum(len(c) for c in self.chunks[start + 1 :])
-                    self.chunks[start] = struct.pack("<HHL", 0xFFFE, 0xE000, size)
+                    self.chunks[start] = self.tag_length(0xFFFE, 0xE000, size)
             body = self.chunks
         finally:
             self.chunks = outer
@@ -405,4 +445,4 @@ class _Writer:
         self._header(elem.tag, "SQ", sum(len(c) for c in body), undefined)
         self.chunks.extend(body)
         if undefined:
-            self.chunks.append(_SEQUENCE_DELIMITER)
+            self.chunks.append(_SEQUENCE_DELIMITER[self.little])

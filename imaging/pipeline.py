@@ -13,7 +13,7 @@ import pydicom.config
 
 from governance.keys import ProjectKey
 from imaging.deid import Deidentifier, DeidProfile, DeidRecord, QuarantineError, QuarantineReason
-from imaging.dicomio import encode_instance, parse_instance
+from imaging.dicomio import Parts, encode_instance_parts, parse_instance
 
 __all__ = ["Outcome", "Processed", "SealedOriginal", "process_bytes", "quiet_pydicom"]
 
@@ -38,13 +38,27 @@ class Processed:
     input_sha256: str
     input_size: int
     outcome: Outcome
-    output: bytes | None = None
+    # the output in pieces (views of the input where bulk values are copied through); a writer
+    # takes them one by one, ``output`` joins them once when asked
+    output_parts: Parts | None = None
     output_sha256: str | None = None
     record: DeidRecord | None = None
     reason: QuarantineReason | None = None
     detail: str = ""
     sealed: list[SealedOriginal] = field(default_factory=list)
     transfer_syntax: str = ""
+    _joined: bytes | None = field(default=None, init=False, repr=False)
+
+    @property
+    def output(self) -> bytes | None:
+        """The encoded output (None when quarantined)."""
+        if self._joined is None and self.output_parts is not None:
+            self._joined = b"".join(self.output_parts)
+        return self._joined
+
+    @property
+    def output_size(self) -> int:
+        return sum(len(part) for part in self.output_parts or ())
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -54,7 +68,7 @@ class Processed:
             out["actions"] = dict(self.record.actions)
             out["pixel_cleaned"] = self.record.pixel_cleaned
             out["transfer_syntax"] = self.transfer_syntax
-            out["output_size"] = len(self.output or b"")
+            out["output_size"] = self.output_size
         if self.reason is not None:
             out["reason"] = self.reason.value
             out["detail"] = self.detail
@@ -92,7 +106,7 @@ def process_bytes(
     try:
         ds = parse_instance(data, max_bytes=profile.max_bytes)
         record = deid.deidentify(ds)
-        output = encode_instance(ds)
+        parts = encode_instance_parts(ds)
     except QuarantineError as exc:
         return Processed(digest, len(data), Outcome.QUARANTINED, reason=exc.reason, detail=exc.detail)
     except (Exception, RecursionError) as exc:
@@ -103,12 +117,15 @@ def process_bytes(
             reason=QuarantineReason.DEID_FAILED,
             detail=f"de-identification failed ({type(exc).__name__})",
         )
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part)
     return Processed(
         digest,
         len(data),
         Outcome.DEIDENTIFIED,
-        output=output,
-        output_sha256=hashlib.sha256(output).hexdigest(),
+        output_parts=parts,
+        output_sha256=hasher.hexdigest(),
         record=record,
         sealed=seal_originals(key, deid, record),
         transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from governance.settings import Settings, get_settings
@@ -19,19 +20,25 @@ class StoreError(RuntimeError):
     """An object is missing or does not match its address."""
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True, replace: bool = True) -> None:
+def atomic_write(
+    path: Path, data: bytes | Sequence[bytes | memoryview], *, durable: bool = True, replace: bool = True
+) -> None:
     """Write via a temporary file in the same folder, then rename: never a partial file.
 
-    ``durable`` fsyncs the file first; batch writers pass False and call ``os.sync()`` once
-    before they commit the batch's catalog records. ``replace=False`` keeps a file already at
-    ``path`` (hard link, not rename): content-addressed writers racing on one name then all
-    share the first file, which another writer's flushes and locks already hold.
+    ``data`` is the content, or its pieces in order. ``durable`` fsyncs the file first; batch
+    writers pass False and call ``os.sync()`` once before they commit the batch's catalog
+    records. ``replace=False`` keeps a file already at ``path`` (hard link, not rename):
+    content-addressed writers racing on one name then all share the first file, which another
+    writer's flushes and locks already hold.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:  # pieces, written in order (no joined copy)
+                handle.writelines(data)
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

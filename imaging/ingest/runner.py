@@ -176,7 +176,7 @@ def _process_path(path_str: str) -> Result:
     if processed.outcome is Outcome.QUARANTINED:
         location = quarantine_processed(Path(job.quarantine_dir), key, processed, data, source, durable=False)
         return result_from(processed, source, location)
-    assert processed.record is not None and processed.output is not None
+    assert processed.record is not None and processed.output_parts is not None
     if job.sink is Sink.STORE:
         location = _state["store"].put(processed.output, durable=False, digest=processed.output_sha256)
     else:
@@ -185,7 +185,7 @@ def _process_path(path_str: str) -> Result:
             Path(job.output_dir) / (r.study_instance_uid or "nostudy") / (r.series_instance_uid or "noseries")
         )
         target = target / f"{r.sop_instance_uid or processed.output_sha256}.dcm"
-        atomic_write(target, processed.output, durable=False)
+        atomic_write(target, processed.output_parts, durable=False)
         location = str(target)
     return result_from(processed, source, location)
 
