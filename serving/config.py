@@ -142,11 +142,21 @@ class ServeConfig(_Model):
     max_series_instances: int = Field(default=1024, ge=1)  # one series for a segmentation model
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
+    # The ingress replica answers HTTP on ``host:port`` itself (Ray Serve direct ingress) instead
+    # of behind Ray Serve's HTTP proxy actor: one process hop and one copy of each body less.
+    # Default (None): on with one ingress replica in a Ray that RadGate starts; false: the proxy.
+    direct_ingress: bool | None = None
     gate_ttl_s: float = Field(default=5.0, gt=0, le=10)  # revocation takes effect within this
     pacs: PacsPeer | None = None  # results are pushed here when a request asks for it
     calling_ae: str = "RADGATE"
     drift: DriftSchedule | None = None  # periodic drift checks; none when absent
     models: list[ServedModel] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _direct_ingress_one_replica(self) -> ServeConfig:
+        if self.direct_ingress and self.ingress_replicas != 1:
+            raise ValueError("direct_ingress serves one port: it needs ingress_replicas: 1")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeConfig:
@@ -160,6 +170,11 @@ class ServeConfig(_Model):
 
     def model(self, name: str) -> ServedModel | None:
         return next((m for m in self.models if m.name == name), None)
+
+    @property
+    def wants_direct_ingress(self) -> bool:
+        """Whether the ingress replica should answer HTTP itself (one replica: one port)."""
+        return self.ingress_replicas == 1 if self.direct_ingress is None else self.direct_ingress
 
 
 def load_serve_config(path: Path | str | None = None, **overrides: Any) -> ServeConfig:

@@ -42,7 +42,7 @@ def served(
     import ray
     from ray import serve
 
-    from serving.app import run
+    from serving.app import run, start_ray
     from serving.config import ServeConfig
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -57,7 +57,7 @@ def served(
     config = ServeConfig.model_validate(settings)
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        start_ray(config, num_cpus=num_cpus)
     try:
         run(config)
         yield f"http://127.0.0.1:{port}"

@@ -89,6 +89,12 @@ class ModelWorker:
             forward = self._forward_for(loaded)
             self.predictor = ServedPredictor(loaded, decision, forward)
             self.recorder = self._own_recorder = self._recorder_for(loaded)
+            if self._recorder_process is not None and self.recorder is not None:
+                # The child starts and loads this version's recorder now, not during the first
+                # requests (its start-up would compete with their forward passes).
+                ready = self._recorder_process.warm(loaded.name, str(loaded.version), str(loaded.run_id))
+                if not ready:
+                    LOGGER.warning("live monitoring not ready for %s v%s", loaded.name, loaded.version)
             self.denied = []
             LOGGER.info("serving %s v%s (%s)", loaded.name, loaded.version, forward.name)
 

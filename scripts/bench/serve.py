@@ -14,7 +14,9 @@ measurement, with the app deployed and idle (the box is shared and its load drif
 its better figure of the two, so the ratios are never flattered.
 Fields ``*_replica_ms`` and ``*_ingress_ms`` are the medians of the server-side timings at
 batch 1 (inside the model replica; inside the ingress, replica included), so the overhead can
-be split: client p50 - ingress = HTTP proxy hop; ingress - replica = ingress work + handle hop.
+be split: client p50 - ingress = the HTTP hop (straight into the ingress replica, Ray Serve
+direct ingress, as `radgate serve` runs; ``--proxy``: through Ray Serve's HTTP proxy actor);
+ingress - replica = ingress work (+ the handle hop for a model not colocated).
 
 Targets (issue 7): p50 at most 1.3x raw; throughput at least 0.9x raw batched forward.
 The JSON ``value`` is the in-process p50 ratio; the other ratios are fields of the same line.
@@ -87,6 +89,28 @@ def raw_baseline(
     }
 
 
+def _cpu_by_process() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process on the box, by name and pid."""
+    import psutil
+
+    used: dict[str, float] = {}
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            times = proc.cpu_times()
+            cmd = " ".join(proc.info.get("cmdline") or [])[:60] or proc.info.get("name") or "?"
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        used[f"{cmd} [{proc.pid}]"] = times.user + times.system
+    return used
+
+
+def _cpu_per_request(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+    """Each process's CPU milliseconds per request over a phase (top 8; ``total``: all)."""
+    spent = {k: (after[k] - before.get(k, 0.0)) * 1000 / requests for k in after}
+    top = dict(sorted(spent.items(), key=lambda kv: -kv[1])[:8])
+    return {"total": round(sum(spent.values()), 1), **{k: round(v, 1) for k, v in top.items()}}
+
+
 async def _measure(
     url: str, token: str, bodies: list[bytes], requests: int, concurrency: int
 ) -> dict[str, float]:
@@ -99,12 +123,20 @@ async def _measure(
             (await client.post(predict, content=body, headers=headers)).raise_for_status()
         latencies = []
         server: list[dict[str, float]] = []
+        cpu_before = _cpu_by_process()
         for i in range(requests):
             start = time.perf_counter()
             reply = await client.post(predict, content=bodies[i % len(bodies)], headers=headers)
             reply.raise_for_status()
             latencies.append((time.perf_counter() - start) * 1000)
             server.append(reply.json()["timings_ms"])
+        # Where the CPU of a batch-1 request goes, every process of the box counted (other
+        # people's load included: read it with the load average).
+        print(
+            "cpu ms per batch-1 request: "
+            + json.dumps(_cpu_per_request(cpu_before, _cpu_by_process(), requests)),
+            file=sys.stderr,
+        )
         errors = 0
         queue = list(range(requests * 2))
 
@@ -201,8 +233,10 @@ async def _soak(
     }
 
 
-def _deploy(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> None:
-    from serving.app import run
+_DIRECT_INGRESS = True
+
+
+def _config(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> Any:
     from serving.config import ServeConfig
 
     model: dict[str, Any] = {
@@ -214,7 +248,15 @@ def _deploy(port: int, backend: str, threads: int, concurrency: int, triton_url:
     }
     if triton_url:
         model.update(triton_url=triton_url, num_cpus=0)
-    run(ServeConfig.model_validate({"port": port, "ingress_num_cpus": 0, "models": [model]}))
+    return ServeConfig.model_validate(
+        {"port": port, "ingress_num_cpus": 0, "direct_ingress": _DIRECT_INGRESS, "models": [model]}
+    )
+
+
+def _deploy(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> None:
+    from serving.app import run
+
+    run(_config(port, backend, threads, concurrency, triton_url))
 
 
 def main() -> None:
@@ -236,7 +278,12 @@ def main() -> None:
         action="store_true",
         help="no reference profile, so no live monitoring recorder in the replica (production has one)",
     )
+    parser.add_argument(
+        "--proxy", action="store_true", help="behind Ray Serve's HTTP proxy actor (no direct ingress)"
+    )
     args = parser.parse_args()
+    global _DIRECT_INGRESS
+    _DIRECT_INGRESS = not args.proxy
     # The raw baseline gets the same thread budget as a Ray replica (Ray sets OMP_NUM_THREADS).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -280,8 +327,15 @@ def main() -> None:
     from serving.model import InProcessForward
 
     forward = InProcessForward(loaded)  # what the in-process replica builds from the same version
-    ray.init(num_cpus=args.threads, include_dashboard=False, _temp_dir=f"/tmp/rg-bench-{os.getpid()}")
+    from serving.app import start_ray
+
     port = _free_port()
+    # As `radgate serve` starts it: the ingress replica answers HTTP on the port (direct ingress).
+    start_ray(
+        _config(port, "inprocess", args.threads, args.concurrency),
+        num_cpus=args.threads,
+        temp_dir=f"/tmp/rg-bench-{os.getpid()}",
+    )
     url = f"http://127.0.0.1:{port}"
     results: dict[str, dict[str, float]] = {}
     raws: dict[str, dict[str, float]] = {}
@@ -336,6 +390,7 @@ def main() -> None:
         "network": args.network,
         "size": args.size,
         "threads": args.threads,
+        "http": "proxy" if args.proxy else "direct ingress",
         "raw_p50_ms": round(raw["p50_ms"], 2),
         "raw_p95_ms": round(raw["p95_ms"], 2),
         "raw_batched_throughput": round(raw["throughput"], 2),

@@ -53,7 +53,7 @@ def served(
 
     from governance.testing import create_cast
     from imaging.demo_data import write_demo_studies
-    from serving.app import run
+    from serving.app import run, start_ray
     from serving.config import ServeConfig
     from serving.testing import approve_and_promote, register_model
 
@@ -93,7 +93,7 @@ def served(
         }
     )
     temp = f"/tmp/rg-ray-{os.getpid()}"
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp)
+    start_ray(config, num_cpus=2, temp_dir=temp)  # the ingress answers on the port itself
     try:
         run(config)
         files = write_demo_studies(
@@ -163,6 +163,22 @@ def test_predict_from_dicom_bytes(served: dict[str, Any]) -> None:
     body = reply.json()
     assert body["model"] == {"name": MODEL, "version": served["version"], "backend": "inprocess"}
     assert body["results"][0]["labels"] == ["no_finding", "opacity"]
+
+
+def test_the_ingress_replica_answers_http_itself(served: dict[str, Any]) -> None:
+    """Direct ingress: the process listening on the configured port (127.0.0.1 only) is the
+    ingress replica, not Ray Serve's HTTP proxy actor, and it authenticates as the proxy did."""
+    import httpx
+    import psutil
+
+    port = int(served["url"].rsplit(":", 1)[1])
+    listeners = [
+        c for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
+    assert [c.laddr.ip for c in listeners] == ["127.0.0.1"]
+    name = " ".join(psutil.Process(listeners[0].pid).cmdline())
+    assert "ServeReplica" in name and "ingress" in name, name
+    assert httpx.get(f"{served['url']}/v1/models", timeout=30).status_code == 401
 
 
 def test_predict_through_a_model_deployment_of_its_own(served: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, orthanc: Any) -> Iterator[d
 
     from governance.settings import get_settings
     from governance.testing import create_cast
-    from serving.app import run
+    from serving.app import run, start_ray
     from serving.config import ServeConfig
     from serving.testing import approve_and_promote, register_segmentation_model
 
@@ -73,7 +73,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, orthanc: Any) -> Iterator[d
                 ],
             }
         )
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=f"/tmp/rg-ray-seg-{os.getpid()}")
+        start_ray(config, num_cpus=2, temp_dir=f"/tmp/rg-ray-seg-{os.getpid()}")
         try:
             run(config)
             yield {"url": f"http://127.0.0.1:{port}", "cast": cast, "version": version, "orthanc": orthanc}

@@ -94,6 +94,10 @@ def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
     log_reference_profile(str(loaded.run_id), profile)
     worker = ModelWorker(ServedModel(name=MODEL), record_out_of_process=True)
     assert worker.recorder is not None, "the version has a reference profile"
+    # loading the version warmed the child: it is running and has answered its warm-up frame
+    child = worker._recorder_process._proc
+    assert child is not None and child.poll() is None
+    assert worker._recorder_process.warm(MODEL, served["version"], str(loaded.run_id), timeout=60)
     data = served["files"][1].read_bytes()
     try:
         # a fresh thread: an earlier test in the same session may leave an event loop marked
