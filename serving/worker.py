@@ -177,8 +177,10 @@ class ModelWorker:
         the forward pass runs here (in-process): monitoring then needs no second forward."""
         assert self.predictor is not None
         forward = self.predictor.forward
-        if self.recorder is not None and isinstance(forward, InProcessForward):
-            return forward.with_embedding(batch)
+        if self.recorder is not None and hasattr(forward, "with_embedding"):
+            # in-process, or Triton with the embedding output: one forward pass gives both
+            logits, embedding = forward.with_embedding(batch)
+            return logits, embedding
         return forward(batch), None
 
     async def forward_one(self, item: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:

@@ -6,10 +6,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "TritonForward", "TritonModelMismatch"]
+__all__ = ["EMBEDDING_NAME", "INPUT_NAME", "OUTPUT_NAME", "TritonForward", "TritonModelMismatch"]
 
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
+#: The penultimate-layer embedding (live monitoring), when the export has it (Python/pytorch).
+EMBEDDING_NAME = "OUTPUT__1"
 SHA_PARAMETER = "radgate_artifact_sha256"
 
 
@@ -18,7 +20,9 @@ class TritonModelMismatch(RuntimeError):
 
 
 class TritonForward:
-    """Logits from Triton for ``model_name`` at ``version`` (a RadGate registry version)."""
+    """Logits from Triton for ``model_name`` at ``version`` (a RadGate registry version), and
+    the monitoring embedding from the same forward pass when the exported model returns it
+    (:meth:`with_embedding`; the exporter adds it for the Python and pytorch backends)."""
 
     name = "triton"
 
@@ -42,16 +46,27 @@ class TritonForward:
             raise TritonModelMismatch(
                 f"Triton's {model_name} v{version} was exported from another artifact than the approved one"
             )
+        outputs = config.get("config", config).get("output", [])
+        self.has_embedding = any(o.get("name") == EMBEDDING_NAME for o in outputs)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self._infer(batch, embedding=False)[0]
+
+    def with_embedding(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits and the penultimate embedding of one forward pass (``None`` when the exported
+        model has no embedding output)."""
+        return self._infer(batch, embedding=self.has_embedding)
+
+    def _infer(self, batch: np.ndarray, *, embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         tensor = self._grpc.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)
+        names = [OUTPUT_NAME, EMBEDDING_NAME] if embedding else [OUTPUT_NAME]
         result = self.client.infer(
             self.model_name,
             [tensor],
             model_version=self.version,
-            outputs=[self._grpc.InferRequestedOutput(OUTPUT_NAME)],
+            outputs=[self._grpc.InferRequestedOutput(n) for n in names],
         )
-        output: np.ndarray = result.as_numpy(OUTPUT_NAME)
-        return output
+        logits: np.ndarray = result.as_numpy(OUTPUT_NAME)
+        return logits, result.as_numpy(EMBEDDING_NAME) if embedding else None

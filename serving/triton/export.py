@@ -15,11 +15,11 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from serving.config import ServedModel
 from serving.model import ArtifactMismatch, GateDenied, load_gated
-from serving.triton.client import INPUT_NAME, OUTPUT_NAME, SHA_PARAMETER
+from serving.triton.client import EMBEDDING_NAME, INPUT_NAME, OUTPUT_NAME, SHA_PARAMETER
 
 if TYPE_CHECKING:
     from governance.approvals import Gate
@@ -65,6 +65,7 @@ def _config(
     max_batch_size: int,
     threads: int,
     gpu: bool,
+    embedding_dims: int = 0,
 ) -> str:
     if backend is TritonBackendKind.ONNXRUNTIME:
         head = 'platform: "onnxruntime_onnx"'
@@ -79,12 +80,39 @@ def _config(
         f"max_batch_size: {max_batch_size}",
         f"version_policy: {{ specific: {{ versions: [{version}] }} }}",
         f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [{", ".join(map(str, shape))}] }} ]',
-        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [{classes}] }} ]',
+        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [{classes}] }}'
+        + (
+            f', {{ name: "{EMBEDDING_NAME}" data_type: TYPE_FP32 dims: [{embedding_dims}] }}'
+            if embedding_dims
+            else ""
+        )
+        + " ]",
         "dynamic_batching { max_queue_delay_microseconds: 2000 }",
         f"instance_group [ {{ kind: {'KIND_GPU' if gpu else 'KIND_CPU'} count: 1 }} ]",
     ]
     lines += [f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items()]
     return "\n".join(lines) + "\n"
+
+
+def _export_with_embedding(module: Any, spec: Any, path: Path) -> int:
+    """TorchScript returning ``(logits, embedding)`` (or logits alone for a network without a
+    last ``Linear``); returns the embedding's width (0 without one)."""
+    import torch
+
+    from serving.model import trace_with_embedding
+
+    traced = trace_with_embedding(module, spec.spatial_size, channels=spec.channels)
+    example = torch.zeros((1, spec.channels, *spec.spatial_size), dtype=torch.float32)
+    with torch.inference_mode():
+        _, embedding = traced(example)
+    dims = int(embedding.shape[1])
+    if dims == 0:
+        from training.registration import export_torchscript
+
+        export_torchscript(module, spec, path)
+        return 0
+    traced.save(str(path))
+    return dims
 
 
 def export_repository(
@@ -124,8 +152,14 @@ def export_repository(
     spec = loaded.preprocessing
     shape = (spec.channels, *spec.spatial_size)
     # Re-trace from the verified module (the registered model.ts is also hashed, but tracing here
-    # keeps the exported graph tied to what load_model verified).
-    export_torchscript(loaded.module, spec, version_dir / "model.pt")
+    # keeps the exported graph tied to what load_model verified). The Python and pytorch
+    # backends get the logits and the penultimate embedding of the same forward pass (as the
+    # in-process backend serves them), so live monitoring needs no forward pass of its own.
+    embedding_dims = 0
+    if backend is TritonBackendKind.ONNXRUNTIME:
+        export_torchscript(loaded.module, spec, version_dir / "model.pt")
+    else:
+        embedding_dims = _export_with_embedding(loaded.module, spec, version_dir / "model.pt")
     if backend is TritonBackendKind.PYTHON:
         shutil.copyfile(_PYTHON_MODEL, version_dir / "model.py")
     elif backend is TritonBackendKind.ONNXRUNTIME:
@@ -156,6 +190,7 @@ def export_repository(
             max_batch_size,
             threads,
             gpu,
+            embedding_dims,
         )
     )
     return ExportResult(name, loaded.version, loaded.artifact_sha256, model_dir, backend)

@@ -1,8 +1,10 @@
 """Triton Python-backend model (copied as ``model.py`` into each exported version directory).
 
 Runs the exported TorchScript on CPU. Triton's dynamic batcher may hand several requests at
-once: they are concatenated into one forward pass. ``python_path`` (a model parameter) names
-the site-packages that hold torch, since the backend stub runs outside any virtualenv.
+once: they are concatenated into one forward pass. A model exported with the monitoring
+embedding returns ``(logits, embedding)``: OUTPUT__1 is answered when a request asks for it.
+``python_path`` (a model parameter) names the site-packages that hold torch, since the backend
+stub runs outside any virtualenv.
 """
 
 import json
@@ -37,11 +39,20 @@ class TritonPythonModel:
         inputs = [from_dlpack(pb_utils.get_input_tensor_by_name(r, "INPUT__0").to_dlpack()) for r in requests]
         sizes = [len(t) for t in inputs]
         with self.torch.inference_mode():
-            logits = self.model(self.torch.cat(inputs).float()).contiguous()
+            outputs = self.model(self.torch.cat(inputs).float())
+        if not isinstance(outputs, tuple):
+            outputs = (outputs,)
+        names = [f"OUTPUT__{k}" for k in range(len(outputs))]
+        parts = [self.torch.split(output.contiguous(), sizes) for output in outputs]
         responses = []
-        for chunk in self.torch.split(logits, sizes):
-            tensor = pb_utils.Tensor.from_dlpack("OUTPUT__0", to_dlpack(chunk.contiguous().clone()))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
+        for index, request in enumerate(requests):
+            wanted = set(request.requested_output_names()) or {"OUTPUT__0"}
+            tensors = [
+                pb_utils.Tensor.from_dlpack(name, to_dlpack(part[index].contiguous().clone()))
+                for name, part in zip(names, parts, strict=True)
+                if name in wanted
+            ]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
     def finalize(self) -> None:

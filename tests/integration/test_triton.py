@@ -77,6 +77,16 @@ def test_triton_outputs_equal_in_process(triton: dict[str, Any], tmp_path: Path)
         local = loaded.module(torch.from_numpy(batch)).numpy()
     assert remote.shape == local.shape == (3, 2)
     np.testing.assert_allclose(remote, local, rtol=1e-4, atol=1e-5)
+    # the monitoring embedding comes from the same Triton forward pass, equal to in-process
+    from serving.model import InProcessForward
+
+    assert forward.has_embedding
+    logits, embedding = forward.with_embedding(batch)
+    local_logits, local_embedding = InProcessForward(loaded).with_embedding(batch)
+    assert embedding is not None and local_embedding is not None
+    assert embedding.shape == local_embedding.shape
+    np.testing.assert_allclose(logits, local_logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(embedding, local_embedding, rtol=1e-4, atol=1e-5)
 
 
 def test_triton_client_refuses_other_versions_or_artifacts(triton: dict[str, Any]) -> None:
