@@ -16,7 +16,7 @@ import mmap
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -41,27 +41,45 @@ def _aligned_buffer() -> mmap.mmap:
     return buffer
 
 
-def _write_direct(fd: int, data: bytes) -> None:
-    """Write ``data`` from offset 0 through O_DIRECT in aligned chunks; the tail is padded with
-    zeros, then cut off by ``ftruncate``."""
+def _write_direct(fd: int, parts: Sequence[bytes | memoryview]) -> int:
+    """Write ``parts`` in order from offset 0 through O_DIRECT, in aligned chunks gathered in
+    this thread's buffer; the last chunk is padded with zeros and ``ftruncate`` cuts the file
+    back to its size. Returns the size."""
     buffer = _aligned_buffer()
-    with memoryview(data) as view, memoryview(buffer) as aligned:
-        for start in range(0, len(data), _CHUNK):
-            size = min(_CHUNK, len(data) - start)
-            padded = -(-size // _ALIGN) * _ALIGN
-            aligned[:size] = view[start : start + size]
-            aligned[size:padded] = bytes(padded - size)
+    size = fill = 0
+    with memoryview(buffer) as aligned:
+
+        def flush(count: int) -> None:
+            padded = -(-count // _ALIGN) * _ALIGN
+            aligned[count:padded] = bytes(padded - count)
             written = 0
             while written < padded:  # a short write is legal: continue where it stopped
-                written += os.pwrite(fd, aligned[written:padded], start + written)
-    os.ftruncate(fd, len(data))
+                written += os.pwrite(fd, aligned[written:padded], size - count + written)
+
+        for part in parts:
+            with memoryview(part) as view:
+                taken = 0
+                while taken < len(view):
+                    count = min(_CHUNK - fill, len(view) - taken)
+                    aligned[fill : fill + count] = view[taken : taken + count]
+                    fill, taken, size = fill + count, taken + count, size + count
+                    if fill == _CHUNK:
+                        flush(fill)
+                        fill = 0
+        if fill:
+            flush(fill)
+    os.ftruncate(fd, size)
+    return size
 
 
-def _write_buffered(fd: int, data: bytes) -> None:
-    with memoryview(data) as view:
-        written = 0
-        while written < len(data):
-            written += os.pwrite(fd, view[written:], written)
+def _write_buffered(fd: int, parts: Sequence[bytes | memoryview]) -> None:
+    offset = 0
+    for part in parts:
+        with memoryview(part) as view:
+            written = 0
+            while written < len(view):
+                written += os.pwrite(fd, view[written:], offset + written)
+            offset += written
 
 
 def _open_temp(folder: Path, direct: bool) -> tuple[int, Path]:
@@ -72,10 +90,11 @@ def _open_temp(folder: Path, direct: bool) -> tuple[int, Path]:
             return os.open(temp, flags, 0o600), temp
 
 
-def write_new_object(path: Path, data: bytes) -> None:
-    """Put ``data`` at ``path`` through a ``.tmp-*`` file in its (existing) folder, published
-    by a hard link: a file already at ``path`` is kept (content-addressed twins share the first
-    one). Not flushed: the caller fsyncs ``path`` and the folder before it reports success.
+def write_new_object(path: Path, parts: Sequence[bytes | memoryview]) -> None:
+    """Put the content made of ``parts`` (in order) at ``path`` through a ``.tmp-*`` file in
+    its (existing) folder, published by a hard link: a file already at ``path`` is kept
+    (content-addressed twins share the first one). Not flushed: the caller fsyncs ``path`` and
+    the folder before it reports success.
 
     Written with O_DIRECT where the filesystem takes it: the bytes go from one reused buffer to
     the disk instead of through fresh page-cache pages (an archive does not read them back
@@ -96,16 +115,16 @@ def write_new_object(path: Path, data: bytes) -> None:
     try:
         try:
             if direct:
-                _write_direct(fd, data)
+                _write_direct(fd, parts)
             else:
-                _write_buffered(fd, data)
+                _write_buffered(fd, parts)
         except OSError as exc:
             if not direct or exc.errno != errno.EINVAL:
                 raise
             _no_direct.add(device)  # opened, but the alignment does not suit the device
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
             os.ftruncate(fd, 0)
-            _write_buffered(fd, data)
+            _write_buffered(fd, parts)
         finally:
             os.close(fd)
         _publish_once(str(temp), path)

@@ -36,6 +36,7 @@ from governance.catalog import Catalog, Instance, open_catalog
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from imaging.deid import Deidentifier, DeidProfile, load_profile
+from imaging.dicomio import Parts
 from imaging.ingest.commit import GroupCommit, fsync_directory, fsync_file, write_new_object
 from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_processed, result_from
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
@@ -220,7 +221,7 @@ class Ingestor:
             return None
         return tuple(row)
 
-    def _place(self, key: str, output: bytes, placed: Future[None]) -> None:
+    def _place(self, key: str, output: Parts, placed: Future[None]) -> None:
         """In the pool: write the object (unless already there), say so, then flush it."""
         try:
             path = self.store.path(key)
@@ -279,11 +280,11 @@ class Ingestor:
             with contextlib.suppress(OSError):
                 self.store.path(result.location).unlink()
 
-    def _put(self, output: bytes, digest: str) -> tuple[str, _Writing | None]:
+    def _put(self, output: Parts, digest: str) -> tuple[str, _Writing | None]:
         """Store the object: on a local store, start writing and flushing it in the pool (the
         caller records it meanwhile); an object store (fsspec) has it once ``put`` returns."""
         if self._local_root is None:
-            return self.store.put(output, durable=False, digest=digest), None
+            return self.store.put(b"".join(output), durable=False, digest=digest), None
         placed: Future[None] = Future()
         durable = _fsync_pool(os.getpid()).submit(self._place, digest, output, placed)
         return digest, _Writing(placed, durable)
@@ -306,8 +307,8 @@ class Ingestor:
             location = quarantine_processed(self.settings.quarantine_dir, self.key, processed, data, source)
             fsync_directory(self.settings.quarantine_dir)
         else:
-            assert processed.output is not None and processed.output_sha256 is not None
-            location, writing = self._put(processed.output, processed.output_sha256)
+            assert processed.output_parts is not None and processed.output_sha256 is not None
+            location, writing = self._put(processed.output_parts, processed.output_sha256)
         result: Result = result_from(processed, source, location)
         for attempt in range(3):
             try:
@@ -316,8 +317,8 @@ class Ingestor:
             except ObjectVanishedError:  # a failed twin removed the object: write it again
                 if attempt == 2:
                     raise
-                assert processed.output is not None and processed.output_sha256 is not None
-                _, writing = self._put(processed.output, processed.output_sha256)
+                assert processed.output_parts is not None and processed.output_sha256 is not None
+                _, writing = self._put(processed.output_parts, processed.output_sha256)
         record = processed.record
         return IngestOutcome(
             status=IngestStatus(result.outcome),
