@@ -158,6 +158,9 @@ def _direct_ingress_env(config: ServeConfig) -> dict[str, str]:
         # Ray's default keeps a stopping replica listening 30 s for external load balancers; a
         # single node with no balancer in front only needs the requests in flight to finish.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        # A released port is otherwise quarantined for minutes (for HAProxy): a replica that
+        # replaces a crashed one, or a redeploy, could not listen on the one port for that long.
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
     }
 
 

@@ -362,3 +362,38 @@ def test_revocation_stops_serving_within_seconds(served: dict[str, Any]) -> None
     assert status == 403
     actions = [e.action for e in AuditLog().entries(newest_first=True)][:200]
     assert "serve.predict.denied" in actions and "serve.predict" in actions
+
+
+def test_a_crashed_ingress_replica_comes_back_on_the_same_port(served: dict[str, Any]) -> None:
+    """Direct ingress: Ray Serve replaces a killed ingress replica and the new one listens on the
+    configured port again (runs last: it restarts the replica the other tests used)."""
+    import signal
+
+    import psutil
+
+    port = int(served["url"].rsplit(":", 1)[1])
+
+    def listener() -> int | None:
+        for conn in psutil.net_connections("tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port:
+                return conn.pid
+        return None
+
+    before = listener()
+    assert before is not None
+    os.kill(before, signal.SIGKILL)
+    headers = {"Authorization": f"Bearer {served['cast'].tokens['pacs']}"}
+    deadline = time.monotonic() + 120
+    after = None
+    while time.monotonic() < deadline:
+        after = listener()
+        if after not in (None, before):
+            try:
+                if httpx.get(f"{served['url']}/healthz", headers=headers, timeout=10).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("no ingress replica listens on the port again")
+    assert after not in (None, before)
