@@ -10,6 +10,7 @@ in flight finish (drain) before aborting what is left.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import socket
 import socketserver
@@ -63,6 +64,7 @@ __all__ = [
     "GatewayStats",
     "StorageSCP",
     "audit",
+    "freeze_startup_heap",
     "set_tcp_nodelay",
 ]
 
@@ -100,6 +102,15 @@ def set_tcp_nodelay(event: evt.Event) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):  # already closed by the peer
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def freeze_startup_heap() -> None:
+    """Once the ingest path is built: move what start-up allocated (modules, dictionaries, the
+    catalog, the de-identification profile) out of the cyclic collector's reach. Its full
+    collections otherwise walk all of it again, a pause of 70-270 ms every few hundred
+    instances that the instance in flight waits through. Garbage made later is still collected."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass

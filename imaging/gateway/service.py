@@ -19,7 +19,7 @@ from typing import Any
 
 from imaging.gateway.config import GatewayConfig
 from imaging.gateway.recovery import RunJournal
-from imaging.gateway.scp import GatewayStats, StorageSCP
+from imaging.gateway.scp import GatewayStats, StorageSCP, freeze_startup_heap
 from imaging.gateway.sink import Sink
 from imaging.gateway.workers import WorkerPool
 
@@ -80,6 +80,7 @@ class GatewayService:
             self.sink: Sink | None = None
         else:
             self.sink = self.scp.sink = self.sink_factory()
+            freeze_startup_heap()
             self.scp.serve()
         if self.config.http.enabled:
             self._start_http()

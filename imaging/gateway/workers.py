@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from imaging.gateway.scp import AcceptBalance, StorageSCP
+from imaging.gateway.scp import AcceptBalance, StorageSCP, freeze_startup_heap
 from imaging.gateway.sink import Sink
 
 __all__ = ["WorkerPool"]
@@ -80,6 +80,7 @@ class WorkerPool:
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
             self.scp.sink = self.sink_factory()
+            freeze_startup_heap()
             self.scp.serve()
             while not stop.wait(1.0):
                 if os.getppid() == 1:  # parent gone and PDEATHSIG unavailable
