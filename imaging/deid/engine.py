@@ -533,7 +533,7 @@ class Deidentifier:
 
     def _scrub_pending(self, state: _Instance) -> None:
         for ds, tag in state.pending:
-            changed = tag in ds and not self._text_unchanged(ds, tag, state)
+            changed = tag in ds._dict and not self._text_unchanged(ds, tag, state)
             if changed and not self._scrub_raw(ds, tag, state):
                 self._scrub(ds[tag], state)
 
@@ -661,15 +661,15 @@ class Deidentifier:
         if meta is None:
             return
         for tag in _META_REMOVE:
-            if tag in meta:
+            if tag in meta._dict:
                 del meta[tag]
         # New elements rather than attribute assignment: the old values are never decoded.
-        if "SOPInstanceUID" in ds:
-            meta[0x00020003] = DataElement(0x00020003, "UI", ds.SOPInstanceUID)
-        elif "MediaStorageSOPInstanceUID" in meta:
-            meta[0x00020003] = DataElement(0x00020003, "UI", self._uid(str(meta.MediaStorageSOPInstanceUID)))
-        if "SOPClassUID" in ds:
-            meta[0x00020002] = DataElement(0x00020002, "UI", ds.SOPClassUID)
+        if _SOP_INSTANCE in ds._dict:
+            meta[0x00020003] = DataElement(0x00020003, "UI", ds[_SOP_INSTANCE].value)
+        elif 0x00020003 in meta._dict:
+            meta[0x00020003] = DataElement(0x00020003, "UI", self._uid(str(meta[0x00020003].value)))
+        if _SOP_CLASS in ds._dict:
+            meta[0x00020002] = DataElement(0x00020002, "UI", ds[_SOP_CLASS].value)
         # The file is now written by RadGate (on pydicom): the writer's identity, not the source's.
         meta[0x00020012] = DataElement(0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID)
         meta[0x00020013] = DataElement(0x00020013, "SH", "RADGATE_010")
