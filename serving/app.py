@@ -22,6 +22,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from radgate.net import free_port
 from serving.api import IngressService, api, install_service
 from serving.config import ServeConfig, ServedModel
 from serving.worker import ModelWorker
@@ -212,18 +213,9 @@ def run(config: ServeConfig, *, num_cpus: int | None = None, temp_dir: str | Non
     # With direct ingress Ray Serve still starts its proxy on the head node: it gets another free
     # port on the same host (the same app behind it, so the same authentication), and
     # ``config.port`` is the ingress replica's own.
-    proxy_port = _free_port(config.host) if direct else config.port
+    proxy_port = free_port(config.host) if direct else config.port
     serve.start(
         proxy_location="HeadOnly",
         http_options={"host": config.host, "port": proxy_port},
     )
     serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port

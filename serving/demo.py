@@ -11,11 +11,12 @@ model and also returns its DICOM SEG and SR (pushed to a PACS when one is given)
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from radgate.net import free_port
 
 if TYPE_CHECKING:
     from imaging.gateway.config import PacsPeer
@@ -25,12 +26,6 @@ __all__ = ["ServingDemoError", "predict_once", "segment_series_once", "served"]
 
 class ServingDemoError(RuntimeError):
     """The served prediction did not succeed (the message has the HTTP status and reason)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -46,7 +41,7 @@ def served(
     from serving.config import ServeConfig
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    port = _free_port()
+    port = free_port()
     settings: dict[str, Any] = {
         "port": port,
         "ingress_num_cpus": 0,

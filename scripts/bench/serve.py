@@ -47,14 +47,6 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def raw_baseline(
     loaded: Any, forward: Any, bodies: list[bytes], requests: int, concurrency: int
 ) -> dict[str, float]:
@@ -327,9 +319,10 @@ def main() -> None:
     from serving.model import InProcessForward
 
     forward = InProcessForward(loaded)  # what the in-process replica builds from the same version
+    from radgate.net import free_port
     from serving.app import start_ray
 
-    port = _free_port()
+    port = free_port()
     # As `radgate serve` starts it: the ingress replica answers HTTP on the port (direct ingress).
     start_ray(
         _config(port, "inprocess", args.threads, args.concurrency),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +19,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from radgate.net import free_port
 
 __all__ = ["TritonNotInstalled", "TritonServer", "default_triton_home", "find_tritonserver"]
 
@@ -40,12 +41,6 @@ def find_tritonserver(home: Path | None = None) -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class TritonServer:
     """A local tritonserver on 127.0.0.1 serving ``repo`` (CPU, Python backend)."""
 
@@ -61,8 +56,8 @@ class TritonServer:
         self.root = find_tritonserver(home)
         self.repo = Path(repo)
         self.work_dir = Path(work_dir)
-        self.http_port = http_port or _free_port()
-        self.grpc_port = grpc_port or _free_port()
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.work_dir / "tritonserver.log"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,16 +18,11 @@ from governance.approvals.webhooks import create_webhook_app, register_webhook
 from governance.audit import AuditLog
 from governance.settings import get_settings
 from governance.testing import create_cast, create_version
+from radgate.net import free_port
 
 pytestmark = pytest.mark.integration
 NAME = "cxr-served"
 SECRET = "test-webhook-secret-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(predicate: object, what: str, limit_s: float = 60.0) -> None:
@@ -45,7 +39,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     from cryptography.fernet import Fernet
 
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
@@ -103,7 +97,7 @@ def served(mlflow_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> 
 def receiver() -> Iterator[str]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_webhook_app(SECRET, enforce=True), host="127.0.0.1", port=port, log_level="warning"

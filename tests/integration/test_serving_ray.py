@@ -15,17 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from radgate.net import free_port
+
 pytestmark = pytest.mark.integration
 
 MODEL = "chest-opacity"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +63,7 @@ def served(
     # Change the approved artifact's weights on disk after approval.
     _tamper(radgate_home, "tampered-model", tampered)
 
-    port = _free_port()
+    port = free_port()
     config = ServeConfig.model_validate(
         {
             "port": port,
@@ -314,7 +308,7 @@ def test_inference_ae_routes_a_study_and_results_come_back(served: dict[str, Any
 
     orthanc = served["orthanc"]
     orthanc.clear()
-    port = _free_port()
+    port = free_port()
     node = InferenceAE(
         serve_url=served["url"],
         model=MODEL,

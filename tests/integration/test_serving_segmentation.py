@@ -17,20 +17,13 @@ from typing import Any
 import httpx
 import pytest
 
+from radgate.net import free_port
 from tests.seg_series import encode, make_series
 
 pytestmark = pytest.mark.integration
 
 MODEL = "brain-seg"
 PENDING = "brain-seg-pending"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +48,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, orthanc: Any) -> Iterator[d
         version = register_segmentation_model(MODEL, labels={1: "Thalamus", 2: "lesion"})
         approve_and_promote(MODEL, version, cast)
         pending = register_segmentation_model(PENDING, seed=1)
-        port = _free_port()
+        port = free_port()
         config = ServeConfig.model_validate(
             {
                 "port": port,
@@ -179,7 +172,7 @@ def test_inference_ae_gathers_a_series_and_returns_seg_to_the_pacs(served: dict[
     orthanc.clear()
     series = make_series(slices=12, size=32, spacing=(3.0, 2.0, 2.0), seed=15)
     uploaded = [orthanc.upload(encode(ds)) for ds in series]
-    port = _free_port()
+    port = free_port()
     node = InferenceAE(
         serve_url=served["url"],
         model=MODEL,
