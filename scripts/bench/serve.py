@@ -226,6 +226,7 @@ async def _soak(
 
 
 _DIRECT_INGRESS = True
+_MAX_BATCH = 0  # served max_batch_size; 0: the client concurrency
 
 
 def _config(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> Any:
@@ -235,7 +236,7 @@ def _config(port: int, backend: str, threads: int, concurrency: int, triton_url:
         "name": MODEL,
         "backend": backend,
         "num_cpus": threads,
-        "max_batch_size": concurrency,
+        "max_batch_size": _MAX_BATCH or concurrency,
         "batch_wait_timeout_s": 0.005,
     }
     if triton_url:
@@ -258,6 +259,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="sequential requests per measure")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
+        "--max-batch", type=int, default=0, help="served max_batch_size (default: --concurrency)"
+    )
+    parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (replica CPUs; 1 on a shared 2-core box)"
     )
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton backend")
@@ -274,7 +278,8 @@ def main() -> None:
         "--proxy", action="store_true", help="behind Ray Serve's HTTP proxy actor (no direct ingress)"
     )
     args = parser.parse_args()
-    global _DIRECT_INGRESS
+    global _DIRECT_INGRESS, _MAX_BATCH
+    _MAX_BATCH = args.max_batch
     _DIRECT_INGRESS = not args.proxy
     # The raw baseline gets the same thread budget as a Ray replica (Ray sets OMP_NUM_THREADS).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -384,6 +389,7 @@ def main() -> None:
         "size": args.size,
         "threads": args.threads,
         "http": "proxy" if args.proxy else "direct ingress",
+        "max_batch_size": args.max_batch or args.concurrency,
         "raw_p50_ms": round(raw["p50_ms"], 2),
         "raw_p95_ms": round(raw["p95_ms"], 2),
         "raw_batched_throughput": round(raw["throughput"], 2),
