@@ -29,7 +29,10 @@ from imaging.deid.errors import QuarantineError, QuarantineReason
 
 __all__ = ["Parts", "encode_instance", "encode_instance_parts", "parse_instance"]
 
-_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# PixelData, FloatPixelData, DoubleFloatPixelData; other attributes read by tag, not keyword
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_SOP_CLASS, _SOP_INSTANCE, _ROWS, _COLUMNS = 0x00080016, 0x00080018, 0x00280010, 0x00280011
+_FRAMES, _SAMPLES, _BITS_ALLOCATED = 0x00280008, 0x00280002, 0x00280100
 # Top-level values longer than this are not read by the parser (pixel data, not headers).
 _DEFER_SIZE = 64 * 1024
 _PIXEL_DATA = BaseTag(0x7FE00010)
@@ -87,7 +90,7 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
         if truncated:
             reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
             raise QuarantineError(reason, f"element {tag} is truncated")
-    if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+    if _SOP_CLASS not in ds._dict or _SOP_INSTANCE not in ds._dict:
         reason = (
             QuarantineReason.MISSING_IDENTIFIERS
             if has_preamble or len(ds) > 3
@@ -113,26 +116,32 @@ def _is_image_class(sop_class: str) -> bool:
     return entry is not None and "Image Storage" in entry[0] and "Presentation" not in entry[0]
 
 
+def _value(ds: Dataset, tag: int, default: Any) -> Any:
+    """``ds.get(keyword, default)`` by tag (no keyword lookup)."""
+    return ds[tag].value if tag in ds._dict else default
+
+
 def _check_pixels(ds: Dataset) -> None:
-    if "Rows" not in ds or "Columns" not in ds:
+    elements = ds._dict
+    if _ROWS not in elements or _COLUMNS not in elements:
         # An image object without its image (often a truncated file) cannot be used.
-        if _is_image_class(str(ds.get("SOPClassUID", ""))) and not any(t in ds for t in _PIXEL_TAGS):
+        if _is_image_class(str(_value(ds, _SOP_CLASS, ""))) and not any(t in elements for t in _PIXEL_TAGS):
             raise QuarantineError(QuarantineReason.MISSING_PIXEL_DATA, "image object without pixel data")
         return
-    present = [t for t in _PIXEL_TAGS if t in ds]
+    present = [t for t in _PIXEL_TAGS if t in elements]
     if not present:
         raise QuarantineError(QuarantineReason.MISSING_PIXEL_DATA, "image attributes without pixel data")
-    if present[0] != "PixelData":
+    if present[0] != _PIXEL_DATA:
         return
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and UID(syntax).is_compressed:
         return
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        samples = int(ds.get("SamplesPerPixel", 1) or 1)
-        bits = int(ds.get("BitsAllocated", 16) or 16)
+        rows, cols = int(ds[_ROWS].value), int(ds[_COLUMNS].value)
+        frames = int(_value(ds, _FRAMES, 1) or 1)
+        samples = int(_value(ds, _SAMPLES, 1) or 1)
+        bits = int(_value(ds, _BITS_ALLOCATED, 16) or 16)
     except (TypeError, ValueError) as exc:
         raise QuarantineError(QuarantineReason.CORRUPT, "invalid image pixel attributes") from exc
     expected = (rows * cols * frames * samples * bits + 7) // 8

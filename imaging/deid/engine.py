@@ -121,6 +121,7 @@ _DATE_TAGS = tuple(
     )
 )
 _CHARSET = 0x00080005
+_ACTION_NAMES = {action: action.value for action in Action}  # Enum.value is a property: slow per element
 # Header attributes the engine reads (tags, not keywords: no keyword lookups per instance).
 _SOP_CLASS, _SOP_INSTANCE, _STUDY_UID, _SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
 _MODALITY, _BURNED_IN, _PATIENT_ID, _PATIENT_NAME = 0x00080060, 0x00280301, 0x00100020, 0x00100010
@@ -323,7 +324,7 @@ class Deidentifier:
             if action is None:
                 self._unlisted(ds, tag, state, pseudonym, depth)
                 continue
-            state.actions[action.value] += 1
+            state.actions[_ACTION_NAMES[action]] += 1
             if action is Action.REMOVE:
                 del ds[tag]
                 if 0x6000 <= group <= 0x601E and t & 0xFFFF == 0x3000:
