@@ -14,7 +14,9 @@ PDUs of the same size (Orthanc's ``MaximumPduLength`` is raised to storescu's la
 each file before answering (Orthanc's ``SyncStorageArea: true``, the default since 1.7.4, set
 explicitly; the gateway fsyncs object, folders and a synchronous=FULL catalog commit).
 For attribution it also reports the SCP alone (same pynetdicom settings, a sink that only
-hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file. Ends with ONE JSON line.
+hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file, and the CPU time each
+receiver spends per file over one association (``cpu_ratio`` = Orthanc's / the gateway's, the
+figure that other load on the machine disturbs least). Ends with ONE JSON line.
 
     .venv/bin/python scripts/bench/gateway.py [--files 100] [--rounds 3] [--concurrency 4]
 """
@@ -87,6 +89,22 @@ def bench_orthanc(orthanc_ci: Any, workdir: Path) -> Any:
             return {**super().config(), "SyncStorageArea": True, "MaximumPduLength": ORTHANC_PDU}
 
     return BenchOrthanc(workdir, modalities={"sender": ("STORESCU", "127.0.0.1", 1)})
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by the process ``pid`` and its live descendants
+    (the gateway's worker processes): what the receiver spends, whatever the load around it."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def send(port: int, aec: str, files: list[Path], concurrency: int, env: dict[str, str]) -> float:
@@ -229,9 +247,11 @@ def main() -> None:
             orthanc.stop()
             raise
         targets = {"orthanc": (orthanc.dicom_port, orthanc.aet), "gateway": (gateway_port, "RADGATE")}
+        pids = {"orthanc": orthanc.process.pid, "gateway": gateway.pid}
         rates: dict[tuple[str, int], list[float]] = {
             key: [] for key in product(targets, (1, args.concurrency))
         }
+        cpu_ms: dict[str, list[float]] = {name: [] for name in targets}  # per file, one association
         try:
             # Rounds alternate the targets so that load from elsewhere hits both alike; every
             # send uses fresh instances (new UIDs), so nothing is a duplicate.
@@ -239,7 +259,10 @@ def main() -> None:
                 for concurrency in (1, args.concurrency):
                     for name, (port, aet) in targets.items():
                         files = write_ct(work / f"r{round_index}-{concurrency}-{name}", args.files)
+                        used = cpu_seconds(pids[name])
                         rates[name, concurrency].append(send(port, aet, files, concurrency, env))
+                        if concurrency == 1:
+                            cpu_ms[name].append(1000 * (cpu_seconds(pids[name]) - used) / len(files))
                         shutil.rmtree(files[0].parent)
             stored = count_instances(env)
             in_orthanc = len(orthanc.rest("GET", "/instances"))
@@ -262,6 +285,10 @@ def main() -> None:
             f"{args.concurrency} associations:   gateway {gateway_conc:7.1f} files/s, "
             f"Orthanc {orthanc_conc:7.1f} files/s"
         )
+        cpu = {name: statistics.median(values) for name, values in cpu_ms.items()}
+        print(
+            f"CPU per file, one association: gateway {cpu['gateway']:.2f} ms, Orthanc {cpu['orthanc']:.2f} ms"
+        )
         print(
             f"attribution: SCP with a hash-only sink {transport:7.1f} files/s; ingest {ingest_ms:.1f} ms/file"
         )
@@ -277,6 +304,9 @@ def main() -> None:
             "gateway_concurrent_files_per_s": round(gateway_conc, 1),
             "orthanc_concurrent_files_per_s": round(orthanc_conc, 1),
             "concurrent_ratio": round(gateway_conc / orthanc_conc, 3),
+            "gateway_cpu_ms_per_file": round(cpu["gateway"], 2),
+            "orthanc_cpu_ms_per_file": round(cpu["orthanc"], 2),
+            "cpu_ratio": round(cpu["orthanc"] / cpu["gateway"], 3),
             "transport_only_files_per_s": round(transport, 1),
             "transport_only_ratio": round(transport / orthanc_serial, 3),
             "ingest_ms_per_file": round(ingest_ms, 1),
