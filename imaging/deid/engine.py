@@ -400,7 +400,7 @@ class Deidentifier:
         lowered = text.lower()
         if tag not in _CODE_TAGS and _SUSPECT.search(lowered):
             return False
-        return not any(low in lowered for _, low in state.scrubber.ordered)
+        return not state.scrubber.mentions(lowered)
 
     def _registered_uids_only(self, ds: Dataset, tag: int, state: _Instance) -> bool:
         text = self._raw_text(ds, tag, state)

@@ -59,10 +59,19 @@ class TextScrubber:
 
     tokens: frozenset[str]
     ordered: tuple[tuple[str, str], ...] = ()
+    lowered: tuple[str, ...] = ()  # the lowercase tokens of ``ordered``, in its order
+    starred: bool = False  # a token holds "*", which REDACTED could complete
 
     def __post_init__(self) -> None:
         # longest first, so "John Doe" goes before "John"; (token, lowercase token)
         self.ordered = tuple((t, t.lower()) for t in sorted(self.tokens, key=len, reverse=True))
+        self.lowered = tuple(low for _, low in self.ordered)
+        self.starred = any("*" in low for low in self.lowered)
+
+    def mentions(self, lowered_text: str) -> bool:
+        """True when a known token occurs in ``lowered_text`` (as a substring: a superset of
+        what :meth:`clean` replaces). The search loop runs in C, not per token in Python."""
+        return any(map(lowered_text.__contains__, self.lowered))
 
     @classmethod
     def from_values(cls, values: Iterable[str]) -> TextScrubber:
@@ -89,7 +98,15 @@ class TextScrubber:
         if not text:
             return text
         lowered = text.lower()
-        for _token, low in self.ordered:
+        # Only the tokens the text holds (found in C), longest first as in ``ordered``. In ASCII
+        # text (lowercased character by character) a token can only appear through a
+        # replacement if it holds the replacement's "*": then, or for other text, every token
+        # is tried, as before.
+        if self.starred or not text.isascii():
+            candidates: Iterable[str] = self.lowered
+        else:
+            candidates = list(filter(lowered.__contains__, self.lowered))
+        for low in candidates:
             if low in lowered:
                 text = _replace_token(text, lowered, low)
                 lowered = text.lower()
