@@ -1,12 +1,13 @@
 """Single-instance ingestion for network intake (C-STORE, STOW-RS, pulls): durable before it returns.
 
-Each instance is de-identified and written (temporary file, rename) in its caller's thread,
-then made durable on two paths at once: the object and its folders are fsynced by a small
-thread pool while the catalog record goes through a group commit (instances arriving together
-share one transaction; on SQLite committed with ``synchronous=FULL``, so it survives a power
-loss, not only a crash of the process). ``ingest_bytes`` returns only when both are done: the
-disk merges the flushes, which costs about one flush instead of three. A crash (SIGKILL) can
-leave an object without its record, never the reverse, since the rename comes first; after a
+Each instance is de-identified in its caller's thread; a small thread pool then writes the
+object (temporary file, ``O_DIRECT`` where possible, published under its name by a hard link)
+and flushes it and its folders, while the caller inserts its catalog record through a group
+commit (instances arriving together share one transaction; on SQLite committed with
+``synchronous=FULL``, so it survives a power loss, not only a crash of the process). The commit
+waits until the object is at its name, then runs at the same time as the object's flushes;
+``ingest_bytes`` returns only when both are done. A crash (SIGKILL) can leave an object without
+its record, never the reverse, since the object is at its name before the commit; after a
 power loss a record may outlive an object that was never durable (its sender heard no success):
 start-up recovery (``imaging.gateway.recovery``) removes both kinds.
 
