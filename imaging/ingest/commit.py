@@ -1,4 +1,4 @@
-"""Group commit for network intake, and the fsyncs that make a stored object durable.
+"""Group commit for network intake, and the write and fsyncs that make a stored object durable.
 
 Instances received at the same time (several associations, STOW-RS requests) are recorded in
 one catalog transaction: the first thread that finds no commit running becomes the leader,
