@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -66,11 +67,26 @@ class Catalog:
             session.close()
 
 
-@lru_cache(maxsize=8)
+_CATALOGS: OrderedDict[str, Catalog] = OrderedDict()  # the 8 most recent URLs, migrated
+_CATALOGS_LOCK = threading.Lock()
+
+
 def _cached(url: str) -> Catalog:
-    catalog = Catalog(url)
-    catalog.upgrade()
-    return catalog
+    """One migrated catalog per URL. Threads that open the same new URL at once wait for one
+    migration (an unlocked cache let two threads migrate the same database together, which
+    broke the migration and every write after it)."""
+    catalog = _CATALOGS.get(url)
+    if catalog is not None:
+        return catalog
+    with _CATALOGS_LOCK:
+        catalog = _CATALOGS.get(url)
+        if catalog is None:
+            catalog = Catalog(url)
+            catalog.upgrade()
+            _CATALOGS[url] = catalog
+            while len(_CATALOGS) > 8:
+                _CATALOGS.popitem(last=False)
+        return catalog
 
 
 def open_catalog(settings: Settings | None = None) -> Catalog:

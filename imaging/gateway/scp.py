@@ -383,11 +383,13 @@ def audit(
     actor: str, action: str, target: str, details: dict[str, Any] | None = None, role: str = ""
 ) -> None:
     """Append to the platform's audit log; an audit failure is logged, it never breaks intake."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from governance.audit import AuditError, record
 
     try:
         record(actor[:64], action, target[:255], details, role=role)
-    except (AuditError, OSError) as exc:
+    except (AuditError, OSError, SQLAlchemyError) as exc:  # a database error included
         LOGGER.error("audit entry %s not written: %s", action, type(exc).__name__)
 
 
