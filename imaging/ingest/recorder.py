@@ -88,7 +88,16 @@ def quarantine_input(
         "source": source,
         "sealed": data is not None,
     }
-    atomic_write(directory / f"{digest}.json", json.dumps(note, indent=1).encode(), durable=durable)
+    encoded = json.dumps(note, indent=1).encode()
+    note_path = directory / f"{digest}.json"
+    unchanged = False
+    if not durable:  # the caller syncs the batch; a durable write always writes and flushes
+        try:
+            unchanged = note_path.read_bytes() == encoded  # a re-run: the same note is there
+        except OSError:
+            unchanged = False
+    if not unchanged:
+        atomic_write(note_path, encoded, durable=durable)
     return str(sealed_path if data is not None else directory / f"{digest}.json")
 
 
