@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -95,23 +98,48 @@ def seal_originals(key: ProjectKey, deid: Deidentifier, record: DeidRecord) -> l
     return out
 
 
+#: Inputs at least this large are hashed on a helper thread while they are parsed and
+#: de-identified (hashlib releases the GIL on large buffers), not before.
+_HASH_BESIDE = 256 * 1024
+_hash_pool: tuple[int, ThreadPoolExecutor] | None = None
+_hash_pool_lock = threading.Lock()
+
+
+def _hash_beside(data: bytes) -> Future[str]:
+    """sha256 of ``data`` on this process's hashing thread (created per process: a pool
+    inherited through fork has no thread)."""
+    global _hash_pool
+    with _hash_pool_lock:
+        if _hash_pool is None or _hash_pool[0] != os.getpid():
+            _hash_pool = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="radgate-sha256"))
+        pool = _hash_pool[1]
+    return pool.submit(lambda: hashlib.sha256(data).hexdigest())
+
+
 def process_bytes(
     data: bytes, deid: Deidentifier, key: ProjectKey, profile: DeidProfile, *, digest: str | None = None
 ) -> Processed:
     """De-identify one encoded instance, or say why it is quarantined. Does not raise.
 
-    ``digest`` is the sha256 of ``data`` when the caller has it already (it is not recomputed).
+    ``digest`` is the sha256 of ``data`` when the caller has it already (it is not recomputed);
+    otherwise a large input is hashed on a helper thread while it is parsed and de-identified.
     """
-    digest = digest or hashlib.sha256(data).hexdigest()
+    pending = _hash_beside(data) if digest is None and len(data) >= _HASH_BESIDE else None
+    if digest is None and pending is None:
+        digest = hashlib.sha256(data).hexdigest()
+
+    def input_digest() -> str:
+        return pending.result() if pending is not None else str(digest)
+
     try:
         ds = parse_instance(data, max_bytes=profile.max_bytes)
         record = deid.deidentify(ds)
         parts = encode_instance_parts(ds)
     except QuarantineError as exc:
-        return Processed(digest, len(data), Outcome.QUARANTINED, reason=exc.reason, detail=exc.detail)
+        return Processed(input_digest(), len(data), Outcome.QUARANTINED, reason=exc.reason, detail=exc.detail)
     except (Exception, RecursionError) as exc:
         return Processed(
-            digest,
+            input_digest(),
             len(data),
             Outcome.QUARANTINED,
             reason=QuarantineReason.DEID_FAILED,
@@ -121,7 +149,7 @@ def process_bytes(
     for part in parts:
         hasher.update(part)
     return Processed(
-        digest,
+        input_digest(),
         len(data),
         Outcome.DEIDENTIFIED,
         output_parts=parts,

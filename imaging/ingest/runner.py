@@ -129,8 +129,9 @@ def _source_label(job: _Job, path: Path) -> str:
     return f"{job.source}:{digest}"
 
 
-def _read(path: Path, limit: int) -> tuple[bytes | None, str, int, str | None]:
-    """Bytes (None when too large or unreadable), sha256, size, failure reason."""
+def _read(path: Path, limit: int) -> tuple[bytes | None, str | None, int, str | None]:
+    """Bytes (None when too large or unreadable), sha256 (None for bytes read whole:
+    ``process_bytes`` hashes them beside the parse), size, failure reason."""
     try:
         size = path.stat().st_size
         if size > limit:
@@ -139,8 +140,7 @@ def _read(path: Path, limit: int) -> tuple[bytes | None, str, int, str | None]:
                 for chunk in iter(lambda: handle.read(1 << 20), b""):
                     hasher.update(chunk)
             return None, hasher.hexdigest(), size, QuarantineReason.TOO_LARGE.value
-        data = path.read_bytes()
-        return data, hashlib.sha256(data).hexdigest(), size, None
+        return path.read_bytes(), None, size, None
     except OSError as exc:
         digest = hashlib.sha256(f"unreadable:{path}".encode()).hexdigest()
         return None, digest, 0, f"{QuarantineReason.UNREADABLE.value}:{type(exc).__name__}"
@@ -153,6 +153,7 @@ def _process_path(path_str: str) -> Result:
     source = _source_label(job, path)
     data, digest, size, failure = _read(path, job.profile.max_bytes)
     if failure is not None or data is None:
+        assert digest is not None
         reason, _, kind = (failure or "unreadable").partition(":")
         detail = (
             f"{size} bytes exceeds limit {job.profile.max_bytes}"

@@ -118,7 +118,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--copies", type=int, default=5, help="planted copies per packaged file")
-    parser.add_argument("--rounds", type=int, default=2, help="best of N rounds per method")
+    parser.add_argument("--rounds", type=int, default=3, help="best of N interleaved rounds per method")
     parser.add_argument("--scan", action="store_true", help="also scan outputs for residual PHI (slower)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
