@@ -156,8 +156,13 @@ def _log_dataset_input(dataset: DatasetVersion) -> None:
         ]  # fmt: skip
     else:
         records = [
-            {"sha256": i.sha256, "patient": i.patient, "label": i.label, "split": str(i.split),
-             **i.attributes}
+            {
+                "sha256": i.sha256,
+                "patient": i.patient,
+                "label": i.label,
+                "split": str(i.split),
+                **i.attributes,
+            }
             for i in dataset.manifest.items
         ]
     frame = pd.DataFrame(records)

@@ -165,9 +165,15 @@ def train_transform(
         SpatialPadd(list(KEYS), spatial_size=spec.roi_size),
         ClassesToIndicesd(LABEL_KEY, num_classes=spec.num_classes, indices_postfix="_class_indices"),
         RandCropByLabelClassesd(
-            list(KEYS), label_key=LABEL_KEY, spatial_size=spec.roi_size, ratios=ratios,
-            num_classes=spec.num_classes, num_samples=samples_per_volume,
-            indices_key=f"{LABEL_KEY}_class_indices", allow_smaller=True, warn=False,
+            list(KEYS),
+            label_key=LABEL_KEY,
+            spatial_size=spec.roi_size,
+            ratios=ratios,
+            num_classes=spec.num_classes,
+            num_samples=samples_per_volume,
+            indices_key=f"{LABEL_KEY}_class_indices",
+            allow_smaller=True,
+            warn=False,
         ),
         DeleteItemsd(f"{LABEL_KEY}_class_indices"),  # per-volume lists: not collated
         RandScaleIntensityd(IMAGE_KEY, factors=0.1, prob=0.3),
@@ -176,8 +182,12 @@ def train_transform(
     if augment.affine_prob > 0:
         steps.append(
             RandAffined(
-                list(KEYS), prob=augment.affine_prob, rotate_range=[augment.rotate_rad] * 3,
-                scale_range=[augment.scale] * 3, mode=("bilinear", "nearest"), padding_mode="border",
+                list(KEYS),
+                prob=augment.affine_prob,
+                rotate_range=[augment.rotate_rad] * 3,
+                scale_range=[augment.scale] * 3,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
             )
         )
     if augment.noise_prob > 0:

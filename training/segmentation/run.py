@@ -49,7 +49,9 @@ def fit_options(config: TrainConfig) -> SegmentationFitOptions:
         pos_fraction=section.pos_fraction,
         sw_batch_size=section.sw_batch_size,
         augment=SegmentationAugment(
-            affine_prob=augment.affine_prob, rotate_rad=augment.rotate_rad, scale=augment.scale,
+            affine_prob=augment.affine_prob,
+            rotate_rad=augment.rotate_rad,
+            scale=augment.scale,
             noise_prob=augment.noise_prob,
         ),
     )
