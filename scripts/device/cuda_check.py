@@ -74,6 +74,23 @@ def _synthetic(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(np.clip(images, 0, 1)), torch.from_numpy(labels)
 
 
+def _trainer(device: torch.device, epochs: int, callback: Any) -> Any:
+    """A bare Lightning trainer on ``device`` (no logger, checkpoints or progress bar)."""
+    import pytorch_lightning as pl
+
+    return pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
 def check_train(device: torch.device, epochs: int) -> dict[str, Any]:
     import pytorch_lightning as pl
     from torch.utils.data import DataLoader
@@ -105,17 +122,7 @@ def check_train(device: torch.device, epochs: int) -> dict[str, Any]:
             if "val_auroc" in trainer.callback_metrics:
                 aurocs.append(float(trainer.callback_metrics["val_auroc"]))
 
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        max_epochs=epochs,
-        callbacks=[Record()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(device, epochs, Record())
     trainer.fit(
         module,
         DataLoader(train, batch_size=32, shuffle=True),  # type: ignore[arg-type]
@@ -302,17 +309,7 @@ def check_train_segmentation(device: torch.device, epochs: int) -> dict[str, Any
             if "val_dice" in trainer.callback_metrics:
                 dice.append(float(trainer.callback_metrics["val_dice"]))
 
-    trainer = pl.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        max_epochs=epochs,
-        callbacks=[Record()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = _trainer(device, epochs, Record())
     started = time.perf_counter()
     trainer.fit(
         module,
