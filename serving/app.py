@@ -64,7 +64,6 @@ class BatchedModel:
         self._forward_batch.set_max_batch_size(served.max_batch_size)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._images_in_flight = 0
-        _freeze_heap()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _forward_batch(
@@ -98,6 +97,10 @@ class BatchedModel:
 @serve.deployment(name="model", max_ongoing_requests=32, health_check_period_s=10)
 class ModelDeployment(BatchedModel):
     """One served model in a deployment of its own (replicas, autoscaling, GPUs)."""
+
+    def __init__(self, served_json: str, gate_ttl_s: float) -> None:
+        super().__init__(served_json, gate_ttl_s)
+        _freeze_heap()  # a colocated model's heap is frozen by the ingress that holds it
 
 
 class _HandleClient:
@@ -184,13 +187,7 @@ _direct_ingress_port: int | None = None
 def _direct_ingress_ready(config: ServeConfig) -> bool:
     import ray
 
-    env = _direct_ingress_env(config)
-    return (
-        config.wants_direct_ingress
-        and ray.is_initialized()
-        and _direct_ingress_port == config.port
-        and all(os.environ.get(k) == v for k, v in env.items())
-    )
+    return config.wants_direct_ingress and ray.is_initialized() and _direct_ingress_port == config.port
 
 
 def start_ray(config: ServeConfig, *, num_cpus: int | None = None, temp_dir: str | None = None) -> None:
