@@ -225,31 +225,27 @@ async def _soak(
     }
 
 
-_DIRECT_INGRESS = True
-_MAX_BATCH = 0  # served max_batch_size; 0: the client concurrency
-
-
-def _config(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> Any:
+def _config(port: int, backend: str, args: argparse.Namespace, triton_url: str = "") -> Any:
     from serving.config import ServeConfig
 
     model: dict[str, Any] = {
         "name": MODEL,
         "backend": backend,
-        "num_cpus": threads,
-        "max_batch_size": _MAX_BATCH or concurrency,
+        "num_cpus": args.threads,
+        "max_batch_size": args.max_batch or args.concurrency,
         "batch_wait_timeout_s": 0.005,
     }
     if triton_url:
         model.update(triton_url=triton_url, num_cpus=0)
     return ServeConfig.model_validate(
-        {"port": port, "ingress_num_cpus": 0, "direct_ingress": _DIRECT_INGRESS, "models": [model]}
+        {"port": port, "ingress_num_cpus": 0, "direct_ingress": not args.proxy, "models": [model]}
     )
 
 
-def _deploy(port: int, backend: str, threads: int, concurrency: int, triton_url: str = "") -> None:
+def _deploy(port: int, backend: str, args: argparse.Namespace, triton_url: str = "") -> None:
     from serving.app import run
 
-    run(_config(port, backend, threads, concurrency, triton_url))
+    run(_config(port, backend, args, triton_url))
 
 
 def main() -> None:
@@ -278,9 +274,6 @@ def main() -> None:
         "--proxy", action="store_true", help="behind Ray Serve's HTTP proxy actor (no direct ingress)"
     )
     args = parser.parse_args()
-    global _DIRECT_INGRESS, _MAX_BATCH
-    _MAX_BATCH = args.max_batch
-    _DIRECT_INGRESS = not args.proxy
     # The raw baseline gets the same thread budget as a Ray replica (Ray sets OMP_NUM_THREADS).
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -330,7 +323,7 @@ def main() -> None:
     port = free_port()
     # As `radgate serve` starts it: the ingress replica answers HTTP on the port (direct ingress).
     start_ray(
-        _config(port, "inprocess", args.threads, args.concurrency),
+        _config(port, "inprocess", args),
         num_cpus=args.threads,
         temp_dir=f"/tmp/rg-bench-{os.getpid()}",
     )
@@ -355,7 +348,7 @@ def main() -> None:
     triton_server = None
     soak: dict[str, float] = {}
     try:
-        _deploy(port, "inprocess", args.threads, args.concurrency)
+        _deploy(port, "inprocess", args)
         measure("inprocess")
         if args.soak > 0:
             soak = asyncio.run(_soak(url, token, bodies, args.soak, args.soak_concurrency))
@@ -370,7 +363,7 @@ def main() -> None:
                 print(f"triton skipped: {exc}", file=sys.stderr)
             if triton_server is not None:
                 serve.delete("radgate")
-                _deploy(port, "triton", args.threads, args.concurrency, triton_server.grpc_url)
+                _deploy(port, "triton", args, triton_server.grpc_url)
                 measure("triton")
     finally:
         serve.shutdown()
