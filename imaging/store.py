@@ -20,23 +20,6 @@ class StoreError(RuntimeError):
     """An object is missing or does not match its address."""
 
 
-#: Folders this process created or found (a batch writes many files into few folders; mkdir of a
-#: folder that exists costs a failed system call each time, 2-3 % of a de-identification run).
-_FOLDERS: set[str] = set()
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    folder = path.parent
-    if str(folder) not in _FOLDERS:
-        folder.mkdir(parents=True, exist_ok=True)
-        _FOLDERS.add(str(folder))
-    try:
-        return tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    except FileNotFoundError:  # removed since this process saw it
-        folder.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=folder, prefix=".tmp-")
-
-
 def atomic_write(
     path: Path, data: bytes | Sequence[bytes | memoryview], *, durable: bool = True, replace: bool = True
 ) -> None:
@@ -48,7 +31,8 @@ def atomic_write(
     content-addressed writers racing on one name then all share the first file, which another
     writer's flushes and locks already hold.
     """
-    fd, tmp = _temp_beside(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             if isinstance(data, bytes):
