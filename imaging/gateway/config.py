@@ -81,6 +81,9 @@ class DicomListener(_Model):
     max_associations: int = Field(default=32, ge=1)
     workers: int = Field(default=1, ge=1, le=64, description="SCP processes sharing the port (Linux)")
     max_pdu: int = Field(default=1_048_576, ge=0, description="0: unlimited")
+    max_instance_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="larger instances are refused (0xA700), never buffered"
+    )
     network_timeout: float = 60.0
     acse_timeout: float = 30.0
     dimse_timeout: float = 60.0

@@ -1,7 +1,8 @@
 """The DIMSE side of the gateway: a Storage SCP (every storage SOP class, the common transfer
-syntaxes) and Verification SCP on pynetdicom, with an AE-title / host allow-list.
+syntaxes) and Verification SCP, with an AE-title / host allow-list and TCP_NODELAY.
 
-Each C-STORE is handed, still encoded, to the ingest sink from the association's own thread;
+Associations are negotiated with pynetdicom's rules and served by ``upper_layer``: each
+C-STORE is handed, still encoded, to the ingest sink from the association's own thread;
 the response status is chosen only after the sink returns, i.e. after the de-identified object
 is durable and its catalog record committed. Shutdown stops accepting, then lets associations
 in flight finish (drain) before aborting what is left.
@@ -14,15 +15,12 @@ import gc
 import logging
 import socket
 import socketserver
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from io import BytesIO
-from typing import Any, cast
+from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -39,24 +37,13 @@ from pydicom.uid import (
     JPEGLSNearLossless,
     RLELossless,
 )
-from pynetdicom import (
-    AE,
-    PYNETDICOM_IMPLEMENTATION_UID,
-    PYNETDICOM_IMPLEMENTATION_VERSION,
-    AllStoragePresentationContexts,
-    _config,
-    build_context,
-    evt,
-)
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom import AllStoragePresentationContexts, _config, build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from imaging.gateway.config import DicomListener
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
-from imaging.gateway.wakeups import install as install_wakeups
+from imaging.gateway.upper_layer import AssociationEnd, Rejection, StorageAssociation
 
 __all__ = [
     "STORAGE_TRANSFER_SYNTAXES",
@@ -176,30 +163,16 @@ class AcceptBalance:
             self.counts[self.index] -= 1
 
 
-class _SharedContexts(list[Any]):
-    """The SCP's supported presentation contexts, handed to every association as they are.
+class _AssociationServer(socketserver.ThreadingTCPServer):
+    """The listening socket; each connection is served in a thread of its own, with optional
+    accept balancing between pre-forked processes."""
 
-    pynetdicom deep-copies them for each association (some 250,000 objects with every storage
-    SOP class, tens of ms of CPU), but negotiation only reads them and ``_on_requested``
-    replaces the association's list anyway: a shallow copy does."""
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        return list(self)
-
-
-class _RequestHandler(RequestHandler):
-    """pynetdicom's handler; its associations wake on events instead of polling every 1 ms."""
-
-    def _create_association(self) -> Association:
-        assoc = super()._create_association()
-        install_wakeups(assoc)
-        return assoc
-
-
-class _AssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with optional accept balancing between processes."""
-
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 64
     balance: AcceptBalance | None = None
+    scp: StorageSCP
 
     def _handle_request_noblock(self) -> None:
         if self.balance is not None and self.balance.defer():
@@ -224,35 +197,27 @@ class _AssociationServer(ThreadedAssociationServer):
             if self.balance is not None:
                 self.balance.closed()
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        self.scp._serve_connection(request, client_address[0])
+
 
 class StorageSCP:
-    """The C-STORE / C-ECHO acceptor. ``start()`` returns once it listens; ``stop()`` drains."""
+    """The C-STORE / C-ECHO acceptor. ``start()`` returns once it listens; ``stop()`` drains.
+
+    Association requests are negotiated with pynetdicom's presentation-context rules; each
+    association then runs in ``imaging.gateway.upper_layer`` (see there why not pynetdicom's
+    acceptor)."""
 
     def __init__(self, listener: DicomListener, sink: Sink, stats: GatewayStats | None = None) -> None:
         self.listener = listener
         self.sink = sink
         self.stats = stats or GatewayStats()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: _AssociationServer | None = None
         self._lock = threading.Lock()
-        self._per_association: dict[int, dict[str, int]] = {}
-        self.ae = self._make_ae()
+        self._associations: set[StorageAssociation] = set()
         # Senders propose the same contexts on every association: the accepted list is built
-        # once per proposal (some 15 ms of CPU each time otherwise; negotiation only reads it).
-        supported = tuple(self.ae.supported_contexts)
-        self._accepted = lru_cache(maxsize=64)(partial(_reordered, supported))
-
-    def _make_ae(self) -> AE:
-        ae = AE(ae_title=self.listener.ae_title)
-        ae.maximum_associations = self.listener.max_associations
-        ae.maximum_pdu_size = self.listener.max_pdu
-        ae.network_timeout = self.listener.network_timeout
-        ae.acse_timeout = self.listener.acse_timeout
-        ae.dimse_timeout = self.listener.dimse_timeout
-        ae.require_called_aet = self.listener.require_called_ae_title
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(str(context.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES))
-        ae.add_supported_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        return ae
+        # once per proposal (some 15 ms of CPU each time otherwise).
+        self._accepted = lru_cache(maxsize=64)(partial(_reordered, _supported_contexts()))
 
     @property
     def port(self) -> int:
@@ -262,38 +227,22 @@ class StorageSCP:
 
     def bind(self) -> None:
         """Create the listening socket (no thread yet: worker processes fork after this)."""
-        handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            (evt.EVT_REQUESTED, self._on_requested),
-            (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_C_ECHO, self._on_echo),
-            (evt.EVT_RELEASED, self._on_closed),
-            (evt.EVT_ABORTED, self._on_closed),
-        ]
-        self._server = cast(
-            _AssociationServer,
-            self.ae.make_server(
-                (self.listener.host, self.listener.port),
-                evt_handlers=handlers,
-                server_class=_AssociationServer,
-                request_handler=_RequestHandler,
-            ),
-        )
-        self._server.contexts = _SharedContexts(self._server.contexts)
+        server = _AssociationServer((self.listener.host, self.listener.port), _NoHandler)
+        server.scp = self
+        self._server = server
 
     def balance_with(self, balance: AcceptBalance) -> None:
         """In a pre-forked worker: accept without waiting (another worker may have taken the
         connection) and leave connections to less busy workers."""
-        if self._server is None or self._server.socket is None:
+        if self._server is None:
             raise RuntimeError("bind() the SCP first")
-        cast(_AssociationServer, self._server).balance = balance
+        self._server.balance = balance
         self._server.socket.settimeout(0.0)
 
     def serve(self) -> None:
         """Accept associations in a background thread (each association gets its own thread)."""
         if self._server is None:
             raise RuntimeError("bind() the SCP first")
-        self.ae._servers.append(self._server)
         threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
 
     def start(self) -> None:
@@ -302,12 +251,13 @@ class StorageSCP:
 
     def close_listener(self) -> None:
         """Close this process's copy of the listening socket (the workers keep theirs). Not
-        ``server_close()``: its shutdown(SHUT_RDWR) would stop the shared socket listening."""
-        if self._server is not None and self._server.socket is not None:
+        ``server_close()`` before a fork: the workers share the socket."""
+        if self._server is not None:
             self._server.socket.close()
 
     def active_associations(self) -> int:
-        return len(self._server.active_associations) if self._server else 0
+        with self._lock:
+            return len(self._associations)
 
     def stop(self, drain_timeout: float = 60.0) -> int:
         """Stop accepting, wait up to ``drain_timeout`` s for associations in flight, abort the
@@ -315,68 +265,87 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is None:
             return 0
-        socketserver.BaseServer.shutdown(server)  # leave serve_forever; no new associations
+        server.shutdown()  # leave serve_forever; no new associations
         server.server_close()
         deadline = time.monotonic() + drain_timeout
-        while server.active_associations and time.monotonic() < deadline:
+        while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)
-        leftovers = server.active_associations
-        for assoc in leftovers:
-            assoc.abort()
-        if server in self.ae._servers:
-            self.ae._servers.remove(server)
+        with self._lock:
+            leftovers = list(self._associations)
+        for association in leftovers:
+            association.abort()
+        deadline = time.monotonic() + 5
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.01)  # their threads notice the closed socket and finish
         return len(leftovers)
 
-    # Handlers run in the association's thread.
-
-    def _on_requested(self, event: evt.Event) -> None:
-        primitive = event.assoc.requestor.primitive
-        calling_ae = str(primitive.calling_ae_title if primitive else "").strip()
-        host = event.assoc.requestor.address
-        if self.listener.permits(calling_ae, host):
-            self.stats.add(associations=1)
-            event.assoc.acceptor.supported_contexts = list(self._accepted(_proposal(event.assoc)))
-            return
-        self.stats.add(rejected_associations=1)
-        LOGGER.warning("association rejected: calling AE %r from %s not allowed", calling_ae, host)
-        audit(f"ae:{calling_ae or '-'}", "gateway.association-rejected", f"dimse:{host}")
-        # rejected-permanent, service-user, calling AE title not recognised; kill() lets the
-        # DUL flush the A-ASSOCIATE-RJ before the socket closes (as pynetdicom's own rejects).
-        event.assoc.acse.send_reject(0x01, 0x01, 0x03)
-        event.assoc.kill()
-
-    def _on_echo(self, event: evt.Event) -> int:
-        return 0x0000
-
-    def _on_store(self, event: evt.Event) -> Dataset:
-        requestor = event.assoc.requestor
-        source = f"c-store:{requestor.ae_title}@{requestor.address}"
+    def _serve_connection(self, sock: socket.socket, host: str) -> None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        listener = self.listener
+        association = StorageAssociation(
+            sock,
+            host,
+            ae_title=listener.ae_title,
+            supported=self._supported_for,
+            handlers=self,
+            max_pdu=listener.max_pdu,
+            max_instance_bytes=listener.max_instance_bytes,
+            acse_timeout=listener.acse_timeout,
+            network_timeout=listener.network_timeout,
+        )
+        with self._lock:
+            self._associations.add(association)
         try:
-            data = part10_bytes(event)
+            association.run()
+        finally:
+            with self._lock:
+                self._associations.discard(association)
+
+    def _supported_for(self, proposed: list[Any]) -> list[Any]:
+        return list(self._accepted(_proposal(proposed)))
+
+    # AssociationHandlers: called in the association's thread.
+
+    def review(self, calling_ae: str, called_ae: str, host: str) -> Rejection | None:
+        listener = self.listener
+        if not listener.permits(calling_ae, host):
+            self.stats.add(rejected_associations=1)
+            LOGGER.warning("association rejected: calling AE %r from %s not allowed", calling_ae, host)
+            audit(f"ae:{calling_ae or '-'}", "gateway.association-rejected", f"dimse:{host}")
+            return Rejection(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+        if listener.require_called_ae_title and called_ae != listener.ae_title:
+            self.stats.add(rejected_associations=1)
+            return Rejection(0x01, 0x01, 0x07)  # called AE title not recognised
+        if self.active_associations() > listener.max_associations:
+            self.stats.add(rejected_associations=1)
+            return Rejection(0x02, 0x03, 0x02)  # transient, local limit exceeded
+        self.stats.add(associations=1)
+        return None
+
+    def store(self, data: bytes, digest: str, calling_ae: str, host: str) -> Verdict:
+        source = f"c-store:{calling_ae}@{host}"
+        try:
             outcome = self.sink.ingest_bytes(data, source)
             verdict = verdict_for_outcome(outcome)
         except Exception as exc:  # the sender must hear "not stored", whatever broke
-            LOGGER.error("C-STORE from %s not stored: %s", requestor.ae_title, type(exc).__name__)
+            LOGGER.error("C-STORE from %s not stored: %s", calling_ae, type(exc).__name__)
             verdict = verdict_for_error(exc)
         else:
             if verdict.status is StoreStatus.CANNOT_UNDERSTAND:
                 self.stats.add(quarantined=1)
         self.stats.add(stored=1) if verdict.ok else self.stats.add(failed=1)
-        with self._lock:
-            counts = self._per_association.setdefault(id(event.assoc), {"stored": 0, "failed": 0})
-            counts["stored" if verdict.ok else "failed"] += 1
-        return _status_dataset(verdict)
+        return verdict
 
-    def _on_closed(self, event: evt.Event) -> None:
+    def closed(self, calling_ae: str, host: str, end: AssociationEnd, stored: int, failed: int) -> None:
         """One audit entry per association that stored something: who, from where, counts."""
-        with self._lock:
-            counts = self._per_association.pop(id(event.assoc), None)
-        if counts:
-            primitive = event.assoc.requestor.primitive
-            calling_ae = str(primitive.calling_ae_title if primitive else "").strip() or "-"
-            outcome = "released" if event.event is evt.EVT_RELEASED else "aborted"
-            details = {**counts, "end": outcome}
-            audit(f"ae:{calling_ae}", "gateway.c-store", f"dimse:{event.assoc.requestor.address}", details)
+        if stored or failed:
+            details = {"stored": stored, "failed": failed, "end": end.value}
+            audit(f"ae:{calling_ae or '-'}", "gateway.c-store", f"dimse:{host}", details)
+
+
+class _NoHandler(socketserver.BaseRequestHandler):
+    """Unused: ``_AssociationServer.finish_request`` serves each connection itself."""
 
 
 def audit(
@@ -396,11 +365,21 @@ def audit(
 _Proposal = tuple[tuple[str, tuple[str, ...]], ...]  # (abstract syntax, transfer syntaxes) per context
 
 
-def _proposal(assoc: Any) -> _Proposal:
+def _proposal(proposed: list[Any]) -> _Proposal:
     return tuple(
         (str(context.abstract_syntax), tuple(str(ts) for ts in context.transfer_syntax))
-        for context in assoc.requestor.primitive.presentation_context_definition_list
+        for context in proposed
     )
+
+
+def _supported_contexts() -> tuple[Any, ...]:
+    """Every storage SOP class with the transfer syntaxes above, and Verification."""
+    contexts = [
+        build_context(str(context.abstract_syntax), list(STORAGE_TRANSFER_SYNTAXES))
+        for context in AllStoragePresentationContexts
+    ]
+    contexts.append(build_context(Verification, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    return tuple(contexts)
 
 
 def _reordered(supported: tuple[Any, ...], proposal: _Proposal) -> list[Any]:
@@ -422,44 +401,3 @@ def _reordered(supported: tuple[Any, ...], proposal: _Proposal) -> list[Any]:
             context = build_context(context.abstract_syntax, order)
         contexts.append(context)
     return contexts
-
-
-def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
-    """One explicit VR little endian element of group 0002 (short-length VRs)."""
-    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
-
-
-def _uid_value(uid: str) -> bytes:
-    value = uid.encode("ascii")
-    return value + b"\0" if len(value) % 2 else value
-
-
-def part10_bytes(event: evt.Event) -> bytes:
-    """The received C-STORE data set as a Part 10 file, as pynetdicom's
-    ``event.encoded_dataset(include_meta=True)`` builds it (same file meta, same bytes), without
-    building and encoding a pydicom file meta dataset per instance."""
-    request = cast(C_STORE, event.request)
-    dataset = request.DataSet
-    if not isinstance(dataset, BytesIO):
-        return event.encoded_dataset(include_meta=True)  # not as received: pynetdicom's path
-    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    elements = b"".join(
-        (
-            struct.pack("<HH2sHL2s", 0x0002, 0x0001, b"OB", 0, 2, b"\0\1"),  # version 00 01
-            _meta_element(0x0002, b"UI", _uid_value(str(request.AffectedSOPClassUID))),
-            _meta_element(0x0003, b"UI", _uid_value(str(request.AffectedSOPInstanceUID))),
-            _meta_element(0x0010, b"UI", _uid_value(str(event.context.transfer_syntax))),
-            _meta_element(0x0012, b"UI", _uid_value(PYNETDICOM_IMPLEMENTATION_UID)),
-            _meta_element(0x0013, b"SH", version + b" " if len(version) % 2 else version),
-        )
-    )
-    group_length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(elements))
-    return b"".join((b"\0" * 128, b"DICM", group_length, elements, dataset.getvalue()))
-
-
-def _status_dataset(verdict: Verdict) -> Dataset:
-    status = Dataset()
-    status.Status = int(verdict.status)
-    if not verdict.ok and verdict.comment:
-        status.ErrorComment = verdict.comment
-    return status

@@ -13,7 +13,7 @@ PDUs of the same size (Orthanc's ``MaximumPduLength`` is raised to storescu's la
 131072 bytes; the gateway offers 1 MiB, of which storescu uses the same 131072), and both flush
 each file before answering (Orthanc's ``SyncStorageArea: true``, the default since 1.7.4, set
 explicitly; the gateway fsyncs object, folders and a synchronous=FULL catalog commit).
-For attribution it also reports the SCP alone (same pynetdicom settings, a sink that only
+For attribution it also reports the SCP alone (the gateway's own SCP, with a sink that only
 hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file, and the CPU time each
 receiver spends per file over one association (``cpu_ratio`` = Orthanc's / the gateway's, the
 figure that other load on the machine disturbs least). Ends with ONE JSON line.
@@ -165,7 +165,7 @@ def start_gateway(workdir: Path, env: dict[str, str], workers: int) -> tuple[sub
 
 
 def transport_only(files: list[Path], env: dict[str, str]) -> float:
-    """Files/s of the gateway's SCP (same pynetdicom settings) with a sink that only hashes:
+    """Files/s of the gateway's SCP (same code and settings) with a sink that only hashes:
     the DICOM transport's share of the cost, for attribution."""
     import hashlib
 

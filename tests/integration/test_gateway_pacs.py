@@ -95,10 +95,11 @@ def test_echo_and_allow_list(start_gateway: Any, dicom_env: dict[str, str]) -> N
         capture_output=True,
     )
     assert wrong_called.returncode != 0
+    assert "Called AE Title Not Recognized" in wrong_called.stderr.decode()
     assert _count(Instance) == 0
 
     final = gateway.terminate()
-    assert final["rejected_associations"] == 2
+    assert final["rejected_associations"] == 3  # the audit log names the two unknown callers
     assert final["stored"] == 0
     rejected = _audit("gateway.association-rejected")
     assert sorted(e.actor for e in rejected) == ["ae:FARAWAY", "ae:INTRUDER"]
