@@ -293,6 +293,7 @@ class StorageSCP:
             max_instance_bytes=listener.max_instance_bytes,
             acse_timeout=listener.acse_timeout,
             network_timeout=listener.network_timeout,
+            dimse_timeout=listener.dimse_timeout,
         )
         with self._lock:
             self._associations.add(association)

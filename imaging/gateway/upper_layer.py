@@ -104,7 +104,11 @@ class ProtocolError(Exception):
 
 
 class _PeerGone(Exception):
-    """The peer closed the connection (or it timed out)."""
+    """The peer closed the connection, or went quiet past the timeout (``timed_out``)."""
+
+    def __init__(self, timed_out: bool = False) -> None:
+        super().__init__("timed out" if timed_out else "connection closed")
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,7 @@ class StorageAssociation:
         max_instance_bytes: int,
         acse_timeout: float,
         network_timeout: float,
+        dimse_timeout: float,
     ) -> None:
         self.sock = sock
         self.host = host
@@ -291,6 +296,8 @@ class StorageAssociation:
         self.max_instance_bytes = max_instance_bytes
         self.acse_timeout = acse_timeout
         self.network_timeout = network_timeout
+        self.dimse_timeout = dimse_timeout
+        self._timeout: float | None = None
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # accepted id: (abstract, transfer syntax)
         self.peer_max_pdu = 0
@@ -307,7 +314,9 @@ class StorageAssociation:
         while read < count:
             try:
                 got = self.sock.recv_into(view[read:], count - read)
-            except (TimeoutError, OSError) as exc:
+            except TimeoutError as exc:
+                raise _PeerGone(timed_out=True) from exc
+            except OSError as exc:
                 raise _PeerGone() from exc
             if not got:
                 raise _PeerGone()
@@ -323,6 +332,13 @@ class StorageAssociation:
         if length > limit:
             raise ProtocolError("PDU longer than negotiated", AbortReason.INVALID_PARAMETER)
         return pdu_type, self._read_exactly(length)
+
+    def _wait_at_most(self, seconds: float) -> None:
+        """The read timeout (0: none); the socket is only touched when it changes."""
+        timeout = seconds or None
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -340,16 +356,16 @@ class StorageAssociation:
     def run(self) -> None:
         end = AssociationEnd.ABORTED
         try:
-            self.sock.settimeout(self.acse_timeout or None)
+            self._wait_at_most(self.acse_timeout)
             if self._associate():
                 self.established = True
-                self.sock.settimeout(self.network_timeout or None)
                 end = self._serve()
         except ProtocolError as exc:
             LOGGER.warning("association from %s aborted: %s", self.host, exc)
             self.abort(exc.reason)
-        except _PeerGone:
-            pass
+        except _PeerGone as exc:
+            if exc.timed_out:
+                self.abort()
         except Exception:  # never let a bug leave the peer hanging
             LOGGER.exception("association from %s failed", self.host)
             self.abort()
@@ -444,11 +460,16 @@ class StorageAssociation:
         self._send(pdu.encode())
 
     def _serve(self) -> AssociationEnd:
-        limit = self.max_pdu or (1 << 32) - 1
+        # What we told the peer; unlimited (0) is still bounded by what an instance may hold.
+        limit = self.max_pdu or min((1 << 32) - 1, self.max_instance_bytes + _MAX_COMMAND)
         command = bytearray()
         request: Command | None = None
         transfer: _Transfer | None = None
         while True:
+            # Between messages the peer may think (network timeout); within one, the rest of
+            # the message is due (DIMSE timeout).
+            busy = request is not None or bool(command)
+            self._wait_at_most(self.dimse_timeout if busy else self.network_timeout)
             pdu_type, body = self._read_pdu(max(limit, _MAX_COMMAND))
             if pdu_type == PduType.A_RELEASE_RQ:
                 if request is not None:

@@ -222,3 +222,32 @@ def test_stop_aborts_what_does_not_drain(scp: Any) -> None:
     assert getattr(server, "aborted", None) == 1
     assert server.active_associations() == 0
     sock.close()
+
+
+def test_a_peer_silent_mid_message_is_aborted(scp: Any) -> None:
+    server = scp(dimse_timeout=0.3)
+    closed: list[str] = []
+    on_closed = server.closed
+
+    def spy_closed(calling_ae: str, host: str, end: Any, stored: int, failed: int) -> None:
+        closed.append(str(end))
+        on_closed(calling_ae, host, end, stored, failed)
+
+    server.closed = spy_closed
+    store = encode_command(
+        [
+            (0x0002, b"1.2.840.10008.5.1.4.1.1.2\0"),
+            (0x0100, b"\1\0"),
+            (0x0110, b"\1\0"),
+            (0x0800, b"\0\0"),
+            (0x1000, b"1.2.3.4\0"),
+        ]
+    )
+    rq = _associate_rq([build_context(CTImageStorage)])
+    # The command arrives, its data set never does: A-ABORT once the DIMSE timeout has passed.
+    assert _exchange(server.port, rq, _pdata(1, 0x03, store)) == [0x02, 0x07]
+    deadline = time.monotonic() + 5
+    while not closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closed == ["aborted"]
+    assert _sink(server).received == []
