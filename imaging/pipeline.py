@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -117,12 +118,20 @@ def _hash_beside(data: bytes) -> Future[str]:
 
 
 def process_bytes(
-    data: bytes, deid: Deidentifier, key: ProjectKey, profile: DeidProfile, *, digest: str | None = None
+    data: bytes,
+    deid: Deidentifier,
+    key: ProjectKey,
+    profile: DeidProfile,
+    *,
+    digest: str | None = None,
+    on_encoded: Callable[[Parts], object] | None = None,
 ) -> Processed:
     """De-identify one encoded instance, or say why it is quarantined. Does not raise.
 
     ``digest`` is the sha256 of ``data`` when the caller has it already (it is not recomputed);
     otherwise a large input is hashed on a helper thread while it is parsed and de-identified.
+    ``on_encoded`` is called with the output's parts as soon as they are encoded, before they
+    are hashed (a writer can start on them meanwhile); an outcome is then always de-identified.
     """
     pending = _hash_beside(data) if digest is None and len(data) >= _HASH_BESIDE else None
     if digest is None and pending is None:
@@ -145,6 +154,8 @@ def process_bytes(
             reason=QuarantineReason.DEID_FAILED,
             detail=f"de-identification failed ({type(exc).__name__})",
         )
+    if on_encoded is not None:
+        on_encoded(parts)
     hasher = hashlib.sha256()
     for part in parts:
         hasher.update(part)

@@ -23,7 +23,15 @@ from typing import Generic, TypeVar
 
 from imaging.store import _publish_once  # the store's own hard-link publication
 
-__all__ = ["CommitStats", "GroupCommit", "fsync_directory", "fsync_file", "write_new_object"]
+__all__ = [
+    "CommitStats",
+    "GroupCommit",
+    "fsync_directory",
+    "fsync_file",
+    "publish_temp",
+    "write_new_object",
+    "write_temp",
+]
 
 T = TypeVar("T")
 
@@ -90,18 +98,15 @@ def _open_temp(folder: Path, direct: bool) -> tuple[int, Path]:
             return os.open(temp, flags, 0o600), temp
 
 
-def write_new_object(path: Path, parts: Sequence[bytes | memoryview]) -> None:
-    """Put the content made of ``parts`` (in order) at ``path`` through a ``.tmp-*`` file in
-    its (existing) folder, published by a hard link: a file already at ``path`` is kept
-    (content-addressed twins share the first one). Not flushed: the caller fsyncs ``path`` and
-    the folder before it reports success.
+def write_temp(folder: Path, parts: Sequence[bytes | memoryview]) -> str:
+    """Write the content made of ``parts`` (in order) to a new ``.tmp-*`` file in ``folder``
+    and return its path; the caller publishes it (``_publish_once``) or removes it. Not flushed.
 
     Written with O_DIRECT where the filesystem takes it: the bytes go from one reused buffer to
     the disk instead of through fresh page-cache pages (an archive does not read them back
     soon), at a fraction of the CPU, and the later fdatasync has only metadata left to flush.
     Elsewhere (tmpfs, a block size above 4 KiB) it is an ordinary write.
     """
-    folder = path.parent
     device = folder.stat().st_dev
     direct = hasattr(os, "O_DIRECT") and device not in _no_direct
     try:
@@ -127,10 +132,30 @@ def write_new_object(path: Path, parts: Sequence[bytes | memoryview]) -> None:
             _write_buffered(fd, parts)
         finally:
             os.close(fd)
-        _publish_once(str(temp), path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+        raise
+    return str(temp)
+
+
+def publish_temp(temp: str, path: Path) -> None:
+    """Put the file ``temp`` (from ``write_temp``, on the same filesystem) at ``path`` by a hard
+    link; a file already at ``path`` is kept (content-addressed twins share the first one).
+    ``temp`` is gone afterwards, whatever happened."""
+    try:
+        _publish_once(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+
+
+def write_new_object(path: Path, parts: Sequence[bytes | memoryview]) -> None:
+    """Put the content made of ``parts`` (in order) at ``path`` through a ``.tmp-*`` file in
+    its (existing) folder (``write_temp``), published by a hard link: a file already at
+    ``path`` is kept (content-addressed twins share the first one). Not flushed: the caller
+    fsyncs ``path`` and the folder before it reports success."""
+    publish_temp(write_temp(path.parent, parts), path)
 
 
 def fsync_file(path: Path) -> None:

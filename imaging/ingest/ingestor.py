@@ -1,10 +1,12 @@
 """Single-instance ingestion for network intake (C-STORE, STOW-RS, pulls): durable before it returns.
 
 Each instance is de-identified in its caller's thread; a small thread pool then writes the
-object (temporary file, ``O_DIRECT`` where possible, published under its name by a hard link)
-and flushes it and its folders, while the caller inserts its catalog record through a group
-commit (instances arriving together share one transaction; on SQLite committed with
-``synchronous=FULL``, so it survives a power loss, not only a crash of the process). The commit
+object (temporary file in the store's root, ``O_DIRECT`` where possible, started as soon as the
+output is encoded, while the caller hashes it; published under its name by a hard link once
+that digest is known) and flushes it and its folders, while the caller inserts its catalog
+record through a group commit (instances arriving together share one transaction; on SQLite
+committed with ``synchronous=FULL``, so it survives a power loss, not only a crash of the
+process; commits and duplicate lookups run on DB-API connections the durable engine set up). The commit
 waits until the object is at its name, then runs at the same time as the object's flushes;
 ``ingest_bytes`` returns only when both are done. A crash (SIGKILL) can leave an object without
 its record, never the reverse, since the object is at its name before the commit; after a
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, event, select
 
@@ -38,8 +41,21 @@ from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from imaging.deid import Deidentifier, DeidProfile, load_profile
 from imaging.dicomio import Parts
-from imaging.ingest.commit import GroupCommit, fsync_directory, fsync_file, write_new_object
-from imaging.ingest.recorder import CatalogRecorder, Result, quarantine_processed, result_from
+from imaging.ingest.commit import (
+    GroupCommit,
+    fsync_directory,
+    fsync_file,
+    publish_temp,
+    write_new_object,
+    write_temp,
+)
+from imaging.ingest.recorder import (
+    CatalogRecorder,
+    Result,
+    SqliteConnections,
+    quarantine_processed,
+    result_from,
+)
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 from imaging.store import ContentStore
 
@@ -98,6 +114,10 @@ def _fsync_pool(_pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(8, thread_name_prefix="fsync")
 
 
+class _NotStored(Exception):
+    """An output whose writing had started is not stored after all (its processing failed)."""
+
+
 @dataclass(frozen=True)
 class _Writing:
     """An object being stored: ``placed`` once it is at its name, ``durable`` once flushed."""
@@ -133,12 +153,16 @@ class Ingestor:
         self.deid = Deidentifier(self.profile, self.key)
         self.store = ContentStore.from_settings(self.settings)
         self.catalog = _durable_catalog(self.settings)
+        # SQLite: commits and lookups on DB-API connections set up by the durable engine
+        sqlite = self.catalog.url.startswith("sqlite:///")
+        self._connections = SqliteConnections(self.catalog.engine) if sqlite else None
         self.recorder = CatalogRecorder(
             self.catalog,
             profile=self.profile.label,
             key_id=self.key.key_id,
             step="ingest",
             record_instances=True,
+            connections=self._connections,
         )
         self.settings.quarantine_dir.mkdir(parents=True, exist_ok=True)
         self._local_root = self._local_store_root()
@@ -210,13 +234,16 @@ class Ingestor:
     def _existing(self, input_sha256: str) -> tuple[str, ...] | None:
         """The stored instance made from this input, if its object is really in the store (a
         record whose object is missing is treated as absent, so a resend restores the object).
-        On SQLite the query runs on the DB-API cursor (Core costs several times the lookup)."""
-        with self.catalog.engine.connect() as connection:
-            if connection.dialect.name == "sqlite":
-                cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-                row = cursor.execute(self._KNOWN_SQLITE, (input_sha256,)).fetchone()
-            else:
-                query = select(*self._KNOWN_COLUMNS).where(Instance.input_sha256 == input_sha256).limit(1)
+        On SQLite the query runs on a DB-API connection of its own (Core, and a checkout from
+        the engine's pool, cost several times the lookup)."""
+        row: Any
+        if self._connections is not None:
+            with self._connections.connection() as dbapi:
+                rows = dbapi.execute(self._KNOWN_SQLITE, (input_sha256,)).fetchall()  # statement done
+            row = rows[0] if rows else None
+        else:
+            query = select(*self._KNOWN_COLUMNS).where(Instance.input_sha256 == input_sha256).limit(1)
+            with self.catalog.engine.connect() as connection:
                 row = connection.execute(query).first()
         if row is None or not self.store.exists(row[1]):
             return None
@@ -236,6 +263,38 @@ class Ingestor:
             raise
         placed.set_result(None)
         self._flush(key, new_folder)
+
+    def _place_named(self, output: Parts, named: Future[str], placed: Future[None]) -> None:
+        """In the pool: write the object to a temporary file in the store's root while the
+        caller hashes it, then (once ``named`` gives its key) publish it under its name, say
+        so, and flush it. A failed ``named`` only removes the temporary file."""
+        assert self._local_root is not None
+        try:
+            temp = write_temp(self._local_root, output)
+            try:
+                key = named.result()
+                path = self.store.path(key)
+                new_folder = not path.parent.is_dir()
+                if new_folder:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+            publish_temp(temp, path)  # a twin's file already there is kept
+        except BaseException as exc:
+            placed.set_exception(exc)
+            raise
+        placed.set_result(None)
+        self._flush(key, new_folder)
+
+    @staticmethod
+    def _abandon(early: list[tuple[Future[str], _Writing]]) -> None:
+        """Stop writes started for an output that is not stored after all; returns once their
+        temporary files are gone."""
+        for named, writing in early:
+            named.set_exception(_NotStored())
+            _settle(writing.durable)
 
     def _flush(self, key: str, new_folder: bool) -> None:
         """fsync the object written without it, then its folder, and the folders above when its
@@ -302,11 +361,33 @@ class Ingestor:
             return IngestOutcome(
                 IngestStatus.DUPLICATE, digest, sha, store_key, None, sop_class, sop_instance, series, study
             )
-        processed = process_bytes(data, self.deid, self.key, self.profile, digest=digest)
+        early: list[tuple[Future[str], _Writing]] = []
+
+        def write_early(parts: Parts) -> None:
+            """Start writing the encoded output while ``process_bytes`` hashes it."""
+            named: Future[str] = Future()
+            placed: Future[None] = Future()
+            durable = _fsync_pool(os.getpid()).submit(self._place_named, parts, named, placed)
+            early.append((named, _Writing(placed, durable)))
+
+        on_encoded = write_early if self._local_root is not None else None
+        try:
+            processed = process_bytes(
+                data, self.deid, self.key, self.profile, digest=digest, on_encoded=on_encoded
+            )
+        except BaseException:
+            self._abandon(early)
+            raise
         writing: _Writing | None = None
         if processed.outcome is Outcome.QUARANTINED:
+            self._abandon(early)  # not reached: an encoded output is de-identified
             location = quarantine_processed(self.settings.quarantine_dir, self.key, processed, data, source)
             fsync_directory(self.settings.quarantine_dir)
+        elif early:
+            assert processed.output_sha256 is not None
+            named, writing = early[0]
+            named.set_result(processed.output_sha256)
+            location = processed.output_sha256
         else:
             assert processed.output_parts is not None and processed.output_sha256 is not None
             location, writing = self._put(processed.output_parts, processed.output_sha256)

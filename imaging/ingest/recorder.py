@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, insert, select
+from sqlalchemy import Connection, Dialect, Engine, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -18,7 +22,14 @@ from imaging.deid.engine import SOFTWARE
 from imaging.pipeline import Outcome, Processed, SealedOriginal
 from imaging.store import atomic_write
 
-__all__ = ["CatalogRecorder", "Result", "quarantine_input", "quarantine_processed", "result_from"]
+__all__ = [
+    "CatalogRecorder",
+    "Result",
+    "SqliteConnections",
+    "quarantine_input",
+    "quarantine_processed",
+    "result_from",
+]
 
 
 @dataclass
@@ -132,6 +143,7 @@ def _insert_ignore(session: Connection, table: Any, rows: list[dict[str, Any]], 
                 session.execute(insert(table), [row])
 
 
+_Keys = tuple[str, ...]
 _Binding = tuple[str, Callable[[Any], Any] | None]  # parameter name, its bind processor
 
 
@@ -188,24 +200,91 @@ class _SqliteStatements:
         return {row[0] for row in cursor.execute(f"{self._known}({placeholders})", digests)}
 
 
+class SqliteConnections:
+    """DB-API connections of a SQLite engine for the gateway's hot path, kept out of the
+    engine's pool: checking a connection out of and back into a SQLAlchemy pool (and Core's
+    ``begin``/``commit`` around it) cost about as much as the insert and the lookup themselves.
+
+    Each connection is made by the engine (its ``connect`` events: WAL, busy timeout, foreign
+    keys, ``synchronous=FULL`` on the ingestor's engine), then detached from its pool, so it is
+    set up exactly as the engine's own. A thread takes an idle connection for one use and puts
+    it back (``list.pop``/``append`` are atomic); transactions begin as pysqlite begins them
+    (before the first write) and end with ``commit``, or ``rollback`` on error. Connections are
+    per process: those inherited through a fork are left alone (never used, never closed).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._pid = os.getpid()
+        self._idle: list[tuple[sqlite3.Connection, object]] = []
+        self._inherited: list[tuple[sqlite3.Connection, object]] = []
+
+    def _new(self) -> tuple[sqlite3.Connection, object]:
+        proxied = self.engine.raw_connection()
+        connection = proxied.dbapi_connection
+        proxied.detach()  # ours now: no pool reset, no finalizer; the proxy is kept with it
+        assert isinstance(connection, sqlite3.Connection)
+        return connection, proxied
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """An idle connection (or a new one) for the block; rolled back if the block raises."""
+        if self._pid != os.getpid():
+            self._inherited.extend(self._idle)
+            self._idle, self._pid = [], os.getpid()
+        try:
+            held = self._idle.pop()
+        except IndexError:
+            held = self._new()
+        connection = held[0]
+        try:
+            yield connection
+        except BaseException:
+            try:
+                connection.rollback()
+            except BaseException:
+                connection.close()
+                raise
+            self._idle.append(held)
+            raise
+        self._idle.append(held)
+
+    def close(self) -> None:
+        while self._idle and self._pid == os.getpid():
+            self._idle.pop()[0].close()
+
+
 class CatalogRecorder:
     """Writes instances, quarantine, lineage and sealed originals in one transaction per batch."""
 
     def __init__(
-        self, catalog: Catalog, *, profile: str, key_id: str, step: str, record_instances: bool
+        self,
+        catalog: Catalog,
+        *,
+        profile: str,
+        key_id: str,
+        step: str,
+        record_instances: bool,
+        connections: SqliteConnections | None = None,
     ) -> None:
+        """``connections``: on SQLite, batches are recorded on these DB-API connections (the
+        same statements and values; no SQLAlchemy connection per batch)."""
         self.catalog = catalog
         self.profile = profile
         self.key_id = key_id
         self.step = step
         self.record_instances = record_instances
+        self.connections = connections
         self._sqlite: _SqliteStatements | None = None
 
     def _statements(self, session: Connection) -> _SqliteStatements | None:
         if session.dialect.name != "sqlite":
             return None
-        if self._sqlite is None or self._sqlite.dialect is not session.dialect:
-            self._sqlite = _SqliteStatements(session.dialect)
+        return self._statements_for(session.dialect)
+
+    def _statements_for(self, dialect: Dialect) -> _SqliteStatements:
+        if self._sqlite is None or self._sqlite.dialect is not dialect:
+            self._sqlite = _SqliteStatements(dialect)
         return self._sqlite
 
     def known_outputs(self, session: Connection, digests: list[str]) -> set[str]:
@@ -237,81 +316,113 @@ class CatalogRecorder:
         """Record a batch durably; results whose output is already stored become ``duplicate``.
         ``before_commit`` runs after the inserts, inside the transaction (raise to roll back)."""
         now = utcnow()
+        if self.connections is not None:
+            statements = self._statements_for(self.connections.engine.dialect)
+            with self.connections.connection() as connection:
+                cursor = connection.cursor()
+
+                def known(digests: list[str]) -> set[str]:
+                    return statements.known(cursor, digests) if digests else set()
+
+                def insert_rows(table: Any, rows: list[dict[str, Any]], conflict: _Keys = ()) -> None:
+                    if rows:
+                        statements.insert(cursor, table, rows, conflict)
+
+                self._write(results, now, known, insert_rows)
+                if before_commit is not None:
+                    before_commit()
+                connection.commit()
+            return results
         # A Core connection, not an ORM session (a session costs about as much again as the
         # inserts on the gateway's one-instance batches); on SQLite, the statements run on its
         # DB-API cursor (``_SqliteStatements``).
         with self.catalog.engine.begin() as session:
-            if self.record_instances:
-                known = self.known_outputs(session, [r.output_sha256 for r in results if r.output_sha256])
-                for r in results:
-                    if r.output_sha256 in known and r.outcome == Outcome.DEIDENTIFIED.value:
-                        r.outcome = "duplicate"
-            pseudonyms = [
-                {
-                    "kind": s.kind,
-                    "pseudonym": s.pseudonym,
-                    "lookup": s.lookup,
-                    "sealed_original": s.sealed,
-                    "key_id": self.key_id,
-                    "created_at": now,
-                }
-                for r in results
-                for s in r.sealed
-            ]
-            keys: tuple[str, ...] = ("kind", "lookup")
-            self._insert(session, Pseudonym.__table__, _unique(pseudonyms, keys), keys)
-            quarantined = [
-                {
-                    "input_sha256": r.input_sha256,
-                    "reason": r.reason or "",
-                    "detail": r.detail,
-                    "path": r.location or "",
-                    "source": r.source,
-                    "size": r.input_size,
-                    "created_at": now,
-                }
-                for r in results
-                if r.outcome == Outcome.QUARANTINED.value
-            ]
-            keys = ("input_sha256",)
-            self._insert(session, QuarantineRecord.__table__, _unique(quarantined, keys), keys)
-            if self.record_instances:
-                instances = [
-                    {
-                        "sha256": r.output_sha256,
-                        "input_sha256": r.input_sha256,
-                        "store_key": r.location,
-                        "size": r.summary.get("output_size", 0),
-                        "profile": self.profile,
-                        "key_id": self.key_id,
-                        "transfer_syntax_uid": r.summary.get("transfer_syntax", ""),
-                        "created_at": now,
-                        **(r.instance or {}),
-                    }
-                    for r in results
-                    if r.outcome == Outcome.DEIDENTIFIED.value
-                ]
-                self._insert(session, Instance.__table__, _unique(instances, ("sha256",)), ("sha256",))
-            if results:
-                lineage = [
-                    {
-                        "step": self.step,
-                        "outcome": r.outcome,
-                        "input_sha256": r.input_sha256,
-                        "output_sha256": r.output_sha256,
-                        "profile": self.profile,
-                        "key_id": self.key_id,
-                        "source": r.source,
-                        "software": SOFTWARE,
-                        "details": r.summary,
-                        "created_at": now,
-                    }
-                    for r in results
-                ]
-                self._insert(session, LineageEvent.__table__, lineage)
+            self._write(
+                results,
+                now,
+                lambda digests: self.known_outputs(session, digests),
+                lambda table, rows, conflict=(): self._insert(session, table, rows, conflict),
+            )
             if before_commit is not None:
                 before_commit()
         return results
+
+    def _write(
+        self,
+        results: list[Result],
+        now: datetime,
+        known_outputs: Callable[[list[str]], set[str]],
+        insert_rows: Callable[..., None],
+    ) -> None:
+        """The batch's statements, in its transaction."""
+        if self.record_instances:
+            known = known_outputs([r.output_sha256 for r in results if r.output_sha256])
+            for r in results:
+                if r.output_sha256 in known and r.outcome == Outcome.DEIDENTIFIED.value:
+                    r.outcome = "duplicate"
+        pseudonyms = [
+            {
+                "kind": s.kind,
+                "pseudonym": s.pseudonym,
+                "lookup": s.lookup,
+                "sealed_original": s.sealed,
+                "key_id": self.key_id,
+                "created_at": now,
+            }
+            for r in results
+            for s in r.sealed
+        ]
+        keys: tuple[str, ...] = ("kind", "lookup")
+        insert_rows(Pseudonym.__table__, _unique(pseudonyms, keys), keys)
+        quarantined = [
+            {
+                "input_sha256": r.input_sha256,
+                "reason": r.reason or "",
+                "detail": r.detail,
+                "path": r.location or "",
+                "source": r.source,
+                "size": r.input_size,
+                "created_at": now,
+            }
+            for r in results
+            if r.outcome == Outcome.QUARANTINED.value
+        ]
+        keys = ("input_sha256",)
+        insert_rows(QuarantineRecord.__table__, _unique(quarantined, keys), keys)
+        if self.record_instances:
+            instances = [
+                {
+                    "sha256": r.output_sha256,
+                    "input_sha256": r.input_sha256,
+                    "store_key": r.location,
+                    "size": r.summary.get("output_size", 0),
+                    "profile": self.profile,
+                    "key_id": self.key_id,
+                    "transfer_syntax_uid": r.summary.get("transfer_syntax", ""),
+                    "created_at": now,
+                    **(r.instance or {}),
+                }
+                for r in results
+                if r.outcome == Outcome.DEIDENTIFIED.value
+            ]
+            insert_rows(Instance.__table__, _unique(instances, ("sha256",)), ("sha256",))
+        if results:
+            lineage = [
+                {
+                    "step": self.step,
+                    "outcome": r.outcome,
+                    "input_sha256": r.input_sha256,
+                    "output_sha256": r.output_sha256,
+                    "profile": self.profile,
+                    "key_id": self.key_id,
+                    "source": r.source,
+                    "software": SOFTWARE,
+                    "details": r.summary,
+                    "created_at": now,
+                }
+                for r in results
+            ]
+            insert_rows(LineageEvent.__table__, lineage)
 
 
 def _cursor(session: Connection) -> Any:
