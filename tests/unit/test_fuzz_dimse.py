@@ -1,0 +1,47 @@
+"""Mutated DICOM conversations against the gateway's acceptor (longer runs:
+tests/fuzz/fuzz_dimse.py): every one ends cleanly, nothing malformed reaches the sink."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.fuzz_dimse import converse, seed_conversation
+from tests.unit.test_fuzz_deid import _mutations
+
+
+def test_the_seed_conversation_stores_one_instance() -> None:
+    recorder = converse(seed_conversation())
+    assert recorder.ends == ["released"] and len(recorder.stored) == 1
+
+
+def test_mutated_conversations_end_cleanly() -> None:
+    rng = random.Random(4321)
+    seed = seed_conversation()
+    ends: set[str] = set()
+    for data in _mutations(seed, rng, 400):
+        recorder = converse(data, max_instance_bytes=4096)  # raises if the catch-all was reached
+        ends.update(recorder.ends)
+    assert "aborted" in ends  # the mutations did reach established associations
+
+
+def test_atheris_target_runs(tmp_path: Path) -> None:
+    pytest.importorskip("atheris")
+    corpus = tmp_path / "seeds"
+    corpus.mkdir()
+    (corpus / "conversation").write_bytes(seed_conversation())
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "tests/fuzz/fuzz_dimse.py", "-runs=1500", "-max_len=8192", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done" in proc.stderr
