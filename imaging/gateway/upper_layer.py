@@ -430,7 +430,10 @@ class StorageAssociation:
             elif isinstance(item, AsynchronousOperationsWindowNegotiation):
                 window_asked = True
         proposed = list(request.presentation_context_definition_list)
-        results, role_items = negotiate_as_acceptor(proposed, self.supported(proposed), roles)
+        try:
+            results, role_items = negotiate_as_acceptor(proposed, self.supported(proposed), roles)
+        except (TypeError, ValueError, AttributeError) as exc:  # e.g. a context without its syntax
+            raise ProtocolError("malformed presentation context", AbortReason.INVALID_PARAMETER) from exc
         self.contexts = {
             int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
             for cx in results

@@ -19,6 +19,13 @@ def test_the_seed_conversation_stores_one_instance() -> None:
     assert recorder.ends == ["released"] and len(recorder.stored) == 1
 
 
+@pytest.mark.parametrize(
+    "found", sorted((Path(__file__).resolve().parents[1] / "fuzz" / "regressions").glob("dimse-*")), ids=str
+)
+def test_inputs_the_fuzzer_found_end_cleanly(found: Path) -> None:
+    converse(found.read_bytes(), max_instance_bytes=4096)
+
+
 def test_mutated_conversations_end_cleanly() -> None:
     rng = random.Random(4321)
     seed = seed_conversation()
