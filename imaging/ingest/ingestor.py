@@ -27,7 +27,7 @@ import fcntl
 import hashlib
 import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -136,10 +136,7 @@ class _Pending:
 
 def _settle(future: Future[None] | None) -> BaseException | None:
     """Wait for ``future``; its exception, if it failed."""
-    if future is None:
-        return None
-    wait([future])
-    return future.exception()
+    return None if future is None else future.exception()  # waits for it
 
 
 class Ingestor:
@@ -206,12 +203,15 @@ class Ingestor:
         if path is None:
             yield
             return
-        with open(path, "a+b") as lock:
+        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        try:
             fcntl.flock(lock, mode)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            os.close(lock)
 
     def _local_store_root(self) -> Path | None:
         root = self.store.root
