@@ -107,6 +107,12 @@ def _durable_engine(url: str, _pid: int) -> Catalog:
     return catalog
 
 
+@lru_cache(maxsize=8)
+def _sqlite_connections(url: str, pid: int) -> SqliteConnections:
+    """The DB-API connections of the durable engine (one set per process, as the engine)."""
+    return SqliteConnections(_durable_engine(url, pid).engine)
+
+
 @lru_cache(maxsize=4)
 def _fsync_pool(_pid: int) -> ThreadPoolExecutor:
     """Threads that write and flush objects while their records commit (one pool per process).
@@ -152,7 +158,7 @@ class Ingestor:
         self.catalog = _durable_catalog(self.settings)
         # SQLite: commits and lookups on DB-API connections set up by the durable engine
         sqlite = self.catalog.url.startswith("sqlite:///")
-        self._connections = SqliteConnections(self.catalog.engine) if sqlite else None
+        self._connections = _sqlite_connections(self.catalog.url, os.getpid()) if sqlite else None
         self.recorder = CatalogRecorder(
             self.catalog,
             profile=self.profile.label,
