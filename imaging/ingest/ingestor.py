@@ -6,8 +6,8 @@ output is encoded, while the caller hashes it; published under its name by a har
 that digest is known) and flushes it and its folders, while the caller inserts its catalog
 record through a group commit (instances arriving together share one transaction; on SQLite
 committed with ``synchronous=FULL``, so it survives a power loss, not only a crash of the
-process; commits and duplicate lookups run on DB-API connections the durable engine set up). The commit
-waits until the object is at its name, then runs at the same time as the object's flushes;
+process; on DB-API connections that the durable engine set up, not through SQLAlchemy). The
+commit waits until the object is at its name, then runs at the same time as the object's flushes;
 ``ingest_bytes`` returns only when both are done. A crash (SIGKILL) can leave an object without
 its record, never the reverse, since the object is at its name before the commit; after a
 power loss a record may outlive an object that was never durable (its sender heard no success):
