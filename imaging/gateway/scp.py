@@ -327,7 +327,7 @@ class StorageSCP:
     def store(self, data: bytes, digest: str, calling_ae: str, host: str) -> Verdict:
         source = f"c-store:{calling_ae}@{host}"
         try:
-            outcome = self.sink.ingest_bytes(data, source)
+            outcome = self.sink.ingest_bytes(data, source, input_sha256=digest)
             verdict = verdict_for_outcome(outcome)
         except Exception as exc:  # the sender must hear "not stored", whatever broke
             LOGGER.error("C-STORE from %s not stored: %s", calling_ae, type(exc).__name__)

@@ -39,7 +39,7 @@ def _prepare_shared_state() -> None:
 class _NotYet:
     """Placeholder sink until the process that serves has built its own."""
 
-    def ingest_bytes(self, data: bytes, source: str) -> Any:
+    def ingest_bytes(self, data: bytes, source: str, *, input_sha256: str | None = None) -> Any:
         raise RuntimeError("the ingest path is not ready")
 
 

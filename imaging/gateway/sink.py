@@ -15,8 +15,9 @@ __all__ = ["Sink", "default_sink"]
 
 
 class Sink(Protocol):
-    def ingest_bytes(self, data: bytes, source: str) -> IngestOutcome:
-        """De-identify, store and record one encoded instance; return after the catalog commit."""
+    def ingest_bytes(self, data: bytes, source: str, *, input_sha256: str | None = None) -> IngestOutcome:
+        """De-identify, store and record one encoded instance; return after the catalog commit.
+        ``input_sha256`` is the sha256 of ``data`` when the caller has it (not computed again)."""
         ...
 
 

@@ -358,9 +358,12 @@ class Ingestor:
     def ingest_path(self, path: Path | str, source: str = "folder") -> IngestOutcome:
         return self.ingest_bytes(Path(path).read_bytes(), source)
 
-    def ingest_bytes(self, data: bytes, source: str) -> IngestOutcome:
-        """Returns only once the outcome is committed to the catalog. Never raises on bad input."""
-        digest = hashlib.sha256(data).hexdigest()
+    def ingest_bytes(self, data: bytes, source: str, *, input_sha256: str | None = None) -> IngestOutcome:
+        """Returns only once the outcome is committed to the catalog. Never raises on bad input.
+
+        ``input_sha256``: the sha256 (hex) of ``data`` when the caller computed it already (the
+        SCP hashes each data set as its PDUs arrive); it is trusted, not checked."""
+        digest = input_sha256 or hashlib.sha256(data).hexdigest()
         known = self._existing(digest)
         if known is not None:
             sha, store_key, sop_class, sop_instance, series, study = known

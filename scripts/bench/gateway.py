@@ -174,8 +174,8 @@ def transport_only(files: list[Path], env: dict[str, str]) -> float:
     from imaging.ingest import IngestOutcome, IngestStatus
 
     class HashOnly:
-        def ingest_bytes(self, data: bytes, source: str) -> IngestOutcome:
-            return IngestOutcome(IngestStatus.DUPLICATE, hashlib.sha256(data).hexdigest())
+        def ingest_bytes(self, data: bytes, source: str, *, input_sha256: str | None = None) -> IngestOutcome:
+            return IngestOutcome(IngestStatus.DUPLICATE, input_sha256 or hashlib.sha256(data).hexdigest())
 
     os.environ["RADGATE_HOME"] = env["RADGATE_HOME"]  # its audit entries go to the bench's home
     from governance.settings import get_settings

@@ -37,9 +37,11 @@ from tests.dicom_factory import make_ct
 class _Recording:
     def __init__(self) -> None:
         self.received: list[bytes] = []
+        self.digests: list[str | None] = []
 
-    def ingest_bytes(self, data: bytes, source: str) -> IngestOutcome:
+    def ingest_bytes(self, data: bytes, source: str, *, input_sha256: str | None = None) -> IngestOutcome:
         self.received.append(data)
+        self.digests.append(input_sha256)
         return IngestOutcome(IngestStatus.DEIDENTIFIED, hashlib.sha256(data).hexdigest())
 
 
@@ -133,7 +135,7 @@ def test_echo_store_release_with_pynetdicom_as_peer(scp: Any) -> None:
         time.sleep(0.01)
     assert closed == [("released", 1, 0)]
     (data,) = _sink(server).received
-    assert digests == [hashlib.sha256(data).hexdigest()]
+    assert digests == _sink(server).digests == [hashlib.sha256(data).hexdigest()]
     received = dcmread(BytesIO(data))
     assert received.SOPInstanceUID == ds.SOPInstanceUID
     assert received.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian  # the requestor's first

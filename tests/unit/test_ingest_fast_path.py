@@ -119,3 +119,15 @@ def test_an_instance_that_fails_after_encoding_leaves_no_temporary_file(
         ingestor.ingest_bytes(encode(make_ct(InstanceNumber=3)), "test")
     root = Path(get_settings().resolved_object_store)
     assert [p for p in root.rglob("*") if p.is_file() and p.name != ".objects-lock"] == []
+
+
+def test_a_digest_the_caller_computed_is_used_and_finds_duplicates(radgate_home: Path) -> None:
+    from imaging.ingest import Ingestor, IngestStatus
+
+    ingestor = Ingestor()
+    data = encode(make_ct())
+    digest = hashlib.sha256(data).hexdigest()
+    first = ingestor.ingest_bytes(data, "test", input_sha256=digest)
+    assert first.status is IngestStatus.DEIDENTIFIED and first.input_sha256 == digest
+    again = ingestor.ingest_bytes(data, "test")  # hashed here: the same record is found
+    assert again.status is IngestStatus.DUPLICATE and again.output_sha256 == first.output_sha256
