@@ -43,7 +43,18 @@ def test_atheris_target_runs(tmp_path: Path) -> None:
     (corpus / "conversation").write_bytes(seed_conversation())
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "tests/fuzz/fuzz_dimse.py", "-runs=1500", "-max_len=8192", str(corpus)],
+        [
+            sys.executable,
+            "tests/fuzz/fuzz_dimse.py",
+            "-runs=1500",
+            "-max_len=8192",
+            # libFuzzer's RSS check reads the peak RSS, which Linux carries over exec from this
+            # (large) pytest process: bound single allocations instead.
+            "-rss_limit_mb=0",
+            "-malloc_limit_mb=1024",
+            f"-artifact_prefix={tmp_path}/",
+            str(corpus),
+        ],
         capture_output=True,
         text=True,
         timeout=600,
