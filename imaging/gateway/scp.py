@@ -213,6 +213,7 @@ class StorageSCP:
         self.sink = sink
         self.stats = stats or GatewayStats()
         self._server: _AssociationServer | None = None
+        self._serving = False  # serve_forever started (shutdown() would wait forever otherwise)
         self._lock = threading.Lock()
         self._associations: set[StorageAssociation] = set()
         # Senders propose the same contexts on every association: the accepted list is built
@@ -244,6 +245,7 @@ class StorageSCP:
         if self._server is None:
             raise RuntimeError("bind() the SCP first")
         threading.Thread(target=self._server.serve_forever, name="storage-scp", daemon=True).start()
+        self._serving = True
 
     def start(self) -> None:
         self.bind()
@@ -265,7 +267,9 @@ class StorageSCP:
         server, self._server = self._server, None
         if server is None:
             return 0
-        server.shutdown()  # leave serve_forever; no new associations
+        if self._serving:
+            server.shutdown()  # leave serve_forever; no new associations
+            self._serving = False
         server.server_close()
         deadline = time.monotonic() + drain_timeout
         while self.active_associations() and time.monotonic() < deadline:

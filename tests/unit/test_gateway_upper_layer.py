@@ -253,3 +253,17 @@ def test_a_peer_silent_mid_message_is_aborted(scp: Any) -> None:
         time.sleep(0.01)
     assert closed == ["aborted"]
     assert _sink(server).received == []
+
+
+def test_stop_of_a_bound_scp_that_never_served(tmp_path: Path) -> None:
+    listener = DicomListener(host="127.0.0.1", port=0, allowed_peers=(AllowedPeer(ae_title="SENDER"),))
+    server = StorageSCP(listener, _Recording())
+    server.bind()
+    done = threading.Event()
+
+    def stop() -> None:
+        server.stop(1)
+        done.set()
+
+    threading.Thread(target=stop, daemon=True).start()
+    assert done.wait(10)  # socketserver's shutdown() alone would wait for serve_forever forever
