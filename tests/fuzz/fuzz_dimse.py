@@ -116,23 +116,28 @@ def _pdata(context_id: int, control: int, payload: bytes, max_fragment: int = 16
     return out
 
 
-def seed_conversation() -> bytes:
-    """A-ASSOCIATE-RQ (Verification on 1, CT on 3), C-ECHO, C-STORE, A-RELEASE-RQ."""
-    from imaging.gateway.upper_layer import encode_command
-    from tests.dicom_factory import make_ct
-
+def associate_rq(contexts: list[Any], calling: str = "SENDER") -> bytes:
+    """An encoded A-ASSOCIATE-RQ to RADGATE proposing ``contexts`` (ids 1, 3, 5...)."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title, primitive.called_ae_title = "SENDER", "RADGATE"
-    contexts = [build_context(Verification), build_context(CTImageStorage)]
+    primitive.calling_ae_title, primitive.called_ae_title = calling, "RADGATE"
     for index, context in enumerate(contexts):
         context.context_id = 2 * index + 1
     primitive.presentation_context_definition_list = contexts
     length = MaximumLengthNotification()
     length.maximum_length_received = 16384
     primitive.user_information = [length]
-    rq = A_ASSOCIATE_RQ()
-    rq.from_primitive(primitive)
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+def seed_conversation() -> bytes:
+    """A-ASSOCIATE-RQ (Verification on 1, CT on 3), C-ECHO, C-STORE, A-RELEASE-RQ."""
+    from imaging.gateway.upper_layer import encode_command
+    from tests.dicom_factory import make_ct
+
+    rq = associate_rq([build_context(Verification), build_context(CTImageStorage)])
     ds = make_ct()
     encoded = encode(ds, True, True)  # the data set alone, implicit VR little endian
     assert encoded is not None
@@ -152,7 +157,7 @@ def seed_conversation() -> bytes:
     )
     return b"".join(
         (
-            bytes(rq.encode()),
+            rq,
             _pdata(1, 0x01, echo),
             _pdata(3, 0x01, store),
             _pdata(3, 0x00, encoded, 700),

@@ -17,8 +17,6 @@ from pydicom import dcmread
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.dsutils import create_file_meta, encode_file_meta
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
@@ -32,6 +30,7 @@ from imaging.gateway.upper_layer import (
 )
 from imaging.ingest import IngestOutcome, IngestStatus
 from tests.dicom_factory import make_ct
+from tests.fuzz.fuzz_dimse import associate_rq
 
 
 class _Recording:
@@ -154,21 +153,6 @@ def test_too_large_instance_is_refused_not_buffered(scp: Any) -> None:
     assert _sink(server).received == []
 
 
-def _associate_rq(contexts: list[Any], calling: str = "SENDER") -> bytes:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title, primitive.called_ae_title = calling, "RADGATE"
-    for index, context in enumerate(contexts):
-        context.context_id = 2 * index + 1
-    primitive.presentation_context_definition_list = contexts
-    length = MaximumLengthNotification()
-    length.maximum_length_received = 16384
-    primitive.user_information = [length]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
-
-
 def _exchange(port: int, *messages: bytes) -> list[int]:
     """Send ``messages`` in order; the types of the PDUs the SCP answered until it closed."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -195,14 +179,14 @@ def _pdata(context_id: int, control: int, payload: bytes) -> bytes:
 
 def test_malformed_input_is_aborted_and_the_scp_keeps_serving(scp: Any) -> None:
     server = scp()
-    rq = _associate_rq([build_context(Verification)])
+    rq = associate_rq([build_context(Verification)])
     assert _exchange(server.port, b"\x09\x00\x00\x00\x00\x02zz") == [0x07]  # unknown PDU type
     assert _exchange(server.port, rq[:6] + b"\x00" * (len(rq) - 6)) == [0x07]  # garbage RQ body
     assert _exchange(server.port, rq, _pdata(99, 0x03, b"x")) == [0x02, 0x07]  # unknown context
     find = encode_command([(0x0100, struct.pack("<H", 0x0020)), (0x0110, b"\1\0"), (0x0800, b"\1\1")])
     assert _exchange(server.port, rq, _pdata(1, 0x03, find)) == [0x02, 0x07]  # C-FIND: not served
     assert _exchange(server.port, rq, _pdata(1, 0x03, b"\0\0\0\0\4\0\0\0")) == [0x02, 0x07]  # bad cmd
-    assert _exchange(server.port, _associate_rq([build_context(Verification)], "STRANGER")) == [0x03]
+    assert _exchange(server.port, associate_rq([build_context(Verification)], "STRANGER")) == [0x03]
     echo = encode_command(
         [(0x0002, b"1.2.840.10008.1.1\0"), (0x0100, b"\x30\0"), (0x0110, b"\1\0"), (0x0800, b"\1\1")]
     )
@@ -214,7 +198,7 @@ def test_malformed_input_is_aborted_and_the_scp_keeps_serving(scp: Any) -> None:
 def test_stop_aborts_what_does_not_drain(scp: Any) -> None:
     server = scp()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-    sock.sendall(_associate_rq([build_context(CTImageStorage)]))
+    sock.sendall(associate_rq([build_context(CTImageStorage)]))
     assert sock.recv(1)[:1] == b"\x02"  # accepted; the peer now goes quiet mid-association
     time.sleep(0.1)
     assert server.active_associations() == 1
@@ -245,7 +229,7 @@ def test_a_peer_silent_mid_message_is_aborted(scp: Any) -> None:
             (0x1000, b"1.2.3.4\0"),
         ]
     )
-    rq = _associate_rq([build_context(CTImageStorage)])
+    rq = associate_rq([build_context(CTImageStorage)])
     # The command arrives, its data set never does: A-ABORT once the DIMSE timeout has passed.
     assert _exchange(server.port, rq, _pdata(1, 0x03, store)) == [0x02, 0x07]
     deadline = time.monotonic() + 5
