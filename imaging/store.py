@@ -13,7 +13,7 @@ from pathlib import Path
 
 from governance.settings import Settings, get_settings
 
-__all__ = ["ContentStore", "StoreError", "atomic_write"]
+__all__ = ["ContentStore", "StoreError", "atomic_write", "publish_once"]
 
 
 class StoreError(RuntimeError):
@@ -45,14 +45,17 @@ def atomic_write(
         if replace:
             os.replace(tmp, path)
         else:
-            _publish_once(tmp, path)
+            publish_once(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def _publish_once(tmp: str, path: Path) -> None:
+def publish_once(tmp: str, path: Path) -> None:
+    """Put the finished file ``tmp`` at ``path`` (same filesystem) unless a file is there
+    already (content-addressed: same name, same content; the first writer's file stays), by a
+    hard link, or a rename where the filesystem has no hard links. ``tmp`` is gone afterwards."""
     try:
         os.link(tmp, path)
     except FileExistsError:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from imaging.store import _publish_once  # the store's own hard-link publication
+from imaging.store import publish_once
 
 __all__ = [
     "CommitStats",
@@ -100,7 +100,7 @@ def _open_temp(folder: Path, direct: bool) -> tuple[int, Path]:
 
 def write_temp(folder: Path, parts: Sequence[bytes | memoryview]) -> str:
     """Write the content made of ``parts`` (in order) to a new ``.tmp-*`` file in ``folder``
-    and return its path; the caller publishes it (``_publish_once``) or removes it. Not flushed.
+    and return its path; the caller publishes it (``publish_once``) or removes it. Not flushed.
 
     Written with O_DIRECT where the filesystem takes it: the bytes go from one reused buffer to
     the disk instead of through fresh page-cache pages (an archive does not read them back
@@ -144,7 +144,7 @@ def publish_temp(temp: str, path: Path) -> None:
     link; a file already at ``path`` is kept (content-addressed twins share the first one).
     ``temp`` is gone afterwards, whatever happened."""
     try:
-        _publish_once(temp, path)
+        publish_once(temp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
