@@ -290,7 +290,6 @@ class StorageSCP:
         association = StorageAssociation(
             sock,
             host,
-            ae_title=listener.ae_title,
             supported=self._supported_for,
             handlers=self,
             max_pdu=listener.max_pdu,

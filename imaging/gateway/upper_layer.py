@@ -278,7 +278,6 @@ class StorageAssociation:
         sock: socket.socket,
         host: str,
         *,
-        ae_title: str,
         supported: Callable[[list[PresentationContext]], list[PresentationContext]],
         handlers: AssociationHandlers,
         max_pdu: int,
@@ -289,7 +288,6 @@ class StorageAssociation:
     ) -> None:
         self.sock = sock
         self.host = host
-        self.ae_title = ae_title
         self.supported = supported
         self.handlers = handlers
         self.max_pdu = max_pdu
@@ -300,7 +298,6 @@ class StorageAssociation:
         self._timeout: float | None = None
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # accepted id: (abstract, transfer syntax)
-        self.peer_max_pdu = 0
         self.stored = self.failed = 0
         self.established = False
         self._send_lock = threading.Lock()
@@ -423,9 +420,7 @@ class StorageAssociation:
         roles: dict[Any, tuple[bool | None, bool | None]] = {}
         window_asked = False
         for item in request.user_information:
-            if isinstance(item, MaximumLengthNotification):
-                self.peer_max_pdu = int(item.maximum_length_received or 0)
-            elif isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
+            if isinstance(item, SCP_SCU_RoleSelectionNegotiation) and item.sop_class_uid:
                 roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
             elif isinstance(item, AsynchronousOperationsWindowNegotiation):
                 window_asked = True

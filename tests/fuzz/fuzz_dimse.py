@@ -69,7 +69,6 @@ def converse(stream: bytes, max_instance_bytes: int = 1 << 20) -> Recorder:
     association = upper_layer.StorageAssociation(
         ours,
         "127.0.0.1",
-        ae_title="RADGATE",
         supported=_supported,
         handlers=recorder,
         max_pdu=65536,
