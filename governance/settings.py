@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_instance_bytes: int = Field(
         default=2 * 1024**3, description="Inputs larger than this are quarantined unread."
     )
+    max_decoded_bytes: int = Field(
+        default=2 * 1024**3, ge=1024, description="Cap on the decoded pixels of one instance."
+    )
     ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS"))
     triton_url: str | None = None
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from imaging.decoding import PixelDataError, decode_pixels
 from imaging.store import ContentStore, StoreError
 
 __all__ = ["THUMBNAIL_SIZE", "ImageFacts", "correlation", "hamming", "read_facts"]
@@ -101,10 +102,8 @@ def read_facts(store: ContentStore, sha256: str, store_key: str) -> ImageFacts:
         facts.error = "no-pixel-data"
         return facts
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pixels = np.asarray(ds.pixel_array)
-    except Exception:  # pydicom raises many types from its pixel handlers; any means undecodable
+        pixels = np.asarray(decode_pixels(ds))
+    except PixelDataError:  # over the decoded-size bound, unsupported syntax or corrupt
         facts.error = "undecodable"
         return facts
     facts.pixel_sha256 = hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
+from imaging.decoding import PixelDataError, decode_pixels
 from imaging.volumes.geometry import (
     GeometryIssue,
     GeometryIssueKind,
@@ -103,7 +104,7 @@ def _slice(ds: Dataset) -> _Slice | GeometryIssueKind:
 
 
 def _pixels(ds: Dataset) -> np.ndarray:
-    array = ds.pixel_array.astype(np.float32)
+    array = decode_pixels(ds).astype(np.float32)
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if slope != 1 or intercept != 0:
@@ -227,7 +228,7 @@ def assemble_series(items: Sequence[Path | Dataset] | Iterable[Path | Dataset]) 
         raise SeriesGeometryError(report)
     try:
         array = np.stack([_pixels(s.ds) for s in kept])
-    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
+    except (PixelDataError, ValueError, AttributeError, KeyError) as exc:
         bad = GeometryIssue(
             GeometryIssueKind.UNREADABLE, f"pixel data cannot be decoded ({type(exc).__name__})"
         )
