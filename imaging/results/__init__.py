@@ -1,9 +1,10 @@
 """DICOM and image results of AI models: display windowing, overlays (PNG, Secondary Capture),
-classification SR, segmentation (DICOM SEG + volumetric SR)."""
+classification SR (IHE AIR), saliency SEG, segmentation (DICOM SEG + volumetric SR)."""
 
 from imaging.results.display import DisplayImage, ResultImageError, display_image, linear_window
 from imaging.results.overlay import Colormap, OverlayCaption, OverlayError, blend_overlay, resize_map
 from imaging.results.png import render_overlay_png, write_overlay_png
+from imaging.results.saliency import SaliencySegmentationError, build_saliency_segmentation
 from imaging.results.secondary_capture import (
     AlgorithmIdentity,
     SecondaryCaptureError,
@@ -17,22 +18,30 @@ from imaging.results.segmentation import (
     build_segmentation_results,
     build_volume_report,
 )
-from imaging.results.structured_report import RADGATE_SCHEME, StructuredReportError, build_result_report
+from imaging.results.structured_report import (
+    RADGATE_SCHEME,
+    ModelApproval,
+    StructuredReportError,
+    build_result_report,
+)
 
 __all__ = [
     "RADGATE_SCHEME",
     "AlgorithmIdentity",
     "Colormap",
     "DisplayImage",
+    "ModelApproval",
     "OverlayCaption",
     "OverlayError",
     "ResultImageError",
+    "SaliencySegmentationError",
     "SecondaryCaptureError",
     "SegmentationResultError",
     "StructuredReportError",
     "blend_overlay",
     "build_overlay_secondary_capture",
     "build_result_report",
+    "build_saliency_segmentation",
     "build_segmentation",
     "build_segmentation_results",
     "build_volume_report",

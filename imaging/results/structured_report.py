@@ -1,15 +1,20 @@
-"""DICOM Comprehensive SR (TID 1500 Measurement Report) of one AI classification result.
+"""DICOM Comprehensive SR (TID 1500 Measurement Report) of one AI classification result, in the
+shape IHE AI Results (AIR) asks for.
 
-One measurement group per result: the finding (coded in RadGate's private scheme ``99RADGATE``
-with the model's label as code value), the model's probability for it, the algorithm
-(TID 4019: name, version), and the source image it was computed from. The observer is the model
-as a device. Same study as the source, new series; serving can send it back to the PACS next to
-the Secondary Capture overlay.
+One measurement group per result: the finding type (coded in RadGate's private scheme
+``99RADGATE`` with the model's label as code value), a qualitative evaluation of that finding
+(SCT Present / Absent at the model's operating threshold), the model's probability as a numeric
+measurement, the algorithm (TID 4019: name, version, and as its parameters the registry's model
+version, artifact SHA-256 and approval), and the source image it was computed from. The observer is
+the model as a device (TID 1004: UID, name, manufacturer, model name, serial number = artifact
+hash prefix). Same study as the source, new series; serving sends it back to the PACS next to the
+overlay objects.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -18,17 +23,35 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from imaging.results.secondary_capture import AlgorithmIdentity
 
-__all__ = ["RADGATE_SCHEME", "StructuredReportError", "build_result_report"]
+__all__ = ["RADGATE_SCHEME", "ModelApproval", "StructuredReportError", "build_result_report"]
 
 #: Private coding scheme for model labels and RadGate concepts (PS3.16 8.2: "99" prefix).
 RADGATE_SCHEME = "99RADGATE"
 _PROBABILITY = hd.sr.CodedConcept("PROB", RADGATE_SCHEME, "Model probability of finding")
 _IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging")
+_PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+_ABSENT = hd.sr.CodedConcept("2667000", "SCT", "Absent")
 _DEFAULT_SERIES_NUMBER = 9902
 
 
 class StructuredReportError(ValueError):
     """The result cannot be written as an SR of this source."""
+
+
+@dataclass(frozen=True)
+class ModelApproval:
+    """What the model registry says about the model version that produced a result."""
+
+    model_version: str
+    artifact_sha256: str
+    status: str  # e.g. approved
+    alias: str | None = None  # e.g. production
+
+    def parameters(self) -> list[str]:
+        """TID 4019 Algorithm Parameters (TEXT content items)."""
+        out = [f"model version: {self.model_version}", f"artifact sha256: {self.artifact_sha256}"]
+        out.append(f"approval: {self.status}" + (f" (alias {self.alias})" if self.alias else ""))
+        return out
 
 
 def build_result_report(
@@ -41,8 +64,15 @@ def build_result_report(
     series_number: int = _DEFAULT_SERIES_NUMBER,
     instance_number: int = 1,
     device_uid: str | None = None,
+    approval: ModelApproval | None = None,
+    positive: bool | None = None,
 ) -> hd.sr.ComprehensiveSR:
-    """An SR stating ``finding`` with ``probability`` (0-1) by ``algorithm`` for ``source``."""
+    """An SR stating ``finding`` with ``probability`` (0-1) by ``algorithm`` for ``source``.
+
+    ``positive`` (the decision at the model's threshold) adds the qualitative evaluation Present or
+    Absent; ``approval`` adds the registry's model version, artifact hash and approval to the
+    algorithm identification and the device observer.
+    """
     if not 0.0 <= probability <= 1.0:
         raise StructuredReportError("probability must be in [0, 1]")
     for keyword in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
@@ -53,29 +83,40 @@ def build_result_report(
         name=algorithm.name[:64],
         manufacturer_name=algorithm.manufacturer,
         model_name=algorithm.name[:64],
+        serial_number=approval.artifact_sha256[:16] if approval else None,
     )
     context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.DCM.Device, observer_identifying_attributes=device
         )
     )
+    finding_concept = hd.sr.CodedConcept(finding[:16], RADGATE_SCHEME, finding[:64])
+    parameters = approval.parameters() if approval else None
+
+    def algorithm_id() -> hd.sr.AlgorithmIdentification:
+        return hd.sr.AlgorithmIdentification(
+            name=algorithm.name[:64], version=str(algorithm.version)[:64], parameters=parameters
+        )
+
+    evaluations = None
+    if positive is not None:
+        evaluations = [
+            hd.sr.QualitativeEvaluation(name=finding_concept, value=_PRESENT if positive else _ABSENT)
+        ]
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"AI finding: {finding}"[:64]),
-        finding_type=hd.sr.CodedConcept(finding[:16], RADGATE_SCHEME, finding[:64]),
-        algorithm_id=hd.sr.AlgorithmIdentification(
-            name=algorithm.name[:64], version=str(algorithm.version)[:64]
-        ),
+        finding_type=finding_concept,
+        algorithm_id=algorithm_id(),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
         measurements=[
             hd.sr.Measurement(
                 name=_PROBABILITY,
                 value=round(float(probability), 6),
                 unit=codes.UCUM.NoUnits,
-                algorithm_id=hd.sr.AlgorithmIdentification(
-                    name=algorithm.name[:64], version=str(algorithm.version)[:64]
-                ),
+                algorithm_id=algorithm_id(),
             )
         ],
+        qualitative_evaluations=evaluations,
     )
     report = hd.sr.MeasurementReport(
         observation_context=context,
