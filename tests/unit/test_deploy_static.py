@@ -1,6 +1,6 @@
 """Static checks of the deployment files (no Docker engine or Kubernetes cluster runs here):
 hadolint on every Dockerfile, the compose file against the Compose Specification schema,
-KubeRay manifests against KubeRay's CRD schemas (shared/schemas/kuberay), built-in Kubernetes
+KubeRay manifests against KubeRay's CRD schemas (vendored in docker/k8s/schemas), built-in Kubernetes
 kinds and every pod template with kubernetes-validate (strict: a misspelt key fails), and the
 platform's own rules: non-root images with health checks, secrets only as files or secret refs,
 GPU resources where training and inference run, configs that load with RadGate's own loaders."""
@@ -22,14 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
 K8S = DOCKER / "k8s"
-KUBERAY_SCHEMAS = next(
-    (
-        p
-        for p in (REPO / "shared" / "schemas" / "kuberay", REPO.parent / "shared" / "schemas" / "kuberay")
-        if p.is_dir()
-    ),
-    REPO.parent / "shared" / "schemas" / "kuberay",
-)
+KUBERAY_SCHEMAS = K8S / "schemas"  # vendored KubeRay CRD schemas (see its README.md)
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|^RADGATE_PROJECT_KEY$|ACCESS_KEY", re.IGNORECASE)
 OUR_IMAGES = {"gateway", "serving", "trainer", "ui", "mlflow"}
@@ -257,8 +250,7 @@ def test_compose_configs_load_with_radgate_loaders() -> None:
 
 def _kuberay_schema(kind: str) -> Path:
     path = KUBERAY_SCHEMAS / f"{kind.lower()}.schema.json"
-    if not path.exists():
-        pytest.skip(f"KubeRay schema {path} not available")
+    assert path.is_file(), f"KubeRay schema {path} missing from the repository"
     return path
 
 
@@ -419,9 +411,8 @@ def test_rayservice_serves_radgate_with_a_valid_serving_config() -> None:
             assert config.host == "0.0.0.0"
             module_name, _, attribute = app["import_path"].partition(":")
             module = __import__(module_name, fromlist=[attribute])
-            if not hasattr(module, attribute):
-                pytest.skip(f"{app['import_path']} (a Ray Serve application builder) is not in serving yet")
-            assert callable(getattr(module, attribute))
+            # Resolved and built in tests/unit/test_deploy_entrypoints.py; here: it exists.
+            assert callable(getattr(module, attribute, None)), app["import_path"]
 
 
 def test_settings_manifests_point_at_postgres_s3_mlflow_and_triton() -> None:
