@@ -1,7 +1,7 @@
 """Governance: settings, catalog, keys, identities and roles, audit log, approvals and policy.
 
 Imports none of the other RadGate packages. The entry points other packages call are
-re-exported here lazily (no MLflow or FastAPI import at ``import governance``):
+re-exported here lazily (``import governance`` imports none of their dependencies):
 
 - ``governance.gate(name, alias)`` -> :class:`governance.approvals.GateDecision` (serving)
 - ``governance.record(actor, action, target, details, role=...)`` (audit, everyone)
@@ -9,22 +9,16 @@ re-exported here lazily (no MLflow or FastAPI import at ``import governance``):
 - ``governance.auth.fastapi_dependency(*roles)`` (protect FastAPI endpoints)
 """
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from governance.keys import KeyError_, ProjectKey, load_project_key
-from governance.settings import Settings, get_settings
+from governance.lazy import lazy_exports
 
-_LAZY = {
-    "gate": "governance.approvals",
-    "GateDecision": "governance.approvals",
-    "record": "governance.audit",
-    "AuditLog": "governance.audit",
-    "authenticate": "governance.auth",
-    "principal_from_env_or_token": "governance.auth",
-    "require_role": "governance.auth",
-    "Principal": "governance.auth",
-    "Role": "governance.auth",
-}
+if TYPE_CHECKING:
+    from governance.approvals import GateDecision, gate
+    from governance.audit import AuditLog, record
+    from governance.auth import Principal, Role, authenticate, principal_from_env_or_token, require_role
+    from governance.keys import KeyError_, ProjectKey, load_project_key
+    from governance.settings import Settings, get_settings
 
 __all__ = [
     "AuditLog",
@@ -43,10 +37,4 @@ __all__ = [
     "require_role",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'governance' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -7,72 +7,17 @@ workflow or policy, 2 bad input, 3 not authenticated, 4 role not allowed, 5 audi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from governance.auth import Principal
+from governance.cli_support import TOKEN_OPTION, caller, err, governance_errors, out
 
-__all__ = ["TOKEN_OPTION", "authorize_cli", "register"]
-
-err = Console(stderr=True)
-out = Console()
+__all__ = ["register"]
 
 users_app = typer.Typer(help="Users, roles and tokens.", no_args_is_help=True)
 policy_app = typer.Typer(help="The approval policy.", no_args_is_help=True)
-
-TOKEN_OPTION = typer.Option(None, "--token", help="Your RadGate token (default: RADGATE_TOKEN).")
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    return typer.Exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turn the library's specific exceptions into one clear line and an exit code."""
-    from governance.approvals import ApprovalError, RegistryError
-    from governance.audit import AuditError, AuditPHIError
-    from governance.auth import AuthenticationError, BootstrapError, PermissionDenied, UnknownUser, UserExists
-    from governance.keys import KeyError_
-    from governance.policy import PolicyError
-
-    try:
-        yield
-    except AuthenticationError as exc:
-        raise _fail(str(exc), 3) from exc
-    except (PermissionDenied, BootstrapError) as exc:
-        raise _fail(str(exc), 4) from exc
-    except (ApprovalError, UserExists, UnknownUser) as exc:
-        raise _fail(str(exc), 1) from exc
-    except (PolicyError, AuditPHIError, AuditError, RegistryError, KeyError_, ValueError) as exc:
-        raise _fail(str(exc), 2) from exc
-
-
-def _principal(token: str | None) -> Principal:
-    from governance.auth import principal_from_env_or_token
-
-    return principal_from_env_or_token(token)
-
-
-def authorize_cli(token: str | None, *roles: str) -> Principal:
-    """For any package's Typer command: the caller (``--token`` or ``RADGATE_TOKEN``) if their
-    role is one of ``roles`` (any role when none given); otherwise print one clear line and
-    exit 3 (not authenticated) or 4 (role not allowed)."""
-    from governance.auth import require_role
-
-    with _errors():
-        principal = _principal(token)
-        if roles:
-            require_role(principal, *roles)
-    return principal
 
 
 # ---- users --------------------------------------------------------------------------------
@@ -94,8 +39,8 @@ def users_add(
 
     from governance.auth import TOKEN_ENV
 
-    with _errors():
-        by = _principal(token) if (token or os.environ.get(TOKEN_ENV)) else None
+    with governance_errors():
+        by = caller(token) if (token or os.environ.get(TOKEN_ENV)) else None
         from governance.auth import add_user
 
         issued = add_user(name, role, by=by)
@@ -108,8 +53,8 @@ def users_list(token: str | None = TOKEN_OPTION) -> None:
     """List users and roles (admin or auditor)."""
     from governance.auth import list_users
 
-    with _errors():
-        users = list_users(by=_principal(token))
+    with governance_errors():
+        users = list_users(by=caller(token))
     table = Table("name", "role", "created by", "created", "status")
     for u in users:
         table.add_row(
@@ -129,8 +74,8 @@ def users_rotate(
     """Replace a user's token (admin, or the user themself); prints the new token once."""
     from governance.auth import rotate_token
 
-    with _errors():
-        issued = rotate_token(name, by=_principal(token))
+    with governance_errors():
+        issued = rotate_token(name, by=caller(token))
     err.print(f"new token for {issued.user.name}; the old one no longer works. Shown only once:")
     print(issued.token)
 
@@ -142,8 +87,8 @@ def users_revoke(
     """Revoke a user's token at once (admin)."""
     from governance.auth import revoke_user
 
-    with _errors():
-        info = revoke_user(name, by=_principal(token))
+    with governance_errors():
+        info = revoke_user(name, by=caller(token))
     out.print(f"revoked {info.name} ({info.role.value})")
 
 
@@ -158,7 +103,7 @@ def policy_check(
     """Validate a policy file and print the effective policy."""
     from governance.policy import default_policy_path, load_policy
 
-    with _errors():
+    with governance_errors():
         policy = load_policy(path)
         effective = policy.for_model(model) if model else policy.default
     out.print(f"valid: {path or default_policy_path()} (sha256 {policy.sha256[:16]})")

@@ -4,44 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from governance.cli_support import fail, out, progress_bar
 from imaging.deid.errors import ProfileError
 
 __all__ = ["register"]
-
-console = Console(stderr=True)
-out = Console()
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
-
-
-def _progress(total: int) -> tuple[Progress, Callable[[object], None]]:
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-        disable=not console.is_terminal and os.environ.get("RADGATE_PROGRESS") != "1",
-    )
-    task = progress.add_task("de-identifying", total=total, rate="")
-
-    def advance(_: object) -> None:
-        progress.advance(task)
-
-    return progress, advance
 
 
 def _summary(report: dict[str, object], title: str) -> None:
@@ -71,7 +42,7 @@ def _run(
     from imaging.ingest import Sink, iter_files, run_files
 
     files = list(iter_files(inputs))
-    progress, advance = _progress(len(files))
+    progress, advance = progress_bar(len(files), "de-identifying")
     try:
         with progress:
             report = run_files(
@@ -84,10 +55,10 @@ def _run(
                 on_result=advance,
             )
     except ProfileError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     data = report.as_dict()
     if report.inputs != report.deidentified + report.quarantined:
-        raise _fail("internal error: inputs != de-identified + quarantined", 3)
+        raise fail("internal error: inputs != de-identified + quarantined", 3)
     return data
 
 
@@ -105,7 +76,7 @@ def deid(
     """
     input_dir, output_dir = input_dir.resolve(), output_dir.resolve()
     if output_dir == input_dir or input_dir in output_dir.parents:
-        raise _fail("OUTPUT_DIR must not be inside INPUT_DIR")
+        raise fail("OUTPUT_DIR must not be inside INPUT_DIR")
     output_dir.mkdir(parents=True, exist_ok=True)
     data = _run(
         [input_dir], sink="folder", output_dir=output_dir, profile=profile, workers=workers, source="deid"
@@ -117,13 +88,28 @@ def deid(
 
 
 def ingest(
-    paths: list[Path] = typer.Argument(..., exists=True, help="Files or folders to import."),
+    paths: list[str] = typer.Argument(
+        ...,
+        help="Files or folders to import; with --ray-address one SOURCE: a folder, an s3:// prefix "
+        "or a manifest (*.manifest, *.txt, *.lst: one path or URL per line).",
+    ),
     profile: str = typer.Option(None, "--profile", "-p", help="Profile name in configs/deid or a YAML path."),
     workers: int = typer.Option(os.cpu_count() or 1, "--workers", "-w", min=1, help="Worker processes."),
     report: Path = typer.Option(None, "--report", help="Write the JSON report here."),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Spread the work over this Ray cluster (HOST:PORT, or auto); resumable."
+    ),
 ) -> None:
     """Import DICOM into the platform: de-identify, store by sha256, record lineage. Idempotent."""
-    data = _run(list(paths), sink="store", output_dir=None, profile=profile, workers=workers, source="folder")
+    if ray_address:
+        from imaging.cluster_cli import ingest_on_ray
+
+        data = ingest_on_ray(paths, ray_address=ray_address, profile=profile)
+    else:
+        if not all(Path(p).exists() for p in paths):
+            raise fail("every PATH must be an existing file or folder (URLs and manifests: --ray-address)")
+        files = [Path(p) for p in paths]
+        data = _run(files, sink="store", output_dir=None, profile=profile, workers=workers, source="folder")
     _summary(data, "radgate ingest")
     if report is not None:
         report.write_text(json.dumps(data, indent=2) + "\n")
@@ -142,7 +128,7 @@ def catalog(
     try:
         rows = catalog_view(level, limit)
     except ValueError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if as_json:
         out.print_json(json.dumps(rows, default=str))
         return
@@ -171,9 +157,9 @@ def reid(
     try:
         found = reidentify(pseudonym, kind=kind, reason=reason, token=token)
     except ReidError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if not found:
-        raise _fail("no original recorded for that pseudonym", 1)
+        raise fail("no original recorded for that pseudonym", 1)
     for item_kind, original in found:
         out.print(f"{item_kind}\t{original}")
 
@@ -197,7 +183,7 @@ def keys_rotate(
         principal = require_role(principal_from_env_or_token(token), Role.ADMIN)
         rotation = rotate_seal_key(principal.name, principal.role.value)
     except (AuthError, KeyError_) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     out.print(
         f"seal key {rotation.old_key_id} -> {rotation.new_key_id}: re-sealed {rotation.map_entries} map "
         f"entries and {rotation.quarantined_files} quarantined inputs"

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import typer
 
+from governance.cli_support import fail
+
 __all__ = ["register"]
 
 dataset_app = typer.Typer(
     help="Dataset versions: labelled, de-identified instances with a patient-level split."
 )
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def demo_data(
@@ -40,7 +37,7 @@ def demo_data(
         try:
             anatomy_set = write_anatomy_set(out_dir, subjects=patients, seed=seed, spacing=spacing)
         except (VolumeError, ValueError) as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         typer.echo(
             f"wrote {len(anatomy_set.subjects)} MR series ({len(anatomy_set.files)} files) to "
             f"{anatomy_set.dicom_dir}; "
@@ -89,7 +86,7 @@ def dataset_create(
     from imaging.datasets import DatasetError, GroupBy, Task, create_dataset, parse_split
 
     if task not in {t.value for t in Task}:
-        raise _fail("--task must be classification or segmentation")
+        raise fail("--task must be classification or segmentation")
     if task == Task.SEGMENTATION:
         _create_segmentation(name, labels, split, group_by, seed, label_names)
         return
@@ -103,7 +100,7 @@ def dataset_create(
             label_names=[n.strip() for n in label_names.split(",")] if label_names else None,
         )
     except ValueError as exc:  # DatasetError, bad --group-by
-        raise _fail(str(exc) if isinstance(exc, DatasetError) else f"bad option: {exc}") from None
+        raise fail(str(exc) if isinstance(exc, DatasetError) else f"bad option: {exc}") from None
     summary = report.version.manifest.summary()
     typer.echo(f"{'created' if report.created else 'exists'} {name} {report.version.id}")
     typer.echo(
@@ -131,7 +128,7 @@ def _create_segmentation(
             label_names=[n.strip() for n in label_names.split(",")] if label_names else None,
         )
     except DatasetError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     summary = report.version.manifest.summary()
     typer.echo(f"{'created' if report.created else 'exists'} {name} {report.version.id}")
     typer.echo(
@@ -173,7 +170,7 @@ def dataset_show(
     try:
         version = get_dataset(ref)
     except DatasetError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     summary = version.manifest.summary()
     summary["created_at"] = version.created_at.isoformat()
     summary["split_fractions"] = version.manifest.split
@@ -214,14 +211,14 @@ def train_command(
     try:
         cfg = load_config(config, extra)
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     from training.evidence import SupersededDatasetError
     from training.run import train
 
     try:
         outcome = train(cfg, register=False if no_register else None)
     except (ConfigError, DatasetError, SupersededDatasetError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     m = outcome.evaluation.overall
     attribute, metric, gap = outcome.evaluation.largest_gap
     typer.echo(f"run {outcome.run_id} (dataset {outcome.dataset_version[:12]})")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from governance.cli import TOKEN_OPTION, _errors, _fail, _principal, err, out
+from governance.cli_support import TOKEN_OPTION, caller, err, fail, governance_errors, out
 
 if TYPE_CHECKING:
     from governance.policy import Checklist
@@ -38,8 +38,8 @@ def _print_checklist(checklist: Checklist) -> None:
 def _step(step: str, name: str, version: str, comment: str, token: str | None) -> None:
     from governance.approvals import Workflow
 
-    with _errors():
-        principal = _principal(token)
+    with governance_errors():
+        principal = caller(token)
         outcome = getattr(Workflow(), step)(principal, name, version, comment)
     out.print(
         f"{step}: {name} v{version} by {principal.name} ({principal.role.value}), audit #{outcome.audit_seq}"
@@ -106,13 +106,13 @@ def model_promote(
     """Set a serving alias, only if the policy holds now (ml-engineer or admin)."""
     from governance.approvals import PolicyNotSatisfied, Workflow
 
-    with _errors():
-        principal = _principal(token)
+    with governance_errors():
+        principal = caller(token)
         try:
             outcome = Workflow().promote(principal, name, version, alias)
         except PolicyNotSatisfied as exc:
             _print_checklist(exc.checklist)
-            raise _fail(str(exc), 1) from exc
+            raise fail(str(exc), 1) from exc
     out.print(f"promoted {name} v{version} to @{alias} (audit #{outcome.audit_seq})")
 
 
@@ -126,8 +126,8 @@ def model_status(
     """Show the policy evaluation, requirement by requirement (any user)."""
     from governance.approvals import Workflow
 
-    with _errors():
-        _principal(token)
+    with governance_errors():
+        caller(token)
         workflow = Workflow()
         checklist = workflow.status(name, version)
         history = workflow.history(name, version)
@@ -165,8 +165,8 @@ def model_list(
     """
     from governance.approvals import registry_client
 
-    with _errors():
-        _principal(token)
+    with governance_errors():
+        caller(token)
         client = registry_client()
         query = f"name = '{name}'" if name else ""
         versions = client.search_model_versions(query, max_results=1000)
@@ -188,8 +188,8 @@ def model_gate(
     """Ask the serving gate: allowed or denied, with reasons (exit 1 when denied)."""
     from governance.approvals import gate
 
-    with _errors():
-        _principal(token)
+    with governance_errors():
+        caller(token)
         if (alias is None) == (version is None):
             raise ValueError("give exactly one of --alias or --version")
         decision = gate(name, alias, version=version, fresh=True)
@@ -218,7 +218,7 @@ def webhook_serve(
     try:
         app = create_webhook_app(enforce=enforce)
     except WebhookSignatureError as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
@@ -235,8 +235,8 @@ def webhook_register(
     from governance.approvals.webhooks import WEBHOOK_SECRET_ENV, register_webhook
     from governance.auth import Role, require_role
 
-    with _errors():
-        principal = require_role(_principal(token), Role.ADMIN)
+    with governance_errors():
+        principal = require_role(caller(token), Role.ADMIN)
         secret = os.environ.get(WEBHOOK_SECRET_ENV)
         if not secret:
             raise ValueError(f"set {WEBHOOK_SECRET_ENV} to the shared secret")

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from governance.cli import TOKEN_OPTION, _errors, _fail, _principal, err, out
+from governance.cli_support import TOKEN_OPTION, caller, err, fail, governance_errors, out
 
 __all__ = ["audit_app"]
 
@@ -34,8 +34,8 @@ def audit_list(
     from governance.audit import AuditLog
     from governance.auth import require_role
 
-    with _errors():
-        require_role(_principal(token), *AUDIT_ROLES)
+    with governance_errors():
+        require_role(caller(token), *AUDIT_ROLES)
         entries = AuditLog().entries(
             actor=actor,
             action=action,
@@ -80,8 +80,8 @@ def audit_verify(
     from governance.audit import AuditLog
     from governance.auth import require_role
 
-    with _errors():
-        principal = require_role(_principal(token), *AUDIT_ROLES)
+    with governance_errors():
+        principal = require_role(caller(token), *AUDIT_ROLES)
         log = AuditLog()
         report = log.verify(
             anchors=list(anchor), accept_key_ids=list(accept_key_id), mlflow_anchor=mlflow_anchor
@@ -99,7 +99,7 @@ def audit_verify(
             role=principal.role.value,
         )
     if not report.ok:
-        raise _fail(
+        raise fail(
             f"audit chain broken: {report.problem} at entry {report.first_bad_seq}: {report.detail}", 5
         )
     note = (
@@ -120,8 +120,8 @@ def audit_export(
     from governance.audit import AuditLog
     from governance.auth import require_role
 
-    with _errors():
-        principal = require_role(_principal(token), *AUDIT_ROLES)
+    with governance_errors():
+        principal = require_role(caller(token), *AUDIT_ROLES)
         log = AuditLog()
         if output is None:
             count = log.export(sys.stdout, since=since)
@@ -150,8 +150,8 @@ def audit_anchor(
     from governance.audit import AuditLog
     from governance.auth import require_role
 
-    with _errors():
-        principal = require_role(_principal(token), *AUDIT_ROLES)
+    with governance_errors():
+        principal = require_role(caller(token), *AUDIT_ROLES)
         if to is None and not mlflow:
             raise ValueError("give --to PATH and/or --mlflow")
         log = AuditLog()

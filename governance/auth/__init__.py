@@ -6,49 +6,55 @@ Library API: :func:`authenticate` (token -> :class:`Principal`), :func:`require_
 :data:`COMMAND_ACCESS` (the role each ``radgate`` command needs) and :func:`acting_as`.
 """
 
-from collections.abc import Callable
+from __future__ import annotations
 
-from governance.auth.access import (
-    COMMAND_ACCESS,
-    Access,
-    AccessMode,
-    UnlistedCommand,
-    access_for,
-    acting_as,
-    acting_principal,
-    authorize_command,
-)
-from governance.auth.roles import (
-    AuthenticationError,
-    AuthError,
-    BootstrapError,
-    InvalidToken,
-    MissingToken,
-    PermissionDenied,
-    Principal,
-    RevokedToken,
-    Role,
-    UnknownUser,
-    UserExists,
-    require_role,
-)
-from governance.auth.users import (
-    TOKEN_ENV,
-    TOKEN_FILE_ENV,
-    TOKEN_PREFIX,
-    IssuedToken,
-    User,
-    UserInfo,
-    add_user,
-    authenticate,
-    has_users,
-    hash_token,
-    list_users,
-    principal_from_env_or_token,
-    resolve_token,
-    revoke_user,
-    rotate_token,
-)
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from governance.auth.access import (
+        COMMAND_ACCESS,
+        Access,
+        AccessMode,
+        UnlistedCommand,
+        access_for,
+        acting_as,
+        acting_principal,
+        authorize_command,
+    )
+    from governance.auth.roles import (
+        AuthenticationError,
+        AuthError,
+        BootstrapError,
+        InvalidToken,
+        MissingToken,
+        PermissionDenied,
+        Principal,
+        RevokedToken,
+        Role,
+        UnknownUser,
+        UserExists,
+        require_role,
+    )
+    from governance.auth.users import (
+        TOKEN_ENV,
+        TOKEN_FILE_ENV,
+        TOKEN_PREFIX,
+        IssuedToken,
+        User,
+        UserInfo,
+        add_user,
+        authenticate,
+        has_users,
+        hash_token,
+        list_users,
+        principal_from_env_or_token,
+        resolve_token,
+        revoke_user,
+        rotate_token,
+    )
 
 
 def fastapi_dependency(*roles: Role | str) -> Callable[..., Principal]:
@@ -106,6 +112,10 @@ def current_actor() -> tuple[str, str]:
     ``local:<os user>`` with no role (library use outside the CLI)."""
     import getpass
 
+    from governance.auth.access import acting_principal
+    from governance.auth.roles import AuthError
+    from governance.auth.users import principal_from_env_or_token
+
     acting = acting_principal()
     if acting is not None:
         return acting.name, acting.role.value
@@ -114,3 +124,6 @@ def current_actor() -> tuple[str, str]:
     except AuthError:
         return f"local:{getpass.getuser()}", ""
     return principal.name, principal.role.value
+
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

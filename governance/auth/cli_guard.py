@@ -16,22 +16,21 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from typer.main import get_command_name
 from typer.models import DefaultPlaceholder
 
-from governance.auth.access import acting_as, authorize_command
-from governance.auth.roles import AuthenticationError, BootstrapError, PermissionDenied, Principal
+from governance.cli_support import EXIT_FORBIDDEN, EXIT_UNAUTHENTICATED, TOKEN_HELP, fail
+
+if TYPE_CHECKING:
+    from governance.auth.roles import Principal
 
 __all__ = ["EXIT_FORBIDDEN", "EXIT_UNAUTHENTICATED", "command_paths", "guard_typer_app"]
 
-EXIT_UNAUTHENTICATED = 3
-EXIT_FORBIDDEN = 4
 _MARK = "__radgate_command__"
 _LOG = logging.getLogger(__name__)
-_TOKEN_HELP = "Your RadGate token (default: RADGATE_TOKEN, or the file named by RADGATE_TOKEN_FILE)."
 
 
 def _name(value: Any) -> str | None:
@@ -92,11 +91,6 @@ def guard_typer_app(app: typer.Typer, _prefix: tuple[str, ...] = ()) -> typer.Ty
     return app
 
 
-def _refuse(message: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
 def _audit_refusal(command: str, principal_name: str, role: str, reason: str) -> None:
     from governance.audit import record
 
@@ -113,12 +107,17 @@ def _audit_refusal(command: str, principal_name: str, role: str, reason: str) ->
 
 
 def _authorize(command: str, token: str | None) -> Principal | None:
+    # Imported when a command runs, not when the CLI is built: the catalog and its settings
+    # are not needed for `radgate --help`.
+    from governance.auth.access import authorize_command
+    from governance.auth.roles import AuthenticationError, BootstrapError, PermissionDenied
+
     try:
         return authorize_command(command, token)
     except AuthenticationError as exc:
-        raise _refuse(str(exc), EXIT_UNAUTHENTICATED) from None
+        raise fail(str(exc), EXIT_UNAUTHENTICATED) from None
     except BootstrapError as exc:
-        raise _refuse(str(exc), EXIT_FORBIDDEN) from None
+        raise fail(str(exc), EXIT_FORBIDDEN) from None
     except PermissionDenied as exc:
         from governance.auth.users import authenticate, resolve_token
 
@@ -127,7 +126,7 @@ def _authorize(command: str, token: str | None) -> Principal | None:
             _audit_refusal(command, who.name, who.role.value, str(exc))
         except AuthenticationError:
             pass
-        raise _refuse(str(exc), EXIT_FORBIDDEN) from None
+        raise fail(str(exc), EXIT_FORBIDDEN) from None
 
 
 def _guarded(command: str, callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -141,6 +140,8 @@ def _guarded(command: str, callback: Callable[..., Any]) -> Callable[..., Any]:
     def guarded(*args: Any, **kwargs: Any) -> Any:
         token = kwargs.get("token") if owns_token else kwargs.pop("token", None)
         principal = _authorize(command, token)
+        from governance.auth.access import acting_as
+
         with acting_as(principal):
             return callback(*args, **kwargs)
 
@@ -148,7 +149,7 @@ def _guarded(command: str, callback: Callable[..., Any]) -> Callable[..., Any]:
         token_param = inspect.Parameter(
             "token",
             inspect.Parameter.KEYWORD_ONLY,
-            default=typer.Option(None, "--token", help=_TOKEN_HELP),
+            default=typer.Option(None, "--token", help=TOKEN_HELP),
             annotation=str | None,
         )
         guarded.__signature__ = signature.replace(  # type: ignore[attr-defined]

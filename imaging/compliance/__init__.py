@@ -10,32 +10,37 @@
 CLI: ``radgate compliance check`` and ``radgate erase``.
 """
 
-from imaging.compliance.checks import (
-    CHECK_ROLES,
-    SAFEGUARDS,
-    CheckResult,
-    CheckStatus,
-    ComplianceReport,
-    run_compliance_check,
-)
-from imaging.compliance.config import (
-    ComplianceConfigError,
-    ComplianceThresholds,
-    QualityThresholds,
-    Thresholds,
-    load_thresholds,
-)
-from imaging.compliance.erasure import (
-    ERASURE_REVIEW_TAG,
-    ErasureError,
-    ErasurePlan,
-    erase_patient,
-    list_erasures,
-    plan_erasure,
-    superseded_by,
-)
-from imaging.compliance.models import DatasetSupersession, ErasureRecord
-from imaging.compliance.scan import InstanceFinding, ScanResult, scan_store
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imaging.compliance.checks import (
+        CHECK_ROLES,
+        SAFEGUARDS,
+        CheckResult,
+        CheckStatus,
+        ComplianceReport,
+        run_compliance_check,
+    )
+    from imaging.compliance.config import (
+        ComplianceConfigError,
+        ComplianceThresholds,
+        QualityThresholds,
+        Thresholds,
+        load_thresholds,
+    )
+    from imaging.compliance.erasure import (
+        ERASURE_REVIEW_TAG,
+        ErasureError,
+        ErasurePlan,
+        erase_patient,
+        list_erasures,
+        plan_erasure,
+        superseded_by,
+    )
+    from imaging.compliance.models import DatasetSupersession, ErasureRecord
+    from imaging.compliance.scan import InstanceFinding, ScanResult, scan_store
 
 __all__ = [
     "CHECK_ROLES",
@@ -62,3 +67,5 @@ __all__ = [
     "scan_store",
     "superseded_by",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

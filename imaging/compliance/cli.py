@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from governance.cli_support import fail
+from governance.cli_support import out as console
 
 if TYPE_CHECKING:
     from governance.auth import Principal
@@ -18,15 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["register"]
 
 compliance_app = typer.Typer(help="Compliance evidence: de-identification, keys, audit, approvals, tokens.")
-console = Console()
-err = Console(stderr=True)
 
 _COLOURS = {"pass": "green", "warn": "yellow", "fail": "red"}
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(code)
 
 
 def _principal(token: str | None, role_hint: str) -> Principal:
@@ -35,7 +30,7 @@ def _principal(token: str | None, role_hint: str) -> Principal:
     try:
         return principal_from_env_or_token(token)
     except AuthError as exc:
-        raise _fail(f"{exc} ({role_hint})") from None
+        raise fail(f"{exc} ({role_hint})") from None
 
 
 def _interval(text: str) -> float:
@@ -43,7 +38,7 @@ def _interval(text: str) -> float:
     try:
         return float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
     except (ValueError, IndexError):
-        raise _fail(f"invalid interval {text!r} (e.g. 30m, 24h)") from None
+        raise fail(f"invalid interval {text!r} (e.g. 30m, 24h)") from None
 
 
 def _print(report_dict: dict[str, object]) -> None:
@@ -91,14 +86,14 @@ def check(
         try:
             moment = datetime.fromisoformat(as_of)
         except ValueError:
-            raise _fail(f"--as-of: not an ISO date {as_of!r}") from None
+            raise fail(f"--as-of: not an ISO date {as_of!r}") from None
         moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     period = _interval(every) if every else None
     while True:
         try:
             report = run_compliance_check(principal, sample=0 if all_instances else sample, now=moment)
         except (AuthError, ComplianceConfigError) as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         data = report.to_dict()
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         path = out or get_settings().home / "compliance" / f"check-{stamp}.json"
@@ -126,7 +121,7 @@ def erasures(
     try:
         require_role(principal, Role.AUDITOR, Role.ADMIN, Role.HONEST_BROKER)
     except AuthError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     rows = list_erasures()
     if as_json:
         console.print_json(json.dumps(rows, default=str))
@@ -173,7 +168,7 @@ def erase(
             result = {"dry_run": True, **plan.to_dict()}
         else:
             if not admin_token:
-                raise _fail("an admin must co-sign: pass --admin-token or set RADGATE_ADMIN_TOKEN")
+                raise fail("an admin must co-sign: pass --admin-token or set RADGATE_ADMIN_TOKEN")
             approver = authenticate(admin_token)
             erasure_id, plan, superseded = erase_patient(
                 patient,
@@ -183,7 +178,7 @@ def erase(
             )
             result = {"dry_run": False, "erasure_id": erasure_id, **plan.to_dict(), "superseded": superseded}
     except (ErasureError, AuthError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         console.print_json(json.dumps(result, default=str))
         return

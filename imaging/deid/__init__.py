@@ -6,12 +6,17 @@
 >>> record = deid.deidentify(dataset)   # in place; raises QuarantineError when unsafe
 """
 
-from imaging.deid.engine import Deidentifier, DeidRecord
-from imaging.deid.errors import DeidError, ProfileError, QuarantineError, QuarantineReason
-from imaging.deid.profile import DEFAULT_PROFILE, DeidProfile, load_profile
-from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
-from imaging.deid.scrub import TextScrubber
-from imaging.deid.table import Action, Option, load_table
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imaging.deid.engine import Deidentifier, DeidRecord
+    from imaging.deid.errors import DeidError, ProfileError, QuarantineError, QuarantineReason
+    from imaging.deid.profile import DEFAULT_PROFILE, DeidProfile, load_profile
+    from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
+    from imaging.deid.scrub import TextScrubber
+    from imaging.deid.table import Action, Option, load_table
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -30,3 +35,5 @@ __all__ = [
     "load_profile",
     "load_table",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -4,17 +4,22 @@ Every received instance goes through ``imaging.ingest`` (validation, de-identifi
 content-addressed store, lineage) before the sender hears success.
 """
 
-from imaging.gateway.config import (
-    AllowedPeer,
-    ConfigError,
-    DicomListener,
-    GatewayConfig,
-    HttpListener,
-    PacsPeer,
-    load_config,
-)
-from imaging.gateway.scp import STORAGE_TRANSFER_SYNTAXES, GatewayStats, StorageSCP
-from imaging.gateway.status import StoreStatus, Verdict
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imaging.gateway.config import (
+        AllowedPeer,
+        ConfigError,
+        DicomListener,
+        GatewayConfig,
+        HttpListener,
+        PacsPeer,
+        load_config,
+    )
+    from imaging.gateway.scp import STORAGE_TRANSFER_SYNTAXES, GatewayStats, StorageSCP
+    from imaging.gateway.status import StoreStatus, Verdict
 
 __all__ = [
     "STORAGE_TRANSFER_SYNTAXES",
@@ -30,3 +35,5 @@ __all__ = [
     "Verdict",
     "load_config",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -7,10 +7,15 @@ HTML, PNG); ``log_dataset_report(version)`` logs it to the active MLflow run (fo
 CLI: ``radgate dataset report NAME[@VERSION]``.
 """
 
-from imaging.quality.pixels import ImageFacts, read_facts
-from imaging.quality.render import render_html, save_plots, write_report
-from imaging.quality.report import REPORT_SCHEMA, SUBGROUPS, DatasetReport, Warning_, build_report
-from imaging.quality.tracking import ARTIFACT_DIR, QUALITY_TAG, log_dataset_report
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imaging.quality.pixels import ImageFacts, read_facts
+    from imaging.quality.render import render_html, save_plots, write_report
+    from imaging.quality.report import REPORT_SCHEMA, SUBGROUPS, DatasetReport, Warning_, build_report
+    from imaging.quality.tracking import ARTIFACT_DIR, QUALITY_TAG, log_dataset_report
 
 __all__ = [
     "ARTIFACT_DIR",
@@ -27,3 +32,5 @@ __all__ = [
     "save_plots",
     "write_report",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

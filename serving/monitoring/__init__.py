@@ -38,20 +38,30 @@ CLI: ``radgate monitor drift|profile|replay`` and ``radgate feedback submit|expo
 (module ``serving.monitoring.cli``). Settings: ``configs/monitoring/default.yaml``.
 """
 
-from serving.monitoring.alerts import publish_gauges, raise_alert, sign_payload, verify_signature
-from serving.monitoring.config import MonitoringConfig, load_monitoring_config, parse_window
-from serving.monitoring.drift import DriftResult, FeatureTest, adjust_pvalues, compare
-from serving.monitoring.feedback import (
-    FeedbackIn,
-    FeedbackOut,
-    InputStatus,
-    export_feedback_labels,
-    feedback_dataset,
-    feedback_router,
-    submit_feedback,
-)
-from serving.monitoring.job import DriftCheck, DriftScheduler, NoLiveData, run_drift_check, run_drift_job
-from serving.monitoring.live import LiveRecorder, MonitoringError, purge_expired_inputs, record_live_features
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from serving.monitoring.alerts import publish_gauges, raise_alert, sign_payload, verify_signature
+    from serving.monitoring.config import MonitoringConfig, load_monitoring_config, parse_window
+    from serving.monitoring.drift import DriftResult, FeatureTest, adjust_pvalues, compare
+    from serving.monitoring.feedback import (
+        FeedbackIn,
+        FeedbackOut,
+        InputStatus,
+        export_feedback_labels,
+        feedback_dataset,
+        feedback_router,
+        submit_feedback,
+    )
+    from serving.monitoring.job import DriftCheck, DriftScheduler, NoLiveData, run_drift_check, run_drift_job
+    from serving.monitoring.live import (
+        LiveRecorder,
+        MonitoringError,
+        purge_expired_inputs,
+        record_live_features,
+    )
 
 __all__ = [
     "DriftCheck",
@@ -82,3 +92,5 @@ __all__ = [
     "submit_feedback",
     "verify_signature",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -9,15 +9,12 @@ from pathlib import Path
 
 import typer
 
+from governance.cli_support import fail
+
 __all__ = ["register"]
 
 monitor_app = typer.Typer(help="Drift of live requests against the training reference; reports and alerts.")
 feedback_app = typer.Typer(help="Clinician feedback on served predictions, and labels for the next dataset.")
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 def _use_settings_mlflow() -> None:
@@ -61,7 +58,7 @@ def drift(
             all_plots=all_plots,
         )
     except (MonitoringError, MonitoringConfigError, FileNotFoundError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     if as_json:
         typer.echo(json.dumps(check.report, indent=2, sort_keys=True))
     else:
@@ -101,7 +98,7 @@ def profile(
     try:
         prof, computed = ensure_reference_profile(ref, recompute=recompute)
     except (LookupError, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     state = "computed and logged" if computed else "already logged"
     typer.echo(
         f"reference profile of {ref} {state}: {prof.n_images} images, {prof.embedding_dims}-d embedding"
@@ -128,7 +125,7 @@ def replay(
         model = load_model(ref)
         recorder = LiveRecorder.for_run(model.name, model.version, str(model.run_id))
     except (LookupError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     count = skipped = 0
     for path in iter_files(paths):
         try:
@@ -166,11 +163,11 @@ def submit(
         body = FeedbackIn(request_id=request_id, agree=agree, corrected_label=label, comment=comment)
         out = submit_feedback(principal, body)
     except AuthError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     except ValidationError as exc:
-        raise _fail(f"invalid feedback: {exc.errors()[0]['msg']}") from exc
+        raise fail(f"invalid feedback: {exc.errors()[0]['msg']}") from exc
     except MonitoringError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(
         f"feedback {out.feedback_id}: {out.model} v{out.model_version} label {out.label}; "
         f"input {out.input_status.value}"
@@ -190,7 +187,7 @@ def export(
     try:
         report = export_feedback_labels(name, out, since=since)
     except MonitoringError as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(
         f"wrote {report.rows} labels to {out} ({report.without_input} feedback without a kept "
         f"input, {report.conflicts} cases where reviewers disagree left out)"
@@ -217,7 +214,7 @@ def dataset(
             name, new_name, base=base, seed=seed, hold_out="test" if hold_out_test else None
         )
     except (MonitoringError, DatasetError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     version = report.version
     state = "created" if report.created else "already exists"
     typer.echo(f"dataset {version.name}@{version.short_id} {state}: {len(version.manifest.items)} instances")
@@ -246,9 +243,9 @@ def retrain_command(
             principal, name, alias=alias, version=version, dataset_name=dataset_name, overrides=overrides
         )
     except AuthError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     except (MonitoringError, DatasetError, ConfigError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+        raise fail(str(exc)) from exc
     typer.echo(
         f"dataset {outcome.dataset_version[:12]}; registered {name} version "
         f"{outcome.challenger_version} (pending review); run {outcome.run_id}"

@@ -7,6 +7,13 @@ Serving: ``install_ui(app)`` adds the router, its static files and error handler
 ingress app. Standalone: :func:`create_ui_app` (``radgate ui --port 8600``).
 """
 
-from serving.ui.routes import PREFIX, create_ui_app, create_ui_router, install_ui
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from serving.ui.routes import PREFIX, create_ui_app, create_ui_router, install_ui
 
 __all__ = ["PREFIX", "create_ui_app", "create_ui_router", "install_ui"]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

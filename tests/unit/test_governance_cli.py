@@ -133,7 +133,7 @@ def test_policy_check(cli: typer.Typer, tmp_path: Path) -> None:
 
 def test_authorize_cli_for_other_packages_commands() -> None:
     from governance.auth import Role, add_user
-    from governance.cli import TOKEN_OPTION, authorize_cli
+    from governance.cli_support import TOKEN_OPTION, authorize_cli
 
     app = typer.Typer()
 

@@ -5,33 +5,38 @@ Entry points: :class:`Explainer` / :func:`explain` (maps for a batch), :func:`ex
 :func:`run_randomization_check` + :func:`log_sanity_result` (the governance check).
 """
 
-from training.explain.case import CaseExplanation, approval_status, explain_instance, explain_registered
-from training.explain.core import (
-    ExplainConfig,
-    Explainer,
-    ExplainError,
-    ExplainMethod,
-    Explanation,
-    explain,
-    probabilities_from_logits,
-)
-from training.explain.faithfulness import FaithfulnessResult, deletion_insertion
-from training.explain.gallery import GalleryCase, Outcome, select_gallery_cases, write_gallery
-from training.explain.layers import NetworkFamily, TargetLayerError, detect_family, resolve_target_layer
-from training.explain.post_training import PostTrainingReport, explain_after_training, sanity_sample
-from training.explain.sanity import (
-    SANITY_METRIC,
-    SANITY_TAG,
-    CascadeStep,
-    SanityConfig,
-    SanityResult,
-    randomize_parameters,
-    run_randomization_check,
-    spearman,
-)
-from training.explain.settings import ExplainSettings, ExplainSettingsError, load_explain_settings
-from training.explain.summary import AttributionFocus, attribution_focus, clinician_summary
-from training.explain.tracking import log_faithfulness, log_sanity_result, sanity_threshold_from_policy
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from training.explain.case import CaseExplanation, approval_status, explain_instance, explain_registered
+    from training.explain.core import (
+        ExplainConfig,
+        Explainer,
+        ExplainError,
+        ExplainMethod,
+        Explanation,
+        explain,
+        probabilities_from_logits,
+    )
+    from training.explain.faithfulness import FaithfulnessResult, deletion_insertion
+    from training.explain.gallery import GalleryCase, Outcome, select_gallery_cases, write_gallery
+    from training.explain.layers import NetworkFamily, TargetLayerError, detect_family, resolve_target_layer
+    from training.explain.post_training import PostTrainingReport, explain_after_training, sanity_sample
+    from training.explain.sanity import (
+        SANITY_METRIC,
+        SANITY_TAG,
+        CascadeStep,
+        SanityConfig,
+        SanityResult,
+        randomize_parameters,
+        run_randomization_check,
+        spearman,
+    )
+    from training.explain.settings import ExplainSettings, ExplainSettingsError, load_explain_settings
+    from training.explain.summary import AttributionFocus, attribution_focus, clinician_summary
+    from training.explain.tracking import log_faithfulness, log_sanity_result, sanity_threshold_from_policy
 
 __all__ = [
     "SANITY_METRIC",
@@ -76,3 +81,5 @@ __all__ = [
     "spearman",
     "write_gallery",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

@@ -7,16 +7,13 @@ from pathlib import Path
 
 import typer
 
+from governance.cli_support import fail
+
 __all__ = ["register"]
 
 _METHODS = "gradcam (default), saliency, ig (Integrated Gradients) or occlusion"
 _MODEL_HELP = "Registered model: NAME@ALIAS or NAME/VERSION."
 _METHOD_HELP = f"Attribution method: {_METHODS}."
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
 
 
 def _method(value: str) -> str:
@@ -34,7 +31,7 @@ def _settings(path: Path | None):  # type: ignore[no-untyped-def]
     try:
         return load_explain_settings(path)
     except ExplainSettingsError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 _CONFIG_HELP = "Explain settings YAML (default: configs/explain/default.yaml)."
@@ -54,9 +51,9 @@ def _load(model: str, tracking_uri: str | None):  # type: ignore[no-untyped-def]
     try:
         return load_model(model, tracking_uri=uri)
     except ModelNotFoundError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except ArtifactIntegrityError as exc:
-        raise _fail(f"refusing to explain with a tampered model: {exc}", 3) from None
+        raise fail(f"refusing to explain with a tampered model: {exc}", 3) from None
 
 
 def explain_command(
@@ -84,9 +81,9 @@ def explain_command(
     try:
         case = explain_registered(loaded, input_dcm, method=method, target=target, config=settings.explain)
     except (InvalidDicomError, ResultImageError, SecondaryCaptureError, ExplainError) as exc:
-        raise _fail(f"cannot explain {input_dcm.name}: {exc}") from None
+        raise fail(f"cannot explain {input_dcm.name}: {exc}") from None
     except RuntimeError as exc:  # MONAI's loader wraps unreadable files in RuntimeError
-        raise _fail(f"cannot read {input_dcm.name} as the model's input: {type(exc).__name__}") from None
+        raise fail(f"cannot read {input_dcm.name} as the model's input: {type(exc).__name__}") from None
     written = case.write(out)
     typer.echo(case.summary)
     if case.sanity != "passed":
@@ -124,7 +121,7 @@ def sanity_command(
     try:
         batch = torch.cat([loaded.preprocess(path) for path in images])
     except RuntimeError as exc:
-        raise _fail(f"cannot read the images as the model's input: {type(exc).__name__}") from None
+        raise fail(f"cannot read the images as the model's input: {type(exc).__name__}") from None
     limit = threshold if threshold is not None else sanity_threshold_from_policy(loaded.name)
     result = run_randomization_check(
         loaded.module,
@@ -181,13 +178,13 @@ def segmentation_command(
     from training.explain.segmentation import SegmentationExplainMethod, explain_series
 
     if method not in {m.value for m in SegmentationExplainMethod}:
-        raise _fail(f"--method must be one of {', '.join(m.value for m in SegmentationExplainMethod)}")
+        raise fail(f"--method must be one of {', '.join(m.value for m in SegmentationExplainMethod)}")
     loaded = _load(model, tracking_uri)
     files = sorted(p for p in series.rglob("*") if p.is_file())
     try:
         summary = explain_series(loaded, files, structure, out, method=method, slices=slices, sanity=sanity)
     except ValueError as exc:
-        raise _fail(f"cannot explain this series: {exc}") from None
+        raise fail(f"cannot explain this series: {exc}") from None
     actor, role = current_actor()
     record(
         actor,

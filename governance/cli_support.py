@@ -1,0 +1,124 @@
+"""What every package's ``radgate`` commands share: exit codes, the error line, the ``--token``
+option and its caller, the mapping of governance errors to exit codes, and the progress bar.
+
+Exit codes of the whole CLI: 0 done, 1 refused (by the workflow, the policy, or nothing found),
+2 bad input, 3 not authenticated, 4 role not allowed, 5 audit chain broken.
+
+Importing this module costs Typer and rich only: governance's own modules (catalog, keys,
+MLflow) are imported when a command calls into them, so ``radgate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from governance.auth import Principal
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_CHAIN_BROKEN",
+    "EXIT_FORBIDDEN",
+    "EXIT_REFUSED",
+    "EXIT_UNAUTHENTICATED",
+    "TOKEN_HELP",
+    "TOKEN_OPTION",
+    "authorize_cli",
+    "caller",
+    "err",
+    "fail",
+    "governance_errors",
+    "out",
+    "progress_bar",
+]
+
+EXIT_REFUSED = 1
+EXIT_BAD_INPUT = 2
+EXIT_UNAUTHENTICATED = 3
+EXIT_FORBIDDEN = 4
+EXIT_CHAIN_BROKEN = 5
+
+TOKEN_HELP = "Your RadGate token (default: RADGATE_TOKEN, or the file named by RADGATE_TOKEN_FILE)."
+TOKEN_OPTION = typer.Option(None, "--token", help=TOKEN_HELP)
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    """Print ``error: MESSAGE`` on stderr (the message as is: no markup, no wrapping) and return
+    the :class:`typer.Exit` to raise: ``raise fail("...") from exc``."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def governance_errors() -> Iterator[None]:
+    """Turn governance's specific exceptions into one clear line and the CLI's exit code."""
+    from governance.approvals import ApprovalError, RegistryError
+    from governance.audit import AuditError, AuditPHIError
+    from governance.auth import AuthenticationError, BootstrapError, PermissionDenied, UnknownUser, UserExists
+    from governance.keys import KeyError_
+    from governance.policy import PolicyError
+
+    try:
+        yield
+    except AuthenticationError as exc:
+        raise fail(str(exc), EXIT_UNAUTHENTICATED) from exc
+    except (PermissionDenied, BootstrapError) as exc:
+        raise fail(str(exc), EXIT_FORBIDDEN) from exc
+    except (ApprovalError, UserExists, UnknownUser) as exc:
+        raise fail(str(exc), EXIT_REFUSED) from exc
+    except (PolicyError, AuditPHIError, AuditError, RegistryError, KeyError_, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_INPUT) from exc
+
+
+def caller(token: str | None) -> Principal:
+    """The caller: ``--token``, else ``RADGATE_TOKEN``, else the file named by ``RADGATE_TOKEN_FILE``."""
+    from governance.auth import principal_from_env_or_token
+
+    return principal_from_env_or_token(token)
+
+
+def authorize_cli(token: str | None, *roles: str) -> Principal:
+    """For any package's Typer command: the caller if their role is one of ``roles`` (any role
+    when none given); otherwise print one clear line and exit 3 (not authenticated) or 4 (role
+    not allowed)."""
+    from governance.auth import require_role
+
+    with governance_errors():
+        who = caller(token)
+        if roles:
+            require_role(who, *roles)
+    return who
+
+
+def progress_bar(total: int, description: str) -> tuple[Progress, Callable[[object], None]]:
+    """A rich progress bar on stderr (shown on a terminal, or anywhere with ``RADGATE_PROGRESS=1``)
+    and the callback that advances it by one."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=not err.is_terminal and os.environ.get("RADGATE_PROGRESS") != "1",
+    )
+    task = progress.add_task(description, total=total, rate="")
+
+    def advance(_: object) -> None:
+        progress.advance(task)
+
+    return progress, advance

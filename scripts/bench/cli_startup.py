@@ -1,0 +1,92 @@
+"""Benchmark: start-up of the ``radgate`` CLI against ``python -c pass`` in the same run.
+
+Each round runs, interleaved so that all see the same machine load: ``python -c pass`` (the
+interpreter's own start-up, the baseline), ``radgate --version``, ``radgate --help`` and the help
+of light subcommands (``deid``, ``catalog``, ``users``, ``audit verify``). Wall time of the whole
+process, median and spread over the rounds. The value is the median of ``radgate --help`` in
+seconds (target: under 0.5 s); every other radgate command is held against the same target.
+
+    .venv/bin/python scripts/bench/cli_startup.py [--rounds 9] [--no-fail]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import add_no_fail, finish, spread
+
+TARGET_S = 0.5
+
+COMMANDS: dict[str, list[str]] = {
+    "version": ["--version"],
+    "help": ["--help"],
+    "deid_help": ["deid", "--help"],
+    "catalog_help": ["catalog", "--help"],
+    "users_help": ["users", "--help"],
+    "audit_verify_help": ["audit", "verify", "--help"],
+}
+
+
+def _radgate() -> list[str]:
+    script = Path(sys.executable).with_name("radgate")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "radgate"]
+
+
+def _wall(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-500:]}")
+    return elapsed
+
+
+def main() -> int:
+    parser = add_no_fail(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (medians reported)")
+    args = parser.parse_args()
+    if args.rounds < 3:
+        parser.error("--rounds must be at least 3")
+
+    home = Path(tempfile.mkdtemp(prefix="radgate-bench-cli-"))
+    env = {**os.environ, "RADGATE_HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
+    radgate = _radgate()
+    try:
+        for argv in COMMANDS.values():  # warm the page cache and bytecode once, untimed
+            _wall([*radgate, *argv], env)
+        samples: dict[str, list[float]] = {"python_pass": [], **{name: [] for name in COMMANDS}}
+        for _ in range(args.rounds):
+            samples["python_pass"].append(_wall([sys.executable, "-c", "pass"], env))
+            for name, argv in COMMANDS.items():
+                samples[name].append(_wall([*radgate, *argv], env))
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+    stats = {name: spread(values) for name, values in samples.items()}
+    baseline = stats["python_pass"]["median"]
+    result: dict[str, object] = {
+        "bench": "cli_startup",
+        "value": stats["help"]["median"],
+        "target": TARGET_S,
+        "better": "lower",
+        "unit": "s",
+        "metric": "wall time of `radgate --help` (median over rounds)",
+        "baseline_python_pass_s": baseline,
+        "help_over_baseline_s": round(float(stats["help"]["median"]) - float(baseline), 4),
+        "rounds": args.rounds,
+        "cpus": os.cpu_count(),
+        **{f"{name}_s": s for name, s in stats.items()},
+    }
+    checks = {f"{name} < {TARGET_S}s": float(stats[name]["median"]) < TARGET_S for name in COMMANDS}
+    return finish(result, no_fail=args.no_fail, checks=checks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
