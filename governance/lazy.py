@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 __all__ = ["lazy_exports", "type_checking_imports"]
@@ -51,19 +53,43 @@ def type_checking_imports(source: str) -> dict[str, str]:
     return owner
 
 
+class _ShadowedPackage(ModuleType):
+    """A package re-exporting a name that is also one of its submodules (``gate`` from
+    ``governance.approvals.gate``). Importing the submodule makes Python set the package
+    attribute to the module; this keeps the exported object there instead, as an eager
+    ``from .gate import gate`` in ``__init__`` would have."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if (
+            isinstance(value, ModuleType)
+            and value.__name__ == f"{self.__name__}.{name}"
+            and hasattr(value, name)
+        ):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
 def lazy_exports(package: str, init_file: str) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """Module ``__getattr__`` and ``__dir__`` for ``package``, whose ``__init__`` is
     ``init_file``: each name its ``if TYPE_CHECKING:`` block imports is imported from its module
     on first use, then cached in the package."""
     owner = type_checking_imports(Path(init_file).read_text(encoding="utf-8"))
+    if any(module == f"{package}.{name}" for name, module in owner.items()):
+        sys.modules[package].__class__ = _ShadowedPackage
 
     def __getattr__(name: str) -> Any:
         module = owner.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module), name)
-        setattr(importlib.import_module(package), name, value)
-        return value
+        imported = importlib.import_module(module)
+        target = importlib.import_module(package)
+        # Bind every name this module provides: importing ``package.gate`` makes the import
+        # system set the attribute ``gate`` to the submodule, which would then shadow a
+        # re-exported function of the same name (``governance.approvals.gate``).
+        for other, source in owner.items():
+            if source == module:
+                setattr(target, other, getattr(imported, other))
+        return getattr(imported, name)
 
     def __dir__() -> list[str]:
         return sorted({*vars(importlib.import_module(package)), *owner})

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from governance.auth import Principal, Role, add_user, authenticate
 from governance.settings import get_settings
+from governance.tags import Tag
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -35,7 +36,7 @@ GOOD_METRICS = {
     "max_subgroup_gap": 0.04,
     "test_ece": 0.03,
 }
-GOOD_TAGS = {"radgate.saliency_sanity": "passed", "radgate.dataset.deidentified": "true"}
+GOOD_TAGS = {Tag.SALIENCY_SANITY.value: "passed", Tag.DATASET_DEIDENTIFIED.value: "true"}
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import numpy as np
 
 from governance.approvals.registry import model_target
 from governance.audit import record
+from governance.tags import Tag
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -238,7 +239,7 @@ class ServedPredictor:
     @property
     def task(self) -> str:
         """``classification`` or ``segmentation`` (the version's ``radgate.task`` tag)."""
-        return self.loaded.tags.get("radgate.task", "classification")
+        return self.loaded.tags.get(Tag.TASK, "classification")
 
     def info(self) -> dict[str, Any]:
         return {
@@ -254,7 +255,7 @@ class ServedPredictor:
 
     def approval(self) -> dict[str, Any]:
         return {
-            "status": self.loaded.tags.get("radgate.status", "unknown"),
+            "status": self.loaded.tags.get(Tag.STATUS, "unknown"),
             "alias": self.decision.alias,
             "version": self.decision.version,
             "artifact_sha256": self.decision.artifact_sha256,
@@ -322,8 +323,8 @@ class ServedPredictor:
             label_names=tuple(self.loaded.label_names),
             method=method,
             target=self.loaded.positive_index if len(self.loaded.label_names) == 2 else None,
-            approval=self.loaded.tags.get("radgate.status", "unknown"),
-            sanity=self.loaded.tags.get("radgate.saliency_sanity"),
+            approval=self.loaded.tags.get(Tag.STATUS, "unknown"),
+            sanity=self.loaded.tags.get(Tag.SALIENCY_SANITY),
             config=config,
         )
 

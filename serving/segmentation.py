@@ -20,6 +20,8 @@ import uuid
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from governance.tags import Tag
+
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
@@ -151,7 +153,7 @@ def _explanation(
         explained,
         model_name=predictor.loaded.name,
         model_version=predictor.version,
-        approval=predictor.loaded.tags.get("radgate.status", "unknown"),
+        approval=predictor.loaded.tags.get(Tag.STATUS, "unknown"),
     )
     return {
         "method": explained.method.value,

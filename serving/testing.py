@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from governance.tags import ModelStatus, Tag
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -68,10 +70,11 @@ def register_model(
     import mlflow.artifacts
     import mlflow.pytorch
 
+    from governance.tags import artifact_sha256
     from governance.testing import GOOD_METRICS, GOOD_TAGS
     from training.preprocess import PreprocessingSpec
     from training.registration import export_torchscript
-    from training.registry import TORCHSCRIPT_NAME, artifact_sha256, model_metadata
+    from training.registry import TORCHSCRIPT_NAME, model_metadata
 
     uri, experiment_id = _experiment(experiment)
     net, layer = build_tiny_network(network, seed)
@@ -100,7 +103,11 @@ def register_model(
             mlflow.log_metric(metric, value)
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, tracking_uri=uri))
     digest = artifact_sha256(local)
-    tags = {"radgate.status": "pending_review", "radgate.artifact_sha256": digest, **GOOD_TAGS}
+    tags = {
+        Tag.STATUS.value: ModelStatus.PENDING_REVIEW.value,
+        Tag.ARTIFACT_SHA256.value: digest,
+        **GOOD_TAGS,
+    }
     version = mlflow.register_model(info.model_uri, name, tags=tags)
     del run
     return str(version.version)

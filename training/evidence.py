@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from governance.settings import Settings
+from governance.tags import Tag
 from training.segmentation.spec import SegmentationSpec
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-DEIDENTIFIED_TAG = "radgate.dataset.deidentified"
+DEIDENTIFIED_TAG = Tag.DATASET_DEIDENTIFIED
 
 
 class SupersededDatasetError(RuntimeError):
@@ -104,7 +105,7 @@ def record_post_training_evidence(
 
     ok, why = dataset_deidentified(dataset, settings)
     client.set_tag(run_id, DEIDENTIFIED_TAG, str(ok).lower())
-    client.set_tag(run_id, f"{DEIDENTIFIED_TAG}.detail", why)
+    client.set_tag(run_id, Tag.DATASET_DEIDENTIFIED_DETAIL, why)
     if registration.name:
         client.set_model_version_tag(
             registration.name, registration.version, DEIDENTIFIED_TAG, str(ok).lower()
@@ -147,9 +148,7 @@ def record_post_training_evidence(
             outcome[name] = f"not recorded ({type(exc).__name__})"
     _audit_training(run_id, dataset, registration, outcome)
     mlflow.set_tracking_uri(settings.resolved_mlflow_uri)
-    client.set_tag(
-        run_id, "radgate.evidence", ",".join(f"{k}={v}" for k, v in sorted(outcome.items()))[:5000]
-    )
+    client.set_tag(run_id, Tag.EVIDENCE, ",".join(f"{k}={v}" for k, v in sorted(outcome.items()))[:5000])
     return outcome
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from governance.tags import Tag
 from training.preprocess import IMAGE_KEY, PreprocessingSpec
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 PROFILE_ARTIFACT = "monitoring/reference_profile.json"
-PROFILE_TAG = "radgate.monitoring.reference_profile"
+PROFILE_TAG = Tag.MONITORING_REFERENCE_PROFILE
 PROFILE_FORMAT = 1
 
 

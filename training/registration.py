@@ -11,17 +11,11 @@ from typing import Any
 
 import torch
 
+from governance.tags import ModelStatus, Tag, artifact_sha256
 from training.evaluation import EvaluationReport
 from training.networks import gradcam_layer
 from training.preprocess import PreprocessingSpec
-from training.registry import (
-    TORCHSCRIPT_NAME,
-    ModelStatus,
-    ModelTag,
-    artifact_sha256,
-    download_model_dir,
-    model_metadata,
-)
+from training.registry import TORCHSCRIPT_NAME, download_model_dir, model_metadata
 from training.segmentation.spec import SEGMENTATION_ARTIFACT, SEGMENTATION_TASK, SegmentationSpec
 
 __all__ = ["Registration", "example_input", "export_torchscript", "log_and_register"]
@@ -122,26 +116,26 @@ def log_and_register(
 
     local = download_model_dir(MlflowClient(tracking_uri), info.model_uri, info.model_id)
     digest = artifact_sha256(local)
-    mlflow.set_tag(ModelTag.ARTIFACT_SHA256, digest)
+    mlflow.set_tag(Tag.ARTIFACT_SHA256, digest)
     if not model_name:
         return Registration(None, None, info.model_uri, digest)
     tags: dict[str, Any] = {
-        ModelTag.STATUS: ModelStatus.PENDING_REVIEW,
-        ModelTag.ARTIFACT_SHA256: digest,
-        ModelTag.DATASET_VERSION: dataset_version,
-        ModelTag.NETWORK: network,
-        ModelTag.LABEL_NAMES: json.dumps(label_names),
-        ModelTag.RUN_ID: run_id,
+        Tag.STATUS: ModelStatus.PENDING_REVIEW,
+        Tag.ARTIFACT_SHA256: digest,
+        Tag.DATASET_VERSION: dataset_version,
+        Tag.NETWORK: network,
+        Tag.LABEL_NAMES: json.dumps(label_names),
+        Tag.RUN_ID: run_id,
     }
     if segmentation:
-        tags[ModelTag.TASK] = SEGMENTATION_TASK
-        tags[ModelTag.SEGMENTATION] = spec.to_json()
+        tags[Tag.TASK] = SEGMENTATION_TASK
+        tags[Tag.SEGMENTATION] = spec.to_json()
     else:
-        tags[ModelTag.TASK] = "classification"
-        tags[ModelTag.PREPROCESSING] = spec.to_json()
-        tags[ModelTag.THRESHOLD] = f"{report.threshold:.6f}"
+        tags[Tag.TASK] = "classification"
+        tags[Tag.PREPROCESSING] = spec.to_json()
+        tags[Tag.THRESHOLD] = f"{report.threshold:.6f}"
     for key, value in report.summary().items():
-        tags[f"{ModelTag.METRICS_PREFIX}{key}"] = "nan" if math.isnan(value) else f"{value:.4f}"
+        tags[f"{Tag.METRICS_PREFIX}{key}"] = "nan" if math.isnan(value) else f"{value:.4f}"
     version = mlflow.register_model(
         info.model_uri, model_name, tags={str(k): str(v) for k, v in tags.items()}
     )

@@ -38,32 +38,29 @@ Contract (stable; other packages code against it)
     ``torchscript_path`` (``extra_files/model.ts`` inside it, for Triton; may be ``None``),
     ``model_uri`` (``models:/NAME/VERSION``).
 
-Model-version tags written at registration (names in :class:`ModelTag`)
+Model-version tags written at registration (names in :class:`governance.tags.Tag`)
   ``radgate.status`` = ``pending_review`` (governance changes it), ``radgate.artifact_sha256``
   (see :func:`artifact_sha256`), ``radgate.dataset_version``, ``radgate.network``,
   ``radgate.label_names`` (JSON list), ``radgate.preprocessing`` (JSON), ``radgate.threshold``,
   ``radgate.metrics.<name>`` (test ``auroc``, ``sensitivity``, ``specificity``, ``ece``,
   ``max_subgroup_auroc_gap``...), ``radgate.run_id``.
 
-``artifact_sha256(model_dir)`` is the tree hash of an MLflow model directory: SHA-256 over the
-sorted lines ``"<sha256 of file>  <posix relative path>\\n"`` of every regular file in it except
-``registered_model_meta`` (MLflow writes that file into the artifact when a version is registered).
-Serving recomputes it after ``mlflow.artifacts.download_artifacts(model_uri)`` and compares it
-with the tag before loading.
+``artifact_sha256(model_dir)`` (:func:`governance.tags.artifact_sha256`) is the tree hash of an
+MLflow model directory. Serving recomputes it after
+``mlflow.artifacts.download_artifacts(model_uri)`` and compares it with the tag before loading.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from governance.tags import Tag, artifact_sha256
 from training.preprocess import PreprocessingSpec, preprocess_dicom
 from training.segmentation.spec import SEGMENTATION_TASK, SegmentationSpec
 
@@ -71,8 +68,6 @@ __all__ = [
     "ArtifactIntegrityError",
     "LoadedModel",
     "ModelNotFoundError",
-    "ModelTag",
-    "artifact_sha256",
     "download_model_dir",
     "load_model",
     "parse_model_ref",
@@ -82,30 +77,6 @@ __all__ = [
 #: Key of the RadGate entry in the MLmodel ``metadata``.
 METADATA_KEY = "radgate"
 TORCHSCRIPT_NAME = "model.ts"
-#: Files MLflow adds to a model's artifacts after logging; not part of what was trained.
-_UNHASHED = frozenset({"registered_model_meta"})
-
-
-class ModelTag(StrEnum):
-    """Model-version tags RadGate writes (governance adds its own approval tags)."""
-
-    STATUS = "radgate.status"
-    ARTIFACT_SHA256 = "radgate.artifact_sha256"
-    DATASET_VERSION = "radgate.dataset_version"
-    NETWORK = "radgate.network"
-    LABEL_NAMES = "radgate.label_names"
-    PREPROCESSING = "radgate.preprocessing"
-    THRESHOLD = "radgate.threshold"
-    RUN_ID = "radgate.run_id"
-    METRICS_PREFIX = "radgate.metrics."
-    #: ``classification`` or ``segmentation`` (versions registered before the tag: classification).
-    TASK = "radgate.task"
-    #: The :class:`~training.segmentation.spec.SegmentationSpec` as JSON (segmentation versions).
-    SEGMENTATION = "radgate.segmentation"
-
-
-class ModelStatus(StrEnum):
-    PENDING_REVIEW = "pending_review"
 
 
 class ModelNotFoundError(LookupError):
@@ -125,19 +96,6 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, str | None]:
     if not match:
         raise ModelNotFoundError(f"model reference {ref!r} is not NAME@ALIAS or NAME/VERSION")
     return match["name"], match["alias"], match["version"]
-
-
-def artifact_sha256(model_dir: Path) -> str:
-    """Tree hash of a model directory (see module docstring)."""
-    lines = []
-    files = (p for p in Path(model_dir).rglob("*") if p.is_file() and not p.is_symlink())
-    for path in sorted(p for p in files if p.name not in _UNHASHED):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        lines.append(f"{digest.hexdigest()}  {path.relative_to(model_dir).as_posix()}\n")
-    return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 @dataclass
@@ -240,7 +198,7 @@ def load_model(
     local_dir = download_model_dir(client, version.source, getattr(version, "model_id", None))
     tags = dict(version.tags or {})
     digest = artifact_sha256(local_dir)
-    expected = tags.get(ModelTag.ARTIFACT_SHA256)
+    expected = tags.get(Tag.ARTIFACT_SHA256)
     if verify and expected != digest:
         raise ArtifactIntegrityError(
             f"{uri}: artifact hash {digest[:12]}... does not match the registered "

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from governance.settings import Settings, get_settings
+from governance.tags import Tag
 from imaging.datasets import DatasetVersion, get_dataset, materialize
 from training.config import ConfigError, TrainConfig, TrainTask
 from training.evaluation import EvaluationReport, evaluate, save_plots
@@ -169,14 +170,14 @@ def _log_dataset_input(dataset: DatasetVersion) -> None:
     # A RadGate dataset version is addressed by its manifest hash, not by a file or URL.
     source = CodeDatasetSource(
         {
-            "radgate.dataset_version": dataset.id,
-            "radgate.dataset_name": dataset.name,
+            Tag.DATASET_VERSION: dataset.id,
+            Tag.DATASET_NAME: dataset.name,
             "uri": f"radgate://datasets/{dataset.id}",
         }
     )
     targets = "label" if series is None else None
     data = from_pandas(frame, source=source, targets=targets, name=dataset.name, digest=dataset.id[:16])
-    mlflow.log_input(data, context="training", tags={"radgate.dataset_version": dataset.id})
+    mlflow.log_input(data, context="training", tags={Tag.DATASET_VERSION: dataset.id})
     mlflow.log_dict(json.loads(dataset.manifest.canonical_json()), "dataset/manifest.json")
 
 
@@ -238,9 +239,9 @@ def open_run(config: TrainConfig, dataset: DatasetVersion, settings: Settings) -
         if not resume:
             mlflow.log_params(_flatten("", config.model_dump(mode="json"), {}))
             mlflow.log_dict(config.model_dump(mode="json"), "config.json")
-            mlflow.set_tags({"radgate.git_commit": _git_commit(), "radgate.dataset_version": dataset.id,
-                             "radgate.task": str(config.task),
-                             **{f"radgate.version.{k}": v for k, v in _versions().items()}})  # fmt: skip
+            mlflow.set_tags({Tag.GIT_COMMIT: _git_commit(), Tag.DATASET_VERSION: dataset.id,
+                             Tag.TASK: str(config.task),
+                             **{f"{Tag.VERSION_PREFIX}{k}": v for k, v in _versions().items()}})  # fmt: skip
             _log_dataset_input(dataset)
         yield RunContext(run_id, experiment_id, tracking_uri, ray_address, cpus, resume is not None, settings)
 

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from governance.cli_support import TOKEN_OPTION, caller, err, fail, governance_errors, out
+from governance.tags import Tag
 
 if TYPE_CHECKING:
     from governance.policy import Checklist
@@ -173,7 +174,7 @@ def model_list(
     table = Table("model", "version", "status", "aliases", "created (UTC)")
     for mv in sorted(versions, key=lambda v: (v.name, int(v.version))):
         created = datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC).isoformat(timespec="seconds")
-        status = (mv.tags or {}).get("radgate.status", "not submitted")
+        status = (mv.tags or {}).get(Tag.STATUS, "not submitted")
         table.add_row(mv.name, str(mv.version), status, ", ".join(mv.aliases or []), created[:19])
     out.print(table)
 

@@ -7,7 +7,6 @@ that no authentic audit entry backs is reported, never trusted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 from datetime import datetime
@@ -19,6 +18,8 @@ from governance.audit import AuditEntry, AuditLog
 from governance.auth.roles import Role
 from governance.policy import Decision, DecisionKind, Evidence, Submission
 from governance.settings import get_settings
+from governance.tags import Tag
+from governance.tags import artifact_sha256 as tree_sha256
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -39,13 +40,12 @@ __all__ = [
     "registry_client",
 ]
 
-TAG_STATUS = "radgate.status"
-TAG_SUBMISSION = "radgate.submission"
-TAG_ARTIFACT_SHA256 = "radgate.artifact_sha256"
-TAG_DECISION_PREFIX = "radgate.decision."
-TAG_ALIAS_PREFIX = "radgate.alias."
+TAG_STATUS = Tag.STATUS
+TAG_SUBMISSION = Tag.SUBMISSION
+TAG_ARTIFACT_SHA256 = Tag.ARTIFACT_SHA256
+TAG_DECISION_PREFIX = Tag.DECISION_PREFIX
+TAG_ALIAS_PREFIX = Tag.ALIAS_PREFIX
 DECISION_ACTIONS = {f"model.{k.value}": k for k in DecisionKind}
-_CHUNK = 1 << 20
 
 
 class RegistryError(RuntimeError):
@@ -64,31 +64,13 @@ def model_target(name: str, version: str | int) -> str:
     return f"model:{name}/{version}"
 
 
-# Written by MLflow into a logged model's directory when it is registered: not model content.
-_UNHASHED = frozenset({"registered_model_meta"})
-
-
 def hash_tree(path: Path) -> str:
-    """SHA-256 of a file or directory: over ``<sha256>  <relative path>`` lines, sorted, so the
-    same files give the same hash wherever they are stored. Same algorithm as
-    ``training.registry.artifact_sha256`` (the ``radgate.artifact_sha256`` tag set at
-    registration), which lets ``status`` show both."""
-    if path.is_file():
-        files = [path]
-    else:
-        found = (p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-        files = sorted(p for p in found if p.name not in _UNHASHED)
-    if not files:
-        raise RegistryError("artifact is empty or missing")
-    manifest = hashlib.sha256()
-    for file in files:
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        rel = file.name if file == path else file.relative_to(path).as_posix()
-        manifest.update(f"{digest.hexdigest()}  {rel}\n".encode())
-    return manifest.hexdigest()
+    """The artifact hash (:func:`governance.tags.artifact_sha256`) of a file or directory, the
+    same value training records in the ``radgate.artifact_sha256`` tag at registration."""
+    try:
+        return tree_sha256(path)
+    except FileNotFoundError:
+        raise RegistryError("artifact is empty or missing") from None
 
 
 def _local_path(uri: str) -> Path | None:

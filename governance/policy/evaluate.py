@@ -13,9 +13,10 @@ from typing import Any
 
 from governance.auth.roles import Role
 from governance.policy.schema import TASK_TAG, Check, CheckSource, Comparison, ModelPolicy
+from governance.tags import Tag
 
 # Set by training at registration (training.registry.artifact_sha256, same tree hash).
-REGISTRATION_HASH_TAG = "radgate.artifact_sha256"
+REGISTRATION_HASH_TAG = Tag.ARTIFACT_SHA256
 
 __all__ = [
     "REGISTRATION_HASH_TAG",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from governance.auth.roles import Role
 from governance.settings import get_settings
+from governance.tags import Tag
 
 __all__ = [
     "POLICY_ENV",
@@ -76,7 +77,7 @@ class ModelTask(enum.StrEnum):
 
 
 #: Model-version tag naming the task (set by training at registration).
-TASK_TAG = "radgate.task"
+TASK_TAG = Tag.TASK
 
 
 class CheckSource(enum.StrEnum):

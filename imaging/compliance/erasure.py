@@ -32,6 +32,7 @@ from governance.auth.roles import PermissionDenied
 from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineRecord, open_catalog
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
+from governance.tags import Tag
 from imaging.compliance.erasure_find import (
     ERASURE_REVIEW_TAG,
     ErasureError,
@@ -143,7 +144,9 @@ def _flag(plan: ErasurePlan, erasure_id: str, principal: Principal, settings: Se
     note = json.dumps({"erasure_id": erasure_id, "subject": plan.subject})
     for model in plan.models:
         client.set_model_version_tag(model["name"], model["version"], ERASURE_REVIEW_TAG, "required")
-        client.set_model_version_tag(model["name"], model["version"], f"radgate.erasure.{erasure_id}", note)
+        client.set_model_version_tag(
+            model["name"], model["version"], f"{Tag.ERASURE_PREFIX}{erasure_id}", note
+        )
         record(
             principal.name,
             "model.erasure_flag",
@@ -153,7 +156,7 @@ def _flag(plan: ErasurePlan, erasure_id: str, principal: Principal, settings: Se
         )
     for run_id in plan.runs:
         client.set_tag(run_id, ERASURE_REVIEW_TAG, "required")
-        client.set_tag(run_id, f"radgate.erasure.{erasure_id}", note)
+        client.set_tag(run_id, f"{Tag.ERASURE_PREFIX}{erasure_id}", note)
 
 
 def erase_patient(

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineRecord, open_catalog
 from governance.keys import KeyError_, ProjectKey
 from governance.settings import Settings
+from governance.tags import Tag
 from imaging.compliance.models import DatasetSupersession
 from imaging.datasets import DatasetManifest, DatasetVersionRecord
 from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
@@ -37,7 +38,7 @@ __all__ = [
     "superseded_by",
 ]
 
-ERASURE_REVIEW_TAG = "radgate.erasure.review"
+ERASURE_REVIEW_TAG = Tag.ERASURE_REVIEW
 # gateway_pulled is kept on purpose: it stops a later pull from the PACS fetching the patient again.
 _HANDLED = {
     "gateway_pulled",
@@ -259,7 +260,7 @@ def _models(plan: ErasurePlan, settings: Settings) -> None:
     while True:
         page = client.search_model_versions(max_results=1000, page_token=token)
         for mv in page:
-            dataset = (mv.tags or {}).get("radgate.dataset_version")
+            dataset = (mv.tags or {}).get(Tag.DATASET_VERSION)
             if dataset in affected:
                 plan.models.append({"name": mv.name, "version": str(mv.version), "dataset_version": dataset})
         token = page.token

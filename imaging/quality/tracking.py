@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from governance.settings import Settings, get_settings
+from governance.tags import Tag
 from imaging.datasets import DatasetVersion
 from imaging.quality.render import write_report
 from imaging.quality.report import DatasetReport, build_report
@@ -22,7 +23,7 @@ from imaging.quality.report import DatasetReport, build_report
 __all__ = ["ARTIFACT_DIR", "QUALITY_TAG", "log_dataset_report"]
 
 ARTIFACT_DIR = "dataset_quality"
-QUALITY_TAG = "radgate.dataset.quality"
+QUALITY_TAG = Tag.DATASET_QUALITY
 
 
 def log_dataset_report(
@@ -55,7 +56,7 @@ def log_dataset_report(
     client.set_tag(run_id, QUALITY_TAG, report.status)
     client.set_tag(
         run_id,
-        "radgate.dataset.quality_warnings",
+        Tag.DATASET_QUALITY_WARNINGS,
         ",".join(sorted({w.code for w in report.warnings}))[:500] or "none",
     )
     return report

@@ -30,6 +30,7 @@ from governance.auth import Principal, Role
 from governance.catalog import open_catalog, utcnow
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
+from governance.tags import Tag
 from serving.monitoring.alerts import FEEDBACK_TOTAL
 from serving.monitoring.config import MonitoringConfig, load_monitoring_config
 from serving.monitoring.live import MonitoringError, discard_pending_input, read_pending_input
@@ -200,6 +201,15 @@ def submit_feedback(
         role=str(principal.role),
     )
     FEEDBACK_TOTAL.labels(live.model_name, "agree" if body.agree else "disagree").inc()
+    from serving.interop import record_review
+
+    # The EMR's DiagnosticReport of this result (if one was sent) becomes final with the decision.
+    try:
+        record_review(body.request_id, body.agree, label)
+    except (OSError, ValueError) as exc:  # the feedback is stored either way
+        import logging
+
+        logging.getLogger(__name__).warning("FHIR report not updated: %s", type(exc).__name__)
     return out
 
 
@@ -349,7 +359,7 @@ def _served_dataset(model: str, settings: Settings) -> str:
     if version is None:
         raise MonitoringError(f"model {model!r} has served no request; pass --base")
     mv = resolve_model_version(f"{model}/{version}", tracking_uri=settings.resolved_mlflow_uri)
-    dataset = (mv.tags or {}).get("radgate.dataset_version")
+    dataset = (mv.tags or {}).get(Tag.DATASET_VERSION)
     if not dataset:
         raise MonitoringError(f"model {model} version {version} names no dataset; pass --base")
     return str(dataset)

@@ -22,6 +22,7 @@ import numpy as np
 from governance.audit import record
 from governance.auth import Principal, Role, require_role
 from governance.settings import Settings, get_settings
+from governance.tags import Tag
 from serving.monitoring.feedback import feedback_dataset
 
 __all__ = ["COMPARISON_ARTIFACT", "RETRAIN_ROLES", "RetrainOutcome", "retrain"]
@@ -116,7 +117,7 @@ def retrain(
             value = comparison[key].get("metrics", {}).get(metric)
             if value is not None:
                 client.log_metric(outcome.run_id, f"{key}_fixed_test_{metric}", value)
-    client.set_tag(outcome.run_id, "radgate.retrain.champion_version", champion.version)
+    client.set_tag(outcome.run_id, Tag.RETRAIN_CHAMPION_VERSION, champion.version)
     record(
         principal.name,
         "monitoring.retrain",

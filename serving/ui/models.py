@@ -9,6 +9,7 @@ from typing import Any
 from governance.approvals import TAG_STATUS, Workflow, gather_evidence
 from governance.approvals.workflow import PROMOTER_ROLES, REVOKER_ROLES, SUBMITTER_ROLES
 from governance.auth import Principal, Role
+from governance.tags import Tag
 from serving.ui.evidence import Evidence, run_evidence
 
 __all__ = ["VersionRow", "VersionView", "allowed_actions", "list_versions", "version_view"]
@@ -67,7 +68,7 @@ def version_view(workflow: Workflow, name: str, version: str) -> VersionView:
         match = _GAP.match(key)
         if match:
             subgroups.append({"attribute": match["attribute"], "metric": match["metric"], "gap": value})
-    sanity = evidence.tags.get("radgate.saliency_sanity")
+    sanity = evidence.tags.get(Tag.SALIENCY_SANITY)
     return VersionView(
         name=name,
         version=str(mv.version),

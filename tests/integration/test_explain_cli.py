@@ -40,8 +40,9 @@ def registered(tmp_path: Path) -> str:
     from monai.networks.nets import DenseNet
 
     from governance.settings import get_settings
+    from governance.tags import artifact_sha256
     from training.preprocess import PreprocessingSpec
-    from training.registry import artifact_sha256, model_metadata
+    from training.registry import model_metadata
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)

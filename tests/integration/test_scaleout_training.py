@@ -133,11 +133,12 @@ def test_training_runs_on_the_ray_cluster_and_tracks_to_postgres_and_s3(
     from mlflow.tracking import MlflowClient
 
     from governance.settings import get_settings
+    from governance.tags import Tag as ModelTag
     from imaging.datasets import create_dataset
     from imaging.demo_data import write_demo_studies
     from imaging.ingest import Ingestor
     from training.config import validate_config
-    from training.registry import ModelTag, load_model
+    from training.registry import load_model
     from training.run import train
 
     settings = get_settings()

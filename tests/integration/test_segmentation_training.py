@@ -98,10 +98,11 @@ def test_train_on_anatomy_series_with_two_ray_workers_registers_a_pending_versio
 
     from governance.approvals import Workflow
     from governance.settings import get_settings
+    from governance.tags import Tag as ModelTag
     from imaging.ingest import Ingestor
     from imaging.volumes import create_segmentation_dataset, write_anatomy_set
     from training.config import validate_config
-    from training.registry import ModelTag, load_model
+    from training.registry import load_model
     from training.run import train
 
     anatomy = write_anatomy_set(tmp_path / "anatomy", subjects=5, seed=2, spacing=6.0)

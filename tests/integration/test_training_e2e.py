@@ -41,7 +41,8 @@ def _check_mlflow(outcome: Any, epochs: int) -> None:
     from mlflow.tracking import MlflowClient
 
     from governance.settings import get_settings
-    from training.registry import ModelTag, load_model
+    from governance.tags import Tag as ModelTag
+    from training.registry import load_model
 
     uri = get_settings().resolved_mlflow_uri
     client = MlflowClient(uri, registry_uri=uri)

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from governance.tags import artifact_sha256
 from imaging.demo_data import write_demo_studies
 from training.networks import NetworkFamily, build_network, gradcam_layer
 from training.preprocess import PreprocessingSpec, preprocess_dicom
-from training.registry import ModelNotFoundError, artifact_sha256, load_model, parse_model_ref
+from training.registry import ModelNotFoundError, load_model, parse_model_ref
 
 
 def test_parse_model_ref() -> None:

@@ -20,6 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from torch import nn
 
+from governance.tags import Tag
 from training.explain.core import ExplainConfig, Explainer, ExplainError, ExplainMethod, Explanation
 from training.explain.summary import AttributionFocus, attribution_focus, clinician_summary
 
@@ -123,7 +124,7 @@ class CaseExplanation:
 
 def approval_status(tags: dict[str, str]) -> str:
     """The version's review status as registration and governance tag it."""
-    return tags.get("radgate.status", "unknown")
+    return tags.get(Tag.STATUS, "unknown")
 
 
 def explain_instance(
@@ -255,6 +256,6 @@ def explain_registered(
         method=method,
         target=index,
         approval=approval_status(loaded.tags),
-        sanity=loaded.tags.get("radgate.saliency_sanity"),
+        sanity=loaded.tags.get(Tag.SALIENCY_SANITY),
         config=config,
     )

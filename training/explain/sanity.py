@@ -30,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from governance.tags import Tag
 from training.explain.core import ExplainConfig, Explainer, ExplainMethod
 from training.explain.layers import NetworkFamily
 
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 #: Model-version / run tag governance's policy reads ("passed" or "failed").
-SANITY_TAG = "radgate.saliency_sanity"
+SANITY_TAG = Tag.SALIENCY_SANITY
 #: Run metric (and model-version tag) with the whole-model randomisation Spearman.
 SANITY_METRIC = "saliency_randomization_spearman"
 
@@ -111,9 +112,9 @@ class SanityResult:
     def tags(self) -> dict[str, str]:
         return {
             SANITY_TAG: self.status,
-            "radgate.saliency_sanity_method": self.method.value,
-            f"radgate.{SANITY_METRIC}": f"{self.spearman:.4f}",
-            "radgate.saliency_sanity_threshold": f"{self.threshold:g}",
+            Tag.SALIENCY_SANITY_METHOD: self.method.value,
+            Tag.SALIENCY_SANITY_SPEARMAN: f"{self.spearman:.4f}",
+            Tag.SALIENCY_SANITY_THRESHOLD: f"{self.threshold:g}",
         }
 
     def to_dict(self) -> dict[str, Any]:

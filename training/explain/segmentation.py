@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from governance.tags import Tag
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -324,7 +326,7 @@ def explain_series(
     explanation = explain_structure(
         loaded.module, volume, spec, structure, method=method, labels=result.labels
     )
-    approval = loaded.tags.get("radgate.status", "unknown")
+    approval = loaded.tags.get(Tag.STATUS, "unknown")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for z, png in render_slices(

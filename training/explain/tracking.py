@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from governance.tags import Tag
 from training.explain.faithfulness import FaithfulnessResult
 from training.explain.sanity import SANITY_METRIC, SanityResult
 
@@ -69,9 +70,7 @@ def log_sanity_result(
             client.set_model_version_tag(model_name, str(model_version), key, value)
         if result.reasons:
             reasons = "; ".join(result.reasons)[:5000]
-            client.set_model_version_tag(
-                model_name, str(model_version), "radgate.saliency_sanity_reasons", reasons
-            )
+            client.set_model_version_tag(model_name, str(model_version), Tag.SALIENCY_SANITY_REASONS, reasons)
 
 
 def log_faithfulness(

@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from governance.tags import Tag
+
 __all__ = [
     "SEGMENTATION_ARTIFACT",
     "SEGMENTATION_TASK",
@@ -33,7 +35,7 @@ __all__ = [
 #: Artifact path (inside the model artifact directory) holding the spec as JSON.
 SEGMENTATION_ARTIFACT = "segmentation.json"
 #: Model-version tag naming the task; segmentation versions carry ``radgate.task=segmentation``.
-TASK_TAG = "radgate.task"
+TASK_TAG = Tag.TASK
 SEGMENTATION_TASK = "segmentation"
 
 
