@@ -14,6 +14,8 @@ from typing import Annotated
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from governance.tls import ClientTls, ServerTls
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AllowedPeer",
@@ -63,8 +65,10 @@ class AllowedPeer(_Model):
     def permits(self, ae_title: str, host: str) -> bool:
         if ae_title.strip() != self.ae_title:
             return False
-        if not self.hosts:
-            return True
+        return not self.hosts or self.names_host(host)
+
+    def names_host(self, host: str) -> bool:
+        """Whether ``host`` is one of the hosts or networks listed (not: any host)."""
         try:
             address = ipaddress.ip_address(host)
         except ValueError:
@@ -84,25 +88,43 @@ class DicomListener(_Model):
     max_instance_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="larger instances are refused (0xA700), never buffered"
     )
-    network_timeout: float = 60.0
-    acse_timeout: float = 30.0
-    dimse_timeout: float = 60.0
+    max_association_bytes: int = Field(
+        default=64 * 1024**3, ge=0, description="bytes one association may carry (0: no ceiling)"
+    )
+    # Connections that have not yet associated: each holds a thread, so they are bounded, in
+    # total and per peer address; a few more are kept for hosts named in allowed_peers, so
+    # that strangers holding connections open cannot lock out the PACS. Over these the
+    # connection is closed at once (no thread, no buffer).
+    max_pending: int = Field(default=32, ge=1, description="connections not yet associated")
+    max_pending_per_host: int = Field(default=8, ge=1)
+    reserved_pending: int = Field(default=8, ge=0, description="kept for hosts in allowed_peers")
+    network_timeout: float = Field(default=60.0, gt=0, description="idle time between messages (s)")
+    # ARTIM: from the accept to a complete A-ASSOCIATE-RQ (TLS handshake included).
+    acse_timeout: float = Field(default=30.0, gt=0)
+    # The rest of a message, and every PDU from its first byte to its last.
+    dimse_timeout: float = Field(default=60.0, gt=0)
     require_called_ae_title: bool = True
     # Empty means nobody: an open SCP has to be asked for explicitly with ``allow_any``.
     allowed_peers: tuple[AllowedPeer, ...] = ()
     allow_any: bool = False
+    tls: ServerTls | None = Field(default=None, description="DICOM TLS; when set, plaintext is refused")
 
     def permits(self, ae_title: str, host: str) -> bool:
         return self.allow_any or any(peer.permits(ae_title, host) for peer in self.allowed_peers)
 
+    def reserved_for(self, host: str) -> bool:
+        """Whether ``host`` is named in the allow-list (and may use the reserved capacity)."""
+        return any(peer.hosts and peer.names_host(host) for peer in self.allowed_peers)
+
 
 class HttpListener(_Model):
-    """The DICOMweb (STOW-RS) listener; loopback by default, put a TLS proxy in front."""
+    """The DICOMweb (STOW-RS) listener; loopback by default, HTTPS when ``tls`` is set."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=8042, ge=0, le=65535)
     max_request_bytes: int = Field(default=2 * 1024**3, ge=1)
+    tls: ServerTls | None = None
 
 
 class PacsPeer(_Model):
@@ -116,6 +138,7 @@ class PacsPeer(_Model):
     username_env: str | None = Field(default=None, description="env var holding the HTTP user")
     password_env: str | None = Field(default=None, description="env var holding the HTTP password")
     token_env: str | None = Field(default=None, description="env var holding a bearer token")
+    tls: ClientTls | None = Field(default=None, description="DICOM TLS to this PACS (its own CA file)")
 
     def credentials(self) -> tuple[str, str] | None:
         if not (self.username_env and self.password_env):

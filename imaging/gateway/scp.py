@@ -49,6 +49,7 @@ __all__ = [
     "STORAGE_TRANSFER_SYNTAXES",
     "AcceptBalance",
     "GatewayStats",
+    "PendingLimits",
     "StorageSCP",
     "audit",
     "freeze_startup_heap",
@@ -106,6 +107,7 @@ class GatewayStats:
 
     associations: int = 0
     rejected_associations: int = 0
+    refused_connections: int = 0  # closed at once: too many connections not yet associated
     stored: int = 0
     failed: int = 0
     quarantined: int = 0
@@ -121,6 +123,7 @@ class GatewayStats:
             return {
                 "associations": self.associations,
                 "rejected_associations": self.rejected_associations,
+                "refused_connections": self.refused_connections,
                 "stored": self.stored,
                 "failed": self.failed,
                 "quarantined": self.quarantined,
@@ -163,6 +166,52 @@ class AcceptBalance:
             self.counts[self.index] -= 1
 
 
+class PendingLimits:
+    """Admission of connections that have not yet associated (thread-safe). Each admitted one
+    holds a thread until its association is set up (or refused, or its ARTIM expires); the
+    others are closed at once. ``max_pending`` for anyone, at most ``max_pending_per_host`` per
+    peer address, and ``reserved`` more only for hosts the allow-list names."""
+
+    def __init__(self, listener: DicomListener) -> None:
+        self.listener = listener
+        self._lock = threading.Lock()
+        self._general = 0
+        self._reserved = 0
+        self._by_host: dict[str, int] = {}
+
+    def admit(self, host: str) -> bool | None:
+        """None: refuse; else whether the connection took a reserved slot."""
+        listener = self.listener
+        with self._lock:
+            held = self._by_host.get(host, 0)
+            if held >= listener.max_pending_per_host:
+                return None
+            if self._general < listener.max_pending:
+                self._general += 1
+                reserved = False
+            elif self._reserved < listener.reserved_pending and listener.reserved_for(host):
+                self._reserved += 1
+                reserved = True
+            else:
+                return None
+            self._by_host[host] = held + 1
+            return reserved
+
+    def release(self, host: str, reserved: bool) -> None:
+        with self._lock:
+            if reserved:
+                self._reserved -= 1
+            else:
+                self._general -= 1
+            held = self._by_host.pop(host, 1) - 1
+            if held:
+                self._by_host[host] = held
+
+    def pending(self) -> int:
+        with self._lock:
+            return self._general + self._reserved
+
+
 class _AssociationServer(socketserver.ThreadingTCPServer):
     """The listening socket; each connection is served in a thread of its own, with optional
     accept balancing between pre-forked processes."""
@@ -181,24 +230,40 @@ class _AssociationServer(socketserver.ThreadingTCPServer):
         super()._handle_request_noblock()  # type: ignore[misc]
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """In the accepting thread: a thread for the connection only if it is admitted."""
+        host = str(client_address[0])
+        accepted_at = time.monotonic()
+        reserved = self.scp.pending.admit(host)
+        if reserved is None:
+            self.scp.stats.add(refused_connections=1)
+            self.shutdown_request(request)
+            return
         if self.balance is not None:
             self.balance.opened()  # counted before the next accept decision, not in the thread
         try:
-            super().process_request(request, client_address)
+            thread = threading.Thread(
+                target=self._connection_thread,
+                args=(request, host, reserved, accepted_at),
+                name="association",
+                daemon=True,
+            )
+            thread.start()
         except BaseException:
+            self.scp.pending.release(host, reserved)
             if self.balance is not None:
                 self.balance.closed()
+            self.shutdown_request(request)
             raise
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _connection_thread(self, request: Any, host: str, reserved: bool, accepted_at: float) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            self.scp._serve_connection(request, host, reserved, accepted_at)
+        except Exception:  # the connection's own errors are handled there; keep the thread quiet
+            LOGGER.exception("connection from %s failed", host)
         finally:
+            self.shutdown_request(request)
             if self.balance is not None:
                 self.balance.closed()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        self.scp._serve_connection(request, client_address[0])
 
 
 class StorageSCP:
@@ -216,6 +281,9 @@ class StorageSCP:
         self._serving = False  # serve_forever started (shutdown() would wait forever otherwise)
         self._lock = threading.Lock()
         self._associations: set[StorageAssociation] = set()
+        self._established = 0
+        self.pending = PendingLimits(listener)
+        self._tls = listener.tls.context() if listener.tls is not None else None
         # Senders propose the same contexts on every association: the accepted list is built
         # once per proposal (some 15 ms of CPU each time otherwise).
         self._accepted = lru_cache(maxsize=64)(partial(_reordered, _supported_contexts()))
@@ -277,16 +345,24 @@ class StorageSCP:
         with self._lock:
             leftovers = list(self._associations)
         for association in leftovers:
-            association.abort()
+            association.abort(from_other_thread=True)
         deadline = time.monotonic() + 5
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.01)  # their threads notice the closed socket and finish
         return len(leftovers)
 
-    def _serve_connection(self, sock: socket.socket, host: str) -> None:
+    def _serve_connection(self, sock: socket.socket, host: str, reserved: bool, accepted_at: float) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         listener = self.listener
+        released = False
+
+        def setup_done() -> None:  # associated, rejected or given up: no longer pending
+            nonlocal released
+            if not released:
+                released = True
+                self.pending.release(host, reserved)
+
         association = StorageAssociation(
             sock,
             host,
@@ -297,14 +373,21 @@ class StorageSCP:
             acse_timeout=listener.acse_timeout,
             network_timeout=listener.network_timeout,
             dimse_timeout=listener.dimse_timeout,
+            max_association_bytes=listener.max_association_bytes,
+            tls=self._tls,
+            accepted_at=accepted_at,
+            setup_done=setup_done,
         )
         with self._lock:
             self._associations.add(association)
         try:
             association.run()
         finally:
+            setup_done()
             with self._lock:
                 self._associations.discard(association)
+                if association.established:
+                    self._established -= 1
 
     def _supported_for(self, proposed: list[Any]) -> list[Any]:
         return list(self._accepted(_proposal(proposed)))
@@ -321,7 +404,11 @@ class StorageSCP:
         if listener.require_called_ae_title and called_ae != listener.ae_title:
             self.stats.add(rejected_associations=1)
             return Rejection(0x01, 0x01, 0x07)  # called AE title not recognised
-        if self.active_associations() > listener.max_associations:
+        with self._lock:
+            full = self._established >= listener.max_associations
+            if not full:
+                self._established += 1  # given back when the association ends
+        if full:
             self.stats.add(rejected_associations=1)
             return Rejection(0x02, 0x03, 0x02)  # transient, local limit exceeded
         self.stats.add(associations=1)

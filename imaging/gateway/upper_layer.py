@@ -23,8 +23,10 @@ import enum
 import hashlib
 import logging
 import socket
+import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -62,6 +64,9 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
 _MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with every storage SOP class is ~100 KB
 _MAX_COMMAND = 1 << 16  # a command set is a few hundred bytes
+# A PDU body is read into a buffer this large first, grown (doubling) only as bytes arrive.
+_FIRST_ALLOCATION = 256 * 1024
+_DEADLINE_SLACK = 0.5  # seconds a read may overshoot its deadline (the socket timeout is coarse)
 
 
 class PduType(enum.IntEnum):
@@ -101,6 +106,10 @@ class ProtocolError(Exception):
     def __init__(self, message: str, reason: AbortReason = AbortReason.NOT_SPECIFIED) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class _TlsRefused(Exception):
+    """The TLS handshake failed (a plaintext client, an untrusted certificate...)."""
 
 
 class _PeerGone(Exception):
@@ -285,8 +294,13 @@ class StorageAssociation:
         acse_timeout: float,
         network_timeout: float,
         dimse_timeout: float,
+        pdu_timeout: float | None = None,
+        max_association_bytes: int = 0,
+        tls: ssl.SSLContext | None = None,
+        accepted_at: float | None = None,
+        setup_done: Callable[[], None] | None = None,
     ) -> None:
-        self.sock = sock
+        self.sock: socket.socket = sock
         self.host = host
         self.supported = supported
         self.handlers = handlers
@@ -295,6 +309,14 @@ class StorageAssociation:
         self.acse_timeout = acse_timeout
         self.network_timeout = network_timeout
         self.dimse_timeout = dimse_timeout
+        # A PDU, once its first byte is in, must be complete within this (no trickling).
+        self.pdu_timeout = pdu_timeout or dimse_timeout
+        self.max_association_bytes = max_association_bytes  # 0: no ceiling
+        self.tls = tls
+        # ARTIM: TLS handshake and A-ASSOCIATE-RQ are due this long after the accept.
+        self.setup_deadline = (accepted_at or time.monotonic()) + acse_timeout
+        self.setup_done = setup_done
+        self.received = 0
         self._timeout: float | None = None
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # accepted id: (abstract, transfer syntax)
@@ -304,59 +326,109 @@ class StorageAssociation:
 
     # -- the socket
 
-    def _read_exactly(self, count: int) -> bytearray:
-        buffer = bytearray(count)
-        view = memoryview(buffer)
-        read = 0
-        while read < count:
+    def _recv_into(self, view: memoryview, deadline: float) -> int:
+        """One read into ``view``, given up at ``deadline`` (within ``_DEADLINE_SLACK``). The
+        socket's timeout is only lowered when it would overshoot by more than the slack, and a
+        read that times out before the deadline is retried, so the timeout is rarely touched."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _PeerGone(timed_out=True)
+            if self._timeout is None or self._timeout > remaining + _DEADLINE_SLACK:
+                self._wait_at_most(remaining)
             try:
-                got = self.sock.recv_into(view[read:], count - read)
-            except TimeoutError as exc:
-                raise _PeerGone(timed_out=True) from exc
+                got = self.sock.recv_into(view, len(view))
+            except TimeoutError:
+                continue
             except OSError as exc:
                 raise _PeerGone() from exc
             if not got:
                 raise _PeerGone()
-            read += got
-        view.release()
+            return got
+
+    def _read_into(self, buffer: bytearray, start: int, deadline: float) -> None:
+        """Fill ``buffer`` from ``start``; every byte is due by ``deadline`` (a peer that
+        trickles bytes cannot push it back)."""
+        view = memoryview(buffer)
+        try:
+            read = start
+            while read < len(buffer):
+                read += self._recv_into(view[read:], deadline)
+        finally:
+            view.release()
+
+    def _read_body(self, length: int, deadline: float) -> bytearray:
+        """``length`` bytes, the buffer grown as they arrive (doubling from
+        ``_FIRST_ALLOCATION``): a length announced and then not sent costs nothing."""
+        buffer = bytearray(min(length, _FIRST_ALLOCATION))
+        self._read_into(buffer, 0, deadline)
+        while len(buffer) < length:
+            filled = len(buffer)
+            buffer.extend(bytes(min(filled, length - filled)))
+            self._read_into(buffer, filled, deadline)
         return buffer
 
-    def _read_pdu(self, limit: int) -> tuple[int, bytearray]:
-        header = self._read_exactly(6)
+    def _read_pdu(self, limit: int, idle: float, deadline: float | None = None) -> tuple[int, bytearray]:
+        """The next PDU: its first byte within ``idle`` seconds, all of it within
+        ``pdu_timeout`` of that (or by ``deadline`` when that is sooner)."""
+        header = bytearray(6)
+        view = memoryview(header)
+        try:
+            first_due = time.monotonic() + idle
+            if deadline is not None:
+                first_due = min(first_due, deadline)
+            got = self._recv_into(view, first_due)
+        finally:
+            view.release()
+        due = time.monotonic() + self.pdu_timeout
+        if deadline is not None:
+            due = min(due, deadline)
+        self._read_into(header, got, due)
         pdu_type, length = header[0], struct.unpack_from(">L", header, 2)[0]
         if pdu_type not in PduType._value2member_map_:
             raise ProtocolError("unrecognised PDU", AbortReason.UNRECOGNIZED_PDU)
         if length > limit:
             raise ProtocolError("PDU longer than negotiated", AbortReason.INVALID_PARAMETER)
-        return pdu_type, self._read_exactly(length)
+        self.received += 6 + length
+        if self.max_association_bytes and self.received > self.max_association_bytes:
+            raise ProtocolError("association exceeds the bytes one association may carry")
+        return pdu_type, self._read_body(length, due)
 
     def _wait_at_most(self, seconds: float) -> None:
-        """The read timeout (0: none); the socket is only touched when it changes."""
-        timeout = seconds or None
-        if timeout != self._timeout:
-            self.sock.settimeout(timeout)
-            self._timeout = timeout
+        """The read timeout; the socket is only touched when it changes."""
+        if seconds != self._timeout:
+            self.sock.settimeout(seconds)
+            self._timeout = seconds
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
             self.sock.sendall(data)
 
-    def abort(self, reason: AbortReason = AbortReason.NOT_SPECIFIED) -> None:
-        """Send an A-ABORT (service provider) and close the connection; safe from any thread."""
+    def abort(
+        self, reason: AbortReason = AbortReason.NOT_SPECIFIED, *, from_other_thread: bool = False
+    ) -> None:
+        """Send an A-ABORT (service provider) and close the connection. From another thread
+        over TLS only the connection is shut down: one TLS session is not written from two
+        threads at once."""
+        if not (from_other_thread and isinstance(self.sock, ssl.SSLSocket)):
+            with contextlib.suppress(OSError, ValueError):
+                self._send(struct.pack(">BBLBBBB", PduType.A_ABORT, 0, 4, 0, 0, 2, reason))
         with contextlib.suppress(OSError):
-            self._send(struct.pack(">BBLBBBB", PduType.A_ABORT, 0, 4, 0, 0, 2, reason))
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
     # -- the association
 
     def run(self) -> None:
         end = AssociationEnd.ABORTED
         try:
-            self._wait_at_most(self.acse_timeout)
-            if self._associate():
-                self.established = True
+            if self.tls is not None:
+                self._handshake(self.tls)
+            accepted = self._associate()
+            self._end_setup()
+            if accepted:
                 end = self._serve()
+        except _TlsRefused as exc:
+            LOGGER.warning("TLS connection from %s refused: %s", self.host, exc)
         except ProtocolError as exc:
             LOGGER.warning("association from %s aborted: %s", self.host, exc)
             self.abort(exc.reason)
@@ -367,13 +439,37 @@ class StorageAssociation:
             LOGGER.exception("association from %s failed", self.host)
             self.abort()
         finally:
+            self._end_setup()
             if self.established:
                 self.handlers.closed(self.calling_ae, self.host, end, self.stored, self.failed)
             with contextlib.suppress(OSError):
                 self.sock.close()
 
+    def _end_setup(self) -> None:
+        if self.setup_done is not None:
+            done, self.setup_done = self.setup_done, None
+            done()
+
+    def _handshake(self, context: ssl.SSLContext) -> None:
+        """The TLS handshake, within the association setup deadline."""
+        remaining = self.setup_deadline - time.monotonic()
+        if remaining <= 0:
+            raise _PeerGone(timed_out=True)
+        self.sock.settimeout(remaining)
+        try:
+            self.sock = context.wrap_socket(self.sock, server_side=True)
+        except TimeoutError as exc:
+            raise _TlsRefused("handshake timed out") from exc
+        except ssl.SSLError as exc:
+            raise _TlsRefused(str(exc.reason or type(exc).__name__)) from exc
+        except OSError as exc:
+            raise _PeerGone() from exc
+        self._timeout = remaining
+
     def _associate(self) -> bool:
-        pdu_type, body = self._read_pdu(_MAX_ASSOCIATE_RQ)
+        pdu_type, body = self._read_pdu(
+            _MAX_ASSOCIATE_RQ, self.setup_deadline - time.monotonic(), self.setup_deadline
+        )
         if pdu_type != PduType.A_ASSOCIATE_RQ:
             raise ProtocolError("expected A-ASSOCIATE-RQ", AbortReason.UNEXPECTED_PDU)
         pdu = A_ASSOCIATE_RQ()
@@ -394,6 +490,7 @@ class StorageAssociation:
         if rejection is not None:
             self._reject(request, rejection)
             return False
+        self.established = True  # the handlers counted it: ``closed`` follows, whatever happens
         self._accept(request)
         return True
 
@@ -467,8 +564,9 @@ class StorageAssociation:
             # Between messages the peer may think (network timeout); within one, the rest of
             # the message is due (DIMSE timeout).
             busy = request is not None or bool(command)
-            self._wait_at_most(self.dimse_timeout if busy else self.network_timeout)
-            pdu_type, body = self._read_pdu(max(limit, _MAX_COMMAND))
+            pdu_type, body = self._read_pdu(
+                max(limit, _MAX_COMMAND), self.dimse_timeout if busy else self.network_timeout
+            )
             if pdu_type == PduType.A_RELEASE_RQ:
                 if request is not None:
                     raise ProtocolError("release during a message", AbortReason.UNEXPECTED_PDU)
