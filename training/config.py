@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from governance.strict import StrictModel
 from training.networks import NetworkFamily
 from training.preprocess import IntensityMode, PreprocessingSpec
 from training.segmentation.spec import SegmentationIntensity, SegmentationNetwork, SegmentationSpec
@@ -35,11 +36,7 @@ class ConfigError(ValueError):
     """A training config is unreadable or invalid; the message names the offending fields."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-
-
-class AugmentConfig(_Strict):
+class AugmentConfig(StrictModel):
     flip_prob: float = Field(default=0.5, ge=0, le=1, description="Left-right flip probability.")
     affine_prob: float = Field(default=0.3, ge=0, le=1, description="Small rotation/scale probability.")
     rotate_rad: float = Field(default=0.1, ge=0, le=1)
@@ -47,7 +44,7 @@ class AugmentConfig(_Strict):
     noise_prob: float = Field(default=0.0, ge=0, le=1)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     dataset: str = Field(description="Dataset version: id, id prefix, NAME or NAME@IDPREFIX.")
     spatial_size: tuple[int, int] = (64, 64)
     intensity: IntensityMode = IntensityMode.DICOM_WINDOW
@@ -70,18 +67,18 @@ class DataConfig(_Strict):
         )
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     network: NetworkFamily = NetworkFamily.DENSENET121
     dropout: float = Field(default=0.0, ge=0, lt=1)
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     max_epochs: int = Field(default=5, ge=1)
 
 
-class RunSettings(_Strict):
+class RunSettings(StrictModel):
     workers: int = Field(
         default=1, ge=1, description="1 = plain Lightning; N > 1 = Ray Train with N workers."
     )
@@ -103,7 +100,7 @@ class OperatingPoint(StrEnum):
     SENSITIVITY = "sensitivity"
 
 
-class EvaluationConfig(_Strict):
+class EvaluationConfig(StrictModel):
     operating_point: OperatingPoint = OperatingPoint.YOUDEN
     target_sensitivity: float = Field(default=0.9, gt=0, le=1)
     calibration_bins: int = Field(default=10, ge=2)
@@ -112,7 +109,7 @@ class EvaluationConfig(_Strict):
     )
 
 
-class RegistryConfig(_Strict):
+class RegistryConfig(StrictModel):
     model_name: str = Field(default="radgate-classifier", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     enabled: bool = Field(default=True, description="Register a new model version after evaluation.")
     torchscript: bool = True
@@ -123,7 +120,7 @@ class TrainTask(StrEnum):
     SEGMENTATION = "segmentation"
 
 
-class SegmentationConfig(_Strict):
+class SegmentationConfig(StrictModel):
     """The ``segmentation:`` section (``task: segmentation``): geometry, network and patch sampling.
 
     Structure labels come from the dataset version; with them this section becomes the
@@ -180,7 +177,7 @@ class SegmentationConfig(_Strict):
         )
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     task: TrainTask = Field(
         default=TrainTask.CLASSIFICATION, description="classification (2D) or segmentation (3D series)."
     )

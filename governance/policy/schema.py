@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from governance.auth.roles import Role
 from governance.settings import get_settings
+from governance.strict import StrictModel
 from governance.tags import Tag
 
 __all__ = [
@@ -88,7 +89,7 @@ class CheckSource(enum.StrEnum):
     TAG = "tag"
 
 
-class Check(BaseModel):
+class Check(StrictModel):
     """One evidence requirement, e.g. ``test_auroc >= 0.85`` or tag ``saliency_sanity == passed``.
 
     ``task`` limits the check to models of one task (``radgate.task`` tag; none = every model),
@@ -96,8 +97,6 @@ class Check(BaseModel):
     A ``key`` ending in ``*`` is a prefix: every metric (or tag) starting with it must hold,
     e.g. ``test_dice_*`` >= 0.7 is a minimum Dice per structure; the worst value is reported.
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     source: CheckSource = CheckSource.METRIC
@@ -130,17 +129,13 @@ class Check(BaseModel):
         return f"{subject} {self.op.value} {self.threshold}"
 
 
-class ApprovalRequirement(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ApprovalRequirement(StrictModel):
     role: Role
     count: int = Field(default=1, ge=1, le=10)
 
 
-class ModelPolicy(BaseModel):
+class ModelPolicy(StrictModel):
     """What one registered model needs before an alias may point at one of its versions."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     approvals: list[ApprovalRequirement] = Field(min_length=1)
     distinct_approvers: bool = True
@@ -168,10 +163,8 @@ class ModelPolicy(BaseModel):
         return self
 
 
-class Policy(BaseModel):
+class Policy(StrictModel):
     """The whole policy file."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1] = 1
     default: ModelPolicy

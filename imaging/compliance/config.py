@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from governance.settings import get_settings
+from governance.strict import StrictModel
 
 __all__ = [
     "CONFIG_ENV",
@@ -31,9 +32,7 @@ class ComplianceConfigError(ValueError):
     """The thresholds file is missing or invalid."""
 
 
-class QualityThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class QualityThresholds(StrictModel):
     min_label_fraction: float = Field(0.2, ge=0, le=1)
     min_subgroup_count: int = Field(5, ge=0)
     max_subgroup_prevalence_gap: float = Field(0.25, ge=0, le=1)
@@ -49,9 +48,7 @@ class QualityThresholds(BaseModel):
     max_unreadable: int = Field(0, ge=0)
 
 
-class ComplianceThresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ComplianceThresholds(StrictModel):
     sample_size: int = Field(200, ge=0)
     max_key_age_days: int = Field(730, ge=1)
     approval_expiry_warning_days: int = Field(30, ge=0)
@@ -62,9 +59,7 @@ class ComplianceThresholds(BaseModel):
     require_mlflow_anchor: bool = False
 
 
-class Thresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Thresholds(StrictModel):
     version: Literal[1] = 1
     quality: QualityThresholds = Field(default_factory=QualityThresholds)  # type: ignore[arg-type]
     compliance: ComplianceThresholds = Field(default_factory=ComplianceThresholds)  # type: ignore[arg-type]

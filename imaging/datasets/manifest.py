@@ -13,7 +13,9 @@ import json
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from governance.strict import StrictModel
 
 __all__ = [
     "SUBGROUP_ATTRIBUTES",
@@ -74,10 +76,8 @@ def parse_split(text: str) -> dict[str, float]:
     return {name: fraction / total for name, fraction in fractions.items()}
 
 
-class ManifestItem(BaseModel):
+class ManifestItem(StrictModel):
     """One labelled, de-identified instance."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     sha256: str = Field(min_length=64, max_length=64)
     store_key: str
@@ -89,15 +89,13 @@ class ManifestItem(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
-class SeriesItem(BaseModel):
+class SeriesItem(StrictModel):
     """One de-identified series with its label volume (segmentation datasets).
 
     ``instances`` are the store keys of the slices in volume order; ``label_sha256`` is the
     store key of the label volume (gzipped NIfTI, uint8, on the series' (Z, Y, X) grid, aligned
     to the de-identified series); ``label_input_sha256`` is the hash of the file it came from.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     series_uid: str
     study: str
@@ -112,10 +110,8 @@ class SeriesItem(BaseModel):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
-class DatasetManifest(BaseModel):
+class DatasetManifest(StrictModel):
     """The content of a dataset version; ``id`` is derived, never set."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_: str = Field(default=SCHEMA, alias="schema")
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

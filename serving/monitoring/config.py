@@ -9,7 +9,9 @@ from enum import StrEnum
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
+
+from governance.strict import StrictModel
 
 __all__ = [
     "CONFIG_ENV",
@@ -45,17 +47,13 @@ def parse_window(text: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MinEffect(_Strict):
+class MinEffect(StrictModel):
     ks: float = Field(default=0.15, ge=0, le=1)
     psi: float = Field(default=0.2, ge=0)
     mmd: float = Field(default=0.02, ge=0)
 
 
-class DriftSettings(_Strict):
+class DriftSettings(StrictModel):
     window: str = "1d"
     min_samples: int = Field(default=30, ge=2)
     correction: Correction = Correction.BH
@@ -72,20 +70,20 @@ class DriftSettings(_Strict):
         return value
 
 
-class AlertSettings(_Strict):
+class AlertSettings(StrictModel):
     min_drifted_features: int = Field(default=1, ge=1)
     webhook_url: str | None = None
     webhook_secret_env: str = "RADGATE_MONITORING_WEBHOOK_SECRET"
     webhook_timeout_s: float = Field(default=5, gt=0)
 
 
-class FeedbackSettings(_Strict):
+class FeedbackSettings(StrictModel):
     keep_inputs: bool = True
     pending_input_hours: float = Field(default=72, gt=0)
     deid_profile: str = "research"
 
 
-class MonitoringConfig(_Strict):
+class MonitoringConfig(StrictModel):
     version: int = 1
     drift: DriftSettings = DriftSettings()
     alerts: AlertSettings = AlertSettings()

@@ -22,9 +22,10 @@ from enum import StrEnum
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from governance.strict import StrictModel
 from training.explain.layers import NetworkFamily, resolve_target_layer
 
 __all__ = [
@@ -63,10 +64,8 @@ _TITLES = {
 }
 
 
-class ExplainConfig(BaseModel):
+class ExplainConfig(StrictModel):
     """Method parameters (YAML-loadable); defaults suit 224x224 inputs on CPU."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     target_layer: str | None = Field(
         default=None, description="Qualified module name for Grad-CAM; default by network family."

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from governance.strict import StrictModel
 from governance.tags import Tag
 from training.explain.core import ExplainConfig, Explainer, ExplainMethod
 from training.explain.layers import NetworkFamily
@@ -53,10 +54,8 @@ SANITY_TAG = Tag.SALIENCY_SANITY
 SANITY_METRIC = "saliency_randomization_spearman"
 
 
-class SanityConfig(BaseModel):
+class SanityConfig(StrictModel):
     """Parameters of the check (YAML ``sanity:`` section of an explain config)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: ExplainMethod = ExplainMethod.GRADCAM
     max_spearman: float = Field(

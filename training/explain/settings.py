@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from governance.strict import StrictModel
 from training.explain.core import ExplainConfig
 from training.explain.sanity import SanityConfig
 
@@ -17,9 +18,7 @@ class ExplainSettingsError(ValueError):
     """The settings file cannot be read or does not validate."""
 
 
-class ExplainSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ExplainSettings(StrictModel):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     sanity: SanityConfig = Field(default_factory=SanityConfig)
 

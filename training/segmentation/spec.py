@@ -17,8 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from governance.strict import StrictModel
 from governance.tags import Tag
 
 __all__ = [
@@ -77,10 +78,8 @@ def check_roi_for_network(network: str, roi_size: tuple[int, int, int]) -> None:
         raise ValueError("swin_unetr needs roi_size a multiple of 32 and at least 64 on every axis")
 
 
-class SegmentationSpec(BaseModel):
+class SegmentationSpec(StrictModel):
     """Labels, geometry and network of a 3D segmentation model (frozen, JSON round-trip)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     labels: dict[int, str] = Field(description="1..K -> structure name (0 is background).")
     spacing: tuple[float, float, float] = Field(
