@@ -347,6 +347,17 @@ class CatalogRecorder:
                 before_commit()
         return results
 
+    def record_on(self, session: Connection, results: list[Result]) -> list[Result]:
+        """Write a batch's rows on ``session``, in the caller's transaction (which the caller
+        commits): for callers that check or lock rows in the same transaction first."""
+        self._write(
+            results,
+            utcnow(),
+            lambda digests: self.known_outputs(session, digests),
+            lambda table, rows, conflict=(): self._insert(session, table, rows, conflict),
+        )
+        return results
+
     def _write(
         self,
         results: list[Result],
