@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
+from governance.strict import StrictModel
 from imaging.gateway.config import PacsPeer
 
 __all__ = [
@@ -42,11 +43,7 @@ class Backend(StrEnum):
     TRITON = "triton"  # NVIDIA Triton over gRPC (tritonclient)
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AutoscalingConfig(_Model):
+class AutoscalingConfig(StrictModel):
     """Ray Serve autoscaling (replicas follow the number of ongoing requests)."""
 
     min_replicas: int = Field(default=1, ge=0)
@@ -61,7 +58,7 @@ class AutoscalingConfig(_Model):
         }
 
 
-class ServedModel(_Model):
+class ServedModel(StrictModel):
     """One served model: a deployment of its own."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -120,7 +117,7 @@ class ServedModel(_Model):
         return self.torch_threads or max(1, int(self.num_cpus))
 
 
-class DriftSchedule(_Model):
+class DriftSchedule(StrictModel):
     """Drift checks the ingress runs periodically (``radgate serve``); alerts are audited, set the
     ``radgate_drift_*`` gauges on ``/metrics`` and go to the monitoring config's webhook."""
 
@@ -131,7 +128,7 @@ class DriftSchedule(_Model):
     models: list[str] | None = None  # default: every served model
 
 
-class ServeConfig(_Model):
+class ServeConfig(StrictModel):
     """The whole application."""
 
     host: str = "127.0.0.1"

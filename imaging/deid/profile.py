@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from governance.strict import StrictModel
 from imaging.deid.errors import ProfileError
 from imaging.deid.table import Option
 
@@ -50,10 +51,9 @@ class UnlistedUnknown(StrEnum):
     KEEP = "keep"
 
 
-class SafePrivate(BaseModel):
+class SafePrivate(StrictModel):
     """A private attribute known not to carry identity: block creator + element byte."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     group: Annotated[int, Field(ge=0x0009, le=0xFFFF)]
     creator: str
     element: Annotated[int, Field(ge=0x00, le=0xFF)]
@@ -71,10 +71,9 @@ class SafePrivate(BaseModel):
         return value
 
 
-class PixelCleaningRule(BaseModel):
+class PixelCleaningRule(StrictModel):
     """Blank these rectangles (x, y, width, height) on every frame of matching instances."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     modality: str | None = None
     manufacturer: str | None = None
     model: str | None = None
@@ -83,29 +82,26 @@ class PixelCleaningRule(BaseModel):
     rectangles: list[tuple[int, int, int, int]] = Field(min_length=1)
 
 
-class BurnedInPolicy(BaseModel):
+class BurnedInPolicy(StrictModel):
     """Which instances are presumed to carry burned-in text, and how pixels may be cleaned."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     quarantine_modalities: list[str] = Field(default_factory=lambda: ["US", "XA", "RF", "ES", "XC", "OT"])
     quarantine_sop_classes: list[str] = Field(default_factory=lambda: list(_SC_CLASSES))
     pixel_cleaning: list[PixelCleaningRule] = Field(default_factory=list)
 
 
-class UnlistedPolicy(BaseModel):
+class UnlistedPolicy(StrictModel):
     """What happens to attributes Table E.1-1 does not list (the profile states it)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     # Public free text not in the table (LO, SH, ST, LT, UT, UC): scrubbed of identifiers.
     text: UnlistedText = UnlistedText.CLEAN
     # Attributes missing from the data dictionary, and UN elements of unknown tags.
     unknown: UnlistedUnknown = UnlistedUnknown.REMOVE
 
 
-class DeidProfile(BaseModel):
+class DeidProfile(StrictModel):
     """Basic Application Level Confidentiality Profile plus options, as one validated object."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,40}$")
     version: int = Field(ge=1)
     description: str = ""

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
+from governance.strict import StrictModel
 from governance.tls import ClientTls, ServerTls
 
 __all__ = [
@@ -45,11 +46,7 @@ def _ae_title(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_ae_title)]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class AllowedPeer(_Model):
+class AllowedPeer(StrictModel):
     """A calling AE title allowed to send, optionally only from some hosts or networks."""
 
     ae_title: AETitle
@@ -76,7 +73,7 @@ class AllowedPeer(_Model):
         return any(address in ipaddress.ip_network(net, strict=False) for net in self.hosts)
 
 
-class DicomListener(_Model):
+class DicomListener(StrictModel):
     """The C-STORE / C-ECHO SCP."""
 
     ae_title: AETitle = "RADGATE"
@@ -117,7 +114,7 @@ class DicomListener(_Model):
         return any(peer.hosts and peer.names_host(host) for peer in self.allowed_peers)
 
 
-class HttpListener(_Model):
+class HttpListener(StrictModel):
     """The DICOMweb (STOW-RS) listener; loopback by default, HTTPS when ``tls`` is set."""
 
     enabled: bool = True
@@ -127,7 +124,7 @@ class HttpListener(_Model):
     tls: ServerTls | None = None
 
 
-class PacsPeer(_Model):
+class PacsPeer(StrictModel):
     """A PACS RadGate pulls from (DICOMweb or C-FIND/C-MOVE) and pushes to (C-STORE)."""
 
     name: str
@@ -159,7 +156,7 @@ class PacsPeer(_Model):
         return token
 
 
-class GatewayConfig(_Model):
+class GatewayConfig(StrictModel):
     dicom: DicomListener = DicomListener()
     http: HttpListener = HttpListener()
     pacs: tuple[PacsPeer, ...] = ()
