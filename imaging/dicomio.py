@@ -145,6 +145,8 @@ def _check_pixels(ds: Dataset) -> None:
     except (TypeError, ValueError) as exc:
         raise QuarantineError(QuarantineReason.CORRUPT, "invalid image pixel attributes") from exc
     expected = (rows * cols * frames * samples * bits + 7) // 8
+    if samples == 3 and str(_value(ds, 0x00280004, "")).strip().upper() == "YBR_FULL_422":
+        expected = expected * 2 // 3  # native 4:2:2: two lumas share one chroma pair
     element = ds._dict[_PIXEL_DATA]
     if isinstance(element, RawDataElement) and element.value is None and element.length != 0xFFFFFFFF:
         actual = element.length  # deferred: within data (checked above), not read

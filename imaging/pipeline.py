@@ -71,6 +71,8 @@ class Processed:
         if self.record is not None:
             out["actions"] = dict(self.record.actions)
             out["pixel_cleaned"] = self.record.pixel_cleaned
+            if self.record.pixel_screen is not None:  # OCR engine, versions, boxes (never text)
+                out["pixel_screen"] = self.record.pixel_screen
             out["transfer_syntax"] = self.transfer_syntax
             out["output_size"] = self.output_size
         if self.reason is not None:

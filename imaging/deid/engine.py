@@ -19,9 +19,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
 from governance.keys import ProjectKey
+from imaging.deid.burned_in import PhiClassifier, PixelScreener, ScreenResult
 from imaging.deid.errors import QuarantineError, QuarantineReason
-from imaging.deid.pixels import apply_pixel_cleaning, matching_rule
-from imaging.deid.profile import DeidProfile, UnlistedText, UnlistedUnknown
+from imaging.deid.pixels import apply_pixel_cleaning, matching_rule, store_pixels
+from imaging.deid.profile import BurnedInMode, DeidProfile, PixelCleaningRule, UnlistedText, UnlistedUnknown
 from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
 from imaging.deid.scrub import TextScrubber
 from imaging.deid.table import (
@@ -128,6 +129,7 @@ _MODALITY, _BURNED_IN, _PATIENT_ID, _PATIENT_NAME = 0x00080060, 0x00280301, 0x00
 _ACCESSION, _PATIENT_SEX, _PATIENT_AGE, _PATIENT_BIRTH_DATE = 0x00080050, 0x00100040, 0x00101010, 0x00100030
 _STUDY_DATE, _MANUFACTURER, _MODEL, _INSTITUTION = 0x00080020, 0x00080070, 0x00081090, 0x00080080
 _BODY_PART, _PHOTOMETRIC = 0x00180015, 0x00280004
+_PIXEL_DATA = 0x7FE00010
 
 
 @dataclass
@@ -144,6 +146,8 @@ class DeidRecord:
     originals: list[tuple[str, str, str]]  # (kind, original, pseudonym): sealed by the caller
     actions: Counter[str] = field(default_factory=Counter)
     pixel_cleaned: bool = False
+    # burned-in text screening: engine, versions, frames screened, boxes redacted (never text)
+    pixel_screen: dict[str, Any] | None = None
 
 
 @dataclass
@@ -185,6 +189,9 @@ class Deidentifier:
         self._vr_cache: dict[int, str | None] = {}
         self._codes_cache: dict[bool, list[Dataset]] = {}
         self._method = f"{SOFTWARE}; PS3.15 E.1-1 {self.table.release}; {profile.label}"[:64]
+        self.screener = (
+            PixelScreener(profile.burned_in) if profile.burned_in.mode is BurnedInMode.SCREEN else None
+        )
 
     # -- public -------------------------------------------------------------------------------
 
@@ -205,20 +212,27 @@ class Deidentifier:
         pseudonym = self.pseudonyms.patient(patient_id, fallback=study_uid)
         values = state.scrubber_values
         values.extend(text(ds, tag, state) for tag in ds._dict if int(tag) in _IDENTIFYING_TAGS)
-        for tag in _DATE_TAGS:
-            values.extend(date_variants(text(ds, tag, state)))
+        identifiers = list(values)
+        dates = [text(ds, tag, state) for tag in _DATE_TAGS]
+        for date in dates:
+            values.extend(date_variants(date))
         state.offset_days = self.pseudonyms.date_offset_days(pseudonym)
         originals = self._originals(ds, patient_id, pseudonym, state)
         attributes = self._attributes(ds, modality, state)
 
         pixel_cleaned = False
         if pixel_rule is not None:
-            apply_pixel_cleaning(ds, pixel_rule)
+            apply_pixel_cleaning(ds, pixel_rule, self.profile.burned_in.max_decoded_bytes)
+            pixel_cleaned = True
+        screen = self._screen(ds, identifiers, dates)
+        if screen is not None and screen.pixels is not None:
+            store_pixels(ds, screen.pixels)
+            screen.pixels = None
             pixel_cleaned = True
 
         self._walk(ds, state, pseudonym, depth=0)
         self._scrub_pending(state)
-        self._mark(ds, pixel_cleaned)
+        self._mark(ds, pixel_cleaned, verified=screen is not None and screen.verified)
         self._fix_meta(ds)
         new = {k: u for k, _, u in originals if k.endswith("_uid")}
         return DeidRecord(
@@ -232,14 +246,23 @@ class Deidentifier:
             originals=originals,
             actions=state.actions,
             pixel_cleaned=pixel_cleaned,
+            pixel_screen=screen.lineage() if screen is not None else None,
         )
 
     # -- before the walk ----------------------------------------------------------------------
 
-    def _burned_in_gate(self, ds: Dataset, sop_class: str, modality: str, state: _Instance) -> Any:
+    def _burned_in_gate(
+        self, ds: Dataset, sop_class: str, modality: str, state: _Instance
+    ) -> PixelCleaningRule | None:
+        """The device rule to apply first, or a quarantine. Screening mode lets every image
+        through to OCR (the header flag is a hint, never proof); documents stay quarantined."""
         policy = self.profile.burned_in
+        if sop_class.startswith("1.2.840.10008.5.1.4.1.1.104"):
+            raise QuarantineError(
+                QuarantineReason.ENCAPSULATED_DOCUMENT, f"SOP class {sop_class} is a document of free text"
+            )
         rule = matching_rule(ds, policy.pixel_cleaning)
-        if rule is not None:
+        if rule is not None or policy.mode is BurnedInMode.SCREEN:
             return rule
         if self._text(ds, _BURNED_IN, state).upper() == "YES":
             raise QuarantineError(QuarantineReason.BURNED_IN_ANNOTATION, "BurnedInAnnotation is YES")
@@ -255,6 +278,13 @@ class Deidentifier:
                 QuarantineReason.BURNED_IN_RISK, f"modality {modality} commonly has burned-in text"
             )
         return None
+
+    def _screen(self, ds: Dataset, identifiers: list[str], dates: list[str]) -> ScreenResult | None:
+        """OCR screening of the pixels against this instance's own identifiers (None: no pixels
+        or the strict mode). Raises :class:`QuarantineError` (pixel_*) when unsafe."""
+        if self.screener is None or _PIXEL_DATA not in ds._dict:
+            return None
+        return self.screener.screen(ds, PhiClassifier.from_header(identifiers, dates))
 
     def _originals(
         self, ds: Dataset, patient_id: str, pseudonym: str, state: _Instance
@@ -624,10 +654,10 @@ class Deidentifier:
 
     # -- after the walk -----------------------------------------------------------------------
 
-    def _mark(self, ds: Dataset, pixel_cleaned: bool) -> None:
+    def _mark(self, ds: Dataset, pixel_cleaned: bool, *, verified: bool = False) -> None:
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self._method
-        if pixel_cleaned:
+        if verified or (pixel_cleaned and self.screener is None):
             ds.BurnedInAnnotation = "NO"
         ds[0x00120064] = DataElement(0x00120064, "SQ", self._method_codes(pixel_cleaned))
         if self._full_dates:

@@ -18,6 +18,13 @@ class QuarantineReason(StrEnum):
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     BURNED_IN_RISK = "burned_in_risk"
     ENCAPSULATED_DOCUMENT = "encapsulated_document"
+    PIXEL_PHI_RESIDUAL = "pixel_phi_residual"
+    PIXEL_UNDECODABLE = "pixel_undecodable"
+    PIXEL_DECODE_LIMIT = "pixel_decode_limit"
+    PIXEL_UNSUPPORTED_SYNTAX = "pixel_unsupported_syntax"
+    PIXEL_OCR_FAILED = "pixel_ocr_failed"
+    PIXEL_OCR_TIMEOUT = "pixel_ocr_timeout"
+    PIXEL_OCR_UNAVAILABLE = "pixel_ocr_unavailable"
     DEID_FAILED = "deid_failed"
     WRITE_FAILED = "write_failed"
 

@@ -16,6 +16,7 @@ from imaging.deid.table import Option
 
 __all__ = [
     "DEFAULT_PROFILE",
+    "BurnedInMode",
     "BurnedInPolicy",
     "DeidProfile",
     "PixelCleaningRule",
@@ -82,12 +83,38 @@ class PixelCleaningRule(StrictModel):
     rectangles: list[tuple[int, int, int, int]] = Field(min_length=1)
 
 
-class BurnedInPolicy(StrictModel):
-    """Which instances are presumed to carry burned-in text, and how pixels may be cleaned."""
+class BurnedInMode(StrEnum):
+    # every instance with pixels is screened by OCR; PHI text redacted and re-verified
+    SCREEN = "screen"
+    # the old strict rule: modalities and SOP classes that often carry text are quarantined
+    # unread, BurnedInAnnotation YES is quarantined, the rest passes unscreened
+    QUARANTINE = "quarantine"
 
+
+class BurnedInPolicy(StrictModel):
+    """How burned-in text in pixels is found and removed (or, strictly, avoided)."""
+
+    mode: BurnedInMode = BurnedInMode.SCREEN
+    # used by ``mode: quarantine`` only
     quarantine_modalities: list[str] = Field(default_factory=lambda: ["US", "XA", "RF", "ES", "XC", "OT"])
     quarantine_sop_classes: list[str] = Field(default_factory=lambda: list(_SC_CLASSES))
+    # fixed rectangles blanked by device rule before screening (as RSNA CTP's pixel anonymizer)
     pixel_cleaning: list[PixelCleaningRule] = Field(default_factory=list)
+    # redact every detected line outside anatomy, PHI-classified or not (OCR misreads small text)
+    redact_all_text_outside_anatomy: bool = True
+    # black margin around each redacted box, in pixels
+    margin: int = Field(default=2, ge=0, le=64)
+    # multi-frame: frames screened (first, last and evenly between), boxes unioned over all
+    max_frames_screened: int = Field(default=6, ge=1, le=1000)
+    # volumes (one frame per instance): these modalities are screened on a series sample
+    series_sampling_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT", "NM"])
+    series_screen_first: int = Field(default=2, ge=1)
+    series_screen_every: int = Field(default=32, ge=1)
+    # frames smaller than this (shorter side, pixels) are enlarged 2x for OCR: small fonts
+    upscale_below: int = Field(default=256, ge=0)
+    ocr_timeout_ms: int = Field(default=20_000, ge=100)
+    # decoded pixels larger than this are quarantined (imaging.decoding's absolute cap)
+    max_decoded_bytes: int = Field(default=2 * 1024**3, ge=1024)
 
 
 class UnlistedPolicy(StrictModel):

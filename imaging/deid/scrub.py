@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["REDACTED", "TextScrubber"]
+__all__ = ["GENERIC_PHI", "REDACTED", "TextScrubber"]
 
 REDACTED = "***"
 
@@ -27,6 +27,8 @@ _GENERIC = [
     r"\b(?:MRN|ID|SSN|NHS|DOB|ACC)\s*[:#]?\s*[\w-]*\d[\w-]*",  # labelled identifiers
 ]
 _GENERIC_RE = re.compile("|".join(f"(?:{p})" for p in _GENERIC), re.IGNORECASE)
+#: The generic PHI patterns (dates, long digit runs, titled names...), also applied to OCR text.
+GENERIC_PHI = _GENERIC_RE
 _SPLIT = re.compile(r"[\^\s,;:/\\]+")
 
 

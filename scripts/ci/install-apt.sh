@@ -20,6 +20,12 @@ if ! command -v Orthanc >/dev/null || ! command -v storescu >/dev/null \
     orthanc orthanc-dicomweb orthanc-gdcm dcmtk dicom3tools libgdcm-tools mricron-data \
     rsyslog rsyslog-gnutls
 fi
+# Tesseract 5 language data for burned-in text screening (the tesserocr wheel brings the engine;
+# eng.traineddata comes from Debian's tesseract-ocr-eng, Apache-2.0).
+if [ ! -e /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ]; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng
+fi
 # Debian's package may start the system service; the tests never use it.
 if command -v service >/dev/null 2>&1; then
   $SUDO service orthanc stop >/dev/null 2>&1 || true

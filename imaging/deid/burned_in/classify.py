@@ -1,0 +1,132 @@
+"""Is a recognised line PHI? Against the instance's own header values, then generic patterns.
+
+OCR misreads: header tokens match within a small edit distance, dates match on their digits
+in any common order, and the generic patterns are the free-text scrubber's (dates, long digit
+runs, titled names, labelled identifiers) plus names from a dictionary.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from imaging.deid.scrub import GENERIC_PHI
+
+__all__ = ["COMMON_NAMES", "PhiClassifier"]
+
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_DIGITS = re.compile(r"\d")
+# Given names and surnames frequent in census lists; OCR of any of them is treated as a name.
+_COMMON_NAMES_TEXT = """
+    JAMES JOHN ROBERT MICHAEL WILLIAM DAVID RICHARD JOSEPH THOMAS CHARLES CHRISTOPHER DANIEL MATTHEW
+    ANTHONY MARK DONALD STEVEN PAUL ANDREW JOSHUA KENNETH KEVIN BRIAN GEORGE TIMOTHY RONALD EDWARD
+    JASON JEFFREY RYAN JACOB GARY NICHOLAS ERIC JONATHAN STEPHEN LARRY JUSTIN SCOTT BRANDON BENJAMIN
+    SAMUEL GREGORY ALEXANDER PATRICK FRANK RAYMOND JACK DENNIS JERRY MARY PATRICIA JENNIFER LINDA
+    ELIZABETH BARBARA SUSAN JESSICA SARAH KAREN LISA NANCY BETTY MARGARET SANDRA ASHLEY KIMBERLY
+    EMILY DONNA MICHELLE CAROL AMANDA MELISSA DEBORAH STEPHANIE REBECCA SHARON LAURA CYNTHIA
+    KATHLEEN AMY ANGELA SHIRLEY ANNA BRENDA PAMELA EMMA NICOLE HELEN SAMANTHA KATHERINE CHRISTINE
+    DEBRA RACHEL CAROLYN JANET CATHERINE MARIA HEATHER DIANE OLIVIA JULIA SOPHIA ISABELLA MIA
+    CHARLOTTE AMELIA HARPER EVELYN ABIGAIL ELLA AVA GRACE SMITH JOHNSON WILLIAMS BROWN JONES GARCIA
+    MILLER DAVIS RODRIGUEZ MARTINEZ HERNANDEZ LOPEZ GONZALEZ WILSON ANDERSON TAYLOR MOORE JACKSON
+    MARTIN LEE PEREZ THOMPSON WHITE HARRIS SANCHEZ CLARK RAMIREZ LEWIS ROBINSON WALKER YOUNG ALLEN
+    KING WRIGHT SCOTT TORRES NGUYEN HILL FLORES GREEN ADAMS NELSON BAKER HALL RIVERA CAMPBELL
+    MITCHELL CARTER ROBERTS GOMEZ PHILLIPS EVANS TURNER DIAZ PARKER CRUZ EDWARDS COLLINS REYES
+    STEWART MORRIS MORALES MURPHY COOK ROGERS GUTIERREZ ORTIZ MORGAN COOPER PETERSON BAILEY REED
+    KELLY HOWARD RAMOS KIM COX WARD RICHARDSON WATSON BROOKS CHAVEZ WOOD JAMES BENNETT GRAY MENDOZA
+    RUIZ HUGHES PRICE ALVAREZ CASTILLO SANDERS PATEL MYERS LONG ROSS FOSTER JIMENEZ DOE MULLER
+    SCHMIDT SCHNEIDER FISCHER WEBER MEYER WAGNER BECKER SCHULZ HOFFMANN MARTIN BERNARD DUBOIS DURAND
+    LEROY MOREAU ROSSI RUSSO FERRARI ESPOSITO BIANCHI ROMANO COLOMBO SILVA SANTOS OLIVEIRA SOUZA
+    PEREIRA WANG ZHANG CHEN YANG HUANG ZHAO WU ZHOU SATO SUZUKI TAKAHASHI TANAKA WATANABE KOWALSKI
+    NOWAK WISNIEWSKI JANSEN DEVRIES VANDENBERG PETERS HANSEN JOHANSSON ANDERSSON NILSSON
+"""
+COMMON_NAMES = frozenset(_COMMON_NAMES_TEXT.split())
+# Words on scanner overlays that look like names or codes but are vocabulary.
+_VOCABULARY_TEXT = """
+    HEAD NECK CHEST ABDOMEN PELVIS SPINE BRAIN LUNG LIVER KIDNEY HEART KNEE HAND FOOT AXIAL SAGITTAL
+    CORONAL LEFT RIGHT ANT POST SUP INF AP PA LAT KVP MAS MA SLICE THK MM CM FOV WINDOW LEVEL ZOOM
+    GAIN DEPTH FREQ MHZ HZ FPS TIS TIB MI DB ROI SCOUT TOPOGRAM CONTRAST ARTERIAL VENOUS DELAY
+    PORTAL PHASE IMAGE SERIES SE IM EX STANDARD BONE SOFT TISSUE FILTER PROBE PWR FRAME RATE CINE
+    DYN MODE NORMAL
+"""
+_VOCABULARY = frozenset(_VOCABULARY_TEXT.split())
+
+
+def _norm(text: str) -> str:
+    return "".join(ch for ch in text.upper() if ch.isalnum())
+
+
+def _close(a: str, b: str) -> bool:
+    """Edit distance at most 1 per 5 characters (OCR swaps O/0, I/1, drops a letter)."""
+    if a == b:
+        return True
+    limit = len(b) // 5
+    if limit == 0 or abs(len(a) - len(b)) > limit:
+        return False
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > limit:
+            return False
+        previous = current
+    return previous[-1] <= limit
+
+
+def _date_forms(value: str) -> set[str]:
+    """Digit strings a DICOM date (YYYYMMDD) is written as on screen: 8 and 6 digit orders."""
+    digits = "".join(ch for ch in value if ch.isdigit())
+    if len(digits) != 8:
+        return set()
+    y, m, d = digits[:4], digits[4:6], digits[6:8]
+    forms = {y + m + d, d + m + y, m + d + y, y[2:] + m + d, d + m + y[2:], m + d + y[2:]}
+    # leading zeros dropped on screen (3/4/1961)
+    forms |= {d.lstrip("0") + m.lstrip("0") + y, m.lstrip("0") + d.lstrip("0") + y}
+    return forms
+
+
+@dataclass
+class PhiClassifier:
+    """Decides whether recognised text carries PHI for one instance."""
+
+    tokens: frozenset[str] = field(default_factory=frozenset)  # normalised header tokens
+    dates: frozenset[str] = field(default_factory=frozenset)  # digit forms of header dates
+
+    @classmethod
+    def from_header(cls, identifiers: Iterable[str], dates: Iterable[str]) -> PhiClassifier:
+        tokens: set[str] = set()
+        for value in identifiers:
+            for part in re.split(r"[\^\s,;:/\\=()-]+", value or ""):
+                token = _norm(part)
+                if len(token) >= 3 and token not in _VOCABULARY:
+                    tokens.add(token)
+            whole = _norm(value or "")
+            if len(whole) >= 4:
+                tokens.add(whole)
+        forms: set[str] = set()
+        for value in dates:
+            forms |= _date_forms(value)
+        return cls(frozenset(tokens), frozenset(f for f in forms if len(f) >= 6))
+
+    def reasons(self, text: str) -> list[str]:
+        """Why ``text`` is PHI (kinds, not values): empty when it is not."""
+        found: list[str] = []
+        words = [_norm(w) for w in _WORD.findall(text)]
+        squeezed = _norm(text)
+        if (self.tokens and any(
+            w in self.tokens or (len(w) >= 5 and any(_close(w, t) for t in self.tokens if len(t) >= 5))
+            for w in words
+        )) or (self.tokens and any(len(t) >= 6 and t in squeezed for t in self.tokens)):
+            found.append("header_value")
+        digits = "".join(_DIGITS.findall(text))
+        if self.dates and len(digits) >= 6 and any(form in digits for form in self.dates):
+            found.append("header_date")
+        if GENERIC_PHI.search(text):
+            found.append("generic_pattern")
+        if any(w in COMMON_NAMES for w in words if len(w) >= 3):
+            found.append("name_dictionary")
+        return found
+
+    def is_phi(self, text: str) -> bool:
+        return bool(self.reasons(text))

@@ -1,0 +1,98 @@
+"""Frames as a person sees them, in 8 bits, for text detection.
+
+Burned-in text is drawn to be read on a display: at the top of the stored range (white on
+CT, MR and radiographs), in a colour (ultrasound, captures), or through the VOI window. One
+frame gives up to two renders: the header's VOI window (what a viewer shows) and the full
+stored range (text above the window's top stays distinct from bright anatomy); colour frames
+give their luminance and their most saturated channel (yellow or green labels on grey).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+__all__ = ["anatomy_mask", "frame_luminance", "renders", "sample_frames"]
+
+
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    scaled = (values - np.float32(low)) * np.float32(255.0 / (high - low))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def _first(value: object) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        if isinstance(value, list | tuple) or (hasattr(value, "__getitem__") and not isinstance(value, str)):
+            value = value[0]
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def frame_luminance(frame: np.ndarray) -> np.ndarray:
+    """A 2D float32 frame: greyscale as stored, colour (RGB) as luminance."""
+    if frame.ndim == 3:
+        return frame[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return frame.astype(np.float32)
+
+
+def renders(frame: np.ndarray, ds: Dataset) -> list[np.ndarray]:
+    """8-bit renders of one decoded frame (stored values; colour as RGB) for OCR."""
+    out: list[np.ndarray] = []
+    if frame.ndim == 3:
+        rgb = frame[..., :3].astype(np.float32)
+        luminance = frame_luminance(frame)
+        out.append(_stretch(luminance, float(luminance.min()), float(luminance.max())))
+        # coloured labels: distance from grey (max - min channel) shows them on any background
+        chroma = rgb.max(axis=2) - rgb.min(axis=2)
+        if float(chroma.max()) > 32:
+            out.append(_stretch(chroma, 0.0, float(chroma.max())))
+        return out
+    values = frame.astype(np.float32)
+    slope = _first(ds.get("RescaleSlope")) or 1.0
+    intercept = _first(ds.get("RescaleIntercept")) or 0.0
+    low, high = float(values.min()), float(values.max())
+    full = _stretch(values, low, high)
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+    if center is not None and width is not None and width > 1:
+        # window in stored values: (modality value - intercept) / slope
+        top = (center + width / 2 - intercept) / slope
+        bottom = (center - width / 2 - intercept) / slope
+        lo, hi = min(bottom, top), max(bottom, top)
+        if lo > low or hi < high:
+            windowed = _stretch(values, lo, hi)
+            out.append(255 - windowed if monochrome1 else windowed)
+    out.append(255 - full if monochrome1 else full)
+    return out
+
+
+def anatomy_mask(render: np.ndarray) -> np.ndarray:
+    """Where the image holds anatomy: bright regions wider than text strokes (boolean, 2D).
+
+    A threshold between background and foreground, then a coarse block grid keeps only
+    blocks mostly above it; letters are thinner than a block and drop out.
+    """
+    height, width = render.shape
+    threshold = max(16.0, float(np.mean(render)) * 0.5)
+    bright = render > threshold
+    block = max(8, min(height, width) // 32)
+    rows, cols = height // block, width // block
+    if rows == 0 or cols == 0:
+        return np.zeros(render.shape, bool)
+    grid = bright[: rows * block, : cols * block].reshape(rows, block, cols, block).mean(axis=(1, 3)) > 0.6
+    mask = np.zeros(render.shape, bool)
+    mask[: rows * block, : cols * block] = np.repeat(np.repeat(grid, block, axis=0), block, axis=1)
+    return mask
+
+
+def sample_frames(frames: int, budget: int) -> list[int]:
+    """Frame indices to screen: first, last and evenly between, at most ``budget``."""
+    if frames <= budget:
+        return list(range(frames))
+    picks = np.linspace(0, frames - 1, num=max(2, budget)).round().astype(int)
+    return sorted({int(i) for i in picks})

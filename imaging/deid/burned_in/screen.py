@@ -1,0 +1,377 @@
+"""Screen pixels for burned-in PHI text, redact it in every frame, OCR again to verify.
+
+One :class:`PixelScreener` serves a de-identifier (all threads): it holds the OCR engine and
+a bounded memory of series, so that a CT or MR series is screened on a sample of its slices
+(the first ones, then every Nth, and every slice once text was found in the series), while
+every single-frame radiograph, ultrasound or capture is screened.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from imaging.decoding import (
+    DecompressionLimitError,
+    PixelDataError,
+    UnsupportedSyntaxError,
+    decode_pixels,
+    frame_count,
+)
+from imaging.deid.burned_in.classify import PhiClassifier
+from imaging.deid.burned_in.ocr import (
+    Box,
+    OcrEngine,
+    OcrError,
+    OcrTimeoutError,
+    OcrUnavailableError,
+    TesseractEngine,
+    TextLine,
+)
+from imaging.deid.burned_in.render import anatomy_mask, renders, sample_frames
+from imaging.deid.errors import QuarantineError, QuarantineReason
+from imaging.deid.profile import BurnedInPolicy
+
+__all__ = ["PixelScreener", "ScreenResult"]
+
+_SERIES_MEMORY = 4096
+_PIXEL_DATA = 0x7FE00010
+# frames are read at about this shorter side when they are much larger (text stays legible)
+_OCR_SIDE = 768
+# lines that are not PHI-classified are redacted outside anatomy only when read this confidently
+# (texture read as text in a quarter-turned frame comes out at low confidence)
+_CONFIDENT = 60.0
+
+
+@dataclass
+class ScreenResult:
+    """What screening did to one instance: lineage material (boxes, never text)."""
+
+    engine: dict[str, str]
+    screened: bool
+    frames_screened: int = 0
+    lines_detected: int = 0
+    phi_lines: int = 0
+    boxes_redacted: list[Box] = field(default_factory=list)
+    verified: bool = False
+    series_boxes_applied: bool = False
+    pixels: np.ndarray | None = None  # the cleaned pixels when something was redacted
+
+    def lineage(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "screened": self.screened,
+            "frames_screened": self.frames_screened,
+            "lines_detected": self.lines_detected,
+            "phi_lines": self.phi_lines,
+            "boxes_redacted": [list(b) for b in self.boxes_redacted],
+            "verified": self.verified,
+            "series_boxes_applied": self.series_boxes_applied,
+        }
+
+
+@dataclass
+class _Series:
+    seen: int = 0
+    text_found: bool = False
+
+
+def _overlap(box: Box, mask: np.ndarray) -> float:
+    x, y, w, h = box
+    region = mask[y : y + h, x : x + w]
+    return float(region.mean()) if region.size else 0.0
+
+
+def _line_at(line: TextLine, factor: float, turned_height: int, shape: tuple[int, ...]) -> TextLine:
+    """``line`` read in a work image (scaled by ``factor``; turned a quarter clockwise when
+    ``turned_height`` is the work image's height) in the frame's own coordinates."""
+    x, y, w, h = line.box
+    if turned_height:  # (x, y) of the turned image is (y, H - 1 - x) of the work image
+        x, y, w, h = y, turned_height - (x + w), h, w
+    x0, y0 = int(x / factor), int(y / factor)
+    x1, y1 = min(shape[1], int(np.ceil((x + w) / factor))), min(shape[0], int(np.ceil((y + h) / factor)))
+    return TextLine((x0, y0, max(1, x1 - x0), max(1, y1 - y0)), (), line.text, line.confidence)
+
+
+def _join_lines(lines: list[TextLine]) -> list[TextLine]:
+    """Words that sparse segmentation split apart, joined when they sit on one line (same
+    band, gap under two heights): "MRN" and its number are classified together."""
+    ordered = sorted(lines, key=lambda line: (line.box[1], line.box[0]))
+    joined: list[TextLine] = []
+    for line in ordered:
+        x, y, w, h = line.box
+        for i, other in enumerate(joined):
+            ox, oy, ow, oh = other.box
+            band = min(y + h, oy + oh) - max(y, oy)
+            gap = max(x, ox) - min(x + w, ox + ow)
+            if band > 0.5 * min(h, oh) and gap < 2 * max(h, oh):
+                x0, y0 = min(x, ox), min(y, oy)
+                x1, y1 = max(x + w, ox + ow), max(y + h, oy + oh)
+                left, right = (other, line) if ox <= x else (line, other)
+                joined[i] = TextLine(
+                    (x0, y0, x1 - x0, y1 - y0),
+                    (),
+                    f"{left.text} {right.text}",
+                    min(line.confidence, other.confidence),
+                )
+                break
+        else:
+            joined.append(line)
+    return joined
+
+
+def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
+    x, y, w, h = box
+    x0, y0 = max(0, x - margin), max(0, y - margin)
+    x1, y1 = min(shape[1], x + w + margin), min(shape[0], y + h + margin)
+    return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+def _merge(boxes: list[Box]) -> list[Box]:
+    """Boxes without duplicates or boxes inside another."""
+    unique = sorted(set(boxes), key=lambda b: -(b[2] * b[3]))
+    kept: list[Box] = []
+    for b in unique:
+        if not any(
+            k[0] <= b[0] and k[1] <= b[1] and b[0] + b[2] <= k[0] + k[2] and b[1] + b[3] <= k[1] + k[3]
+            for k in kept
+        ):
+            kept.append(b)
+    return sorted(kept)
+
+
+class PixelScreener:
+    """Finds, redacts and re-verifies burned-in PHI text under one :class:`BurnedInPolicy`."""
+
+    def __init__(self, policy: BurnedInPolicy, engine: OcrEngine | None = None) -> None:
+        self.policy = policy
+        self._engine = engine
+        self._engine_error: str | None = None
+        self._lock = threading.Lock()
+        self._series: OrderedDict[tuple[str, ...], _Series] = OrderedDict()
+
+    # -- engine -------------------------------------------------------------------------------
+
+    def engine(self) -> OcrEngine:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    try:
+                        self._engine = TesseractEngine()
+                    except OcrUnavailableError as exc:
+                        raise QuarantineError(QuarantineReason.PIXEL_OCR_UNAVAILABLE, str(exc)) from None
+        return self._engine
+
+    # -- series sampling ----------------------------------------------------------------------
+
+    def _series_key(self, ds: Dataset) -> tuple[str, ...]:
+        return tuple(
+            str(ds.get(k, "") or "")
+            for k in ("SeriesInstanceUID", "Rows", "Columns", "WindowCenter", "WindowWidth")
+        )
+
+    def _sampled_out(self, ds: Dataset, frames: int) -> tuple[bool, _Series | None]:
+        """(skip OCR for this instance, its series state). Only single-frame slices of the
+        volume modalities are sampled; a series with text found is screened on every slice."""
+        modality = str(ds.get("Modality", "") or "").upper()
+        if frames != 1 or modality not in self.policy.series_sampling_modalities:
+            return False, None
+        if not ds.get("SeriesInstanceUID"):
+            return False, None
+        key = self._series_key(ds)
+        with self._lock:
+            state = self._series.get(key)
+            if state is None:
+                state = self._series[key] = _Series()
+                while len(self._series) > _SERIES_MEMORY:
+                    self._series.popitem(last=False)
+            else:
+                self._series.move_to_end(key)
+            number = state.seen
+            state.seen += 1
+        skip = (
+            not state.text_found
+            and number >= self.policy.series_screen_first
+            and (number - self.policy.series_screen_first + 1) % self.policy.series_screen_every != 0
+        )
+        return skip, state
+
+    # -- screening ----------------------------------------------------------------------------
+
+    def screen(self, ds: Dataset, classifier: PhiClassifier) -> ScreenResult | None:
+        """Screen ``ds`` (in place when PHI is redacted); None when it has no pixel data.
+
+        Raises :class:`QuarantineError` with a pixel_* reason when the pixels cannot be
+        decoded, OCR fails, or PHI text remains after redaction (boxes in the detail).
+        """
+        if _PIXEL_DATA not in ds._dict:
+            return None
+        frames = frame_count(ds)
+        skip, series = self._sampled_out(ds, frames)
+        engine = self.engine()
+        versions = engine.versions()
+        if skip:
+            return ScreenResult(engine=versions, screened=False)
+        pixels = self._decode(ds)
+        stack = pixels if frames > 1 else pixels[np.newaxis]
+        display = self._display(stack, ds)
+        indices = sample_frames(frames, self.policy.max_frames_screened)
+        result = ScreenResult(engine=versions, screened=True, frames_screened=len(indices))
+        boxes: list[Box] = []
+        for index in indices:
+            lines, phi = self._find(display[index], ds, classifier, engine)
+            result.lines_detected += len(lines)
+            result.phi_lines += sum(1 for _, is_phi in phi if is_phi)
+            boxes.extend(box for box, _ in phi)
+        shape = (int(stack.shape[1]), int(stack.shape[2]))
+        # OCR boxes hug the glyphs it read; a margin in proportion to the line height covers
+        # the strokes of characters it missed at either end
+        boxes = _merge([_grow(b, self.policy.margin + min(b[2], b[3]) // 4, shape) for b in boxes])
+        if series is not None and result.phi_lines:
+            series.text_found = True
+        if not boxes:
+            result.verified = True  # the pixels screened are the pixels stored
+            return result
+        cleaned = self._redact(stack, boxes, ds)
+        result.boxes_redacted = boxes
+        self._verify(cleaned, ds, classifier, engine, indices)
+        result.verified = True
+        result.pixels = cleaned if frames > 1 else cleaned[0]
+        return result
+
+    def _decode(self, ds: Dataset) -> np.ndarray:
+        try:
+            return decode_pixels(ds, max_bytes=self.policy.max_decoded_bytes)
+        except DecompressionLimitError as exc:
+            raise QuarantineError(QuarantineReason.PIXEL_DECODE_LIMIT, str(exc)) from None
+        except UnsupportedSyntaxError as exc:
+            raise QuarantineError(QuarantineReason.PIXEL_UNSUPPORTED_SYNTAX, str(exc)) from None
+        except PixelDataError as exc:
+            raise QuarantineError(QuarantineReason.PIXEL_UNDECODABLE, str(exc)) from None
+
+    @staticmethod
+    def _display(stack: np.ndarray, ds: Dataset) -> np.ndarray:
+        """Frames as shown: a palette's indices through its colour lookup table."""
+        if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            try:
+                return np.asarray(apply_color_lut(stack, ds))
+            except (ValueError, KeyError, AttributeError, IndexError) as exc:
+                raise QuarantineError(
+                    QuarantineReason.PIXEL_UNDECODABLE, f"palette cannot be applied ({type(exc).__name__})"
+                ) from None
+        return stack
+
+    def _ocr(self, image: np.ndarray, engine: OcrEngine) -> list[TextLine]:
+        """Lines in ``image``, boxes in its own coordinates: read horizontally and turned a
+        quarter clockwise (labels printed bottom-to-top along an edge), at a size Tesseract
+        reads well (small frames enlarged, large ones reduced)."""
+        side = min(image.shape)
+        if 0 < side < self.policy.upscale_below:
+            factor = 2.0
+            work = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+        elif side > 2 * _OCR_SIDE:
+            step = side // _OCR_SIDE
+            height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step
+            blocks = image[:height, :width].reshape(height // step, step, width // step, step)
+            work = blocks.max(axis=(1, 3))  # max keeps thin bright strokes
+            factor = 1.0 / step
+        else:
+            factor, work = 1.0, image
+        lines = [_line_at(line, factor, 0, image.shape) for line in self._read(work, engine)]
+        turned = np.ascontiguousarray(np.rot90(work, k=-1))
+        lines.extend(
+            _line_at(line, factor, work.shape[0], image.shape) for line in self._read(turned, engine)
+        )
+        return _join_lines(lines)
+
+    def _read(self, image: np.ndarray, engine: OcrEngine) -> list[TextLine]:
+        try:
+            return engine.read(image, timeout_ms=self.policy.ocr_timeout_ms)
+        except OcrTimeoutError as exc:
+            raise QuarantineError(QuarantineReason.PIXEL_OCR_TIMEOUT, str(exc)) from None
+        except OcrUnavailableError as exc:
+            raise QuarantineError(QuarantineReason.PIXEL_OCR_UNAVAILABLE, str(exc)) from None
+        except OcrError as exc:
+            raise QuarantineError(QuarantineReason.PIXEL_OCR_FAILED, str(exc)) from None
+        except Exception as exc:  # the engine's own failure types; the text is never shown
+            raise QuarantineError(
+                QuarantineReason.PIXEL_OCR_FAILED, f"OCR engine failed ({type(exc).__name__})"
+            ) from None
+
+    def _find(
+        self, frame: np.ndarray, ds: Dataset, classifier: PhiClassifier, engine: OcrEngine
+    ) -> tuple[list[TextLine], list[tuple[Box, bool]]]:
+        """Lines read in one frame, and the boxes to redact with whether each is PHI-classified."""
+        found: list[TextLine] = []
+        redact: list[tuple[Box, bool]] = []
+        for render in renders(frame, ds):
+            anatomy = anatomy_mask(render) if self.policy.redact_all_text_outside_anatomy else None
+            for line in self._ocr(render, engine):
+                x, y, w, h = line.box
+                box = (x, y, w + 1, h + 1)
+                found.append(line)
+                if classifier.is_phi(line.text):
+                    redact.append((box, True))
+                elif (
+                    anatomy is not None
+                    and line.confidence >= _CONFIDENT
+                    and w > 0
+                    and h > 0
+                    and _overlap(box, anatomy) < 0.5
+                ):
+                    redact.append((box, False))
+        return found, redact
+
+    @staticmethod
+    def _fill_value(stack: np.ndarray, ds: Dataset) -> Any:
+        """The stored value that displays black."""
+        photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+        if photometric == "MONOCHROME1":
+            return stack.max()
+        if photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            levels = np.arange(int(stack.min()), int(stack.max()) + 1, dtype=stack.dtype)
+            try:
+                colours = np.asarray(apply_color_lut(levels, ds)).reshape(len(levels), -1)
+            except (ValueError, KeyError, AttributeError, IndexError):
+                return stack.min()
+            return levels[int(np.argmin(colours.astype(np.float64).sum(axis=1)))]
+        if stack.ndim == 4:  # colour, as RGB after decoding
+            return 0
+        return stack.min()
+
+    def _redact(self, stack: np.ndarray, boxes: list[Box], ds: Dataset) -> np.ndarray:
+        cleaned = np.array(stack, copy=True)
+        fill = self._fill_value(stack, ds)
+        for x, y, w, h in boxes:
+            cleaned[:, y : y + h, x : x + w, ...] = fill
+        return cleaned
+
+    def _verify(
+        self,
+        cleaned: np.ndarray,
+        ds: Dataset,
+        classifier: PhiClassifier,
+        engine: OcrEngine,
+        indices: list[int],
+    ) -> None:
+        display = self._display(cleaned, ds)
+        residual: list[Box] = []
+        for index in indices:
+            for render in renders(display[index], ds):
+                residual.extend(
+                    line.box for line in self._ocr(render, engine) if classifier.is_phi(line.text)
+                )
+        if residual:
+            boxes = ", ".join(str(b) for b in _merge(residual)[:20])
+            raise QuarantineError(
+                QuarantineReason.PIXEL_PHI_RESIDUAL, f"PHI text remains after redaction at {boxes}"
+            )
