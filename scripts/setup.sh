@@ -27,4 +27,6 @@ fi
 PYTHON="$PWD/.venv/bin/python" bash scripts/ci/install-triton.sh
 # OHIF Viewer for Orthanc (npm pack, SHA-256 checked; ~/.cache/radgate/ohif): SEG over the series.
 PYTHON="$PWD/.venv/bin/python" sh scripts/ci/install-viewer.sh
+# FHIR R4 test server (Medplum's router + validator) and the R4 JSON schema (npm; ~/.cache/radgate).
+sh scripts/ci/install-fhir-server.sh
 echo "setup done: $(.venv/bin/radgate --version)"

@@ -44,10 +44,13 @@ class IngressService:
 
     def __init__(self, config: ServeConfig, models: dict[str, ModelClient]) -> None:
         from governance.approvals import Gate
+        from serving.interop import start_interop
 
         self.config = config
         self.models = models
         self.gate = Gate(ttl_s=config.gate_ttl_s)
+        # FHIR results for the EMR and ATNA audit export, when configured (background senders).
+        self.interop = start_interop(config.fhir, config.atna)
 
 
 _service: IngressService | None = None
@@ -93,6 +96,16 @@ def _install_reviewer_ui() -> None:
 
 
 _install_reviewer_ui()
+
+
+def _install_worklist() -> None:
+    """The UPS-RS worklist of AI tasks under ``/ups-rs`` (when the config has ``ups:``)."""
+    from serving.interop.ups_routes import ups_router
+
+    api.include_router(ups_router(_svc, PREDICT_ROLES))
+
+
+_install_worklist()
 
 
 # Audit entries of concurrent requests share one catalog transaction (group commit); each request
@@ -267,10 +280,16 @@ async def predict(
         return await _refuse(
             name, actor, role, int(error["status"]), str(error["message"]), started, target, digests
         )
-    objects: list[bytes] = [obj for group in out.pop("objects") for obj in group]
+    groups: list[list[bytes]] = out.pop("objects")
+    objects: list[bytes] = [obj for group in groups for obj in group]
     pushed = None
     if push:
         pushed = await asyncio.to_thread(_push, service, objects)
+    if service.config.fhir is not None:
+        from serving.interop import record_results
+
+        # Preliminary DiagnosticReport per result, queued durably for the EMR (final on review).
+        await asyncio.to_thread(record_results, service.config.fhir, out, [i.data for i in instances], groups)
     elapsed = time.perf_counter() - started
     for size in out.pop("batch_sizes"):
         metrics.BATCH.labels(model=name).observe(size)

@@ -22,12 +22,28 @@ def serve(
     host: str | None = typer.Option(None, help="Override the config's HTTP host."),
     port: int | None = typer.Option(None, help="Override the config's HTTP port."),
     num_cpus: int | None = typer.Option(None, help="CPUs for a local Ray (default: all)."),
+    fhir_url: str | None = typer.Option(
+        None,
+        "--fhir-url",
+        help="POST each result as a FHIR R4 transaction Bundle to this server "
+        "(token from RADGATE_FHIR_TOKEN; https, or http on loopback).",
+    ),
 ) -> None:
     """Start the Ray Serve app (FastAPI ingress + one deployment per model) behind the gate."""
+    from pydantic import ValidationError
+
     from serving.config import ServeConfigError, load_serve_config
+    from serving.interop import FhirConfig
 
     try:
         settings = load_serve_config(config, host=host, port=port)
+        if fhir_url is not None:
+            current = settings.fhir.model_dump() if settings.fhir else {}
+            fhir = FhirConfig.model_validate({**current, "url": fhir_url})
+            settings = settings.model_copy(update={"fhir": fhir})
+    except ValidationError as exc:
+        typer.echo(f"error: --fhir-url: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from exc
     except ServeConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -165,4 +181,7 @@ def start(
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("serve-ae")(serve_ae)
+    from serving.batch_cli import predict  # Typer only: the work's imports wait for the command
+
+    app.command("predict")(predict)
     app.add_typer(triton_app, name="triton")

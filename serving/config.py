@@ -17,6 +17,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from governance.strict import StrictModel
 from imaging.gateway.config import PacsPeer
+from serving.interop import AtnaExportConfig, FhirConfig
+from serving.interop.ups import UpsConfig
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -147,6 +149,9 @@ class ServeConfig(StrictModel):
     pacs: PacsPeer | None = None  # results are pushed here when a request asks for it
     calling_ae: str = "RADGATE"
     drift: DriftSchedule | None = None  # periodic drift checks; none when absent
+    fhir: FhirConfig | None = None  # FHIR R4 DiagnosticReport per result (EMR); none: off
+    atna: AtnaExportConfig | None = None  # audit chain exported as DICOM/ATNA syslog; none: off
+    ups: UpsConfig | None = None  # UPS-RS worklist of AI tasks under /ups-rs; none: off
     models: list[ServedModel] = Field(min_length=1)
 
     @model_validator(mode="after")
