@@ -5,19 +5,24 @@ Everyday entry point: :func:`record` (``record(actor, action, target, details, r
 :class:`GroupCommit` groups concurrent entries into one transaction for busy writers (serving).
 """
 
-from governance.audit.group import GroupCommit
-from governance.audit.log import (
-    GENESIS_HASH,
-    AuditEntry,
-    AuditError,
-    AuditLog,
-    AuditRow,
-    PendingEntry,
-    canonical_json,
-    record,
-)
-from governance.audit.phi import AuditPHIError, check_details
-from governance.audit.verify import ANCHOR_EXPERIMENT, VerifyReport, verify_chain
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from governance.audit.group import GroupCommit
+    from governance.audit.log import (
+        GENESIS_HASH,
+        AuditEntry,
+        AuditError,
+        AuditLog,
+        AuditRow,
+        PendingEntry,
+        canonical_json,
+        record,
+    )
+    from governance.audit.phi import AuditPHIError, check_details
+    from governance.audit.verify import ANCHOR_EXPERIMENT, VerifyReport, verify_chain
 
 __all__ = [
     "ANCHOR_EXPERIMENT",
@@ -35,3 +40,5 @@ __all__ = [
     "record",
     "verify_chain",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)
