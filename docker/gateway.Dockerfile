@@ -1,12 +1,21 @@
 # syntax=docker/dockerfile:1
 # RadGate intake gateway: C-STORE SCP (DIMSE, port 11112) + STOW-RS (HTTP, port 8042).
 #   docker build -f docker/gateway.Dockerfile -t radgate/gateway .        (from the repo root)
+#   scripts/containers.sh build gateway                                   (podman, local bases)
 # Settings come from the environment at run time (RADGATE_CATALOG_URL, RADGATE_OBJECT_STORE,
 # AWS_*); secrets from mounted files (RADGATE_KEY_FILE, PACS passwords): none is in a layer, and
 # docker/gateway.Dockerfile.dockerignore keeps .radgate/, .env and keys out of the context.
-FROM python:3.11-slim-bookworm
+# Intake needs no torch, Ray or MLflow (none of its code paths imports them): leaving them out
+# keeps the image small (RADGATE_WITHOUT); versions of the rest come from constraints.txt.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG RADGATE_EXTRAS=postgres,s3
+ARG RADGATE_WITHOUT="torch monai pytorch-lightning captum ray mlflow"
+# Where pip finds torch's CPU build (unused when torch is left out); empty: PyPI only.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# A pip.conf mounted at build time (CA bundle, local wheels); never copied into the image.
+ARG PIP_CONFIG_FILE
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,10 +25,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Editable install at /opt/radgate: the code finds its shipped configs (deid profiles, policy)
 # next to the packages, as in a checkout. Dependencies first, so code edits reuse this layer.
 WORKDIR /opt/radgate
-COPY pyproject.toml README.md ./
-RUN mkdir radgate imaging training serving governance \
+COPY constraints.txt pyproject.toml README.md docker/requirements.py ./
+RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" > requirements.txt \
+    && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -r requirements.txt \
+    && mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
-    && pip install -e ".[${RADGATE_EXTRAS}]" \
+    && pip install --no-deps -e . \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/radgate radgate \
     && mkdir -p /var/lib/radgate /etc/radgate \
     && chown radgate:radgate /var/lib/radgate

@@ -1,15 +1,20 @@
 # syntax=docker/dockerfile:1
-# MLflow tracking + registry server for RadGate: PostgreSQL backend store, S3/MinIO artifacts
-# (proxied: clients need no S3 credentials). The same MLflow release RadGate is tested with.
+# MLflow tracking + registry server for RadGate: PostgreSQL backend store, S3 artifacts
+# (proxied: clients need no S3 credentials). The same MLflow release RadGate is tested with
+# (constraints.txt, shared with the venv).
 #   docker build -f docker/mlflow.Dockerfile -t radgate/mlflow .          (from the repo root)
-FROM python:3.11-slim-bookworm
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
+ARG PIP_CONFIG_FILE
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
-RUN pip install "mlflow==3.17.2" "psycopg[binary]==3.3.9" "boto3==1.43.117" \
+COPY constraints.txt docker/mlflow.requirements.txt /tmp/radgate-pip/
+RUN pip install -c /tmp/radgate-pip/constraints.txt -r /tmp/radgate-pip/mlflow.requirements.txt \
+    && rm -rf /tmp/radgate-pip \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/mlflow mlflow
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/radgate-healthcheck

@@ -1,13 +1,17 @@
 # syntax=docker/dockerfile:1
 # RadGate trainer and Ray cluster node (head and GPU workers): MONAI + Lightning on Ray Train.
 #   docker build -f docker/trainer.Dockerfile -t radgate/trainer .        (from the repo root)
-# CUDA base: Ray's GPU image (NVIDIA CUDA runtime + cuDNN, Ray 2.60, Python 3.11), so the
-# driver, head and workers run the same Ray and Python, which Ray requires. torch==2.13.0 from
-# PyPI is its CUDA build. Non-root: the image's user `ray` (uid 1000).
+# The driver, head and workers run the same Ray and Python, which Ray requires. Non-root: `ray` (uid 1000).
+# GPU (default): Ray's CUDA image, torch==2.13.0 from PyPI is its CUDA build (TORCH_INDEX empty).
+# CPU: RAY_IMAGE=localhost/radgate/ray:2.60.0-cpu (docker/ray.Dockerfile, the same Python base as
+# the other images) and TORCH_INDEX=https://download.pytorch.org/whl/cpu (or a local wheel dir).
 ARG RAY_IMAGE=rayproject/ray:2.60.0-py311-gpu
 FROM ${RAY_IMAGE}
 
 ARG RADGATE_EXTRAS=postgres,s3,triton
+ARG TORCH_INDEX=
+# A pip.conf mounted at build time (CA bundle, local wheels); never copied into the image.
+ARG PIP_CONFIG_FILE
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
@@ -16,19 +20,22 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 # Editable install in the user's home (WORKDIR would create a root-owned directory): the code
 # finds its shipped configs (deid profiles, policy) next to the packages, as in a checkout.
-RUN mkdir -p /home/ray/app
+# Installed as root (the Python of Ray's images is writable by `ray`, the local CPU base's is not);
+# the code stays read-only to the user that runs it.
+USER 0
 WORKDIR /home/ray/app
-COPY --chown=1000:100 pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
-    && pip install -e ".[${RADGATE_EXTRAS}]" \
-    && mkdir -p /home/ray/radgate
-COPY --chown=1000:100 radgate ./radgate
-COPY --chown=1000:100 imaging ./imaging
-COPY --chown=1000:100 training ./training
-COPY --chown=1000:100 serving ./serving
-COPY --chown=1000:100 governance ./governance
-COPY --chown=1000:100 configs ./configs
+    && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -e ".[${RADGATE_EXTRAS}]" \
+    && mkdir -p /home/ray/radgate \
+    && chown 1000:100 /home/ray/radgate
+COPY radgate ./radgate
+COPY imaging ./imaging
+COPY training ./training
+COPY serving ./serving
+COPY governance ./governance
+COPY configs ./configs
 COPY --chmod=0755 docker/healthcheck.py /home/ray/healthcheck.py
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
 

@@ -2,19 +2,28 @@
 # RadGate reviewer web UI (FastAPI + templates): model cards, evaluations, explanations,
 # approvals. It reads the catalog and MLflow; it holds no model weights and needs no GPU.
 #   docker build -f docker/ui.Dockerfile -t radgate/ui .                  (from the repo root)
-FROM python:3.11-slim-bookworm
+#   scripts/containers.sh build ui                                        (podman, local bases)
+# The image serves what training and serving recorded (--no-demo): the synthetic demo case,
+# which runs a network and Captum, is a workstation feature, so torch, Ray and MONAI stay out.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ARG RADGATE_EXTRAS=postgres,s3
+ARG RADGATE_WITHOUT="torch monai pytorch-lightning captum ray"
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ARG PIP_CONFIG_FILE
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1 \
     RADGATE_HOME=/var/lib/radgate
 
 WORKDIR /opt/radgate
-COPY pyproject.toml README.md ./
-RUN mkdir radgate imaging training serving governance \
+COPY constraints.txt pyproject.toml README.md docker/requirements.py ./
+RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" > requirements.txt \
+    && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -r requirements.txt \
+    && mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
-    && pip install -e ".[${RADGATE_EXTRAS}]" \
+    && pip install --no-deps -e . \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/radgate radgate \
     && mkdir -p /var/lib/radgate \
     && chown radgate:radgate /var/lib/radgate
@@ -35,4 +44,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/bin/radgate-healthcheck", "http", "http://127.0.0.1:8080/ui/login"]
 ENTRYPOINT ["/usr/local/bin/radgate-entrypoint", "radgate"]
 # Behind an HTTPS proxy (as it should be), add --secure-cookie.
-CMD ["ui", "--host", "0.0.0.0", "--port", "8080"]
+CMD ["ui", "--host", "0.0.0.0", "--port", "8080", "--no-demo"]

@@ -19,10 +19,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # torch is pinned (2.13.0, CPU build) in pyproject.toml: no multi-GB CUDA download.
-.venv/bin/python -m pip install -q -e '.[test,postgres]'
+# constraints.txt: the versions the images install too (one lock for venv and containers).
+.venv/bin/python -m pip install -q -c constraints.txt -e '.[test,postgres]'
 # Triton: the client without its protobuf<7 pin (its gRPC stubs work with the protobuf Ray and
 # MLflow need), and the real tritonserver binary from nvidia-pytriton, installed apart.
-.venv/bin/python -m pip install -q grpcio python-rapidjson "ml-dtypes<=0.5.4" urllib3
+.venv/bin/python -m pip install -q -c constraints.txt grpcio python-rapidjson "ml-dtypes<=0.5.4" urllib3
 .venv/bin/python -m pip install -q --no-deps "tritonclient==2.73.0"
 PYTHON="$PWD/.venv/bin/python" bash scripts/ci/install-triton.sh
 # OHIF Viewer for Orthanc (npm pack, SHA-256 checked; ~/.cache/radgate/ohif): SEG over the series.

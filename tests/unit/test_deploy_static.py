@@ -454,3 +454,134 @@ def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
     # A second run keeps what exists (rotating the project key would orphan every pseudonym).
     assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
     assert (tmp_path / "secrets" / "radgate_project_key").read_text() == made["radgate_project_key"]
+
+
+# --- images: bases, the one lock, CPU torch ----------------------------------------------------------
+
+
+def _from_and_args(dockerfile: Path) -> tuple[str, dict[str, str]]:
+    steps = _instructions(dockerfile)
+    args = {}
+    for keyword, rest in steps:
+        if keyword == "ARG" and "=" in rest:
+            name, _, value = rest.partition("=")
+            args[name] = value.strip('"')
+    froms = [rest for keyword, rest in steps if keyword == "FROM"]
+    assert len(froms) == 1, f"{dockerfile.name}: one stage expected"
+    return froms[0], args
+
+
+ALL_DOCKERFILES = sorted(
+    [*DOCKERFILES, *DOCKER.glob("peers/*.Dockerfile"), *DOCKER.glob("base/*.Dockerfile")]
+)
+
+
+@pytest.mark.parametrize("dockerfile", ALL_DOCKERFILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_image_takes_its_base_as_a_build_argument(dockerfile: Path) -> None:
+    base, args = _from_and_args(dockerfile)
+    match = re.fullmatch(r"\$\{([A-Z_]+)\}", base)
+    assert match, f"{dockerfile.name}: FROM {base} is not a build argument"
+    default = args[match.group(1)]
+    official = re.compile(
+        r"^(python:3\.11-slim-bookworm|debian:bookworm-slim|rayproject/ray:[\d.]+-py311(-gpu)?)$"
+    )
+    local = dockerfile.parent.name == "base"  # the stand-in for python:3.11-slim-bookworm
+    assert official.match(default) or (local and default == "localhost/debian:bookworm"), default
+
+
+def test_images_and_venv_install_from_one_lock() -> None:
+    from importlib.metadata import version
+
+    lock = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            lock[name.lower().replace("_", "-")] = pinned
+    # torch: the release only; the index (CPU or CUDA) picks the build.
+    assert lock["torch"] == "2.13.0" and "+" not in lock["torch"]
+    assert '"torch==2.13.0"' in (REPO / "pyproject.toml").read_text()
+    for name in ("ray", "mlflow", "pydicom", "sqlalchemy", "fastapi", "moto", "boto3"):
+        assert lock[name] == version(name), f"{name}: venv {version(name)} vs constraints.txt {lock[name]}"
+    assert "-c constraints.txt -e '.[test,postgres]'" in (REPO / "scripts" / "setup.sh").read_text()
+    for dockerfile in ALL_DOCKERFILES:
+        text = re.sub(r"\\\n", " ", dockerfile.read_text())
+        for run in re.findall(r"^RUN (.*)$", text, re.M):
+            for install in re.findall(r"pip install ([^&]*)", run):
+                if "pip==" in install or "--no-deps" in install:
+                    continue  # pip itself; RadGate's own code (its requirements came from the lock)
+                assert re.search(r"-c \S*constraints\.txt", install), (
+                    f"{dockerfile.name}: pip install {install}"
+                )
+
+
+def test_cpu_images_never_pull_the_cuda_torch() -> None:
+    for name in ("gateway", "ui"):
+        _, args = _from_and_args(DOCKER / f"{name}.Dockerfile")
+        assert "torch" in args["RADGATE_WITHOUT"].split(), name  # no torch at all
+    _, serving = _from_and_args(DOCKER / "serving.Dockerfile")
+    assert serving["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert serving["RAY_IMAGE"].endswith("-py311")  # Ray's CPU image
+    _, trainer = _from_and_args(DOCKER / "trainer.Dockerfile")
+    assert trainer["RAY_IMAGE"].endswith("-gpu") and trainer["TORCH_INDEX"] == ""  # the GPU variant
+    _, ray_cpu = _from_and_args(DOCKER / "ray.Dockerfile")
+    assert ray_cpu["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    script = (REPO / "scripts" / "containers.sh").read_text()
+    assert "--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu" in script
+
+
+def test_requirements_helper_leaves_out_what_an_image_does_not_need(tmp_path: Path) -> None:
+    script = [sys.executable, str(DOCKER / "requirements.py"), str(REPO / "pyproject.toml")]
+    full = subprocess.run([*script, "postgres,s3"], capture_output=True, text=True, timeout=60)
+    slim = subprocess.run([*script, "postgres,s3", "torch monai pytorch-lightning captum ray mlflow"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert full.returncode == 0 and slim.returncode == 0, full.stderr + slim.stderr
+    names = {re.split(r"[<>=!;\[ ]", line)[0].lower() for line in slim.stdout.split("\n") if line}
+    assert {"pydicom", "sqlalchemy", "psycopg", "s3fs"} <= names
+    assert not names & {"torch", "monai", "pytorch-lightning", "captum", "ray", "mlflow"}
+    assert "torch==2.13.0" in full.stdout.split("\n") and "ray[serve,train]>=2.40" in full.stdout
+    unknown = subprocess.run([*script, "nonsense"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode != 0 and "unknown extras: nonsense" in unknown.stderr
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """Compose's merge tags (!reset, !override) as plain values."""
+
+
+_ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+
+
+def _override(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)  # type: ignore[arg-type]
+
+
+_ComposeLoader.add_constructor("!override", _override)
+
+
+def test_local_override_builds_every_peer_and_keeps_the_platform() -> None:
+    from serving.config import Backend, load_serve_config
+
+    local = yaml.load((DOCKER / "compose.local.yaml").read_text(), Loader=_ComposeLoader)
+    services = _compose()["services"]
+    assert set(local["services"]) <= set(services)
+    for name, service in local["services"].items():
+        image = str(service.get("image", ""))
+        if image:
+            assert image.startswith("localhost/radgate/"), f"{name}: {image}"
+            stem = image.split("/")[-1].split(":")[0]
+            assert (DOCKER / "peers" / f"{stem}.Dockerfile").is_file() or (
+                DOCKER / f"{stem}.Dockerfile"
+            ).is_file()
+    # No GPU service in the local stack; the serving config there forwards in-process.
+    assert local["services"]["triton"]["profiles"] == ["gpu"] and local["services"]["ray-worker"][
+        "profiles"
+    ] == ["gpu"]
+    serve = load_serve_config(DOCKER / "config" / "serve.local.yaml")
+    assert all(m.backend == Backend.INPROCESS for m in serve.models) and serve.pacs is not None
+    # Published ports stay on loopback.
+    for name, service in local["services"].items():
+        for port in service.get("ports") or []:
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"

@@ -1,0 +1,31 @@
+# syntax=docker/dockerfile:1
+# Orthanc from Debian (with its DICOMweb and GDCM plugins) for the `local` compose stack, where
+# orthancteam/orthanc cannot be pulled. Configured by docker/peers/orthanc.json (mounted or the
+# copy below): HTTP user `radgate` whose password comes from ORTHANC_PASSWORD_FILE (the entrypoint
+# exports it; Orthanc substitutes ${ORTHANC_PASSWORD}), known AE titles only, DICOMweb at
+# /dicom-web/. TCP_NODELAY=1: without it each C-STORE waits ~90 ms (Nagle + delayed ACK).
+# OHIF (optional): with the viewer's dist mounted at /run/radgate-ohif at build time, it is copied
+# into /usr/share/radgate/ohif and served under /ohif/ (see imaging.gateway.viewer).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
+
+ENV TCP_NODELAY=1
+# Debian stable: the suite pins the versions (security updates only).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends orthanc orthanc-dicomweb orthanc-gdcm dcmtk \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+    && mkdir -p /var/lib/orthanc/db \
+    && chown -R orthanc:orthanc /var/lib/orthanc
+COPY docker/peers/orthanc.json /etc/radgate-orthanc/orthanc.json
+COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/radgate-healthcheck
+COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
+
+USER orthanc
+WORKDIR /var/lib/orthanc
+VOLUME ["/var/lib/orthanc/db"]
+EXPOSE 4242 8042
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=10 \
+    CMD ["python3", "/usr/local/bin/radgate-healthcheck", "tcp", "127.0.0.1", "8042"]
+ENTRYPOINT ["/usr/local/bin/radgate-entrypoint"]
+CMD ["Orthanc", "/etc/radgate-orthanc/orthanc.json"]

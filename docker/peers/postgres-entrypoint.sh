@@ -1,0 +1,33 @@
+#!/bin/sh
+# First start on an empty $PGDATA: initdb with the superuser POSTGRES_USER whose password is read
+# from POSTGRES_PASSWORD_FILE (never from the environment or a layer), create POSTGRES_DB, run
+# /docker-entrypoint-initdb.d/*.sql once; then PostgreSQL in the foreground, password auth
+# (scram-sha-256) for every network peer.
+set -eu
+: "${POSTGRES_USER:=postgres}"
+: "${POSTGRES_DB:=$POSTGRES_USER}"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+  if [ -z "${POSTGRES_PASSWORD_FILE:-}" ] || [ ! -r "$POSTGRES_PASSWORD_FILE" ]; then
+    echo "postgres-entrypoint: POSTGRES_PASSWORD_FILE must name a readable secret" >&2
+    exit 64
+  fi
+  initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$POSTGRES_PASSWORD_FILE" \
+    --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+  echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
+  pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -k /var/run/postgresql" -w start >/dev/null
+  if [ "$POSTGRES_DB" != postgres ]; then
+    psql -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d postgres \
+      -c "CREATE DATABASE \"$POSTGRES_DB\"" >/dev/null
+  fi
+  for script in /docker-entrypoint-initdb.d/*.sql; do
+    [ -e "$script" ] || continue
+    echo "postgres-entrypoint: running $script"
+    psql -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -f "$script" >/dev/null
+  done
+  pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
+fi
+if [ "$1" = postgres ]; then
+  shift
+  exec postgres -D "$PGDATA" -c listen_addresses='*' -k /var/run/postgresql "$@"
+fi
+exec "$@"

@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# RadGate's images and compose stack, built and run here with podman (docker where podman is absent).
+#
+#   scripts/containers.sh                 # everything: bases, images, stack up, smoke journey, down
+#   scripts/containers.sh bases           # localhost/debian:bookworm (debootstrap) + Python base + CPU Ray
+#   scripts/containers.sh build [NAME..]  # images (default: all): gateway ui mlflow trainer serving
+#                                         #   orthanc postgres s3
+#   scripts/containers.sh up|smoke|down   # the stack (docker/compose.yaml + compose.local.yaml)
+#   scripts/containers.sh sizes           # image sizes and the build times recorded in $STATE
+#   scripts/containers.sh lock            # regenerate constraints.txt from the venv
+#
+# No registry is reachable on the development machines, so by default the bases are built
+# locally (RADGATE_LOCAL_BASES=1; 0 uses python:3.11-slim-bookworm and rayproject/ray from a
+# registry). pip inside builds uses the host's CA bundle and local wheel directory when PIP_CERT /
+# PIP_FIND_LINKS are set: a pip.conf naming them is mounted at build time only (never in a layer).
+# Torch is the CPU build: a local torch-*+cpu wheel when there is one, else PyTorch's CPU index.
+# Every build runs under `nice` (RADGATE_NICE, default 19) and one at a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO="$PWD"
+
+ENGINE="${CONTAINER_ENGINE:-$(command -v podman >/dev/null 2>&1 && echo podman || echo docker)}"
+NICE=(nice -n "${RADGATE_NICE:-19}")
+STATE="${RADGATE_CONTAINERS_STATE:-/var/tmp/radgate-containers}"
+LOCAL_BASES="${RADGATE_LOCAL_BASES:-1}"
+RAY_VERSION="$(sed -n 's/^ray==//p' constraints.txt)"
+PY_BASE="localhost/radgate/python:3.11-bookworm"
+RAY_CPU="localhost/radgate/ray:${RAY_VERSION}-cpu"
+COMPOSE_FILES=(-f docker/compose.yaml -f docker/compose.local.yaml)
+PROJECT="${RADGATE_COMPOSE_PROJECT:-radgate}"
+mkdir -p "$STATE"
+
+log() { printf '[containers %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+# --- host set-up (podman 4.3 on Debian 12: runc, cgroupfs, file events, ulimits) --------------------
+engine_setup() {
+  if [ "$ENGINE" = podman ] && [ "${RADGATE_SKIP_APT:-0}" != 1 ]; then
+    sh scripts/ci/containers-apt.sh >/dev/null
+  fi
+  if [ "$ENGINE" = podman ] && [ "$(id -u)" = 0 ] && [ ! -s /etc/containers/containers.conf ]; then
+    # crun cannot set rlimits without CAP_SYS_RESOURCE and does not run on hybrid cgroups here.
+    cat > /etc/containers/containers.conf <<'EOF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+  fi
+}
+
+# --- pip inside builds -------------------------------------------------------------------------------
+PIP_BUILD=()
+TORCH_ARGS=()
+pip_setup() {
+  local conf="$STATE/pip/pip.conf"
+  mkdir -p "$STATE/pip"
+  : > "$conf"
+  echo "[global]" >> "$conf"
+  echo "timeout = 180" >> "$conf"
+  if [ -n "${PIP_CERT:-}" ] && [ -r "$PIP_CERT" ]; then
+    echo "cert = /run/radgate-pip/ca.crt" >> "$conf"
+    PIP_BUILD+=(-v "$PIP_CERT:/run/radgate-pip/ca.crt:ro")
+  fi
+  if [ -n "${PIP_FIND_LINKS:-}" ] && [ -d "$PIP_FIND_LINKS" ]; then
+    echo "find-links = /run/radgate-pip/wheels" >> "$conf"
+    PIP_BUILD+=(-v "$PIP_FIND_LINKS:/run/radgate-pip/wheels:ro")
+    if compgen -G "$PIP_FIND_LINKS/torch-*+cpu-*.whl" >/dev/null; then
+      TORCH_ARGS=(--build-arg TORCH_INDEX=)   # the local CPU wheel; PyTorch's index is not reachable
+    fi
+  fi
+  PIP_BUILD+=(-v "$conf:/run/radgate-pip/pip.conf:ro" --build-arg PIP_CONFIG_FILE=/run/radgate-pip/pip.conf)
+}
+
+# build NAME TAG DOCKERFILE [ENGINE BUILD ARGS...]: one image, its wall time and size recorded.
+build_image() {
+  local name="$1" tag="$2" dockerfile="$3"
+  shift 3
+  local ignore=()
+  [ -f "$dockerfile.dockerignore" ] && ignore=(--ignorefile "$dockerfile.dockerignore")
+  local start end
+  start=$(date +%s)
+  log "build $name -> $tag"
+  "${NICE[@]}" "$ENGINE" build --pull=never --network host --format docker \
+    -f "$dockerfile" "${ignore[@]}" "${PIP_BUILD[@]}" "$@" -t "$tag" "$REPO" \
+    > "$STATE/build-$name.log" 2>&1 || {
+      tail -n 30 "$STATE/build-$name.log" >&2
+      log "build $name FAILED (log: $STATE/build-$name.log)"
+      return 1
+    }
+  end=$(date +%s)
+  local size
+  size=$("$ENGINE" image inspect --format '{{.Size}}' "$tag")
+  sed -i "/^$name /d" "$STATE/builds.txt" 2>/dev/null || true
+  echo "$name $tag $((end - start)) $size" >> "$STATE/builds.txt"
+  log "built $name in $((end - start)) s, $((size / 1000000)) MB"
+}
+
+# --- bases -------------------------------------------------------------------------------------------
+bases() {
+  if [ "$LOCAL_BASES" != 1 ]; then
+    log "official bases: python:3.11-slim-bookworm, rayproject/ray:${RAY_VERSION}-py311[-gpu]"
+    return
+  fi
+  if ! "$ENGINE" image exists localhost/debian:bookworm 2>/dev/null; then
+    command -v debootstrap >/dev/null || apt-get install -y -qq --no-install-recommends debootstrap
+    local mirror rootfs="$STATE/rootfs"
+    mirror="$(grep -h '^URIs:' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n 1 | awk '{print $2}')"
+    mirror="${mirror:-http://deb.debian.org/debian}"
+    rm -rf "$rootfs"
+    log "debootstrap bookworm from $mirror"
+    "${NICE[@]}" debootstrap --variant=minbase bookworm "$rootfs" "$mirror" > "$STATE/debootstrap.log" 2>&1
+    tar -C "$rootfs" -c . | "$ENGINE" import - localhost/debian:bookworm >/dev/null
+    rm -rf "$rootfs"
+  fi
+  build_image python "$PY_BASE" docker/base/python.Dockerfile
+  build_image ray "$RAY_CPU" docker/ray.Dockerfile --build-arg "BASE_IMAGE=$PY_BASE" \
+    --build-arg "RAY_VERSION=$RAY_VERSION"
+}
+
+base_args() {
+  if [ "$LOCAL_BASES" = 1 ]; then echo "--build-arg BASE_IMAGE=$PY_BASE"; fi
+}
+
+ray_args() {
+  if [ "$LOCAL_BASES" = 1 ]; then echo "--build-arg RAY_IMAGE=$RAY_CPU"; else
+    echo "--build-arg RAY_IMAGE=rayproject/ray:${RAY_VERSION}-py311"; fi
+}
+
+ALL_IMAGES=(postgres s3 orthanc mlflow gateway ui trainer serving)
+
+build() {
+  local names=("$@")
+  [ ${#names[@]} -gt 0 ] || names=("${ALL_IMAGES[@]}")
+  local name
+  for name in "${names[@]}"; do
+    case "$name" in
+      python | ray) bases ;;
+      gateway | ui | mlflow)
+        # shellcheck disable=SC2046
+        build_image "$name" "localhost/radgate/$name:latest" "docker/$name.Dockerfile" $(base_args) \
+          "${TORCH_ARGS[@]}" ;;
+      trainer | serving)
+        # CPU images: the local CPU Ray base (or Ray's CPU image) and torch's CPU build.
+        # shellcheck disable=SC2046
+        build_image "$name" "localhost/radgate/$name:latest" "docker/$name.Dockerfile" $(ray_args) \
+          --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu "${TORCH_ARGS[@]}" ;;
+      postgres | s3 | orthanc)
+        # shellcheck disable=SC2046
+        build_image "$name" "localhost/radgate/$name:latest" "docker/peers/$name.Dockerfile" \
+          $(if [ "$LOCAL_BASES" = 1 ]; then echo "--build-arg BASE_IMAGE=$PY_BASE --build-arg DEBIAN_IMAGE=localhost/debian:bookworm"; fi) ;;
+      *) log "unknown image $name"; return 2 ;;
+    esac
+  done
+  # Layers no image uses any more (earlier builds of the same tags).
+  "$ENGINE" image prune -f >/dev/null 2>&1 || true
+}
+
+sizes() {
+  printf '%-10s %-45s %8s %8s\n' image tag build_s MB
+  while read -r name tag seconds size; do
+    printf '%-10s %-45s %8s %8s\n' "$name" "$tag" "$seconds" "$((size / 1000000))"
+  done < "$STATE/builds.txt"
+}
+
+lock() {
+  {
+    sed -n '1,/^[^#]/{/^#/p}' constraints.txt
+    .venv/bin/pip freeze --exclude-editable 2>/dev/null | sed -E 's/^torch==([^+]+)\+cpu$/torch==\1/'
+  } > constraints.txt.new
+  mv constraints.txt.new constraints.txt
+  log "constraints.txt: $(grep -vc '^#' constraints.txt) pins"
+}
+
+# --- the stack ---------------------------------------------------------------------------------------
+compose() {
+  local tool=(.venv/bin/podman-compose)
+  if [ "$ENGINE" = docker ]; then tool=(docker compose); fi
+  if [ "$ENGINE" = podman ] && [ ! -x .venv/bin/podman-compose ]; then
+    .venv/bin/python -m pip install -q "podman-compose>=1.6" >&2
+  fi
+  "${NICE[@]}" "${tool[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
+}
+
+up() {
+  sh docker/make-secrets.sh >/dev/null
+  log "stack up"
+  compose up -d
+}
+
+down() {
+  log "stack down"
+  compose down -v --remove-orphans || true
+}
+
+smoke() {
+  RAY_AUTH_MODE=disabled "${NICE[@]}" .venv/bin/python scripts/ci/container_smoke.py \
+    --engine "$ENGINE" --project "$PROJECT" --report "$STATE/smoke.json"
+}
+
+main() {
+  local step="${1:-all}"
+  [ $# -gt 0 ] && shift
+  engine_setup
+  pip_setup
+  case "$step" in
+    bases) bases ;;
+    build) build "$@" ;;
+    up) up ;;
+    smoke) smoke ;;
+    down) down ;;
+    sizes) sizes ;;
+    lock) lock ;;
+    all)
+      bases
+      build
+      sizes
+      trap down EXIT
+      up
+      smoke
+      ;;
+    *) sed -n '2,12p' "$0"; return 2 ;;
+  esac
+}
+
+main "$@"; exit $?
