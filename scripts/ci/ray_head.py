@@ -48,14 +48,24 @@ class RayHead:
     object_store_bytes: int = 256 * 1024**2
     process: subprocess.Popen[str] | None = None
     output: list[str] = field(default_factory=list)
+    #: More ``ray start`` parameters as KubeRay passes its ``rayStartParams`` (``--KEY=VALUE``),
+    #: replacing a default of the same key (e.g. ``{"include-dashboard": "true"}``).
+    start_params: dict[str, str] = field(default_factory=dict)
+    #: Ray token authentication (as KubeRay's ``authOptions: {mode: token}``); None: disabled.
+    auth_token: str | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        # Token authentication is on by default in Ray 2.60; a test head runs without it.
-        return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        # Token authentication is on by default in Ray 2.60; a test head runs without it unless
+        # it is given a token.
+        if self.auth_token is not None:
+            auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
+        else:
+            auth = {"RAY_AUTH_MODE": "disabled"}
+        return {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
 
     def start(self, timeout: float = 120, attempts: int = 2) -> RayHead:
         """Start the head; on a loaded machine the raylet can miss Ray's fixed 30 s registration
@@ -86,6 +96,9 @@ class RayHead:
             f"--runtime-env-agent-port={free_port()}",
             f"--metrics-export-port={free_port()}",
         ]  # fmt: skip
+        if self.start_params:
+            command = [a for a in command if a.split("=", 1)[0].lstrip("-") not in self.start_params]
+            command += [f"--{key}={value}" for key, value in self.start_params.items()]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
