@@ -1,16 +1,22 @@
-"""The project key: keyed pseudonymisation (HMAC-SHA256) and encryption at rest (AES-GCM).
+"""The pseudonym key: keyed pseudonymisation (HMAC-SHA256) for the de-identifier.
 
-One 256-bit secret per deployment, read from ``RADGATE_PROJECT_KEY`` or a key file created
-with mode 0600 on first use (never in the repository). Purpose-specific sub-keys are derived
-with HKDF so that a UID hash can never be replayed as a date offset or an encryption key.
+A 256-bit secret read from ``RADGATE_PROJECT_KEY`` or ``keys/project.key`` (created with mode
+0600 on first use, never in the repository). Purpose-specific sub-keys (``uid``, ``date``,
+``pseudonym``, ``lookup``...) are derived with HKDF so that a UID hash can never be replayed as
+a date offset. It is the de-identifier's key only: it no longer encrypts anything, signs the
+audit log or protects sessions (each has its own key, :mod:`governance.keyring`).
+
+:meth:`ProjectKey.seal` seals to the honest broker's public key (any service can seal; only
+the broker's private key unseals); :meth:`ProjectKey.legacy_unseal` reads data sealed by
+earlier releases under the project key (``radgate keys migrate``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
-import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +25,14 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from governance.keyring import (
+    Broker,
+    BrokerSealer,
+    KeyMissing,
+    load_broker,
+    load_broker_sealer,
+    write_secret_file,
+)
 from governance.settings import Settings, get_settings
 
 __all__ = ["KeyError_", "ProjectKey", "load_project_key", "seal_key_path", "write_secret_file"]
@@ -32,15 +46,16 @@ class KeyError_(RuntimeError):
 
 @dataclass(frozen=True)
 class ProjectKey:
-    """A project secret and the sub-keys derived from it.
+    """The de-identifier's pseudonym secret, and the broker sealer it seals originals with.
 
-    ``seal_secret``, when set, is a separate encryption key (``keys/seal.key``): it can be
-    rotated (``radgate keys rotate``) without changing any pseudonym, since the HMAC key of the
-    de-identification stays ``secret``.
+    ``sealer`` is the honest broker's public key (or, in the broker's own process, the key
+    pair); when not given it is loaded from the configured keys directory on first use.
+    ``seal_secret`` is only for reading data sealed by earlier releases (``keys/seal.key``).
     """
 
     secret: bytes = field(repr=False)
     seal_secret: bytes | None = field(default=None, repr=False)
+    sealer: BrokerSealer | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.secret) != 32:
@@ -49,39 +64,53 @@ class ProjectKey:
             raise KeyError_("seal key must be exactly 32 bytes")
 
     @property
-    def seal_key_id(self) -> str:
-        """Public id of the encryption key in use (changes on rotation)."""
-        material = self.seal_secret if self.seal_secret is not None else self.secret
-        return hashlib.sha256(b"radgate-seal-key-id" + material).hexdigest()[:16]
-
-    def with_seal_secret(self, seal_secret: bytes) -> ProjectKey:
-        return ProjectKey(self.secret, seal_secret)
-
-    @property
     def key_id(self) -> str:
         """A public identifier of the key (safe to log and store): not reversible."""
         return hashlib.sha256(b"radgate-key-id" + self.secret).hexdigest()[:16]
 
+    @property
+    def seal_key_id(self) -> str:
+        """Public id of the broker key that :meth:`seal` seals to (changes on rotation)."""
+        return self._sealer().key_id
+
     def derive(self, purpose: str) -> bytes:
-        """A 32-byte sub-key for one purpose (``uid``, ``date``, ``pseudonym``, ``seal``...)."""
-        material = self.seal_secret if purpose == "seal" and self.seal_secret is not None else self.secret
-        return _derive(material, purpose)
+        """A 32-byte sub-key for one purpose (``uid``, ``date``, ``pseudonym``...)."""
+        return _derive(self.secret, purpose)
 
     def mac(self, purpose: str, message: bytes) -> bytes:
         """HMAC-SHA256 of ``message`` under the sub-key for ``purpose``."""
         return hmac.new(self.derive(purpose), message, hashlib.sha256).digest()
 
-    def seal(self, plaintext: bytes, associated: bytes = b"") -> bytes:
-        """AES-256-GCM encryption; the output is nonce || ciphertext || tag."""
-        nonce = os.urandom(_NONCE_BYTES)
-        return nonce + _aead(self.derive("seal")).encrypt(nonce, plaintext, associated)
+    def _sealer(self) -> BrokerSealer:
+        if self.sealer is not None:
+            return self.sealer
+        try:
+            return load_broker_sealer()
+        except KeyMissing as exc:
+            raise KeyError_(str(exc)) from exc
 
-    def unseal(self, sealed: bytes, associated: bytes = b"") -> bytes:
-        """Decrypt what :meth:`seal` produced; raises :class:`KeyError_` on a wrong key or tampering."""
+    def seal(self, plaintext: bytes, associated: bytes = b"", *, record: str = "reid-map") -> bytes:
+        """Seal to the honest broker's public key; ``record`` names what it is (bound as AAD)."""
+        return self._sealer().seal(plaintext, associated, record=record)
+
+    def unseal(self, sealed: bytes, associated: bytes = b"", *, record: str = "reid-map") -> bytes:
+        """Unseal with the honest broker's private key, which only the broker's process holds;
+        raises :class:`KeyError_` elsewhere, on a wrong key or on tampering."""
+        sealer = self.sealer
+        try:
+            broker = sealer if isinstance(sealer, Broker) else load_broker(create=False)
+            return broker.unseal(sealed, associated, record=record)
+        except (KeyMissing, OSError) as exc:
+            raise KeyError_(f"cannot unseal: {exc}") from exc
+
+    def legacy_unseal(self, sealed: bytes, associated: bytes = b"") -> bytes:
+        """Decrypt what earlier releases sealed under the project (or seal) key: AES-256-GCM,
+        nonce || ciphertext || tag. Only ``radgate keys migrate`` uses it."""
         from cryptography.exceptions import InvalidTag
 
+        material = self.seal_secret if self.seal_secret is not None else self.secret
         try:
-            return _aead(self.derive("seal")).decrypt(
+            return AESGCM(_derive(material, "seal")).decrypt(
                 sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], associated
             )
         except (InvalidTag, ValueError) as exc:
@@ -96,11 +125,6 @@ def _derive(material: bytes, purpose: str) -> bytes:
     return hkdf.derive(material)
 
 
-@functools.lru_cache(maxsize=16)
-def _aead(key: bytes) -> AESGCM:
-    return AESGCM(key)
-
-
 def _parse_hex(text: str) -> bytes:
     try:
         raw = bytes.fromhex(text.strip())
@@ -112,39 +136,26 @@ def _parse_hex(text: str) -> bytes:
 
 
 def seal_key_path(settings: Settings) -> Path:
-    """Where the (rotatable) encryption key lives: next to the project key file."""
+    """Where earlier releases kept their rotatable encryption key (read by the migration)."""
     return settings.resolved_key_file.with_name("seal.key")
 
 
-def write_secret_file(path: Path, secret: bytes) -> None:
-    """Write a key file with owner-only permissions, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret.hex() + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def load_project_key(settings: Settings | None = None, *, create: bool = True) -> ProjectKey:
-    """The project key from ``RADGATE_PROJECT_KEY`` or the key file (created if absent)."""
+    """The pseudonym key from ``RADGATE_PROJECT_KEY`` or the key file (created if absent), with
+    the broker's public key to seal to (when this process has one)."""
     settings = settings or get_settings()
     seal_path = seal_key_path(settings)
     seal = _parse_hex(seal_path.read_text()) if seal_path.exists() else None
+    try:
+        sealer: BrokerSealer | None = load_broker_sealer(settings, create=create)
+    except KeyMissing:
+        sealer = None
     if settings.project_key is not None:
-        return ProjectKey(_parse_hex(settings.project_key.get_secret_value()), seal)
+        return ProjectKey(_parse_hex(settings.project_key.get_secret_value()), seal, sealer)
     path: Path = settings.resolved_key_file
-    if path.exists():
-        return ProjectKey(_parse_hex(path.read_text()), seal)
-    if not create:
-        raise KeyError_("no project key: set RADGATE_PROJECT_KEY or create the key file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    secret = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret.hex() + "\n")
-    return ProjectKey(secret)
+    if not path.exists():
+        if not create:
+            raise KeyError_("no project key: set RADGATE_PROJECT_KEY or create the key file")
+        with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
+            write_secret_file(path, secrets.token_bytes(32), exclusive=True)
+    return ProjectKey(_parse_hex(path.read_text()), seal, sealer)

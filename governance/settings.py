@@ -47,6 +47,13 @@ class Settings(BaseSettings):
     )
     ray_address: str | None = Field(default_factory=lambda: os.environ.get("RAY_ADDRESS"))
     triton_url: str | None = None
+    audit_witness: str | None = Field(
+        default=None,
+        description=(
+            "External witness of the signed audit head: a path to an append-only file (another"
+            " disk or a remote mount, chattr +a) or syslog:HOST:PORT (UDP, RFC 5424)."
+        ),
+    )
 
     @field_validator("home")
     @classmethod

@@ -164,34 +164,7 @@ def reid(
         out.print(f"{item_kind}\t{original}")
 
 
-keys_app = typer.Typer(help="Project keys.", no_args_is_help=True)
-
-
-@keys_app.command("rotate")
-def keys_rotate(
-    token: str = typer.Option(None, "--token", help="Admin token (default: RADGATE_TOKEN)."),
-) -> None:
-    """Rotate the encryption key: re-seal the map of originals and the quarantine (admin, audited).
-
-    Pseudonyms, UIDs and date shifts do not change (their HMAC key is not rotated).
-    """
-    from governance.auth import AuthError, Role, principal_from_env_or_token, require_role
-    from governance.keys import KeyError_
-    from imaging.keys_rotation import rotate_seal_key
-
-    try:
-        principal = require_role(principal_from_env_or_token(token), Role.ADMIN)
-        rotation = rotate_seal_key(principal.name, principal.role.value)
-    except (AuthError, KeyError_) as exc:
-        raise fail(str(exc)) from exc
-    out.print(
-        f"seal key {rotation.old_key_id} -> {rotation.new_key_id}: re-sealed {rotation.map_entries} map "
-        f"entries and {rotation.quarantined_files} quarantined inputs"
-    )
-
-
 def register(app: typer.Typer) -> None:
-    app.add_typer(keys_app, name="keys")
     app.command("deid")(deid)
     app.command("ingest")(ingest)
     app.command("catalog")(catalog)

@@ -36,6 +36,7 @@ _COMMAND_MODULES = (
     "serving.cli",
     "serving.monitoring.cli",
     "serving.ui.cli",
+    "serving.keys_cli",
     "radgate.demo",
 )
 

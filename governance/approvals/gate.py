@@ -9,6 +9,12 @@ closed (denied, with the reason).
 For an alias, beyond the policy checklist, the alias must be allowed by the policy and the
 newest authentic RadGate promotion for that alias must name the version the alias points
 at: an alias set directly in MLflow (UI or API) is denied and reported.
+
+The audit log is the authority for approvals and revocations, and a deleted revocation is an
+absence that no entry's signature shows: every decision first verifies (incrementally, see
+:class:`governance.audit.ChainGuard`) that the log is one contiguous signed chain up to the
+signed head anchored outside the database, and is denied when it is not. Every entry the
+decision reads must then be authentic; one that is not denies (it is never skipped).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from governance.approvals.registry import (
     model_target,
     registry_client,
 )
-from governance.audit import AuditLog
+from governance.audit import AuditLog, ChainBroken, ChainGuard
 from governance.policy import Policy, PolicyError, evaluate, load_policy
 from governance.settings import get_settings
 
@@ -59,6 +65,7 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
     checked_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     cached: bool = False
+    policy_sha256: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +77,7 @@ class GateDecision:
             "reasons": list(self.reasons),
             "checked_at": self.checked_at.isoformat(),
             "cached": self.cached,
+            "policy_sha256": self.policy_sha256,
         }
 
 
@@ -99,6 +107,7 @@ class Gate:
         # for it instead of each querying the registry and the audit log (a thundering herd
         # every ``ttl_s`` under load).
         self._deciding: dict[tuple[str, str | None, str | None], threading.Lock] = {}
+        self._chain: ChainGuard | None = None
 
     @property
     def client(self) -> MlflowClient:
@@ -111,6 +120,12 @@ class Gate:
         if self._audit is None:
             self._audit = AuditLog()
         return self._audit
+
+    @property
+    def chain(self) -> ChainGuard:
+        if self._chain is None:
+            self._chain = ChainGuard(self.audit)
+        return self._chain
 
     def clear(self) -> None:
         with self._lock:
@@ -166,19 +181,39 @@ class Gate:
     def _decide(self, name: str, alias: str | None, version: str | None, fresh: bool = False) -> GateDecision:
         from mlflow.exceptions import MlflowException
 
+        policy_sha: str | None = None
         try:
-            policy = (self._policy or load_policy()).for_model(name)
+            loaded = self._policy or load_policy()
+            policy_sha = loaded.sha256
+            policy = loaded.for_model(name)
+            self.chain.check()
             if alias is not None:
                 if alias not in policy.allowed_aliases:
                     return GateDecision(
-                        False, name, alias, None, None, [f"alias {alias!r} not allowed by policy"]
+                        False,
+                        name,
+                        alias,
+                        None,
+                        None,
+                        [f"alias {alias!r} not allowed by policy"],
+                        policy_sha256=policy_sha,
                     )
                 try:
                     version = str(self.client.get_model_version_by_alias(name, alias).version)
                 except MlflowException:
-                    return GateDecision(False, name, alias, None, None, [f"alias {alias!r} is not set"])
+                    return GateDecision(
+                        False,
+                        name,
+                        alias,
+                        None,
+                        None,
+                        [f"alias {alias!r} is not set"],
+                        policy_sha256=policy_sha,
+                    )
             assert version is not None
-            evidence, _ = gather_evidence(self.client, self.audit, name, version, with_hash=False)
+            evidence, _ = gather_evidence(
+                self.client, self.audit, name, version, with_hash=False, strict=True
+            )
             evidence = replace(evidence, artifact_sha256=self._artifact_hash(name, evidence.version, fresh))
             checklist = evaluate(policy, evidence, datetime.now(UTC))
             reasons = [
@@ -187,12 +222,24 @@ class Gate:
             ]
             if alias is not None:
                 reasons.extend(self._alias_reasons(name, alias, version))
-            return GateDecision(not reasons, name, alias, version, evidence.artifact_sha256, reasons)
+            return GateDecision(
+                not reasons, name, alias, version, evidence.artifact_sha256, reasons, policy_sha256=policy_sha
+            )
+        except ChainBroken as exc:
+            return GateDecision(False, name, alias, version, None, [str(exc)], policy_sha256=policy_sha)
         except (MlflowException, RegistryError, PolicyError, OSError) as exc:
-            return GateDecision(False, name, alias, version, None, [f"gate error: {exc}"])
+            return GateDecision(
+                False, name, alias, version, None, [f"gate error: {exc}"], policy_sha256=policy_sha
+            )
         except Exception as exc:  # fail closed on anything else (e.g. a damaged audit row)
             return GateDecision(
-                False, name, alias, version, None, [f"gate error: {type(exc).__name__}: {exc}"]
+                False,
+                name,
+                alias,
+                version,
+                None,
+                [f"gate error: {type(exc).__name__}: {exc}"],
+                policy_sha256=policy_sha,
             )
 
     def _alias_reasons(self, name: str, alias: str, version: str) -> list[str]:
@@ -201,7 +248,9 @@ class Gate:
             target_prefix=f"model:{name}/", actions=["model.promote", "model.demote"], newest_first=True
         )
         for entry in entries:
-            if entry.details.get("alias") != alias or not self.audit.authentic(entry):
+            if not self.audit.authentic(entry):
+                raise ChainBroken("forged", entry.seq, "an alias entry is not signed by the audit writer")
+            if entry.details.get("alias") != alias:
                 continue
             if entry.action == "model.promote" and entry.target == model_target(name, version):
                 return []

@@ -153,13 +153,21 @@ def _tag_decisions(mv: ModelVersion) -> dict[str, dict[str, Any]]:
 
 
 def gather_evidence(
-    client: MlflowClient, audit: AuditLog, name: str, version: str | int, *, with_hash: bool = True
+    client: MlflowClient,
+    audit: AuditLog,
+    name: str,
+    version: str | int,
+    *,
+    with_hash: bool = True,
+    strict: bool = False,
 ) -> tuple[Evidence, ModelVersion]:
     """Collect what the policy needs for one version.
 
     Decisions and the submission come from authentic audit entries for the version; a
     ``radgate.decision.*`` tag without a matching authentic entry becomes an unconfirmed
-    decision (the checklist fails on it).
+    decision (the checklist fails on it). With ``strict`` (the gate) an entry that is not
+    authentic raises :class:`RegistryError` instead of being skipped: a tampered revocation
+    must deny, not vanish.
     """
     mv = get_version(client, name, version)
     target = model_target(name, mv.version)
@@ -170,6 +178,8 @@ def gather_evidence(
     submitters: set[str] = set()
     for entry in entries:
         if not audit.authentic(entry):
+            if strict:
+                raise RegistryError(f"audit entry {entry.seq} for {target} is not signed by the audit writer")
             continue
         details = entry.details
         if entry.action == "model.submit":

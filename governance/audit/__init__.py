@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from governance.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from governance.audit.chain import ChainBroken, ChainGuard
     from governance.audit.group import GroupCommit
     from governance.audit.log import (
         GENESIS_HASH,
@@ -32,6 +33,8 @@ __all__ = [
     "AuditLog",
     "AuditPHIError",
     "AuditRow",
+    "ChainBroken",
+    "ChainGuard",
     "GroupCommit",
     "PendingEntry",
     "VerifyReport",

@@ -2,16 +2,17 @@
 
 Each entry's ``hash`` is SHA-256 over the canonical JSON (sorted keys, no spaces, UTF-8) of
 its fields and the previous entry's hash, so altering, deleting, inserting or reordering a
-row breaks the chain. Because anyone can recompute SHA-256, each hash is also MACed with the
-project key (an attacker with write access to the database but not the key cannot rebuild
-a valid chain), and the head is anchored outside the table (a file, or MLflow) so that
-truncating the newest entries is detected too.
+row breaks the chain. Because anyone can recompute SHA-256, each hash is also signed with the
+audit writer's Ed25519 key (``keys/audit-signing.key``; verifiers hold only the public key),
+so write access to the database without that key cannot rebuild a valid chain. The head
+(seq, hash) is signed too and written outside the database (``audit/head.json``, and to an
+optional witness: an append-only file or syslog), so truncating the newest entries is
+detected; :mod:`governance.audit.chain` verifies all of it incrementally for the gate.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 import time
@@ -28,7 +29,13 @@ from sqlalchemy.orm import Mapped, mapped_column
 from governance.audit.phi import check_details
 from governance.catalog.db import Catalog, open_catalog
 from governance.catalog.models import Base
-from governance.keys import KeyError_, ProjectKey, load_project_key
+from governance.keyring import (
+    AuditSigner,
+    AuditVerifier,
+    KeyMissing,
+    load_audit_signer,
+    load_audit_verifier,
+)
 from governance.settings import get_settings
 
 if TYPE_CHECKING:
@@ -46,9 +53,10 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
-_MAC_PURPOSE = "audit-chain"
 _APPEND_RETRIES = 50
-_HEAD_BYTES = 256
+_HEAD_BYTES = 512
+_ENTRY_CONTEXT = b"radgate-audit-entry-v2\0"
+_ANCHOR_CONTEXT = b"radgate-audit-anchor-v2\0"
 
 
 class AuditError(RuntimeError):
@@ -80,7 +88,8 @@ class AuditRow(Base):
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     key_id: Mapped[str] = mapped_column(String(32))
-    mac: Mapped[str] = mapped_column(String(64))
+    # The Ed25519 signature (hex, 128 characters) of the audit writer over ``hash``.
+    mac: Mapped[str] = mapped_column(String(160))
 
 
 @dataclass(frozen=True)
@@ -167,23 +176,52 @@ def _check_text(name: str, value: str, limit: int) -> str:
 
 
 class AuditLog:
-    """The audit log of one catalog."""
+    """The audit log of one catalog.
+
+    Appending needs the audit writer's signing key (loaded on first append); reading and
+    verifying need only the public key.
+    """
 
     def __init__(
-        self, catalog: Catalog | None = None, *, key: ProjectKey | None = None, head_file: Path | None = None
+        self,
+        catalog: Catalog | None = None,
+        *,
+        signer: AuditSigner | None = None,
+        verifier: AuditVerifier | None = None,
+        head_file: Path | None = None,
+        witness: str | None = None,
     ) -> None:
         self.catalog = catalog or open_catalog()
-        self._key = key
-        self.head_file = head_file if head_file is not None else get_settings().home / "audit" / "head.json"
+        self._signer = signer
+        self._verifier = verifier
+        settings = get_settings()
+        self.head_file = head_file if head_file is not None else settings.home / "audit" / "head.json"
+        self.witness = witness if witness is not None else settings.audit_witness
 
     @property
-    def key(self) -> ProjectKey:
-        if self._key is None:
-            self._key = load_project_key()
-        return self._key
+    def signer(self) -> AuditSigner:
+        if self._signer is None:
+            try:
+                self._signer = load_audit_signer()
+            except KeyMissing as exc:
+                raise AuditError(f"this process cannot write the audit log: {exc}") from exc
+        return self._signer
 
-    def _mac(self, entry_hash: str) -> str:
-        return self.key.mac(_MAC_PURPOSE, entry_hash.encode()).hex()
+    @property
+    def verifier(self) -> AuditVerifier:
+        if self._verifier is None:
+            try:
+                self._verifier = load_audit_verifier()
+            except KeyMissing as exc:
+                raise AuditError(f"cannot verify the audit log: {exc}") from exc
+        return self._verifier
+
+    def _sign(self, entry_hash: str) -> str:
+        return self.signer.sign(_ENTRY_CONTEXT + entry_hash.encode())
+
+    def signature_valid(self, key_id: str, entry_hash: str, signature: str) -> bool:
+        """Whether ``signature`` is the audit writer's signature of ``entry_hash``."""
+        return self.verifier.verify(key_id, _ENTRY_CONTEXT + entry_hash.encode(), signature)
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -228,8 +266,8 @@ class AuditLog:
                             details=details,
                             prev_hash=prev,
                             hash=digest,
-                            key_id=self.key.key_id,
-                            mac=self._mac(digest),
+                            key_id=self.signer.key_id,
+                            mac=self._sign(digest),
                         )
                         session.add(row)
                         entries.append(_entry(row))
@@ -243,42 +281,72 @@ class AuditLog:
                 time.sleep(min(0.001 * (2**attempt), 0.05))
         raise AuditError("could not append to the audit log (contention)") from last_error
 
-    def _write_head(self, entry: AuditEntry) -> None:
-        """Record the newest (seq, hash) in the automatic head file.
+    def _write_head(self, entry: AuditEntry, *, force: bool = False) -> None:
+        """Record the newest (seq, hash), signed, in the head file and the witness.
 
         One fixed-size ``pwrite`` at offset 0 (a single small write is seen whole by readers)
         instead of temp file + rename, which cost milliseconds per append on overlay file
         systems. A slower concurrent writer may leave an older head: still a valid anchor.
         """
-        anchor = json.dumps({"seq": entry.seq, "hash": entry.hash, "ts": entry.ts}).encode()
+        anchor = self.signed_anchor(entry.seq, entry.hash, entry.ts)
+        encoded = json.dumps(anchor, sort_keys=True).encode()
         path = self.head_file
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             current = os.pread(fd, _HEAD_BYTES, 0)
             try:
-                if int(json.loads(current).get("seq", 0)) >= entry.seq:
+                if int(json.loads(current).get("seq", 0)) >= entry.seq and not force:
                     return
             except (ValueError, AttributeError):
                 pass
-            os.pwrite(fd, anchor.ljust(_HEAD_BYTES), 0)
+            os.pwrite(fd, encoded.ljust(_HEAD_BYTES), 0)
         finally:
             os.close(fd)
+        if self.witness:
+            from governance.audit.witness import send_to_witness
+
+            send_to_witness(self.witness, encoded)
+
+    def signed_anchor(self, seq: int, entry_hash: str, ts: str, kind: str = "head") -> dict[str, Any]:
+        """``{"kind", "seq", "hash", "ts", "key_id", "sig"}`` signed by the audit writer."""
+        body = {"kind": kind, "seq": seq, "hash": entry_hash, "ts": ts}
+        return {
+            **body,
+            "key_id": self.signer.key_id,
+            "sig": self.signer.sign(_ANCHOR_CONTEXT + canonical_json(body)),
+        }
+
+    def anchor_valid(self, anchor: Any, kind: str = "head") -> bool:
+        """Whether ``anchor`` (parsed JSON) is an anchor of ``kind`` signed by the audit writer's
+        current key (entries may carry retired keys; anchors are re-signed at rotation)."""
+        if not isinstance(anchor, dict) or anchor.get("kind") != kind:
+            return False
+        if anchor.get("key_id") != self.verifier.key_id:
+            return False
+        try:
+            body = {
+                "kind": kind,
+                "seq": int(anchor["seq"]),
+                "hash": str(anchor["hash"]),
+                "ts": str(anchor["ts"]),
+            }
+            return self.verifier.verify(
+                str(anchor["key_id"]), _ANCHOR_CONTEXT + canonical_json(body), str(anchor["sig"])
+            )
+        except (KeyError, TypeError, ValueError):
+            return False
 
     # ---- reading -------------------------------------------------------------------------
 
     def authentic(self, entry: AuditEntry) -> bool:
-        """Whether ``entry`` matches its own hash and carries a valid MAC of the project key.
+        """Whether ``entry`` matches its own hash and carries the audit writer's signature.
 
-        (Chain position is :meth:`verify`'s job; this is the cheap per-entry check the gate uses.)
+        (Chain position is :mod:`governance.audit.chain`'s job; the gate uses both.)
         """
         e = entry
         digest = _entry_hash(e.seq, e.ts, e.actor, e.role, e.action, e.target, e.details, e.prev_hash)
-        return (
-            digest == entry.hash
-            and entry.key_id == self.key.key_id
-            and hmac.compare_digest(entry.mac.encode(), self._mac(entry.hash).encode())
-        )
+        return digest == entry.hash and self.signature_valid(entry.key_id, entry.hash, entry.mac)
 
     def head(self) -> AuditEntry | None:
         with self.catalog.session() as session:
@@ -390,7 +458,4 @@ def record(
     actor: str, action: str, target: str, details: dict[str, Any] | None = None, *, role: str = ""
 ) -> None:
     """Append one entry to the audit log of the configured catalog (the everyday entry point)."""
-    try:
-        AuditLog().append(actor, action, target, details, role=role)
-    except KeyError_ as exc:
-        raise AuditError(f"audit log needs the project key: {exc}") from exc
+    AuditLog().append(actor, action, target, details, role=role)

@@ -3,13 +3,12 @@
 :func:`verify_chain` recomputes every hash and MAC and names the first problem: ``deleted``
 (a gap in ``seq``), ``reordered`` (content hashed for a neighbouring position), ``altered``
 (content or link changed), ``inserted`` (an entry spliced into the chain), ``forged`` (a chain
-rebuilt without the project key, or under an unknown key) and, against anchors kept outside
-the table, ``truncated`` (newest entries removed).
+rebuilt without the audit writer's signing key, or under an unknown key) and, against the
+signed head anchor and anchors kept outside the table, ``truncated`` (newest entries removed).
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,8 +82,9 @@ def _head(log: AuditLog) -> dict[str, Any]:
 
 
 def anchor_to_file(log: AuditLog, path: Path) -> dict[str, Any]:
-    """Write the current head (seq, hash, time) to ``path`` (for a WORM disk or a ticket)."""
-    anchor = _head(log)
+    """Write the current head (seq, hash, time), signed, to ``path`` (a WORM disk or a ticket)."""
+    head = _head(log)
+    anchor = log.signed_anchor(int(head["seq"]), str(head["hash"]), str(head["ts"]))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(anchor) + "\n")
     return anchor
@@ -120,12 +120,11 @@ def verify_chain(
     """Recompute the chain; name the first altered, inserted, deleted or reordered entry.
 
     ``anchors`` are head files written by :func:`anchor_to_file`; the automatic head file
-    under ``RADGATE_HOME/audit`` is always checked when present. Entries sealed under a key
-    other than the current one fail as ``forged`` unless their key id is in
-    ``accept_key_ids`` (entries written before a key change; counted as unchecked).
+    under ``RADGATE_HOME/audit`` must exist (once there are entries) and be signed by the audit
+    writer. Entries not signed by a known audit key fail as ``forged`` unless their key id is
+    in ``accept_key_ids`` (entries of an older release; counted as unchecked).
     """
     accepted = set(accept_key_ids or [])
-    key_id = log.key.key_id
     prev, prevprev = GENESIS_HASH, None
     expected = 1
     unchecked = 0
@@ -149,23 +148,25 @@ def verify_chain(
             if prevprev is not None and row.prev_hash == prevprev:
                 return fail("inserted", row.seq - 1, "entry was inserted into the chain")
             return fail("altered", row.seq - 1, "chain link broken: previous entry was changed")
-        if row.key_id == key_id:
-            if not hmac.compare_digest(row.mac.encode(), log._mac(row.hash).encode()):
-                return fail("forged", row.seq, "hash is not sealed by the project key")
-        elif row.key_id in accepted:
+        if row.key_id in accepted:
             unchecked += 1
-        else:
-            return fail("forged", row.seq, f"sealed under unknown key id {row.key_id!r}")
+        elif not log.signature_valid(row.key_id, row.hash, row.mac):
+            return fail("forged", row.seq, f"not signed by the audit writer's key (key id {row.key_id!r})")
         prevprev, prev = prev, row.hash
         hashes[row.seq] = row.hash
         expected += 1
     report.head_seq, report.head_hash, report.unchecked_macs = expected - 1, prev, unchecked
     sources: list[tuple[str, dict[str, Any] | None]] = []
-    for path in [log.head_file, *(anchors or [])]:
+    from governance.audit.chain import read_anchor
+
+    head = read_anchor(log.head_file)
+    if head is not None:
+        if not log.anchor_valid(head):
+            return fail("anchor-forged", 0, "the head anchor is not signed by the audit writer's key")
+        sources.append((log.head_file.name, head))
+    for path in anchors or []:
         if not path.exists():
-            if path != log.head_file:
-                return fail("anchor-missing", 0, f"anchor file {path} not found")
-            continue
+            return fail("anchor-missing", 0, f"anchor file {path} not found")
         try:
             sources.append((path.name, json.loads(path.read_text())))
         except (OSError, ValueError) as exc:
@@ -188,6 +189,8 @@ def verify_chain(
             )
         if seq and hashes.get(seq) != digest:
             return fail("altered", seq, f"entry {seq} differs from anchor {label}")
+    if head is None and report.entries:
+        return fail("anchor-missing", 0, f"the signed head anchor {log.head_file} is missing")
     return report
 
 

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from governance.audit import AuditLog, record
 from governance.auth import Principal, Role, require_role
 from governance.catalog import Instance, Pseudonym, QuarantineRecord, open_catalog
+from governance.keyring import RECORD_QUARANTINE
 from governance.keys import KeyError_, load_project_key
 from governance.settings import Settings, get_settings
 from imaging.compliance.config import ComplianceThresholds, load_thresholds
@@ -95,7 +96,7 @@ def _quarantine(settings: Settings) -> CheckResult:
         if path.suffix != ".sealed":
             continue  # nothing was kept (input unreadable): only the note exists
         try:
-            key.unseal(path.read_bytes(), rec.input_sha256.encode())
+            key.unseal(path.read_bytes(), rec.input_sha256.encode(), record=RECORD_QUARANTINE)
         except OSError:
             problems["missing"] = problems.get("missing", 0) + 1
         except KeyError_:

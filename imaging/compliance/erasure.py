@@ -30,6 +30,7 @@ from governance.audit import record
 from governance.auth import Principal, Role, require_role
 from governance.auth.roles import PermissionDenied
 from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineRecord, open_catalog
+from governance.keyring import RECORD_ERASURE
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from governance.tags import Tag
@@ -241,7 +242,7 @@ def erase_patient(
                     "models": plan.models,
                     "runs": plan.runs,
                     "reason_sealed": base64.b64encode(
-                        key.seal(reason.encode(), erasure_id.encode())
+                        key.seal(reason.encode(), erasure_id.encode(), record=RECORD_ERASURE)
                     ).decode(),
                 },
             )

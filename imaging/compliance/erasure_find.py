@@ -19,6 +19,7 @@ from sqlalchemy import MetaData, Table, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineRecord, open_catalog
+from governance.keyring import RECORD_QUARANTINE, SERVING_STORE, KeyMissing, load_store_key
 from governance.keys import KeyError_, ProjectKey
 from governance.settings import Settings
 from governance.tags import Tag
@@ -128,7 +129,7 @@ def _quarantined(session: Session, key: ProjectKey, patient_id: str) -> list[tup
         if path.suffix != ".sealed" or not path.exists():
             continue
         try:
-            data = key.unseal(path.read_bytes(), rec.input_sha256.encode())
+            data = key.unseal(path.read_bytes(), rec.input_sha256.encode(), record=RECORD_QUARANTINE)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True)
@@ -159,6 +160,12 @@ def _pending_inputs(session: Session, key: ProjectKey, patient_id: str, settings
     records = Table("monitoring_records", MetaData(), autoload_with=bind)
     found = []
     folder = settings.home / "monitoring" / "pending"
+    try:  # serving's own key seals these: the erasing process must hold it to search them
+        serving = load_store_key(SERVING_STORE, settings, create=False)
+    except KeyMissing as exc:
+        if folder.exists() and any(folder.iterdir()):
+            raise KeyError_(f"searching served inputs needs the serving-store key: {exc}") from exc
+        return []
     for (request_id,) in session.execute(
         select(records.c.request_id).where(records.c.input_expires_at.isnot(None))
     ):
@@ -166,9 +173,13 @@ def _pending_inputs(session: Session, key: ProjectKey, patient_id: str, settings
         if not path.exists():
             continue
         try:
-            if _patient_of(key.unseal(path.read_bytes(), str(request_id).encode())) == patient_id.strip():
+            sealed = path.read_bytes()
+            if (
+                _patient_of(serving.unseal(sealed, str(request_id).encode(), record="monitoring-input"))
+                == patient_id.strip()
+            ):
                 found.append(str(path))
-        except (KeyError_, OSError):
+        except (KeyError_, KeyMissing, OSError):
             continue
         except Exception:  # an input that does not parse cannot be attributed
             continue

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from governance.catalog import Catalog, Instance, LineageEvent, Pseudonym, QuarantineRecord, utcnow
+from governance.keyring import RECORD_QUARANTINE
 from governance.keys import ProjectKey
 from imaging.deid.engine import SOFTWARE
 from imaging.pipeline import Outcome, Processed, SealedOriginal
@@ -88,10 +89,12 @@ def quarantine_input(
     *,
     durable: bool = True,
 ) -> str:
-    """Keep a quarantined input sealed under the project key (it still holds PHI), with its reason."""
+    """Keep a quarantined input sealed to the honest broker (it still holds PHI), with its reason."""
     sealed_path = directory / f"{digest}.sealed"
     if data is not None and not sealed_path.exists():
-        atomic_write(sealed_path, key.seal(data, associated=digest.encode()), durable=durable)
+        atomic_write(
+            sealed_path, key.seal(data, associated=digest.encode(), record=RECORD_QUARANTINE), durable=durable
+        )
     note = {
         "input_sha256": digest,
         "reason": reason,

@@ -17,7 +17,7 @@ Per request (no PHI is stored; ``request_id`` is serving's own id, returned to t
     recorder.record(request_id, image, attributes_from_dataset(ds, load_project_key()),
                     probs[0].tolist(), embedding[0], input_bytes=dicom_bytes)
 
-``input_bytes`` is sealed (project key) until feedback or ``feedback.pending_input_hours``;
+``input_bytes`` is sealed (serving store key) until feedback or ``feedback.pending_input_hours``;
 pass ``None`` to keep nothing. :func:`serving.monitoring.served.observe_dicom` does all of the
 above in one call.
 

@@ -5,7 +5,7 @@
   monitoring config keeps inputs and serving sealed the request's DICOM, it goes through the
   standard ingest pipeline (de-identified, stored by content hash, lineage recorded) and the
   feedback row keeps only the de-identified instance's sha256. The comment is sealed with the
-  project key (free text may name a patient); the audit entry holds the verdict, the label and
+  serving store key (free text may name a patient); the audit entry holds the verdict, the label and
   hashes, never the comment.
 * :func:`export_feedback_labels`: a labels CSV ``sha256,label`` (keys: de-identified content
   hashes) that ``radgate dataset create NAME LABELS.csv`` accepts.
@@ -28,13 +28,13 @@ from sqlalchemy import select
 from governance.audit import record
 from governance.auth import Principal, Role
 from governance.catalog import open_catalog, utcnow
-from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
 from governance.tags import Tag
 from serving.monitoring.alerts import FEEDBACK_TOTAL
 from serving.monitoring.config import MonitoringConfig, load_monitoring_config
 from serving.monitoring.live import MonitoringError, discard_pending_input, read_pending_input
 from serving.monitoring.models import FeedbackRecord, LiveRecord
+from serving.monitoring.sealing import RECORD_FEEDBACK, serving_key
 
 __all__ = [
     "FEEDBACK_ROLES",
@@ -155,7 +155,7 @@ def submit_feedback(
         raise InvalidFeedback(f"label must be one of: {', '.join(names)}")
     status, instance = _keep_input(body.request_id, config, settings)
     sealed = (
-        load_project_key(settings).seal(body.comment.encode(), body.request_id.encode())
+        serving_key(settings).seal(body.comment.encode(), body.request_id.encode(), record=RECORD_FEEDBACK)
         if body.comment
         else None
     )

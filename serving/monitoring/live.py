@@ -1,9 +1,10 @@
 """Live profile: each served request's features, recorded in the catalog (no PHI).
 
 Serving calls :meth:`LiveRecorder.record` once per request (or :func:`record_live_features`).
-When the request's DICOM bytes are passed, they are sealed with the project key (AES-GCM, the
-request id as associated data) under ``RADGATE_HOME/monitoring/pending/`` until feedback arrives
-or ``feedback.pending_input_hours`` pass; they are never stored in clear and never de-identified
+When the request's DICOM bytes are passed, they are sealed with serving's own key
+(:mod:`serving.monitoring.sealing`: AES-GCM, the request id and record type as associated
+data) under ``RADGATE_HOME/monitoring/pending/`` until feedback arrives or
+``feedback.pending_input_hours`` pass; they are never stored in clear and never de-identified
 unless a reviewer gives feedback and the monitoring config allows keeping inputs.
 
 What the reviewer UI may show of a request (:func:`read_view`: the decision, the clinician
@@ -26,10 +27,11 @@ import numpy as np
 from sqlalchemy import delete, select, update
 
 from governance.catalog import open_catalog, utcnow
-from governance.keys import ProjectKey, load_project_key
+from governance.keyring import StoreKey
 from governance.settings import Settings, get_settings
 from serving.monitoring.config import MonitoringConfig, load_monitoring_config
 from serving.monitoring.models import LiveRecord
+from serving.monitoring.sealing import RECORD_INPUT, RECORD_VIEW, serving_key
 from training.reference_profile import ReferenceProfile, live_feature_row
 
 __all__ = [
@@ -71,13 +73,22 @@ def _view_path(request_id: str, settings: Settings) -> Path:
     return pending.parent.parent / "views" / pending.name
 
 
-def _seal_to(path: Path, request_id: str, data: bytes, key: ProjectKey) -> None:
+def _seal_to(path: Path, request_id: str, data: bytes, key: StoreKey, record: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    sealed = key.seal(data, request_id.encode())
+    sealed = key.seal(data, request_id.encode(), record=record)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(sealed)
     tmp.chmod(0o600)
     tmp.replace(path)
+
+
+def _pseudonym_key_if_held(settings: Settings) -> Any:
+    from governance.keys import KeyError_, load_project_key
+
+    try:
+        return load_project_key(settings, create=False)
+    except KeyError_:
+        return None
 
 
 def read_view(request_id: str, settings: Settings | None = None) -> dict[str, Any] | None:
@@ -88,7 +99,7 @@ def read_view(request_id: str, settings: Settings | None = None) -> dict[str, An
     if not path.exists():
         return None
     view: dict[str, Any] = json.loads(
-        load_project_key(settings).unseal(path.read_bytes(), request_id.encode())
+        serving_key(settings).unseal(path.read_bytes(), request_id.encode(), record=RECORD_VIEW)
     )
     return view
 
@@ -99,7 +110,7 @@ def read_pending_input(request_id: str, settings: Settings | None = None) -> byt
     path = pending_input_path(request_id, settings)
     if not path.exists():
         return None
-    return load_project_key(settings).unseal(path.read_bytes(), request_id.encode())
+    return serving_key(settings).unseal(path.read_bytes(), request_id.encode(), record=RECORD_INPUT)
 
 
 def discard_pending_input(request_id: str, settings: Settings | None = None) -> None:
@@ -151,7 +162,10 @@ class LiveRecorder:
         self.config = config or load_monitoring_config()
         self.settings = settings or get_settings()
         self.catalog = open_catalog(self.settings)
-        self.key = load_project_key(self.settings)
+        self.key = serving_key(self.settings)
+        # The site label of drift subgroups is the de-identifier's keyed site pseudonym; only a
+        # process that holds the pseudonym key computes it (elsewhere the site is "unknown").
+        self.site_key = _pseudonym_key_if_held(self.settings)
         self._lock = threading.Lock()
 
     @classmethod
@@ -190,14 +204,22 @@ class LiveRecorder:
         projected = self.profile.project(np.asarray(embedding, dtype=np.float64))[0]
         keep = self.config.feedback.keep_inputs
         if input_bytes is not None and keep:
-            _seal_to(pending_input_path(request_id, self.settings), request_id, input_bytes, self.key)
+            _seal_to(
+                pending_input_path(request_id, self.settings), request_id, input_bytes, self.key, RECORD_INPUT
+            )
         if view is not None:
             shown = {
                 k: view[k]
                 for k in ("labels", "decision", "summary", "explanation")
                 if k in view and (keep or k != "explanation")
             }
-            _seal_to(_view_path(request_id, self.settings), request_id, json.dumps(shown).encode(), self.key)
+            _seal_to(
+                _view_path(request_id, self.settings),
+                request_id,
+                json.dumps(shown).encode(),
+                self.key,
+                RECORD_VIEW,
+            )
         expires = None
         if (input_bytes is not None and keep) or view is not None:
             expires = (at or utcnow()) + timedelta(hours=self.config.feedback.pending_input_hours)

@@ -83,7 +83,7 @@ def record_served(
 
     ds = pydicom.dcmread(io.BytesIO(data))
     image = np.asarray(apply_modality_lut(ds.pixel_array, ds))
-    attributes = attributes_from_dataset(ds, recorder.key)
+    attributes = attributes_from_dataset(ds, recorder.site_key)
     return recorder.record(
         request_id,
         image,

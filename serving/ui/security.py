@@ -2,8 +2,9 @@
 
 The user's RadGate token is kept in an HttpOnly, SameSite=Strict cookie and authenticated on
 every request with :func:`governance.auth.authenticate` (a revoked user is signed out at once).
-POSTs carry a CSRF token: an HMAC (project key, purpose ``ui-csrf``) of the token's SHA-256, so
-it is bound to the signed-in user and cannot be computed by another site.
+POSTs carry a CSRF token: an HMAC (the UI's own session key, ``keys/ui-session.key``, which no
+other service holds) of the token's SHA-256, so it is bound to the signed-in user and cannot be
+computed by another site or another RadGate service.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hmac
 from fastapi import Request
 
 from governance.auth import AuthenticationError, Principal, Role, authenticate, hash_token
-from governance.keys import load_project_key
+from governance.keyring import UI_SESSION, load_store_key
 
 __all__ = [
     "APPROVER_ROLES",
@@ -56,7 +57,7 @@ def current_principal(request: Request) -> Principal:
 
 
 def csrf_token(token: str) -> str:
-    return load_project_key().mac("ui-csrf", hash_token(token).encode()).hex()
+    return load_store_key(UI_SESSION).mac(b"ui-csrf\0" + hash_token(token).encode()).hex()
 
 
 def verify_csrf(request: Request, submitted: str | None) -> None:

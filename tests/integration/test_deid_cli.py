@@ -143,7 +143,7 @@ def test_keys_rotate_reseals_map_and_quarantine(input_tree: Path, radgate_home: 
     assert key.seal_key_id != old_id
     for path, old_bytes in before.items():
         assert path.read_bytes() != old_bytes
-        key.unseal(path.read_bytes(), path.stem.encode())  # readable under the new key only
+        key.unseal(path.read_bytes(), path.stem.encode(), record="quarantine-input")  # the new key only
     found = run("reid", pseudonym, "--kind", "patient_id", "--reason", "audit", "--token", broker_token)
     assert PATIENT_ID in found.stdout  # pseudonyms unchanged, originals still readable
     audit = run("audit", "list", "--json", "--action", "keys.", "--token", admin_token).stdout

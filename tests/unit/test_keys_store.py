@@ -1,4 +1,4 @@
-"""Project key (HMAC sub-keys, AES-GCM sealing, key file), content store, catalog migrations."""
+"""Project key (HMAC sub-keys, sealing to the broker, key file), content store, catalog migrations."""
 
 from __future__ import annotations
 
@@ -22,8 +22,13 @@ def test_seal_roundtrip_and_tamper_detection() -> None:
     assert key.unseal(sealed, b"lookup") == b"DOE^JANE"
     with pytest.raises(KeyError_):
         key.unseal(sealed, b"other-aad")
-    with pytest.raises(KeyError_):
-        ProjectKey(b"\x02" * 32).unseal(sealed, b"lookup")
+    with pytest.raises(KeyError_):  # the record type is bound too
+        key.unseal(sealed, b"lookup", record="feedback-comment")
+    from governance.keyring import Broker
+
+    other_broker = Broker.from_private(b"\x03" * 32)
+    with pytest.raises(KeyError_):  # only the broker's private key unseals, not the project key
+        ProjectKey(b"\x01" * 32, sealer=other_broker).unseal(sealed, b"lookup")
     tampered = bytearray(sealed)
     tampered[-1] ^= 1
     with pytest.raises(KeyError_):

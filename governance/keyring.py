@@ -1,0 +1,380 @@
+"""Separated keys: one key per purpose, each in its own file, held only by the service that needs it.
+
+=======================  ===============================  ==========================================
+file (``keys_dir``)      what it protects                 who holds it
+=======================  ===============================  ==========================================
+``project.key``          pseudonyms, UID hashes, date     the de-identifier (ingest, gateway)
+                         shifts (HMAC sub-keys)
+``broker.pub``           sealing originals (re-id map,    every service that seals
+                         quarantined inputs, erasure
+                         reasons) to the honest broker
+``broker.key``           unsealing them (X25519 private)  the honest broker only
+``audit-signing.key``    signing audit entries and the    the audit writer
+                         head anchor (Ed25519 private)
+``audit-signing.pub``    verifying them                   every verifier (gate, auditor, UI)
+``serving-store.key``    serving's own sealed records     serving (monitoring inputs, result views,
+                         (AES-256-GCM)                    feedback comments)
+``ui-session.key``       UI sessions and CSRF tokens      the UI only
+=======================  ===============================  ==========================================
+
+A file is read only by the loader for its purpose, so a service given one file cannot derive
+the others (they are independent random secrets, not HKDF children of one root). In the
+embedded single-machine default every file is created on first use under ``RADGATE_HOME/keys``
+(mode 0600); a deployment creates them with ``radgate keys init`` and mounts each where needed.
+
+Sealing to the broker is HPKE-style (RFC 9180's DHKEM(X25519) + HKDF-SHA256 + AES-256-GCM,
+single-shot base mode): a fresh ephemeral X25519 key per message, the key and nonce derived
+with HKDF from the shared secret and both public keys, and associated data that binds the
+record type and the format version as well as the caller's lookup key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from governance.settings import Settings, get_settings
+
+__all__ = [
+    "AUDIT_SIGNING",
+    "BROKER",
+    "SERVING_STORE",
+    "UI_SESSION",
+    "AuditSigner",
+    "AuditVerifier",
+    "Broker",
+    "BrokerSealer",
+    "RECORD_ERASURE",
+    "RECORD_QUARANTINE",
+    "RECORD_REID",
+    "KeyMissing",
+    "StoreKey",
+    "keys_dir",
+    "load_audit_signer",
+    "load_audit_verifier",
+    "load_broker",
+    "load_broker_sealer",
+    "load_store_key",
+    "read_secret_file",
+    "write_secret_file",
+]
+
+# Record types bound into the associated data of everything sealed (one per kind of record).
+RECORD_REID = "reid-map"
+RECORD_QUARANTINE = "quarantine-input"
+RECORD_ERASURE = "erasure-reason"
+
+BROKER = "broker"
+AUDIT_SIGNING = "audit-signing"
+SERVING_STORE = "serving-store"
+UI_SESSION = "ui-session"
+
+# Sealed formats start with a magic and a version; the version is also in the AEAD data.
+SEALED_MAGIC = b"RGS2"  # sealed to the broker's public key
+STORE_MAGIC = b"RGK2"  # sealed under a service's own symmetric key
+_KEY_ID_BYTES = 8
+_ENC_BYTES = 32
+_NONCE_BYTES = 12
+
+
+class KeyMissing(RuntimeError):
+    """This process does not hold the key a step needs (by design, or it is not mounted)."""
+
+
+def keys_dir(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    return settings.resolved_key_file.parent
+
+
+def write_secret_file(path: Path, secret: bytes, *, exclusive: bool = False) -> None:
+    """Write a key file (hex) with owner-only permissions, atomically: readers see the whole
+    key or no file. With ``exclusive``, raise :class:`FileExistsError` when another process
+    created it first (``link`` of a complete temporary file, which never replaces)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret.hex() + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if exclusive:
+            os.link(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_secret_file(path: Path, length: int = 32) -> bytes:
+    try:
+        raw = bytes.fromhex(path.read_text().strip())
+    except ValueError as exc:
+        raise KeyMissing(f"{path.name} is not {2 * length} hexadecimal characters") from exc
+    if len(raw) != length:
+        raise KeyMissing(f"{path.name} is not {2 * length} hexadecimal characters")
+    return raw
+
+
+def _key_id(label: bytes, public: bytes) -> str:
+    return hashlib.sha256(label + public).hexdigest()[:16]
+
+
+def _raw_public(key: X25519PublicKey | Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _load_or_create(path: Path, create: bool) -> bytes:
+    """A 32-byte secret from ``path``; created (racing processes agree on one) when allowed."""
+    if path.exists():
+        return read_secret_file(path)
+    if not create:
+        raise KeyMissing(f"this process holds no {path.name} (not mounted here)")
+    with contextlib.suppress(FileExistsError):
+        write_secret_file(path, secrets.token_bytes(32), exclusive=True)
+    return read_secret_file(path)
+
+
+def _aad(record: str, magic: bytes, associated: bytes) -> bytes:
+    # Record type and format version are bound, not only the caller's lookup key: a sealed
+    # comment cannot be replayed as a re-identification map entry.
+    return magic + b"\0" + record.encode() + b"\0" + associated
+
+
+# ---- the honest broker: seal with the public key, unseal only with the private key -------------
+
+
+@dataclass(frozen=True)
+class BrokerSealer:
+    """Seals to the honest broker's X25519 public key: any service may seal, none may unseal."""
+
+    public: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.public) != 32:
+            raise KeyMissing("broker public key must be 32 bytes")
+
+    @property
+    def key_id(self) -> str:
+        return _key_id(b"radgate-broker", self.public)
+
+    def seal(self, plaintext: bytes, associated: bytes = b"", *, record: str) -> bytes:
+        ephemeral = X25519PrivateKey.generate()
+        enc = _raw_public(ephemeral.public_key())
+        shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(self.public))
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=44, salt=b"radgate-seal-v2", info=enc + self.public
+        ).derive(shared)
+        header = SEALED_MAGIC + bytes.fromhex(self.key_id)[:_KEY_ID_BYTES] + enc
+        return header + AESGCM(okm[:32]).encrypt(okm[32:], plaintext, _aad(record, header, associated))
+
+    def unseal(self, sealed: bytes, associated: bytes = b"", *, record: str) -> bytes:
+        raise KeyMissing("unsealing needs the honest broker's private key, which this process does not hold")
+
+
+@dataclass(frozen=True)
+class Broker(BrokerSealer):
+    """The honest broker's key pair: seals and unseals."""
+
+    private: bytes = field(default=b"", repr=False)
+
+    @classmethod
+    def from_private(cls, private: bytes) -> Broker:
+        key = X25519PrivateKey.from_private_bytes(private)
+        return cls(_raw_public(key.public_key()), private)
+
+    @property
+    def sealer(self) -> BrokerSealer:
+        return BrokerSealer(self.public)
+
+    def unseal(self, sealed: bytes, associated: bytes = b"", *, record: str) -> bytes:
+        head = len(SEALED_MAGIC) + _KEY_ID_BYTES + _ENC_BYTES
+        if not sealed.startswith(SEALED_MAGIC) or len(sealed) < head + 16:
+            raise KeyMissing("not sealed to the broker key (legacy format: run `radgate keys migrate`)")
+        if sealed[4 : 4 + _KEY_ID_BYTES] != bytes.fromhex(self.key_id)[:_KEY_ID_BYTES]:
+            raise KeyMissing("sealed to another broker key (rotated away?)")
+        enc = sealed[head - _ENC_BYTES : head]
+        shared = X25519PrivateKey.from_private_bytes(self.private).exchange(
+            X25519PublicKey.from_public_bytes(enc)
+        )
+        okm = HKDF(
+            algorithm=hashes.SHA256(), length=44, salt=b"radgate-seal-v2", info=enc + self.public
+        ).derive(shared)
+        try:
+            return AESGCM(okm[:32]).decrypt(okm[32:], sealed[head:], _aad(record, sealed[:head], associated))
+        except InvalidTag as exc:
+            raise KeyMissing("cannot unseal: wrong broker key, record type or tampered data") from exc
+
+
+def _broker_paths(settings: Settings) -> tuple[Path, Path]:
+    directory = keys_dir(settings)
+    return directory / "broker.key", directory / "broker.pub"
+
+
+def load_broker_sealer(settings: Settings | None = None, *, create: bool = True) -> BrokerSealer:
+    """The broker's public key (``broker.pub``); in the embedded default the pair is created."""
+    settings = settings or get_settings()
+    private_path, public_path = _broker_paths(settings)
+    if public_path.exists():
+        return BrokerSealer(read_secret_file(public_path))
+    if private_path.exists() or create:
+        return load_broker(settings, create=create).sealer
+    raise KeyMissing("no broker public key (broker.pub) here")
+
+
+def load_broker(settings: Settings | None = None, *, create: bool = False) -> Broker:
+    """The honest broker's private key (``broker.key``): only the broker's process holds it."""
+    settings = settings or get_settings()
+    private_path, public_path = _broker_paths(settings)
+    broker = Broker.from_private(_load_or_create(private_path, create))
+    if not public_path.exists():
+        write_secret_file(public_path, broker.public)
+    return broker
+
+
+# ---- the audit writer's signing key ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditVerifier:
+    """Ed25519 public keys that audit entries may be signed with (current first, then retired)."""
+
+    publics: tuple[bytes, ...]
+
+    @property
+    def key_id(self) -> str:
+        return _key_id(b"radgate-audit", self.publics[0])
+
+    @functools.cached_property
+    def _by_id(self) -> dict[str, Ed25519PublicKey]:
+        return {_key_id(b"radgate-audit", p): Ed25519PublicKey.from_public_bytes(p) for p in self.publics}
+
+    def verify(self, key_id: str, message: bytes, signature_hex: str) -> bool:
+        public = self._by_id.get(key_id)
+        if public is None:
+            return False
+        try:
+            public.verify(bytes.fromhex(signature_hex), message)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class AuditSigner:
+    """The audit writer's Ed25519 private key."""
+
+    private: bytes = field(repr=False)
+
+    @functools.cached_property
+    def _key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.private)
+
+    @property
+    def public(self) -> bytes:
+        return _raw_public(self._key.public_key())
+
+    @property
+    def key_id(self) -> str:
+        return _key_id(b"radgate-audit", self.public)
+
+    def sign(self, message: bytes) -> str:
+        return self._key.sign(message).hex()
+
+
+def audit_key_paths(settings: Settings) -> tuple[Path, Path, Path]:
+    directory = keys_dir(settings)
+    return (
+        directory / "audit-signing.key",
+        directory / "audit-signing.pub",
+        directory / "audit-signing.retired",
+    )
+
+
+def load_audit_signer(settings: Settings | None = None, *, create: bool = True) -> AuditSigner:
+    settings = settings or get_settings()
+    private_path, public_path, _ = audit_key_paths(settings)
+    signer = AuditSigner(_load_or_create(private_path, create))
+    if not public_path.exists():
+        write_secret_file(public_path, signer.public)
+    return signer
+
+
+def load_audit_verifier(settings: Settings | None = None, *, create: bool = True) -> AuditVerifier:
+    """The current public key (``audit-signing.pub``) plus retired ones (one per line in
+    ``audit-signing.retired``) so that entries signed before a rotation still verify."""
+    settings = settings or get_settings()
+    private_path, public_path, retired_path = audit_key_paths(settings)
+    if not public_path.exists():
+        if not private_path.exists() and not create:
+            raise KeyMissing("no audit verification key (audit-signing.pub) here")
+        load_audit_signer(settings, create=create)
+    publics = [read_secret_file(public_path)]
+    if retired_path.exists():
+        for line in retired_path.read_text().split():
+            publics.append(bytes.fromhex(line))
+    return AuditVerifier(tuple(publics))
+
+
+# ---- a service's own symmetric key ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreKey:
+    """AES-256-GCM under one service's own key (serving's records, the UI's sessions)."""
+
+    purpose: str
+    secret: bytes = field(repr=False)
+
+    @property
+    def key_id(self) -> str:
+        return hashlib.sha256(b"radgate-store-key-id" + self.purpose.encode() + self.secret).hexdigest()[:16]
+
+    def mac(self, message: bytes) -> bytes:
+        import hmac
+
+        return hmac.new(self.secret, message, hashlib.sha256).digest()
+
+    def seal(self, plaintext: bytes, associated: bytes = b"", *, record: str) -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        header = STORE_MAGIC + bytes.fromhex(self.key_id)[:_KEY_ID_BYTES]
+        return (
+            header + nonce + AESGCM(self.secret).encrypt(nonce, plaintext, _aad(record, header, associated))
+        )
+
+    def unseal(self, sealed: bytes, associated: bytes = b"", *, record: str) -> bytes:
+        head = len(STORE_MAGIC) + _KEY_ID_BYTES
+        if not sealed.startswith(STORE_MAGIC):
+            raise KeyMissing("not sealed under this service key (legacy format: run `radgate keys migrate`)")
+        if sealed[4:head] != bytes.fromhex(self.key_id)[:_KEY_ID_BYTES]:
+            raise KeyMissing(f"sealed under another {self.purpose} key (rotated away?)")
+        nonce, body = sealed[head : head + _NONCE_BYTES], sealed[head + _NONCE_BYTES :]
+        try:
+            return AESGCM(self.secret).decrypt(nonce, body, _aad(record, sealed[:head], associated))
+        except InvalidTag as exc:
+            raise KeyMissing("cannot unseal: wrong key, record type or tampered data") from exc
+
+
+def store_key_path(purpose: str, settings: Settings) -> Path:
+    if purpose not in (SERVING_STORE, UI_SESSION):
+        raise ValueError(f"unknown service key {purpose!r}")
+    return keys_dir(settings) / f"{purpose}.key"
+
+
+def load_store_key(purpose: str, settings: Settings | None = None, *, create: bool = True) -> StoreKey:
+    """``serving-store`` (serving's sealed records) or ``ui-session`` (sessions, CSRF)."""
+    settings = settings or get_settings()
+    return StoreKey(purpose, _load_or_create(store_key_path(purpose, settings), create))

@@ -1,0 +1,204 @@
+"""``radgate keys``: create, rotate and migrate the separated keys (admin, audited).
+
+``init`` creates every key file a deployment needs (then mount each only where it is used:
+docs/SECURITY.md). ``rotate`` replaces keys and re-seals every store each one seals: the
+honest broker's pair (re-identification map, quarantined inputs, erasure reasons), serving's
+store key (held inputs, result views, feedback comments), the UI session key (every session
+ends) and the audit signing key (the chain is verified and checkpointed under the new key).
+``migrate`` converts a ``RADGATE_HOME`` of an earlier release, where one project key sealed
+and MACed everything, to the separated keys.
+
+The pseudonym key is never rotated here: it derives UIDs, pseudonyms and date shifts, and a
+new one would break longitudinal linkage.
+
+Lives in ``serving`` because it re-seals serving's stores as well as intake's.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import typer
+
+from governance.cli_support import fail, out
+
+__all__ = ["keys_app", "register"]
+
+keys_app = typer.Typer(help="Separated keys: init, rotate, migrate.", no_args_is_help=True)
+
+KINDS = ("broker", "serving-store", "ui-session", "audit-signing")
+
+
+def _record(action: str, target: str, details: dict[str, object]) -> None:
+    from governance.audit import record
+    from governance.auth.access import acting_principal
+
+    principal = acting_principal()
+    if principal is None:  # the command guard always sets it; refuse rather than audit anonymously
+        raise fail("keys commands run only through the radgate CLI's authentication", 3)
+    record(principal.name, action, target, details, role=principal.role.value)
+
+
+@keys_app.command("init")
+def keys_init() -> None:
+    """Create any missing key file (existing ones are kept); print what each protects."""
+    from governance.keyring import (
+        SERVING_STORE,
+        UI_SESSION,
+        keys_dir,
+        load_audit_signer,
+        load_broker,
+        load_store_key,
+    )
+    from governance.keys import load_project_key
+
+    load_project_key()
+    broker = load_broker(create=True)
+    signer = load_audit_signer()
+    load_store_key(SERVING_STORE)
+    load_store_key(UI_SESSION)
+    directory = keys_dir()
+    out.print(f"keys in {directory}:")
+    for name in sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")):
+        out.print(f"  {name}")
+    _record("keys.init", "keys", {"broker": broker.key_id, "audit": signer.key_id})
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key: list[str] = typer.Option(
+        [], "--key", help="broker | serving-store | ui-session | audit-signing (default: all four)."
+    ),
+) -> None:
+    """Rotate keys and re-seal every store each one seals (admin, audited).
+
+    Pseudonyms, UIDs and date shifts do not change (their HMAC key is not rotated).
+    """
+    from governance.audit import AuditLog
+    from governance.audit.keys import rotate_audit_key
+    from governance.keyring import (
+        SERVING_STORE,
+        UI_SESSION,
+        KeyMissing,
+        StoreKey,
+        load_store_key,
+        store_key_path,
+        write_secret_file,
+    )
+    from governance.keys import KeyError_
+    from governance.settings import get_settings
+    from imaging.keys_rotation import rotate_broker_key
+    from serving.monitoring.sealing import reseal_serving_store
+
+    chosen = list(dict.fromkeys(key)) or list(KINDS)
+    unknown = [k for k in chosen if k not in KINDS]
+    if unknown:
+        raise fail(f"unknown key {unknown[0]!r}: choose from {', '.join(KINDS)}", 2)
+    settings = get_settings()
+    try:
+        if "broker" in chosen:
+            moved = rotate_broker_key(settings)
+            out.print(
+                f"broker key {moved.old_key_id} -> {moved.new_key_id}: re-sealed {moved.map_entries} "
+                f"map entries, {moved.quarantined_files} quarantined inputs, "
+                f"{moved.erasure_records} erasure records"
+            )
+            _record(
+                "keys.rotate",
+                f"broker-key:{moved.new_key_id}",
+                {
+                    "retired": moved.old_key_id,
+                    "map_entries": moved.map_entries,
+                    "quarantined_files": moved.quarantined_files,
+                    "erasure_records": moved.erasure_records,
+                },
+            )
+        if "serving-store" in chosen:
+            old = load_store_key(SERVING_STORE, settings)
+            new = StoreKey(SERVING_STORE, secrets.token_bytes(32))
+            pending = store_key_path(SERVING_STORE, settings).with_name("serving-store.key.next")
+            write_secret_file(pending, new.secret)
+
+            def unseal(sealed: bytes, aad: bytes, record: str) -> bytes:
+                return old.unseal(sealed, aad, record=record)
+
+            counts = reseal_serving_store(unseal, new, settings)
+            pending.replace(store_key_path(SERVING_STORE, settings))
+            out.print(f"serving-store key {old.key_id} -> {new.key_id}: re-sealed {counts}")
+            _record("keys.rotate", f"serving-store-key:{new.key_id}", {"retired": old.key_id, **counts})
+        if "ui-session" in chosen:
+            old_ui = load_store_key(UI_SESSION, settings)
+            write_secret_file(store_key_path(UI_SESSION, settings), secrets.token_bytes(32))
+            _purge_ui_sessions()
+            new_ui = load_store_key(UI_SESSION, settings)
+            out.print(f"ui-session key {old_ui.key_id} -> {new_ui.key_id}: every UI session ended")
+            _record("keys.rotate", f"ui-session-key:{new_ui.key_id}", {"retired": old_ui.key_id})
+        if "audit-signing" in chosen:
+            change = rotate_audit_key(AuditLog(), settings)
+            out.print(
+                f"audit signing key {change.old_key_id} -> {change.new_key_id}: chain verified to "
+                f"entry {change.head_seq} and checkpointed"
+            )
+            _record("keys.rotate", f"audit-key:{change.new_key_id}", {"retired": change.old_key_id})
+    except (KeyMissing, KeyError_) as exc:
+        raise fail(str(exc)) from exc
+
+
+def _purge_ui_sessions() -> None:
+    try:
+        from serving.ui.sessions import end_all_sessions
+    except ImportError:
+        return
+    end_all_sessions()
+
+
+@keys_app.command("migrate")
+def keys_migrate() -> None:
+    """Convert stores of an earlier release (one project key for everything) to the separated
+    keys: re-seal to the broker and to serving's key, re-sign the audit chain (admin, audited)."""
+    from governance.audit import AuditLog
+    from governance.audit.keys import migrate_legacy_chain
+    from governance.keyring import SERVING_STORE, STORE_MAGIC, KeyMissing, load_store_key
+    from governance.keys import KeyError_, load_project_key, seal_key_path
+    from governance.settings import get_settings
+    from imaging.keys_rotation import migrate_broker_stores
+    from serving.monitoring.sealing import reseal_serving_store
+
+    settings = get_settings()
+    try:
+        legacy = load_project_key(settings, create=False)
+        log = AuditLog()
+        chain = migrate_legacy_chain(log, legacy)
+        out.print(f"audit: re-signed {chain.entries} entries (chain verified to entry {chain.head_seq})")
+        moved = migrate_broker_stores(legacy.legacy_unseal, settings)
+        out.print(
+            f"sealed to the broker: {moved.map_entries} map entries, {moved.quarantined_files} quarantined "
+            f"inputs, {moved.erasure_records} erasure records"
+        )
+        serving = load_store_key(SERVING_STORE, settings)
+
+        def unseal(sealed: bytes, aad: bytes, record: str) -> bytes:
+            if sealed.startswith(STORE_MAGIC):
+                return serving.unseal(sealed, aad, record=record)
+            return legacy.legacy_unseal(sealed, aad)
+
+        counts = reseal_serving_store(unseal, serving, settings)
+        out.print(f"sealed under serving's key: {counts}")
+        seal_key_path(settings).unlink(missing_ok=True)
+    except (KeyMissing, KeyError_) as exc:
+        raise fail(str(exc)) from exc
+    _record(
+        "keys.migrate",
+        "keys",
+        {
+            "audit_resigned": chain.entries,
+            "map_entries": moved.map_entries,
+            "quarantined_files": moved.quarantined_files,
+            "erasure_records": moved.erasure_records,
+            **counts,
+        },
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")
