@@ -90,7 +90,6 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "ingest": _roles(DS),
     "catalog": _roles(DS, ML, AUD),
     "reid": _roles(HB, note="audited; refusals too"),
-    "keys rotate": _roles(A),
     "gateway": _roles(A, DS, note="starts the intake service; peers are checked per association/request"),
     "pull": _roles(DS),
     "push": _roles(DS, ML, note="sends results to a configured PACS"),
@@ -144,6 +143,10 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "feedback export": _roles(ML, DS, AUD),
     "feedback dataset": _roles(DS, ML),
     "ui": _roles(A, ML, note="starts the UI; users sign in with their own token"),
+    # keys (serving: it re-seals serving's stores as well as intake's)
+    "keys init": _roles(A, note="creates missing key files; mount each only where it is needed"),
+    "keys rotate": _roles(A, note="re-seals every store each key seals; the pseudonym key is never rotated"),
+    "keys migrate": _roles(A, note="from one project key to the separated keys"),
     "demo": Access(
         AccessMode.SELF,
         frozenset(),
