@@ -137,11 +137,12 @@ def _raw_public(key: X25519PublicKey | Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def _load_or_create(path: Path, create: bool) -> bytes:
-    """A 32-byte secret from ``path``; created (racing processes agree on one) when allowed."""
+def _load_or_create(path: Path, create: bool, public: Path | None = None) -> bytes:
+    """A 32-byte secret from ``path``; created (racing processes agree on one) when allowed and
+    no public half exists: a process given only the public key never makes a private one."""
     if path.exists():
         return read_secret_file(path)
-    if not create:
+    if not create or (public is not None and public.exists()):
         raise KeyMissing(f"this process holds no {path.name} (not mounted here)")
     with contextlib.suppress(FileExistsError):
         write_secret_file(path, secrets.token_bytes(32), exclusive=True)
@@ -239,7 +240,7 @@ def load_broker(settings: Settings | None = None, *, create: bool = False) -> Br
     """The honest broker's private key (``broker.key``): only the broker's process holds it."""
     settings = settings or get_settings()
     private_path, public_path = _broker_paths(settings)
-    broker = Broker.from_private(_load_or_create(private_path, create))
+    broker = Broker.from_private(_load_or_create(private_path, create, public_path))
     if not public_path.exists():
         write_secret_file(public_path, broker.public)
     return broker
@@ -307,7 +308,7 @@ def audit_key_paths(settings: Settings) -> tuple[Path, Path, Path]:
 def load_audit_signer(settings: Settings | None = None, *, create: bool = True) -> AuditSigner:
     settings = settings or get_settings()
     private_path, public_path, _ = audit_key_paths(settings)
-    signer = AuditSigner(_load_or_create(private_path, create))
+    signer = AuditSigner(_load_or_create(private_path, create, public_path))
     if not public_path.exists():
         write_secret_file(public_path, signer.public)
     return signer
