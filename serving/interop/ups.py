@@ -20,6 +20,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,7 +230,7 @@ class WorkitemStore:
 
     def public(self, uid: str) -> Dataset:
         """The workitem as clients see it: never its Transaction UID (PS3.4 CC.2.5.1.2)."""
-        copy = Dataset(self.get(uid))
+        copy = deepcopy(self.get(uid))  # Dataset(ds) would share the stored item's elements
         if "TransactionUID" in copy:
             del copy.TransactionUID
         return copy
