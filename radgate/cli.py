@@ -11,7 +11,7 @@ import logging
 
 import typer
 
-from governance.auth.cli_guard import guard_typer_app
+from governance.cli.guard import guard_typer_app
 from radgate import __version__
 
 __all__ = ["app", "main"]

@@ -22,9 +22,9 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from radgate.net import free_port
 from serving.api import IngressService, api, install_service
 from serving.config import ServeConfig, ServedModel
+from serving.net import free_port
 from serving.worker import ModelWorker
 
 __all__ = ["APP_NAME", "BatchedModel", "Ingress", "ModelDeployment", "build_app", "run", "start_ray"]

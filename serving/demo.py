@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radgate.net import free_port
+from serving.net import free_port
 
 if TYPE_CHECKING:
     from imaging.gateway.config import PacsPeer

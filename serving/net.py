@@ -1,4 +1,4 @@
-"""Small networking helpers shared by the services RadGate starts on this host."""
+"""Small networking helpers for the services serving starts on this host (Ray Serve, Triton, MLflow)."""
 
 from __future__ import annotations
 

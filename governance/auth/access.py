@@ -1,7 +1,7 @@
 """Which role each ``radgate`` command needs: one table, checked in one place.
 
 :data:`COMMAND_ACCESS` maps a command path (``"dataset create"``) to its :class:`Access`.
-:func:`governance.auth.cli_guard.guard_typer_app` wraps every command of the ``radgate`` app so
+:func:`governance.cli.guard.guard_typer_app` wraps every command of the ``radgate`` app so
 that :func:`authorize_command` runs before the command does anything. A command that is not in
 the table is refused (fail closed), and ``tests/unit/test_command_access.py`` fails until it is
 added. Libraries keep their own finer checks (the approval policy's roles, self-rotation,

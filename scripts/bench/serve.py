@@ -317,8 +317,8 @@ def main() -> None:
     from serving.model import InProcessForward
 
     forward = InProcessForward(loaded)  # what the in-process replica builds from the same version
-    from radgate.net import free_port
     from serving.app import start_ray
+    from serving.net import free_port
 
     port = free_port()
     # As `radgate serve` starts it: the ingress replica answers HTTP on the port (direct ingress).

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from radgate.net import free_port
+from serving.net import free_port
 
 __all__ = ["TritonNotInstalled", "TritonServer", "default_triton_home", "find_tritonserver"]
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 def test_explain_segmentation_cli(tmp_path: Path) -> None:
     from governance.audit import AuditLog
-    from governance.auth.cli_guard import guard_typer_app
+    from governance.cli.guard import guard_typer_app
     from governance.testing import create_cast
     from serving.testing import register_segmentation_model
 

@@ -18,7 +18,7 @@ from governance.approvals.webhooks import create_webhook_app, register_webhook
 from governance.audit import AuditLog
 from governance.settings import get_settings
 from governance.testing import create_cast, create_version
-from radgate.net import free_port
+from serving.net import free_port
 
 pytestmark = pytest.mark.integration
 NAME = "cxr-served"

@@ -28,7 +28,7 @@ import httpx
 import pytest
 import yaml
 
-from radgate.net import free_port
+from serving.net import free_port
 from tests.integration.conftest import load_script
 
 # About 2.5 min for the serve deploy and 5 min for the training job on the shared 2-core machine:

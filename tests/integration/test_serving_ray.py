@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from radgate.net import free_port
+from serving.net import free_port
 
 pytestmark = pytest.mark.integration
 

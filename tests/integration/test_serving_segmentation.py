@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from radgate.net import free_port
+from serving.net import free_port
 from tests.seg_series import encode, make_series
 
 pytestmark = pytest.mark.integration

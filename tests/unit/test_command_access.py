@@ -16,7 +16,7 @@ import typer
 from typer.testing import CliRunner
 
 from governance.auth import COMMAND_ACCESS, AccessMode, Role, acting_principal, revoke_user
-from governance.auth.cli_guard import command_paths, guard_typer_app
+from governance.cli.guard import command_paths, guard_typer_app
 from governance.settings import get_settings
 from governance.testing import Cast, create_cast
 from radgate.cli import app as radgate_app
@@ -119,7 +119,7 @@ def test_every_command_of_radgate_is_in_the_table_and_guarded() -> None:
 
 
 def _commands(app: typer.Typer) -> list[tuple[str, Any]]:
-    from governance.auth.cli_guard import _walk
+    from governance.cli.guard import _walk
 
     return _walk(app, ())
 

@@ -112,8 +112,8 @@ def policy_check(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
-    from governance.approvals.cli import model_app
-    from governance.audit.cli import audit_app
+    from governance.cli.audit import audit_app
+    from governance.cli.model import model_app
 
     app.add_typer(audit_app, name="audit")
     app.add_typer(model_app, name="model")
