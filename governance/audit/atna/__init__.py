@@ -29,10 +29,22 @@ __all__ = [
     "audit_message",
     "classify",
     "entries_after",
+    "fhir_audit_exporter",
     "format_rfc5424",
     "syslog_exporter",
     "validate_message",
 ]
+
+
+def fhir_audit_exporter(
+    url: str, *, token: str | None = None, ca_file: str | None = None, profile: AtnaProfile | None = None
+) -> ChainExporter:
+    """An exporter PUTting every chain entry as a FHIR AuditEvent (IHE BALP) to ``url``."""
+    from governance.audit.atna.fhir_audit import FhirAuditSender
+
+    sender = FhirAuditSender(url, token=token, ca_file=ca_file)
+    chosen = profile or AtnaProfile()
+    return ChainExporter("fhir-auditevent", lambda entry: sender(entry, chosen))
 
 
 def syslog_exporter(destination: SyslogDestination, profile: AtnaProfile | None = None) -> ChainExporter:

@@ -34,6 +34,7 @@ __all__ = [
     "EventCode",
     "audit_message",
     "classify",
+    "outcome_of",
     "validate_message",
 ]
 
@@ -112,7 +113,7 @@ def classify(action: str) -> _Classified:
     return _Classified(_APPLICATION, None, "E", "4", None)
 
 
-def _outcome(entry: AuditEntry) -> tuple[str, str | None]:
+def outcome_of(entry: AuditEntry) -> tuple[str, str | None]:
     """EventOutcomeIndicator: 4 (minor failure) for refusals, else 0."""
     action = entry.action.lower()
     if any(word in action for word in ("denied", "rejected", "refused", "failed", "invalid")):
@@ -141,7 +142,7 @@ def audit_message(entry: AuditEntry, profile: AtnaProfile | None = None) -> byte
     """The Annex A.5 XML of ``entry`` (UTF-8, with declaration); validated before it is returned."""
     profile = profile or AtnaProfile()
     kind = classify(entry.action)
-    outcome, description = _outcome(entry)
+    outcome, description = outcome_of(entry)
     root = etree.Element("AuditMessage")
     event = etree.SubElement(
         root,
