@@ -2,7 +2,6 @@
 case viewer and drift reports (server-rendered Jinja2, static JS/CSS, no CDN)."""
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,13 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from governance.auth import AuthenticationError, AuthError, Principal, Role, authenticate, require_role
+from governance.auth import AuthenticationError, AuthError, Role, authenticate
 from governance.settings import get_settings
 from serving.ui.cases import CaseError, list_cases, load_case
+from serving.ui.pages import PREFIX, UI_DIR, nav, render_page, signed_in
 from serving.ui.security import (
     AUDIT_ROLES,
     CASE_ROLES,
@@ -27,7 +26,6 @@ from serving.ui.security import (
     MODEL_ROLES,
     CsrfError,
     NotSignedIn,
-    csrf_token,
     current_principal,
     verify_csrf,
 )
@@ -35,25 +33,6 @@ from serving.ui.served_routes import FeedbackFields, add_prediction_routes, feed
 
 __all__ = ["PREFIX", "create_ui_app", "create_ui_router", "install_ui"]
 
-PREFIX = "/ui"
-_HERE = Path(__file__).parent
-_templates = Jinja2Templates(directory=str(_HERE / "templates"))
-_HEX = re.compile(r"^[0-9a-f]{40,}$")
-
-
-def _shown(value: Any) -> str:
-    """A checklist value for people: lists joined, long digests shortened (full value in title)."""
-    if value is None or value == []:
-        return "—"
-    if isinstance(value, list | tuple | set):
-        return ", ".join(_shown(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    return text[:12] + "…" if _HEX.match(text) else text
-
-
-_templates.env.filters["shown"] = _shown
 _ACTIONS = ("submit", "approve", "reject", "revoke", "promote")
 _AUDIT_PAGE = 200
 
@@ -62,41 +41,6 @@ def _workflow() -> Any:
     from governance.approvals import Workflow
 
     return Workflow()
-
-
-def _nav(principal: Principal) -> list[tuple[str, str]]:
-    items = []
-    if principal.role in MODEL_ROLES:
-        items.append(("Models", f"{PREFIX}/models"))
-    if principal.role in CASE_ROLES:
-        items.append(("Cases", f"{PREFIX}/cases"))
-    if principal.role in AUDIT_ROLES:
-        items.append(("Audit", f"{PREFIX}/audit"))
-    if principal.role in DRIFT_ROLES:
-        items.append(("Drift", f"{PREFIX}/drift"))
-    return items
-
-
-def _page(
-    request: Request, template: str, principal: Principal | None, status_code: int = 200, **context: Any
-) -> HTMLResponse:
-    token = request.cookies.get(COOKIE)
-    base = {
-        "prefix": PREFIX,
-        "principal": principal,
-        "nav": _nav(principal) if principal else [],
-        "csrf": csrf_token(token) if (principal and token) else "",
-    }
-    response = _templates.TemplateResponse(request, template, {**base, **context}, status_code=status_code)
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _signed_in(request: Request, *roles: Role) -> Principal:
-    principal = current_principal(request)
-    if roles:
-        require_role(principal, *roles)
-    return principal
 
 
 def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
@@ -111,25 +55,25 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
             principal = current_principal(request)
         except NotSignedIn:
             return RedirectResponse(f"{PREFIX}/login", status_code=303)
-        nav = _nav(principal)
-        if not nav:
-            return _page(
+        items = nav(principal)
+        if not items:
+            return render_page(
                 request, "error.html", principal, status_code=403, message="Your role has no pages here."
             )
-        return RedirectResponse(nav[0][1], status_code=303)
+        return RedirectResponse(items[0][1], status_code=303)
 
     @router.get("/login", response_class=HTMLResponse)
     def login_form(request: Request) -> HTMLResponse:
-        return _page(request, "login.html", None, error="")
+        return render_page(request, "login.html", None, error="")
 
     @router.post("/login")
     def login(request: Request, token: str = Form(...)) -> Response:
         try:
             principal = authenticate(token.strip())
         except AuthenticationError:
-            return _page(request, "login.html", None, status_code=401, error="That token is not valid.")
-        nav = _nav(principal)
-        response = RedirectResponse(nav[0][1] if nav else f"{PREFIX}/", status_code=303)
+            return render_page(request, "login.html", None, status_code=401, error="That token is not valid.")
+        items = nav(principal)
+        response = RedirectResponse(items[0][1] if items else f"{PREFIX}/", status_code=303)
         response.set_cookie(
             COOKIE, token.strip(), httponly=True, samesite="strict", secure=secure_cookie, path=PREFIX
         )
@@ -148,21 +92,23 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
     def models(request: Request) -> HTMLResponse:
         from serving.ui.models import list_versions
 
-        principal = _signed_in(request, *MODEL_ROLES)
-        return _page(request, "models.html", principal, models=list_versions(_workflow()))
+        principal = signed_in(request, *MODEL_ROLES)
+        return render_page(request, "models.html", principal, models=list_versions(_workflow()))
 
     @router.get("/models/{name}/{version}", response_class=HTMLResponse)
     def version_page(request: Request, name: str, version: str, done: str = "", error: str = "") -> Response:
         from governance.approvals import RegistryError
         from serving.ui.models import allowed_actions, version_view
 
-        principal = _signed_in(request, *MODEL_ROLES)
+        principal = signed_in(request, *MODEL_ROLES)
         workflow = _workflow()
         try:
             view = version_view(workflow, name, version)
         except RegistryError:
-            return _page(request, "error.html", principal, status_code=404, message="No such model version.")
-        return _page(
+            return render_page(
+                request, "error.html", principal, status_code=404, message="No such model version."
+            )
+        return render_page(
             request,
             "version.html",
             principal,
@@ -178,7 +124,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         from governance.approvals.registry import get_version
         from serving.ui.evidence import read_artifact, run_evidence
 
-        _signed_in(request, *MODEL_ROLES)
+        signed_in(request, *MODEL_ROLES)
         client = _workflow().client
         try:
             mv = get_version(client, name, version)
@@ -201,7 +147,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         from governance.approvals import ApprovalError, PolicyNotSatisfied, RegistryError
 
         verify_csrf(request, csrf)
-        principal = _signed_in(request, *MODEL_ROLES)
+        principal = signed_in(request, *MODEL_ROLES)
         if action not in _ACTIONS:
             return JSONResponse({"detail": "unknown action"}, status_code=404)
         if action != "promote" and action != "submit" and not comment.strip():
@@ -233,7 +179,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         from governance.audit import AuditLog
         from governance.audit.log import AuditError
 
-        principal = _signed_in(request, *AUDIT_ROLES)
+        principal = signed_in(request, *AUDIT_ROLES)
         log = AuditLog()
         filters = {"actor": actor, "action": action, "target": target, "since": since, "until": until}
         error = ""
@@ -250,7 +196,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         except (AuditError, ValueError):
             entries, error = [], "Dates must be ISO dates or times (UTC), e.g. 2026-01-31."
         report = log.verify()
-        return _page(
+        return render_page(
             request, "audit.html", principal, entries=entries, filters=filters, report=report, error=error
         )
 
@@ -260,22 +206,22 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
     def cases(request: Request, model: str = "", page: int = 1) -> HTMLResponse:
         from serving.ui.predictions import recent_predictions
 
-        principal = _signed_in(request, *CASE_ROLES)
+        principal = signed_in(request, *CASE_ROLES)
         served = recent_predictions(model or None, page)
-        return _page(request, "cases.html", principal, cases=list_cases(), served=served)
+        return render_page(request, "cases.html", principal, cases=list_cases(), served=served)
 
     @router.get("/cases/{case_id}", response_class=HTMLResponse)
     def case_page(request: Request, case_id: str) -> HTMLResponse:
-        principal = _signed_in(request, *CASE_ROLES)
+        principal = signed_in(request, *CASE_ROLES)
         try:
             case = load_case(case_id)
         except CaseError:
-            return _page(request, "error.html", principal, status_code=404, message="No such case.")
-        return _page(request, "case.html", principal, case=case)
+            return render_page(request, "error.html", principal, status_code=404, message="No such case.")
+        return render_page(request, "case.html", principal, case=case)
 
     @router.get("/api/cases/{case_id}/{method}")
     def case_data(request: Request, case_id: str, method: str) -> JSONResponse:
-        _signed_in(request, *CASE_ROLES)
+        signed_in(request, *CASE_ROLES)
         try:
             payload = load_case(case_id).payload(method)
         except CaseError as exc:
@@ -285,7 +231,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
     @router.post("/api/cases/{case_id}/feedback")
     def case_feedback(request: Request, case_id: str, form: FeedbackFields) -> JSONResponse:
         verify_csrf(request, form.csrf)
-        principal = _signed_in(request, Role.CLINICAL_REVIEWER)
+        principal = signed_in(request, Role.CLINICAL_REVIEWER)
         try:
             case = load_case(case_id)
         except CaseError as exc:
@@ -303,12 +249,12 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
 
     @router.get("/drift", response_class=HTMLResponse)
     def drift(request: Request) -> HTMLResponse:
-        principal = _signed_in(request, *DRIFT_ROLES)
-        return _page(request, "drift.html", principal, reports=_drift_reports())
+        principal = signed_in(request, *DRIFT_ROLES)
+        return render_page(request, "drift.html", principal, reports=_drift_reports())
 
     @router.get("/drift/{model}/{stamp}/{filename}")
     def drift_file(request: Request, model: str, stamp: str, filename: str) -> Response:
-        _signed_in(request, *DRIFT_ROLES)
+        signed_in(request, *DRIFT_ROLES)
         root = (get_settings().home / "monitoring" / "reports").resolve()
         path = (root / model / stamp / filename).resolve()
         if root not in path.parents or path.suffix not in {".png", ".html", ".json"} or not path.is_file():
@@ -367,7 +313,7 @@ def _errors(app: FastAPI) -> None:
             principal = current_principal(request)
         except NotSignedIn:
             return not_signed_in(request, exc)
-        return _page(
+        return render_page(
             request, "error.html", principal, status_code=403, message="Your role may not see this page."
         )
 
@@ -398,7 +344,7 @@ def install_ui(app: FastAPI, *, secure_cookie: bool = False) -> None:
     """Add the UI router, its static files, error handlers and security headers (on ``/ui``
     responses only) to an existing FastAPI app."""
     app.include_router(create_ui_router(secure_cookie=secure_cookie))
-    app.mount(f"{PREFIX}/static", StaticFiles(directory=str(_HERE / "static")), name="ui-static")
+    app.mount(f"{PREFIX}/static", StaticFiles(directory=str(UI_DIR / "static")), name="ui-static")
     _errors(app)
     app.add_middleware(_UiHeaders)
 

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from governance.auth import Principal, Role
+from serving.ui.pages import render_page, signed_in
 from serving.ui.predictions import UnknownPrediction, load_prediction
 from serving.ui.security import CASE_ROLES, verify_csrf
 
@@ -52,20 +53,21 @@ def feedback_response(principal: Principal, request_id: str, form: FeedbackForm)
 
 def add_prediction_routes(router: APIRouter) -> None:
     """``/predictions/{id}``, ``/api/predictions/{id}/overlay.png`` and ``.../feedback``."""
-    from serving.ui.routes import _page, _signed_in
 
     @router.get("/predictions/{request_id}", response_class=HTMLResponse)
     def prediction_page(request: Request, request_id: str) -> HTMLResponse:
-        principal = _signed_in(request, *CASE_ROLES)
+        principal = signed_in(request, *CASE_ROLES)
         try:
             prediction = load_prediction(request_id)
         except UnknownPrediction:
-            return _page(request, "error.html", principal, status_code=404, message="No such prediction.")
-        return _page(request, "prediction.html", principal, p=prediction)
+            return render_page(
+                request, "error.html", principal, status_code=404, message="No such prediction."
+            )
+        return render_page(request, "prediction.html", principal, p=prediction)
 
     @router.get("/api/predictions/{request_id}/overlay.png")
     def prediction_overlay(request: Request, request_id: str) -> Response:
-        _signed_in(request, *CASE_ROLES)
+        signed_in(request, *CASE_ROLES)
         try:
             png = load_prediction(request_id).overlay_png
         except UnknownPrediction:
@@ -77,5 +79,5 @@ def add_prediction_routes(router: APIRouter) -> None:
     @router.post("/api/predictions/{request_id}/feedback")
     def prediction_feedback(request: Request, request_id: str, form: FeedbackFields) -> JSONResponse:
         verify_csrf(request, form.csrf)
-        principal = _signed_in(request, Role.CLINICAL_REVIEWER)
+        principal = signed_in(request, Role.CLINICAL_REVIEWER)
         return feedback_response(principal, request_id, form)
