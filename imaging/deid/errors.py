@@ -15,6 +15,7 @@ class QuarantineReason(StrEnum):
     MISSING_IDENTIFIERS = "missing_identifiers"
     MISSING_PIXEL_DATA = "missing_pixel_data"
     PIXEL_DATA_LENGTH = "pixel_data_length"
+    DECOMPRESSION_LIMIT = "decompression_limit"
     BURNED_IN_ANNOTATION = "burned_in_annotation"
     BURNED_IN_RISK = "burned_in_risk"
     ENCAPSULATED_DOCUMENT = "encapsulated_document"

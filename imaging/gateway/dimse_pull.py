@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from imaging.gateway.config import PacsPeer
-from imaging.gateway.pull import InstanceRef, PullError
+from imaging.gateway.pull_source import InstanceRef, PullError
 from imaging.gateway.scp import STORAGE_TRANSFER_SYNTAXES, set_tcp_nodelay
 
 __all__ = ["DimseSource"]

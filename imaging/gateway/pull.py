@@ -19,6 +19,7 @@ import httpx
 from imaging.gateway.config import ConfigError, PacsPeer
 from imaging.gateway.ledger import PullLedger
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
+from imaging.gateway.pull_source import InstanceRef, PullError
 from imaging.gateway.sink import Sink
 
 __all__ = ["DicomwebSource", "InstanceRef", "PullError", "PullMethod", "PullReport", "pull"]
@@ -33,17 +34,6 @@ class PullMethod(enum.StrEnum):
     DICOMWEB = "dicomweb"
     DIMSE = "dimse"
     CMOVE = "cmove"  # C-FIND + C-MOVE to the running gateway (PACS without C-GET)
-
-
-class PullError(RuntimeError):
-    """The PACS could not be queried or an instance could not be retrieved."""
-
-
-@dataclass(frozen=True)
-class InstanceRef:
-    study: str
-    series: str
-    sop: str
 
 
 @dataclass
