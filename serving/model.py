@@ -306,8 +306,11 @@ class ServedPredictor:
                 objects = [_encode(case.secondary_capture)]
                 if case.structured_report is not None:
                     objects.append(_encode(case.structured_report))
+                overlay = self._saliency_overlay(source, case)
+                if overlay is not None:
+                    objects.append(_encode(overlay))
         elif dicom:
-            objects = [_encode(self._report(source, labels[positive], p_positive))]
+            objects = [_encode(self._report(source, labels[positive], p_positive, p_positive >= threshold))]
         return out, objects
 
     def _explain(self, source: Dataset, data: bytes, method: str) -> Any:
@@ -328,13 +331,55 @@ class ServedPredictor:
             config=config,
         )
 
-    def _report(self, source: Dataset, finding: str, probability: float) -> Dataset:
+    def model_approval(self) -> Any:
+        """The registry's word on this version, as the DICOM results state it (IHE AIR)."""
+        from imaging.results import ModelApproval
+
+        return ModelApproval(
+            model_version=str(self.version),
+            artifact_sha256=str(self.decision.artifact_sha256 or "unknown"),
+            status=str(self.loaded.tags.get(Tag.STATUS, "unknown")),
+            alias=self.decision.alias,
+        )
+
+    def _report(self, source: Dataset, finding: str, probability: float, positive: bool) -> Dataset:
         from imaging.results import AlgorithmIdentity, build_result_report
 
         algorithm = AlgorithmIdentity(
             name=self.loaded.name, version=self.loaded.version, method="classification"
         )
-        return build_result_report(source, algorithm, finding=finding, probability=probability)
+        return build_result_report(
+            source,
+            algorithm,
+            finding=finding,
+            probability=probability,
+            approval=self.model_approval(),
+            positive=positive,
+        )
+
+    def _saliency_overlay(self, source: Dataset, case: Any) -> Dataset | None:
+        """The explanation map as a fractional SEG over the source image (viewers overlay it);
+        None for multi-frame sources, whose overlay is the Secondary Capture alone."""
+        from imaging.results import (
+            AlgorithmIdentity,
+            SaliencySegmentationError,
+            build_saliency_segmentation,
+            resize_map,
+        )
+
+        if int(source.get("NumberOfFrames", 1) or 1) > 1:
+            return None
+        heat = resize_map(case.explanation.maps[0], (int(source.Rows), int(source.Columns)))
+        algorithm = AlgorithmIdentity(
+            name=self.loaded.name, version=self.loaded.version, method=case.method.display_name
+        )
+        try:
+            return build_saliency_segmentation(
+                source, heat, algorithm, finding=case.finding, approval=self.model_approval()
+            )
+        except SaliencySegmentationError as exc:
+            LOGGER.warning("no saliency SEG for this source: %s", exc)
+            return None
 
 
 def _read(data: bytes) -> Dataset:

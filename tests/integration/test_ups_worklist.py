@@ -154,7 +154,15 @@ def test_workitem_completes_with_results_in_the_pacs(
             report = hd.sr.ComprehensiveSR.from_dataset(stored)
             (group,) = report.content.get_image_measurement_groups()
             assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
-    assert {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.88.33"} <= kinds  # SC overlay, SR
+        if stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4":
+            overlay = hd.seg.Segmentation.from_dataset(stored)
+            assert overlay.get_source_image_uids()[0][2] == source.SOPInstanceUID
+    # SC overlay, SR (IHE AIR), saliency SEG the viewer overlays
+    assert {
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.88.33",
+        "1.2.840.10008.5.1.4.1.1.66.4",
+    } <= kinds
     searched = worklist._session.get(
         _url(worklist, "/workitems"), params={"ProcedureStepState": "COMPLETED"}, timeout=30
     )

@@ -115,7 +115,7 @@ def test_predict_dicom_results_pass_dciodvfy(world: dict[str, Any], tmp_path: Pa
     media, params = content_type_params(reply.headers["content-type"])
     assert media == "multipart/related"
     parts = list(iter_parts(reply.content, params["boundary"]))
-    assert len(parts) == 4  # SC + SR for each of the two instances
+    assert len(parts) == 6  # SC + SR + saliency SEG for each of the two instances
     kinds = set()
     for index, part in enumerate(parts):
         path = tmp_path / f"{index}.dcm"
@@ -126,7 +126,7 @@ def test_predict_dicom_results_pass_dciodvfy(world: dict[str, Any], tmp_path: Pa
         if shutil.which("dciodvfy"):
             done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
             assert done.returncode == 0 and "Error" not in done.stdout + done.stderr, done.stderr[-2000:]
-    assert kinds == {"OT", "SR"} or "SR" in kinds
+    assert {"SR", "SEG"} <= kinds
     assert source.SOPInstanceUID  # the SR references the source instance (checked by dciodvfy's IOD)
 
 
