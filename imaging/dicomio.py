@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import zlib
 from copy import copy
 from io import BytesIO
 from typing import Any
@@ -13,6 +14,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_data_element, write_dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
@@ -27,7 +29,15 @@ from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
 from imaging.deid.errors import QuarantineError, QuarantineReason
 
-__all__ = ["Parts", "encode_instance", "encode_instance_parts", "parse_instance"]
+__all__ = [
+    "INFLATED_HEADER_BUDGET",
+    "Parts",
+    "encode_instance",
+    "encode_instance_parts",
+    "inflate_bounded",
+    "inflated_data_set",
+    "parse_instance",
+]
 
 # PixelData, FloatPixelData, DoubleFloatPixelData; other attributes read by tag, not keyword
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
@@ -55,11 +65,13 @@ _PARSE_ERRORS = (
 )
 
 
-def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
+def parse_instance(data: bytes, *, max_bytes: int, max_inflated_bytes: int | None = None) -> Dataset:
     """Parse one Part 10 file (or a bare dataset) and check it can be de-identified.
 
     Raises :class:`QuarantineError` for non-DICOM, corrupt, oversize input, missing SOP
-    identifiers and image objects without (enough) pixel data.
+    identifiers, image objects without (enough) pixel data, and a Deflated Explicit VR data set
+    that inflates past its bound (``decompression_limit``, see :func:`inflate_bounded`;
+    ``max_inflated_bytes`` is the absolute cap, default ``Settings.max_decoded_bytes``).
     """
     if len(data) > max_bytes:
         raise QuarantineError(QuarantineReason.TOO_LARGE, f"{len(data)} bytes exceeds limit {max_bytes}")
@@ -67,14 +79,19 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
         raise QuarantineError(QuarantineReason.NOT_DICOM, "input too short to be DICOM")
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
     try:
-        # dcmread reads every top-level element header, so truncation shows here; values are
-        # decoded lazily, only where the profile changes them. Bulk values (pixel data) are not
-        # even read: they stay in ``data`` and the encoder copies them from there.
-        ds = dcmread(BytesIO(data), force=not has_preamble, defer_size=_DEFER_SIZE)
-        if getattr(ds, "file_meta", {}).get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-            # positions of a deflated dataset are those of the inflated stream, not of data
-            ds = dcmread(BytesIO(data), force=not has_preamble)
+        deflated = _deflated_start(data, has_preamble)
+        if deflated is not None:
+            # pydicom would inflate the whole stream at once, however far it goes: inflate it
+            # here within bounds, then parse the inflated data set (positions are its own).
+            preamble, meta, start = deflated
+            inflated = inflate_bounded(memoryview(data)[start:], max_inflated_bytes)
+            ds = dcmread(BytesIO(inflated), force=True)
+            ds.file_meta, ds.preamble = meta, preamble
         else:
+            # dcmread reads every top-level element header, so truncation shows here; values
+            # are decoded lazily, only where the profile changes them. Bulk values (pixel data)
+            # are not even read: they stay in ``data`` and the encoder copies them from there.
+            ds = dcmread(BytesIO(data), force=not has_preamble, defer_size=_DEFER_SIZE)
             ds._radgate_source = data  # where deferred values lie
     except _PARSE_ERRORS as exc:
         reason = QuarantineReason.CORRUPT if has_preamble else QuarantineReason.NOT_DICOM
@@ -97,7 +114,7 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
             else QuarantineReason.NOT_DICOM
         )
         raise QuarantineError(reason, "no SOP Class UID or SOP Instance UID")
-    _check_pixels(ds)
+    _check_pixels(ds, max_inflated_bytes)
     if not has_preamble or "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
         ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
         implicit, little = ds.original_encoding
@@ -111,6 +128,194 @@ def parse_instance(data: bytes, *, max_bytes: int) -> Dataset:
     return ds
 
 
+def inflated_data_set(data: bytes, max_inflated_bytes: int | None = None) -> bytes | None:
+    """For a Deflated Explicit VR Little Endian Part 10 file, its data set inflated within the
+    bounds of :func:`inflate_bounded` (``dcmread(..., force=True)`` reads it); None for any other
+    input. Use it wherever received bytes are read outside :func:`parse_instance`: pydicom
+    inflates a deflated file whole, even for ``stop_before_pixels``."""
+    has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
+    deflated = _deflated_start(data, has_preamble)
+    if deflated is None:
+        return None
+    return inflate_bounded(memoryview(data)[deflated[2] :], max_inflated_bytes)
+
+
+def _deflated_start(data: bytes, has_preamble: bool) -> tuple[bytes | None, FileMetaDataset, int] | None:
+    """(preamble, file meta, offset of the data set) when the file meta says Deflated Explicit
+    VR Little Endian; None otherwise (and for bare data sets)."""
+    if not has_preamble:
+        return None
+    stream = BytesIO(data)
+    preamble = read_preamble(stream, False)
+    meta = _read_file_meta_info(stream)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    return preamble, meta, stream.tell()
+
+
+# Everything before the pixel data of a deflated data set (its header) may inflate to this
+# much; the pixel data to what Rows x Columns x Frames x Samples x BitsAllocated declare, with
+# the decoder's headroom. Beyond, the data set is not inflated further.
+INFLATED_HEADER_BUDGET = 16 * 1024 * 1024
+_INFLATE_STEP = 1024 * 1024
+_HEADROOM_RATIO = 1.0625
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+
+
+def inflate_bounded(stream: bytes | memoryview, max_inflated_bytes: int | None = None) -> bytes:
+    """The inflated data set of a Deflated Explicit VR Little Endian file (``stream``: what
+    follows the file meta), inflated in steps of at most 1 MiB of output so that a bomb is
+    stopped as soon as it passes its bound, never after.
+
+    The bound: the header (everything before group 0028 has been read past) within
+    ``INFLATED_HEADER_BUDGET``; then the whole within that budget plus the pixel bytes the image
+    attributes declare (plus headroom), and never over ``max_inflated_bytes`` (default: the
+    platform's ``max_decoded_bytes``). Over it: :class:`QuarantineError` ``decompression_limit``.
+    """
+    if max_inflated_bytes is None:
+        from imaging.decoding import default_max_decoded_bytes
+
+        max_inflated_bytes = default_max_decoded_bytes()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    out = bytearray()
+    limit = min(max_inflated_bytes, INFLATED_HEADER_BUDGET)
+    declared: int | None = None  # pixel bytes, once the header has been read
+    walk = _HeaderWalk()
+    pending: bytes | memoryview = stream
+    while True:
+        try:
+            chunk = inflater.decompress(pending, min(_INFLATE_STEP, limit + 1 - len(out)))
+        except zlib.error as exc:
+            raise QuarantineError(QuarantineReason.CORRUPT, "deflated data set is corrupt") from exc
+        out += chunk
+        if declared is None:
+            declared = walk.feed(out, complete=inflater.eof)
+            if declared is not None:
+                limit = min(max_inflated_bytes, INFLATED_HEADER_BUDGET + int(declared * _HEADROOM_RATIO))
+        if len(out) > limit:
+            raise QuarantineError(
+                QuarantineReason.DECOMPRESSION_LIMIT,
+                f"deflated data set inflates past {limit} bytes (declared pixel data {declared or 0} bytes)",
+            )
+        tail = inflater.unconsumed_tail
+        if inflater.eof or (not chunk and len(tail) == len(pending)):
+            break
+        pending = tail
+    if not inflater.eof:
+        raise QuarantineError(QuarantineReason.CORRUPT, "deflated data set is truncated")
+    return bytes(out)
+
+
+class _HeaderWalk:
+    """Walks the top-level elements of an inflated (explicit VR little endian) data set as it
+    grows, until past group 0028: ``feed`` returns the pixel bytes its image attributes declare
+    (0 when there are none), or None while the data does not reach that far. It resumes where
+    it stopped; the elements it may visit in all are bounded (a header of millions of tiny
+    elements is refused rather than walked again and again)."""
+
+    MAX_ELEMENTS = 500_000
+
+    def __init__(self) -> None:
+        self.pos = 0
+        self.visited = 0
+        self.values: dict[int, bytes] = {}
+
+    def feed(self, header: bytearray, *, complete: bool) -> int | None:
+        view = memoryview(header)
+        try:
+            return self._walk(view, complete)
+        finally:
+            view.release()
+
+    def _count(self) -> None:
+        self.visited += 1
+        if self.visited > self.MAX_ELEMENTS:
+            raise QuarantineError(
+                QuarantineReason.DECOMPRESSION_LIMIT, "deflated header has too many elements"
+            )
+
+    def _walk(self, view: memoryview, complete: bool) -> int | None:
+        end = len(view)
+        while self.pos + 8 <= end:
+            self._count()
+            pos = self.pos
+            group, element = struct.unpack_from("<HH", view, pos)
+            if group > 0x0028:
+                return _pixel_bytes(self.values)
+            header = _element_header(view, pos)
+            if header is None:
+                break
+            pos, length = header
+            if length == 0xFFFFFFFF:
+                skipped = self._skip_undefined(view, pos)
+                if skipped is None:
+                    break
+                self.pos = skipped
+                continue
+            tag = group << 16 | element
+            if group == 0x0028 and tag in (_ROWS, _COLUMNS, _FRAMES, _SAMPLES, _BITS_ALLOCATED):
+                if pos + length > end:
+                    break
+                self.values[tag] = bytes(view[pos : pos + length])
+            self.pos = pos + length
+        return _pixel_bytes(self.values) if complete else None
+
+    def _skip_undefined(self, view: memoryview, pos: int, depth: int = 0) -> int | None:
+        """The offset after an undefined-length value (items up to the sequence delimiter),
+        or None when the data ends first."""
+        end = len(view)
+        if depth > 16:
+            raise QuarantineError(QuarantineReason.CORRUPT, "sequences nested too deep")
+        while pos + 8 <= end:
+            self._count()
+            group, element, length = struct.unpack_from("<HHL", view, pos)
+            if group == 0xFFFE:  # item, item delimiter or sequence delimiter: no VR
+                pos += 8
+                if element == 0xE0DD:
+                    return pos
+                if element == 0xE000 and length != 0xFFFFFFFF:
+                    pos += length
+                continue
+            header = _element_header(view, pos)  # an element inside an undefined-length item
+            if header is None:
+                return None
+            pos, length = header
+            if length == 0xFFFFFFFF:
+                skipped = self._skip_undefined(view, pos, depth + 1)
+                if skipped is None:
+                    return None
+                pos = skipped
+            else:
+                pos += length
+        return None
+
+
+def _element_header(view: memoryview, pos: int) -> tuple[int, int] | None:
+    """(offset of the value, its length) of the explicit VR element at ``pos``."""
+    if bytes(view[pos + 4 : pos + 6]) in _LONG_LENGTH_VRS:
+        if pos + 12 > len(view):
+            return None
+        return pos + 12, int(struct.unpack_from("<L", view, pos + 8)[0])
+    return pos + 8, int(struct.unpack_from("<H", view, pos + 6)[0])
+
+
+def _pixel_bytes(values: dict[int, bytes]) -> int:
+    """Rows x Columns x Frames x Samples x BitsAllocated / 8 from raw values (0 if no image)."""
+
+    def us(tag: int, default: int) -> int:
+        raw = values.get(tag)
+        return struct.unpack("<H", raw[:2])[0] if raw is not None and len(raw) >= 2 else default
+
+    rows, columns = us(_ROWS, 0), us(_COLUMNS, 0)
+    try:
+        frames = max(1, int(values.get(_FRAMES, b"1").strip(b"\0 ") or 1))
+    except ValueError:
+        frames = 1
+    return rows * columns * frames * max(1, us(_SAMPLES, 1)) * max(1, us(_BITS_ALLOCATED, 16)) // 8
+
+
 def _is_image_class(sop_class: str) -> bool:
     entry = UID_dictionary.get(sop_class)
     return entry is not None and "Image Storage" in entry[0] and "Presentation" not in entry[0]
@@ -121,7 +326,24 @@ def _value(ds: Dataset, tag: int, default: Any) -> Any:
     return ds[tag].value if tag in ds._dict else default
 
 
-def _check_pixels(ds: Dataset) -> None:
+def _check_declared_size(ds: Dataset, max_decoded_bytes: int | None) -> None:
+    """Compressed pixel data is not decoded here; what it declares to decode to is checked
+    against the decoder's cap, so an instance that no bounded decoder would ever open is
+    quarantined at intake rather than stored."""
+    from imaging.decoding import PixelDecodeError, default_max_decoded_bytes, estimate_decoded_bytes
+
+    cap = default_max_decoded_bytes() if max_decoded_bytes is None else max_decoded_bytes
+    try:
+        declared = estimate_decoded_bytes(ds)
+    except PixelDecodeError:
+        return  # attributes a decoder refuses by itself; the de-identifier's screen sees them
+    if declared > cap:
+        raise QuarantineError(
+            QuarantineReason.DECOMPRESSION_LIMIT, f"pixel data declares {declared} decoded bytes, cap {cap}"
+        )
+
+
+def _check_pixels(ds: Dataset, max_decoded_bytes: int | None = None) -> None:
     elements = ds._dict
     if _ROWS not in elements or _COLUMNS not in elements:
         # An image object without its image (often a truncated file) cannot be used.
@@ -136,6 +358,7 @@ def _check_pixels(ds: Dataset) -> None:
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is not None and UID(syntax).is_compressed:
+        _check_declared_size(ds, max_decoded_bytes)
         return
     try:
         rows, cols = int(ds[_ROWS].value), int(ds[_COLUMNS].value)

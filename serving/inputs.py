@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
+from imaging.decoding import DecompressionLimitError, PixelDataError, decode_pixels
 from imaging.deid.errors import QuarantineError
 from imaging.dicomio import parse_instance
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
@@ -49,7 +50,7 @@ def _parse_one(data: bytes, max_bytes: int, index: int | None) -> Instance:
     try:
         dataset = parse_instance(data, max_bytes=max_bytes)
     except QuarantineError as exc:
-        status = 413 if exc.reason.value == "too_large" else 400
+        status = 413 if exc.reason.value in ("too_large", "decompression_limit") else 400
         raise RequestError(status, f"invalid DICOM{where}: {exc.reason.value}: {exc.detail}") from exc
     if "PixelData" not in dataset or "Rows" not in dataset:
         raise RequestError(422, f"DICOM{where} is not an image (no pixel data)")
@@ -57,7 +58,22 @@ def _parse_one(data: bytes, max_bytes: int, index: int | None) -> Instance:
         raise RequestError(422, f"DICOM{where}: multi-frame images are not supported by this endpoint")
     if int(dataset.get("SamplesPerPixel", 1) or 1) not in (1, 3):
         raise RequestError(422, f"DICOM{where}: unsupported samples per pixel")
+    _check_compressed_pixels(dataset, where)
     return Instance(data, dataset)
+
+
+def _check_compressed_pixels(dataset: Dataset, where: str) -> None:
+    """Compressed pixel data goes through the bounded decoder once here (declared size and
+    every codestream header against the cap) before the model's reader decodes it unbounded."""
+    syntax = getattr(dataset, "file_meta", {}).get("TransferSyntaxUID")
+    if syntax is None or not syntax.is_compressed:
+        return  # native pixel data: its length was checked against the declared size
+    try:
+        decode_pixels(dataset)
+    except DecompressionLimitError as exc:
+        raise RequestError(413, f"invalid DICOM{where}: decompression_limit: {exc}") from exc
+    except PixelDataError as exc:
+        raise RequestError(400, f"invalid DICOM{where}: pixel data cannot be decoded: {exc}") from exc
 
 
 def parse_body(body: bytes, content_type: str | None, *, max_bytes: int, max_parts: int) -> list[Instance]:

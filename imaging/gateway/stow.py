@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 
+from imaging.dicomio import inflated_data_set
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
 from imaging.gateway.scp import audit
 from imaging.gateway.sink import Sink
@@ -56,8 +57,9 @@ class _Identity:
 def _identify(data: bytes) -> _Identity | None:
     """The sender's own UIDs, to reference its instances in the response (not logged)."""
     try:
+        inflated = inflated_data_set(data)  # pydicom would inflate a deflated file unbounded
         ds = dcmread(
-            BytesIO(data),
+            BytesIO(data if inflated is None else inflated),
             stop_before_pixels=True,
             force=True,
             specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"],
