@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -95,6 +95,9 @@ class BurnedInPolicy(StrictModel):
     """How burned-in text in pixels is found and removed (or, strictly, avoided)."""
 
     mode: BurnedInMode = BurnedInMode.SCREEN
+    # tesseract: Tesseract 5 LSTM (fast); rapidocr: PP-OCRv4 ONNX detector + recogniser (finds
+    # more text that touches anatomy, several times slower on CPU; optional dependency)
+    engine: Literal["tesseract", "rapidocr"] = "tesseract"
     # used by ``mode: quarantine`` only
     quarantine_modalities: list[str] = Field(default_factory=lambda: ["US", "XA", "RF", "ES", "XC", "OT"])
     quarantine_sop_classes: list[str] = Field(default_factory=lambda: list(_SC_CLASSES))
@@ -112,6 +115,9 @@ class BurnedInPolicy(StrictModel):
     series_screen_every: int = Field(default=32, ge=1)
     # frames smaller than this (shorter side, pixels) are enlarged 2x for OCR: small fonts
     upscale_below: int = Field(default=256, ge=0)
+    # OCR passes over the cleaned frames; each redacts what it still finds, the last must find
+    # nothing (else pixel_phi_residual)
+    verify_rounds: int = Field(default=2, ge=1, le=5)
     ocr_timeout_ms: int = Field(default=20_000, ge=100)
     # decoded pixels larger than this are quarantined (imaging.decoding's absolute cap)
     max_decoded_bytes: int = Field(default=2 * 1024**3, ge=1024)

@@ -45,7 +45,7 @@ _MULTI_FRAME_SOURCES = ("examples_ybr_color.dcm",)
 _deid: Any = None
 
 
-def _init() -> None:
+def _init(engine: str = "tesseract") -> None:
     global _deid
     warnings.simplefilter("ignore")
     from governance.keys import ProjectKey
@@ -53,7 +53,9 @@ def _init() -> None:
     from imaging.pipeline import quiet_pydicom
 
     quiet_pydicom()
-    _deid = Deidentifier(load_profile("research"), ProjectKey(bytes(range(32))))
+    profile = load_profile("research")
+    burned_in = profile.burned_in.model_copy(update={"engine": engine})
+    _deid = Deidentifier(profile.model_copy(update={"burned_in": burned_in}), ProjectKey(bytes(range(32))))
 
 
 def _radgate(path: str) -> tuple[list[list[int]], str | None, float]:
@@ -140,9 +142,11 @@ def _score(
     }
 
 
-def _run(fn: Any, files: list[BurnedFile], workers: int) -> tuple[list[Any], float]:
+def _run(
+    fn: Any, files: list[BurnedFile], workers: int, engine: str = "tesseract"
+) -> tuple[list[Any], float]:
     start = time.perf_counter()
-    with ProcessPoolExecutor(workers, initializer=_init) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init, initargs=(engine,)) as pool:
         results = list(pool.map(fn, [str(f.path) for f in files]))
     return results, time.perf_counter() - start
 
@@ -153,6 +157,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (median and spread)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-fail", action="store_true")
+    parser.add_argument(
+        "--with-rapidocr", action="store_true", help="also score the RapidOCR engine (slower; optional)"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory(prefix="pixel-phi-") as tmp:
@@ -175,6 +182,11 @@ def main() -> None:
         base = _score(single, base_results)
         multi_results, multi_seconds = _run(_radgate, multi, args.workers)
         multi_score = _score(multi, multi_results)
+        rapid: dict[str, Any] = {}
+        if args.with_rapidocr:
+            rapid_results, rapid_seconds = _run(_radgate, single, args.workers, "rapidocr")
+            rapid = _score(single, rapid_results)
+            rapid["files_per_s"] = round(len(single) / rapid_seconds, 2)
     files_per_s = statistics.median(rates)
     result = {
         "bench": "pixel_phi",
@@ -201,6 +213,7 @@ def main() -> None:
             "files_per_s": round(len(multi) / multi_seconds, 2) if multi else 0.0,
             "quarantined": multi_score["quarantined"],
         },
+        "rapidocr": rapid or None,
         "workers": args.workers,
         "sources": sorted({f.source for f in single}),
     }

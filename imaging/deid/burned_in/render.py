@@ -67,7 +67,8 @@ def renders(frame: np.ndarray, ds: Dataset) -> list[np.ndarray]:
         if lo > low or hi < high:
             windowed = _stretch(values, lo, hi)
             out.append(255 - windowed if monochrome1 else windowed)
-    out.append(255 - full if monochrome1 else full)
+    shown = 255 - full if monochrome1 else full
+    out.append(shown)
     return out
 
 

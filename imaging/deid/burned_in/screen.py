@@ -30,10 +30,11 @@ from imaging.deid.burned_in.ocr import (
     OcrError,
     OcrTimeoutError,
     OcrUnavailableError,
+    RapidOcrEngine,
     TesseractEngine,
     TextLine,
 )
-from imaging.deid.burned_in.render import anatomy_mask, renders, sample_frames
+from imaging.deid.burned_in.render import anatomy_mask, frame_luminance, renders, sample_frames
 from imaging.deid.errors import QuarantineError, QuarantineReason
 from imaging.deid.profile import BurnedInPolicy
 
@@ -109,7 +110,8 @@ def _join_lines(lines: list[TextLine]) -> list[TextLine]:
             ox, oy, ow, oh = other.box
             band = min(y + h, oy + oh) - max(y, oy)
             gap = max(x, ox) - min(x + w, ox + ow)
-            if band > 0.5 * min(h, oh) and gap < 2 * max(h, oh):
+            similar = w >= h and ow >= oh and 0.6 * oh <= h <= oh / 0.6  # horizontal, one size
+            if similar and band > 0.5 * min(h, oh) and gap < 2 * max(h, oh):
                 x0, y0 = min(x, ox), min(y, oy)
                 x1, y1 = max(x + w, ox + ow), max(y + h, oy + oh)
                 left, right = (other, line) if ox <= x else (line, other)
@@ -130,6 +132,11 @@ def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
     x0, y0 = max(0, x - margin), max(0, y - margin)
     x1, y1 = min(shape[1], x + w + margin), min(shape[0], y + h + margin)
     return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+def _inside_any(box: Box, boxes: list[Box]) -> bool:
+    x, y, w, h = box
+    return any(k[0] <= x and k[1] <= y and x + w <= k[0] + k[2] and y + h <= k[1] + k[3] for k in boxes)
 
 
 def _merge(boxes: list[Box]) -> list[Box]:
@@ -162,7 +169,9 @@ class PixelScreener:
             with self._lock:
                 if self._engine is None:
                     try:
-                        self._engine = TesseractEngine()
+                        self._engine = (
+                            RapidOcrEngine() if self.policy.engine == "rapidocr" else TesseractEngine()
+                        )
                     except OcrUnavailableError as exc:
                         raise QuarantineError(QuarantineReason.PIXEL_OCR_UNAVAILABLE, str(exc)) from None
         return self._engine
@@ -222,26 +231,47 @@ class PixelScreener:
         display = self._display(stack, ds)
         indices = sample_frames(frames, self.policy.max_frames_screened)
         result = ScreenResult(engine=versions, screened=True, frames_screened=len(indices))
-        boxes: list[Box] = []
-        for index in indices:
-            lines, phi = self._find(display[index], ds, classifier, engine)
-            result.lines_detected += len(lines)
-            result.phi_lines += sum(1 for _, is_phi in phi if is_phi)
-            boxes.extend(box for box, _ in phi)
         shape = (int(stack.shape[1]), int(stack.shape[2]))
-        # OCR boxes hug the glyphs it read; a margin in proportion to the line height covers
-        # the strokes of characters it missed at either end
-        boxes = _merge([_grow(b, self.policy.margin + min(b[2], b[3]) // 4, shape) for b in boxes])
-        if series is not None and result.phi_lines:
-            series.text_found = True
-        if not boxes:
-            result.verified = True  # the pixels screened are the pixels stored
-            return result
-        cleaned = self._redact(stack, boxes, ds)
-        result.boxes_redacted = boxes
-        self._verify(cleaned, ds, classifier, engine, indices)
-        result.verified = True
-        result.pixels = cleaned if frames > 1 else cleaned[0]
+        redacted: list[Box] = []
+        current = stack
+        # Redact, then OCR the cleaned frames again: removing text changes how the page is
+        # segmented, so a pass can find PHI the one before missed. Each pass that finds some
+        # redacts it; the frames are verified once a pass over them finds no PHI and nothing
+        # to redact. Still PHI after the last pass: quarantine.
+        for round_number in range(self.policy.verify_rounds + 1):
+            display = self._display(current, ds)
+            found: list[Box] = []
+            phi_boxes: list[Box] = []
+            for index in indices:
+                lines, redact = self._find(display[index], ds, classifier, engine)
+                if round_number == 0:
+                    result.lines_detected += len(lines)
+                    result.phi_lines += sum(1 for _, is_phi in redact if is_phi)
+                found.extend(box for box, _ in redact)
+                phi_boxes.extend(box for box, is_phi in redact if is_phi)
+            if series is not None and phi_boxes:
+                series.text_found = True
+            # OCR boxes hug the glyphs it read; a margin in proportion to the line height covers
+            # the strokes of characters it missed at either end
+            grown = [_grow(b, self.policy.margin + min(b[2], b[3]) // 4, shape) for b in found]
+            new = [b for b in _merge(grown) if not _inside_any(b, redacted)]
+            if not new:
+                result.verified = True
+                break
+            last = round_number == self.policy.verify_rounds
+            residual = [b for b in _merge(phi_boxes) if not _inside_any(b, redacted)]
+            if last and residual:
+                boxes = ", ".join(str(b) for b in residual[:20])
+                raise QuarantineError(
+                    QuarantineReason.PIXEL_PHI_RESIDUAL, f"PHI text remains after redaction at {boxes}"
+                )
+            redacted = _merge(redacted + new)
+            current = self._redact(current, new, ds)
+            if last:  # only lines not classified as PHI were left: redacted, and verified clean
+                result.verified = True
+        result.boxes_redacted = redacted
+        if redacted:
+            result.pixels = current if frames > 1 else current[0]
         return result
 
     def _decode(self, ds: Dataset) -> np.ndarray:
@@ -269,9 +299,10 @@ class PixelScreener:
         return stack
 
     def _ocr(self, image: np.ndarray, engine: OcrEngine) -> list[TextLine]:
-        """Lines in ``image``, boxes in its own coordinates: read horizontally and turned a
-        quarter clockwise (labels printed bottom-to-top along an edge), at a size Tesseract
-        reads well (small frames enlarged, large ones reduced)."""
+        """Lines in ``image``, boxes in its own coordinates: read horizontally and (for an
+        engine that does not find vertical lines itself) turned a quarter clockwise, for
+        labels printed bottom-to-top along an edge; at a size OCR reads well (small frames
+        enlarged, large ones reduced)."""
         side = min(image.shape)
         if 0 < side < self.policy.upscale_below:
             factor = 2.0
@@ -280,16 +311,19 @@ class PixelScreener:
             step = side // _OCR_SIDE
             height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step
             blocks = image[:height, :width].reshape(height // step, step, width // step, step)
-            work = blocks.max(axis=(1, 3))  # max keeps thin bright strokes
+            work = blocks.mean(axis=(1, 3)).astype(np.uint8)  # area average: anti-aliased glyphs
             factor = 1.0 / step
         else:
             factor, work = 1.0, image
         lines = [_line_at(line, factor, 0, image.shape) for line in self._read(work, engine)]
-        turned = np.ascontiguousarray(np.rot90(work, k=-1))
-        lines.extend(
-            _line_at(line, factor, work.shape[0], image.shape) for line in self._read(turned, engine)
-        )
-        return _join_lines(lines)
+        if not engine.reads_vertical:
+            turned = np.ascontiguousarray(np.rot90(work, k=-1))
+            lines.extend(
+                _line_at(line, factor, work.shape[0], image.shape) for line in self._read(turned, engine)
+            )
+        # a line is thinner than an eighth of the frame; larger "lines" are texture read as text
+        thickest = max(32, min(image.shape) // 8)
+        return _join_lines([line for line in lines if min(line.box[2], line.box[3]) <= thickest])
 
     def _read(self, image: np.ndarray, engine: OcrEngine) -> list[TextLine]:
         try:
@@ -311,8 +345,13 @@ class PixelScreener:
         """Lines read in one frame, and the boxes to redact with whether each is PHI-classified."""
         found: list[TextLine] = []
         redact: list[tuple[Box, bool]] = []
+        anatomy = None
+        if self.policy.redact_all_text_outside_anatomy:
+            luminance = frame_luminance(frame)
+            low, high = float(luminance.min()), float(luminance.max())
+            scaled = (luminance - low) * (255.0 / max(high - low, 1e-6))
+            anatomy = anatomy_mask(scaled.astype(np.uint8))
         for render in renders(frame, ds):
-            anatomy = anatomy_mask(render) if self.policy.redact_all_text_outside_anatomy else None
             for line in self._ocr(render, engine):
                 x, y, w, h = line.box
                 box = (x, y, w + 1, h + 1)
@@ -354,24 +393,3 @@ class PixelScreener:
         for x, y, w, h in boxes:
             cleaned[:, y : y + h, x : x + w, ...] = fill
         return cleaned
-
-    def _verify(
-        self,
-        cleaned: np.ndarray,
-        ds: Dataset,
-        classifier: PhiClassifier,
-        engine: OcrEngine,
-        indices: list[int],
-    ) -> None:
-        display = self._display(cleaned, ds)
-        residual: list[Box] = []
-        for index in indices:
-            for render in renders(display[index], ds):
-                residual.extend(
-                    line.box for line in self._ocr(render, engine) if classifier.is_phi(line.text)
-                )
-        if residual:
-            boxes = ", ".join(str(b) for b in _merge(residual)[:20])
-            raise QuarantineError(
-                QuarantineReason.PIXEL_PHI_RESIDUAL, f"PHI text remains after redaction at {boxes}"
-            )
