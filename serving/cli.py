@@ -155,6 +155,36 @@ def export(
     typer.echo(f"exported {result.name} v{result.version} ({result.backend.value}) to {result.model_dir}")
 
 
+@triton_app.command("publish")
+def publish_command(
+    ref: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION (must be approved)."),
+    repo: Path = typer.Option(..., "--repo", help="Triton model repository (read-only to Triton)."),
+    max_batch_size: int = typer.Option(32, help="Triton max_batch_size (dynamic batching)."),
+) -> None:
+    """Export an approved version into Triton's repository and record its files' hashes in a
+    signed audit entry: serving loads it (explicit model control) only from bytes that match."""
+    from governance.auth.access import acting_principal
+    from serving.triton.client import TritonModelMismatch
+    from serving.triton.export import TritonExportError
+    from serving.triton.publish import publish
+
+    principal = acting_principal()
+    if principal is None:
+        typer.echo("error: not authenticated", err=True)
+        raise typer.Exit(3)
+    try:
+        done = publish(
+            ref, repo, actor=principal.name, role=principal.role.value, max_batch_size=max_batch_size
+        )
+    except (TritonExportError, TritonModelMismatch) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
+    typer.echo(
+        f"published {done.export.name} v{done.export.version} to {done.export.model_dir}"
+        f" (audit entry {done.audit_seq})"
+    )
+
+
 @triton_app.command("start")
 def start(
     repo: Path = typer.Option(..., "--repo", help="Triton model repository directory."),

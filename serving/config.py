@@ -69,6 +69,10 @@ class ServedModel(StrictModel):
     backend: Backend = Backend.INPROCESS
     triton_url: str = "127.0.0.1:8001"  # gRPC
     triton_model_name: str | None = None  # defaults to ``name``
+    # The repository `radgate triton publish` wrote (read-only here): when set, serving loads the
+    # model into Triton (explicit model control) from bytes verified against the publication
+    # record, and re-verifies them before forward passes (serving.triton.publish.TritonLoader).
+    triton_repository: str | None = None
     num_replicas: int = Field(default=1, ge=1)
     autoscaling: AutoscalingConfig | None = None
     # Run the model inside the ingress replica (one actor hop less per request). Default (None):

@@ -158,11 +158,19 @@ class ModelWorker:
         if self.served.backend is Backend.TRITON:
             from serving.triton.client import TritonForward
 
+            loader = None
+            if self.served.triton_repository:
+                import pathlib
+
+                from serving.triton.publish import TritonLoader
+
+                loader = TritonLoader(self.served.triton_url, pathlib.Path(self.served.triton_repository))
             return TritonForward(
                 self.served.triton_url,
                 self.served.triton_model_name or self.served.name,
                 loaded.version,
                 loaded.artifact_sha256,
+                loader=loader,
             )
         return InProcessForward(loaded)
 

@@ -135,6 +135,7 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "serve-ae": _roles(PACS, note="its token is the one it presents to the serving API"),
     "predict": _roles(ML, CR, note="an approved model over a dataset version; the gate decides per batch"),
     "triton export": _roles(ML, A),
+    "triton publish": _roles(ML, A, note="the gate's publisher: records the files' hashes (audited)"),
     "triton start": _roles(ML, A),
     "monitor drift": _roles(ML, AUD),
     "monitor profile": _roles(ML),
@@ -147,6 +148,11 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "keys init": _roles(A, note="creates missing key files; mount each only where it is needed"),
     "keys rotate": _roles(A, note="re-seals every store each key seals; the pseudonym key is never rotated"),
     "keys migrate": _roles(A, note="from one project key to the separated keys"),
+    "certs dev": Access(
+        AccessMode.SELF,
+        frozenset(),
+        "writes a throw-away CA and certificates to a directory; reads no platform data",
+    ),
     "demo": Access(
         AccessMode.SELF,
         frozenset(),

@@ -236,7 +236,7 @@ def _config(port: int, backend: str, args: argparse.Namespace, triton_url: str =
         "batch_wait_timeout_s": 0.005,
     }
     if triton_url:
-        model.update(triton_url=triton_url, num_cpus=0)
+        model.update(triton_url=triton_url, num_cpus=0, triton_repository=str(args.triton_repository))
     return ServeConfig.model_validate(
         {"port": port, "ingress_num_cpus": 0, "direct_ingress": not args.proxy, "models": [model]}
     )
@@ -354,10 +354,13 @@ def main() -> None:
             soak = asyncio.run(_soak(url, token, bodies, args.soak, args.soak_concurrency))
             print(f"soak: {json.dumps(soak)}", file=sys.stderr)
         if not args.no_triton:
-            from serving.triton import TritonNotInstalled, TritonServer, export_repository
+            from serving.triton import TritonNotInstalled, TritonServer
+            from serving.triton.publish import publish
 
             try:
-                export_repository(f"{MODEL}@production", home / "triton-repo", threads=args.threads)
+                args.triton_repository = home / "triton-repo"
+                publish(f"{MODEL}@production", args.triton_repository, actor="bench", role="ml-engineer",
+                        threads=args.threads)  # fmt: skip
                 triton_server = TritonServer(home / "triton-repo", home / "triton-work").start()
             except TritonNotInstalled as exc:
                 print(f"triton skipped: {exc}", file=sys.stderr)

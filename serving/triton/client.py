@@ -26,11 +26,18 @@ class TritonForward:
 
     name = "triton"
 
-    def __init__(self, url: str, model_name: str, version: str, artifact_sha256: str) -> None:
+    def __init__(
+        self, url: str, model_name: str, version: str, artifact_sha256: str, *, loader: Any = None
+    ) -> None:
+        """With ``loader`` (a :class:`serving.triton.publish.TritonLoader`), the model is loaded
+        from verified bytes first and the repository re-verified before forward passes."""
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
         self._grpc = grpcclient
+        self.loader = loader
+        if loader is not None:
+            loader.load(model_name, str(version))
         self.client = grpcclient.InferenceServerClient(url)
         self.model_name, self.version = model_name, str(version)
         try:
@@ -58,6 +65,8 @@ class TritonForward:
         return self._infer(batch, embedding=self.has_embedding)
 
     def _infer(self, batch: np.ndarray, *, embedding: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.loader is not None:  # a swapped repository unloads the model and refuses
+            self.loader.verify(self.model_name, self.version)
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         tensor = self._grpc.InferInput(INPUT_NAME, list(batch.shape), "FP32")
         tensor.set_data_from_numpy(batch)

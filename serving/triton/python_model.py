@@ -7,6 +7,8 @@ embedding returns ``(logits, embedding)``: OUTPUT__1 is answered when a request 
 stub runs outside any virtualenv.
 """
 
+import hashlib
+import io
 import json
 import os
 import sys
@@ -28,8 +30,15 @@ class TritonPythonModel:
 
         torch.set_num_threads(int(params.get("torch_threads", "1") or 1))
         here = os.path.join(args["model_repository"], args["model_version"], "model.pt")
+        with open(here, "rb") as handle:
+            weights = handle.read()
+        # The publisher records the weights' hash in the config: weights swapped in the
+        # repository after publication are refused here, before anything is deserialised.
+        expected = params.get("radgate_weights_sha256", "")
+        if not expected or hashlib.sha256(weights).hexdigest() != expected:
+            raise ValueError("model.pt does not match the published weights hash: refusing to load")
         self.torch = torch
-        self.model = torch.jit.load(here, map_location="cpu").eval()
+        self.model = torch.jit.load(io.BytesIO(weights), map_location="cpu").eval()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils

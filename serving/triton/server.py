@@ -89,6 +89,7 @@ class TritonServer:
         site_packages = [p for p in sys.path if p.endswith("site-packages")]
         env["PYTHONPATH"] = ":".join(site_packages)
         env.setdefault("OMP_NUM_THREADS", "1")
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the model repository stays as published
         return env
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
@@ -104,6 +105,9 @@ class TritonServer:
             "--allow-metrics=false",
             "--allow-gpu-metrics=false",
             "--exit-on-error=false",
+            # Nothing loads by itself: RadGate's loader loads each model from verified bytes
+            # (serving.triton.publish), and the repository is never polled for changes.
+            "--model-control-mode=explicit",
             "--log-verbose=0",
         ]
         log = self.log_path.open("wb")

@@ -51,10 +51,13 @@ def triton(radgate_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with pytest.raises(TritonExportError, match="not approved"):
         export_repository(f"pending-model/{pending}", repo)
     approve_and_promote(MODEL, version, cast)
-    result = export_repository(f"{MODEL}@production", repo, max_batch_size=8)
+    from serving.triton.publish import TritonLoader, publish
+
+    result = publish(f"{MODEL}@production", repo, actor="eng", role="ml-engineer", max_batch_size=8).export
     assert (result.model_dir / version / "model.pt").is_file()
     assert f'string_value: "{result.artifact_sha256}"' in (result.model_dir / "config.pbtxt").read_text()
     server = TritonServer(repo, tmp_path_factory.mktemp("triton-work")).start()
+    TritonLoader(server.grpc_url, repo).load(MODEL, version)  # explicit model control
     try:
         yield {"server": server, "version": version, "sha": result.artifact_sha256}
     finally:
