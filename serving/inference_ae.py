@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import Any
@@ -29,6 +31,7 @@ __all__ = ["InferenceAE", "InferenceStats"]
 
 LOGGER = logging.getLogger(__name__)
 _REFUSED = 0xA700  # Out of resources: refused (queue full)
+_KEPT_ANSWERS = 100
 
 
 @dataclass
@@ -37,6 +40,9 @@ class InferenceStats:
     predicted: int = 0  # requests answered 200 (one per instance, or per series in series mode)
     failed: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
+    #: The last answers (no identifiers: serving's request id, model version, label, calibrated
+    #: probability, how many result objects went back to the PACS), newest last.
+    answers: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=_KEPT_ANSWERS))
 
 
 class InferenceAE:
@@ -54,6 +60,8 @@ class InferenceAE:
         allowed_aes: set[str] | None = None,
         max_queue: int = 256,
         series_mode: bool | None = None,
+        tls: ssl.SSLContext | None = None,
+        serve_ca_file: str | None = None,
     ) -> None:
         self.serve_url = serve_url.rstrip("/")
         self.model = model
@@ -62,6 +70,9 @@ class InferenceAE:
         self.allowed_aes = allowed_aes
         self.stats = InferenceStats()
         self.series_mode = series_mode
+        self.tls = tls  # DICOM TLS on the listener (plaintext refused when set)
+        # Verify the serving API's HTTPS certificate against this CA (default: system CAs).
+        self._verify: str | bool = serve_ca_file or True
         self._queue: queue.Queue[bytes | list[bytes] | None] = queue.Queue(maxsize=max_queue)
         self._pending: dict[int, dict[str, list[bytes]]] = {}  # association -> series -> instances
         self._pending_lock = threading.Lock()
@@ -114,7 +125,10 @@ class InferenceAE:
 
         try:
             reply = httpx.get(
-                f"{self.serve_url}/v1/models", headers={"Authorization": f"Bearer {self._token}"}, timeout=60
+                f"{self.serve_url}/v1/models",
+                headers={"Authorization": f"Bearer {self._token}"},
+                timeout=60,
+                verify=self._verify,
             )
             models = reply.json().get("models", []) if reply.status_code == 200 else []
         except (httpx.HTTPError, ValueError):
@@ -129,24 +143,45 @@ class InferenceAE:
 
         url = f"{self.serve_url}/v1/models/{self.model}/predict?push=true"
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/dicom"}
-        with httpx.Client(timeout=300) as client:
+        with httpx.Client(timeout=300, verify=self._verify) as client:
             while True:
                 item = self._queue.get()
                 if item is None:
                     return
                 body, content_type = build_related(item) if isinstance(item, list) else (item, None)
                 sent = {**headers, "Content-Type": content_type} if content_type else headers
+                reply = None
                 try:
-                    status = client.post(url, content=body, headers=sent).status_code
+                    reply = client.post(url, content=body, headers=sent)
+                    status = reply.status_code
                 except httpx.HTTPError:
                     status = -1
                 self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
-                if status == 200:
+                if status == 200 and reply is not None:
                     self.stats.predicted += 1
+                    self._keep_answer(reply)
                 else:
                     self.stats.failed += 1
                     LOGGER.warning("inference AE: serving answered %s", status)
                 self._queue.task_done()
+
+    def _keep_answer(self, reply: Any) -> None:
+        try:
+            answer = reply.json()
+        except ValueError:
+            return
+        model = answer.get("model") or {}
+        for result in answer.get("results") or []:
+            self.stats.answers.append(
+                {
+                    "request_id": result.get("request_id"),
+                    "model": model.get("name"),
+                    "version": model.get("version"),
+                    "label": (result.get("decision") or {}).get("label", result.get("task")),
+                    "probability": result.get("probability"),
+                    "pushed": (answer.get("pushed") or {}).get("sent"),
+                }
+            )
 
     def start(self) -> InferenceAE:
         ae = AE(ae_title=self.ae_title)
@@ -159,7 +194,9 @@ class InferenceAE:
             handlers += [(evt.EVT_RELEASED, self._on_release), (evt.EVT_ABORTED, self._on_abort)]
         self._worker = threading.Thread(target=self._run, name="inference-ae", daemon=True)
         self._worker.start()
-        self._server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
+        self._server = ae.start_server(
+            (self.host, self.port), block=False, evt_handlers=handlers, ssl_context=self.tls
+        )
         return self
 
     def drain(self) -> None:

@@ -295,7 +295,7 @@ class ServedPredictor:
             return out, objects
         source = _read(data)
         if explain is not None:
-            case = self._explain(source, data, explain)
+            case = self._explain(source, data, explain, p_positive, p_positive >= threshold)
             out["explanation"] = {
                 "method": case.method.value,
                 "summary": case.summary,
@@ -313,10 +313,11 @@ class ServedPredictor:
             objects = [_encode(self._report(source, labels[positive], p_positive, p_positive >= threshold))]
         return out, objects
 
-    def _explain(self, source: Dataset, data: bytes, method: str) -> Any:
+    def _explain(self, source: Dataset, data: bytes, method: str, probability: float, positive: bool) -> Any:
         from training.explain import ExplainConfig, explain_instance
 
         config = ExplainConfig(target_layer=self.loaded.gradcam_layer or None)
+        temperature = float(getattr(self.loaded, "temperature", 1.0))
         return explain_instance(
             self.loaded.module,
             source,
@@ -329,6 +330,12 @@ class ServedPredictor:
             approval=self.loaded.tags.get(Tag.STATUS, "unknown"),
             sanity=self.loaded.tags.get(Tag.SALIENCY_SANITY),
             config=config,
+            # The served (calibrated) probability and decision, not the explainer's raw softmax.
+            probability=probability,
+            positive=positive,
+            calibration=f"temperature scaling, T={temperature:.4g}, fitted on validation"
+            if temperature != 1.0
+            else None,
         )
 
     def model_approval(self) -> Any:

@@ -230,7 +230,8 @@ class ModelWorker:
         results: list[dict[str, Any]] = []
         objects: list[list[bytes]] = []
         for data, (logits, _, _) in zip(instances, outputs, strict=True):
-            probabilities = softmax(logits[None, :])[0]
+            # Calibrated: temperature scaling fitted on validation, registered with the model.
+            probabilities = softmax(logits[None, :] / getattr(predictor.loaded, "temperature", 1.0))[0]
             try:
                 result, dicom = await asyncio.to_thread(
                     predictor.result, data, probabilities, explain=explain, dicom=bool(payload.get("dicom"))

@@ -1,4 +1,12 @@
-"""Evaluation of a binary classifier: AUROC, operating point, calibration, subgroup gaps, plots."""
+"""Evaluation of a binary classifier: AUROC, operating point, calibration, subgroup gaps, plots.
+
+Calibration is temperature scaling (Guo et al., ICML 2017): one scalar ``T`` dividing the logits,
+fitted by minimising the negative log-likelihood on the VALIDATION split. It does not change the
+ranking (AUROC), only how far probabilities are from 0.5. When the run gives logits, every
+figure of the report (operating point, test metrics, subgroups, ECE) is of the calibrated
+probability, the one served (``T`` is registered with the model and applied at serving); the
+test ECE of the uncalibrated probability is kept as ``ece_before`` to show what it changed.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +21,71 @@ import numpy as np
 from training.config import EvaluationConfig, OperatingPoint
 
 __all__ = [
+    "Calibration",
     "EvaluationReport",
+    "apply_temperature",
     "binary_metrics",
     "choose_threshold",
     "evaluate",
+    "evaluate_logits",
     "expected_calibration_error",
+    "fit_temperature",
     "reliability_curve",
     "save_plots",
 ]
 
 SUBGROUP_KEYS = ("site", "manufacturer", "sex", "age_band")
+#: Bounds of the fitted temperature: below 0.05 a separable validation split would drive T to 0
+#: (every probability 0 or 1); above 20 everything is 0.5.
+_TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def apply_temperature(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities ``softmax(logits / T)`` for ``[N, C]`` logits (numerically stable)."""
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    scaled = scaled - scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return np.asarray(exp / exp.sum(axis=1, keepdims=True))
+
+
+def _nll(labels: np.ndarray, logits: np.ndarray, temperature: float) -> float:
+    probabilities = apply_temperature(logits, temperature)
+    picked = probabilities[np.arange(len(labels)), labels.astype(int)]
+    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+
+
+def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
+    """The temperature minimising the NLL of ``labels`` (validation) under ``softmax(logits / T)``,
+    searched on log T within :data:`_TEMPERATURE_BOUNDS`; 1.0 without labels."""
+    from scipy.optimize import minimize_scalar
+
+    if len(labels) == 0:
+        return 1.0
+    low, high = (math.log(b) for b in _TEMPERATURE_BOUNDS)
+    found = minimize_scalar(
+        lambda log_t: _nll(labels, logits, math.exp(log_t)), bounds=(low, high), method="bounded"
+    )
+    return float(math.exp(found.x))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted on validation, judged on test."""
+
+    temperature: float
+    ece_before: float  # test ECE of softmax(logits)
+    ece_after: float  # test ECE of softmax(logits / T): what is served
+    val_nll_before: float
+    val_nll_after: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "temperature": self.temperature,
+            "ece_before": self.ece_before,
+            "ece_after": self.ece_after,
+            "val_nll_before": self.val_nll_before,
+            "val_nll_after": self.val_nll_after,
+        }
 
 
 def choose_threshold(
@@ -106,6 +169,7 @@ class EvaluationReport:
     subgroups: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     gaps: dict[str, dict[str, float]] = field(default_factory=dict)
     reliability: list[dict[str, float]] = field(default_factory=list)
+    calibration: Calibration | None = None
 
     @property
     def largest_gap(self) -> tuple[str, str, float]:
@@ -132,6 +196,11 @@ class EvaluationReport:
             for metric, gap in metrics.items():
                 out[f"subgroup_gap_{attribute}_{metric}"] = gap
         out["max_subgroup_gap"] = self.largest_gap[2]
+        if self.calibration is not None:
+            out["calibration_temperature"] = self.calibration.temperature
+            out["test_ece_before_calibration"] = self.calibration.ece_before
+            out["val_nll_before_calibration"] = self.calibration.val_nll_before
+            out["val_nll_after_calibration"] = self.calibration.val_nll_after
         return {k: v for k, v in out.items() if not math.isnan(v)}
 
     def summary(self) -> dict[str, float]:
@@ -155,6 +224,7 @@ class EvaluationReport:
             "gaps": self.gaps,
             "largest_gap": {"attribute": attribute, "metric": metric, "gap": gap},
             "reliability": self.reliability,
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
 
@@ -187,6 +257,33 @@ def evaluate(
         for metric in ("auroc", "sensitivity", "specificity"):
             measured = [m[metric] for m in sized if not math.isnan(m[metric])]
             report.gaps[key][metric] = max(measured) - min(measured) if len(measured) >= 2 else math.nan
+    return report
+
+
+def evaluate_logits(
+    val_labels: np.ndarray,
+    val_logits: np.ndarray,
+    test_labels: np.ndarray,
+    test_logits: np.ndarray,
+    test_attributes: Sequence[Mapping[str, Any]],
+    config: EvaluationConfig,
+    positive_index: int = 1,
+) -> EvaluationReport:
+    """Temperature scaling fitted on validation logits, then :func:`evaluate` on the calibrated
+    probabilities; the report carries the :class:`Calibration` (ECE before and after, on test)."""
+    temperature = fit_temperature(val_labels, val_logits)
+    val_scores = apply_temperature(val_logits, temperature)[:, positive_index]
+    test_scores = apply_temperature(test_logits, temperature)[:, positive_index]
+    report = evaluate(val_labels, val_scores, test_labels, test_scores, test_attributes, config)
+    bins = config.calibration_bins
+    before = apply_temperature(test_logits, 1.0)[:, positive_index]
+    report.calibration = Calibration(
+        temperature=temperature,
+        ece_before=expected_calibration_error(test_labels, before, bins) if len(test_labels) else math.nan,
+        ece_after=report.overall["ece"],
+        val_nll_before=_nll(val_labels, val_logits, 1.0) if len(val_labels) else math.nan,
+        val_nll_after=_nll(val_labels, val_logits, temperature) if len(val_labels) else math.nan,
+    )
     return report
 
 

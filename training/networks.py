@@ -1,11 +1,21 @@
-"""Network factory: the MONAI 2D classifiers a training config may name."""
+"""The one table of 2D classification networks: family, MONAI constructor, Grad-CAM target layer
+and input spec.
+
+Training builds a network from it (:func:`build_network`), registration records its Grad-CAM
+layer with the model (:func:`gradcam_layer`), explanation resolves the layer of any module that
+contains one of these networks (:func:`detect_family`, used by ``training.explain.layers``),
+serving explains with the registered layer, and ``scripts/bench/explain.py`` benchmarks a network
+built from the same table. There is no second table.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["NetworkFamily", "build_network", "gradcam_layer"]
+__all__ = ["NETWORKS", "NetworkFamily", "NetworkSpec", "build_network", "detect_family", "gradcam_layer"]
 
 
 class NetworkFamily(StrEnum):
@@ -13,52 +23,130 @@ class NetworkFamily(StrEnum):
 
     DENSENET121 = "densenet121"
     RESNET18 = "resnet18"
+    RESNET10_LITE = "resnet10-lite"
     RESNET34 = "resnet34"
     RESNET50 = "resnet50"
+    SERESNET50 = "seresnet50"
     EFFICIENTNET_B0 = "efficientnet-b0"
 
 
-#: Module name (``dict(model.named_modules())[name]``) of the last convolutional block,
-#: the usual Grad-CAM target layer for each family.
-_GRADCAM_LAYERS = {
-    NetworkFamily.DENSENET121: "features.denseblock4",
-    NetworkFamily.RESNET18: "layer4",
-    NetworkFamily.RESNET34: "layer4",
-    NetworkFamily.RESNET50: "layer4",
-    NetworkFamily.EFFICIENTNET_B0: "_conv_head",
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One row of the table.
+
+    ``gradcam_layer``: qualified module name (relative to the MONAI network) of the feature map
+    Grad-CAM explains: the last one with spatial extent that the classifier head pools.
+    ``monai_class``: the MONAI class whose instances have that layer (for modules not built here).
+    ``downsampling``: input pixels per Grad-CAM map cell; ``min_input``: the smallest input side
+    that still leaves a map of at least 2x2 cells.
+    """
+
+    family: NetworkFamily
+    monai_class: str
+    gradcam_layer: str
+    downsampling: int
+    build: Callable[[int, int, float], Any]  # (in_channels, num_classes, dropout) -> module
+
+    @property
+    def min_input(self) -> int:
+        return 2 * self.downsampling
+
+    def gradcam_cells(self, size: int) -> int:
+        """Grad-CAM map cells per side for a ``size`` x ``size`` input."""
+        return max(1, -(-size // self.downsampling))
+
+
+def _densenet121(in_channels: int, num_classes: int, dropout: float) -> Any:
+    from monai.networks import nets
+
+    return nets.DenseNet121(
+        spatial_dims=2, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout
+    )
+
+
+def _resnet(depth: str, *, lite: bool = False) -> Callable[[int, int, float], Any]:
+    def build(in_channels: int, num_classes: int, dropout: float) -> Any:
+        from monai.networks import nets
+
+        # conv1_t_stride=2 matches torchvision's stem (FIELD-NOTES: 4x faster, same accuracy).
+        # The lite variant (resnet10: one block per stage) drops the stem's max pool, for a
+        # Grad-CAM map twice as fine (16 input pixels per cell instead of 32: 8x8 at 128 px),
+        # and has a quarter of the channels (16-128), for CPU training in tens of seconds.
+        extra: dict[str, Any] = {"no_max_pool": True, "widen_factor": 0.25} if lite else {}
+        return getattr(nets, depth)(
+            spatial_dims=2,
+            n_input_channels=in_channels,
+            num_classes=num_classes,
+            conv1_t_stride=2,
+            conv1_t_size=7,
+            **extra,
+        )
+
+    return build
+
+
+def _seresnet50(in_channels: int, num_classes: int, dropout: float) -> Any:
+    from monai.networks import nets
+
+    return nets.SEResNet50(
+        spatial_dims=2, in_channels=in_channels, num_classes=num_classes, dropout_prob=dropout or None
+    )
+
+
+def _efficientnet_b0(in_channels: int, num_classes: int, dropout: float) -> Any:
+    from monai.networks import nets
+
+    return nets.EfficientNetBN(
+        "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=num_classes
+    )
+
+
+#: DenseNet: the post-norm5 ReLU is the feature map its classifier pools (torchvision's Grad-CAM
+#: convention; ``features.denseblock4`` is before the last normalisation). EfficientNet reuses one
+#: ``_swish`` module at stem and head (a hook there sees two outputs): its head batch norm is
+#: hooked instead.
+NETWORKS: dict[NetworkFamily, NetworkSpec] = {
+    spec.family: spec
+    for spec in (
+        NetworkSpec(NetworkFamily.DENSENET121, "DenseNet", "class_layers.relu", 32, _densenet121),
+        NetworkSpec(NetworkFamily.RESNET18, "ResNet", "layer4", 32, _resnet("resnet18")),
+        NetworkSpec(NetworkFamily.RESNET10_LITE, "ResNet", "layer4", 16, _resnet("resnet10", lite=True)),
+        NetworkSpec(NetworkFamily.RESNET34, "ResNet", "layer4", 32, _resnet("resnet34")),
+        NetworkSpec(NetworkFamily.RESNET50, "ResNet", "layer4", 32, _resnet("resnet50")),
+        NetworkSpec(NetworkFamily.SERESNET50, "SENet", "layer4", 32, _seresnet50),
+        NetworkSpec(NetworkFamily.EFFICIENTNET_B0, "EfficientNet", "_bn1", 32, _efficientnet_b0),
+    )
 }
 
 
 def gradcam_layer(family: NetworkFamily | str) -> str:
     """The Grad-CAM target layer name for a network family."""
-    return _GRADCAM_LAYERS[NetworkFamily(family)]
+    return NETWORKS[NetworkFamily(family)].gradcam_layer
+
+
+def detect_family(model: Any) -> tuple[NetworkSpec | None, str]:
+    """The table row of the first MONAI network found in ``model`` (in module order) and its
+    qualified name: ``""`` when ``model`` is the network itself, e.g. ``"net"`` when it is wrapped
+    (a LightningModule, a normalisation wrapper...). ``(None, "")`` when there is none."""
+    from monai.networks import nets
+
+    classes: list[tuple[type, NetworkSpec]] = []
+    for spec in NETWORKS.values():
+        cls = getattr(nets, spec.monai_class)
+        if all(cls is not known for known, _ in classes):
+            classes.append((cls, spec))
+    # Subclasses first (SENet before ResNet is not an issue: they are unrelated in MONAI, but a
+    # subclass must never be claimed by its base's row).
+    classes.sort(key=lambda item: -len(item[0].__mro__))
+    for name, module in model.named_modules():
+        for cls, spec in classes:
+            if isinstance(module, cls):
+                return spec, name
+    return None, ""
 
 
 def build_network(
     family: NetworkFamily | str, *, num_classes: int, in_channels: int = 1, dropout: float = 0.0
 ) -> Any:
     """A freshly initialised 2D MONAI classifier returning logits ``[N, num_classes]``."""
-    from monai.networks import nets
-
-    family = NetworkFamily(family)
-    if family is NetworkFamily.DENSENET121:
-        return nets.DenseNet121(
-            spatial_dims=2, in_channels=in_channels, out_channels=num_classes, dropout_prob=dropout
-        )
-    if family in (NetworkFamily.RESNET18, NetworkFamily.RESNET34, NetworkFamily.RESNET50):
-        factory = getattr(nets, str(family))
-        # conv1_t_stride=2 matches torchvision's stem (FIELD-NOTES: 4x faster, same accuracy).
-        return factory(
-            spatial_dims=2,
-            n_input_channels=in_channels,
-            num_classes=num_classes,
-            conv1_t_stride=2,
-            conv1_t_size=7,
-        )
-    return nets.EfficientNetBN(
-        str(family),
-        pretrained=False,
-        spatial_dims=2,
-        in_channels=in_channels,
-        num_classes=num_classes,
-    )
+    return NETWORKS[NetworkFamily(family)].build(in_channels, num_classes, dropout)

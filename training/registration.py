@@ -53,6 +53,11 @@ def _requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in ("torch", "monai", "numpy")]
 
 
+def _temperature(report: EvaluationReport | Any) -> float:
+    calibration = getattr(report, "calibration", None)
+    return float(calibration.temperature) if calibration is not None else 1.0
+
+
 def log_and_register(
     module: torch.nn.Module,
     *,
@@ -110,6 +115,7 @@ def log_and_register(
                 gradcam_layer="" if segmentation else gradcam_layer(network),
                 threshold=None if segmentation else report.threshold,
                 dataset_version=dataset_version,
+                temperature=_temperature(report),
             ),
         )
     from mlflow.tracking import MlflowClient

@@ -25,8 +25,10 @@ Contract (stable; other packages code against it)
     inverted; no axis swap, so tensor rows/cols are the DICOM ``pixel_array`` rows/cols before
     the resize). Use ``LoadedModel.preprocess(path_or_bytes)`` -> ``Tensor[1, 1, H, W]`` or
     ``LoadedModel.predict_proba(tensor)`` -> ``Tensor[N, C]``.
-  - ``threshold``: the operating point chosen on the validation split (probability of the
-    positive class at or above it = positive), ``None`` if not recorded.
+  - ``threshold``: the operating point chosen on the validation split (calibrated probability of
+    the positive class at or above it = positive), ``None`` if not recorded.
+  - ``temperature``: the temperature-scaling factor fitted on validation; the served (calibrated)
+    probabilities are ``softmax(logits / temperature)`` (1.0 for models registered without one).
   - ``task``: ``"classification"`` or ``"segmentation"``; for segmentation versions (tag
     ``radgate.task=segmentation``) ``segmentation`` is the
     :class:`training.segmentation.spec.SegmentationSpec` (labels 1..K, spacing, roi_size,
@@ -119,6 +121,8 @@ class LoadedModel:
     task: str = "classification"
     #: Segmentation versions only: labels, spacing, patch and intensity the network expects.
     segmentation: SegmentationSpec | None = None
+    #: Temperature scaling fitted on validation: probabilities are softmax(logits / temperature).
+    temperature: float = 1.0
 
     @property
     def model_uri(self) -> str:
@@ -138,9 +142,9 @@ class LoadedModel:
 
     @torch.no_grad()
     def predict_proba(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities ``[N, C]`` for a preprocessed batch."""
+        """Calibrated class probabilities ``[N, C]`` for a preprocessed batch."""
         device = next(self.module.parameters()).device
-        return torch.softmax(self.module(batch.to(device)), dim=1).cpu()
+        return torch.softmax(self.module(batch.to(device)) / self.temperature, dim=1).cpu()
 
 
 def _client(tracking_uri: str | None) -> Any:
@@ -233,6 +237,7 @@ def load_model(
         tags={str(k): str(v) for k, v in tags.items()},
         task=str(metadata.get("task") or "classification"),
         segmentation=segmentation,
+        temperature=float(metadata.get("temperature") or 1.0),
     )
 
 
@@ -244,6 +249,7 @@ def model_metadata(
     gradcam_layer: str,
     threshold: float | None,
     dataset_version: str,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """The ``metadata`` dict to pass to ``mlflow.pytorch.log_model`` (read back by load_model).
 
@@ -255,6 +261,7 @@ def model_metadata(
         "network": network,
         "gradcam_layer": gradcam_layer,
         "threshold": threshold,
+        "temperature": temperature,
         "dataset_version": dataset_version,
         "format": 1,
     }

@@ -25,7 +25,7 @@ from governance.settings import Settings, get_settings
 from governance.tags import Tag
 from imaging.datasets import DatasetVersion, get_dataset, materialize
 from training.config import ConfigError, TrainConfig, TrainTask
-from training.evaluation import EvaluationReport, evaluate, save_plots
+from training.evaluation import EvaluationReport, apply_temperature, evaluate_logits, save_plots
 from training.evidence import record_post_training_evidence, refuse_superseded
 from training.launch import FitJob, FitResult, fit
 from training.networks import gradcam_layer
@@ -37,6 +37,7 @@ __all__ = [
     "ensure_experiment",
     "log_fit_metrics",
     "open_run",
+    "predict_logits",
     "predict_scores",
     "train",
 ]
@@ -126,20 +127,27 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
 
 
 @torch.no_grad()
-def predict_scores(
+def predict_logits(
     module: torch.nn.Module, rows: list[dict[str, Any]], spec: PreprocessingSpec, batch_size: int = 32
 ) -> np.ndarray:
-    """Positive-class probabilities for materialised rows, with the eval transform."""
+    """``[N, C]`` logits for materialised rows, with the eval transform."""
     from monai.data import Dataset
     from torch.utils.data import DataLoader
 
     module.eval()
     data = Dataset([{IMAGE_KEY: r[IMAGE_KEY]} for r in rows], spec.eval_transform())
-    scores = [
-        torch.softmax(module(batch[IMAGE_KEY]), dim=1)[:, 1]
-        for batch in DataLoader(data, batch_size=batch_size, num_workers=0)
-    ]
-    return torch.cat(scores).numpy() if scores else np.zeros(0)
+    logits = [module(batch[IMAGE_KEY]) for batch in DataLoader(data, batch_size=batch_size, num_workers=0)]
+    return torch.cat(logits).numpy().astype(np.float64) if logits else np.zeros((0, 2))
+
+
+def predict_scores(
+    module: torch.nn.Module, rows: list[dict[str, Any]], spec: PreprocessingSpec, batch_size: int = 32
+) -> np.ndarray:
+    """Positive-class probabilities (uncalibrated softmax) for materialised rows."""
+    from training.evaluation import apply_temperature
+
+    logits = predict_logits(module, rows, spec, batch_size)
+    return apply_temperature(logits)[:, 1] if len(logits) else np.zeros(0)
 
 
 def _log_dataset_input(dataset: DatasetVersion) -> None:
@@ -307,13 +315,15 @@ def train(
         module.load_state_dict(result.state_dict, strict=False)
         network = module.net.eval()
         torch.set_num_threads(max(os.cpu_count() or 1, 1))
-        val_scores = predict_scores(network, rows["val"], spec)
-        test_scores = predict_scores(network, rows["test"], spec)
-        report = evaluate(
-            np.array([r["label"] for r in rows["val"]]), val_scores,
-            np.array([r["label"] for r in rows["test"]]), test_scores,
-            rows["test"], config.evaluation,
+        # Temperature scaling fitted on validation: every reported figure is of the calibrated
+        # probability, which is what serving returns (the temperature is registered with the model).
+        test_logits = predict_logits(network, rows["test"], spec)
+        report = evaluate_logits(
+            np.array([r["label"] for r in rows["val"]]), predict_logits(network, rows["val"], spec),
+            np.array([r["label"] for r in rows["test"]]), test_logits, rows["test"], config.evaluation,
         )  # fmt: skip
+        temperature = report.calibration.temperature if report.calibration else 1.0
+        test_scores = apply_temperature(test_logits, temperature)[:, 1]
         mlflow.log_metrics(report.flat_metrics())
         mlflow.log_dict(report.to_dict(), "evaluation/evaluation.json")
         with tempfile.TemporaryDirectory() as tmp:

@@ -66,12 +66,15 @@ def build_result_report(
     device_uid: str | None = None,
     approval: ModelApproval | None = None,
     positive: bool | None = None,
+    calibration: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """An SR stating ``finding`` with ``probability`` (0-1) by ``algorithm`` for ``source``.
 
     ``positive`` (the decision at the model's threshold) adds the qualitative evaluation Present or
     Absent; ``approval`` adds the registry's model version, artifact hash and approval to the
-    algorithm identification and the device observer.
+    algorithm identification and the device observer; ``calibration`` (e.g. "temperature scaling,
+    T=0.84, fitted on validation") says how ``probability`` was calibrated, as one more algorithm
+    parameter.
     """
     if not 0.0 <= probability <= 1.0:
         raise StructuredReportError("probability must be in [0, 1]")
@@ -92,6 +95,8 @@ def build_result_report(
     )
     finding_concept = hd.sr.CodedConcept(finding[:16], RADGATE_SCHEME, finding[:64])
     parameters = approval.parameters() if approval else None
+    if calibration:
+        parameters = [*(parameters or []), f"probability calibration: {calibration}"[:1024]]
 
     def algorithm_id() -> hd.sr.AlgorithmIdentification:
         return hd.sr.AlgorithmIdentification(

@@ -1,6 +1,7 @@
 """Benchmark: time per image of each explanation method divided by the model's forward time.
 
-DenseNet121 (MONAI, 2D, 1 channel, 2 classes) at 224x224, batch 1, CPU, measured in one run.
+A network of the one table (default DenseNet121, MONAI, 2D, 1 channel, 2 classes) at 224x224,
+batch 1, CPU, measured in one run.
 Forward and each method are timed interleaved (forward, method, forward, method...) so that
 both see the same machine load; the ratio is of medians. Target (issue 5): Grad-CAM at most 1.5x
 a forward pass. MONAI's own GradCAM is timed as a reference. Prints one JSON line last.
@@ -20,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from training.explain import ExplainConfig, Explainer, ExplainMethod
+from training.networks import NetworkFamily, build_network, gradcam_layer
 
 
 def _seconds(call: Callable[[], object]) -> float:
@@ -35,19 +37,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (FIELD-NOTES used 1).")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--quick", action="store_true", help="Skip Integrated Gradients and Occlusion.")
+    parser.add_argument(
+        "--network", default=NetworkFamily.DENSENET121.value, choices=[f.value for f in NetworkFamily],
+        help="A family of the one network table (training.networks.NETWORKS).",
+    )  # fmt: skip
     args = parser.parse_args()
 
-    from monai.networks.nets import DenseNet121
     from monai.visualize import GradCAM
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = DenseNet121(spatial_dims=2, in_channels=1, out_channels=2).eval()
+    model = build_network(args.network, num_classes=2).eval()
     image = torch.rand(1, 1, args.size, args.size, generator=torch.Generator().manual_seed(0))
     config = ExplainConfig()  # defaults: IG 32 steps, occlusion window 1/8, stride 1/16
     explainer = Explainer(model, config=config)
     # MONAI's GradCAM leaves hooks on the module it wraps: give it its own copy.
-    monai_cam = GradCAM(nn_module=copy.deepcopy(model), target_layers="class_layers.relu")
+    # The target layer training, explanation and serving use: the one table's, not a copy of it.
+    monai_cam = GradCAM(nn_module=copy.deepcopy(model), target_layers=gradcam_layer(args.network))
 
     def forward() -> None:
         with torch.no_grad():
@@ -89,7 +95,7 @@ def main() -> None:
                 "target": 1.5,
                 "better": "lower",
                 "metric": "gradcam_ms / forward_ms (median, per image)",
-                "model": "monai.DenseNet121 2D 1->2",
+                "model": f"{args.network} 2D 1->2 (gradcam layer {gradcam_layer(args.network)})",
                 "size": args.size,
                 "threads": args.threads,
                 "forward_ms": round(forward_ms[ExplainMethod.GRADCAM.value], 2),

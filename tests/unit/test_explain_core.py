@@ -66,13 +66,13 @@ def test_explain_gradcam_layer_per_monai_family(images: torch.Tensor) -> None:
     cases = [
         (
             DenseNet121(spatial_dims=2, in_channels=1, out_channels=2),
-            NetworkFamily.DENSENET,
+            NetworkFamily.DENSENET121,
             "class_layers.relu",
         ),
-        (resnet18(spatial_dims=2, n_input_channels=1, num_classes=2), NetworkFamily.RESNET, "layer4"),
+        (resnet18(spatial_dims=2, n_input_channels=1, num_classes=2), NetworkFamily.RESNET18, "layer4"),
         (
             EfficientNetBN("efficientnet-b0", spatial_dims=2, in_channels=1, num_classes=2, pretrained=False),
-            NetworkFamily.EFFICIENTNET,
+            NetworkFamily.EFFICIENTNET_B0,
             "_bn1",
         ),
     ]
@@ -86,7 +86,7 @@ def test_explain_gradcam_layer_per_monai_family(images: torch.Tensor) -> None:
 
 def test_explain_unknown_network_probes_last_feature_map(images: torch.Tensor) -> None:
     model = _PlainCnn()
-    assert detect_family(model)[0] is NetworkFamily.OTHER
+    assert detect_family(model)[0] is None
     # ``act`` runs twice per forward, so the last single-use feature map is conv2's output.
     assert resolve_target_layer(model, images)[0] == "conv2"
     with pytest.raises(TargetLayerError):

@@ -141,8 +141,15 @@ def explain_instance(
     sanity: str | None = None,
     config: ExplainConfig | None = None,
     frame: int = 0,
+    probability: float | None = None,
+    positive: bool | None = None,
+    calibration: str | None = None,
 ) -> CaseExplanation:
-    """Explain ``inputs`` (1, C, H, W; preprocessed from ``source``) and build the results."""
+    """Explain ``inputs`` (1, C, H, W; preprocessed from ``source``) and build the results.
+
+    ``probability`` (the served, calibrated probability of the explained class), ``positive``
+    (the decision at the operating threshold) and ``calibration`` (how the probability was
+    calibrated) replace the explainer's own softmax in the summary, overlay caption and SR."""
     from imaging.results import (
         AlgorithmIdentity,
         OverlayCaption,
@@ -162,7 +169,8 @@ def explain_instance(
     shown = display_image(source, frame=frame)
     heat = resize_map(explanation.maps[0], (int(shown.pixels.shape[0]), int(shown.pixels.shape[1])))
     finding = explanation.target_label(0)
-    probability = explanation.target_probability(0)
+    if probability is None:
+        probability = explanation.target_probability(0)
     focus = attribution_focus(heat, patient_orientation_of(source))
     title = explanation.method.display_name
     summary = clinician_summary(
@@ -200,6 +208,8 @@ def explain_instance(
         finding=finding,
         probability=probability,
         series_number=int(secondary.SeriesNumber) + 1,
+        positive=positive,
+        calibration=calibration,
     )
     return CaseExplanation(
         explanation=explanation,

@@ -1,17 +1,19 @@
 """Which layer Grad-CAM looks at, per MONAI network family.
 
 Grad-CAM needs the last convolutional feature map that still has spatial extent. For the MONAI
-classification networks RadGate trains, that layer is known by name; for anything else the layer
-is found by one probing forward pass (the last module, in execution order, whose output is a
-feature map with more than one voxel per spatial axis).
+classification networks RadGate trains, that layer is known by name in the one table of networks
+(``training.networks.NETWORKS``); for anything else the layer is found by one probing forward
+pass (the last module, in execution order, whose output is a feature map with more than one
+voxel per spatial axis).
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import nn
+
+from training.networks import NETWORKS, NetworkFamily
+from training.networks import detect_family as _detect_spec
 
 __all__ = [
     "NetworkFamily",
@@ -22,54 +24,17 @@ __all__ = [
 ]
 
 
-class NetworkFamily(StrEnum):
-    """MONAI classification network families with a known Grad-CAM layer."""
-
-    DENSENET = "densenet"
-    RESNET = "resnet"
-    SENET = "senet"
-    EFFICIENTNET = "efficientnet"
-    OTHER = "other"
-
-
 class TargetLayerError(LookupError):
     """No suitable target layer exists in the model, or the named one is missing."""
 
 
-# Relative to the MONAI network module. DenseNet's post-norm5 ReLU is the feature map its
-# classifier pools (torchvision's Grad-CAM convention); EfficientNet reuses one ``_swish``
-# module at stem and head, so the head's batch norm is hooked instead.
-_FAMILY_LAYERS: dict[NetworkFamily, str] = {
-    NetworkFamily.DENSENET: "class_layers.relu",
-    NetworkFamily.RESNET: "layer4",
-    NetworkFamily.SENET: "layer4",
-    NetworkFamily.EFFICIENTNET: "_bn1",
-}
-
-
-def _family_classes() -> list[tuple[type[nn.Module], NetworkFamily]]:
-    from monai.networks import nets
-
-    return [
-        (nets.DenseNet, NetworkFamily.DENSENET),
-        (nets.SENet, NetworkFamily.SENET),
-        (nets.ResNet, NetworkFamily.RESNET),
-        (nets.EfficientNet, NetworkFamily.EFFICIENTNET),
-    ]
-
-
-def detect_family(model: nn.Module) -> tuple[NetworkFamily, str]:
-    """The family of the first MONAI network found in ``model`` and its qualified name.
-
-    The prefix is ``""`` when ``model`` is the network itself and e.g. ``"net"`` when it is wrapped
-    (a LightningModule, a normalisation wrapper...).
-    """
-    classes = _family_classes()
-    for name, module in model.named_modules():
-        for cls, family in classes:
-            if isinstance(module, cls):
-                return family, name
-    return NetworkFamily.OTHER, ""
+def detect_family(model: nn.Module) -> tuple[NetworkFamily | None, str]:
+    """The family (``training.networks.NETWORKS``, the one table) of the first MONAI network found
+    in ``model`` and its qualified name: ``""`` when ``model`` is the network itself, e.g.
+    ``"net"`` when it is wrapped. ``(None, "")`` when ``model`` holds none of them. Families of
+    one MONAI class (resnet18/34/50) share their Grad-CAM layer: the first of them is named."""
+    spec, prefix = _detect_spec(model)
+    return (spec.family if spec is not None else None), prefix
 
 
 def _get_submodule(model: nn.Module, name: str) -> nn.Module:
@@ -127,11 +92,10 @@ def resolve_target_layer(
     """The (qualified name, module) Grad-CAM hooks: ``override`` if given, else by family."""
     if override:
         return override, _get_submodule(model, override)
-    detected, prefix = detect_family(model)
-    chosen = NetworkFamily(family) if family is not None else detected
-    relative = _FAMILY_LAYERS.get(chosen)
-    if relative is not None and detected is chosen:
-        name = f"{prefix}.{relative}" if prefix else relative
+    detected, prefix = _detect_spec(model)
+    wanted = NETWORKS[NetworkFamily(family)] if family is not None else detected
+    if detected is not None and wanted is not None and wanted.monai_class == detected.monai_class:
+        name = f"{prefix}.{wanted.gradcam_layer}" if prefix else wanted.gradcam_layer
         return name, _get_submodule(model, name)
     name = find_last_feature_layer(model, example)
     return name, _get_submodule(model, name)
