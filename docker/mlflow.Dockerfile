@@ -12,8 +12,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
-COPY constraints.txt docker/mlflow.requirements.txt /tmp/radgate-pip/
+COPY constraints.txt docker/mlflow.requirements.txt docker/prune-site.sh /tmp/radgate-pip/
 RUN pip install -c /tmp/radgate-pip/constraints.txt -r /tmp/radgate-pip/mlflow.requirements.txt \
+    && sh /tmp/radgate-pip/prune-site.sh \
     && rm -rf /tmp/radgate-pip \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/mlflow mlflow
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint

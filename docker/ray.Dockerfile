@@ -14,8 +14,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     RAY_USAGE_STATS_ENABLED=0
 
-COPY constraints.txt /tmp/radgate-pip/constraints.txt
+COPY constraints.txt docker/prune-site.sh /tmp/radgate-pip/
 RUN pip install -c /tmp/radgate-pip/constraints.txt "ray[serve,train]==${RAY_VERSION}" \
+    && sh /tmp/radgate-pip/prune-site.sh \
     && rm -rf /tmp/radgate-pip \
     && useradd --uid 1000 --gid 100 --create-home --home-dir /home/ray --shell /bin/bash ray
 
@@ -24,4 +25,4 @@ WORKDIR /home/ray
 # A node is healthy when its local raylet answers.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["ray", "health-check", "--skip-version-check"]
-CMD ["bash"]
+CMD ["ray", "--version"]

@@ -25,10 +25,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 # the code stays read-only to the user that runs it.
 USER 0
 WORKDIR /home/ray/app
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md constraints.txt docker/prune-site.sh ./
 RUN mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
     && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -e ".[${RADGATE_EXTRAS}]" \
+    && sh prune-site.sh \
     && mkdir -p /home/ray/radgate \
     && chown 1000:100 /home/ray/radgate
 COPY radgate ./radgate

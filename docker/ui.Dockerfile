@@ -18,9 +18,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     RADGATE_HOME=/var/lib/radgate
 
 WORKDIR /opt/radgate
-COPY constraints.txt pyproject.toml README.md docker/requirements.py ./
+COPY constraints.txt pyproject.toml README.md docker/requirements.py docker/prune-site.sh ./
 RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" > requirements.txt \
     && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -r requirements.txt \
+    && sh prune-site.sh \
     && mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
     && pip install --no-deps -e . \

@@ -148,8 +148,11 @@ build() {
         build_image "$name" "localhost/radgate/$name:latest" "docker/$name.Dockerfile" $(ray_args) \
           --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu "${TORCH_ARGS[@]}" ;;
       postgres | s3 | orthanc)
+        local ohif=()
+        local dist="${RADGATE_OHIF_DIST:-$HOME/.cache/radgate/ohif/$(sed -n 's/^OHIF_VERSION = "\(.*\)"$/\1/p' imaging/gateway/viewer.py)/dist}"
+        if [ "$name" = orthanc ] && [ -f "$dist/index.html" ]; then ohif=(-v "$dist:/run/radgate-ohif:ro"); fi
         # shellcheck disable=SC2046
-        build_image "$name" "localhost/radgate/$name:latest" "docker/peers/$name.Dockerfile" \
+        build_image "$name" "localhost/radgate/$name:latest" "docker/peers/$name.Dockerfile" "${ohif[@]}" \
           $(if [ "$LOCAL_BASES" = 1 ]; then echo "--build-arg BASE_IMAGE=$PY_BASE --build-arg DEBIAN_IMAGE=localhost/debian:bookworm"; fi) ;;
       *) log "unknown image $name"; return 2 ;;
     esac

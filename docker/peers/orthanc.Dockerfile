@@ -18,9 +18,24 @@ RUN apt-get update \
     && mkdir -p /var/lib/orthanc/db \
     && chown -R orthanc:orthanc /var/lib/orthanc
 COPY docker/peers/orthanc.json /etc/radgate-orthanc/orthanc.json
+COPY imaging/gateway/viewer.py /usr/local/lib/radgate/viewer.py
+# OHIF under /ohif/ when its dist is mounted at build time (scripts/containers.sh mounts the
+# SHA-256-checked copy scripts/ci/install-viewer.sh unpacked): the site and the ServeFolders
+# entries come from imaging.gateway.viewer, merged into the Orthanc configuration.
+RUN if [ -f /run/radgate-ohif/index.html ]; then \
+        mkdir -p /usr/share/radgate/ohif \
+        && cp -a /run/radgate-ohif /usr/share/radgate/ohif/dist \
+        && RADGATE_OHIF_DIST=/usr/share/radgate/ohif/dist python3 /usr/local/lib/radgate/viewer.py \
+           site /usr/share/radgate/ohif/site > /tmp/viewer.json \
+        && python3 -c "import json, sys; c = json.load(open(sys.argv[1])); v = json.load(open(sys.argv[2])); c['Plugins'] += v.pop('Plugins'); c.update(v); json.dump(c, open(sys.argv[1], 'w'), indent=2)" \
+           /etc/radgate-orthanc/orthanc.json /tmp/viewer.json \
+        && rm /tmp/viewer.json; \
+    fi
 COPY --chmod=0755 docker/healthcheck.py /usr/local/bin/radgate-healthcheck
 COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
 
+# The package creates the user (its uid is not fixed): local-stack peer only.
+# hadolint ignore=DL3066
 USER orthanc
 WORKDIR /var/lib/orthanc
 VOLUME ["/var/lib/orthanc/db"]

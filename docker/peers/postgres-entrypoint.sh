@@ -6,6 +6,8 @@
 set -eu
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
+# Unix sockets in /tmp: writable with a read-only root filesystem (a tmpfs there).
+SOCKETS=/tmp
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
   if [ -z "${POSTGRES_PASSWORD_FILE:-}" ] || [ ! -r "$POSTGRES_PASSWORD_FILE" ]; then
     echo "postgres-entrypoint: POSTGRES_PASSWORD_FILE must name a readable secret" >&2
@@ -14,20 +16,23 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$POSTGRES_PASSWORD_FILE" \
     --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
-  pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -k /var/run/postgresql" -w start >/dev/null
+  if ! pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -k $SOCKETS" -l /tmp/postgres-init.log -w start >/dev/null; then
+    cat /tmp/postgres-init.log >&2
+    exit 70
+  fi
   if [ "$POSTGRES_DB" != postgres ]; then
-    psql -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d postgres \
+    psql -v ON_ERROR_STOP=1 -h "$SOCKETS" -U "$POSTGRES_USER" -d postgres \
       -c "CREATE DATABASE \"$POSTGRES_DB\"" >/dev/null
   fi
   for script in /docker-entrypoint-initdb.d/*.sql; do
     [ -e "$script" ] || continue
     echo "postgres-entrypoint: running $script"
-    psql -v ON_ERROR_STOP=1 -h /var/run/postgresql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -f "$script" >/dev/null
+    psql -v ON_ERROR_STOP=1 -h "$SOCKETS" -U "$POSTGRES_USER" -d "$POSTGRES_DB" -f "$script" >/dev/null
   done
   pg_ctl -D "$PGDATA" -m fast -w stop >/dev/null
 fi
 if [ "$1" = postgres ]; then
   shift
-  exec postgres -D "$PGDATA" -c listen_addresses='*' -k /var/run/postgresql "$@"
+  exec postgres -D "$PGDATA" -c listen_addresses='*' -k "$SOCKETS" "$@"
 fi
 exec "$@"

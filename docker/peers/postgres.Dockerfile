@@ -11,13 +11,15 @@ FROM ${DEBIAN_IMAGE}
 RUN apt-get update \
     && apt-get install -y --no-install-recommends postgresql-15 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
-    && mkdir -p /var/lib/postgresql/data /var/run/postgresql /docker-entrypoint-initdb.d \
-    && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql \
+    && mkdir -p /var/lib/postgresql/data /docker-entrypoint-initdb.d \
+    && chown -R postgres:postgres /var/lib/postgresql \
     && chmod 0700 /var/lib/postgresql/data
 COPY --chmod=0755 docker/peers/postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint
 
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
     PGDATA=/var/lib/postgresql/data
+# The package creates the user (its uid is not fixed): local-stack peer only.
+# hadolint ignore=DL3066
 USER postgres
 VOLUME ["/var/lib/postgresql/data"]
 EXPOSE 5432

@@ -167,7 +167,7 @@ class Journey:
                 self.stack.container("postgres"),
                 "psql",
                 "-h",
-                "/var/run/postgresql",
+                "/tmp",
                 "-U",
                 "radgate",
                 "-d",
