@@ -29,10 +29,12 @@ _COMMAND_MODULES = (
     "imaging.cli",
     "imaging.gateway.cli",
     "imaging.compliance.cli",
+    "imaging.dataset_cli",
+    "imaging.quality.cli",  # after imaging.dataset_cli: adds `report` to its `dataset` group
     "training.cli",
-    "imaging.quality.cli",  # after training.cli: adds `report` to its `dataset` group
     "training.explain.cli",
     "governance.cli",
+    "governance.cli.certs",
     "serving.cli",
     "serving.monitoring.cli",
     "serving.ui.cli",

@@ -5,28 +5,33 @@
 ``materialize(version, split)`` -> rows with local file paths for MONAI.
 """
 
-from imaging.datasets.labels import KeyKind, read_labels
-from imaging.datasets.manifest import (
-    SUBGROUP_ATTRIBUTES,
-    DatasetError,
-    DatasetManifest,
-    GroupBy,
-    ManifestItem,
-    SeriesItem,
-    Split,
-    Task,
-    parse_split,
-)
-from imaging.datasets.models import DatasetVersionRecord
-from imaging.datasets.service import (
-    DEFAULT_SPLIT,
-    CreateReport,
-    DatasetVersion,
-    create_dataset,
-    get_dataset,
-    list_datasets,
-    materialize,
-)
+from typing import TYPE_CHECKING
+
+from governance.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from imaging.datasets.labels import KeyKind, read_labels
+    from imaging.datasets.manifest import (
+        SUBGROUP_ATTRIBUTES,
+        DatasetError,
+        DatasetManifest,
+        GroupBy,
+        ManifestItem,
+        SeriesItem,
+        Split,
+        Task,
+        parse_split,
+    )
+    from imaging.datasets.models import DatasetVersionRecord
+    from imaging.datasets.service import (
+        DEFAULT_SPLIT,
+        CreateReport,
+        DatasetVersion,
+        create_dataset,
+        get_dataset,
+        list_datasets,
+        materialize,
+    )
 
 __all__ = [
     "DEFAULT_SPLIT",
@@ -49,3 +54,5 @@ __all__ = [
     "parse_split",
     "read_labels",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, __file__)

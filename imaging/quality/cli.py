@@ -1,6 +1,6 @@
 """``radgate dataset report NAME[@VERSION]``: the dataset quality and bias report.
 
-``register(app)`` adds ``report`` to the ``dataset`` group that ``training.cli`` registers
+``register(app)`` adds ``report`` to the ``dataset`` group that ``imaging.dataset_cli`` registers
 (register this module after it); without that group it creates one.
 """
 
@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import typer
+
+from governance.cli_support import fail
 
 __all__ = ["dataset_report", "register"]
 
@@ -34,8 +36,7 @@ def dataset_report(
         version = get_dataset(ref)
         report = build_report(version)
     except (DatasetError, ComplianceConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise fail(str(exc)) from None
     folder = out or get_settings().home / "reports" / "datasets" / f"{version.name}-{version.short_id}"
     paths = write_report(report, folder)
     if as_json:

@@ -113,11 +113,11 @@ def test_dataset_report_cli_and_mlflow(
     from mlflow import MlflowClient
 
     from governance.testing import copy_store
+    from imaging import dataset_cli as datasets_cli
     from imaging.quality import cli as quality_cli
-    from training import cli as training_cli
 
     app = typer.Typer()
-    training_cli.register(app)
+    datasets_cli.register(app)
     quality_cli.register(app)
     version = skewed["version"]
     result = CliRunner().invoke(

@@ -45,10 +45,12 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
 def _app():  # type: ignore[no-untyped-def]
     import typer
 
+    from imaging.dataset_cli import register as register_datasets
     from training.cli import register
 
     app = typer.Typer()
     register(app)
+    register_datasets(app)
     return app
 
 
