@@ -17,15 +17,18 @@ import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "BCP195_CIPHERS",
+    "HSTS_VALUE",
     "ClientTls",
     "DevCertificates",
     "ServerTls",
     "TlsConfigError",
+    "TransportSecurity",
     "client_context",
     "make_dev_certificates",
     "server_context",
@@ -58,6 +61,20 @@ class ServerTls(_Model):
         if self.require_client_certificate and self.ca_file is None:
             raise ValueError("require_client_certificate needs ca_file (the CAs of the peers)")
         return self
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """uvicorn's TLS settings for this listener (it builds its own context from them)."""
+        options: dict[str, Any] = {
+            "ssl_certfile": str(self.certificate),
+            "ssl_keyfile": str(self.private_key),
+            "ssl_ciphers": BCP195_CIPHERS,
+        }
+        if self.ca_file is not None:
+            options["ssl_ca_certs"] = str(self.ca_file)
+            options["ssl_cert_reqs"] = (
+                ssl.CERT_REQUIRED if self.require_client_certificate else ssl.CERT_OPTIONAL
+            )
+        return options
 
     def context(self) -> ssl.SSLContext:
         return server_context(
@@ -294,3 +311,37 @@ def make_dev_certificates(
     paths.client_certificate.write_bytes(client_pem)
     _write_private(paths.client_key, client_key_pem)
     return paths
+
+
+# -- HTTPS responses ---------------------------------------------------------------------------
+
+HSTS_VALUE = b"max-age=31536000; includeSubDomains"
+
+
+class TransportSecurity:
+    """ASGI middleware for an app served over HTTPS: every response carries
+    Strict-Transport-Security (browsers then refuse plaintext to this host), and every cookie it
+    sets is marked Secure (never sent over plaintext). Requests that arrived over plaintext pass
+    unchanged (HSTS over HTTP is ignored by browsers anyway)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope.get("type") != "http" or scope.get("scheme") != "https":
+            await self.app(scope, receive, send)
+            return
+
+        async def secured(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                headers = [
+                    (name, value + b"; Secure")
+                    if name.lower() == b"set-cookie" and b"secure" not in value.lower()
+                    else (name, value)
+                    for name, value in message.get("headers", [])
+                ]
+                headers.append((b"strict-transport-security", HSTS_VALUE))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, secured)

@@ -35,6 +35,7 @@ _COMMAND_MODULES = (
     "training.explain.cli",
     "governance.cli",
     "governance.cli.certs",
+    "governance.cli.certs",
     "serving.cli",
     "serving.monitoring.cli",
     "serving.ui.cli",

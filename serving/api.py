@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from governance.approvals.registry import model_target
 from governance.audit import GroupCommit
 from governance.auth import Principal, Role, fastapi_dependency
+from governance.tls import TransportSecurity
 from serving import metrics
 from serving.config import ServeConfig
 from serving.inputs import RequestError, parse_body
@@ -75,6 +76,7 @@ api = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
+api.add_middleware(TransportSecurity)  # served over HTTPS: HSTS on every response, cookies Secure
 
 
 def _install_feedback() -> None:

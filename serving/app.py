@@ -223,8 +223,12 @@ def run(config: ServeConfig, *, num_cpus: int | None = None, temp_dir: str | Non
     # port on the same host (the same app behind it, so the same authentication), and
     # ``config.port`` is the ingress replica's own.
     proxy_port = free_port(config.host) if direct else config.port
-    serve.start(
-        proxy_location="HeadOnly",
-        http_options={"host": config.host, "port": proxy_port},
-    )
+    http_options: dict[str, Any] = {"host": config.host, "port": proxy_port}
+    if config.tls is not None:
+        http_options.update(
+            ssl_certfile=str(config.tls.certificate),
+            ssl_keyfile=str(config.tls.private_key),
+            ssl_ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
+        )
+    serve.start(proxy_location="HeadOnly", http_options=http_options)
     serve.run(build_app(config), name=APP_NAME, route_prefix=config.route_prefix, blocking=False)

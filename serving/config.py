@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from governance.strict import StrictModel
+from governance.tls import ServerTls
 from imaging.gateway.config import PacsPeer
 from serving.interop import AtnaExportConfig, FhirConfig
 from serving.interop.ups import UpsConfig
@@ -156,12 +157,17 @@ class ServeConfig(StrictModel):
     fhir: FhirConfig | None = None  # FHIR R4 DiagnosticReport per result (EMR); none: off
     atna: AtnaExportConfig | None = None  # audit chain exported as DICOM/ATNA syslog; none: off
     ups: UpsConfig | None = None  # UPS-RS worklist of AI tasks under /ups-rs; none: off
+    # HTTPS for the API, the UI and DICOMweb on this port (Ray Serve's proxy terminates TLS;
+    # direct ingress has no TLS and is then off). None: plaintext, for loopback only.
+    tls: ServerTls | None = None
     models: list[ServedModel] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _direct_ingress_one_replica(self) -> ServeConfig:
         if self.direct_ingress and self.ingress_replicas != 1:
             raise ValueError("direct_ingress serves one port: it needs ingress_replicas: 1")
+        if self.direct_ingress and self.tls is not None:
+            raise ValueError("direct_ingress has no TLS: leave it unset with tls")
         return self
 
     @model_validator(mode="after")
@@ -179,7 +185,9 @@ class ServeConfig(StrictModel):
 
     @property
     def wants_direct_ingress(self) -> bool:
-        """Whether the ingress replica should answer HTTP itself (one replica: one port)."""
+        """Whether the ingress replica should answer HTTP itself (one replica: one port, no TLS)."""
+        if self.tls is not None:
+            return False
         return self.ingress_replicas == 1 if self.direct_ingress is None else self.direct_ingress
 
 

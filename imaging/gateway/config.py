@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
@@ -136,6 +137,12 @@ class PacsPeer(StrictModel):
     password_env: str | None = Field(default=None, description="env var holding the HTTP password")
     token_env: str | None = Field(default=None, description="env var holding a bearer token")
     tls: ClientTls | None = Field(default=None, description="DICOM TLS to this PACS (its own CA file)")
+
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args`` for an association to this PACS (None: plaintext)."""
+        if self.tls is None:
+            return None
+        return self.tls.context(), self.tls.server_name or self.host
 
     def credentials(self) -> tuple[str, str] | None:
         if not (self.username_env and self.password_env):

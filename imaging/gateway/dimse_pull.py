@@ -64,6 +64,7 @@ class DimseSource:
             ae_title=self.peer.ae_title,
             ext_neg=[build_role(uid, scp_role=True) for uid in wanted],
             evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_C_STORE, self._on_store)],
+            tls_args=self.peer.tls_args(),
         )
         if not assoc.is_established:
             raise PullError(f"PACS {self.peer.name!r} refused the association")

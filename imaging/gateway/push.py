@@ -88,7 +88,11 @@ def push_files(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.requested_contexts = _contexts(files)
     assoc = ae.associate(
-        peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        peer.host,
+        peer.port,
+        ae_title=peer.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+        tls_args=peer.tls_args(),
     )
     if not assoc.is_established:
         where = f"{peer.ae_title}@{peer.host}:{peer.port}"

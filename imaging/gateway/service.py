@@ -92,6 +92,7 @@ class GatewayService:
 
         sink = self.sink or self.sink_factory()
         app = create_stow_app(sink, max_request_bytes=self.config.http.max_request_bytes)
+        tls = self.config.http.tls
         http = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -101,6 +102,7 @@ class GatewayService:
                 access_log=False,
                 timeout_graceful_shutdown=max(1, int(self.config.drain_timeout)),
                 lifespan="off",
+                **(tls.uvicorn_options() if tls is not None else {}),
             )
         )
         # Run off the main thread: uvicorn then leaves the signals to this service.
@@ -128,6 +130,8 @@ class GatewayService:
             "workers": self.config.dicom.workers,
             "http_host": self.config.http.host if self.config.http.enabled else None,
             "http_port": self.http_port,
+            "http_tls": self.config.http.tls is not None,
+            "dicom_tls": self.config.dicom.tls is not None,
             "swept_temp_files": self.swept_temp_files,
             "recovered": self.recovered,
         }

@@ -19,6 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydicom import dcmread
 
+from governance.tls import TransportSecurity
 from imaging.dicomio import inflated_data_set
 from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
 from imaging.gateway.scp import audit
@@ -91,6 +92,7 @@ def create_stow_app(
 ) -> FastAPI:
     """The STOW-RS application; ``auth`` is a FastAPI dependency (default: platform tokens)."""
     app = FastAPI(title="RadGate DICOMweb gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TransportSecurity)  # over HTTPS: HSTS, Secure cookies
     authenticated = Depends(auth or default_auth_dependency())
 
     async def store(request: Request, principal: Any, study: str | None = None) -> JSONResponse:

@@ -66,6 +66,8 @@ class OrthancServer:
     modalities: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     # Serve the OHIF Viewer under /ohif/ (imaging.gateway.viewer; scripts/ci/install-viewer.sh).
     viewer: bool = False
+    # Merged over the generated configuration last (e.g. DICOM TLS: DicomTlsEnabled...).
+    extra_config: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -89,6 +91,7 @@ class OrthancServer:
             extra = orthanc_viewer_config(build_site(self.workdir / "ohif"))
             config["Plugins"] += extra.pop("Plugins")
             config.update(extra)
+        config.update(self.extra_config)
         return config
 
     def _base_config(self) -> dict[str, Any]:

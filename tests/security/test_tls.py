@@ -1,0 +1,179 @@
+"""TLS where it is required, with the certificates of ``radgate certs dev`` and real peers:
+
+- the gateway's SCP with DICOM TLS (mutual): a plaintext association, and a TLS one without a
+  client certificate, are refused; a pynetdicom peer with its certificate echoes and stores;
+- the STOW-RS listener over HTTPS: plaintext HTTP gets no answer, HTTPS stores, with HSTS;
+- Orthanc (DICOM TLS, DCMTK's BCP 195 profile) sends a study to the gateway and receives one
+  from it (``radgate push``'s code path), both over TLS with certificates on both sides.
+"""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydicom import dcmread
+from sqlalchemy import func, select
+
+from governance.catalog import Instance, open_catalog
+from governance.tls import DevCertificates, client_context
+from tests.integration.conftest import gateway_config, orthanc_ci, write_ct_series
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    """The development CA and certificates, made by the CLI command itself."""
+    import json
+
+    directory = tmp_path_factory.mktemp("tls")
+    radgate = Path(sys.executable).with_name("radgate")
+    done = subprocess.run(
+        [str(radgate), "certs", "dev", "--dir", str(directory)], capture_output=True, text=True, check=True
+    )
+    paths = {k: Path(v) for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    assert (paths["server_key"].stat().st_mode & 0o777) == 0o600
+    return DevCertificates(**paths)
+
+
+def _server_tls(certs: DevCertificates, mutual: bool = True) -> dict[str, Any]:
+    tls: dict[str, Any] = {
+        "certificate": str(certs.server_certificate),
+        "private_key": str(certs.server_key),
+    }
+    if mutual:
+        tls.update(ca_file=str(certs.ca_certificate), require_client_certificate=True)
+    return tls
+
+
+def _echo_and_store(
+    port: int, files: list[Path], tls_args: tuple[ssl.SSLContext, str] | None
+) -> tuple[int, list[int]]:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+
+    ae = AE(ae_title="STORESCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADGATE", tls_args=tls_args)
+    if not assoc.is_established:
+        return -1, []
+    try:
+        echo = int(assoc.send_c_echo().Status)
+        return echo, [int(assoc.send_c_store(dcmread(path)).Status) for path in files]
+    finally:
+        assoc.release()
+
+
+def _stored() -> int:
+    with open_catalog().session() as session:
+        return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+
+
+def test_scp_requires_tls_and_a_client_certificate(
+    start_gateway: Any, certs: DevCertificates, tmp_path: Path
+) -> None:
+    config = gateway_config(http={"enabled": False})
+    config["dicom"].update(tls=_server_tls(certs), acse_timeout=5)
+    gateway = start_gateway(config)
+    assert gateway.ready["dicom_tls"] is True
+    files = write_ct_series(tmp_path / "ct", 2)
+
+    assert _echo_and_store(gateway.dicom_port, files, None) == (-1, [])  # plaintext
+    anonymous = client_context(certs.ca_certificate)  # TLS, but no client certificate
+    assert _echo_and_store(gateway.dicom_port, files, (anonymous, "localhost")) == (-1, [])
+    assert _stored() == 0
+
+    mutual = client_context(certs.ca_certificate, certs.client_certificate, certs.client_key)
+    assert _echo_and_store(gateway.dicom_port, files, (mutual, "localhost")) == (0, [0, 0])
+    assert _stored() == 2
+
+
+def test_stow_rs_over_https_only(start_gateway: Any, certs: DevCertificates, tmp_path: Path) -> None:
+    from governance.testing import cast_token
+    from imaging.gateway.multipart import build_related
+
+    config = gateway_config()
+    config["http"]["tls"] = _server_tls(certs, mutual=False)
+    gateway = start_gateway(config)
+    body, content_type = build_related([p.read_bytes() for p in write_ct_series(tmp_path / "ct", 1)])
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {cast_token('pacs-client')}"}
+    plain = f"http://127.0.0.1:{gateway.http_port}/dicomweb/studies"
+    with pytest.raises(httpx.HTTPError):  # a TLS listener does not speak plaintext HTTP
+        httpx.post(plain, content=body, headers=headers, timeout=10)
+    secure = f"https://localhost:{gateway.http_port}/dicomweb/studies"
+    reply = httpx.post(secure, content=body, headers=headers, timeout=60, verify=str(certs.ca_certificate))
+    assert reply.status_code == 200
+    assert reply.headers["strict-transport-security"].startswith("max-age=")
+    assert _stored() == 1
+
+
+@pytest.fixture
+def tls_orthanc(tmp_path: Path, certs: DevCertificates) -> Any:
+    """An Orthanc that speaks only DICOM TLS and requires a certificate from the dev CA; it
+    knows RADGATE (port set once the gateway listens) as a TLS peer."""
+    import shutil
+
+    if shutil.which("Orthanc") is None:
+        pytest.skip("Orthanc is not installed (scripts/ci/install-apt.sh)")
+    return orthanc_ci.OrthancServer(
+        tmp_path / "orthanc",
+        extra_config={
+            "DicomTlsEnabled": True,
+            "DicomTlsCertificate": str(certs.server_certificate),
+            "DicomTlsPrivateKey": str(certs.server_key),
+            "DicomTlsTrustedCertificates": str(certs.ca_certificate),
+            "DicomTlsRemoteCertificateRequired": True,
+        },
+    )
+
+
+def test_orthanc_exchanges_studies_with_the_gateway_over_tls(
+    start_gateway: Any, certs: DevCertificates, tls_orthanc: Any, tmp_path: Path
+) -> None:
+    from governance.tls import ClientTls
+    from imaging.gateway.config import PacsPeer
+    from imaging.gateway.push import push_files
+
+    config = gateway_config(http={"enabled": False})
+    config["dicom"].update(tls=_server_tls(certs))
+    gateway = start_gateway(config)
+    tls_orthanc.extra_config["DicomModalities"] = {
+        "radgate": {"AET": "RADGATE", "Host": "127.0.0.1", "Port": gateway.dicom_port, "UseDicomTls": True},
+    }
+    tls_orthanc.start()
+    try:
+        # Orthanc -> gateway: Orthanc's SCU over TLS, with its certificate.
+        for path in write_ct_series(tmp_path / "to-gateway", 3):
+            tls_orthanc.upload(path.read_bytes())
+        study = tls_orthanc.rest("GET", "/studies")[0]
+        tls_orthanc.rest("POST", "/modalities/radgate/store", {"Resources": [study], "Synchronous": True})
+        assert _stored() == 3
+
+        # gateway -> Orthanc: the push path, with the client certificate; plaintext is refused.
+        files = write_ct_series(tmp_path / "to-orthanc", 2)
+        peer = PacsPeer(name="orthanc", ae_title=tls_orthanc.aet, port=tls_orthanc.dicom_port)
+        with pytest.raises(Exception, match="refused the association"):
+            push_files(peer, files, calling_ae="RADGATE", timeout=10)
+        secured = peer.model_copy(
+            update={
+                "tls": ClientTls(
+                    ca_file=certs.ca_certificate,
+                    certificate=certs.client_certificate,
+                    private_key=certs.client_key,
+                    server_name="localhost",
+                )
+            }
+        )
+        report = push_files(secured, files, calling_ae="RADGATE", timeout=30)
+        assert report.sent == 2 and not report.failed
+        assert len(tls_orthanc.rest("GET", "/instances")) == 3 + 2
+    finally:
+        tls_orthanc.stop()
