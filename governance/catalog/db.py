@@ -7,15 +7,61 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from governance.settings import Settings, get_settings
 
-__all__ = ["Catalog", "open_catalog"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from sqlalchemy import Connection
+
+__all__ = ["Catalog", "migration_config", "open_catalog"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
+
+# Databases migrated before the history was one line recorded one row per branch head in
+# alembic_version. Every branch started at 0001_imaging, except 0007 (at 0002_governance), and
+# the gateway revision was called 0003_gateway.
+_BRANCH_ROOTS = {"0001_imaging": None, "0002_governance": "0007_audit_signatures"}
+_RENAMED = {"0003_gateway": "0004_gateway"}
+
+
+def migration_config() -> Config:
+    """The Alembic configuration of the catalog's migrations (``script_location`` set)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def _linearize(connection: Connection, config: Config) -> None:
+    """Rewrite a multi-row ``alembic_version`` (the former branched history) as the one revision
+    of the linear history it amounts to. Raises :class:`RuntimeError` when the recorded heads
+    leave a gap in the linear order (a revision that was never applied would be skipped)."""
+    from alembic.script import ScriptDirectory
+
+    if not inspect(connection).has_table("alembic_version"):
+        return
+    rows = [row[0] for row in connection.execute(text("SELECT version_num FROM alembic_version"))]
+    if len(rows) <= 1 and not set(rows) & set(_RENAMED):
+        return
+    recorded = {_RENAMED.get(row, row) for row in rows}
+    applied = recorded | {root for root, only_with in _BRANCH_ROOTS.items() if only_with in (None, *recorded)}
+    chain = [script.revision for script in ScriptDirectory.from_config(config).walk_revisions()][::-1]
+    unknown = recorded - set(chain)
+    if unknown:
+        raise RuntimeError(f"catalog records unknown migration revisions: {sorted(unknown)}")
+    latest = max(chain.index(revision) for revision in recorded)
+    missing = [revision for revision in chain[: latest + 1] if revision not in applied]
+    if missing:
+        raise RuntimeError(f"catalog migrations cannot be made linear: {missing} were never applied")
+    connection.execute(text("DELETE FROM alembic_version"))
+    connection.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": chain[latest]})
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -42,16 +88,14 @@ class Catalog:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest revision of every migration branch."""
+        """Bring the schema to the head of the (linear) migration history."""
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", str(_MIGRATIONS))
-        config.set_main_option("path_separator", "os")
+        config = migration_config()
         with self.engine.begin() as connection:
+            _linearize(connection, config)
             config.attributes["connection"] = connection
-            command.upgrade(config, "heads")
+            command.upgrade(config, "head")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,14 +1,14 @@
 """Dataset versions: immutable manifests identified by their hash.
 
 Revision ID: 0003_datasets
-Revises: 0001_imaging
+Revises: 0002_governance
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_datasets"
-down_revision = "0001_imaging"
+down_revision = "0002_governance"
 branch_labels = None
 depends_on = None
 

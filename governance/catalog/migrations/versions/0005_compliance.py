@@ -1,14 +1,14 @@
 """Compliance: patient erasures and dataset-version supersessions.
 
 Revision ID: 0005_compliance
-Revises: 0001_imaging
+Revises: 0004_gateway
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_compliance"
-down_revision = "0001_imaging"
+down_revision = "0004_gateway"
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """Monitoring: live feature records of served requests, clinician feedback, drift runs.
 
 Revision ID: 0006_monitoring
-Revises: 0001_imaging
+Revises: 0005_compliance
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_monitoring"
-down_revision = "0001_imaging"
+down_revision = "0005_compliance"
 branch_labels = None
 depends_on = None
 

@@ -1,14 +1,14 @@
 """Audit entries carry the audit writer's Ed25519 signature (128 hex characters) in ``mac``.
 
 Revision ID: 0007_audit_signatures
-Revises: 0002_governance
+Revises: 0006_monitoring
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_audit_signatures"
-down_revision = "0002_governance"
+down_revision = "0006_monitoring"
 branch_labels = None
 depends_on = None
 

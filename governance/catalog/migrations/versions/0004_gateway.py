@@ -1,14 +1,14 @@
 """Gateway: the pull ledger (what was fetched from each PACS, keyed by an HMAC of the UID).
 
-Revision ID: 0003_gateway
-Revises: 0001_imaging
+Revision ID: 0004_gateway
+Revises: 0003_datasets
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_gateway"
-down_revision = "0001_imaging"
+revision = "0004_gateway"
+down_revision = "0003_datasets"
 branch_labels = None
 depends_on = None
 
