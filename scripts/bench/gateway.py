@@ -8,6 +8,10 @@ sent by dcmtk's ``storescu`` into Orthanc and into ``radgate gateway``, in the s
 2. ``--concurrency`` associations at once (several senders).
 
 The value is the ratio of files/s (gateway / Orthanc) over one association; target >= 1.0.
+Then the same over DICOM TLS (``tls_ratio``, target >= 1.0; skipped with ``--no-tls``): a second
+Orthanc with ``DicomTlsEnabled`` and a second gateway with ``dicom.tls``, both requiring a client
+certificate from the CA of ``radgate certs dev``, receive the same kind of files from
+``storescu +tls`` (dcmtk's default non-downgrading BCP 195 profile), in the same rounds.
 Like for like: both targets get the same ``storescu`` options (``SCU_OPTIONS``) and receive
 PDUs of the same size (Orthanc's ``MaximumPduLength`` is raised to storescu's largest send PDU,
 131072 bytes; the gateway offers 1 MiB, of which storescu uses the same 131072), and both flush
@@ -18,7 +22,7 @@ hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file, and the C
 receiver spends per file over one association (``cpu_ratio`` = Orthanc's / the gateway's, the
 figure that other load on the machine disturbs least). Ends with ONE JSON line.
 
-    .venv/bin/python scripts/bench/gateway.py [--files 100] [--rounds 3] [--concurrency 4]
+    .venv/bin/python scripts/bench/gateway.py [--files 100] [--rounds 3] [--concurrency 4] [--no-tls]
 """
 
 from __future__ import annotations
@@ -107,13 +111,21 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def send(port: int, aec: str, files: list[Path], concurrency: int, env: dict[str, str]) -> float:
-    """Files/s for ``files`` split over ``concurrency`` storescu processes (one association each)."""
+def send(
+    port: int,
+    aec: str,
+    files: list[Path],
+    concurrency: int,
+    env: dict[str, str],
+    tls: list[str] | None = None,
+) -> float:
+    """Files/s for ``files`` split over ``concurrency`` storescu processes (one association each);
+    ``tls``: storescu's TLS options."""
     chunks = [files[i::concurrency] for i in range(concurrency)]
     start = time.perf_counter()
     senders = [
         subprocess.Popen(
-            ["storescu", *SCU_OPTIONS, "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port)]
+            ["storescu", *SCU_OPTIONS, *(tls or []), "-aet", "STORESCU", "-aec", aec, "127.0.0.1", str(port)]
             + [str(path) for path in chunk],
             env=env,
             stdout=subprocess.DEVNULL,
@@ -136,17 +148,20 @@ def operator_token(env: dict[str, str]) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def start_gateway(workdir: Path, env: dict[str, str], workers: int) -> tuple[subprocess.Popen[str], int]:
-    config = {
-        "dicom": {
-            "ae_title": "RADGATE",
-            "host": "127.0.0.1",
-            "port": 0,
-            "workers": workers,
-            "allowed_peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
-        },
-        "http": {"enabled": False},
+def start_gateway(
+    workdir: Path, env: dict[str, str], workers: int, tls: dict[str, Any] | None = None
+) -> tuple[subprocess.Popen[str], int]:
+    dicom: dict[str, Any] = {
+        "ae_title": "RADGATE",
+        "host": "127.0.0.1",
+        "port": 0,
+        "workers": workers,
+        "allowed_peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
     }
+    if tls is not None:
+        dicom["tls"] = tls
+    config = {"dicom": dicom, "http": {"enabled": False}}
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     process = subprocess.Popen(
@@ -225,6 +240,8 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="gateway SCP processes (dicom.workers)"
     )
+    parser.add_argument("--no-tls", action="store_true", help="skip the DICOM TLS comparison")
+    parser.add_argument("--no-fail", action="store_true", help="exit 0 even when a ratio misses 1.0")
     args = parser.parse_args()
 
     orthanc_ci = _orthanc_module()
@@ -239,17 +256,60 @@ def main() -> None:
         env.pop("RADGATE_CATALOG_URL", None)
         env.pop("RADGATE_OBJECT_STORE", None)
         env["RADGATE_TOKEN"] = operator_token(env)
-        orthanc = bench_orthanc(orthanc_ci, work / "orthanc")
-        orthanc.start()
+        # The TLS gateway has a home of its own (one catalog per running gateway).
+        env_tls = {**env, "RADGATE_HOME": str(work / "home-tls")}
+        env_tls["RADGATE_TOKEN"] = operator_token(env_tls)
+        servers: list[Any] = []  # Orthancs and gateways to stop, whatever happens
         try:
+            orthanc = bench_orthanc(orthanc_ci, work / "orthanc")
+            orthanc.start()
+            servers.append(orthanc)
             gateway, gateway_port = start_gateway(work, env, args.workers)
+            servers.append(gateway)
+            targets: dict[str, tuple[int, str, list[str] | None]] = {
+                "orthanc": (orthanc.dicom_port, orthanc.aet, None),
+                "gateway": (gateway_port, "RADGATE", None),
+            }
+            pids = {"orthanc": orthanc.process.pid, "gateway": gateway.pid}
+            if not args.no_tls:
+                from governance.tls import make_dev_certificates
+
+                certs = make_dev_certificates(work / "tls")
+                server_tls = {
+                    "certificate": str(certs.server_certificate),
+                    "private_key": str(certs.server_key),
+                    "ca_file": str(certs.ca_certificate),
+                    "require_client_certificate": True,
+                }
+                orthanc_tls = bench_orthanc(orthanc_ci, work / "orthanc-tls")
+                orthanc_tls.extra_config = {
+                    "DicomTlsEnabled": True,
+                    "DicomTlsCertificate": server_tls["certificate"],
+                    "DicomTlsPrivateKey": server_tls["private_key"],
+                    "DicomTlsTrustedCertificates": server_tls["ca_file"],
+                    "DicomTlsRemoteCertificateRequired": True,
+                }
+                orthanc_tls.start()
+                servers.append(orthanc_tls)
+                gateway_tls, gateway_tls_port = start_gateway(
+                    work / "gw-tls", env_tls, args.workers, server_tls
+                )
+                servers.append(gateway_tls)
+                scu_tls = [
+                    "+tls",
+                    str(certs.client_key),
+                    str(certs.client_certificate),
+                    "+cf",
+                    str(certs.ca_certificate),
+                ]
+                targets["orthanc-tls"] = (orthanc_tls.dicom_port, orthanc_tls.aet, scu_tls)
+                targets["gateway-tls"] = (gateway_tls_port, "RADGATE", scu_tls)
+                pids.update({"orthanc-tls": orthanc_tls.process.pid, "gateway-tls": gateway_tls.pid})
         except BaseException:
-            orthanc.stop()
+            _stop_all(servers)
             raise
-        targets = {"orthanc": (orthanc.dicom_port, orthanc.aet), "gateway": (gateway_port, "RADGATE")}
-        pids = {"orthanc": orthanc.process.pid, "gateway": gateway.pid}
         rates: dict[tuple[str, int], list[float]] = {
-            key: [] for key in product(targets, (1, args.concurrency))
+            (name, concurrency): [] for name, concurrency in product(targets, (1, args.concurrency))
         }
         cpu_ms: dict[str, list[float]] = {name: [] for name in targets}  # per file, one association
         try:
@@ -257,25 +317,30 @@ def main() -> None:
             # send uses fresh instances (new UIDs), so nothing is a duplicate.
             for round_index in range(args.rounds):
                 for concurrency in (1, args.concurrency):
-                    for name, (port, aet) in targets.items():
+                    for name, (port, aet, tls) in targets.items():
+                        if tls is not None and concurrency != 1:
+                            continue  # TLS: one association (the target figure)
                         files = write_ct(work / f"r{round_index}-{concurrency}-{name}", args.files)
                         used = cpu_seconds(pids[name])
-                        rates[name, concurrency].append(send(port, aet, files, concurrency, env))
+                        rates[name, concurrency].append(send(port, aet, files, concurrency, env, tls))
                         if concurrency == 1:
                             cpu_ms[name].append(1000 * (cpu_seconds(pids[name]) - used) / len(files))
                         shutil.rmtree(files[0].parent)
             stored = count_instances(env)
             in_orthanc = len(orthanc.rest("GET", "/instances"))
+            if not args.no_tls:
+                stored_tls = count_instances(env_tls)
+                in_orthanc_tls = len(orthanc_tls.rest("GET", "/instances"))
             transport = transport_only(write_ct(work / "transport", args.files), env)
             ingest_ms = ingest_only(write_ct(work / "ingest", min(args.files, 60)), work / "home-ingest")
         finally:
-            gateway.terminate()
-            gateway.wait(120)
-            orthanc.stop()
+            _stop_all(servers)
         expected = 2 * args.rounds * args.files
         if stored != expected or in_orthanc != expected:
             raise SystemExit(f"lost instances: gateway stored {stored}, Orthanc {in_orthanc} of {expected}")
-        med = {key: statistics.median(values) for key, values in rates.items()}
+        if not args.no_tls and not stored_tls == in_orthanc_tls == args.rounds * args.files:
+            raise SystemExit(f"lost instances over TLS: gateway {stored_tls}, Orthanc {in_orthanc_tls}")
+        med = {key: statistics.median(values) for key, values in rates.items() if values}
         gateway_serial, orthanc_serial = med["gateway", 1], med["orthanc", 1]
         gateway_conc, orthanc_conc = med["gateway", args.concurrency], med["orthanc", args.concurrency]
         print(
@@ -292,6 +357,26 @@ def main() -> None:
         print(
             f"attribution: SCP with a hash-only sink {transport:7.1f} files/s; ingest {ingest_ms:.1f} ms/file"
         )
+        tls_figures: dict[str, Any] = {}
+        if not args.no_tls:
+            gateway_tls_rate, orthanc_tls_rate = med["gateway-tls", 1], med["orthanc-tls", 1]
+            print(
+                f"one association over DICOM TLS: gateway {gateway_tls_rate:7.1f} files/s, "
+                f"Orthanc {orthanc_tls_rate:7.1f} files/s"
+            )
+            tls_figures = {
+                "tls_ratio": round(gateway_tls_rate / orthanc_tls_rate, 3),
+                "tls_target": 1.0,
+                "gateway_tls_files_per_s": round(gateway_tls_rate, 1),
+                "orthanc_tls_files_per_s": round(orthanc_tls_rate, 1),
+                "per_round_tls_ratios": [
+                    round(g / o, 3)
+                    for g, o in zip(rates["gateway-tls", 1], rates["orthanc-tls", 1], strict=True)
+                ],
+                "gateway_tls_cpu_ms_per_file": round(statistics.median(cpu_ms["gateway-tls"]), 2),
+                "orthanc_tls_cpu_ms_per_file": round(statistics.median(cpu_ms["orthanc-tls"]), 2),
+                "tls": "mutual, storescu +tls (non-downgrading BCP 195), RSA 2048 dev CA",
+            }
         result = {
             "bench": "gateway",
             "value": round(gateway_serial / orthanc_serial, 3),
@@ -315,6 +400,7 @@ def main() -> None:
             "per_round_ratios": [
                 round(g / o, 3) for g, o in zip(rates["gateway", 1], rates["orthanc", 1], strict=True)
             ],
+            **tls_figures,
             "gateway_workers": args.workers,
             "image": "CT 512x512 16-bit, Explicit VR LE",
             "storescu_options": SCU_OPTIONS,
@@ -322,7 +408,24 @@ def main() -> None:
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "cpus": os.cpu_count(),
         }
+        ratios = [result["value"], *([tls_figures["tls_ratio"]] if tls_figures else [])]
+        result["met"] = all(ratio >= 1.0 for ratio in ratios)
         print(json.dumps(result))
+        if not result["met"] and not args.no_fail:
+            raise SystemExit(1)
+
+
+def _stop_all(servers: list[Any]) -> None:
+    """Stop gateways (SIGTERM, drain) and Orthancs, in reverse order of start."""
+    for server in reversed(servers):
+        if isinstance(server, subprocess.Popen):
+            server.terminate()
+            try:
+                server.wait(120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        else:
+            server.stop()
 
 
 if __name__ == "__main__":
