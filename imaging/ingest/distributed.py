@@ -468,11 +468,10 @@ def _hash_stream(handle: Any) -> str:
 
 
 def _node_id() -> str:
-    with contextlib.suppress(Exception):
-        import ray
+    """This Ray node's id (12 hex digits); ``local`` outside Ray (asking would start a Ray)."""
+    import ray
 
-        return str(ray.get_runtime_context().get_node_id())[:12]
-    return "local"
+    return str(ray.get_runtime_context().get_node_id())[:12] if ray.is_initialized() else "local"
 
 
 _workers: dict[str, _Worker] = {}
