@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,17 +120,52 @@ async def _audit(actor: str, role: str, action: str, target: str, details: dict[
     await _AUDIT.record(actor, action, target, details, role=role)
 
 
+class _RejectionTally:
+    """Unauthenticated rejections, aggregated: the first per route and status in each window is
+    audited at once; the rest are counted and audited as one ``serve.auth.denied`` entry (with
+    ``count``) when the next window opens, so a flood of bad tokens cannot flood the log."""
+
+    def __init__(self, window_s: float = 60.0) -> None:
+        self.window_s = window_s
+        self._opened: dict[tuple[str, int], float] = {}
+        self._suppressed: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, route: str, status: int) -> int | None:
+        """How many rejections the entry to write now stands for (None: counted, write nothing)."""
+        key, now = (route, status), time.monotonic()
+        with self._lock:
+            if key in self._opened and now - self._opened[key] < self.window_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            if len(self._opened) > 1024:  # routes are bounded, but never let this grow
+                self._opened.clear()
+            self._opened[key] = now
+            return 1 + self._suppressed.pop(key, 0)
+
+
+_REJECTIONS = _RejectionTally()
+_REASON_ROLES = frozenset({"admin", "ml-engineer", "auditor"})
+
+
+def _denial_detail(role: str, reasons: list[str]) -> str:
+    """Gate reasons (policy checks, audit chain state) only for roles that act on them; a
+    PACS client learns that the model is not approved, the audit log keeps why."""
+    if role in _REASON_ROLES:
+        return "model not approved for serving: " + "; ".join(reasons)
+    return "model not approved for serving"
+
+
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code in (401, 403) and request.url.path.startswith("/v1/"):
         # Failed authentication / authorisation is part of the audit trail (no token, no PHI).
-        await _audit(
-            "anonymous",
-            "",
-            "serve.auth.denied",
-            f"route:{request.url.path[:120]}",
-            {"status": exc.status_code},
-        )
+        route = f"route:{request.url.path[:120]}"
+        count = _REJECTIONS.admit(route, exc.status_code)
+        if count is not None:
+            await _audit(
+                "anonymous", "", "serve.auth.denied", route, {"status": exc.status_code, "count": count}
+            )
         metrics.DENIALS.labels(reason="auth").inc()
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
@@ -267,7 +303,7 @@ async def predict(
             target,
             {"inputs_sha256": digests[:16], "reasons": decision.reasons[:5]},
         )
-        raise HTTPException(403, "model not approved for serving: " + "; ".join(decision.reasons))
+        raise HTTPException(403, _denial_detail(role, decision.reasons))
     payload = {
         "instances": [i.data for i in instances],
         "version": decision.version,
@@ -277,11 +313,12 @@ async def predict(
     out = await service.models[name].predict(payload)
     if "error" in out:
         error = out["error"]
+        message = str(error["message"])
         if error["status"] == 403:
             metrics.DENIALS.labels(reason="gate").inc()
-        return await _refuse(
-            name, actor, role, int(error["status"]), str(error["message"]), started, target, digests
-        )
+            if role not in _REASON_ROLES:
+                message = message.split(":", 1)[0]
+        return await _refuse(name, actor, role, int(error["status"]), message, started, target, digests)
     groups: list[list[bytes]] = out.pop("objects")
     objects: list[bytes] = [obj for group in groups for obj in group]
     pushed = None

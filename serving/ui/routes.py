@@ -26,6 +26,8 @@ from serving.ui.security import (
     MODEL_ROLES,
     CsrfError,
     NotSignedIn,
+    audit_read,
+    chain_report,
     current_principal,
     verify_csrf,
 )
@@ -195,7 +197,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
             )
         except (AuditError, ValueError):
             entries, error = [], "Dates must be ISO dates or times (UTC), e.g. 2026-01-31."
-        report = log.verify()
+        report = chain_report()
         return render_page(
             request, "audit.html", principal, entries=entries, filters=filters, report=report, error=error
         )
@@ -217,15 +219,17 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
             case = load_case(case_id)
         except CaseError:
             return render_page(request, "error.html", principal, status_code=404, message="No such case.")
+        audit_read(principal, "case", f"case:{case_id}")
         return render_page(request, "case.html", principal, case=case)
 
     @router.get("/api/cases/{case_id}/{method}")
     def case_data(request: Request, case_id: str, method: str) -> JSONResponse:
-        signed_in(request, *CASE_ROLES)
+        principal = signed_in(request, *CASE_ROLES)
         try:
             payload = load_case(case_id).payload(method)
         except CaseError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=404)
+        audit_read(principal, "overlay", f"case:{case_id}/{method[:32]}")
         return JSONResponse(payload, headers={"Cache-Control": "no-store"})
 
     @router.post("/api/cases/{case_id}/feedback")

@@ -25,6 +25,8 @@ __all__ = [
     "MODEL_ROLES",
     "CsrfError",
     "NotSignedIn",
+    "audit_read",
+    "chain_report",
     "csrf_token",
     "current_principal",
     "verify_csrf",
@@ -54,6 +56,41 @@ def current_principal(request: Request) -> Principal:
         return authenticate(token)
     except AuthenticationError as exc:
         raise NotSignedIn(str(exc)) from exc
+
+
+def audit_read(principal: Principal, kind: str, target: str) -> None:
+    """Who viewed which patient-derived record (case, overlay, served result): one audit entry."""
+    from governance.audit import record
+
+    record(principal.name, f"ui.view.{kind}", target[:255], role=principal.role.value)
+
+
+_GUARDS: dict[str, object] = {}
+
+
+def chain_report() -> object:
+    """The audit page's chain status, verified incrementally from the last verified position
+    (or the signed checkpoint) instead of from genesis on every view."""
+    from governance.audit import AuditLog, ChainBroken, ChainGuard, VerifyReport
+    from governance.settings import get_settings
+
+    url = get_settings().resolved_catalog_url
+    guard = _GUARDS.get(url)
+    if not isinstance(guard, ChainGuard):
+        guard = _GUARDS[url] = ChainGuard(AuditLog())
+    try:
+        head = guard.check()
+    except ChainBroken as exc:
+        return VerifyReport(
+            False,
+            guard.verified.seq,
+            guard.verified.seq,
+            guard.verified.hash,
+            exc.problem,
+            exc.seq,
+            exc.detail,
+        )
+    return VerifyReport(True, head.seq, head.seq, head.hash)
 
 
 def csrf_token(token: str) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from governance.auth import Principal, Role
 from serving.ui.pages import render_page, signed_in
 from serving.ui.predictions import UnknownPrediction, load_prediction
-from serving.ui.security import CASE_ROLES, verify_csrf
+from serving.ui.security import CASE_ROLES, audit_read, verify_csrf
 
 __all__ = ["FeedbackForm", "add_prediction_routes", "feedback_response"]
 
@@ -63,17 +63,19 @@ def add_prediction_routes(router: APIRouter) -> None:
             return render_page(
                 request, "error.html", principal, status_code=404, message="No such prediction."
             )
+        audit_read(principal, "result", f"prediction:{request_id}")
         return render_page(request, "prediction.html", principal, p=prediction)
 
     @router.get("/api/predictions/{request_id}/overlay.png")
     def prediction_overlay(request: Request, request_id: str) -> Response:
-        signed_in(request, *CASE_ROLES)
+        principal = signed_in(request, *CASE_ROLES)
         try:
             png = load_prediction(request_id).overlay_png
         except UnknownPrediction:
             png = None
         if png is None:
             return JSONResponse({"detail": "no overlay kept for this prediction"}, status_code=404)
+        audit_read(principal, "overlay", f"prediction:{request_id}")
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @router.post("/api/predictions/{request_id}/feedback")
