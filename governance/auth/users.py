@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import DateTime, Integer, String, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from governance.auth.roles import (
@@ -173,22 +174,33 @@ def add_user(
     role = Role.parse(role)
     catalog = catalog or open_catalog()
     token = _new_token()
-    with catalog.session() as session:
+    try:
+        with catalog.session() as session:
+            if by is None:
+                if session.scalar(select(func.count()).select_from(User)):
+                    raise BootstrapError("users exist already: an admin token is required")
+                if role is not Role.ADMIN:
+                    raise BootstrapError("the first user must be an admin")
+                creator = name
+            else:
+                require_role(by, Role.ADMIN)
+                creator = by.name
+            if session.scalar(select(User.id).where(User.name == name)) is not None:
+                raise UserExists(f"user {name!r} exists already")
+            row = User(name=name, role=role.value, token_sha256=hash_token(token), created_by=creator)
+            if by is None:
+                # The bootstrap admin takes the first row id: of concurrent bootstraps, which all
+                # saw an empty table, exactly one insert succeeds; the others fail on the key.
+                row.id = 1
+            session.add(row)
+            session.flush()
+            info = _info(row)
+    except IntegrityError as exc:
         if by is None:
-            if session.scalar(select(func.count()).select_from(User)):
-                raise BootstrapError("users exist already: an admin token is required")
-            if role is not Role.ADMIN:
-                raise BootstrapError("the first user must be an admin")
-            creator = name
-        else:
-            require_role(by, Role.ADMIN)
-            creator = by.name
-        if session.scalar(select(User.id).where(User.name == name)) is not None:
-            raise UserExists(f"user {name!r} exists already")
-        row = User(name=name, role=role.value, token_sha256=hash_token(token), created_by=creator)
-        session.add(row)
-        session.flush()
-        info = _info(row)
+            raise BootstrapError(
+                "another bootstrap created the first admin: an admin token is required"
+            ) from exc
+        raise UserExists(f"user {name!r} exists already") from exc
     record(
         creator,
         "user.add",
