@@ -37,7 +37,8 @@ def test_mutated_conversations_end_cleanly() -> None:
 
 
 def test_atheris_target_runs(tmp_path: Path) -> None:
-    pytest.importorskip("atheris")
+    import atheris  # noqa: F401 (the [test] extra installs it; missing is a failure)
+
     corpus = tmp_path / "seeds"
     corpus.mkdir()
     (corpus / "conversation").write_bytes(seed_conversation())
