@@ -336,6 +336,7 @@ class ServedPredictor:
             calibration=f"temperature scaling, T={temperature:.4g}, fitted on validation"
             if temperature != 1.0
             else None,
+            model_approval=self.model_approval(),
         )
 
     def model_approval(self) -> Any:

@@ -4,7 +4,11 @@ classification SR (IHE AIR), saliency SEG, segmentation (DICOM SEG + volumetric 
 from imaging.results.display import DisplayImage, ResultImageError, display_image, linear_window
 from imaging.results.overlay import Colormap, OverlayCaption, OverlayError, blend_overlay, resize_map
 from imaging.results.png import render_overlay_png, write_overlay_png
-from imaging.results.saliency import SaliencySegmentationError, build_saliency_segmentation
+from imaging.results.saliency import (
+    SaliencySegmentationError,
+    attention_region,
+    build_saliency_segmentation,
+)
 from imaging.results.secondary_capture import (
     AlgorithmIdentity,
     SecondaryCaptureError,
@@ -38,6 +42,7 @@ __all__ = [
     "SecondaryCaptureError",
     "SegmentationResultError",
     "StructuredReportError",
+    "attention_region",
     "blend_overlay",
     "build_overlay_secondary_capture",
     "build_result_report",

@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from imaging.results.secondary_capture import AlgorithmIdentity, patient_orientation_of
 from imaging.results.structured_report import RADGATE_SCHEME, ModelApproval
 
-__all__ = ["SaliencySegmentationError", "build_saliency_segmentation"]
+__all__ = ["SaliencySegmentationError", "attention_region", "build_saliency_segmentation"]
 
 _DEFAULT_SERIES_NUMBER = 9905
 _ABNORMAL = hd.sr.CodedConcept("49755003", "SCT", "Morphologically abnormal structure")
@@ -119,3 +119,19 @@ def _as_dict(parameters: list[str] | None) -> dict[str, str]:
         key, _, value = item.partition(": ")
         out[key[:64]] = value[:64]
     return out
+
+
+def attention_region(heat: np.ndarray, fraction: float = 0.5) -> np.ndarray | None:
+    """The box around the pixels where ``heat`` reaches ``fraction`` of its maximum, as a closed
+    polygon of (column, row) pixel-edge coordinates; None for a flat map (no attention anywhere)."""
+    values = np.asarray(heat, dtype=np.float64)
+    if values.ndim != 2 or not np.isfinite(values).all():
+        raise SaliencySegmentationError("the map must be a finite 2D array")
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return None
+    rows, columns = np.nonzero(values >= low + fraction * (high - low))
+    top, bottom, left, right = rows.min(), rows.max() + 1, columns.min(), columns.max() + 1
+    return np.array(
+        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]], dtype=np.float64
+    )

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
@@ -67,6 +69,7 @@ def build_result_report(
     approval: ModelApproval | None = None,
     positive: bool | None = None,
     calibration: str | None = None,
+    region: np.ndarray | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """An SR stating ``finding`` with ``probability`` (0-1) by ``algorithm`` for ``source``.
 
@@ -74,7 +77,9 @@ def build_result_report(
     Absent; ``approval`` adds the registry's model version, artifact hash and approval to the
     algorithm identification and the device observer; ``calibration`` (e.g. "temperature scaling,
     T=0.84, fitted on validation") says how ``probability`` was calibrated, as one more algorithm
-    parameter.
+    parameter. ``region`` (a closed polygon, ``(N, 2)`` column/row pixel coordinates of ``source``:
+    where the explanation map concentrates) adds a planar ROI group (TID 1410) with the same
+    finding, so a viewer draws the finding where the model looked.
     """
     if not 0.0 <= probability <= 1.0:
         raise StructuredReportError("probability must be in [0, 1]")
@@ -123,10 +128,13 @@ def build_result_report(
         ],
         qualitative_evaluations=evaluations,
     )
+    groups: list[Any] = [group]
+    if region is not None:
+        groups.append(_region_group(source, region, finding, finding_concept, algorithm_id(), evaluations))
     report = hd.sr.MeasurementReport(
         observation_context=context,
         procedure_reported=_IMAGING_PROCEDURE,
-        imaging_measurements=[group],
+        imaging_measurements=groups,
     )
     try:
         with warnings.catch_warnings():
@@ -140,7 +148,7 @@ def build_result_report(
                 sop_instance_uid=hd.UID(),
                 instance_number=instance_number,
                 manufacturer=algorithm.manufacturer,
-                series_description=f"AI result: {algorithm.label}"[:64],
+                series_description=_headline(finding, probability, positive, algorithm),
                 transfer_syntax_uid=ExplicitVRLittleEndian,
             )
     except (ValueError, TypeError) as exc:
@@ -151,3 +159,46 @@ def build_result_report(
     scheme.CodingSchemeResponsibleOrganization = algorithm.manufacturer
     sr.CodingSchemeIdentificationSequence = [scheme]
     return sr
+
+
+def _headline(finding: str, probability: float, positive: bool | None, algorithm: AlgorithmIdentity) -> str:
+    """The series description: what a viewer's study browser shows of the result at a glance."""
+    verdict = "" if positive is None else (" present" if positive else " absent")
+    return f"AI: {finding}{verdict} (p={probability:.2f}), {algorithm.label}"[:64]
+
+
+def _region_group(
+    source: Dataset,
+    region: np.ndarray,
+    finding: str,
+    finding_concept: hd.sr.CodedConcept,
+    algorithm_id: hd.sr.AlgorithmIdentification,
+    evaluations: list[hd.sr.QualitativeEvaluation] | None,
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 group: the attention region as a closed POLYLINE on the source image."""
+    points = np.asarray(region, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or not 3 <= len(points) <= 1024:
+        raise StructuredReportError("region must be 3 to 1024 (column, row) points")
+    rows, columns = int(source.get("Rows", 0) or 0), int(source.get("Columns", 0) or 0)
+    if (
+        not np.isfinite(points).all()
+        or (points < 0).any()
+        or (points[:, 0] > columns).any()
+        or (points[:, 1] > rows).any()
+    ):
+        raise StructuredReportError("region points must lie on the source image")
+    if not np.array_equal(points[0], points[-1]):
+        points = np.vstack([points, points[:1]])  # closed: first point repeated last
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=hd.UID(), identifier=f"AI attention: {finding}"[:64]
+        ),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=points,
+            source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+        ),
+        finding_type=finding_concept,
+        algorithm_id=algorithm_id,
+        qualitative_evaluations=evaluations,
+    )

@@ -117,3 +117,27 @@ def _walk(items: pydicom.Sequence) -> list[pydicom.Dataset]:
         found.append(item)
         found.extend(_walk(item.get("ContentSequence", [])))
     return found
+
+
+def test_attention_region_is_a_planar_roi_on_the_source(tmp_path: Path, dx: pydicom.Dataset) -> None:
+    from imaging.results import StructuredReportError, attention_region
+
+    heat = np.zeros((int(dx.Rows), int(dx.Columns)))
+    heat[10:30, 20:40] = 1.0
+    region = attention_region(heat)
+    assert region is not None and region.tolist()[:3] == [[20, 10], [40, 10], [40, 30]]
+    assert attention_region(np.ones((4, 4))) is None  # a flat map points nowhere
+    report = build_result_report(
+        dx, ALGORITHM, finding="opacity", probability=0.7, positive=True, approval=APPROVAL, region=region
+    )
+    path = write_secondary_capture(report, tmp_path / "sr.dcm")
+    sr = hd.sr.srread(path)
+    assert sr.SeriesDescription == "AI: opacity present (p=0.70), chest-opacity v7"
+    (roi,) = sr.content.get_planar_roi_measurement_groups()
+    assert roi.finding_type.value == "opacity"
+    assert roi.roi.value.tolist()[0] == [20.0, 10.0] and len(roi.roi.value) == 5  # closed
+    assert roi.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx.SOPInstanceUID
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(path) == []
+    with pytest.raises(StructuredReportError, match="on the source image"):
+        build_result_report(dx, ALGORITHM, finding="opacity", probability=0.7, region=region + 1000)

@@ -144,15 +144,19 @@ def explain_instance(
     probability: float | None = None,
     positive: bool | None = None,
     calibration: str | None = None,
+    model_approval: Any = None,
 ) -> CaseExplanation:
     """Explain ``inputs`` (1, C, H, W; preprocessed from ``source``) and build the results.
 
     ``probability`` (the served, calibrated probability of the explained class), ``positive``
     (the decision at the operating threshold) and ``calibration`` (how the probability was
-    calibrated) replace the explainer's own softmax in the summary, overlay caption and SR."""
+    calibrated) replace the explainer's own softmax in the summary, overlay caption and SR.
+    ``model_approval`` (:class:`imaging.results.ModelApproval`) puts the registry's approval into
+    the SR; the SR also outlines where the map concentrates (its attention region)."""
     from imaging.results import (
         AlgorithmIdentity,
         OverlayCaption,
+        attention_region,
         blend_overlay,
         build_overlay_secondary_capture,
         build_result_report,
@@ -210,6 +214,8 @@ def explain_instance(
         series_number=int(secondary.SeriesNumber) + 1,
         positive=positive,
         calibration=calibration,
+        approval=model_approval,
+        region=attention_region(heat),
     )
     return CaseExplanation(
         explanation=explanation,
