@@ -4,6 +4,9 @@
 them: private blocks, free-text descriptions, nested sequences, UN elements, the file meta.
 ``residual_phi`` does not share code with the de-identifier: it searches the output's bytes
 for every planted value and for identifying values it reads itself from the input.
+``burned_in_instances`` adds images with the identifiers burned into their pixels, and
+``residual_pixel_phi`` reads the output's pixels with Tesseract (its own page segmentation and
+rendering, not the de-identifier's) and looks for the same values in what it reads.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import UID_dictionary, generate_uid
 
-__all__ = ["PlantedFile", "identifying_values", "plant_phi", "residual_phi"]
+__all__ = [
+    "PlantedFile",
+    "burned_in_instances",
+    "identifying_values",
+    "plant_phi",
+    "residual_phi",
+    "residual_pixel_phi",
+]
 
 _SURNAMES = ["Hartwell", "Okonkwo", "Lindqvist", "Moreau", "Castellano", "Nakamura", "Brennan", "Kowalski"]
 _GIVEN = ["Margaret", "Tobias", "Ingrid", "Rafael", "Sunita", "Evander", "Clementine", "Bartholomew"]
@@ -32,7 +42,9 @@ _STREETS = ["Juniper Lane", "Marlowe Avenue", "Quarry Road", "Ashdown Crescent"]
 _HOSPITALS = ["Saint Aldhelm Hospital", "Northfield General", "Riverside Clinic Wexford"]
 # Values a de-identifier writes itself; an input that already held them is no leak.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)+$")
-_OUTPUT_TOKENS = {"ANONYMOUS", "ANONYMIZED", "RADGATE", "YES", "NO"}
+# "PATIENT" is in the code meanings of the method sequence (CID 7050 "Retain Patient
+# Characteristics Option"): an input named NAME^PATIENT^NAME does not leak through it.
+_OUTPUT_TOKENS = {"ANONYMOUS", "ANONYMIZED", "RADGATE", "YES", "NO", "PATIENT"}
 
 
 @dataclass
@@ -183,3 +195,55 @@ def residual_phi(output: bytes, values: Iterable[str]) -> list[str]:
         if re.search(pattern, haystack, re.IGNORECASE):
             found.add(value)
     return sorted(found)
+
+
+def burned_in_instances(out_dir: Path, *, copies: int = 1, seed: int = 0) -> list[PlantedFile]:
+    """Real packaged images with their header identifiers burned into the pixels (name, ID,
+    dates, accession, institution; see :mod:`imaging.burned_in_corpus`)."""
+    from imaging.burned_in_corpus import burn_corpus
+
+    out: list[PlantedFile] = []
+    for item in burn_corpus(out_dir, copies=copies, seed=seed):
+        values = [v for v in item.identifiers.values() if v]
+        values.extend(part for part in item.identifiers.get("name", "").split("^") if part)
+        out.append(PlantedFile(item.path, Path(item.source), values))
+    return out
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"[^0-9A-Z]", "", text.upper())
+
+
+def residual_pixel_phi(output: bytes, values: Iterable[str]) -> list[str]:
+    """The values Tesseract can read in the output's pixels (every 4th frame), compared with
+    spaces and punctuation removed; a value must be at least 5 characters to count."""
+    import numpy as np
+    import tesserocr
+
+    from imaging.decoding import decode_pixels
+    from imaging.deid.burned_in.ocr import find_tessdata
+
+    wanted = {v: _squeeze(v) for v in values if len(_squeeze(v)) >= 5}
+    if not wanted:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(BytesIO(output))
+        if "PixelData" not in ds:
+            return []
+        pixels = decode_pixels(ds)
+    frames = pixels[::4] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else pixels[np.newaxis]
+    read: list[str] = []
+    with tesserocr.PyTessBaseAPI(path=f"{find_tessdata()}/", psm=tesserocr.PSM.SPARSE_TEXT) as api:
+        for frame in frames:
+            values_2d = frame.astype(np.float32)
+            if values_2d.ndim == 3:
+                values_2d = values_2d[..., :3].mean(axis=2)
+            low, high = float(values_2d.min()), float(values_2d.max())
+            image = np.clip((values_2d - low) * 255.0 / max(high - low, 1e-6), 0, 255).astype(np.uint8)
+            for variant in (image, 255 - image):
+                height, width = variant.shape
+                api.SetImageBytes(np.ascontiguousarray(variant).tobytes(), width, height, 1, width)
+                read.append(_squeeze(api.GetUTF8Text() or ""))
+    text = "".join(read)
+    return sorted(v for v, squeezed in wanted.items() if squeezed in text)

@@ -105,6 +105,8 @@ class BurnedInPolicy(StrictModel):
     pixel_cleaning: list[PixelCleaningRule] = Field(default_factory=list)
     # redact every detected line outside anatomy, PHI-classified or not (OCR misreads small text)
     redact_all_text_outside_anatomy: bool = True
+    # also read a stroke-enhanced render (anatomy flattened) for PHI over bright anatomy
+    stroke_render: bool = True
     # black margin around each redacted box, in pixels
     margin: int = Field(default=2, ge=0, le=64)
     # multi-frame: frames screened (first, last and evenly between), boxes unioned over all

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-__all__ = ["anatomy_mask", "frame_luminance", "renders", "sample_frames"]
+__all__ = ["anatomy_mask", "frame_luminance", "renders", "sample_frames", "stroke_render"]
 
 
 def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -97,3 +97,16 @@ def sample_frames(frames: int, budget: int) -> list[int]:
         return list(range(frames))
     picks = np.linspace(0, frames - 1, num=max(2, budget)).round().astype(int)
     return sorted({int(i) for i in picks})
+
+
+def stroke_render(frame: np.ndarray) -> np.ndarray:
+    """Strokes brighter than their surroundings, anatomy flattened: a white top-hat of the
+    full-range luminance with a window a little wider than a glyph stroke. Text printed over
+    bright anatomy, which page segmentation takes for part of a picture, stands out alone."""
+    from scipy.ndimage import white_tophat
+
+    luminance = frame_luminance(frame)
+    full = _stretch(luminance, float(luminance.min()), float(luminance.max()))
+    size = max(9, min(full.shape) // 24)
+    hat = white_tophat(full, size=(size, size))
+    return _stretch(hat.astype(np.float32), 0.0, float(max(int(hat.max()), 1)))

@@ -34,7 +34,13 @@ from imaging.deid.burned_in.ocr import (
     TesseractEngine,
     TextLine,
 )
-from imaging.deid.burned_in.render import anatomy_mask, frame_luminance, renders, sample_frames
+from imaging.deid.burned_in.render import (
+    anatomy_mask,
+    frame_luminance,
+    renders,
+    sample_frames,
+    stroke_render,
+)
 from imaging.deid.errors import QuarantineError, QuarantineReason
 from imaging.deid.profile import BurnedInPolicy
 
@@ -44,8 +50,9 @@ _SERIES_MEMORY = 4096
 _PIXEL_DATA = 0x7FE00010
 # frames are read at about this shorter side when they are much larger (text stays legible)
 _OCR_SIDE = 768
-# lines that are not PHI-classified are redacted outside anatomy only when read this confidently
-# (texture read as text in a quarter-turned frame comes out at low confidence)
+# lines not classified as PHI are redacted outside anatomy when read this confidently or shaped
+# as a horizontal line (small print is often misread; texture read as text in a quarter-turned
+# frame is tall and comes out at low confidence)
 _CONFIDENT = 60.0
 
 
@@ -298,7 +305,7 @@ class PixelScreener:
                 ) from None
         return stack
 
-    def _ocr(self, image: np.ndarray, engine: OcrEngine) -> list[TextLine]:
+    def _ocr(self, image: np.ndarray, engine: OcrEngine, *, turn: bool = True) -> list[TextLine]:
         """Lines in ``image``, boxes in its own coordinates: read horizontally and (for an
         engine that does not find vertical lines itself) turned a quarter clockwise, for
         labels printed bottom-to-top along an edge; at a size OCR reads well (small frames
@@ -316,7 +323,7 @@ class PixelScreener:
         else:
             factor, work = 1.0, image
         lines = [_line_at(line, factor, 0, image.shape) for line in self._read(work, engine)]
-        if not engine.reads_vertical:
+        if turn and not engine.reads_vertical:
             turned = np.ascontiguousarray(np.rot90(work, k=-1))
             lines.extend(
                 _line_at(line, factor, work.shape[0], image.shape) for line in self._read(turned, engine)
@@ -351,6 +358,13 @@ class PixelScreener:
             low, high = float(luminance.min()), float(luminance.max())
             scaled = (luminance - low) * (255.0 / max(high - low, 1e-6))
             anatomy = anatomy_mask(scaled.astype(np.uint8))
+        if self.policy.stroke_render:
+            # PHI-classified lines only: texture read as text here never widens redaction
+            for line in self._ocr(stroke_render(frame), engine, turn=False):
+                found.append(line)
+                if classifier.is_phi(line.text):
+                    x, y, w, h = line.box
+                    redact.append(((x, y, w + 1, h + 1), True))
         for render in renders(frame, ds):
             for line in self._ocr(render, engine):
                 x, y, w, h = line.box
@@ -360,7 +374,7 @@ class PixelScreener:
                     redact.append((box, True))
                 elif (
                     anatomy is not None
-                    and line.confidence >= _CONFIDENT
+                    and (line.confidence >= _CONFIDENT or w >= 2 * h)  # read well, or shaped as a line
                     and w > 0
                     and h > 0
                     and _overlap(box, anatomy) < 0.5
