@@ -116,13 +116,13 @@ def replay(
     from pydicom.errors import InvalidDicomError
 
     from imaging.ingest import iter_files
+    from serving.approved import load_approved
     from serving.monitoring.live import LiveRecorder
     from serving.monitoring.served import observe_dicom, shift_dicom
-    from training.registry import load_model
 
     _use_settings_mlflow()
     try:
-        model = load_model(ref)
+        model = load_approved(ref)  # replaying a revoked or unapproved model is refused
         recorder = LiveRecorder.for_run(model.name, model.version, str(model.run_id))
     except (LookupError, FileNotFoundError) as exc:
         raise fail(str(exc)) from exc

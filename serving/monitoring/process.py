@@ -125,9 +125,9 @@ def main() -> None:
         os.nice(19)
     import torch
 
+    from serving.approved import load_approved
     from serving.monitoring.live import LiveRecorder
     from serving.monitoring.served import record_cases
-    from training.registry import load_model
 
     torch.set_num_threads(1)
     recorders: dict[tuple[str, str], LiveRecorder] = {}
@@ -146,7 +146,7 @@ def main() -> None:
 
         def loaded(key: tuple[str, str] = key) -> Any:  # e.g. Triton: loaded, verified, once
             if key not in models:
-                models[key] = load_model(f"{key[0]}/{key[1]}", verify=True)
+                models[key] = load_approved(f"{key[0]}/{key[1]}")
             return models[key]
 
         if cases is None:  # a warm-up: the recorder is loaded; say so

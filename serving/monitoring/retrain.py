@@ -68,6 +68,7 @@ def retrain(
     from mlflow.tracking import MlflowClient
 
     from imaging.datasets import get_dataset, materialize
+    from serving.approved import load_approved
     from training.config import TrainConfig, apply_overrides
     from training.registry import load_model
     from training.run import train
@@ -75,7 +76,8 @@ def retrain(
     require_role(principal, *RETRAIN_ROLES)
     settings = settings or get_settings()
     uri = settings.resolved_mlflow_uri
-    champion = load_model(f"{model}/{version}" if version else f"{model}@{alias}", tracking_uri=uri)
+    # The champion is what serves: retraining starts only from a version the gate allows now.
+    champion = load_approved(f"{model}/{version}" if version else f"{model}@{alias}", tracking_uri=uri)
     if champion.run_id is None or champion.dataset_version is None:
         raise LookupError(f"{model}@{alias} has no training run or dataset version to retrain from")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
