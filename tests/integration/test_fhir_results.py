@@ -181,3 +181,25 @@ def test_original_identifiers_only_when_configured(fhir_world: dict[str, Any], t
     text = path.read_text()
     assert str(source.StudyInstanceUID) in text and str(source.PatientID) in text
     assert str(source.PatientName).split("^")[0] not in text  # never a name
+
+
+def test_reviewer_feedback_makes_the_report_final(fhir_world: dict[str, Any], fhir_server: Any) -> None:
+    from serving.interop.emr import FhirSender
+    from tests.ui.conftest import record_served_request
+
+    body = _predict(fhir_world, 1)
+    (result,) = body["results"]
+    record_served_request(result["request_id"], model=MODEL)  # what live monitoring records per request
+    sender = FhirSender(fhir_world["fhir"], token=fhir_server.token)
+    assert sender.deliver().error is None
+    query = f"DiagnosticReport?identifier=urn:radgate:result|{result['request_id']}"
+    assert [r["status"] for r in _search(fhir_server, query)] == ["preliminary"]
+    reply = fhir_world["client"].post(
+        "/v1/feedback",
+        json={"request_id": result["request_id"], "agree": True},
+        headers=_auth(fhir_world, "doc"),
+    )
+    assert reply.status_code == 201, reply.text
+    assert sender.deliver().sent == 1
+    (final,) = _search(fhir_server, query)
+    assert final["status"] == "final" and "Confirmed by a clinical reviewer" in final["conclusion"]

@@ -60,3 +60,23 @@ def test_syslog_destination_is_checked(tmp_path: Path) -> None:
     for bad in ("syslog://h:1", "tcp://host", "udp://:514"):
         with pytest.raises(SyslogError):
             SyslogDestination.parse(bad)
+
+
+def test_atna_backlog_is_a_gauge_and_nothing_is_dropped() -> None:
+    from prometheus_client import REGISTRY
+
+    from governance.audit import record
+    from serving.interop import start_interop
+
+    for index in range(3):
+        record("alice", "serve.predict", f"model:m/{index}", {"n": 1})
+    running = start_interop(
+        None, AtnaExportConfig(syslog="tcp://127.0.0.1:9", retry_initial_s=0.05), interval_s=0.05
+    )
+    try:
+        # Port 9 refuses: every entry stays queued behind the cursor, the gauge says how many.
+        assert REGISTRY.get_sample_value("radgate_interop_backlog", {"queue": "atna"}) == 3
+        record("alice", "serve.predict", "model:m/3", {"n": 1})
+        assert REGISTRY.get_sample_value("radgate_interop_backlog", {"queue": "atna"}) == 4
+    finally:
+        running.stop()
