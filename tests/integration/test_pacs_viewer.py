@@ -109,9 +109,9 @@ def go_to_slice(page: Any, target: int) -> None:
 
 @pytest.mark.parametrize(("size", "encoding"), [(64, "BINARY"), (42, "FRACTIONAL")])
 def test_ohif_in_orthanc_overlays_radgate_seg(
-    viewer_pacs: Any, shots: Path, size: int, encoding: str
+    viewer_pacs: Any, shots: Path, size: int, encoding: str, playwright: Any
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from imaging.results import AlgorithmIdentity, build_segmentation
 
@@ -123,58 +123,59 @@ def test_ohif_in_orthanc_overlays_radgate_seg(
         viewer_pacs.upload(encode(dataset))
     url = viewer_pacs.viewer_url(sources[0].StudyInstanceUID)
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(
-                http_credentials={"username": viewer_pacs.user, "password": viewer_pacs.password},
-                viewport={"width": 1280, "height": 800},
-            )
-            page = context.new_page()
-            failed: list[str] = []
-            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-            page.goto(url)
-            page.get_by_text("Skip all").click(timeout=90_000)  # OHIF's first-visit tour
-            counter = page.locator('[data-cy="viewport-overlay-bottom-right"]')
-            expect(counter).to_contain_text(f"/{SLICES})", timeout=60_000)
-            # The segmentation panel open from the start: the viewport keeps its size throughout.
-            page.locator('[data-cy="panelSegmentation-btn"]').click()
-            viewport = page.locator('[data-cy="viewport-pane"]').first
-            viewport.click()  # keyboard focus (the window/level tool ignores a click)
-            middle = SLICES // 2  # through the blob
-            go_to_slice(page, middle)
-            page.mouse.move(0, 0)
-            before = _rgb(viewport.screenshot(path=str(shots / f"ohif-series-{size}.png")))
-            blob = bright(before)
-            assert blob.sum() > 2000 and coloured(before).sum() < 20  # the image, uncoloured
+    # pytest-playwright's session Playwright (one per process: a second sync_playwright() in the
+    # same thread fails once the UI tests have started theirs), with this test's own browser flags.
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        context = browser.new_context(
+            http_credentials={"username": viewer_pacs.user, "password": viewer_pacs.password},
+            viewport={"width": 1280, "height": 800},
+        )
+        page = context.new_page()
+        failed: list[str] = []
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(url)
+        page.get_by_text("Skip all").click(timeout=90_000)  # OHIF's first-visit tour
+        counter = page.locator('[data-cy="viewport-overlay-bottom-right"]')
+        expect(counter).to_contain_text(f"/{SLICES})", timeout=60_000)
+        # The segmentation panel open from the start: the viewport keeps its size throughout.
+        page.locator('[data-cy="panelSegmentation-btn"]').click()
+        viewport = page.locator('[data-cy="viewport-pane"]').first
+        viewport.click()  # keyboard focus (the window/level tool ignores a click)
+        middle = SLICES // 2  # through the blob
+        go_to_slice(page, middle)
+        page.mouse.move(0, 0)
+        before = _rgb(viewport.screenshot(path=str(shots / f"ohif-series-{size}.png")))
+        blob = bright(before)
+        assert blob.sum() > 2000 and coloured(before).sum() < 20  # the image, uncoloured
 
-            # Load the SEG as a PACS user does: open its series, accept the hydration prompt.
-            page.get_by_text("SEG", exact=True).dblclick()
-            page.get_by_role("button", name="Yes").click(timeout=60_000)
-            for label in STRUCTURES.values():
-                expect(page.get_by_text(label, exact=True).first).to_be_visible(timeout=60_000)
-            expect(page.get_by_text("AI segmentation: radgate-blob").first).to_be_visible()
-            viewport.click()
-            go_to_slice(page, middle)
-            page.mouse.move(0, 0)
-            overlay, after = np.zeros_like(blob), before
-            for _ in range(60):  # rendering is asynchronous: poll the canvas until it is drawn
-                after = _rgb(viewport.screenshot())
-                overlay = coloured(after)
-                if overlay.sum() > 0.8 * blob.sum():
-                    break
-                page.wait_for_timeout(500)
-            page.screenshot(path=str(shots / f"ohif-seg-{size}-page.png"))
-            (shots / f"ohif-seg-{size}.png").write_bytes(viewport.screenshot())
+        # Load the SEG as a PACS user does: open its series, accept the hydration prompt.
+        page.get_by_text("SEG", exact=True).dblclick()
+        page.get_by_role("button", name="Yes").click(timeout=60_000)
+        for label in STRUCTURES.values():
+            expect(page.get_by_text(label, exact=True).first).to_be_visible(timeout=60_000)
+        expect(page.get_by_text("AI segmentation: radgate-blob").first).to_be_visible()
+        viewport.click()
+        go_to_slice(page, middle)
+        page.mouse.move(0, 0)
+        overlay, after = np.zeros_like(blob), before
+        for _ in range(60):  # rendering is asynchronous: poll the canvas until it is drawn
+            after = _rgb(viewport.screenshot())
+            overlay = coloured(after)
+            if overlay.sum() > 0.8 * blob.sum():
+                break
+            page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / f"ohif-seg-{size}-page.png"))
+        (shots / f"ohif-seg-{size}.png").write_bytes(viewport.screenshot())
 
-            # The overlay is the blob: same place, same extent (fills and a thin outline).
-            iou = (overlay & blob).sum() / (overlay | blob).sum()
-            assert iou > 0.75, iou
-            # "left blob" (lower columns, hue red) is drawn left of "right blob" (hue green).
-            red = overlay & (after[..., 0] > after[..., 1])
-            green = overlay & (after[..., 1] > after[..., 0])
-            assert red.sum() > 0.3 * blob.sum() and green.sum() > 0.3 * blob.sum()
-            assert np.nonzero(red)[1].mean() < np.nonzero(green)[1].mean()
-            assert not failed, failed
-        finally:
-            browser.close()
+        # The overlay is the blob: same place, same extent (fills and a thin outline).
+        iou = (overlay & blob).sum() / (overlay | blob).sum()
+        assert iou > 0.75, iou
+        # "left blob" (lower columns, hue red) is drawn left of "right blob" (hue green).
+        red = overlay & (after[..., 0] > after[..., 1])
+        green = overlay & (after[..., 1] > after[..., 0])
+        assert red.sum() > 0.3 * blob.sum() and green.sum() > 0.3 * blob.sum()
+        assert np.nonzero(red)[1].mean() < np.nonzero(green)[1].mean()
+        assert not failed, failed
+    finally:
+        browser.close()
