@@ -119,6 +119,7 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "audit verify": _roles(AUD, A),
     "audit export": _roles(AUD, A),
     "audit anchor": _roles(AUD, A),
+    "audit forward": _roles(AUD, A),
     "model submit": _roles(ML),
     "model approve": _any("the roles the policy names (default clinical-reviewer, ml-engineer)"),
     "model reject": _any("the roles the policy names (default clinical-reviewer, ml-engineer)"),

@@ -169,3 +169,80 @@ def audit_anchor(
             {"seq": anchor["seq"], "hash": anchor["hash"], "file": to is not None, "mlflow": mlflow},
             role=principal.role.value,
         )
+
+
+@audit_app.command("forward")
+def audit_forward(
+    syslog: str | None = typer.Option(
+        None,
+        "--syslog",
+        help="Audit repository: udp://, tcp:// or tls://HOST:PORT (DICOM A.5 XML, RFC 5424).",
+    ),
+    fhir: str | None = typer.Option(
+        None, "--fhir", help="FHIR R4 base URL: entries as AuditEvents (token from RADGATE_FHIR_TOKEN)."
+    ),
+    ca_file: Path | None = typer.Option(None, "--ca", help="CA of the TLS syslog or FHIR server."),
+    certificate: Path | None = typer.Option(None, "--cert", help="Client certificate (mutual TLS syslog)."),
+    key: Path | None = typer.Option(None, "--key", help="Client private key (mutual TLS syslog)."),
+    source_id: str = typer.Option("radgate", help="AuditSourceID of the messages."),
+    site: str | None = typer.Option(None, help="AuditEnterpriseSiteID of the messages."),
+    include_details: bool = typer.Option(False, help="Also send each entry's details (default: kept local)."),
+    follow: bool = typer.Option(False, "--follow", help="Keep forwarding new entries until stopped."),
+    token: str | None = TOKEN_OPTION,
+) -> None:
+    """Send the chain's entries after the last one delivered to an ATNA audit repository and/or a
+    FHIR server (auditor or admin). Nothing is dropped: what fails stays queued for the next run."""
+    import os
+    import signal
+    import threading
+
+    from governance.audit.atna import (
+        AtnaProfile,
+        SyslogDestination,
+        SyslogError,
+        fhir_audit_exporter,
+        syslog_exporter,
+    )
+    from governance.auth import require_role
+
+    if syslog is None and fhir is None:
+        raise fail("give --syslog and/or --fhir")
+    profile = AtnaProfile(source_id, site, include_details)
+    with governance_errors():
+        require_role(caller(token), *AUDIT_ROLES)
+        exporters = []
+        try:
+            if syslog is not None:
+                destination = SyslogDestination.parse(
+                    syslog, ca_file=ca_file, client_cert=certificate, client_key=key
+                )
+                exporters.append(syslog_exporter(destination, profile))
+        except SyslogError as exc:
+            raise fail(str(exc)) from exc
+        if fhir is not None:
+            exporters.append(
+                fhir_audit_exporter(
+                    fhir,
+                    token=os.environ.get("RADGATE_FHIR_TOKEN"),
+                    ca_file=str(ca_file) if ca_file else None,
+                    profile=profile,
+                )
+            )
+        if follow:
+            running = [exporter.start() for exporter in exporters]
+            stop = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: stop.set())
+            stop.wait()
+            for _, event in running:
+                event.set()
+            return
+        reports = [(exporter.name, exporter.pump()) for exporter in exporters]
+    for name, report in reports:
+        print(
+            json.dumps(
+                {"exporter": name, "sent": report.sent, "backlog": report.backlog, "error": report.error}
+            )
+        )
+    if any(report.error for _, report in reports):
+        raise typer.Exit(1)

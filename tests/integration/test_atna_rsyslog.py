@@ -154,3 +154,44 @@ def test_collector_down_loses_nothing(tmp_path: Path) -> None:
         assert [_seq(m[3].removeprefix("\ufeff".encode())) for m in _received(server, 7)][-1] == 7
     finally:
         server.stop()
+
+
+def test_radgate_audit_forward_cli(collector: Any, as_role: Any) -> None:
+    """``radgate audit forward`` (auditor): sends what is queued, says so in JSON, exits 1 when the
+    repository is unreachable and keeps the entries for the next run."""
+    import json
+    import os
+    import sys
+
+    from governance.audit import record
+
+    token = as_role("auditor")
+    record("alice", "ui.view.case", "case:demo", {}, role="clinical-reviewer")
+    command = [sys.executable, "-m", "radgate", "audit", "forward"]
+    env = {**os.environ, "RADGATE_TOKEN": token}
+    down = subprocess.run(
+        [*command, "--syslog", "tcp://127.0.0.1:9"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert down.returncode == 1, down.stderr
+    queued = json.loads(down.stdout.splitlines()[-1])
+    assert queued["sent"] == 0 and queued["backlog"] >= 2 and queued["error"]
+    up = subprocess.run(
+        [*command, "--syslog", f"tcp://127.0.0.1:{collector.tcp_port}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert up.returncode == 0, up.stderr
+    report = json.loads(up.stdout.splitlines()[-1])
+    assert report["error"] is None and report["backlog"] == 0 and report["sent"] >= 2
+    messages = _received(collector, report["sent"])
+    assert any(b"ui.view.case" in m[3] for m in messages)
+    refused = subprocess.run(
+        [*command, "--syslog", f"tcp://127.0.0.1:{collector.tcp_port}"],
+        env={**os.environ, "RADGATE_TOKEN": as_role("clinical-reviewer")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0  # auditors and admins only
