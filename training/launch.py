@@ -254,7 +254,9 @@ def fit_ray(job: FitJob) -> FitResult:
         if result.checkpoint is None:
             raise RuntimeError("Ray Train finished without a checkpoint")
         with result.checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / RAY_CHECKPOINT, map_location="cpu", weights_only=False)
+            # weights_only: the checkpoint is read as tensors and plain containers, never unpickled
+            # as arbitrary objects (a checkpoint written by a compromised worker cannot run code).
+            state = torch.load(Path(directory) / RAY_CHECKPOINT, map_location="cpu", weights_only=True)
         # Rank 0 logged each epoch to MLflow (Ray keeps metrics only with retained checkpoints).
         epoch_seconds = _metric_history(job, "epoch_seconds")
         starts = _metric_history(job, "train_start_unix")
