@@ -16,6 +16,7 @@ so the worklist survives a restart.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -46,6 +47,7 @@ __all__ = [
     "workitem_inputs",
 ]
 
+LOGGER = logging.getLogger(__name__)
 SCHEDULED, IN_PROGRESS, COMPLETED, CANCELED = "SCHEDULED", "IN PROGRESS", "COMPLETED", "CANCELED"
 UPS_PUSH_SOP_CLASS = "1.2.840.10008.5.1.4.34.6.1"
 RADGATE_SCHEME = "99RADGATE"
@@ -192,16 +194,25 @@ class WorkitemStore:
         self._lock = threading.RLock()
         self._items: dict[str, Dataset] = {}
         self._models: dict[str, str] = {}
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path in sorted(root.glob("*.json")):
-            data = json.loads(path.read_text())
-            self._items[path.stem] = Dataset.from_json(data["workitem"])
-            self._models[path.stem] = data["model"]
+            try:
+                data = json.loads(path.read_text())
+                self._items[path.stem] = Dataset.from_json(data["workitem"])
+                self._models[path.stem] = str(data["model"])
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # keep it aside, start anyway
+                LOGGER.warning("unreadable workitem file set aside (%s)", type(exc).__name__)
+                os.replace(path, path.with_suffix(".unreadable"))
 
     def _save(self, uid: str) -> None:
+        """Atomically, mode 0600: a workitem may carry the patient module of the RIS's order."""
         data = {"workitem": self._items[uid].to_json_dict(), "model": self._models[uid]}
         temp = self.root / f".{uid}.tmp"
-        temp.write_text(json.dumps(data))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temp, self.root / f"{uid}.json")
 
     def create(self, item: Dataset, model: str, uid: str | None = None) -> str:

@@ -237,5 +237,8 @@ def test_state_changes_need_the_transaction_uid(
         store.finish(uid, "9.9.9", "COMPLETED")
     assert wrong.value.status == 409
     store.finish(uid, "1.2.3.4", "CANCELED")
+    assert (tmp_path / "ups" / f"{uid}.json").stat().st_mode & 0o077 == 0  # may hold patient data
+    (tmp_path / "ups" / "2.25.9.json").write_text("{not json")  # a damaged file does not stop a restart
     reopened = WorkitemStore(tmp_path / "ups")  # durable: the same state after a restart
     assert reopened.get(uid).ProcedureStepState == "CANCELED"
+    assert (tmp_path / "ups" / "2.25.9.unreadable").exists()
