@@ -114,10 +114,13 @@ class PhiClassifier:
         found: list[str] = []
         words = [_norm(w) for w in _WORD.findall(text)]
         squeezed = _norm(text)
-        if (self.tokens and any(
-            w in self.tokens or (len(w) >= 5 and any(_close(w, t) for t in self.tokens if len(t) >= 5))
-            for w in words
-        )) or (self.tokens and any(len(t) >= 6 and t in squeezed for t in self.tokens)):
+        if (
+            self.tokens
+            and any(
+                w in self.tokens or (len(w) >= 5 and any(_close(w, t) for t in self.tokens if len(t) >= 5))
+                for w in words
+            )
+        ) or (self.tokens and any(len(t) >= 6 and t in squeezed for t in self.tokens)):
             found.append("header_value")
         digits = "".join(_DIGITS.findall(text))
         if self.dates and len(digits) >= 6 and any(form in digits for form in self.dates):

@@ -50,6 +50,9 @@ _SERIES_MEMORY = 4096
 _PIXEL_DATA = 0x7FE00010
 # frames are read at about this shorter side when they are much larger (text stays legible)
 _OCR_SIDE = 768
+# the margin grows by one pixel per this many pixels of line height (OCR boxes hug the glyphs
+# it read; a character missed at either end is about a height wide)
+_MARGIN_DIVISOR = 16
 # lines not classified as PHI are redacted outside anatomy when read this confidently or shaped
 # as a horizontal line (small print is often misread; texture read as text in a quarter-turned
 # frame is tall and comes out at low confidence)
@@ -258,9 +261,8 @@ class PixelScreener:
                 phi_boxes.extend(box for box, is_phi in redact if is_phi)
             if series is not None and phi_boxes:
                 series.text_found = True
-            # OCR boxes hug the glyphs it read; a margin in proportion to the line height covers
-            # the strokes of characters it missed at either end
-            grown = [_grow(b, self.policy.margin + min(b[2], b[3]) // 4, shape) for b in found]
+            margin = self.policy.margin
+            grown = [_grow(b, margin + min(b[2], b[3]) // _MARGIN_DIVISOR, shape) for b in found]
             new = [b for b in _merge(grown) if not _inside_any(b, redacted)]
             if not new:
                 result.verified = True
