@@ -91,14 +91,24 @@ def serve_ae(
     host: str = typer.Option("127.0.0.1", help="Listen address."),
     port: int = typer.Option(11113, help="Listen port."),
     allow: list[str] = typer.Option([], "--allow", help="Calling AE titles allowed (repeat); default any."),
+    tls_cert: Path | None = typer.Option(
+        None, help="DICOM TLS: this SCP's PEM certificate (with --tls-key)."
+    ),
+    tls_key: Path | None = typer.Option(None, help="DICOM TLS: its PEM private key."),
+    tls_ca: Path | None = typer.Option(
+        None, help="DICOM TLS: CAs of peers; their certificates are then required."
+    ),
+    serve_ca: Path | None = typer.Option(None, help="CA file to verify the serving API's HTTPS certificate."),
     token: str | None = typer.Option(
         None, "--token", help="A pacs-client token, presented to the serving API (default: RADGATE_TOKEN)."
     ),
 ) -> None:
     """Inference AE: a C-STORE SCP whose instances are predicted and the results pushed back to
     the PACS of the serving config (as a pacs-client user: --token, RADGATE_TOKEN or
-    RADGATE_TOKEN_FILE)."""
+    RADGATE_TOKEN_FILE; prefer the file: a command line is visible to other users of the host).
+    With --tls-cert/--tls-key it speaks DICOM TLS only (BCP 195); with --tls-ca, mutual TLS."""
     from governance.auth import AuthError, resolve_token
+    from governance.tls import TlsConfigError, server_context
     from serving.inference_ae import InferenceAE
 
     try:
@@ -109,6 +119,16 @@ def serve_ae(
     if not token:
         typer.echo("error: pass --token or set RADGATE_TOKEN to a pacs-client token", err=True)
         raise typer.Exit(3)
+    tls = None
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None:
+            typer.echo("error: --tls-cert and --tls-key go together", err=True)
+            raise typer.Exit(2)
+        try:
+            tls = server_context(tls_cert, tls_key, tls_ca, require_client_certificate=tls_ca is not None)
+        except TlsConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
     try:
         node = InferenceAE(
             serve_url=url,
@@ -118,6 +138,8 @@ def serve_ae(
             host=host,
             port=port,
             allowed_aes=set(allow) or None,
+            tls=tls,
+            serve_ca_file=str(serve_ca) if serve_ca else None,
         ).start()
     except OSError as exc:
         typer.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)

@@ -177,3 +177,40 @@ def test_orthanc_exchanges_studies_with_the_gateway_over_tls(
         assert len(tls_orthanc.rest("GET", "/instances")) == 3 + 2
     finally:
         tls_orthanc.stop()
+
+
+def test_inference_ae_listens_with_dicom_tls_only(certs: DevCertificates) -> None:
+    """``radgate serve-ae --tls-cert/--tls-key/--tls-ca``: pynetdicom's server with our BCP 195
+    context; a plaintext C-ECHO is refused, a mutual-TLS one answered (no serving API is needed
+    for an echo)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from governance.tls import server_context
+    from serving.inference_ae import InferenceAE
+    from serving.net import free_port
+
+    port = free_port("127.0.0.1")
+    node = InferenceAE(
+        serve_url="http://127.0.0.1:9",  # nothing listens: only C-ECHO is exercised
+        model="any",
+        token="unused",
+        port=port,
+        series_mode=False,
+        tls=server_context(
+            certs.server_certificate, certs.server_key, certs.ca_certificate, require_client_certificate=True
+        ),
+    ).start()
+    try:
+        ae = AE(ae_title="STORESCU")
+        ae.acse_timeout = ae.network_timeout = 10
+        ae.add_requested_context(Verification)
+        plain = ae.associate("127.0.0.1", port, ae_title="RADGATE-AI")
+        assert not plain.is_established
+        mutual = client_context(certs.ca_certificate, certs.client_certificate, certs.client_key)
+        assoc = ae.associate("127.0.0.1", port, ae_title="RADGATE-AI", tls_args=(mutual, "localhost"))
+        assert assoc.is_established
+        assert int(assoc.send_c_echo().Status) == 0
+        assoc.release()
+    finally:
+        node.stop()
