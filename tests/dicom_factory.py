@@ -86,3 +86,12 @@ def encode(ds: Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def testdata_path(name: str) -> str:
+    """Path of a file shipped in pydicom's test data; a missing file fails the test."""
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file(name)
+    assert isinstance(found, str), f"pydicom test file {name} not found"
+    return found

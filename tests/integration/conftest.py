@@ -251,11 +251,12 @@ def write_ct_series(
     ``size`` upsamples the 128x128 pixels to ``size`` x ``size`` (e.g. 512 for the benchmark)."""
     import numpy as np
     from pydicom import dcmread
-    from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
+    from tests.dicom_factory import testdata_path
+
     directory.mkdir(parents=True, exist_ok=True)
-    template = dcmread(get_testdata_file("CT_small.dcm"))
+    template = dcmread(testdata_path("CT_small.dcm"))
     if size:
         pixels = template.pixel_array
         repeat = max(1, size // pixels.shape[0])

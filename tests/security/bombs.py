@@ -17,13 +17,14 @@ _MIB = 1024 * 1024
 def _header(rows: int, columns: int) -> tuple[bytes, bytes, str, str]:
     """(file meta group bytes, data set bytes without pixel data, SOP class, SOP instance)."""
     from pydicom import dcmread
-    from pydicom.data import get_testdata_file
     from pydicom.dataset import FileMetaDataset
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset, write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    from tests.dicom_factory import testdata_path
+
+    ds = dcmread(testdata_path("CT_small.dcm"))
     del ds.PixelData
     ds.Rows, ds.Columns = rows, columns
     ds.SOPInstanceUID = generate_uid()

@@ -10,7 +10,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
 from imaging.results import (
     RADGATE_SCHEME,
@@ -21,6 +20,7 @@ from imaging.results import (
     build_saliency_segmentation,
     write_secondary_capture,
 )
+from tests.dicom_factory import testdata_path
 
 ALGORITHM = AlgorithmIdentity(name="chest-opacity", version="7", method="Grad-CAM")
 APPROVAL = ModelApproval(model_version="7", artifact_sha256="ab" * 32, status="approved", alias="production")
@@ -43,7 +43,7 @@ def dx(tmp_path_factory: pytest.TempPathFactory) -> pydicom.Dataset:
 
 @pytest.mark.parametrize("positive", [True, False])
 def test_air_report_reads_back_with_highdicom(tmp_path: Path, positive: bool) -> None:
-    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    source = pydicom.dcmread(testdata_path("CT_small.dcm"))
     report = build_result_report(
         source, ALGORITHM, finding="opacity", probability=0.8731, approval=APPROVAL, positive=positive
     )
