@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from governance.approvals.policy_record import policy_reason
 from governance.approvals.registry import (
     RegistryError,
     artifact_sha256,
@@ -187,6 +188,7 @@ class Gate:
             policy_sha = loaded.sha256
             policy = loaded.for_model(name)
             self.chain.check()
+            unsigned = policy_reason(self.audit, loaded)
             if alias is not None:
                 if alias not in policy.allowed_aliases:
                     return GateDecision(
@@ -222,6 +224,8 @@ class Gate:
             ]
             if alias is not None:
                 reasons.extend(self._alias_reasons(name, alias, version))
+            if unsigned is not None:  # never allowed under a policy that is not the signed one
+                reasons.append(unsigned)
             return GateDecision(
                 not reasons, name, alias, version, evidence.artifact_sha256, reasons, policy_sha256=policy_sha
             )

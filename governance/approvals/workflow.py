@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar, cast
 
+from governance.approvals.policy_record import sign_policy, signed_policy_sha256
 from governance.approvals.registry import (
     TAG_ALIAS_PREFIX,
     TAG_ARTIFACT_SHA256,
@@ -43,6 +44,7 @@ __all__ = [
     "AliasNotAllowed",
     "ApprovalError",
     "Outcome",
+    "PolicyChanged",
     "PolicyNotSatisfied",
     "SelfApproval",
     "VersionRevoked",
@@ -69,6 +71,10 @@ class VersionRevoked(ApprovalError):
 
 class AliasNotAllowed(ApprovalError):
     """The policy does not allow this alias for this model."""
+
+
+class PolicyChanged(ApprovalError):
+    """The policy in force is not the one last signed (``radgate policy sign``)."""
 
 
 class PolicyNotSatisfied(ApprovalError):
@@ -228,6 +234,14 @@ class Workflow:
         if alias not in model_policy.allowed_aliases:
             allowed = ", ".join(model_policy.allowed_aliases)
             raise AliasNotAllowed(f"alias {alias!r} is not allowed for {name} (allowed: {allowed})")
+        signed = signed_policy_sha256(self.audit)
+        if signed is None:  # first use of this catalog: the promoter signs the policy in force
+            sign_policy(self.audit, principal, self.policy, first_use=True)
+        elif signed != self.policy.sha256:
+            raise PolicyChanged(
+                f"the policy in force (sha256 {self.policy.sha256[:12]}) is not the signed one: "
+                "an admin must review and sign it (radgate policy sign)"
+            )
         checklist = self.status(name, version)
         if not checklist.passed:
             raise PolicyNotSatisfied(checklist)

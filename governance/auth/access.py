@@ -131,6 +131,7 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "model webhook serve": _roles(A, note="starts the receiver; MLflow requests are HMAC-signed"),
     "model webhook register": _roles(A),
     "policy check": _any("read-only"),
+    "policy sign": _roles(A, note="records the policy's hash; the gate refuses any other policy"),
     # serving and monitoring
     "serve": _roles(A, ML, note="starts the service; clients authenticate per request"),
     "serve-ae": _roles(PACS, note="its token is the one it presents to the serving API"),
