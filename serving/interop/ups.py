@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from copy import deepcopy
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -194,6 +194,8 @@ class WorkitemStore:
         self._lock = threading.RLock()
         self._items: dict[str, Dataset] = {}
         self._models: dict[str, str] = {}
+        # Called with (uid, event type id, workitem) after each change: the UPS event channel.
+        self.listeners: list[Callable[[str, int, Dataset], None]] = []
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for path in sorted(root.glob("*.json")):
             try:
@@ -203,6 +205,10 @@ class WorkitemStore:
             except (OSError, ValueError, KeyError, TypeError) as exc:  # keep it aside, start anyway
                 LOGGER.warning("unreadable workitem file set aside (%s)", type(exc).__name__)
                 os.replace(path, path.with_suffix(".unreadable"))
+
+    def _emit(self, uid: str, event_type: int) -> None:
+        for listener in self.listeners:
+            listener(uid, event_type, self._items[uid])
 
     def _save(self, uid: str) -> None:
         """Atomically, mode 0600: a workitem may carry the patient module of the RIS's order."""
@@ -260,6 +266,7 @@ class WorkitemStore:
             item.ProcedureStepState = IN_PROGRESS
             item.TransactionUID = transaction_uid
             self._save(uid)
+            self._emit(uid, 1)
             return item
 
     def update(self, uid: str, transaction_uid: str | None, changes: Dataset) -> Dataset:
@@ -277,6 +284,8 @@ class WorkitemStore:
                     raise WorkitemError(400, f"{element.keyword} cannot be changed by an update")
                 item[element.tag] = element
             self._save(uid)
+            if "ProcedureStepProgressInformationSequence" in changes:
+                self._emit(uid, 3)
             return item
 
     def finish(
@@ -294,6 +303,7 @@ class WorkitemStore:
                 item[element.tag] = element
             item.ProcedureStepState = state
             self._save(uid)
+            self._emit(uid, 1)
             return item
 
     def cancel_scheduled(self, uid: str, reason: str) -> Dataset:
@@ -305,6 +315,7 @@ class WorkitemStore:
             item.ProcedureStepState = CANCELED
             item.ProcedureStepProgressInformationSequence = [_progress(100, reason, canceled=True)]
             self._save(uid)
+            self._emit(uid, 1)
             return item
 
     @staticmethod

@@ -4,7 +4,10 @@ performer that runs each AI task through the gate.
 Routes (bearer token; roles of the predict route): ``POST /ups-rs/workitems`` (create; 201 and
 Location), ``GET /ups-rs/workitems`` (search by ``ProcedureStepState``), ``GET
 /ups-rs/workitems/{uid}`` (retrieve), ``POST /ups-rs/workitems/{uid}?transaction=`` (update),
-``PUT /ups-rs/workitems/{uid}/state`` (change state), ``POST /ups-rs/workitems/{uid}/cancelrequest``.
+``PUT /ups-rs/workitems/{uid}/state`` (change state), ``POST /ups-rs/workitems/{uid}/cancelrequest``,
+``POST``/``DELETE /ups-rs/workitems/{uid}/subscribers/{ae}`` (subscriptions; the global UID follows
+every workitem) and the WebSocket event channel ``/ups-rs/subscribers/{ae}``
+(:mod:`serving.interop.ups_events`).
 Bodies are ``application/dicom+json``. A workitem that breaks a rule gets 400 with the rule.
 
 The performer (:func:`perform`): claims the workitem (IN PROGRESS with its own Transaction UID),
@@ -24,7 +27,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -32,7 +35,14 @@ from pydicom.uid import generate_uid
 
 from governance.approvals.registry import model_target
 from governance.audit import record
-from governance.auth import Principal, fastapi_dependency
+from governance.auth import (
+    AuthenticationError,
+    PermissionDenied,
+    Principal,
+    authenticate,
+    fastapi_dependency,
+    require_role,
+)
 from governance.settings import get_settings
 from serving.interop.ups import (
     CANCELED,
@@ -48,6 +58,7 @@ from serving.interop.ups import (
     parse_workitem,
     workitem_inputs,
 )
+from serving.interop.ups_events import GLOBAL_SUBSCRIPTION_UID, EventHub, valid_ae_title
 
 __all__ = ["perform", "ups_router"]
 
@@ -197,6 +208,7 @@ def ups_router(service_getter: Callable[[], Any], roles: tuple[Any, ...]) -> Any
     """The UPS-RS routes; ``service_getter`` returns the ingress service (config, gate, models)."""
     router = APIRouter(prefix="/ups-rs", tags=["ups-rs"])
     stores: dict[str, WorkitemStore] = {}
+    hub = EventHub()
     tasks: set[asyncio.Task[str]] = set()
 
     def setup() -> tuple[Any, UpsConfig, WorkitemStore]:
@@ -207,6 +219,7 @@ def ups_router(service_getter: Callable[[], Any], roles: tuple[Any, ...]) -> Any
         root = config.store or get_settings().home / "ups"
         if str(root) not in stores:
             stores[str(root)] = WorkitemStore(root, limit=config.max_workitems)
+            stores[str(root)].listeners.append(hub.listener())
         return service, config, stores[str(root)]
 
     async def body(request: Request) -> Any:
@@ -320,8 +333,70 @@ def ups_router(service_getter: Callable[[], Any], roles: tuple[Any, ...]) -> Any
         record(principal.name, "ups.cancelrequest", f"workitem:{uid}", {}, role=principal.role.value)
         return Response(status_code=202)
 
+    @router.post("/workitems/{uid}/subscribers/{ae}", status_code=201, summary="Subscribe to a workitem")
+    async def subscribe(uid: str, ae: str, principal: Principal = caller) -> Response:
+        store = setup()[2]
+        try:
+            subscription = _subscription(store, uid, ae)
+        except WorkitemError as exc:
+            return refuse(exc)
+        hub.subscribe(ae, subscription)
+        record(
+            principal.name, "ups.subscribe", f"workitem:{subscription}", {"ae": ae}, role=principal.role.value
+        )
+        return Response(status_code=201)
+
+    @router.delete("/workitems/{uid}/subscribers/{ae}", summary="Unsubscribe from a workitem")
+    async def unsubscribe(uid: str, ae: str, _: Principal = caller) -> Response:
+        store = setup()[2]
+        try:
+            hub.unsubscribe(ae, _subscription(store, uid, ae))
+        except WorkitemError as exc:
+            return refuse(exc)
+        return Response(status_code=200)
+
+    @router.websocket("/subscribers/{ae}")
+    async def event_channel(websocket: WebSocket, ae: str) -> None:
+        """The event channel of ``ae``: one DICOM JSON event report per message."""
+        try:
+            principal = authenticate(
+                websocket.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            )
+            require_role(principal, *roles)
+        except (AuthenticationError, PermissionDenied):
+            await websocket.close(code=1008)  # policy violation: no valid token for this role
+            return
+        if not valid_ae_title(ae):
+            await websocket.close(code=1008)
+            return
+        await websocket.accept()
+        queue = hub.open(ae)
+        closed = asyncio.ensure_future(websocket.receive())
+        try:
+            while True:
+                message = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({message, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
+                    message.cancel()
+                    return
+                await websocket.send_text(message.result())
+        except WebSocketDisconnect:
+            return
+        finally:
+            hub.close(ae, queue)
+            closed.cancel()
+
     router.running_tasks = tasks  # type: ignore[attr-defined]
     return router
+
+
+def _subscription(store: WorkitemStore, uid: str, ae: str) -> str:
+    if not valid_ae_title(ae):
+        raise WorkitemError(400, "the subscriber must be an AE title (1-16 letters, digits, space, _ . -)")
+    if uid == GLOBAL_SUBSCRIPTION_UID:
+        return uid
+    store.get(_checked_uid(uid))  # 404 for an unknown workitem
+    return uid
 
 
 def _checked_uid(value: str) -> str:

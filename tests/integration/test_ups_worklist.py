@@ -242,3 +242,46 @@ def test_state_changes_need_the_transaction_uid(
     reopened = WorkitemStore(tmp_path / "ups")  # durable: the same state after a restart
     assert reopened.get(uid).ProcedureStepState == "CANCELED"
     assert (tmp_path / "ups" / "2.25.9.unreadable").exists()
+
+
+def test_subscriber_gets_state_events_over_websocket(
+    world: dict[str, Any], worklist: Any, pacs: Any, orthanc: Any, app_url: str
+) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    from serving.interop.ups_events import GLOBAL_SUBSCRIPTION_UID
+
+    subscribed = worklist._session.post(
+        _url(worklist, f"/workitems/{GLOBAL_SUBSCRIPTION_UID}/subscribers/RIS1")
+    )
+    assert subscribed.status_code == 201, subscribed.text
+    assert worklist._session.post(_url(worklist, "/workitems/1.2.3/subscribers/RIS1")).status_code == 404
+    assert (
+        worklist._session.post(
+            _url(worklist, f"/workitems/{GLOBAL_SUBSCRIPTION_UID}/subscribers/x%00y")
+        ).status_code
+        == 400
+    )
+    ws_url = app_url.replace("http://", "ws://") + "/ups-rs/subscribers/RIS1"
+    headers = dict(serving_api._auth(world, "pacs"))
+    with pytest.raises(InvalidStatus) as refused:  # no token: the handshake is refused
+        connect(ws_url, open_timeout=10)
+    assert refused.value.response.status_code == 403
+    source = dcmread(world["files"][0])
+    pacs.store_instances([source])
+    with connect(ws_url, additional_headers=headers, open_timeout=10) as channel:
+        created = _post(worklist, [_workitem(source, serving_api.MODEL, orthanc.dicomweb_url)])
+        assert created.status_code == 201, created.text
+        uid = created.headers["Location"].rsplit("/", 1)[1]
+        states, progress = [], []
+        while "COMPLETED" not in states and "CANCELED" not in states:
+            event = Dataset.from_json(json.loads(channel.recv(timeout=120)))
+            if event.AffectedSOPInstanceUID != uid:
+                continue
+            if event.EventTypeID == 1:
+                states.append(event.ProcedureStepState)
+            else:
+                progress.append(int(event.ProcedureStepProgressInformationSequence[0].ProcedureStepProgress))
+    assert states == ["IN PROGRESS", "COMPLETED"]
+    assert progress == sorted(progress) and progress[0] == 10  # retrieving, running, storing
