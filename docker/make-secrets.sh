@@ -15,6 +15,9 @@ random() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
 [ -s orthanc_password ] || random > orthanc_password
 python3 -c 'import json, sys; print(json.dumps({"radgate": open(sys.argv[1]).read().strip()}))' \
   orthanc_password > orthanc_users
+# The services' RadGate tokens are issued by an admin once the catalog runs
+# (scripts/containers.sh bootstrap): empty until then.
+for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done
 # Compose bind-mounts secret files with their host mode: containers run as other users.
 chmod 0644 ./*
 chmod 0700 .

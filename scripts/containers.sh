@@ -149,8 +149,12 @@ build() {
           --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu "${TORCH_ARGS[@]}" ;;
       postgres | s3 | orthanc)
         local ohif=()
-        local dist="${RADGATE_OHIF_DIST:-$HOME/.cache/radgate/ohif/$(sed -n 's/^OHIF_VERSION = "\(.*\)"$/\1/p' imaging/gateway/viewer.py)/dist}"
-        if [ "$name" = orthanc ] && [ -f "$dist/index.html" ]; then ohif=(-v "$dist:/run/radgate-ohif:ro"); fi
+        local version dist
+        version="$(sed -n 's/^OHIF_VERSION = "\(.*\)"$/\1/p' imaging/gateway/viewer.py)"
+        dist="${RADGATE_OHIF_DIST:-$HOME/.cache/radgate/ohif/$version/dist}"
+        if [ "$name" = orthanc ] && [ -f "$dist/index.html" ]; then
+          ohif=(-v "$dist:/run/radgate-ohif:ro" --build-arg "RADGATE_OHIF=$version")
+        fi
         # shellcheck disable=SC2046
         build_image "$name" "localhost/radgate/$name:latest" "docker/peers/$name.Dockerfile" "${ohif[@]}" \
           $(if [ "$LOCAL_BASES" = 1 ]; then echo "--build-arg BASE_IMAGE=$PY_BASE --build-arg DEBIAN_IMAGE=localhost/debian:bookworm"; fi) ;;
@@ -187,10 +191,60 @@ compose() {
   "${NICE[@]}" "${tool[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
 }
 
+# The RadGate CLI in the Ray head's container (trainer image: the compose file's catalog, MLflow and
+# S3 settings, secrets through the image's entrypoint); RADGATE_TOKEN passes from this environment
+# by name, never in argv.
+radgate_run() {
+  "$ENGINE" exec -e RADGATE_TOKEN "${PROJECT}_ray-head_1" /usr/local/bin/radgate-entrypoint radgate "$@"
+}
+
+# The services' own RadGate users (gateway: data-steward; serving, UI: ml-engineer), issued by the
+# first admin once the catalog is up; their tokens go to docker/secrets/ (git-ignored), the admin's
+# to docker/secrets/radgate_admin_token (mounted nowhere).
+bootstrap() {
+  local dir=docker/secrets out token pair
+  if ! out="$(RADGATE_TOKEN="" radgate_run users add radgate-admin --role admin 2>&1)"; then
+    if [ -s "$dir/radgate_admin_token" ]; then
+      log "catalog already has users: keeping the tokens in $dir"
+      return 0
+    fi
+    printf '%s\n' "$out" | tail -n 5 >&2
+    return 1
+  fi
+  token="$(printf '%s\n' "$out" | grep -o 'rg_[A-Za-z0-9_-]*' | tail -n 1)"
+  ( umask 077; printf '%s\n' "$token" > "$dir/radgate_admin_token" )
+  for pair in gateway:data-steward serving:ml-engineer ui:ml-engineer; do
+    out="$(RADGATE_TOKEN="$token" radgate_run users add "radgate-${pair%%:*}" --role "${pair#*:}")"
+    printf '%s\n' "$out" | grep -o 'rg_[A-Za-z0-9_-]*' | tail -n 1 > "$dir/radgate_${pair%%:*}_token"
+    chmod 0644 "$dir/radgate_${pair%%:*}_token"   # read by the service's non-root user
+  done
+  log "bootstrap: admin + service users for gateway, serving, UI"
+}
+
+# wait_for SERVICE COMMAND...: until COMMAND succeeds in the service's container (5 min at most).
+wait_for() {
+  local service="$1" deadline=$((SECONDS + 300))
+  shift
+  until "$ENGINE" exec "${PROJECT}_${service}_1" "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || { log "$service not ready"; return 1; }
+    sleep 3
+  done
+}
+
+# In phases, each service started without podman's --requires (podman 4.3 cannot start a container
+# whose dependencies share a dependency: "not found in input list") and, as podman before 4.6
+# ignores depends_on's service_healthy, after what it needs answers.
 up() {
   sh docker/make-secrets.sh >/dev/null
-  log "stack up"
-  compose up -d
+  log "stack up: peers"
+  compose up -d --no-deps postgres minio orthanc
+  wait_for minio python /usr/local/bin/radgate-healthcheck tcp 127.0.0.1 9000
+  wait_for postgres pg_isready -h 127.0.0.1
+  compose up -d --no-deps buckets mlflow ray-head
+  wait_for ray-head ray health-check --skip-version-check
+  bootstrap
+  log "stack up: RadGate"
+  compose up -d --no-deps gateway ui
 }
 
 down() {
@@ -212,6 +266,7 @@ main() {
     bases) bases ;;
     build) build "$@" ;;
     up) up ;;
+    bootstrap) bootstrap ;;
     smoke) smoke ;;
     down) down ;;
     sizes) sizes ;;

@@ -21,8 +21,10 @@ COPY docker/peers/orthanc.json /etc/radgate-orthanc/orthanc.json
 COPY imaging/gateway/viewer.py /usr/local/lib/radgate/viewer.py
 # OHIF under /ohif/ when its dist is mounted at build time (scripts/containers.sh mounts the
 # SHA-256-checked copy scripts/ci/install-viewer.sh unpacked): the site and the ServeFolders
-# entries come from imaging.gateway.viewer, merged into the Orthanc configuration.
-RUN if [ -f /run/radgate-ohif/index.html ]; then \
+# entries come from imaging.gateway.viewer, merged into the Orthanc configuration. RADGATE_OHIF
+# names the mounted version (part of the layer cache's key; a mount is not).
+ARG RADGATE_OHIF=none
+RUN if [ "${RADGATE_OHIF}" != none ]; then \
         mkdir -p /usr/share/radgate/ohif \
         && cp -a /run/radgate-ohif /usr/share/radgate/ohif/dist \
         && RADGATE_OHIF_DIST=/usr/share/radgate/ohif/dist python3 /usr/local/lib/radgate/viewer.py \

@@ -14,7 +14,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     exit 64
   fi
   initdb -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$POSTGRES_PASSWORD_FILE" \
-    --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    --encoding=UTF8 --locale=C.UTF-8 --auth-local=trust --auth-host=scram-sha-256 >/dev/null
   echo "host all all all scram-sha-256" >> "$PGDATA/pg_hba.conf"
   if ! pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -k $SOCKETS" -l /tmp/postgres-init.log -w start >/dev/null; then
     cat /tmp/postgres-init.log >&2

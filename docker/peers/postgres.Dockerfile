@@ -16,7 +16,9 @@ RUN apt-get update \
     && chmod 0700 /var/lib/postgresql/data
 COPY --chmod=0755 docker/peers/postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint
 
+# PGHOST: the tools in this image (pg_isready, psql) find the server where it listens.
 ENV PATH=/usr/lib/postgresql/15/bin:$PATH \
+    PGHOST=/tmp \
     PGDATA=/var/lib/postgresql/data
 # The package creates the user (its uid is not fixed): local-stack peer only.
 # hadolint ignore=DL3066

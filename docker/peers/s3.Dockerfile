@@ -23,5 +23,6 @@ WORKDIR /home/s3
 EXPOSE 9000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=10 \
     CMD ["python", "/usr/local/bin/radgate-healthcheck", "tcp", "127.0.0.1", "9000"]
-ENTRYPOINT ["/usr/local/bin/radgate-entrypoint"]
+# The server takes no secrets (moto accepts any credentials); the buckets one-shot runs its Python
+# through /usr/local/bin/radgate-entrypoint for the AWS_*_FILE secrets.
 CMD ["moto_server", "-H", "0.0.0.0", "-p", "9000"]

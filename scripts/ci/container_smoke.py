@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -66,8 +67,18 @@ class Stack:
     def container(self, service: str) -> str:
         return f"{self.project}_{service}_1"
 
-    def run(self, argv: list[str], *, stdin: str | None = None, timeout: float = 600) -> str:
-        done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    def run(
+        self,
+        argv: list[str],
+        *,
+        stdin: str | None = None,
+        timeout: float = 600,
+        env: dict[str, str] | None = None,
+    ) -> str:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, **env} if env else None,
+        )  # fmt: skip
         if done.returncode != 0:
             raise StepFailed(
                 f"{' '.join(argv[:6])}... exit {done.returncode}: {(done.stdout + done.stderr)[-1500:]}"
@@ -86,12 +97,13 @@ class Stack:
         """Run ``argv`` in the service's container through the image's entrypoint (secret files
         become variables there, as for the container's own command)."""
         flags = ["-i"] if stdin is not None else []
-        for key, value in (env or {}).items():
-            flags += ["-e", f"{key}={value}"]
+        for key in env or {}:
+            flags += ["-e", key]  # by name: the value passes in podman's environment, not its argv
         return self.run(
             [self.engine, "exec", *flags, self.container(service), ENTRYPOINT, *argv],
             stdin=stdin,
             timeout=timeout,
+            env=env,
         )
 
     def state(self, service: str) -> tuple[str, str]:
@@ -262,8 +274,8 @@ class Journey:
         return {"catalog_instances": rows, "store_objects": keys}
 
     def users_and_dataset(self) -> dict[str, Any]:
-        out = self.radgate("users", "add", "smoke-admin", "--role", "admin")
-        self.tokens["admin"] = TOKEN.findall(out)[-1]
+        # The admin that scripts/containers.sh bootstrap created with the services' users.
+        self.tokens["admin"] = (SECRETS / "radgate_admin_token").read_text().strip()
         for name, role in (
             ("steward", "data-steward"),
             ("eng", "ml-engineer"),
@@ -304,7 +316,7 @@ class Journey:
             "--set",
             "run.experiment=smoke",
             token="eng",
-            env={"RAY_ADDRESS": "127.0.0.1:6379"},
+            env={"RAY_ADDRESS": "auto"},
             timeout=1800,
         )
         match = re.search(rf"registered {MODEL} version (\d+)", out)
