@@ -1,14 +1,26 @@
 """``multipart/related`` (RFC 2387) as used by DICOMweb: parse request and response bodies,
-build them for tests and clients. Bodies are held in memory; the listener bounds their size.
+build them for tests and clients. A body may be bytes or a memory map of a spooled file
+(:func:`part_spans` locates the parts without copying them; a part is copied when it is used).
 """
 
 from __future__ import annotations
 
+import mmap
 import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["MultipartError", "Part", "build_related", "content_type_params", "iter_parts"]
+__all__ = [
+    "MultipartError",
+    "Part",
+    "PartSpan",
+    "build_related",
+    "content_type_params",
+    "iter_parts",
+    "part_spans",
+]
+
+Body = bytes | mmap.mmap
 
 
 class MultipartError(ValueError):
@@ -55,8 +67,28 @@ def _split_params(text: str) -> Iterator[str]:
         yield "".join(current)
 
 
-def iter_parts(body: bytes, boundary: str) -> Iterator[Part]:
+@dataclass(frozen=True)
+class PartSpan:
+    """Where one part's content lies in the body (``body[start:end]``), and its headers."""
+
+    headers: dict[str, str]
+    start: int
+    end: int
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def iter_parts(body: Body, boundary: str) -> Iterator[Part]:
     """Yield the parts of ``body``; raises :class:`MultipartError` when it is malformed."""
+    for span in part_spans(body, boundary):
+        yield Part(span.headers, body[span.start : span.end])
+
+
+def part_spans(body: Body, boundary: str) -> Iterator[PartSpan]:
+    """Yield where each part of ``body`` lies, without copying it; raises
+    :class:`MultipartError` when the body is malformed."""
     if not boundary or len(boundary) > 70:
         raise MultipartError("missing or invalid boundary")
     delimiter = b"--" + boundary.encode("latin-1")
@@ -79,7 +111,7 @@ def iter_parts(body: bytes, boundary: str) -> Iterator[Part]:
         next_delimiter = body.find(b"\r\n" + delimiter, content_start)
         if next_delimiter < 0:
             raise MultipartError("missing close delimiter")
-        yield Part(headers, body[content_start:next_delimiter])
+        yield PartSpan(headers, content_start, next_delimiter)
         position = next_delimiter + 2 + len(delimiter)
 
 

@@ -9,6 +9,8 @@ OpenAPI document are off. Responses and logs carry reason codes, never patient d
 from __future__ import annotations
 
 import logging
+import mmap
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,7 +23,7 @@ from pydicom import dcmread
 
 from governance.tls import TransportSecurity
 from imaging.dicomio import inflated_data_set
-from imaging.gateway.multipart import MultipartError, content_type_params, iter_parts
+from imaging.gateway.multipart import MultipartError, content_type_params, part_spans
 from imaging.gateway.scp import audit
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
@@ -30,6 +32,7 @@ __all__ = ["DICOM_JSON", "create_stow_app", "default_auth_dependency"]
 
 LOGGER = logging.getLogger(__name__)
 DICOM_JSON = "application/dicom+json"
+_SPOOL_BYTES = 16 * 1024 * 1024  # request bodies larger than this are spooled to disk
 
 # Store Instances Response Module attributes (PS3.18 Table 10.5.3-2)
 _FAILURE_REASON = "00081197"
@@ -73,6 +76,48 @@ def _identify(data: bytes) -> _Identity | None:
         return None
 
 
+class _SpooledBody:
+    """A request body: in memory up to ``_SPOOL_BYTES``, beyond in an unnamed temporary file
+    (unlinked at once: nothing is left behind, even after a crash) read through a memory map,
+    so that a large request costs disk, not memory, and each part is copied only while it is
+    being ingested."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self._chunks: list[bytes] = []
+        self._file: Any = None
+        self._map: mmap.mmap | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._file is None and self.size > _SPOOL_BYTES:
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by __exit__)
+            for held in self._chunks:
+                self._file.write(held)
+            self._chunks = []
+        if self._file is not None:
+            self._file.write(chunk)
+        else:
+            self._chunks.append(chunk)
+
+    def body(self) -> bytes | mmap.mmap:
+        if self._file is None:
+            return b"".join(self._chunks)
+        self._file.flush()
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._map
+
+    def __enter__(self) -> _SpooledBody:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._map is not None:
+            self._map.close()
+        if self._file is not None:
+            self._file.close()
+        self._chunks = []
+
+
 def _item(identity: _Identity | None, verdict: Verdict | None) -> dict[str, Any]:
     item: dict[str, Any] = {
         _REFERENCED_SOP_CLASS: {"vr": "UI", "Value": [identity.sop_class_uid]}
@@ -103,37 +148,39 @@ def create_stow_app(
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
             raise HTTPException(413, detail="request too large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_request_bytes:
-                raise HTTPException(413, detail="request too large")
-            chunks.append(chunk)
-        try:
-            parts = list(iter_parts(b"".join(chunks), params.get("boundary", "")))
-        except MultipartError as exc:
-            raise HTTPException(400, detail=f"malformed multipart body: {exc}") from exc
-        if not parts:
-            raise HTTPException(400, detail="no instance in the request")
-
-        stored: list[dict[str, Any]] = []
-        failed: list[dict[str, Any]] = []
-        for part in parts:
-            identity = _identify(part.body)
-            if part.content_type not in ("", "application/dicom"):
-                failed.append(_item(identity, Verdict(StoreStatus.CANNOT_UNDERSTAND, "media type")))
-                continue
-            if study is not None and identity is not None and identity.study_instance_uid != study:
-                verdict = Verdict(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "other study")
-                failed.append(_item(identity, verdict))
-                continue
+        with _SpooledBody() as spooled:
+            async for chunk in request.stream():
+                if spooled.size + len(chunk) > max_request_bytes:
+                    raise HTTPException(413, detail="request too large")
+                spooled.write(chunk)
+            content = spooled.body()
             try:
-                outcome = await run_in_threadpool(sink.ingest_bytes, part.body, "stow-rs")
-                verdict = verdict_for_outcome(outcome)
-            except Exception as exc:  # the client must hear "not stored", whatever broke
-                LOGGER.error("STOW-RS instance not stored: %s", type(exc).__name__)
-                verdict = verdict_for_error(exc)
-            (stored if verdict.ok else failed).append(_item(identity, verdict))
+                spans = list(part_spans(content, params.get("boundary", "")))
+            except MultipartError as exc:
+                raise HTTPException(400, detail=f"malformed multipart body: {exc}") from exc
+            if not spans:
+                raise HTTPException(400, detail="no instance in the request")
+
+            stored: list[dict[str, Any]] = []
+            failed: list[dict[str, Any]] = []
+            for span in spans:
+                data = content[span.start : span.end]  # this part only, in memory while it is ingested
+                identity = _identify(data)
+                if span.content_type not in ("", "application/dicom"):
+                    failed.append(_item(identity, Verdict(StoreStatus.CANNOT_UNDERSTAND, "media type")))
+                    continue
+                if study is not None and identity is not None and identity.study_instance_uid != study:
+                    verdict = Verdict(StoreStatus.DATASET_DOES_NOT_MATCH_SOP_CLASS, "other study")
+                    failed.append(_item(identity, verdict))
+                    continue
+                try:
+                    outcome = await run_in_threadpool(sink.ingest_bytes, data, "stow-rs")
+                    verdict = verdict_for_outcome(outcome)
+                except Exception as exc:  # the client must hear "not stored", whatever broke
+                    LOGGER.error("STOW-RS instance not stored: %s", type(exc).__name__)
+                    verdict = verdict_for_error(exc)
+                del data
+                (stored if verdict.ok else failed).append(_item(identity, verdict))
 
         body: dict[str, Any] = {}
         if stored:

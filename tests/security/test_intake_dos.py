@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from pydicom import dcmread
 
@@ -51,7 +52,7 @@ def _status(pid: int) -> dict[str, int]:
         name, _, value = line.partition(":")
         if name == "Threads":
             values["threads"] = int(value)
-        elif name in ("VmRSS", "VmHWM"):
+        elif name in ("VmRSS", "VmHWM", "RssAnon"):
             values[name] = int(value.split()[0]) * 1024
     return values
 
@@ -63,6 +64,7 @@ class Sampler:
         self.pid = pid
         self.max_threads = 0
         self.max_rss = 0
+        self.max_anon = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -72,6 +74,7 @@ class Sampler:
                 status = _status(self.pid)
                 self.max_threads = max(self.max_threads, status["threads"])
                 self.max_rss = max(self.max_rss, status["VmRSS"])
+                self.max_anon = max(self.max_anon, status["RssAnon"])
             self._stop.wait(0.02)
 
     def __enter__(self) -> Sampler:
@@ -305,6 +308,29 @@ def test_four_gib_pdu_announcement_allocates_nothing(start_gateway: Any, ct_file
     assert (echo, stores) == (0, [0] * len(ct_files))
     after = _status(gateway.process.pid)
     assert after["VmHWM"] - before["VmRSS"] < MEMORY_MARGIN, (before, after)
+
+
+def test_large_stow_request_is_spooled_not_held(start_gateway: Any) -> None:
+    """A 240 MiB STOW-RS request (six 40 MiB parts, refused as not DICOM): the body goes to an
+    unlinked temporary file, each part is in memory only while it is ingested. Anonymous memory
+    (file pages of the spool are not counted: the kernel may drop them) stays far below the
+    body's size, where holding it (chunks, joined body, parts) took three times the body."""
+    from governance.testing import cast_token
+    from imaging.gateway.multipart import build_related
+
+    gateway = start_gateway(gateway_config(dicom={"allowed_peers": []}))
+    part = b"NOT DICOM! " * (40 * 1024 * 1024 // 11)
+    body, content_type = build_related([part] * 6)
+    del part
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {cast_token('pacs-client')}"}
+    before = _status(gateway.process.pid)
+    with Sampler(gateway.process.pid) as sampler:
+        reply = httpx.post(f"{gateway.stow_url}/studies", content=body, headers=headers, timeout=300)
+    assert reply.status_code == 409  # none stored: six quarantined parts
+    assert len(reply.json()["00081198"]["Value"]) == 6
+    grown = sampler.max_anon - before["RssAnon"]
+    print(json.dumps({"stow_body_mib": len(body) >> 20, "peak_anon_growth_mib": grown >> 20}))
+    assert grown < 160 * 1024**2, grown >> 20
 
 
 @pytest.mark.slow
