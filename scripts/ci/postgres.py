@@ -64,6 +64,8 @@ class PostgresCluster:
     user: str = "radgate"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     bindir: Path | None = field(default_factory=find_bindir)
+    # TLS: (certificate, private key) PEM files; TCP connections must then use TLS (hostssl).
+    tls: tuple[Path, Path] | None = None
 
     @property
     def datadir(self) -> Path:
@@ -126,6 +128,7 @@ class PostgresCluster:
                 # A throw-away test cluster: durability is not what is being tested, speed is.
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
                 "-c shared_buffers=32MB -c max_connections=100",
+                *self._tls_options(),
             ]
         )
         self._run(
@@ -134,6 +137,25 @@ class PostgresCluster:
         )  # fmt: skip
         self._wait_ready()
         return self
+
+    def _tls_options(self) -> list[str]:
+        """Copies the certificate and key where the server reads them (its own, 0600) and makes
+        every TCP connection require TLS."""
+        if self.tls is None:
+            return []
+        certificate, key = self.workdir / "server.pem", self.workdir / "server-key.pem"
+        shutil.copyfile(self.tls[0], certificate)
+        shutil.copyfile(self.tls[1], key)
+        os.chmod(key, 0o600)
+        if self.as_root:
+            for path in (certificate, key):
+                shutil.chown(path, SYSTEM_USER)
+        hba = self.datadir / "pg_hba.conf"
+        lines = hba.read_text().splitlines()
+        hba.write_text(
+            "\n".join("hostssl" + line[4:] if line.startswith("host ") else line for line in lines) + "\n"
+        )
+        return ["-c ssl=on", f"-c ssl_cert_file={certificate}", f"-c ssl_key_file={key}"]
 
     def _connect(self, database: str = "postgres") -> Any:
         import psycopg

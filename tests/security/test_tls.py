@@ -214,3 +214,40 @@ def test_inference_ae_listens_with_dicom_tls_only(certs: DevCertificates) -> Non
         assoc.release()
     finally:
         node.stop()
+
+
+def test_catalog_reaches_postgresql_over_verified_tls_only(
+    certs: DevCertificates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL that accepts TCP only with TLS (hostssl): the catalog URL's libpq options
+    (sslmode=verify-full, sslrootcert) give a verified TLS connection; sslmode=disable is refused."""
+    import sqlalchemy
+
+    from governance.settings import get_settings
+    from tests.integration.conftest import load_script
+
+    pg_ci = load_script("scripts/ci/postgres.py", "radgate_ci_postgres")
+    if pg_ci.find_bindir() is None:
+        pytest.skip("PostgreSQL is not installed (scripts/ci/install-postgres.sh)")
+    cluster = pg_ci.PostgresCluster(pg_ci.scratch_dir(), tls=(certs.server_certificate, certs.server_key))
+    cluster.start()
+    try:
+        url = cluster.create_database("radgate_tls")
+        plain = sqlalchemy.create_engine(url + "?sslmode=disable")
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="no encryption"):
+            plain.connect()
+        plain.dispose()
+        secured = f"{url}?sslmode=verify-full&sslrootcert={certs.ca_certificate}"
+        monkeypatch.setenv("RADGATE_CATALOG_URL", secured)
+        get_settings.cache_clear()
+        catalog = open_catalog()
+        with catalog.engine.connect() as connection:
+            in_tls = connection.execute(
+                sqlalchemy.text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            )
+            assert in_tls.scalar() is True
+        assert _stored() == 0  # the catalog's tables exist and answer over TLS
+        catalog.engine.dispose()
+    finally:
+        get_settings.cache_clear()
+        cluster.stop()
