@@ -3,7 +3,7 @@
 A network of the one table (default DenseNet121, MONAI, 2D, 1 channel, 2 classes) at 224x224,
 batch 1, CPU, measured in one run.
 Forward and each method are timed interleaved (forward, method, forward, method...) so that
-both see the same machine load; the ratio is of medians. Target (issue 5): Grad-CAM at most 1.5x
+both see the same machine load; the ratio is of medians. Target: Grad-CAM at most 1.5x
 a forward pass. MONAI's own GradCAM is timed as a reference. Prints one JSON line last (median
 and spread) and exits 1 when Grad-CAM misses its target (``--no-fail`` to explore).
 

@@ -6,8 +6,8 @@ a synthetic MR-like volume. ``segment_volume`` does everything serving does per 
 source grid, argmax, volumes); the baseline is a bare ``monai.inferers.sliding_window_inference``
 call with the same window, overlap and blending on the already prepared network input. Both
 are timed interleaved (baseline, ours, baseline, ours...) in one process so they see the same
-load; the value is the ratio of medians. Target (issue 12): at most 1.2x. Prints one JSON line
-last.
+load; the value is the ratio of medians. Target: at most 1.2x. Prints one JSON line (median and
+spread) last and exits 1 on a miss (``--no-fail`` to explore).
 
     .venv/bin/python scripts/bench/seg_infer.py [--repeats 7] [--threads 2] [--slices 48 --size 128]
 """
@@ -15,13 +15,14 @@ last.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
+from _common import add_no_fail, finish, spread
 
 
 def _seconds(call: Callable[[], object]) -> float:
@@ -30,8 +31,8 @@ def _seconds(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> int:
+    parser = add_no_fail(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--repeats", type=int, default=7, help="Timed runs of each path.")
     parser.add_argument("--threads", type=int, default=2, help="torch threads.")
     parser.add_argument("--slices", type=int, default=48, help="Slices of the source volume (3 mm).")
@@ -75,7 +76,8 @@ def main() -> None:
     def ours() -> None:
         segment_volume(net, volume, spec)
 
-    raw(), ours()  # warm-up (allocator, MONAI imports)
+    raw()  # warm-up (allocator, MONAI imports)
+    ours()
     raw_s: list[float] = []
     ours_s: list[float] = []
     for _ in range(args.repeats):
@@ -83,27 +85,28 @@ def main() -> None:
         ours_s.append(_seconds(ours))
     baseline, value = statistics.median(raw_s), statistics.median(ours_s)
     last = segment_volume(net, volume, spec)
-    print(
-        json.dumps(
-            {
-                "bench": "seg_infer",
-                "value": round(value / baseline, 3),
-                "target": 1.2,
-                "better": "lower",
-                "segment_volume_s": round(value, 3),
-                "raw_sliding_window_s": round(baseline, 3),
-                "steps_ms": last.timings_ms,
-                "source_shape": list(array.shape),
-                "model_grid": list(last.model_grid),
-                "roi_size": list(spec.roi_size),
-                "network": spec.network,
-                "threads": args.threads,
-                "repeats": args.repeats,
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-        )
+    return finish(
+        {
+            "bench": "seg_infer",
+            "value": round(value / baseline, 3),
+            "target": 1.2,
+            "better": "lower",
+            "segment_volume_s": round(value, 3),
+            "raw_sliding_window_s": round(baseline, 3),
+            "segment_volume_s_spread": spread(ours_s, 3),
+            "raw_sliding_window_s_spread": spread(raw_s, 3),
+            "steps_ms": last.timings_ms,
+            "source_shape": list(array.shape),
+            "model_grid": list(last.model_grid),
+            "roi_size": list(spec.roi_size),
+            "network": spec.network,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        no_fail=args.no_fail,
     )
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
