@@ -1,7 +1,8 @@
 """Benchmark: steady-state training images/s of Ray Train (N workers) vs one-process Lightning.
 
 Same network, data, epochs and global batch in the same run; prints per-run detail, then ONE
-JSON line: ``{"bench": "train", "value": ratio, "target": 0.85, "better": "higher", ...}``.
+JSON line: ``{"bench": "train", "value": ratio, "target": 0.85, "better": "higher", ...}`` with the
+median and spread of both epoch times; exits 1 below the target (``--no-fail`` to explore).
 
     .venv/bin/python scripts/bench/train.py                       # 2 CPU workers vs 1 process
     .venv/bin/python scripts/bench/train.py --workers 1 --gpus-per-worker 1   # on a GPU machine
@@ -13,18 +14,19 @@ from calling fit to the first training epoch (Ray start, workers, caching, proce
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import add_no_fail, finish, spread
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = add_no_fail(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--patients", type=int, default=60)
@@ -108,6 +110,8 @@ def main() -> int:
                 round(before.steady_images_per_s, 2),
                 round(after.steady_images_per_s, 2),
             ],
+            "ray_epoch_s": spread(ray_result.epoch_seconds[1:] or ray_result.epoch_seconds, 3),
+            "baseline_epoch_s": spread(baseline.epoch_seconds[1:] or baseline.epoch_seconds, 3),
             "ray_startup_s": round(ray_result.startup_seconds, 2),
             "baseline_startup_s": round(baseline.startup_seconds, 2),
             "startup_overhead_s": round(ray_result.startup_seconds - baseline.startup_seconds, 2),
@@ -121,8 +125,7 @@ def main() -> int:
             "load_avg_1m": round(os.getloadavg()[0], 2),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        print(json.dumps(line))
-    return 0
+    return finish(line, no_fail=args.no_fail)
 
 
 if __name__ == "__main__":
