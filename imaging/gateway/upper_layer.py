@@ -25,6 +25,7 @@ import logging
 import socket
 import ssl
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +67,8 @@ _MAX_ASSOCIATE_RQ = 1 << 20  # an A-ASSOCIATE-RQ with every storage SOP class is
 _MAX_COMMAND = 1 << 16  # a command set is a few hundred bytes
 # A PDU body is read into a buffer this large first, grown (doubling) only as bytes arrive.
 _FIRST_ALLOCATION = 256 * 1024
+# A data set larger than this is spooled to disk while it arrives.
+_SPOOL_BYTES = 64 * 1024 * 1024
 _DEADLINE_SLACK = 0.5  # seconds a read may overshoot its deadline (the socket timeout is coarse)
 
 
@@ -253,7 +256,9 @@ def _response(request: Command, field: CommandField, status: int, sop_class: str
 @dataclass
 class _Transfer:
     """The data set of the C-STORE in progress: its fragments (views of the received PDUs),
-    hashed as they arrive; over the size limit, the rest is read and dropped."""
+    hashed as they arrive; past ``_SPOOL_BYTES`` written to an unlinked temporary file instead
+    (nothing is left behind, even after a crash), so that a large instance is held once, when
+    it is handed to the sink, not twice; over the size limit, the rest is read and dropped."""
 
     command: Command
     context_id: int
@@ -263,20 +268,41 @@ class _Transfer:
     fragments: list[memoryview] = field(default_factory=list)
     size: int = 0
     too_large: bool = False
+    spool: Any = None
 
     def add(self, fragment: memoryview) -> None:
         self.size += len(fragment)
         if self.size > self.limit:
             self.too_large = True
             self.fragments.clear()
+            self.close()
             return
         self.hasher.update(fragment)
-        self.fragments.append(fragment)
+        if self.spool is None and self.size > _SPOOL_BYTES:
+            self.spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed by part10 or close)
+            self.spool.write(self.prefix)
+            for held in self.fragments:
+                self.spool.write(held)
+            self.fragments.clear()
+        if self.spool is not None:
+            self.spool.write(fragment)
+        else:
+            self.fragments.append(fragment)
 
     def part10(self) -> bytes:
+        if self.spool is not None:
+            self.spool.seek(0)
+            data: bytes = self.spool.read()  # one buffer of the final size
+            self.close()
+            return data
         data = b"".join((self.prefix, *self.fragments))
         self.fragments.clear()
         return data
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
 
 class StorageAssociation:
