@@ -18,7 +18,8 @@ be split: client p50 - ingress = the HTTP hop (straight into the ingress replica
 direct ingress, as `radgate serve` runs; ``--proxy``: through Ray Serve's HTTP proxy actor);
 ingress - replica = ingress work (+ the handle hop for a model not colocated).
 
-Targets (issue 7): p50 at most 1.3x raw; throughput at least 0.9x raw batched forward.
+Targets: p50 at most 1.3x raw; throughput at least 0.9x raw batched forward; no failed request.
+Exits 1 when one is missed (``--no-fail`` to explore).
 The JSON ``value`` is the in-process p50 ratio; the other ratios are fields of the same line.
 
     .venv/bin/python scripts/bench/serve.py [--network densenet121] [--size 224] [--requests 40]
@@ -35,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import add_no_fail, finish
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -248,8 +251,8 @@ def _deploy(port: int, backend: str, args: argparse.Namespace, triton_url: str =
     run(_config(port, backend, args, triton_url))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main() -> int:
+    parser = add_no_fail(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--network", default="densenet121", help="tiny, resnet18, densenet121, ...")
     parser.add_argument("--size", type=int, default=224, help="model input size (square)")
     parser.add_argument("--requests", type=int, default=40, help="sequential requests per measure")
@@ -409,8 +412,12 @@ def main() -> None:
     line["throughput_target"] = 0.9
     if args.soak > 0:
         line.update({f"soak_{k}": v for k, v in soak.items()}, soak_seconds=args.soak)
-    print(json.dumps(line))
+    checks = {f"{backend}_errors == 0": not results[backend]["errors"] for backend in results}
+    checks["inprocess_throughput_ratio >= 0.9"] = (
+        line["inprocess_throughput_ratio"] >= line["throughput_target"]
+    )
+    return finish(line, no_fail=args.no_fail, checks=checks)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
