@@ -32,10 +32,18 @@ from serving.ui.security import (
     verify_csrf,
 )
 from serving.ui.served_routes import FeedbackFields, add_prediction_routes, feedback_response
+from serving.ui.sessions import (
+    LoginThrottle,
+    end_session,
+    reauthenticate,
+    recently_authenticated,
+    start_session,
+)
 
 __all__ = ["PREFIX", "create_ui_app", "create_ui_router", "install_ui"]
 
 _ACTIONS = ("submit", "approve", "reject", "revoke", "promote")
+_DECISIONS = frozenset({"approve", "reject", "revoke", "promote"})
 _AUDIT_PAGE = 200
 
 
@@ -49,6 +57,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
     """The UI routes under ``/ui``. Mount the static files with :func:`install_ui` (an
     ``APIRouter`` cannot carry a mount); the pages work without them, the viewer does not."""
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
+    throttle = LoginThrottle()
 
     @router.get("", response_class=HTMLResponse)
     @router.get("/", response_class=HTMLResponse)
@@ -69,21 +78,45 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         return render_page(request, "login.html", None, error="")
 
     @router.post("/login")
-    def login(request: Request, token: str = Form(...)) -> Response:
+    def login(request: Request, token: str = Form(..., max_length=256)) -> Response:
+        from governance.audit import record
+
+        client = request.client.host if request.client else "unknown"
+        if throttle.blocked(client):
+            return render_page(
+                request,
+                "login.html",
+                None,
+                status_code=429,
+                error="Too many failed sign-ins; try again later.",
+            )
         try:
             principal = authenticate(token.strip())
-        except AuthenticationError:
+        except AuthenticationError as exc:
+            throttle.failed(client)
+            record("anonymous", "ui.login.failed", "ui:login", {"reason": type(exc).__name__})
             return render_page(request, "login.html", None, status_code=401, error="That token is not valid.")
+        throttle.succeeded(client)
+        session_id = start_session(principal)
+        record(principal.name, "ui.login", "ui:session", role=principal.role.value)
         items = nav(principal)
         response = RedirectResponse(items[0][1] if items else f"{PREFIX}/", status_code=303)
         response.set_cookie(
-            COOKIE, token.strip(), httponly=True, samesite="strict", secure=secure_cookie, path=PREFIX
+            COOKIE, session_id, httponly=True, samesite="strict", secure=secure_cookie, path=PREFIX
         )
         return response
 
     @router.post("/logout")
     def logout(request: Request, csrf: str = Form("")) -> Response:
+        from governance.audit import record
+
         verify_csrf(request, csrf)
+        try:
+            principal = current_principal(request)
+            record(principal.name, "ui.logout", "ui:session", role=principal.role.value)
+        except NotSignedIn:
+            pass
+        end_session(request.cookies.get(COOKIE))
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response
@@ -145,6 +178,7 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         csrf: str = Form(""),
         comment: str = Form(""),
         alias: str = Form(""),
+        token: str = Form("", max_length=256),
     ) -> Response:
         from governance.approvals import ApprovalError, PolicyNotSatisfied, RegistryError
 
@@ -152,6 +186,11 @@ def create_ui_router(*, secure_cookie: bool = False) -> APIRouter:
         principal = signed_in(request, *MODEL_ROLES)
         if action not in _ACTIONS:
             return JSONResponse({"detail": "unknown action"}, status_code=404)
+        session_id = request.cookies.get(COOKIE)
+        # A decision from a session signed in long ago needs the user's token again.
+        stale = action in _DECISIONS and not recently_authenticated(session_id)
+        if stale and not reauthenticate(session_id, token):
+            return _redirect_version(name, version, error="Enter your token again to confirm this decision.")
         if action != "promote" and action != "submit" and not comment.strip():
             return _redirect_version(name, version, error="A comment is required.")
         workflow = _workflow()

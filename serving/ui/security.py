@@ -1,10 +1,10 @@
 """Sign-in cookie, role checks and CSRF tokens of the reviewer UI.
 
-The user's RadGate token is kept in an HttpOnly, SameSite=Strict cookie and authenticated on
-every request with :func:`governance.auth.authenticate` (a revoked user is signed out at once).
-POSTs carry a CSRF token: an HMAC (the UI's own session key, ``keys/ui-session.key``, which no
-other service holds) of the token's SHA-256, so it is bound to the signed-in user and cannot be
-computed by another site or another RadGate service.
+The HttpOnly, SameSite=Strict cookie holds a random server-side session id
+(:mod:`serving.ui.sessions`: idle and absolute timeouts, a revoked user is signed out at once),
+never the user's token. POSTs carry a CSRF token: an HMAC (the UI's own key,
+``keys/ui-session.key``, which no other service holds) of the session id, so it is bound to the
+session and cannot be computed by another site or another RadGate service.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hmac
 
 from fastapi import Request
 
-from governance.auth import AuthenticationError, Principal, Role, authenticate, hash_token
+from governance.auth import Principal, Role
 from governance.keyring import UI_SESSION, load_store_key
 
 __all__ = [
@@ -49,12 +49,11 @@ class CsrfError(Exception):
 
 
 def current_principal(request: Request) -> Principal:
-    token = request.cookies.get(COOKIE)
-    if not token:
-        raise NotSignedIn("not signed in")
+    from serving.ui.sessions import SessionExpired, session_principal
+
     try:
-        return authenticate(token)
-    except AuthenticationError as exc:
+        return session_principal(request.cookies.get(COOKIE))
+    except SessionExpired as exc:
         raise NotSignedIn(str(exc)) from exc
 
 
@@ -93,8 +92,8 @@ def chain_report() -> object:
     return VerifyReport(True, head.seq, head.seq, head.hash)
 
 
-def csrf_token(token: str) -> str:
-    return load_store_key(UI_SESSION).mac(b"ui-csrf\0" + hash_token(token).encode()).hex()
+def csrf_token(session_id: str) -> str:
+    return load_store_key(UI_SESSION).mac(b"ui-csrf\0" + session_id.encode()).hex()
 
 
 def verify_csrf(request: Request, submitted: str | None) -> None:
