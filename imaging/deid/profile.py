@@ -110,7 +110,7 @@ class BurnedInPolicy(StrictModel):
     # black margin around each redacted box, in pixels
     margin: int = Field(default=2, ge=0, le=64)
     # multi-frame: frames screened (first, last and evenly between), boxes unioned over all
-    max_frames_screened: int = Field(default=6, ge=1, le=1000)
+    max_frames_screened: int = Field(default=4, ge=1, le=1000)
     # volumes (one frame per instance): these modalities are screened on a series sample
     series_sampling_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT", "NM"])
     series_screen_first: int = Field(default=2, ge=1)

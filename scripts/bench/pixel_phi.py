@@ -107,6 +107,50 @@ def _tesseract_plain(path: str) -> tuple[list[list[int]], str | None, float]:
     return boxes, None, time.perf_counter() - start
 
 
+def _strict_then_screened(path: str) -> tuple[str | None, str | None]:
+    """(the strict profile's burned-in quarantine reason or None, the research outcome)."""
+    from governance.keys import ProjectKey
+    from imaging.deid import Deidentifier, QuarantineError, load_profile
+    from imaging.dicomio import encode_instance, parse_instance
+
+    data = Path(path).read_bytes()
+    try:
+        Deidentifier(load_profile("strict"), ProjectKey(bytes(range(32)))).deidentify(
+            parse_instance(data, max_bytes=1 << 31)
+        )
+        return None, None
+    except QuarantineError as exc:
+        if exc.reason.value not in ("burned_in_risk", "burned_in_annotation"):
+            return None, None
+        strict = exc.reason.value
+    try:
+        ds = parse_instance(data, max_bytes=1 << 31)
+        _deid.deidentify(ds)
+        encode_instance(ds)
+    except QuarantineError as exc:
+        return strict, exc.reason.value
+    return strict, "stored"
+
+
+def _previously_quarantined(workers: int) -> dict[str, Any]:
+    """The packaged real files the strict (modality) rule quarantines, through screening."""
+    from imaging.corpus import packaged_dicom_files
+
+    files = [str(p) for p in packaged_dicom_files()]
+    with ProcessPoolExecutor(workers, initializer=_init) as pool:
+        outcomes = [o for o in pool.map(_strict_then_screened, files) if o[0] is not None]
+    counts: dict[str, int] = {}
+    for _, outcome in outcomes:
+        counts[str(outcome)] = counts.get(str(outcome), 0) + 1
+    stored = counts.get("stored", 0)
+    return {
+        "files": len(outcomes),
+        "stored": stored,
+        "share_stored": round(stored / max(len(outcomes), 1), 3),
+        "outcomes": counts,
+    }
+
+
 def _score(
     files: list[BurnedFile], results: list[tuple[list[list[int]], str | None, float]]
 ) -> dict[str, Any]:
@@ -157,6 +201,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (median and spread)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--no-fail", action="store_true")
+    parser.add_argument(
+        "--classes", action="store_true", help="also run the packaged files the strict rule quarantines"
+    )
     parser.add_argument(
         "--with-rapidocr", action="store_true", help="also score the RapidOCR engine (slower; optional)"
     )
@@ -214,6 +261,7 @@ def main() -> None:
             "quarantined": multi_score["quarantined"],
         },
         "rapidocr": rapid or None,
+        "previously_quarantined": _previously_quarantined(args.workers) if args.classes else None,
         "workers": args.workers,
         "sources": sorted({f.source for f in single}),
     }

@@ -13,7 +13,13 @@ import pytest
 from governance.keys import ProjectKey
 from imaging.corpus import packaged_dicom_files
 from imaging.deid import Deidentifier, load_profile
-from imaging.phi_corpus import identifying_values, plant_phi, residual_phi
+from imaging.phi_corpus import (
+    burned_in_instances,
+    identifying_values,
+    plant_phi,
+    residual_phi,
+    residual_pixel_phi,
+)
 from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 
 pytestmark = pytest.mark.integration
@@ -69,6 +75,20 @@ def test_planted_phi_corpus_leaves_nothing(corpus: list[Path], tmp_path: Path) -
         )
         checked += 1
     assert checked > 80
+    # identifiers burned into the pixels of real images: none readable in the stored output
+    burned = burned_in_instances(tmp_path / "burned", copies=1, seed=3)
+    stored = 0
+    for item in burned:
+        data = item.path.read_bytes()
+        result = process_bytes(data, engine, KEY, prof)
+        if result.outcome is not Outcome.DEIDENTIFIED:
+            assert result.reason is not None and result.reason.value.startswith("pixel_")
+            continue
+        assert result.output is not None
+        assert residual_phi(result.output, set(item.planted) | identifying_values(data)) == []
+        assert residual_pixel_phi(result.output, item.planted) == [], item.source.name
+        stored += 1
+    assert stored >= len(burned) // 2
 
 
 def _errors(path: Path) -> set[str]:

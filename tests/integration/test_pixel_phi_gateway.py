@@ -24,7 +24,7 @@ from governance.settings import get_settings
 from imaging.burned_in_corpus import font_paths
 from imaging.decoding import decode_pixels
 from imaging.deid.burned_in import TesseractEngine, find_tessdata, renders
-from tests.dicom_factory import testdata_path
+from tests import dicom_factory  # as a module: pytest would collect a test* name imported here
 from tests.integration.conftest import gateway_config
 
 pytestmark = [
@@ -41,7 +41,7 @@ def _cine(tmp_path: Path) -> Path:
     re-encoded as JPEG baseline by dcmtk (as the device would send it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = dcmread(testdata_path("examples_ybr_color.dcm"))
+        ds = dcmread(dicom_factory.testdata_path("examples_ybr_color.dcm"))
     frames = np.array(decode_pixels(ds), copy=True)  # (30, 240, 320, 3) RGB
     font = ImageFont.truetype(str(font_paths()[1]), 15)
     for text, (x, y) in (

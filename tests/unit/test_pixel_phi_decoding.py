@@ -24,7 +24,7 @@ from imaging.decoding import (
 )
 from imaging.deid import Deidentifier, QuarantineError, load_profile
 from imaging.dicomio import encode_instance, parse_instance
-from tests.dicom_factory import testdata_path
+from tests import dicom_factory  # as a module: pytest would collect a test* name imported here
 
 KEY = ProjectKey(bytes(range(32)))
 
@@ -79,7 +79,7 @@ def test_codestream_promising_more_than_declared_is_refused(bomb: object) -> Non
 
 
 def test_pydicom_test_file_with_a_7_terabyte_siz_is_refused() -> None:
-    ds = dcmread(testdata_path("JPEG2000-embedded-sequence-delimiter.dcm"))
+    ds = dcmread(dicom_factory.testdata_path("JPEG2000-embedded-sequence-delimiter.dcm"))
     with pytest.raises(DecompressionLimitError):
         decode_pixels(ds)
 
@@ -99,7 +99,7 @@ def test_real_compressed_files_decode_as_pydicom_does() -> None:
         "MR_small_jpeg_ls_lossless.dcm",
         "JPGExtended.dcm",
     ):
-        ds = dcmread(testdata_path(name))
+        ds = dcmread(dicom_factory.testdata_path(name))
         np.testing.assert_array_equal(decode_pixels(ds), ds.pixel_array)
 
 
@@ -136,7 +136,7 @@ def test_unsupported_syntax_is_quarantined(tmp_path: Path) -> None:
 
 def test_clean_image_passes_and_is_marked_after_screening(tmp_path: Path) -> None:
     """No text: nothing redacted, the original syntax kept, BurnedInAnnotation NO (screened)."""
-    ds = dcmread(testdata_path("MR_small_RLE.dcm"))
+    ds = dcmread(dicom_factory.testdata_path("MR_small_RLE.dcm"))
     ds.Modality = "US"  # a modality the strict rule quarantines unread
     path = tmp_path / "in.dcm"
     ds.save_as(path, enforce_file_format=True)

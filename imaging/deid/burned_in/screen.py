@@ -98,6 +98,12 @@ def _overlap(box: Box, mask: np.ndarray) -> float:
     return float(region.mean()) if region.size else 0.0
 
 
+def _upscaled(box: Box, step: int, shape: tuple[int, ...]) -> Box:
+    x, y, w, h = box
+    x0, y0 = x * step, y * step
+    return (x0, y0, min(shape[1], (x + w) * step) - x0, min(shape[0], (y + h) * step) - y0)
+
+
 def _line_at(line: TextLine, factor: float, turned_height: int, shape: tuple[int, ...]) -> TextLine:
     """``line`` read in a work image (scaled by ``factor``; turned a quarter clockwise when
     ``turned_height`` is the work image's height) in the frame's own coordinates."""
@@ -352,6 +358,19 @@ class PixelScreener:
         self, frame: np.ndarray, ds: Dataset, classifier: PhiClassifier, engine: OcrEngine
     ) -> tuple[list[TextLine], list[tuple[Box, bool]]]:
         """Lines read in one frame, and the boxes to redact with whether each is PHI-classified."""
+        side = min(frame.shape[0], frame.shape[1])
+        if side > 2 * _OCR_SIDE:
+            # large frames: rendered and read at about _OCR_SIDE (area average: anti-aliased
+            # glyphs), boxes scaled back; rendering full size cost more than reading
+            step = side // _OCR_SIDE
+            height, width = (frame.shape[0] // step) * step, (frame.shape[1] // step) * step
+            cropped = frame[:height, :width].astype(np.float32)
+            small = cropped.reshape(height // step, step, width // step, step, *frame.shape[2:]).mean(
+                axis=(1, 3)
+            )
+            lines, boxes = self._find(small, ds, classifier, engine)
+            shape = frame.shape[:2]
+            return lines, [(_upscaled(box, step, shape), is_phi) for box, is_phi in boxes]
         found: list[TextLine] = []
         redact: list[tuple[Box, bool]] = []
         anatomy = None
