@@ -74,17 +74,32 @@ pip_setup() {
   PIP_BUILD+=(-v "$conf:/run/radgate-pip/pip.conf:ro" --build-arg PIP_CONFIG_FILE=/run/radgate-pip/pip.conf)
 }
 
+# Every image of one run is built from one commit (RADGATE_BUILD_REF, default HEAD), exported to
+# $STATE/context: images built from a working tree that changes between builds disagree (e.g. on
+# the catalog's migrations) when they meet in the stack.
+CONTEXT=""
+snapshot() {
+  [ -z "$CONTEXT" ] || return 0
+  local ref="${RADGATE_BUILD_REF:-HEAD}"
+  CONTEXT="$STATE/context"
+  rm -rf "$CONTEXT"
+  mkdir -p "$CONTEXT"
+  git archive --format=tar "$ref" | tar -x -C "$CONTEXT"
+  log "build context: $ref = $(git rev-parse --short "$ref")"
+}
+
 # build NAME TAG DOCKERFILE [ENGINE BUILD ARGS...]: one image, its wall time and size recorded.
 build_image() {
   local name="$1" tag="$2" dockerfile="$3"
   shift 3
+  snapshot
   local ignore=()
-  [ -f "$dockerfile.dockerignore" ] && ignore=(--ignorefile "$dockerfile.dockerignore")
+  [ -f "$CONTEXT/$dockerfile.dockerignore" ] && ignore=(--ignorefile "$CONTEXT/$dockerfile.dockerignore")
   local start end
   start=$(date +%s)
   log "build $name -> $tag"
   "${NICE[@]}" "$ENGINE" build --pull=never --network host --format docker \
-    -f "$dockerfile" "${ignore[@]}" "${PIP_BUILD[@]}" "$@" -t "$tag" "$REPO" \
+    -f "$CONTEXT/$dockerfile" "${ignore[@]}" "${PIP_BUILD[@]}" "$@" -t "$tag" "$CONTEXT" \
     > "$STATE/build-$name.log" 2>&1 || {
       tail -n 30 "$STATE/build-$name.log" >&2
       log "build $name FAILED (log: $STATE/build-$name.log)"
@@ -94,7 +109,7 @@ build_image() {
   local size
   size=$("$ENGINE" image inspect --format '{{.Size}}' "$tag")
   sed -i "/^$name /d" "$STATE/builds.txt" 2>/dev/null || true
-  echo "$name $tag $((end - start)) $size" >> "$STATE/builds.txt"
+  echo "$name $tag $((end - start)) $size $(git -C "$REPO" rev-parse --short "${RADGATE_BUILD_REF:-HEAD}")" >> "$STATE/builds.txt"
   log "built $name in $((end - start)) s, $((size / 1000000)) MB"
 }
 
@@ -167,7 +182,7 @@ build() {
 
 sizes() {
   printf '%-10s %-45s %8s %8s\n' image tag build_s MB
-  while read -r name tag seconds size; do
+  while read -r name tag seconds size _; do
     printf '%-10s %-45s %8s %8s\n' "$name" "$tag" "$seconds" "$((size / 1000000))"
   done < "$STATE/builds.txt"
 }

@@ -15,9 +15,9 @@ entrypoint, so secrets arrive as files), and nothing of the host's own RadGate s
    in the trainer image);
 5. ``radgate train`` runs in the trainer image on the Ray head's Ray Train workers, tracking to the
    MLflow container;
-6. the version is submitted, approved by two people and promoted (``radgate model ...``); when the
-   policy's metric thresholds refuse a small CPU model, that is recorded and the promotion is
-   retried under a smoke policy with the same approvals and no metric checks;
+6. the version is submitted, approved by two people and promoted (``radgate model ...``) under the
+   local stack's policy (docker/config/policy.local.yaml: the two-person rule, lowered metric
+   floors for minutes of CPU training);
 7. the serving container is started and answers an authenticated prediction through the gate,
    asking for the result to be pushed to the PACS;
 8. the Structured Report is found in the Orthanc container.
@@ -331,32 +331,9 @@ class Journey:
         self.radgate("model", "submit", MODEL, self.version, "-m", "container smoke journey", token="eng")
         self.radgate("model", "approve", MODEL, self.version, "-m", "smoke", token="doc")
         self.radgate("model", "approve", MODEL, self.version, "-m", "smoke", token="eng2")
-        try:
-            self.radgate("model", "promote", MODEL, self.version, "--alias", "production", token="eng2")
-            return {"policy": "configs/governance/policy.yaml"}
-        except StepFailed as exc:
-            refused = str(exc)[-300:]
+        self.radgate("model", "promote", MODEL, self.version, "--alias", "production", token="eng2")
         status = self.radgate("model", "status", MODEL, self.version, token="eng")
-        # The project's policy refused this small CPU model on its metrics: same approvals, no
-        # metric checks, recorded as such (the journey tests the containers, not the model).
-        policy = (REPO / "configs" / "governance" / "policy.yaml").read_text()
-        smoke = re.sub(r"\n  checks:\n(    .*\n|\s*\n)*", "\n  checks: []\n", policy + "\n", count=1)
-        self.stack.exec("ray-head", ["sh", "-c", "cat > /tmp/smoke-policy.yaml"], stdin=smoke)
-        self.radgate(
-            "model",
-            "promote",
-            MODEL,
-            self.version,
-            "--alias",
-            "production",
-            token="eng2",
-            env={"RADGATE_POLICY": "/tmp/smoke-policy.yaml"},
-        )
-        return {
-            "policy": "smoke (metric checks off)",
-            "refused_by_project_policy": refused,
-            "status": status.strip().splitlines()[-8:],
-        }
+        return {"policy": "docker/config/policy.local.yaml", "status": status.strip().splitlines()[-6:]}
 
     def serve_and_predict(self) -> dict[str, Any]:
         self.stack.run(
