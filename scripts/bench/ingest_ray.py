@@ -235,6 +235,7 @@ def main() -> int:
     cluster: list[float] = []
     ratios: list[float] = []
     cpu_ratios: list[float] = []  # files per CPU-second, cluster / single (the cluster's own cost)
+    per_cpu_s: dict[str, list[float]] = {"single": [], "cluster": []}  # files per CPU-second
     nodes_used: set[int] = set()
     try:
         head.start()
@@ -262,6 +263,8 @@ def main() -> int:
                 cluster.append(len(files) / two)
                 ratios.append(one / two)
                 cpu_ratios.append(one_cpu / two_cpu)
+                per_cpu_s["single"].append(len(files) / one_cpu)
+                per_cpu_s["cluster"].append(len(files) / two_cpu)
                 nodes_used.add(nodes)
     finally:
         ray.shutdown()
@@ -279,7 +282,9 @@ def main() -> int:
         "cpu_efficiency_ratio": cpu_efficiency,
         "cluster_files_per_s": spread(cluster, 1),
         "single_files_per_s": spread(single, 1),
-        "cluster_bytes_per_s_per_cpu": round(spread(cluster, 1)["median"] * size_bytes / len(files) / 2),
+        "cluster_files_per_cpu_s": spread(per_cpu_s["cluster"], 1),
+        "single_files_per_cpu_s": spread(per_cpu_s["single"], 1),
+        "cluster_bytes_per_cpu_s": round(spread(per_cpu_s["cluster"], 1)["median"] * size_bytes / len(files)),
         "files": len(files),
         "bytes": size_bytes,
         "image_size": args.size,

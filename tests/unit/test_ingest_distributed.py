@@ -142,3 +142,14 @@ def test_a_chunk_run_twice_or_twice_at_once_is_recorded_once(tmp_path: Path) -> 
         instances = session.execute(select(func.count(func.distinct(Instance.input_sha256)))).scalar_one()
         rows = session.execute(select(func.count()).select_from(Instance)).scalar_one()
     assert lineage == len(items) and instances == rows == len(demo.files)
+
+
+def test_a_node_whose_key_differs_refuses_to_work(tmp_path: Path) -> None:
+    import dataclasses
+
+    from imaging.ingest.distributed import KeyMismatch
+
+    (tmp_path / "one.dcm").write_bytes(b"x")
+    spec = dataclasses.replace(_spec(), job_id="keymismatch0001", key_id="0123456789abcdef")
+    with pytest.raises(KeyMismatch, match="is not the job's"):
+        run_chunk(spec, [(str(tmp_path / "one.dcm"), "0" * 16)])
