@@ -81,7 +81,7 @@ api.add_middleware(TransportSecurity)  # served over HTTPS: HSTS on every respon
 
 
 def _install_feedback() -> None:
-    """Clinician feedback (issue 8) on the same API: ``POST /v1/feedback``, clinical-reviewer role."""
+    """Clinician feedback on the same API: ``POST /v1/feedback``, clinical-reviewer role."""
     from serving.monitoring.feedback import feedback_router
 
     api.include_router(feedback_router())
@@ -91,7 +91,7 @@ _install_feedback()
 
 
 def _install_reviewer_ui() -> None:
-    """The reviewer web UI (issue 9) under ``/ui`` on the serving port: its recent predictions are
+    """The reviewer web UI under ``/ui`` on the serving port: its recent predictions are
     this API's requests."""
     from serving.ui import install_ui
 

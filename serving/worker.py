@@ -100,7 +100,7 @@ class ModelWorker:
 
     @staticmethod
     def _recorder_for(loaded: Any) -> Any:
-        """Live monitoring against the version's reference profile (issue 8); None without one."""
+        """Live monitoring against the version's reference profile; None without one."""
         try:
             from serving.monitoring.live import LiveRecorder
 
@@ -214,7 +214,7 @@ class ModelWorker:
         predictor = self.predictor
         if predictor is None or predictor.version != version:
             return _error(403, "model not approved for serving: " + "; ".join(self.denied or ["not loaded"]))
-        if predictor.task == "segmentation":  # one series -> volume -> SEG + SR (issue 12)
+        if predictor.task == "segmentation":  # one series -> volume -> SEG + SR
             from serving.segmentation import predict_series
 
             return await asyncio.to_thread(predict_series, predictor, payload)

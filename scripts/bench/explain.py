@@ -37,7 +37,7 @@ def main() -> int:
     parser = add_no_fail(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--repeats", type=int, default=15, help="Timed runs of forward and Grad-CAM.")
     parser.add_argument("--slow-repeats", type=int, default=2, help="Timed runs of IG and Occlusion.")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (FIELD-NOTES used 1).")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: one core).")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--quick", action="store_true", help="Skip Integrated Gradients and Occlusion.")
     parser.add_argument(

@@ -265,7 +265,7 @@ def main() -> int:
     )
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton backend")
     parser.add_argument(
-        "--soak", type=float, default=0, help="load test seconds (issue: 300) after in-process"
+        "--soak", type=float, default=0, help="load test seconds (300 for the soak figure) after in-process"
     )
     parser.add_argument("--soak-concurrency", type=int, default=16)
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""3D segmentation training (issue 12): a short fit beats the untrained network on held-out
+"""3D segmentation training: a short fit beats the untrained network on held-out
 synthetic subjects; Ray Train with two CPU workers runs the same module. Real MLflow (SQLite),
 real Lightning, real Ray; volumes are small (20 x 32 x 32 at 3 x 2 x 2 mm -> 3 mm grid)."""
 

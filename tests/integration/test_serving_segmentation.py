@@ -1,4 +1,4 @@
-"""Segmentation through the real serving path (issue 12): a 3D UNet version registered in a real
+"""Segmentation through the real serving path: a 3D UNet version registered in a real
 MLflow store and approved through the real workflow, served by Ray Serve on 127.0.0.1; a series
 posted as multipart/related comes back as JSON volumes or DICOM SEG + SR, and is pushed into a
 real Orthanc, where the SEG appears in the series' study; the inference AE gathers a series

@@ -22,7 +22,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Debian's Chromium instead of a downloaded browser (see FIELD-NOTES: Browser)."""
+    """Debian's Chromium instead of a downloaded browser (Playwright's download does not work
+    offline; its --browser-channel option cannot select this binary)."""
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,
