@@ -13,6 +13,7 @@ The backlog is a gauge on ``/metrics`` (``radgate_interop_backlog{queue="fhir"}`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -251,17 +252,21 @@ class FhirSender:
             for path in self.outbox.pending(limit):
                 try:
                     answer = client.post(self.url, content=path.read_bytes())
+                except FileNotFoundError:
+                    continue  # another replica's sender delivered it meanwhile
                 except httpx.HTTPError as exc:
                     return self._stopped(sent, refused, f"{type(exc).__name__}")
                 # Not the bundle's fault (credentials, throttling, server): keep it and retry later.
                 if answer.status_code in (401, 403, 408, 429) or answer.status_code >= 500:
                     return self._stopped(sent, refused, f"HTTP {answer.status_code}")
                 if answer.status_code >= 400 or not _all_entries_ok(answer):
-                    self.outbox.mark_refused(path, answer.content)
+                    with contextlib.suppress(FileNotFoundError):
+                        self.outbox.mark_refused(path, answer.content)
                     refused += 1
                     LOGGER.warning("FHIR server refused %s: HTTP %d", path.name, answer.status_code)
                     continue
-                self.outbox.mark_sent(path)
+                with contextlib.suppress(FileNotFoundError):  # a resend is harmless: conditional updates
+                    self.outbox.mark_sent(path)
                 sent += 1
         self.failures = 0
         return DeliveryReport(sent, refused, self.outbox.backlog())
@@ -276,7 +281,12 @@ class FhirSender:
 
         backoff = Backoff(self.config.retry_initial_s, self.config.retry_max_s)
         while not stop.is_set():
-            report = self.deliver()
+            try:
+                report = self.deliver()
+            except OSError as exc:  # the outbox itself (disk): keep the thread, retry later
+                self.failures += 1
+                LOGGER.warning("FHIR outbox unreadable: %s", type(exc).__name__)
+                report = DeliveryReport(0, 0, -1, type(exc).__name__)
             stop.wait(backoff.delay(self.failures) if report.error else interval_s)
 
     def start(self, *, interval_s: float = 2.0) -> tuple[threading.Thread, threading.Event]:

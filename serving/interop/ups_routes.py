@@ -17,7 +17,8 @@ completes the workitem with references to them (Output Information Sequence); wh
 refuses (or anything fails) the workitem is CANCELED with the reason. Every step is audited.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Ray Serve pickles the ingress app by value, and the
+# route closures below must carry their annotations as objects, not names it cannot resolve.
 
 import asyncio
 import json

@@ -285,7 +285,7 @@ def test_series_to_pacs_and_back_through_dicomweb(served: dict[str, Any]) -> Non
         timeout=180,
     )
     assert reply.status_code == 200, reply.text
-    assert reply.json()["pushed"] == {"sent": 4, "failed": 0}
+    assert reply.json()["pushed"] == {"sent": 6, "failed": 0}  # SC + SR + saliency SEG per instance
     client = DICOMwebClient(
         url=orthanc.dicomweb_url, session=create_session_from_user_pass(orthanc.user, orthanc.password)
     )
@@ -332,7 +332,7 @@ def test_inference_ae_routes_a_study_and_results_come_back(served: dict[str, Any
         "POST", "/tools/find", {"Level": "Series", "Query": {"StudyInstanceUID": study}, "Expand": True}
     )
     modalities = sorted(series["MainDicomTags"].get("Modality", "") for series in found)
-    assert "SR" in modalities and len(modalities) == 3, modalities  # source + SC + SR
+    assert {"SR", "SEG"} <= set(modalities) and len(modalities) == 4, modalities  # source + SC + SR + SEG
 
 
 def test_revocation_stops_serving_within_seconds(served: dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from governance.audit.log import AuditEntry, AuditLog, AuditRow
 from governance.settings import get_settings
@@ -164,7 +165,13 @@ class ChainExporter:
         """Pump until ``stop`` is set: every ``interval_s`` when healthy, with backoff after failures."""
         backoff = backoff or Backoff()
         while not stop.is_set():
-            report = self.pump()
+            try:
+                report = self.pump()
+            except (OSError, RuntimeError, SQLAlchemyError) as exc:  # catalog or cursor unreadable
+                self.failures += 1
+                self.last_error = type(exc).__name__
+                LOGGER.warning("audit export %s paused: %s", self.name, self.last_error)
+                report = PumpReport(0, -1, self.last_error)
             wait = backoff.delay(self.failures) if report.error else interval_s
             stop.wait(wait)
 
