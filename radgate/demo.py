@@ -1,25 +1,29 @@
-"""``radgate demo``: the whole journey on embedded defaults, one stage after another.
+"""``radgate demo``: the whole journey on embedded defaults, one timed stage after another.
 
-1. generate synthetic radiograph studies with PHI-bearing headers (several sites, devices);
-2. ingest them: de-identify (PS3.15 research profile), store by hash, record lineage;
-3. scan what was stored for every identifier that went in (an independent check);
-4. create a dataset version from the site's labels file (keyed by original accession numbers)
-   and train, evaluate and register a model (Ray Train, MLflow);
-5. explain: Grad-CAM overlay (PNG + DICOM Secondary Capture) of a stored case, and the
-   parameter-randomisation sanity check recorded where the approval policy reads it;
-6. govern: submit, two approvals by distinct people with the right roles, the policy checklist,
-   and promotion to ``staging`` only if the policy holds (else the gate's refusal is shown);
-7. serve: when promoted, Ray Serve loads ``NAME@staging`` through the gate and answers one
-   prediction (DICOM in, JSON with the decision, explanation and clinician summary out).
+Classification (default, :mod:`radgate.demo_classification`): brain MR slices from real anatomy
+with an inserted lesion in about half -> de-identification -> dataset version -> champion and
+challenger (trained on permuted labels) -> calibration, explanations checked against the site's
+lesion masks -> two-person approval: the champion promoted, the challenger refused by the policy
+-> Ray Serve behind the gate -> a held-out study sent from Orthanc to the inference AE -> SR and
+Grad-CAM Secondary Capture back in Orthanc -> a reviewer's feedback in monitoring and the audit.
+Segmentation (``--task segmentation``, :mod:`radgate.demo_segmentation`): brain MR series ->
+3D UNet -> DICOM SEG in the PACS.
 
-Each stage prints what it did; the last line is a JSON summary.
+Both print a stage table (stage, seconds, outcome) and write ``RADGATE_HOME/demo/summary.json``
+with every figure; the last line of stdout is the same summary as JSON. A stage that fails says
+which, why and what to run next, and the demo exits non-zero; so does a demo that ends without a
+promoted model.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,141 +31,135 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["demo", "register"]
+__all__ = ["DemoFailure", "StageRunner", "demo", "govern_stage", "register", "residual_phi_scan"]
 
 console = Console()
 
 STAGES = ("ingest", "train", "explain", "govern", "serve")
 
 
+class DemoFailure(RuntimeError):
+    """A stage could not do its job: which stage, why, and what to run next."""
+
+    def __init__(self, stage: str, why: str, next_step: str = "") -> None:
+        super().__init__(f"{stage}: {why}")
+        self.stage, self.why, self.next_step = stage, why, next_step
+
+
+@dataclass
+class StageResult:
+    name: str
+    seconds: float
+    outcome: str  # "ok", "failed", "skipped"
+    detail: str = ""
+
+
+class StageRunner:
+    """Times each stage, records its outcome, prints the table and writes ``summary.json``."""
+
+    def __init__(self, home: Path, task: str) -> None:
+        self.home, self.task = home, task
+        self.results: list[StageResult] = []
+        self.summary: dict[str, Any] = {"task": task, "home": str(home)}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str, title: str, next_step: str = "") -> Iterator[None]:
+        console.rule(f"[bold]{title}")
+        start = time.perf_counter()
+        try:
+            yield
+        except DemoFailure as exc:
+            self.results.append(StageResult(name, time.perf_counter() - start, "failed", exc.why))
+            raise
+        except typer.Exit:
+            self.results.append(StageResult(name, time.perf_counter() - start, "failed", "see above"))
+            raise
+        except Exception as exc:  # any failure of a stage ends the demo with its name and reason
+            why = f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.results.append(StageResult(name, time.perf_counter() - start, "failed", why))
+            raise DemoFailure(name, why, next_step) from exc
+        else:
+            self.results.append(StageResult(name, time.perf_counter() - start, "ok"))
+
+    def skip(self, name: str, why: str) -> None:
+        self.results.append(StageResult(name, 0.0, "skipped", why))
+
+    def finish(self, failure: DemoFailure | None = None) -> Path:
+        """Print the stage table, write ``summary.json`` (and print it as the last line)."""
+        elapsed = time.perf_counter() - self.started
+        table = Table(title=f"radgate demo ({self.task}): {elapsed:.0f} s")
+        for column in ("stage", "seconds", "outcome"):
+            table.add_column(column)
+        colours = {"ok": "green", "failed": "red", "skipped": "yellow"}
+        for result in self.results:
+            shown = result.outcome + (f": {result.detail}" if result.detail else "")
+            table.add_row(result.name, f"{result.seconds:.1f}", f"[{colours[result.outcome]}]{shown}[/]")
+        console.print(table)
+        self.summary["stages"] = [
+            {"stage": r.name, "seconds": round(r.seconds, 1), "outcome": r.outcome, "detail": r.detail}
+            for r in self.results
+        ]
+        self.summary["elapsed_s"] = round(elapsed, 1)
+        if failure is not None:
+            self.summary["failed"] = {"stage": failure.stage, "why": failure.why, "next": failure.next_step}
+        path = self.home / "demo" / "summary.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.summary, indent=2, default=str))
+        console.print(f"summary: {path}")
+        print(json.dumps(self.summary, default=str))
+        return path
+
+
 def stage(title: str) -> None:
     console.rule(f"[bold]{title}")
 
 
-def _ingest_stage(home: Path, patients: int, workers: int) -> dict[str, Any]:
-    from imaging.demo_data import write_demo_studies
-    from imaging.ingest import Sink, iter_files, run_files
+_ALNUM_TOKEN = re.compile(r"[0-9A-Za-z]+")
+_UID_TOKEN = re.compile(r"[0-9A-Za-z.]+")
+_PLAIN = re.compile(r"^[0-9A-Za-z]+$")
+_UID_VALUE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 
-    stage("1. PACS export -> de-identification -> store")
-    source = home / "demo" / "pacs-export"
-    demo = write_demo_studies(source, patients=patients, images_per_patient=2, seed=7)
-    console.print(
-        f"generated {len(demo.files)} DX/CR studies of {patients} patients "
-        "(PHI in headers and descriptions), "
-        f"labels file keyed by accession number: {demo.labels_csv.name}"
-    )
-    # The labels file stays with the data steward; only the images go through the gateway.
-    files = list(iter_files(demo.files))
-    report = run_files(files, sink=Sink.STORE, workers=workers, source="demo")
-    data = report.as_dict()
-    table = Table(show_header=False, title="ingest")
-    for key in ("inputs", "deidentified", "duplicates", "quarantined", "files_per_s", "profile", "key_id"):
-        table.add_row(key, str(data[key]))
-    for reason, count in data["quarantine_reasons"].items():
-        table.add_row(f"  quarantined: {reason}", str(count))
-    console.print(table)
 
-    identifiers: set[str] = set()
-    for study in demo.studies:
-        identifiers.update({study.patient_id, study.accession_number, study.study_instance_uid})
-    data["residual_phi_instances"] = residual_phi_scan(identifiers, report.profile)
-    data["labels_csv"] = str(demo.labels_csv)
-    return data
+def _residual(data: bytes, plain: set[str], uids: set[str], others: set[str]) -> bool:
+    """Whether any identifier occurs in ``data`` as a whole token (the same test as
+    ``imaging.phi_corpus.residual_phi``; plain and UID values by token sets, in one pass each)."""
+    from imaging.phi_corpus import residual_phi
+
+    text = data.decode("latin-1")
+    if plain and plain & {t.upper() for t in _ALNUM_TOKEN.findall(text)}:
+        return True
+    if uids and uids & set(_UID_TOKEN.findall(text)):
+        return True
+    return bool(others and residual_phi(data, others))
 
 
 def residual_phi_scan(identifiers: set[str], profile: str) -> int:
     """Scan every instance stored under ``profile`` for the original identifiers (an independent
-    check of de-identification); exits the demo when one is found."""
+    check of de-identification); raises :class:`DemoFailure` when one is found."""
     from sqlalchemy import select
 
     from governance.catalog import Instance, open_catalog
-    from imaging.phi_corpus import residual_phi
     from imaging.store import ContentStore
 
-    stage("2. residual-PHI scan of the store")
     store = ContentStore.from_settings()
     with open_catalog().session() as session:
         keys = list(session.scalars(select(Instance.store_key).where(Instance.profile == profile)))
-    leaking = [key for key in keys if residual_phi(store.get(key), identifiers)]
+    uids = {v for v in identifiers if _UID_VALUE.match(v)}
+    plain = {v.upper() for v in identifiers - uids if _PLAIN.match(v)}
+    others = {v for v in identifiers - uids if not _PLAIN.match(v)}
+    leaking = [key for key in keys if _residual(store.get(key), plain, uids, others)]
     console.print(
-        f"scanned {len(keys)} stored instances for {len(identifiers)} original identifiers: "
-        f"[{'red' if leaking else 'green'}]{len(leaking)} with residual identifiers[/]"
+        f"residual-PHI scan: {len(keys)} stored instances checked for {len(identifiers)} original "
+        f"identifiers: [{'red' if leaking else 'green'}]{len(leaking)} with residual identifiers[/]"
     )
     if leaking:
-        raise typer.Exit(1)
+        raise DemoFailure(
+            "ingest",
+            f"{len(leaking)} stored instance(s) still hold an original identifier",
+            "radgate deid report; fix the profile (configs/deid) before training on this store",
+        )
     return len(leaking)
-
-
-def _train_stage(labels_csv: Path, workers: int, overrides: list[str]) -> dict[str, Any]:
-    from training.pipeline import train_from_labels
-
-    stage("3. dataset version -> Ray Train -> MLflow (evaluation, registration pending review)")
-    outcome = train_from_labels(labels_csv, dataset_name="demo", workers=workers, overrides=overrides)
-    version = outcome.dataset.version
-    run = outcome.training
-    console.print(f"dataset version {version.id[:16]} ({version.name}), patient-level split")
-    metrics = {k: round(v, 4) for k, v in sorted(run.metrics.items()) if isinstance(v, int | float)}
-    table = Table(show_header=False, title=f"model {run.model_name} v{run.model_version}")
-    for key in [k for k in metrics if k.startswith("test_")][:12]:
-        table.add_row(key, str(metrics[key]))
-    console.print(table)
-    return {
-        "dataset_version": version.id,
-        "model": run.model_name,
-        "model_version": run.model_version,
-        "mlflow_run_id": run.run_id,
-        "artifact_sha256": run.artifact_sha256,
-        "test_metrics": {k: v for k, v in metrics.items() if k.startswith("test_")},
-    }
-
-
-def _store_paths(limit: int) -> list[Path]:
-    from sqlalchemy import select
-
-    from governance.catalog import Instance, open_catalog
-    from imaging.store import ContentStore
-
-    store = ContentStore.from_settings()
-    with open_catalog().session() as session:
-        keys = list(session.scalars(select(Instance.store_key).order_by(Instance.id).limit(limit)))
-    return [store.path(key) for key in keys]
-
-
-def _explain_stage(home: Path, model: str, version: str) -> dict[str, Any]:
-    import torch
-
-    from training.explain.case import explain_registered
-    from training.explain.core import ExplainMethod
-    from training.explain.sanity import run_randomization_check
-    from training.explain.settings import load_explain_settings
-    from training.explain.tracking import log_sanity_result, sanity_threshold_from_policy
-    from training.registry import load_model
-
-    stage("4. explanations: overlay for reviewers and PACS, sanity check")
-    loaded = load_model(f"{model}/{version}")
-    settings = load_explain_settings(None)
-    cases = _store_paths(8)
-    case = explain_registered(loaded, cases[0], method=ExplainMethod.GRADCAM, config=settings.explain)
-    written = case.write(home / "demo" / "explain")
-    console.print(case.summary)
-    for kind, path in written.items():
-        console.print(f"  {kind}: {path}")
-    batch = torch.cat([loaded.preprocess(path) for path in cases])
-    result = run_randomization_check(
-        loaded.module,
-        batch,
-        config=settings.sanity,
-        explain_config=settings.explain.model_copy(
-            update={"target_layer": settings.explain.target_layer or loaded.gradcam_layer or None}
-        ),
-        threshold=sanity_threshold_from_policy(loaded.name),
-    )
-    log_sanity_result(result, run_id=loaded.run_id, model_name=loaded.name, model_version=loaded.version)
-    console.print(
-        f"sanity check (Adebayo et al. 2018): {result.status}, Spearman trained vs randomised "
-        f"{result.spearman:.3f} (threshold {result.threshold:g})"
-    )
-    return {"overlay": {k: str(v) for k, v in written.items()}, "sanity": result.status}
 
 
 DEMO_PEOPLE = {
@@ -211,53 +209,64 @@ def demo_principals(home: Path, token: str | None) -> dict[str, Any]:
     return people
 
 
-def govern_stage(
-    people: dict[str, Any], model: str, version: str, what: str = "synthetic chest radiographs"
-) -> dict[str, Any]:
-    from governance.approvals.workflow import PolicyNotSatisfied, Workflow
+def demo_token(home: Path, person: str) -> str:
+    tokens: dict[str, str] = json.loads((home / "demo" / "tokens.json").read_text())
+    return tokens[person]
 
-    stage("5. governance: submit, two-person approval, policy gate, promotion")
-    workflow = Workflow()
-    workflow.submit(people["demo-trainer"], model, version, f"demo run: {what}")
-    workflow.approve(people["demo-radiologist"], model, version, "overlays reviewed on the demo gallery")
-    workflow.approve(people["demo-ml-lead"], model, version, "metrics and lineage reviewed")
-    checklist = workflow.status(model, version)
-    table = Table(title=f"policy checklist {model} v{version}")
+
+def _checklist_table(checklist: Any, title: str) -> Table:
+    table = Table(title=title)
     for column in ("requirement", "passed", "value", "expected"):
         table.add_column(column)
     for item in checklist.items:
         mark = "[green]yes[/]" if item.passed else "[red]no[/]"
         table.add_row(item.name, mark, str(item.value)[:40], item.expected[:40])
-    console.print(table)
+    return table
+
+
+def govern_stage(
+    people: dict[str, Any],
+    model: str,
+    version: str,
+    what: str = "synthetic brain MR slices",
+    *,
+    expect_refusal: bool = False,
+) -> dict[str, Any]:
+    """Submit, two approvals by distinct people with the right roles, the policy checklist, and
+    promotion to ``staging`` if the policy holds; otherwise the policy's reasons are printed."""
+    from governance.approvals.workflow import PolicyNotSatisfied, Workflow
+
+    workflow = Workflow()
+    workflow.submit(people["demo-trainer"], model, version, f"demo run: {what}")
+    workflow.approve(people["demo-radiologist"], model, version, "overlays reviewed on the demo gallery")
+    workflow.approve(people["demo-ml-lead"], model, version, "metrics and lineage reviewed")
+    checklist = workflow.status(model, version)
+    console.print(_checklist_table(checklist, f"policy checklist {model} v{version}"))
+    reasons: list[str] = []
     try:
         workflow.promote(people["demo-ml-lead"], model, version, "staging")
         promoted = True
-        console.print(
-            f"[green]promoted[/] {model} v{version} to alias 'staging': the serving gate will allow it"
-        )
+        console.print(f"[green]promoted[/] {model} v{version} to alias 'staging': the serving gate allows it")
     except PolicyNotSatisfied as exc:
         promoted = False
-        failed = ", ".join(item.name for item in exc.checklist.failures)
-        console.print(
-            f"[yellow]promotion refused by the policy gate[/] (not met: {failed}); "
-            "a small demo model stays pending, which is the gate doing its job"
-        )
+        reasons = [
+            f"{item.name}: {item.value} (expected {item.expected})"
+            + (f"; {item.detail}" if item.detail else "")
+            for item in exc.checklist.failures
+        ]
+        colour = "green" if expect_refusal else "yellow"
+        console.print(f"[{colour}]promotion of {model} v{version} refused by the policy gate[/]:")
+        for reason in reasons:
+            console.print(f"  - {reason}")
     return {
+        "model": model,
+        "version": version,
         "status": checklist.status,
         "promoted_to_staging": promoted,
         "failed": [i.name for i in checklist.failures],
+        "reasons": reasons,
+        "approved_by": ["demo-radiologist", "demo-ml-lead"],
     }
-
-
-def _serve_stage(home: Path, model: str) -> dict[str, Any]:
-    from serving.demo import predict_once
-
-    stage("6. serving: Ray Serve behind the gate, one DICOM in, JSON out")
-    token = json.loads((home / "demo" / "tokens.json").read_text())["demo-radiologist"]
-    result = predict_once(model, _store_paths(1)[0], token=token, alias="staging")
-    shown: dict[str, Any] = {k: result[k] for k in ("model", "version", "decision", "summary") if k in result}
-    console.print_json(json.dumps(shown, default=str))
-    return shown
 
 
 def demo(
@@ -265,7 +274,7 @@ def demo(
         None,
         "--patients",
         min=4,
-        help="Synthetic patients: 24 with two radiographs each, or 24 brain MR series (--task segmentation).",
+        help="Synthetic studies: 320 brain MR slices (one per patient), or 24 MR series (segmentation).",
     ),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
     stages: str = typer.Option(",".join(STAGES), "--stages", help=f"Comma-separated subset of {STAGES}."),
@@ -275,7 +284,7 @@ def demo(
     task: str = typer.Option(
         "classification",
         "--task",
-        help="classification (chest radiographs) | segmentation (brain MR series -> 3D UNet -> DICOM SEG).",
+        help="classification (brain MR slices: lesion?) | segmentation (MR series -> 3D UNet -> SEG).",
     ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Training config override KEY=VALUE (repeatable), e.g. --set optim.max_epochs=10."
@@ -283,8 +292,8 @@ def demo(
     pacs: str | None = typer.Option(
         None,
         "--pacs",
-        help="Segmentation: AET@HOST:PORT of a PACS to send the DICOM SEG and SR to "
-        "(default: an Orthanc answering C-ECHO as ORTHANC@127.0.0.1:4242, if any).",
+        help="AET@HOST:PORT of an existing PACS to use (classification: else an Orthanc the demo "
+        "starts on 127.0.0.1; segmentation: else ORTHANC@127.0.0.1:4242 if it answers).",
     ),
 ) -> None:
     """Run the end-to-end demo on embedded defaults (SQLite, local MLflow, local Ray).
@@ -292,7 +301,6 @@ def demo(
     The demo creates its own users (an admin bootstrapped on an empty RADGATE_HOME, a data
     steward, two ML engineers, a radiologist) and runs each stage as the person whose role it
     needs; their tokens stay in RADGATE_HOME/demo/tokens.json (owner-only)."""
-    from governance.auth import acting_as
     from governance.settings import get_settings
 
     wanted = [s.strip() for s in stages.split(",") if s.strip()]
@@ -306,38 +314,30 @@ def demo(
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     settings = get_settings()
     console.print(f"RADGATE_HOME={settings.home}")
-    start = time.perf_counter()
-    summary: dict[str, Any] = {"home": str(settings.home)}
+    runner = StageRunner(settings.home, task)
     people = demo_principals(settings.home, token)
-    if task == "segmentation":
-        from radgate.demo_segmentation import run_segmentation_demo
+    failure: DemoFailure | None = None
+    try:
+        if task == "segmentation":
+            from radgate.demo_segmentation import run_segmentation_demo
 
-        summary.update(
-            run_segmentation_demo(settings.home, people, patients or 24, workers, wanted, pacs, overrides)
-        )
-        summary["elapsed_s"] = round(time.perf_counter() - start, 1)
-        console.rule("[bold green]done")
-        print(json.dumps(summary))
-        return
-    patients = patients or 24
-    with acting_as(people["demo-steward"]):
-        ingest = _ingest_stage(settings.home, patients, workers)
-    summary["ingest"] = {
-        k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
-    }
-    if "train" in wanted:
-        with acting_as(people["demo-trainer"]):
-            summary["train"] = train = _train_stage(Path(ingest["labels_csv"]), workers, overrides)
-            model, version = train["model"], train["model_version"]
-            if "explain" in wanted and model and version:
-                summary["explain"] = _explain_stage(settings.home, model, version)
-        if "govern" in wanted and model and version:
-            summary["govern"] = governed = govern_stage(people, model, version)
-            if "serve" in wanted and governed["promoted_to_staging"]:
-                summary["serve"] = _serve_stage(settings.home, model)
-    summary["elapsed_s"] = round(time.perf_counter() - start, 1)
+            run_segmentation_demo(runner, people, patients or 24, workers, wanted, pacs, overrides)
+        else:
+            from radgate.demo_classification import run_classification_demo
+
+            run_classification_demo(runner, people, patients or 320, workers, wanted, pacs, overrides)
+    except DemoFailure as exc:
+        failure = exc
+    runner.finish(failure)
+    if failure is not None:
+        console.print(f"[red]stage '{failure.stage}' failed:[/red] {failure.why}")
+        if failure.next_step:
+            console.print(f"next: {failure.next_step}")
+        raise typer.Exit(1)
+    if "govern" in wanted and "train" in wanted and not runner.summary.get("promoted"):
+        console.print("[red]the demo ended without a promoted model[/red] (see the policy's reasons above)")
+        raise typer.Exit(1)
     console.rule("[bold green]done")
-    print(json.dumps(summary))
 
 
 def register(app: typer.Typer) -> None:

@@ -21,10 +21,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import typer
 from rich.table import Table
 
-from radgate.demo import console, govern_stage, residual_phi_scan, stage
+from radgate.demo import DemoFailure, StageRunner, console, demo_token, govern_stage, residual_phi_scan
 
 if TYPE_CHECKING:
     from imaging.datasets import DatasetVersion
@@ -42,48 +41,18 @@ _DEFAULT_PACS = "ORTHANC@127.0.0.1:4242"
 
 def pacs_peer(spec: str | None) -> PacsPeer | None:
     """``AET@HOST:PORT`` -> a peer; without a spec, the local Orthanc if it answers C-ECHO."""
-    from imaging.gateway.config import PacsPeer
+    from radgate.demo_pacs import echo, parse_peer
 
-    text = spec or _DEFAULT_PACS
-    aet, _, address = text.partition("@")
-    host, _, port = address.rpartition(":")
-    if not (aet and host and port.isdigit()):
-        console.print("[red]error:[/red] --pacs must be AET@HOST:PORT")
-        raise typer.Exit(2)
-    peer = PacsPeer(name="demo-pacs", ae_title=aet, host=host, port=int(port))
-    if spec is None and not _echo(peer):
+    peer = parse_peer(spec or _DEFAULT_PACS, "pacs")
+    if spec is None and not echo(peer):
         return None
     return peer
-
-
-def _echo(peer: PacsPeer) -> bool:
-    """C-ECHO the peer; a refused connection is an answer (no PACS), not an error to log."""
-    import logging
-
-    from pynetdicom import AE
-
-    log = logging.getLogger("pynetdicom")
-    level = log.level
-    log.setLevel(logging.CRITICAL)
-    try:
-        ae = AE(ae_title="RADGATE")
-        ae.acse_timeout = ae.network_timeout = 3
-        ae.add_requested_context("1.2.840.10008.1.1")
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
-        if not assoc.is_established:
-            return False
-        status = assoc.send_c_echo()
-        assoc.release()
-        return bool(status) and int(status.get("Status", -1)) == 0
-    finally:
-        log.setLevel(level)
 
 
 def _ingest(home: Path, subjects: int, workers: int) -> tuple[dict[str, Any], AnatomySet]:
     from imaging.ingest import Sink, iter_files, run_files
     from imaging.volumes import write_anatomy_set
 
-    stage("1. PACS export (brain MR series) -> de-identification -> store")
     anatomy = write_anatomy_set(home / "demo" / "anatomy-export", subjects=subjects, seed=11)
     console.print(
         f"generated {len(anatomy.subjects)} axial T1 MR series ({len(anatomy.files)} slices) of "
@@ -108,7 +77,6 @@ def _ingest(home: Path, subjects: int, workers: int) -> tuple[dict[str, Any], An
 def _dataset(labels_csv: Path, label_names: list[str]) -> DatasetVersion:
     from imaging.volumes import create_segmentation_dataset
 
-    stage("3. segmentation dataset version: label maps aligned to the de-identified series")
     report = create_segmentation_dataset(DATASET_NAME, labels_csv, label_names=label_names, split=DEMO_SPLIT)
     summary = report.version.manifest.summary()
     console.print(
@@ -124,7 +92,6 @@ def _train(dataset: DatasetVersion, workers: int, overrides: list[str]) -> dict[
     from training.config import load_config
     from training.run import train
 
-    stage("4. 3D UNet -> Lightning/Ray Train -> MLflow (Dice, HD95), registration pending review")
     path = Path(__file__).resolve().parents[1] / "configs" / "train" / "segmentation-demo.yaml"
     config = load_config(path, [*overrides, f"data.dataset={dataset.id}", f"run.workers={workers}"])
     outcome = train(config)
@@ -175,7 +142,6 @@ def _serve(
     from imaging.volumes import assemble_series, read_label_volume
     from serving.demo import segment_series_once
 
-    stage("6. serving: a held-out series from the PACS -> Ray Serve (gate) -> DICOM SEG + SR -> PACS")
     subject = _held_out(dataset, anatomy)
     summary: dict[str, Any] = {}
     if pacs is not None:  # the series as the PACS holds it (the demo's PACS starts empty)
@@ -184,7 +150,7 @@ def _serve(
         except PushError as exc:
             console.print(f"[yellow]the PACS refused the series ({exc}); results kept locally[/]")
             pacs = None
-    token = _token(home, "demo-radiologist")
+    token = demo_token(home, "demo-radiologist")
     answer, objects = segment_series_once(model, list(subject.files), token=token, alias="staging", pacs=pacs)
     out_dir = home / "demo" / "segmentation"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,48 +205,79 @@ def _viewer_url(pacs: PacsPeer, study_uid: str) -> str:
     return viewer_url(os.environ.get("RADGATE_PACS_WEB_URL") or f"http://{pacs.host}:8042", study_uid)
 
 
-def _token(home: Path, person: str) -> str:
-    import json
-
-    tokens: dict[str, str] = json.loads((home / "demo" / "tokens.json").read_text())
-    return tokens[person]
-
-
 def run_segmentation_demo(
-    home: Path,
+    runner: StageRunner,
     people: dict[str, Any],
     subjects: int,
     workers: int,
     stages: list[str],
     pacs: str | None,
     overrides: list[str] | None = None,
-) -> dict[str, Any]:
-    """The stages above; returns the JSON summary's fields."""
+) -> None:
+    """The stages above, recorded in ``runner`` (stage table + summary)."""
     from governance.auth import acting_as
+    from radgate.demo_pacs import echo
 
-    peer = pacs_peer(pacs) if "serve" in stages else None
-    summary: dict[str, Any] = {"task": "segmentation"}
+    home = runner.home
+    summary = runner.summary
+    with runner.stage("pacs", "0. the PACS", "start Orthanc on 127.0.0.1:4242 or pass --pacs AET@HOST:PORT"):
+        peer = pacs_peer(pacs) if "serve" in stages else None
+        if pacs is not None and peer is not None and not echo(peer):
+            raise DemoFailure(
+                "pacs", f"{peer.ae_title}@{peer.host}:{peer.port} does not answer C-ECHO", "check --pacs"
+            )
     with acting_as(people["demo-steward"]):
-        ingest, anatomy = _ingest(home, subjects, workers)
-        summary["ingest"] = {
-            k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
-        }
-        dataset = _dataset(anatomy.labels_csv, anatomy.label_names)
-        summary["dataset_version"] = dataset.id
+        with runner.stage(
+            "ingest", "1. PACS export (brain MR series) -> de-identification -> store", "radgate deid report"
+        ):
+            ingest, anatomy = _ingest(home, subjects, workers)
+            summary["ingest"] = {
+                k: ingest[k] for k in ("inputs", "deidentified", "quarantined", "residual_phi_instances")
+            }
+        with runner.stage(
+            "dataset",
+            "2. segmentation dataset version: label maps aligned to the series",
+            "radgate dataset list",
+        ):
+            dataset = _dataset(anatomy.labels_csv, anatomy.label_names)
+            summary["dataset_version"] = dataset.id
     if "train" not in stages:
-        return summary
-    with acting_as(people["demo-trainer"]):
+        return
+    with (
+        acting_as(people["demo-trainer"]),
+        runner.stage(
+            "train",
+            "3. 3D UNet -> MLflow (Dice, HD95), registration pending review",
+            "radgate train configs/train/segmentation-demo.yaml",
+        ),
+    ):
         summary["train"] = trained = _train(dataset, workers, list(overrides or []))
     model, version = trained["model"], trained["model_version"]
     if "govern" not in stages or not (model and version):
-        return summary
-    summary["govern"] = governed = govern_stage(
-        people,
-        model,
-        version,
-        what="3D segmentation of brain MR series (cerebellum, deep grey nuclei, occipital lobe)",
-    )
-    if "serve" in stages and governed["promoted_to_staging"]:
-        with acting_as(people["demo-radiologist"]):
+        return
+    with runner.stage(
+        "govern", "4. two-person approval, the policy gate, promotion", "radgate model status NAME VERSION"
+    ):
+        summary["govern"] = governed = govern_stage(
+            people,
+            model,
+            version,
+            what="3D segmentation of brain MR series (cerebellum, deep grey nuclei, occipital lobe)",
+        )
+        summary["promoted"] = governed["promoted_to_staging"]
+        if not governed["promoted_to_staging"]:
+            raise DemoFailure(
+                "govern",
+                "the model did not pass the policy: " + "; ".join(governed["reasons"])[:300],
+                f"radgate model status {model} {version}",
+            )
+    if "serve" in stages:
+        with (
+            acting_as(people["demo-radiologist"]),
+            runner.stage(
+                "serve",
+                "5. a held-out series -> Ray Serve (gate) -> DICOM SEG + SR -> PACS",
+                "radgate serve --help",
+            ),
+        ):
             summary["serve"] = _serve(home, dataset, anatomy, model, peer)
-    return summary
