@@ -15,10 +15,36 @@ random() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
 [ -s orthanc_password ] || random > orthanc_password
 python3 -c 'import json, sys; print(json.dumps({"radgate": open(sys.argv[1]).read().strip()}))' \
   orthanc_password > orthanc_users
+# Separated keys (governance.keyring), one file per purpose, each mounted only where it is needed
+# (docker/compose.yaml): X25519 broker pair (broker.key stays here: the honest broker's), Ed25519
+# audit-signing pair, AES keys of serving's sealed store and of UI sessions. Hex of the raw bytes.
+mkdir -p keys
+python3 - <<'PY'
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+keys = Path("keys")
+for name, kind in (("broker", X25519PrivateKey), ("audit-signing", Ed25519PrivateKey)):
+    private, public = keys / f"{name}.key", keys / f"{name}.pub"
+    if not private.exists():
+        seed = secrets.token_bytes(32)
+        raw = kind.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        private.write_text(seed.hex() + "\n")
+        public.write_text(raw.hex() + "\n")
+for name in ("serving-store", "ui-session"):
+    if not (keys / f"{name}.key").exists():
+        (keys / f"{name}.key").write_text(secrets.token_bytes(32).hex() + "\n")
+PY
 # The services' RadGate tokens are issued by an admin once the catalog runs
 # (scripts/containers.sh bootstrap): empty until then.
 for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done
 # Compose bind-mounts secret files with their host mode: containers run as other users.
-chmod 0644 ./*
-chmod 0700 .
+chmod 0644 ./* 2>/dev/null || true
+chmod 0644 keys/*
+chmod 0600 keys/broker.key   # mounted nowhere
+chmod 0700 . keys
 ls -l

@@ -448,13 +448,46 @@ def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
     shutil.copy(DOCKER / "make-secrets.sh", script)
     env = {"PATH": os.environ["PATH"]}
     assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
-    made = {p.name: p.read_text() for p in (tmp_path / "secrets").iterdir()}
-    assert {Path(s["file"]).name for s in _compose()["secrets"].values()} <= set(made)
+    root = tmp_path / "secrets"
+    made = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
+    assert {s["file"].removeprefix("./secrets/") for s in _compose()["secrets"].values()} <= set(made)
+    # Separated keys: public halves match their private keys; the broker's private key is mounted nowhere.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    seed = bytes.fromhex(made["keys/audit-signing.key"].strip())
+    public = (
+        Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    )
+    assert made["keys/audit-signing.pub"].strip() == public.hex()
+    mounted = {s["file"] for s in _compose()["secrets"].values()}
+    assert "./secrets/keys/broker.pub" in mounted and "./secrets/keys/broker.key" not in mounted
+    assert (root / "keys" / "broker.key").stat().st_mode & 0o077 == 0
     assert len(made["radgate_project_key"].strip()) == 64 and len(made["postgres_password"].strip()) >= 32
     assert json.loads(made["orthanc_users"]) == {"radgate": made["orthanc_password"].strip()}
     # A second run keeps what exists (rotating the project key would orphan every pseudonym).
     assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
     assert (tmp_path / "secrets" / "radgate_project_key").read_text() == made["radgate_project_key"]
+    assert (root / "keys" / "audit-signing.key").read_text() == made["keys/audit-signing.key"]
+
+
+def test_each_service_mounts_only_the_keys_of_its_purpose() -> None:
+    services = _compose()["services"]
+
+    def keys(name: str) -> set[str]:
+        return {
+            Path(s["target"]).name for s in services[name].get("secrets", [])
+            if isinstance(s, dict) and s["target"].startswith("/run/radgate-keys/")
+        }  # fmt: skip
+
+    assert "ui-session.key" in keys("ui") and "serving-store.key" in keys("serving")
+    for name in services:
+        held = keys(name)
+        assert "broker.key" not in held, name  # the honest broker's: no service holds it
+        assert "ui-session.key" not in held or name == "ui", name
+        assert "serving-store.key" not in held or name == "serving", name
+        if held:
+            assert {"broker.pub", "audit-signing.pub"} <= held, name
 
 
 # --- images: bases, the one lock, CPU torch ----------------------------------------------------------
