@@ -189,6 +189,7 @@ def erase_patient(
         "dataset_versions": len(plan.datasets),
         "model_versions": len(plan.models),
         "runs": len(plan.runs),
+        "unreadable": len(plan.unreadable),
     }
     record(
         principal.name,

@@ -87,6 +87,9 @@ class ErasurePlan:
     label_volumes: list[str] = field(default_factory=list)  # store keys of segmentation label volumes
     models: list[dict[str, Any]] = field(default_factory=list)
     runs: list[str] = field(default_factory=list)
+    # Sealed items whose owner could not be read (damaged, or sealed under another key): they may
+    # hold this patient, so they are reported for a person to resolve, never passed over.
+    unreadable: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +103,7 @@ class ErasurePlan:
             "dataset_versions": self.datasets,
             "model_versions": self.models,
             "runs": self.runs,
+            "unreadable": self.unreadable,
         }
 
 
@@ -119,8 +123,16 @@ def _pseudonym(session: Session, key: ProjectKey, patient_id: str) -> str:
     return row or pseudonymizer.patient(patient_id)
 
 
-def _quarantined(session: Session, key: ProjectKey, patient_id: str) -> list[tuple[str, str]]:
-    """Quarantined inputs whose sealed bytes carry this PatientID (unsealed in memory only)."""
+def _unreadable(store: str, item: str, exc: BaseException) -> dict[str, str]:
+    """How an item that could not be attributed is reported: its store, a short id, the error type."""
+    return {"store": store, "item": item[:16], "error": type(exc).__name__}
+
+
+def _quarantined(
+    session: Session, key: ProjectKey, patient_id: str, unreadable: list[dict[str, str]]
+) -> list[tuple[str, str]]:
+    """Quarantined inputs whose sealed bytes carry this PatientID (unsealed in memory only);
+    those that cannot be unsealed or parsed are added to ``unreadable``."""
     from pydicom import dcmread
 
     found = []
@@ -135,10 +147,8 @@ def _quarantined(session: Session, key: ProjectKey, patient_id: str) -> list[tup
                 ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True)
             if str(ds.get("PatientID", "")).strip() == patient_id.strip():
                 found.append((rec.input_sha256, str(path)))
-        except (KeyError_, OSError):
-            continue
-        except Exception:
-            continue
+        except Exception as exc:  # reported, not skipped: the bytes may be this patient's
+            unreadable.append(_unreadable("quarantine", rec.input_sha256, exc))
     return found
 
 
@@ -151,9 +161,12 @@ def _patient_of(data: bytes) -> str:
     return str(ds.get("PatientID", "")).strip()
 
 
-def _pending_inputs(session: Session, key: ProjectKey, patient_id: str, settings: Settings) -> list[str]:
+def _pending_inputs(
+    session: Session, key: ProjectKey, patient_id: str, settings: Settings, unreadable: list[dict[str, str]]
+) -> list[str]:
     """Served requests' inputs that serving keeps sealed while feedback may come (its layout:
-    ``monitoring/pending/<sha256 of the request id>.sealed``, the request id as associated data)."""
+    ``monitoring/pending/<sha256 of the request id>.sealed``, the request id as associated data);
+    those that cannot be unsealed or parsed are added to ``unreadable``."""
     bind = session.get_bind()
     if "monitoring_records" not in inspect(bind).get_table_names():
         return []
@@ -179,10 +192,8 @@ def _pending_inputs(session: Session, key: ProjectKey, patient_id: str, settings
                 == patient_id.strip()
             ):
                 found.append(str(path))
-        except (KeyError_, KeyMissing, OSError):
-            continue
-        except Exception:  # an input that does not parse cannot be attributed
-            continue
+        except Exception as exc:  # reported, not skipped: the input may be this patient's
+            unreadable.append(_unreadable("served-inputs", path.stem, exc))
     return found
 
 
@@ -208,8 +219,8 @@ def find_patient_data(session: Session, key: ProjectKey, patient_id: str, settin
     plan = ErasurePlan(subject=_subject(key, pseudonym), pseudonym=pseudonym)
     instances = list(session.scalars(select(Instance).where(Instance.patient_pseudonym == pseudonym)))
     plan.instances = [(i.sha256, i.store_key, i.input_sha256) for i in instances]
-    plan.quarantine = _quarantined(session, key, patient_id)
-    plan.pending_inputs = _pending_inputs(session, key, patient_id, settings)
+    plan.quarantine = _quarantined(session, key, patient_id, plan.unreadable)
+    plan.pending_inputs = _pending_inputs(session, key, patient_id, settings, plan.unreadable)
     uids = {i.study_instance_uid for i in instances} | {i.series_instance_uid for i in instances}
     uids |= {i.sop_instance_uid for i in instances}
     plan.map_entries = len(list(session.scalars(select(Pseudonym.id).where(map_filter(pseudonym, uids)))))
