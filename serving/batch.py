@@ -44,6 +44,7 @@ class BatchJob:
     dataset_id: str
     dicom: bool = True
     threads: int = 1
+    gpus: float = 0.0  # per actor; the module moves to CUDA when the actor holds a GPU
 
 
 class _Output:
@@ -103,6 +104,11 @@ class BatchPredictor:
                 loaded, fresh = load_gated(self.served, self.gate, version=decision.version)
             except (GateDenied, ArtifactMismatch) as exc:
                 return None, decision.version or "", [str(exc)]
+            if self.job.gpus > 0:
+                import torch
+
+                if torch.cuda.is_available():
+                    loaded.module.to(torch.device("cuda"))  # InProcessForward follows the parameters
             self.predictor = ServedPredictor(loaded, fresh, InProcessForward(loaded))
         return self.predictor, str(decision.version), []
 
@@ -220,6 +226,7 @@ def predict_dataset(
     split: str | None = None,
     batch_size: int = 16,
     concurrency: int = 1,
+    gpus: float = 0.0,
     ray_address: str | None = None,
     dicom: bool = True,
     actor: str = BATCH_ACTOR,
@@ -250,7 +257,7 @@ def predict_dataset(
     job = BatchJob(
         model=model, alias=None if version else alias, version=version, output=output,
         store_root=settings.resolved_object_store, dataset_id=chosen.id,
-        dicom=dicom, threads=1,
+        dicom=dicom, threads=1, gpus=gpus,
     )  # fmt: skip
     report = BatchReport(dataset=chosen.id, model=model)
     started = time.perf_counter()
@@ -266,6 +273,7 @@ def predict_dataset(
             batch_format="numpy",
             concurrency=concurrency,
             num_cpus=job.threads,
+            num_gpus=job.gpus or None,
         )
         for out in predicted.iter_batches(batch_size=None, batch_format="numpy"):
             _account(report, out, actor, role, chosen.id)

@@ -20,6 +20,7 @@ def predict(
     split: str = typer.Option(None, "--split", help="Only this split (train, val, test)."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=256, help="Instances per batch."),
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="Model actors (one CPU each)."),
+    gpus: float = typer.Option(0.0, "--gpus", min=0, help="GPUs per actor (the model runs on CUDA)."),
     ray_address: str = typer.Option(None, "--ray-address", help="A Ray cluster (HOST:PORT or auto)."),
     report: Path = typer.Option(None, "--report", help="Write the JSON report here."),
 ) -> None:
@@ -34,7 +35,8 @@ def predict(
     try:
         result = predict_dataset(
             model, dataset, output=output, alias=None if version else alias, version=version, split=split,
-            batch_size=batch_size, concurrency=concurrency, ray_address=ray_address, actor=actor, role=role,
+            batch_size=batch_size, concurrency=concurrency, gpus=gpus, ray_address=ray_address,
+            actor=actor, role=role,
         )  # fmt: skip
     except DatasetError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
