@@ -28,7 +28,7 @@ from sqlalchemy import select
 from governance.catalog import QuarantineRecord, open_catalog
 from tests.integration.conftest import gateway_config
 from tests.security.bombs import deflate_bomb
-from tests.security.test_intake_dos import _status
+from tests.security.test_intake_dos import _status, store_file
 
 pytestmark = pytest.mark.integration
 
@@ -75,23 +75,14 @@ def _quarantine_reasons() -> list[str]:
 
 def test_bomb_by_c_store_is_quarantined_within_memory(start_gateway: Any, bomb_file: Path) -> None:
     from pydicom.uid import DeflatedExplicitVRLittleEndian
-    from pynetdicom import AE, _config
     from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
     gateway = start_gateway(gateway_config(http={"enabled": False}))
     pid = gateway.process.pid
-    _config.STORE_SEND_CHUNKED_DATASET = True  # the file as it is, not decoded by the sender
-    ae = AE(ae_title="STORESCU")
-    ae.add_requested_context(CTImageStorage, [DeflatedExplicitVRLittleEndian])
     before = _status(pid)
     _reset_peak(pid)
     with _address_space_capped(pid):
-        assoc = ae.associate("127.0.0.1", gateway.dicom_port, ae_title="RADGATE")
-        assert assoc.is_established
-        try:
-            status = assoc.send_c_store(bomb_file)
-        finally:
-            assoc.release()
+        status = store_file(gateway.dicom_port, bomb_file, CTImageStorage, DeflatedExplicitVRLittleEndian)
     after = _status(pid)
     assert int(status.Status) == 0xC000  # cannot understand: quarantined
     assert _quarantine_reasons() == ["decompression_limit"]

@@ -333,6 +333,23 @@ def test_large_stow_request_is_spooled_not_held(start_gateway: Any) -> None:
     assert grown < 160 * 1024**2, grown >> 20
 
 
+def store_file(port: int, path: Path, sop_class: str, transfer_syntax: str) -> Any:
+    """C-STORE one file as it is (pynetdicom reads it in chunks, never decodes it) over a fresh
+    association from the allow-listed STORESCU; the response status dataset."""
+    from pynetdicom import AE, _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    ae = AE(ae_title="STORESCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
+    ae.add_requested_context(sop_class, [transfer_syntax])
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADGATE")
+    assert assoc.is_established
+    try:
+        return assoc.send_c_store(path)
+    finally:
+        assoc.release()
+
+
 def _large_document(path: Path, size: int) -> Path:
     """An Encapsulated PDF Storage instance carrying ``size`` bytes (a real header, a document
     the ingest path refuses to keep): what matters here is how the SCP holds it."""
@@ -358,23 +375,12 @@ def test_large_instance_is_held_once(start_gateway: Any, tmp_path: Path) -> None
     buffers and then joined it took one copy more. Measured: about 4x the instance in
     anonymous memory before (transport 2x, then the ingest path quarantining it), 3x now; the
     bound sits between."""
-    from pynetdicom import AE, _config
-
     size = 256 * 1024**2
     path = _large_document(tmp_path / "big.dcm", size)
     gateway = start_gateway(gateway_config(http={"enabled": False}))
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    ae = AE(ae_title="STORESCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
-    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.104.1", ["1.2.840.10008.1.2.1"])
     before = _status(gateway.process.pid)
     with Sampler(gateway.process.pid) as sampler:
-        assoc = ae.associate("127.0.0.1", gateway.dicom_port, ae_title="RADGATE")
-        assert assoc.is_established
-        try:
-            status = assoc.send_c_store(path)
-        finally:
-            assoc.release()
+        status = store_file(gateway.dicom_port, path, "1.2.840.10008.5.1.4.1.1.104.1", "1.2.840.10008.1.2.1")
     assert "Status" in status  # answered (stored or refused by the ingest path's rules)
     grown = sampler.max_anon - before["RssAnon"]
     print(

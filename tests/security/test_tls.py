@@ -251,3 +251,52 @@ def test_catalog_reaches_postgresql_over_verified_tls_only(
     finally:
         get_settings.cache_clear()
         cluster.stop()
+
+
+def test_serving_api_over_https_only(certs: DevCertificates, tmp_path: Path) -> None:
+    """``tls:`` in the serving config: Ray Serve's proxy answers HTTPS only; an approved model
+    predicts over it, with HSTS; plaintext HTTP on the same port gets no answer."""
+    import os
+
+    import ray
+    from ray import serve
+
+    from governance.testing import create_cast
+    from imaging.demo_data import write_demo_studies
+    from serving.app import run, start_ray
+    from serving.config import ServeConfig
+    from serving.net import free_port
+    from serving.testing import approve_and_promote, register_model
+
+    cast = create_cast()
+    version = register_model("tls-model")
+    approve_and_promote("tls-model", version, cast)
+    port = free_port()
+    config = ServeConfig.model_validate(
+        {
+            "port": port,
+            "ingress_num_cpus": 0.5,
+            "tls": _server_tls(certs, mutual=False),
+            "models": [{"name": "tls-model", "num_cpus": 0.5}],
+        }
+    )
+    start_ray(config, num_cpus=2, temp_dir=f"/tmp/rg-ray-tls-{os.getpid()}")
+    try:
+        run(config)
+        image = write_demo_studies(tmp_path / "demo", patients=1, images_per_patient=1, size=64).files[0]
+        headers = {"Authorization": f"Bearer {cast.tokens['pacs']}", "Content-Type": "application/dicom"}
+        url = f"localhost:{port}/v1/models/tls-model/predict"
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"http://{url}", content=image.read_bytes(), headers=headers, timeout=30)
+        reply = httpx.post(
+            f"https://{url}",
+            content=image.read_bytes(),
+            headers=headers,
+            timeout=120,
+            verify=str(certs.ca_certificate),
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["strict-transport-security"].startswith("max-age=")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
