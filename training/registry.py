@@ -123,6 +123,10 @@ class LoadedModel:
     segmentation: SegmentationSpec | None = None
     #: Temperature scaling fitted on validation: probabilities are softmax(logits / temperature).
     temperature: float = 1.0
+    #: How the weights were read: ``torchscript-state-dict`` (the network rebuilt from its family
+    #: and the TorchScript's tensors: nothing unpickled) or ``pickle`` (MLflow's pickled module,
+    #: from the verified private copy, for networks that cannot be rebuilt).
+    weights_format: str = "pickle"
 
     @property
     def model_uri(self) -> str:
@@ -199,7 +203,10 @@ def load_model(
     client = _client(tracking_uri)
     version = resolve_model_version(ref, tracking_uri=client.tracking_uri)
     uri = f"models:/{version.name}/{version.version}"
-    local_dir = download_model_dir(client, version.source, getattr(version, "model_id", None))
+    downloaded = download_model_dir(client, version.source, getattr(version, "model_id", None))
+    # Hash and load the same bytes: a private copy (owner-only) that nothing else writes, so the
+    # files cannot change between the check and the load.
+    local_dir = _private_copy(downloaded)
     tags = dict(version.tags or {})
     digest = artifact_sha256(local_dir)
     expected = tags.get(Tag.ARTIFACT_SHA256)
@@ -211,7 +218,11 @@ def load_model(
     metadata = (Model.load(str(local_dir / "MLmodel")).metadata or {}).get(METADATA_KEY)
     if not metadata:
         raise ModelNotFoundError(f"{uri} is not a RadGate model (no radgate metadata)")
-    module = mlflow.pytorch.load_model(str(local_dir), map_location=map_location)
+    module = _rebuilt_module(local_dir, metadata, map_location)
+    weights_format = "torchscript-state-dict"
+    if module is None:
+        module = mlflow.pytorch.load_model(str(local_dir), map_location=map_location)
+        weights_format = "pickle"
     module.eval()
     ts_matches = sorted(local_dir.rglob(TORCHSCRIPT_NAME))
     threshold = metadata.get("threshold")
@@ -238,7 +249,49 @@ def load_model(
         task=str(metadata.get("task") or "classification"),
         segmentation=segmentation,
         temperature=float(metadata.get("temperature") or 1.0),
+        weights_format=weights_format,
     )
+
+
+def _private_copy(source: Path) -> Path:
+    """A copy of the downloaded model in a fresh owner-only directory (removed at exit)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    target = Path(tempfile.mkdtemp(prefix="radgate-model-"))
+    atexit.register(shutil.rmtree, target, True)
+    if source.is_file():
+        shutil.copy2(source, target / source.name)
+        return target
+    shutil.copytree(source, target, dirs_exist_ok=True, symlinks=False)
+    return target
+
+
+def _rebuilt_module(local_dir: Path, metadata: dict[str, Any], map_location: str) -> torch.nn.Module | None:
+    """The network rebuilt from its family with the TorchScript export's tensors, or ``None``
+    when that is not possible (no TorchScript, a segmentation or custom network, or tensors
+    that do not fit): then the caller falls back to the pickled module."""
+    import io
+
+    from training.networks import NetworkFamily, build_network
+
+    scripts = sorted(local_dir.rglob(TORCHSCRIPT_NAME))
+    if not scripts or metadata.get("task") == SEGMENTATION_TASK or not metadata.get("preprocessing"):
+        return None
+    try:
+        family = NetworkFamily(str(metadata["network"]))
+    except ValueError:
+        return None
+    spec = PreprocessingSpec.from_dict(metadata["preprocessing"])
+    module = build_network(family, num_classes=len(metadata["label_names"]), in_channels=spec.channels)
+    # TorchScript is deserialised as a graph and tensors (no Python objects are unpickled).
+    script = torch.jit.load(io.BytesIO(scripts[0].read_bytes()), map_location=map_location)
+    try:
+        module.load_state_dict(script.state_dict(), strict=True)
+    except RuntimeError:
+        return None
+    return module.to(map_location)
 
 
 def model_metadata(
