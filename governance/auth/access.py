@@ -95,7 +95,8 @@ COMMAND_ACCESS: Mapping[str, Access] = {
     "push": _roles(DS, ML, note="sends results to a configured PACS"),
     "compliance check": _roles(AUD, A, DS),
     "compliance erasures": _roles(AUD, A, HB),
-    "erase": _roles(HB, note="execution also needs an admin co-signature (--admin-token)"),
+    "erase": _roles(HB, note="execution needs an admin's own confirmation (erase-confirm)"),
+    "erase-confirm": _roles(A, note="the second approver of an erasure request, signed in as themself"),
     # datasets and training
     "demo-data": _roles(DS, ML, note="synthetic studies with fake PHI"),
     "dataset create": _roles(DS, ML),

@@ -147,37 +147,43 @@ def erase(
     patient: str = typer.Option(..., "--patient", help="The patient's ORIGINAL PatientID (never logged)."),
     reason: str = typer.Option("", "--reason", help="Why (e.g. the request reference); stored sealed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show what would be erased and flagged."),
-    token: str | None = typer.Option(None, "--token", help="Honest-broker token (or RADGATE_TOKEN)."),
-    admin_token: str | None = typer.Option(
-        None,
-        "--admin-token",
-        envvar="RADGATE_ADMIN_TOKEN",
-        help="Co-signing admin token (not for --dry-run).",
+    request: bool = typer.Option(
+        False, "--request", help="Ask for an admin's confirmation; prints the request id to confirm."
     ),
+    confirmation: str | None = typer.Option(
+        None, "--confirmation", help="Execute the request an admin confirmed (radgate erase-confirm ID)."
+    ),
+    token: str | None = typer.Option(None, "--token", help="Honest-broker token (or RADGATE_TOKEN)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Erase one patient (GDPR Art. 17): objects, quarantine, map entries and lineage; supersede
-    dataset versions; flag models trained on them for review. Honest broker + admin; audited."""
-    from governance.auth import AuthError, authenticate
+    dataset versions; flag models trained on them for review. The honest broker requests, an
+    admin confirms with their own sign-in (erase-confirm), the broker executes; audited."""
+    from governance.auth import AuthError
     from imaging.compliance import ErasureError, erase_patient, plan_erasure
+    from imaging.compliance.cosign import CosignError, request_erasure
 
     principal = _principal(token, "honest-broker")
     try:
-        if dry_run:
+        if dry_run or request:
             plan = plan_erasure(patient, principal=principal)
             result = {"dry_run": True, **plan.to_dict()}
+            if request:
+                result["request_id"] = request_erasure(principal, plan.subject, reason)
+                if not as_json:
+                    console.print(f"erasure request {result['request_id']}: an admin confirms it with "
+                                  f"`radgate erase-confirm {result['request_id']}`")  # fmt: skip
+                    return
         else:
-            if not admin_token:
-                raise fail("an admin must co-sign: pass --admin-token or set RADGATE_ADMIN_TOKEN")
-            approver = authenticate(admin_token)
+            if not confirmation:
+                raise fail(
+                    "an admin must co-sign: --request, then an admin runs erase-confirm, then --confirmation"
+                )
             erasure_id, plan, superseded = erase_patient(
-                patient,
-                principal=principal,
-                approver=approver,
-                reason=reason,
+                patient, principal=principal, reason=reason, confirmation=confirmation
             )
             result = {"dry_run": False, "erasure_id": erasure_id, **plan.to_dict(), "superseded": superseded}
-    except (ErasureError, AuthError) as exc:
+    except (ErasureError, AuthError, CosignError) as exc:
         raise fail(str(exc)) from None
     if as_json:
         console.print_json(json.dumps(result, default=str))
@@ -204,7 +210,23 @@ def erase(
         console.print(f"erasure {result['erasure_id']} complete (subject {result['subject']})")
 
 
+def erase_confirm(
+    request_id: str = typer.Argument(..., help="The request id the honest broker's --request printed."),
+    token: str | None = typer.Option(None, "--token", help="Your admin token (or RADGATE_TOKEN)."),
+) -> None:
+    """Confirm an erasure request as the second approver (admin, your own sign-in; audited)."""
+    from imaging.compliance.cosign import CosignError, confirm_erasure
+
+    principal = _principal(token, "admin")
+    try:
+        confirm_erasure(principal, request_id)
+    except CosignError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"confirmed erasure request {request_id}; the honest broker may now execute it")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``compliance`` (sub-app) and ``erase`` to the ``radgate`` app."""
+    """Add ``compliance`` (sub-app), ``erase`` and ``erase-confirm`` to the ``radgate`` app."""
     app.add_typer(compliance_app, name="compliance")
     app.command("erase")(erase)
+    app.command("erase-confirm")(erase_confirm)

@@ -164,21 +164,33 @@ def erase_patient(
     patient_id: str,
     *,
     principal: Principal,
-    approver: Principal,
+    approver: Principal | None = None,
     reason: str,
+    confirmation: str | None = None,
     settings: Settings | None = None,
 ) -> tuple[str, ErasurePlan, list[dict[str, Any]]]:
     """Erase ``patient_id``; the honest broker acts, an admin co-signs. Returns (erasure id, what
     was found, the superseded dataset versions and their successors)."""
     settings = settings or get_settings()
     _authorise(principal, "erasure", Role.HONEST_BROKER, "erasure:execute")
-    _authorise(approver, "erasure.approve", Role.ADMIN, "erasure:execute")
+    if approver is None and confirmation is None:
+        raise ErasureError("an admin must co-sign: request, have an admin confirm (radgate erase-confirm)")
+    if approver is not None:  # an admin authenticated in this process (library callers)
+        _authorise(approver, "erasure.approve", Role.ADMIN, "erasure:execute")
     if not reason.strip():
         raise ErasureError("a reason is required")
     key = load_project_key(settings, create=False)
     catalog = open_catalog(settings)
     with catalog.session() as session:
         plan = find_patient_data(session, key, patient_id, settings)
+    approved_by = approver.name if approver is not None else ""
+    if confirmation is not None:
+        from imaging.compliance.cosign import CosignError, confirmed_approver
+
+        try:
+            approved_by = confirmed_approver(principal, confirmation, plan.subject, reason)
+        except CosignError as exc:
+            raise ErasureError(str(exc)) from exc
     erasure_id = secrets.token_hex(8)
     reason_sha = hashlib.sha256(reason.encode()).hexdigest()
     counts = {
@@ -195,7 +207,13 @@ def erase_patient(
         principal.name,
         "erasure.start",
         f"erasure:{erasure_id}",
-        {"subject": plan.subject, "approved_by": approver.name, "reason_sha256": reason_sha, **counts},
+        {
+            "subject": plan.subject,
+            "approved_by": approved_by,
+            "request_id": confirmation,
+            "reason_sha256": reason_sha,
+            **counts,
+        },
         role=principal.role.value,
     )
     # Objects first: a crash after this point leaves catalog rows that a re-run removes.
@@ -234,7 +252,7 @@ def erase_patient(
             ErasureRecord(
                 id=erasure_id,
                 requested_by=principal.name,
-                approved_by=approver.name,
+                approved_by=approved_by,
                 reason_sha256=reason_sha,
                 summary={
                     "subject": plan.subject,

@@ -279,6 +279,24 @@ def test_erase_cli_dry_run_and_execute(world: dict[str, object]) -> None:
         app, ["erase", "--patient", target, "--reason", "r", "--token", cast.tokens["broker"]]
     )
     assert unsigned.exit_code == 2 and "co-sign" in unsigned.output
+    asked = CliRunner().invoke(
+        app,
+        [
+            "erase",
+            "--patient",
+            target,
+            "--reason",
+            "request 7",
+            "--request",
+            "--json",
+            "--token",
+            cast.tokens["broker"],
+        ],
+    )
+    assert asked.exit_code == 0, asked.output
+    request_id = json.loads(asked.output)["request_id"]
+    confirmed = CliRunner().invoke(app, ["erase-confirm", request_id, "--token", cast.tokens["admin"]])
+    assert confirmed.exit_code == 0, confirmed.output
     done = CliRunner().invoke(
         app,
         [
@@ -289,8 +307,8 @@ def test_erase_cli_dry_run_and_execute(world: dict[str, object]) -> None:
             "request 7",
             "--token",
             cast.tokens["broker"],
-            "--admin-token",
-            cast.tokens["admin"],
+            "--confirmation",
+            request_id,
             "--json",
         ],
     )
