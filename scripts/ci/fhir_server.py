@@ -12,6 +12,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -42,11 +43,15 @@ class FhirTestServer:
     workdir: Path
     port: int = field(default_factory=_free_port)
     token: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    certificate: Path | None = None  # with private_key: HTTPS (the CA that issued it: ca_file)
+    private_key: Path | None = None
+    ca_file: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.certificate else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 60.0) -> FhirTestServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +59,7 @@ class FhirTestServer:
         self.process = subprocess.Popen(
             ["node", "--experimental-websocket", "server.cjs", str(self.port)],
             cwd=install_dir(),
-            env={**os.environ, "FHIR_TOKEN": self.token},
+            env={**os.environ, "FHIR_TOKEN": self.token, **self._tls_env()},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -67,13 +72,19 @@ class FhirTestServer:
                 request = urllib.request.Request(
                     f"{self.url}/Device", headers={"Authorization": f"Bearer {self.token}"}
                 )
-                with urllib.request.urlopen(request, timeout=2) as answer:
+                context = ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else None
+                with urllib.request.urlopen(request, timeout=2, context=context) as answer:
                     if answer.status == 200:
                         return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("the FHIR test server did not answer in time")
+
+    def _tls_env(self) -> dict[str, str]:
+        if self.certificate is None or self.private_key is None:
+            return {}
+        return {"FHIR_TLS_CERT": str(self.certificate), "FHIR_TLS_KEY": str(self.private_key)}
 
     def stop(self) -> None:
         if self.process is None:

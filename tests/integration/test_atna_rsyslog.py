@@ -33,9 +33,12 @@ class Certificates:
 
 @pytest.fixture
 def certificates(tmp_path: Path) -> Certificates:
+    return make_certificates(tmp_path / "certs")
+
+
+def make_certificates(folder: Path) -> Certificates:
     """A throw-away CA and a server certificate for 127.0.0.1 (openssl CLI)."""
-    folder = tmp_path / "certs"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     ca, ca_key = folder / "ca.pem", folder / "ca.key"
     server, server_key, request = folder / "server.pem", folder / "server.key", folder / "server.csr"
     san = folder / "san.cnf"

@@ -203,3 +203,31 @@ def test_reviewer_feedback_makes_the_report_final(fhir_world: dict[str, Any], fh
     assert sender.deliver().sent == 1
     (final,) = _search(fhir_server, query)
     assert final["status"] == "final" and "Confirmed by a clinical reviewer" in final["conclusion"]
+
+
+def test_bundles_go_over_verified_tls(fhir_world: dict[str, Any], tmp_path: Path) -> None:
+    from serving.interop import FhirConfig
+    from serving.interop.emr import FhirSender, outbox_for
+    from tests.integration import test_atna_rsyslog
+
+    certs = test_atna_rsyslog.make_certificates(tmp_path / "certs")
+    server = fhir_ci.FhirTestServer(
+        tmp_path / "tls-server",
+        certificate=certs.server_certificate,
+        private_key=certs.server_key,
+        ca_file=certs.ca_certificate,
+    ).start()
+    try:
+        outbox = tmp_path / "tls-outbox"
+        _predict(fhir_world)  # queued in the module's outbox; this test sends its own copy
+        (queued,) = outbox_for(fhir_world["fhir"]).pending()[-1:]
+        trusted = FhirConfig(url=server.url, outbox=outbox, ca_file=certs.ca_certificate)
+        outbox_for(trusted).put("tls", queued.read_bytes())
+        untrusted = FhirSender(FhirConfig(url=server.url, outbox=outbox), token=server.token).deliver()
+        assert untrusted.sent == 0 and untrusted.backlog == 1 and untrusted.error  # unknown CA: kept
+        delivered = FhirSender(trusted, token=server.token).deliver()
+        assert (delivered.sent, delivered.backlog, delivered.error) == (1, 0, None)
+    finally:
+        server.stop()
+        for path in outbox_for(fhir_world["fhir"]).pending():
+            path.unlink()

@@ -4,10 +4,12 @@
 // Medplum's validator first (structure, cardinality, types, unknown properties; value-set
 // bindings are not checked without a terminology server): a resource with errors is refused with
 // 400 and an OperationOutcome, the whole transaction with it. Bearer token required. Usage:
-//   FHIR_TOKEN=secret node --experimental-websocket server.cjs PORT   (prints "listening PORT")
+//   FHIR_TOKEN=secret [FHIR_TLS_CERT=cert.pem FHIR_TLS_KEY=key.pem] node --experimental-websocket server.cjs PORT   (prints "listening PORT")
 // (@medplum/core expects a global WebSocket, which Node 20 has only behind that flag.)
 'use strict';
 const http = require('node:http');
+const https = require('node:https');
+const fs = require('node:fs');
 const { FhirRouter, MemoryRepository } = require('@medplum/fhir-router');
 const {
   indexStructureDefinitionBundle, indexSearchParameterBundle, validateResource, OperationOutcomeError,
@@ -45,7 +47,11 @@ function validateAll(resource) {
   }
 }
 
-const server = http.createServer((req, res) => {
+// HTTPS when FHIR_TLS_CERT and FHIR_TLS_KEY name PEM files (TLS 1.2 or newer), else HTTP.
+const tls = process.env.FHIR_TLS_CERT && process.env.FHIR_TLS_KEY
+  ? { cert: fs.readFileSync(process.env.FHIR_TLS_CERT), key: fs.readFileSync(process.env.FHIR_TLS_KEY), minVersion: 'TLSv1.2' }
+  : null;
+const handler = (req, res) => {
   if (!token || req.headers.authorization !== `Bearer ${token}`) {
     send(res, 401, outcome(401, 'missing or wrong bearer token'));
     return;
@@ -81,6 +87,7 @@ const server = http.createServer((req, res) => {
       send(res, 500, outcome(500, String(err).slice(0, 4000)));
     }
   });
-});
+};
+const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
 server.listen(port, '127.0.0.1', () => console.log(`listening ${port}`));
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
