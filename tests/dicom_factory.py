@@ -88,7 +88,7 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def testdata_path(name: str) -> str:
+def pydicom_file(name: str) -> str:
     """Path of a file shipped in pydicom's test data; a missing file fails the test."""
     from pydicom.data import get_testdata_file
 

@@ -253,10 +253,10 @@ def write_ct_series(
     from pydicom import dcmread
     from pydicom.uid import generate_uid
 
-    from tests.dicom_factory import testdata_path
+    from tests.dicom_factory import pydicom_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    template = dcmread(testdata_path("CT_small.dcm"))
+    template = dcmread(pydicom_file("CT_small.dcm"))
     if size:
         pixels = template.pixel_array
         repeat = max(1, size // pixels.shape[0])

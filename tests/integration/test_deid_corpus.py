@@ -92,6 +92,7 @@ def test_planted_phi_corpus_leaves_nothing(corpus: list[Path], tmp_path: Path) -
 
 
 def _errors(path: Path) -> set[str]:
+    assert DCIODVFY is not None
     proc = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
     lines = (proc.stdout + proc.stderr).splitlines()
     # Values differ after de-identification (UIDs, dates): compare the messages without them.

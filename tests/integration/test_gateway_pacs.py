@@ -21,7 +21,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select
 
 from governance.catalog import Instance, QuarantineRecord, open_catalog
-from tests.dicom_factory import testdata_path
+from tests.dicom_factory import pydicom_file
 from tests.integration.conftest import (
     MIXED_TRANSFER_SYNTAX_FILES,
     encode_ct_variants,
@@ -82,7 +82,7 @@ def test_echo_and_allow_list(start_gateway: Any, dicom_env: dict[str, str]) -> N
     )
     assert echo.returncode == 0
 
-    ct = testdata_path("CT_small.dcm")
+    ct = pydicom_file("CT_small.dcm")
     unknown = _storescu(dicom_env, gateway.dicom_port, [ct], aet="INTRUDER")
     assert unknown.returncode != 0
     assert "Calling AE Title Not Recognized" in unknown.stderr
@@ -144,7 +144,7 @@ def test_storescu_mixed_transfer_syntaxes(
     # file gets a success only if stored, otherwise a failure status and a quarantine record.
     total = successes = 0
     for option, names in MIXED_TRANSFER_SYNTAX_FILES.items():
-        files = [testdata_path(name) for name in names]
+        files = [pydicom_file(name) for name in names]
         result = _storescu(dicom_env, gateway.dicom_port, files, option, "-R", "-nh", "-v")
         assert "Association Accepted" in result.stderr, option
         total += len(files)
@@ -348,7 +348,7 @@ def test_push_back_into_orthanc(
     as_role("data-steward")  # the subprocesses inherit RADGATE_TOKEN
 
     files = write_ct_series(tmp_path / "results", 3)
-    files.append(Path(testdata_path("MR_small_jp2klossless.dcm")))  # compressed, as-is
+    files.append(Path(pydicom_file("MR_small_jp2klossless.dcm")))  # compressed, as-is
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(gateway_config(clean_orthanc)))
     result = subprocess.run(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from sqlalchemy import select
 
 from governance.catalog import Instance, LineageEvent, open_catalog
@@ -41,7 +41,7 @@ def _cine(tmp_path: Path) -> Path:
     re-encoded as JPEG baseline by dcmtk (as the device would send it)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = dcmread(dicom_factory.testdata_path("examples_ybr_color.dcm"))
+        ds = dcmread(dicom_factory.pydicom_file("examples_ybr_color.dcm"))
     frames = np.array(decode_pixels(ds), copy=True)  # (30, 240, 320, 3) RGB
     font = ImageFont.truetype(str(font_paths()[1]), 15)
     for text, (x, y) in (
@@ -58,7 +58,7 @@ def _cine(tmp_path: Path) -> Path:
         region[:, mask[:, :width]] = (255, 255, 255)
     ds.PixelData = frames.tobytes()
     ds.PhotometricInterpretation, ds.PlanarConfiguration = "RGB", 0
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.1")
     ds.PatientName, ds.PatientID, ds.AccessionNumber = NAME, PATIENT_ID, ACCESSION
     ds.BurnedInAnnotation = "NO"  # wrong, as many devices write it: the flag is never trusted
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -75,7 +75,7 @@ OKONKWO_LINE = "OKONKWO, INGRID"
 
 def _read_text(ds: Any, frames: np.ndarray) -> str:
     engine = TesseractEngine()
-    out = []
+    out: list[str] = []
     for frame in frames:
         for render in renders(frame, ds):
             out.extend(line.text for line in engine.read(render, timeout_ms=20000))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -119,10 +120,10 @@ def test_dataset_report_cli_and_mlflow(
     app = typer.Typer()
     datasets_cli.register(app)
     quality_cli.register(app)
-    version = skewed["version"]
+    version: Any = skewed["version"]
     result = CliRunner().invoke(
         app, ["dataset", "report", f"skewed@{version.short_id}", "--out", str(tmp_path / "r")]
-    )  # type: ignore[attr-defined]
+    )
     assert result.exit_code == 0, result.output
     assert "subgroup-prevalence-gap" in result.output and (tmp_path / "r" / "report.html").exists()
     strict = CliRunner().invoke(
@@ -136,7 +137,7 @@ def test_dataset_report_cli_and_mlflow(
     client = MlflowClient(f"sqlite:///{radgate_home / 'mlflow.db'}")
     experiment = client.create_experiment("dq", artifact_location=(radgate_home / "mlartifacts").as_uri())
     run = client.create_run(experiment)
-    report = log_dataset_report(version, run_id=run.info.run_id)  # type: ignore[arg-type]
+    report = log_dataset_report(version, run_id=run.info.run_id)
     logged = client.get_run(run.info.run_id)
     assert logged.data.tags["radgate.dataset.quality"] == "warnings"
     assert (

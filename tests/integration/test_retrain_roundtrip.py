@@ -157,6 +157,7 @@ def test_feedback_retrains_into_a_pending_version(
     assert set(items) - set(kept) == {i.sha256 for i in base.manifest.items if i.patient not in held}
 
     # trained with the champion's config; comparison on the fixed test split logged to MLflow
+    assert challenger.run_id is not None
     run = client.get_run(challenger.run_id)
     champion_run = client.get_run(champion.run_id)
     for param in ("model.network", "data.spatial_size", "optim.max_epochs"):

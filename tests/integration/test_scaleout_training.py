@@ -179,6 +179,7 @@ def test_training_runs_on_the_ray_cluster_and_tracks_to_postgres_and_s3(
     # ...its artifacts in the bucket (proxied by the server), and the model loads back verified.
     artifacts = scaled.s3.keys(BUCKET, "mlflow/")
     assert any(key.endswith("model_card.md") for key in artifacts), artifacts[:10]
+    assert outcome.model_version is not None
     version = client.get_model_version("scale-model", outcome.model_version)
     assert version.tags[ModelTag.ARTIFACT_SHA256] == outcome.artifact_sha256
     loaded = load_model(f"scale-model/{outcome.model_version}")

@@ -54,6 +54,7 @@ def _check_mlflow(outcome: Any, epochs: int) -> None:
         run.data.metrics
     )
     assert len(client.get_metric_history(outcome.run_id, "train_loss")) == epochs
+    assert run.inputs is not None
     inputs = run.inputs.dataset_inputs
     assert inputs and inputs[0].dataset.digest == outcome.dataset_version[:16]
     artifacts = {a.path for a in client.list_artifacts(outcome.run_id)}

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydicom import dcmread
@@ -152,7 +152,7 @@ def test_workitem_completes_with_results_in_the_pacs(
         kinds.add(stored.SOPClassUID)
         if stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33":
             report = hd.sr.ComprehensiveSR.from_dataset(stored)
-            (group,) = report.content.get_image_measurement_groups()
+            (group,) = cast(hd.sr.MeasurementReport, report.content).get_image_measurement_groups()
             assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
         if stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4":
             overlay = hd.seg.Segmentation.from_dataset(stored)

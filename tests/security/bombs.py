@@ -22,9 +22,9 @@ def _header(rows: int, columns: int) -> tuple[bytes, bytes, str, str]:
     from pydicom.filewriter import write_dataset, write_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-    from tests.dicom_factory import testdata_path
+    from tests.dicom_factory import pydicom_file
 
-    ds = dcmread(testdata_path("CT_small.dcm"))
+    ds = dcmread(pydicom_file("CT_small.dcm"))
     del ds.PixelData
     ds.Rows, ds.Columns = rows, columns
     ds.SOPInstanceUID = generate_uid()

@@ -23,7 +23,7 @@ class _Payload:
     def __init__(self, marker: str) -> None:
         self.marker = marker
 
-    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+    def __reduce__(self) -> tuple[object, tuple[Path, str]]:
         return (Path.write_text, (Path(self.marker), "pwned"))
 
 

@@ -164,7 +164,10 @@ def test_keys_rotate_reseals_serving_stores_and_erasure_records() -> None:
             input_bytes=b"sealed input " + request_id.encode(), view={"labels": labels, "summary": "opacity"},
         )  # fmt: skip
     cast = create_cast()
-    submit_feedback(cast["doc"], FeedbackIn(request_id="req-b", agree=True, comment="call Dr Who"))
+    submit_feedback(
+        cast["doc"],
+        FeedbackIn.model_validate({"request_id": "req-b", "agree": True, "comment": "call Dr Who"}),
+    )
     reason = load_project_key().seal(b"patient request", b"er-1", record=RECORD_ERASURE)
     import base64
 

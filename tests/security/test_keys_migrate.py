@@ -88,7 +88,10 @@ def test_keys_migrate_converts_a_home_of_the_earlier_release() -> None:
     recorder.record(
         "req-1", rng.random((8, 8)), {"manufacturer": "GE"}, [0.2, 0.8], rng.normal(size=6), input_bytes=b"x"
     )
-    submit_feedback(cast["doc"], FeedbackIn(request_id="req-1", agree=True, comment="see Dr Who"))
+    submit_feedback(
+        cast["doc"],
+        FeedbackIn.model_validate({"request_id": "req-1", "agree": True, "comment": "see Dr Who"}),
+    )
     # put serving's records back into the earlier release's format
     pending_input_path("req-1").write_bytes(_legacy_seal(seal_secret, b"held input", b"req-1"))
     with open_catalog().session() as session:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from governance.catalog import Instance
 from imaging.compliance import ComplianceConfigError, load_thresholds
@@ -41,7 +41,7 @@ def _object(**extra: object) -> tuple[Instance, bytes]:
         setattr(ds, keyword, value)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPInstanceUID = "2.25.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = UID("2.25.2")
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)

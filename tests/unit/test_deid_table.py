@@ -91,4 +91,6 @@ def test_profiles_load_and_validate(tmp_path) -> None:  # type: ignore[no-untype
     with pytest.raises(ProfileError, match="mutually exclusive"):
         load_profile(bad)
     with pytest.raises(ValueError):
-        DeidProfile(name="x", version=1, safe_private=[{"group": "0029", "creator": "A", "element": "10"}])
+        DeidProfile.model_validate(
+            {"name": "x", "version": 1, "safe_private": [{"group": "0029", "creator": "A", "element": "10"}]}
+        )

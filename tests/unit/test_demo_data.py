@@ -30,7 +30,8 @@ def test_writes_studies_with_phi_labels_and_variety(tmp_path: Path) -> None:
     assert str(ds.PatientName).split("^")[0] in ds.StudyDescription
     for keyword in ("PatientID", "PatientBirthDate", "InstitutionName", "InstitutionAddress",
                     "ReferringPhysicianName", "OperatorsName", "StudyDate"):  # fmt: skip
-        assert str(ds.data_element(keyword).value)
+        element = ds.data_element(keyword)
+        assert element is not None and str(element.value)
     pixels = ds.pixel_array
     assert pixels.dtype == np.uint16 and pixels.shape == (32, 32)
     assert ds.PhotometricInterpretation == "MONOCHROME2"

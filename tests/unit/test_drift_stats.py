@@ -64,9 +64,9 @@ def test_bh_matches_scipy_and_holm_is_step_down() -> None:
 
 def test_single_tests_separate_shift_from_noise() -> None:
     rng = np.random.default_rng(1)
-    d, p, details = ks_test(rng.normal(0, 1, 300), rng.normal(0.8, 1, 100))
+    d, p, details = ks_test(rng.normal(0, 1, 300).tolist(), rng.normal(0.8, 1, 100).tolist())
     assert p < 1e-6 and d > 0.25 and details["standardized_mean_difference"] > 0.5
-    _, p_null, _ = ks_test(rng.normal(0, 1, 300), rng.normal(0, 1, 100))
+    _, p_null, _ = ks_test(rng.normal(0, 1, 300).tolist(), rng.normal(0, 1, 100).tolist())
     assert p_null > 0.01
     _, p_cat, psi, cat = categorical_test({"A": 60, "B": 40}, {"A": 5, "B": 5, "NEW": 40})
     assert p_cat < 1e-6 and psi > 1 and cat["new_categories"] == ["NEW"]

@@ -137,7 +137,9 @@ def test_explain_sanity_fails_when_the_map_ignores_the_weights() -> None:
             return torch.stack([-energy, energy], dim=1) + 1e-4 * self.net(x)
 
     images = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    config = SanityConfig(method="saliency", cascade=False, min_faithfulness_gap=None)
+    config = SanityConfig.model_validate(
+        {"method": "saliency", "cascade": False, "min_faithfulness_gap": None}
+    )
     result = run_randomization_check(InputDominated(), images, config=config, targets=[1, 1, 1])
     assert not result.passed
     assert result.spearman > 0.9

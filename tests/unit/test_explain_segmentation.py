@@ -30,9 +30,11 @@ class BrightBlobNet(torch.nn.Module):
         self.head = torch.nn.Conv3d(4, 2, 1)
         with torch.no_grad():
             self.features.weight.fill_(1 / 27)
+            assert self.features.bias is not None
             self.features.bias.copy_(torch.tensor([-1.0, -1.5, -2.0, -2.5]))
             self.head.weight.zero_()
             self.head.weight[1].fill_(2.0)
+            assert self.head.bias is not None
             self.head.bias.copy_(torch.tensor([0.0, -1.0]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

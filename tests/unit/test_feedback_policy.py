@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def recorder() -> LiveRecorder:
     return LiveRecorder("chest", "1", profile)
 
 
-def _record(recorder: LiveRecorder, request_id: str, data: bytes | None, **kw: object) -> None:
+def _record(recorder: LiveRecorder, request_id: str, data: bytes | None, **kw: Any) -> None:
     rng = np.random.default_rng(1)
     recorder.record(request_id, rng.random((8, 8)), {"manufacturer": "GE"}, [0.2, 0.8], rng.normal(size=6),
                     input_bytes=data, **kw)  # fmt: skip
@@ -50,12 +51,14 @@ def test_input_is_sealed_and_not_kept_when_policy_says_no(recorder: LiveRecorder
     assert read_pending_input("req-a") == data
     doc = create_cast()["doc"]
     no_keep = MonitoringConfig.model_validate({"feedback": {"keep_inputs": False}})
-    out = submit_feedback(doc, FeedbackIn(request_id="req-a", agree=True), config=no_keep)
+    out = submit_feedback(
+        doc, FeedbackIn.model_validate({"request_id": "req-a", "agree": True}), config=no_keep
+    )
     assert out.input_status is InputStatus.NOT_KEPT_BY_POLICY and out.instance_sha256 is None
     assert out.label == "opacity"  # agreeing keeps the predicted label
     assert not pending_input_path("req-a").exists()
     with pytest.raises(UnknownRequest):
-        submit_feedback(doc, FeedbackIn(request_id="req-zzz", agree=True))
+        submit_feedback(doc, FeedbackIn.model_validate({"request_id": "req-zzz", "agree": True}))
 
 
 def test_expired_inputs_are_purged(recorder: LiveRecorder) -> None:

@@ -14,7 +14,7 @@ from pydicom import dcmread
 from imaging.gateway import AllowedPeer, ConfigError, DicomListener, GatewayConfig, StoreStatus, load_config
 from imaging.gateway.multipart import MultipartError, build_related, content_type_params, iter_parts
 from imaging.gateway.status import verdict_for_error
-from tests.dicom_factory import testdata_path
+from tests.dicom_factory import pydicom_file
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def _token(role: str) -> str:
 
 def test_stow_rs_stores_and_answers_the_standard_response(stow_client: TestClient) -> None:
     token = _token("pacs-client")
-    ct = Path(testdata_path("CT_small.dcm")).read_bytes()
+    ct = Path(pydicom_file("CT_small.dcm")).read_bytes()
     body, content_type = build_related([ct, b"not dicom"])
     reply = stow_client.post(
         "/dicomweb/studies",
@@ -169,7 +169,7 @@ def test_untrusted_bodies_never_escape_as_other_errors() -> None:
 
     from imaging.gateway.stow import _identify
 
-    ct = Path(testdata_path("CT_small.dcm")).read_bytes()
+    ct = Path(pydicom_file("CT_small.dcm")).read_bytes()
 
     @settings(max_examples=150, deadline=None)
     @given(st.binary(max_size=512), st.integers(0, len(ct)), st.binary(max_size=64))

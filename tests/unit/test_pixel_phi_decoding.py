@@ -12,7 +12,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
+from pydicom.uid import UID, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless, generate_uid
 
 from governance.keys import ProjectKey
 from imaging.decoding import (
@@ -32,7 +32,7 @@ KEY = ProjectKey(bytes(range(32)))
 def _image(syntax: str, frames: list[bytes], rows: int = 8, cols: int = 8, bits: int = 8) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
     ds.SOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
@@ -79,7 +79,7 @@ def test_codestream_promising_more_than_declared_is_refused(bomb: object) -> Non
 
 
 def test_pydicom_test_file_with_a_7_terabyte_siz_is_refused() -> None:
-    ds = dcmread(dicom_factory.testdata_path("JPEG2000-embedded-sequence-delimiter.dcm"))
+    ds = dcmread(dicom_factory.pydicom_file("JPEG2000-embedded-sequence-delimiter.dcm"))
     with pytest.raises(DecompressionLimitError):
         decode_pixels(ds)
 
@@ -99,7 +99,7 @@ def test_real_compressed_files_decode_as_pydicom_does() -> None:
         "MR_small_jpeg_ls_lossless.dcm",
         "JPGExtended.dcm",
     ):
-        ds = dcmread(dicom_factory.testdata_path(name))
+        ds = dcmread(dicom_factory.pydicom_file(name))
         np.testing.assert_array_equal(decode_pixels(ds), ds.pixel_array)
 
 
@@ -136,7 +136,7 @@ def test_unsupported_syntax_is_quarantined(tmp_path: Path) -> None:
 
 def test_clean_image_passes_and_is_marked_after_screening(tmp_path: Path) -> None:
     """No text: nothing redacted, the original syntax kept, BurnedInAnnotation NO (screened)."""
-    ds = dcmread(dicom_factory.testdata_path("MR_small_RLE.dcm"))
+    ds = dcmread(dicom_factory.pydicom_file("MR_small_RLE.dcm"))
     ds.Modality = "US"  # a modality the strict rule quarantines unread
     path = tmp_path / "in.dcm"
     ds.save_as(path, enforce_file_format=True)

@@ -19,7 +19,7 @@ KEY = ProjectKey(bytes(range(32)))
 
 
 def _slice(series_uid: str, number: int, *, text: str | None = None, modality: str = "CT") -> Dataset:
-    ds = dcmread(dicom_factory.testdata_path("CT_small.dcm"))
+    ds = dcmread(dicom_factory.pydicom_file("CT_small.dcm"))
     ds.SeriesInstanceUID, ds.Modality = series_uid, modality
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.InstanceNumber = number

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLSLossless,
@@ -29,6 +30,7 @@ from imaging.decoding import decode_pixels
 from imaging.deid import Deidentifier, QuarantineError, load_profile
 from imaging.deid.burned_in import TesseractEngine, find_tessdata, renders
 from imaging.dicomio import encode_instance, parse_instance
+from tests import dicom_factory  # as a module: pytest would collect a test* name imported here
 
 pytestmark = pytest.mark.skipif(find_tessdata() is None, reason="tesseract-ocr-eng is not installed")
 
@@ -271,9 +273,22 @@ def test_multi_frame_cine_every_frame_redacted(tmp_path: Path) -> None:
 def test_strict_profile_keeps_the_old_modality_rule(tmp_path: Path) -> None:
     ds = _base("RGB")
     ds.Modality = "US"
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.5.1.4.1.1.6.1")
     deid = Deidentifier(load_profile("strict"), KEY)
     parsed = parse_instance(_file(ds, tmp_path / "in.dcm").read_bytes(), max_bytes=1 << 30)
     with pytest.raises(QuarantineError) as caught:
         deid.deidentify(parsed)
     assert caught.value.reason.value == "burned_in_risk"
+
+
+def test_big_endian_palette_is_written_back_big_endian() -> None:
+    """A data set read big endian cannot be re-encoded little endian by pydicom's writer: the
+    cleaned pixels are stored in Explicit VR Big Endian (retired, lossless), not quarantined."""
+    path = Path(dicom_factory.testdata_path("OBXXXX1A_expb.dcm"))
+    out, screen = _deidentify(path)
+    assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
+    assert screen["verified"]
+    if screen["boxes_redacted"]:
+        x, y, w, h = screen["boxes_redacted"][0]
+        cleaned = decode_pixels(out)
+        assert len(set(cleaned[y : y + h, x : x + w].ravel().tolist())) == 1  # one fill value

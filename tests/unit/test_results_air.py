@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any, cast
 
 import highdicom as hd
 import numpy as np
@@ -20,7 +21,7 @@ from imaging.results import (
     build_saliency_segmentation,
     write_secondary_capture,
 )
-from tests.dicom_factory import testdata_path
+from tests.dicom_factory import pydicom_file
 
 ALGORITHM = AlgorithmIdentity(name="chest-opacity", version="7", method="Grad-CAM")
 APPROVAL = ModelApproval(model_version="7", artifact_sha256="ab" * 32, status="approved", alias="production")
@@ -43,13 +44,13 @@ def dx(tmp_path_factory: pytest.TempPathFactory) -> pydicom.Dataset:
 
 @pytest.mark.parametrize("positive", [True, False])
 def test_air_report_reads_back_with_highdicom(tmp_path: Path, positive: bool) -> None:
-    source = pydicom.dcmread(testdata_path("CT_small.dcm"))
+    source = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     report = build_result_report(
         source, ALGORITHM, finding="opacity", probability=0.8731, approval=APPROVAL, positive=positive
     )
     path = write_secondary_capture(report, tmp_path / "sr.dcm")
     sr = hd.sr.srread(path)
-    (group,) = sr.content.get_image_measurement_groups()
+    (group,) = cast(Any, sr.content).get_image_measurement_groups()
     assert group.finding_type.value == "opacity" and group.finding_type.scheme_designator == RADGATE_SCHEME
     (evaluation,) = group.get_qualitative_evaluations()
     assert evaluation.name.value == "opacity"
@@ -133,7 +134,7 @@ def test_attention_region_is_a_planar_roi_on_the_source(tmp_path: Path, dx: pydi
     path = write_secondary_capture(report, tmp_path / "sr.dcm")
     sr = hd.sr.srread(path)
     assert sr.SeriesDescription == "AI: opacity present (p=0.70), chest-opacity v7"
-    (roi,) = sr.content.get_planar_roi_measurement_groups()
+    (roi,) = cast(Any, sr.content).get_planar_roi_measurement_groups()
     assert roi.finding_type.value == "opacity"
     assert roi.roi.value.tolist()[0] == [20.0, 10.0] and len(roi.roi.value) == 5  # closed
     assert roi.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == dx.SOPInstanceUID

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import highdicom as hd
 import numpy as np
@@ -63,6 +64,7 @@ def test_segmentation_round_trip_aligns_each_frame_with_its_source_slice(tmp_pat
         np.testing.assert_array_equal(by_source[0], labels[z])
     description = back.get_segment_description(1)
     assert description.segmented_property_type.value == "5366008"  # SCT Hippocampus
+    assert description.algorithm_identification is not None
     assert description.algorithm_identification[0].AlgorithmName == "brain-seg"
     assert back.get_segment_description(2).segmented_property_type.scheme_designator == "99RADGATE"
     if shutil.which("dciodvfy"):
@@ -78,15 +80,17 @@ def test_volume_report_states_each_volume_and_its_segment(tmp_path: Path) -> Non
     sr.save_as(tmp_path / "sr.dcm")
     report = hd.sr.srread(tmp_path / "sr.dcm")
     assert report.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
-    groups = report.content.get_volumetric_roi_measurement_groups()
+    groups = cast(hd.sr.MeasurementReport, report.content).get_volumetric_roi_measurement_groups()
     found = {}
     for group in groups:
         (measurement,) = group.get_measurements()
         assert measurement.name.meaning == "Volume" and measurement.unit.value == "ml"
         segment = group.referenced_segment
+        assert segment is not None and segment.referenced_segment_numbers is not None
         (number,) = segment.referenced_segment_numbers
         assert segment.referenced_sop_instance_uid == str(seg.SOPInstanceUID)
-        assert segment.source_series_for_segmentation.value == str(sources[0].SeriesInstanceUID)
+        source_series = segment.source_series_for_segmentation
+        assert source_series is not None and source_series.value == str(sources[0].SeriesInstanceUID)
         found[int(number)] = measurement.value
     assert found == {1: pytest.approx(3.5), 2: pytest.approx(0.0)}
     evidence = {

@@ -16,7 +16,7 @@ from imaging.results import (
     build_result_report,
     write_secondary_capture,
 )
-from tests.dicom_factory import testdata_path
+from tests.dicom_factory import pydicom_file
 
 ALGORITHM = AlgorithmIdentity(name="chest-opacity", version="7", method="Grad-CAM")
 
@@ -30,7 +30,7 @@ def _walk(items: pydicom.Sequence) -> list[pydicom.Dataset]:
 
 
 def test_results_sr_states_finding_probability_and_algorithm(tmp_path: Path) -> None:
-    source = pydicom.dcmread(testdata_path("CT_small.dcm"))
+    source = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     report = build_result_report(source, ALGORITHM, finding="opacity", probability=0.8731)
     path = write_secondary_capture(report, tmp_path / "sr.dcm")
     written = pydicom.dcmread(path)
@@ -53,7 +53,7 @@ def test_results_sr_states_finding_probability_and_algorithm(tmp_path: Path) -> 
 
 
 def test_results_sr_rejects_bad_probability_and_source() -> None:
-    source = pydicom.dcmread(testdata_path("CT_small.dcm"))
+    source = pydicom.dcmread(pydicom_file("CT_small.dcm"))
     with pytest.raises(StructuredReportError):
         build_result_report(source, ALGORITHM, finding="opacity", probability=1.5)
     del source.SOPInstanceUID
