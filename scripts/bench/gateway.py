@@ -20,9 +20,10 @@ explicitly; the gateway fsyncs object, folders and a synchronous=FULL catalog co
 For attribution it also reports the SCP alone (the gateway's own SCP, with a sink that only
 hashes) and the in-process cost of ``Ingestor.ingest_bytes`` per file, and the CPU time each
 receiver spends per file over one association (``cpu_ratio`` = Orthanc's / the gateway's, the
-figure that other load on the machine disturbs least). Ends with ONE JSON line.
+figure that other load on the machine disturbs least). Ends with ONE JSON line: medians over
+``--rounds`` (at least 7 by default) with their spread; exits 1 when a ratio misses 1.0.
 
-    .venv/bin/python scripts/bench/gateway.py [--files 100] [--rounds 3] [--concurrency 4] [--no-tls]
+    .venv/bin/python scripts/bench/gateway.py [--files 100] [--rounds 7] [--concurrency 4] [--no-tls]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from _common import spread
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
@@ -235,7 +237,7 @@ def count_instances(env: dict[str, str]) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=100, help="instances per send")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians reported)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (medians reported)")
     parser.add_argument("--concurrency", type=int, default=4, help="associations in phase 2")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="gateway SCP processes (dicom.workers)"
@@ -395,6 +397,11 @@ def main() -> None:
             "transport_only_files_per_s": round(transport, 1),
             "transport_only_ratio": round(transport / orthanc_serial, 3),
             "ingest_ms_per_file": round(ingest_ms, 1),
+            "files_per_s_spread": {
+                f"{name}_{concurrency}": spread(values, 1)
+                for (name, concurrency), values in rates.items()
+                if values
+            },
             "files_per_phase": args.files,
             "rounds": args.rounds,
             "per_round_ratios": [
