@@ -113,17 +113,16 @@ def policy_check(
 @policy_app.command("sign")
 def policy_sign(
     path: Path | None = typer.Argument(None, help="Policy file (default: the one in force)."),
-    token: str | None = TOKEN_OPTION,
 ) -> None:
     """Sign the policy in force (admin, audited): the gate refuses any policy whose hash is not
-    the newest signed one."""
+    the newest signed one. The token comes from RADGATE_TOKEN or RADGATE_TOKEN_FILE."""
     from governance.approvals.policy_record import sign_policy
     from governance.audit import AuditLog
     from governance.policy import default_policy_path, load_policy
 
     with governance_errors():
         policy = load_policy(path)
-        entry = sign_policy(AuditLog(), caller(token), policy)
+        entry = sign_policy(AuditLog(), caller(None), policy)
     out.print(f"signed {path or default_policy_path()} (sha256 {policy.sha256}) in audit entry {entry.seq}")
 
 

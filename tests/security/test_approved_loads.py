@@ -30,3 +30,23 @@ def test_revoked_or_unapproved_versions_are_not_loaded_for_monitoring_or_retrain
         load_approved(f"cxr/{version}")
     with pytest.raises(NotApproved):
         retrain(cast["eng"], "cxr", version=version)
+
+
+def test_explain_of_a_serving_alias_needs_the_gate() -> None:
+    import typer
+
+    from training.explain.cli import _gate_alias
+
+    cast = create_cast()
+    version = register_model("cxr-x")
+    approve_and_promote("cxr-x", version, cast)
+    clear_gate_cache()
+    _gate_alias("cxr-x@production")  # allowed: explained
+    _gate_alias(f"cxr-x/{version}")  # a pinned candidate is explained as such
+    Workflow().revoke(cast["doc"], "cxr-x", version, "recall")
+    from governance.approvals import registry_client
+
+    registry_client().set_registered_model_alias("cxr-x", "production", version)  # set outside RadGate
+    clear_gate_cache()
+    with pytest.raises(typer.Exit):
+        _gate_alias("cxr-x@production")

@@ -25,6 +25,21 @@ def _method(value: str) -> str:
         raise typer.BadParameter(f"{value!r} is not one of: {_METHODS}") from None
 
 
+def _gate_alias(model: str) -> None:
+    """A serving alias (``NAME@ALIAS``) is explained only while the gate allows what it points
+    at: explanations of "the production model" must be of an approved, unrevoked version. A
+    pinned ``NAME/VERSION`` is a candidate under review and is explained as such."""
+    from governance.approvals import gate
+    from training.registry import parse_model_ref
+
+    name, alias, _ = parse_model_ref(model)
+    if alias is None:
+        return
+    decision = gate(name, alias, fresh=True)
+    if not decision.allowed:
+        raise fail(f"{model} is not approved now: " + "; ".join(decision.reasons[:3]), 3)
+
+
 def _settings(path: Path | None):  # type: ignore[no-untyped-def]
     from training.explain.settings import ExplainSettingsError, load_explain_settings
 
@@ -48,6 +63,7 @@ def _load(model: str, tracking_uri: str | None):  # type: ignore[no-untyped-def]
     uri = tracking_uri or get_settings().resolved_mlflow_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _gate_alias(model)
     try:
         return load_model(model, tracking_uri=uri)
     except ModelNotFoundError as exc:
