@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from imaging.decoding import DecompressionLimitError, PixelDataError, UnsupportedSyntaxError, decode_pixels
 from imaging.deid.errors import QuarantineError, QuarantineReason
@@ -90,9 +90,16 @@ def store_pixels(ds: Dataset, pixels: np.ndarray) -> None:
         ds.LossyImageCompression = "01"
         if method is not None and "LossyImageCompressionMethod" not in ds:
             ds.LossyImageCompressionMethod = method
+    implicit, little = ds.original_encoding
+    # a data set read big endian is written so (pydicom does not convert on write): Explicit VR
+    # Big Endian, retired but lossless; one read as implicit VR has elements without a VR
+    if little is False:
+        syntax = ExplicitVRBigEndian
+    else:
+        syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
     array = np.ascontiguousarray(pixels)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
+    if array.dtype.itemsize > 1:
+        array = array.astype(array.dtype.newbyteorder(">" if little is False else "<"), copy=False)
     bits_allocated = int(ds.get("BitsAllocated", 8) or 8)
     if bits_allocated == 1:
         from pydicom.pixels import pack_bits
@@ -106,8 +113,7 @@ def store_pixels(ds: Dataset, pixels: np.ndarray) -> None:
     for tag in _OFFSET_TABLES:
         if tag in ds._dict:
             del ds[tag]
-    # a data set read as implicit VR (whatever its meta claims) has elements without a VR
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if ds.original_encoding[0] else ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples > 1:
         # decoding returns RGB for YBR-encoded input, pixel-interleaved: store what we now hold

@@ -30,7 +30,7 @@ from imaging.decoding import decode_pixels
 from imaging.deid import Deidentifier, QuarantineError, load_profile
 from imaging.deid.burned_in import TesseractEngine, find_tessdata, renders
 from imaging.dicomio import encode_instance, parse_instance
-from tests import dicom_factory  # as a module: pytest would collect a test* name imported here
+from tests import dicom_factory
 
 pytestmark = pytest.mark.skipif(find_tessdata() is None, reason="tesseract-ocr-eng is not installed")
 
@@ -284,7 +284,7 @@ def test_strict_profile_keeps_the_old_modality_rule(tmp_path: Path) -> None:
 def test_big_endian_palette_is_written_back_big_endian() -> None:
     """A data set read big endian cannot be re-encoded little endian by pydicom's writer: the
     cleaned pixels are stored in Explicit VR Big Endian (retired, lossless), not quarantined."""
-    path = Path(dicom_factory.testdata_path("OBXXXX1A_expb.dcm"))
+    path = Path(dicom_factory.pydicom_file("OBXXXX1A_expb.dcm"))
     out, screen = _deidentify(path)
     assert out.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.2"
     assert screen["verified"]
