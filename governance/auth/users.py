@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import DateTime, Integer, String, func, select
+from sqlalchemy import DateTime, Integer, String, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -194,6 +194,9 @@ def add_user(
                 row.id = 1
             session.add(row)
             session.flush()
+            if by is None and session.get_bind().dialect.name == "postgresql":
+                # An explicit id leaves PostgreSQL's sequence at 1: the next user would take it.
+                session.execute(text("SELECT setval(pg_get_serial_sequence('users', 'id'), 1)"))
             info = _info(row)
     except IntegrityError as exc:
         if by is None:
