@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from governance.strict import StrictModel
 
 __all__ = [
     "BCP195_CIPHERS",
@@ -43,11 +45,7 @@ class TlsConfigError(ValueError):
     """A TLS setting names a file that is missing or does not hold what it should."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ServerTls(_Model):
+class ServerTls(StrictModel):
     """TLS of a listener. ``ca_file`` and ``require_client_certificate`` make it mutual TLS:
     a peer must then show a certificate issued by a CA in ``ca_file``."""
 
@@ -85,7 +83,7 @@ class ServerTls(_Model):
         )
 
 
-class ClientTls(_Model):
+class ClientTls(StrictModel):
     """TLS towards one peer: the CA that issued the peer's certificate (``ca_file``), and this
     side's certificate when the peer asks for one (mutual TLS)."""
 

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import os
 
-import typer
 from rich.console import Console
+
+from governance.cli_support import fail
 
 __all__ = ["ingest_on_ray"]
 
 _err = Console(stderr=True)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
 
 
 def ingest_on_ray(sources: list[str], *, ray_address: str, profile: str | None) -> dict[str, object]:
@@ -27,7 +23,7 @@ def ingest_on_ray(sources: list[str], *, ray_address: str, profile: str | None) 
     from imaging.ingest.distributed import ClusterIngestReport, IngestJobError, SourceError, ingest_on_cluster
 
     if len(sources) != 1:
-        raise _fail("--ray-address takes one SOURCE (a folder, a storage prefix or a manifest)", 2)
+        raise fail("--ray-address takes one SOURCE (a folder, a storage prefix or a manifest)", 2)
     progress = Progress(
         TextColumn("[bold]de-identifying on the cluster"),
         BarColumn(),
@@ -47,9 +43,9 @@ def ingest_on_ray(sources: list[str], *, ray_address: str, profile: str | None) 
                 sources[0], ray_address=ray_address, profile=profile, on_progress=advance
             )
     except (SourceError, ProfileError) as exc:
-        raise _fail(str(exc), 2) from exc
+        raise fail(str(exc), 2) from exc
     except IngestJobError as exc:
-        raise _fail(str(exc), 1) from exc
+        raise fail(str(exc), 1) from exc
     data = report.as_dict()
     data["workers"] = sum(1 for _ in report.files_per_node)
     return data

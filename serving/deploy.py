@@ -12,18 +12,15 @@ serving config's ``host``/``port`` are used only by ``radgate serve`` (:func:`se
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
+from governance.strict import StrictModel
 from serving.app import build_app
 from serving.config import load_serve_config
 
 __all__ = ["AppArgs", "app_builder"]
 
 
-class AppArgs(BaseModel):
+class AppArgs(StrictModel):
     """The ``args`` of the application in a Serve config."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     config: Path
     """The RadGate serving config (YAML) inside the Ray nodes, e.g. a mounted ConfigMap."""
