@@ -37,6 +37,26 @@ def load_script(relative: str, name: str) -> ModuleType:
 orthanc_ci = load_script("scripts/ci/orthanc.py", "radgate_ci_orthanc")
 
 
+pg_ci = load_script("scripts/ci/postgres.py", "radgate_ci_postgres")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """A private PostgreSQL 15 cluster on 127.0.0.1 for the module's tests. PostgreSQL is part of
+    the test environment (scripts/ci/install-apt.sh): missing binaries fail the test."""
+    assert pg_ci.find_bindir() is not None, (
+        "PostgreSQL 15 server binaries are missing (apt-get install postgresql-15)"
+    )
+    workdir = pg_ci.scratch_dir()
+    cluster = pg_ci.PostgresCluster(workdir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def dicom_env() -> dict[str, str]:
     return dict(orthanc_ci.dicom_env())

@@ -5,8 +5,6 @@ database migrated under the former branched history is carried onto the line."""
 from __future__ import annotations
 
 import itertools
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from governance.catalog.db import Catalog, migration_config
-from tests.integration.conftest import load_script
 
 pytestmark = pytest.mark.integration
-
-pg_ci = load_script("scripts/ci/postgres.py", "radgate_ci_postgres")
 
 
 def _script() -> Any:
@@ -51,20 +46,6 @@ def _downgrade_to_base(catalog: Catalog) -> None:
     with catalog.engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, "base")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    # PostgreSQL 15 is part of the test environment (scripts/ci/install-apt.sh): missing is a failure.
-    assert pg_ci.find_bindir() is not None, "PostgreSQL 15 server binaries are missing"
-    workdir = pg_ci.scratch_dir()
-    cluster = pg_ci.PostgresCluster(workdir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_the_history_is_one_line_with_one_head() -> None:
@@ -116,20 +97,31 @@ def _record(url: str, revisions: list[str]) -> None:
     engine.dispose()
 
 
+def _upgrade_to(url: str, revision: str) -> None:
+    from alembic import command
+
+    catalog = Catalog(url)
+    config = migration_config()
+    with catalog.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+    catalog.engine.dispose()
+
+
 def test_a_catalog_of_the_former_branched_history_joins_the_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    Catalog(url).upgrade()
+    _upgrade_to(url, "0007_audit_signatures")  # the newest revision of the branched history
     # What upgrade("heads") recorded before the history was made linear (0002 under 0007).
     _record(
         url, ["0003_datasets", "0003_gateway", "0005_compliance", "0006_monitoring", "0007_audit_signatures"]
     )
-    Catalog(url).upgrade()
+    Catalog(url).upgrade()  # carried onto the line, then the revisions after it applied
     assert _recorded(url) == [_script().get_current_head()]
 
 
 def test_a_branched_catalog_with_a_gap_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'catalog.db'}"
-    Catalog(url).upgrade()
+    _upgrade_to(url, "0006_monitoring")
     _record(url, ["0002_governance", "0006_monitoring"])  # datasets, gateway, compliance never applied
     with pytest.raises(RuntimeError, match="never applied"):
         Catalog(url).upgrade()

@@ -6,34 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import load_script
-
 pytestmark = pytest.mark.integration
-
-pg_ci = load_script("scripts/ci/postgres.py", "radgate_ci_postgres")
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Any]:
-    if pg_ci.find_bindir() is None:
-        pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql-15)")
-    workdir = pg_ci.scratch_dir()
-    cluster = pg_ci.PostgresCluster(workdir)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture
