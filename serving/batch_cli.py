@@ -22,6 +22,7 @@ def predict(
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="Model actors (one CPU each)."),
     gpus: float = typer.Option(0.0, "--gpus", min=0, help="GPUs per actor (the model runs on CUDA)."),
     ray_address: str = typer.Option(None, "--ray-address", help="A Ray cluster (HOST:PORT or auto)."),
+    dicom: bool = typer.Option(True, "--dicom/--no-dicom", help="Also write each result's DICOM SR."),
     report: Path = typer.Option(None, "--report", help="Write the JSON report here."),
 ) -> None:
     """Run the approved model over every instance of a dataset version (Ray Data), asking the
@@ -36,7 +37,7 @@ def predict(
         result = predict_dataset(
             model, dataset, output=output, alias=None if version else alias, version=version, split=split,
             batch_size=batch_size, concurrency=concurrency, gpus=gpus, ray_address=ray_address,
-            actor=actor, role=role,
+            dicom=dicom, actor=actor, role=role,
         )  # fmt: skip
     except DatasetError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
