@@ -172,12 +172,12 @@ def _bias(rng: np.random.Generator, size: int, strength: float) -> np.ndarray:
 
 
 def _lesion(rng: np.random.Generator, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """A soft lesion profile in [0, 1] and its mask: an irregular ellipse of radius 3.5-8.5
-    pixels (6-15 mm), elongation up to 1.8, random orientation, centred deep enough in the brain
-    that it lies inside it. None when the slice has no room for one."""
+    """A soft lesion profile in [0, 1] and its mask: an irregular ellipse of radius 4-9 pixels
+    (7-16 mm), elongation up to 1.8, random orientation, centred deep enough in the brain that it
+    lies inside it. None when the slice has no room for one."""
     from scipy import ndimage
 
-    radius = float(rng.uniform(3.5, 8.5))
+    radius = float(rng.uniform(4.0, 9.0))
     inside = ndimage.binary_erosion(brain, iterations=int(np.ceil(radius * 1.4)) + 1)
     candidates = np.argwhere(inside)
     if len(candidates) == 0:
@@ -210,12 +210,12 @@ def _scanner_image(
     scanner: _Scanner,
     lesion: np.ndarray | None,
 ) -> np.ndarray:
-    """Stored MR values 0..~1000: the lesion (hyperintense, 50-100% of the brain's median signal
+    """Stored MR values 0..~1000: the lesion (hyperintense, 70-130% of the brain's median signal
     above its surroundings), gamma contrast, bias field, scanner gain and noise."""
     out = image.copy()
     if lesion is not None:
         median = float(np.median(out[brain])) if brain.any() else float(out.mean())
-        out = out + float(rng.uniform(0.5, 1.0)) * median * lesion
+        out = out + float(rng.uniform(0.7, 1.3)) * median * lesion
     out = np.clip(out, 0, None) ** float(rng.uniform(0.8, 1.25))
     out = out * _bias(rng, out.shape[0], 0.12) * scanner.gain
     head = out > 0.02 * max(float(out.max()), 1e-6)

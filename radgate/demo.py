@@ -274,7 +274,7 @@ def demo(
         None,
         "--patients",
         min=4,
-        help="Synthetic studies: 320 brain MR slices (one per patient), or 24 MR series (segmentation).",
+        help="Synthetic studies: 400 brain MR slices (one per patient), or 24 MR series (segmentation).",
     ),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
     stages: str = typer.Option(",".join(STAGES), "--stages", help=f"Comma-separated subset of {STAGES}."),
@@ -325,7 +325,7 @@ def demo(
         else:
             from radgate.demo_classification import run_classification_demo
 
-            run_classification_demo(runner, people, patients or 320, workers, wanted, pacs, overrides)
+            run_classification_demo(runner, people, patients or 400, workers, wanted, pacs, overrides)
     except DemoFailure as exc:
         failure = exc
     runner.finish(failure)

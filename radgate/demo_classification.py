@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["DEMO_SPLIT", "run_classification_demo"]
 
 DATASET_NAME = "brain-lesion"
-#: 320 studies -> 160 train / 64 val / 96 test (48 per class): every subgroup of the test split
+#: 400 studies -> 200 train / 80 val / 120 test (60 per class): every subgroup of the test split
 #: (4 sites, 3 manufacturers, 2 sexes, 5 age bands) well above the minimum size of 5.
 DEMO_SPLIT = {"train": 0.5, "val": 0.2, "test": 0.3}
 #: The challenger: the champion's recipe on permuted labels, with a third of the epochs (it can
@@ -153,7 +153,7 @@ def _dataset(runner: StageRunner, labels_csv: Path, name: str) -> DatasetVersion
     }
     if smallest[0] < minimum:
         raise DemoFailure(
-            "dataset", f"test subgroup {smallest[1]} has {smallest[0]} < {minimum} images", "--patients 320"
+            "dataset", f"test subgroup {smallest[1]} has {smallest[0]} < {minimum} images", "--patients 400"
         )
     return version
 
