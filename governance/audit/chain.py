@@ -18,7 +18,9 @@ the rows appended since (plus two indexed queries that notice a deleted or repla
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from governance.audit.log import GENESIS_HASH, AuditRow, _row_hash
+from governance.audit.log import GENESIS_HASH, AuditError, AuditRow, _row_hash
 from governance.audit.witness import last_witnessed
 
 if TYPE_CHECKING:
@@ -36,6 +38,9 @@ __all__ = ["ChainBroken", "ChainGuard", "Position", "checkpoint_path", "read_anc
 
 _BATCH = 2000
 _TORN_READ_RETRIES = 3
+#: A guard that walked at least this many entries signs a checkpoint at the verified head (when
+#: its process holds the audit writer's key), so the next process starts from there.
+CHECKPOINT_EVERY = 5000
 
 
 class ChainBroken(RuntimeError):
@@ -82,7 +87,7 @@ def write_checkpoint(log: AuditLog, position: Position) -> dict[str, Any]:
     )
     path = checkpoint_path(log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps(anchor, sort_keys=True) + "\n")
     tmp.replace(path)
     return anchor
@@ -109,7 +114,14 @@ class ChainGuard:
             head = self._walk(start, anchor)
             self._verified = head
             self._highest_anchor = max(self._highest_anchor, anchor.seq)
+            if head.seq - start.seq >= CHECKPOINT_EVERY:
+                self._checkpoint(head)
             return head
+
+    def _checkpoint(self, head: Position) -> None:
+        # A verify-only process (no signing key) writes none: the next walk is just longer.
+        with contextlib.suppress(AuditError, OSError):
+            write_checkpoint(self.log, head)
 
     # ---- steps -------------------------------------------------------------------------------
 
