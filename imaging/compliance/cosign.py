@@ -27,9 +27,9 @@ from governance.auth.roles import PermissionDenied
 
 __all__ = [
     "CONFIRM_ACTION",
-    "CosignError",
     "REQUEST_ACTION",
     "VALIDITY",
+    "CosignError",
     "confirm_erasure",
     "confirmed_approver",
     "request_erasure",
