@@ -153,3 +153,23 @@ def test_a_node_whose_key_differs_refuses_to_work(tmp_path: Path) -> None:
     spec = dataclasses.replace(_spec(), job_id="keymismatch0001", key_id="0123456789abcdef")
     with pytest.raises(KeyMismatch, match="is not the job's"):
         run_chunk(spec, [(str(tmp_path / "one.dcm"), "0" * 16)])
+
+
+def test_an_input_over_the_size_limit_is_quarantined_unread(tmp_path: Path) -> None:
+    import dataclasses
+    import tracemalloc
+
+    big = tmp_path / "big.dcm"
+    big.write_bytes(b"\0" * (8 << 20))  # hashed in 1 MiB pieces, never held whole
+    base = _spec()
+    profile = base.profile.model_copy(update={"max_bytes": 1 << 20})
+    spec = dataclasses.replace(base, job_id="toolarge00000001", profile=profile)
+    run_chunk(dataclasses.replace(spec, job_id="toolarge00000000"), [(str(tmp_path / "none"), "0" * 16)])
+    tracemalloc.start()
+    try:
+        report = run_chunk(spec, [(str(big), "1" * 16)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (report.quarantined, dict(report.reasons), report.bytes_in) == (1, {"too_large": 1}, 8 << 20)
+    assert peak < 4 << 20, f"{peak} bytes held for an 8 MiB input over the limit"
