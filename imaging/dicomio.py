@@ -143,7 +143,12 @@ def inflated_data_set(data: bytes, max_inflated_bytes: int | None = None) -> byt
 def _deflated_start(data: bytes, has_preamble: bool) -> tuple[bytes | None, FileMetaDataset, int] | None:
     """(preamble, file meta, offset of the data set) when the file meta says Deflated Explicit
     VR Little Endian; None otherwise (and for bare data sets)."""
-    if not has_preamble:
+    if not has_preamble or len(data) < 144:
+        return None
+    # Cheap first: the Deflated syntax's UID must appear in the file meta group (whose length
+    # is its first element's value); only then is the meta parsed.
+    (group_length,) = struct.unpack_from("<L", data, 140)
+    if _DEFLATED_UID not in data[132 : 144 + min(group_length, 1 << 16)]:
         return None
     stream = BytesIO(data)
     preamble = read_preamble(stream, False)
@@ -158,6 +163,7 @@ def _deflated_start(data: bytes, has_preamble: bool) -> tuple[bytes | None, File
 # the decoder's headroom. Beyond, the data set is not inflated further.
 INFLATED_HEADER_BUDGET = 16 * 1024 * 1024
 _INFLATE_STEP = 1024 * 1024
+_DEFLATED_UID = DeflatedExplicitVRLittleEndian.encode("ascii")
 _HEADROOM_RATIO = 1.0625
 _LONG_LENGTH_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
