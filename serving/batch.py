@@ -218,12 +218,13 @@ class BatchReport:
 
 def predict_dataset(
     model: str,
-    dataset: str,
+    dataset: str | None,
     *,
     output: str,
     alias: str | None = "production",
     version: str | None = None,
     split: str | None = None,
+    studies: list[str] | None = None,
     batch_size: int = 16,
     concurrency: int = 1,
     gpus: float = 0.0,
@@ -232,20 +233,19 @@ def predict_dataset(
     actor: str = BATCH_ACTOR,
     role: str = "",
 ) -> BatchReport:
-    """Run the approved ``model`` over the dataset version ``dataset`` (id, prefix or name);
-    raises :class:`serving.model.GateDenied` when the gate refuses it before the run starts."""
+    """Run the approved ``model`` over the dataset version ``dataset`` (id, prefix or name), or
+    over every stored instance of ``studies`` (de-identified Study Instance UIDs); raises
+    :class:`serving.model.GateDenied` when the gate refuses it before the run starts."""
     import ray
 
     from governance.approvals import Gate
     from governance.approvals.registry import model_target
     from governance.audit import record
     from governance.settings import get_settings
-    from imaging.datasets import get_dataset
     from serving.model import GateDenied
 
     settings = get_settings()
-    chosen = get_dataset(dataset)
-    items = chosen.manifest.items if split is None else chosen.manifest.items_in(split)
+    cohort, rows = cohort_rows(dataset, studies=studies, split=split)
     reference = {"version": version} if version else {"alias": alias}
     decision = Gate()(model, reference.get("alias"), version=reference.get("version"), fresh=True)
     if not decision.allowed:
@@ -256,16 +256,15 @@ def predict_dataset(
         raise GateDenied(decision)
     job = BatchJob(
         model=model, alias=None if version else alias, version=version, output=output,
-        store_root=settings.resolved_object_store, dataset_id=chosen.id,
+        store_root=settings.resolved_object_store, dataset_id=cohort,
         dicom=dicom, threads=1, gpus=gpus,
     )  # fmt: skip
-    report = BatchReport(dataset=chosen.id, model=model)
+    report = BatchReport(dataset=cohort, model=model)
     started = time.perf_counter()
     owned = not ray.is_initialized()
     if owned:
         ray.init(address=ray_address, log_to_driver=False, include_dashboard=False)
     try:
-        rows = [{"sha256": item.sha256, "store_key": item.store_key} for item in items]
         predicted = ray.data.from_items(rows).map_batches(
             BatchPredictor,
             fn_constructor_args=(job,),
@@ -276,13 +275,53 @@ def predict_dataset(
             num_gpus=job.gpus or None,
         )
         for out in predicted.iter_batches(batch_size=None, batch_format="numpy"):
-            _account(report, out, actor, role, chosen.id)
+            _account(report, out, actor, role, cohort)
     finally:
         if owned:
             ray.shutdown()
     report.elapsed_s = time.perf_counter() - started
     record(actor, "serve.batch.run", f"model:{model}", {**report.as_dict(), "split": split}, role=role)
     return report
+
+
+MAX_STUDIES = 10_000  # per run: the study list is read whole
+
+
+def cohort_rows(
+    dataset: str | None, *, studies: list[str] | None = None, split: str | None = None
+) -> tuple[str, list[dict[str, str]]]:
+    """``(cohort id, rows of sha256 and store_key)`` for a dataset version or a study list;
+    raises :class:`imaging.datasets.DatasetError` for a missing, empty or oversized cohort."""
+    import hashlib
+
+    from sqlalchemy import select
+
+    from governance.catalog import Instance, open_catalog
+    from imaging.datasets import DatasetError, get_dataset
+
+    if (dataset is None) == (studies is None):
+        raise DatasetError("give a dataset version or a study list, not both")
+    if dataset is not None:
+        chosen = get_dataset(dataset)
+        items = chosen.manifest.items if split is None else chosen.manifest.items_in(split)
+        return chosen.id, [{"sha256": item.sha256, "store_key": item.store_key} for item in items]
+    wanted = sorted({uid.strip() for uid in studies or [] if uid.strip()})
+    if not wanted or len(wanted) > MAX_STUDIES:
+        raise DatasetError(f"the study list must name 1 to {MAX_STUDIES} studies")
+    rows: list[dict[str, str]] = []
+    with open_catalog().session() as session:
+        for start in range(0, len(wanted), 500):
+            query = select(Instance.sha256, Instance.store_key).where(
+                Instance.study_instance_uid.in_(wanted[start : start + 500])
+            )
+            rows += [
+                {"sha256": sha, "store_key": key}
+                for sha, key in session.execute(query.order_by(Instance.sha256))
+            ]
+    if not rows:
+        raise DatasetError("no stored instance belongs to the listed studies")
+    cohort = "studies:" + hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
+    return cohort, rows
 
 
 def _account(report: BatchReport, out: dict[str, np.ndarray], actor: str, role: str, dataset: str) -> None:

@@ -12,7 +12,12 @@ __all__ = ["predict"]
 
 
 def predict(
-    dataset: str = typer.Option(..., "--dataset", help="Dataset version: id, prefix, NAME or NAME@PREFIX."),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset version: id, prefix, NAME or NAME@PREFIX."),
+    studies: Path = typer.Option(
+        None,
+        "--studies",
+        help="Instead of --dataset: a file of de-identified Study Instance UIDs, one a line.",
+    ),
     model: str = typer.Option(..., "--model", help="Registered model name."),
     output: str = typer.Option(..., "--output", help="Folder or storage URL (s3://...) for the results."),
     alias: str = typer.Option("production", "--alias", help="The alias the gate must approve."),
@@ -33,9 +38,16 @@ def predict(
     from serving.model import GateDenied
 
     actor, role = current_actor()
+    uids: list[str] | None = None
+    if studies is not None:
+        if not studies.is_file() or studies.stat().st_size > 10 << 20:
+            typer.secho("error: --studies must be a file of at most 10 MiB", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2)
+        uids = studies.read_text(errors="replace").splitlines()
     try:
         result = predict_dataset(
-            model, dataset, output=output, alias=None if version else alias, version=version, split=split,
+            model, dataset, output=output, alias=None if version else alias, version=version,
+            split=split, studies=uids,
             batch_size=batch_size, concurrency=concurrency, gpus=gpus, ray_address=ray_address,
             dicom=dicom, actor=actor, role=role,
         )  # fmt: skip

@@ -174,3 +174,21 @@ def test_the_gate_decides_every_batch_revocation_and_new_promotion_mid_run(
     three = batch(slice(3, 6))
     assert list(three["status"]) == ["predicted"] * 3 and set(three["version"]) == {second}
     assert actor.predictor is not None and actor.predictor.version == second
+
+
+def test_a_cohort_from_a_study_list(cohort: dict[str, Any]) -> None:
+    from imaging.datasets import DatasetError
+    from serving.batch import cohort_rows
+
+    items = cohort["dataset"].manifest.items
+    chosen = {items[0].study, items[5].study}
+    name, rows = cohort_rows(None, studies=[*chosen, "", items[0].study])
+    assert name.startswith("studies:")
+    assert {r["sha256"] for r in rows} == {i.sha256 for i in items if i.study in chosen}
+    assert all(r["store_key"] == r["sha256"] for r in rows)
+    with pytest.raises(DatasetError, match="no stored instance"):
+        cohort_rows(None, studies=["1.2.3.4.5"])
+    with pytest.raises(DatasetError, match="not both"):
+        cohort_rows("cohort", studies=list(chosen))
+    with pytest.raises(DatasetError, match="1 to"):
+        cohort_rows(None, studies=[" "])
