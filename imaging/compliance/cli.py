@@ -212,12 +212,13 @@ def erase(
 
 def erase_confirm(
     request_id: str = typer.Argument(..., help="The request id the honest broker's --request printed."),
-    token: str | None = typer.Option(None, "--token", help="Your admin token (or RADGATE_TOKEN)."),
 ) -> None:
-    """Confirm an erasure request as the second approver (admin, your own sign-in; audited)."""
+    """Confirm an erasure request as the second approver (admin, signed in as yourself through
+    RADGATE_TOKEN or RADGATE_TOKEN_FILE; audited)."""
+    from governance.auth.access import acting_principal
     from imaging.compliance.cosign import CosignError, confirm_erasure
 
-    principal = _principal(token, "admin")
+    principal = acting_principal() or _principal(None, "admin")
     try:
         confirm_erasure(principal, request_id)
     except CosignError as exc:
