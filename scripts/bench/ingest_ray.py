@@ -141,7 +141,7 @@ def _components(work: Path, files: list[Path]) -> dict[str, object]:
     from governance.keys import load_project_key
     from governance.settings import Settings
     from imaging.deid import load_profile
-    from imaging.ingest.distributed import ChunkReport, JobSpec, _Worker
+    from imaging.ingest.tasks import ChunkReport, JobSpec, _Worker
     from imaging.store import ContentStore
 
     pg_ci = _script("scripts/ci/postgres.py", "radgate_ci_postgres")
