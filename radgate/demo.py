@@ -328,16 +328,19 @@ def demo(
             run_classification_demo(runner, people, patients or 400, workers, wanted, pacs, overrides)
     except DemoFailure as exc:
         failure = exc
-    runner.finish(failure)
+    if failure is None and {"train", "govern"} <= set(wanted) and not runner.summary.get("promoted"):
+        failure = DemoFailure(
+            "govern", "the demo ended without a promoted model", "see the policy's reasons above"
+        )
     if failure is not None:
         console.print(f"[red]stage '{failure.stage}' failed:[/red] {failure.why}")
         if failure.next_step:
             console.print(f"next: {failure.next_step}")
+    else:
+        console.rule("[bold green]done")
+    runner.finish(failure)  # the stage table, summary.json, and the summary as the last line
+    if failure is not None:
         raise typer.Exit(1)
-    if "govern" in wanted and "train" in wanted and not runner.summary.get("promoted"):
-        console.print("[red]the demo ended without a promoted model[/red] (see the policy's reasons above)")
-        raise typer.Exit(1)
-    console.rule("[bold green]done")
 
 
 def register(app: typer.Typer) -> None:
