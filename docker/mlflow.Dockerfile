@@ -27,6 +27,9 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "/usr/local/bin/radgate-healthcheck", "http", "http://127.0.0.1:5000/health"]
 ENTRYPOINT ["/usr/local/bin/radgate-entrypoint"]
 # The backend URL carries no password: libpq reads PGPASSWORD (set from PGPASSWORD_FILE).
+# --allowed-hosts: MLflow 3 answers 403 ("possible DNS rebinding attack") to a Host header that is
+# not localhost or an IP, such as the compose service name the other containers use.
 CMD ["mlflow", "server", "--host", "0.0.0.0", "--port", "5000", \
      "--backend-store-uri", "postgresql+psycopg://radgate@postgres:5432/mlflow", \
-     "--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts"]
+     "--artifacts-destination", "s3://mlflow/artifacts", "--serve-artifacts", \
+     "--allowed-hosts", "mlflow,mlflow:5000,localhost,localhost:5000,127.0.0.1,127.0.0.1:5000"]

@@ -229,7 +229,9 @@ bootstrap() {
   token="$(printf '%s\n' "$out" | grep -o 'rg_[A-Za-z0-9_-]*' | tail -n 1)"
   ( umask 077; printf '%s\n' "$token" > "$dir/radgate_admin_token" )
   for pair in gateway:data-steward serving:ml-engineer ui:ml-engineer; do
-    out="$(RADGATE_TOKEN="$token" radgate_run users add "radgate-${pair%%:*}" --role "${pair#*:}")"
+    # A user left by an earlier, interrupted attempt gets a new token instead.
+    out="$(RADGATE_TOKEN="$token" radgate_run users add "radgate-${pair%%:*}" --role "${pair#*:}" 2>/dev/null)" \
+      || out="$(RADGATE_TOKEN="$token" radgate_run users rotate "radgate-${pair%%:*}" 2>/dev/null)"
     printf '%s\n' "$out" | grep -o 'rg_[A-Za-z0-9_-]*' | tail -n 1 > "$dir/radgate_${pair%%:*}_token"
     chmod 0644 "$dir/radgate_${pair%%:*}_token"   # read by the service's non-root user
   done
