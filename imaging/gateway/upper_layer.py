@@ -409,7 +409,8 @@ class StorageAssociation:
         due = time.monotonic() + self.pdu_timeout
         if deadline is not None:
             due = min(due, deadline)
-        self._read_into(header, got, due)
+        if got < 6:
+            self._read_into(header, got, due)
         pdu_type, length = header[0], struct.unpack_from(">L", header, 2)[0]
         if pdu_type not in PduType._value2member_map_:
             raise ProtocolError("unrecognised PDU", AbortReason.UNRECOGNIZED_PDU)
