@@ -12,7 +12,14 @@ from __future__ import annotations
 import numpy as np
 from pydicom.dataset import Dataset
 
-__all__ = ["anatomy_mask", "frame_luminance", "renders", "sample_frames", "stroke_render"]
+__all__ = [
+    "anatomy_mask",
+    "frame_luminance",
+    "renders",
+    "sample_frames",
+    "stroke_render",
+    "text_likely",
+]
 
 
 def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -110,3 +117,42 @@ def stroke_render(frame: np.ndarray) -> np.ndarray:
     size = max(9, min(full.shape) // 24)
     hat = white_tophat(full, size=(size, size))
     return _stretch(hat.astype(np.float32), 0.0, float(max(int(hat.max()), 1)))
+
+
+# the smallest glyph, at the size frames are read (pixels)
+_GLYPH_MIN = 4
+# the top-hat window: wider than any glyph stroke, so strokes survive and flat areas vanish
+_HAT = 21
+
+
+def text_likely(image: np.ndarray, *, min_contrast: int = 24) -> bool:
+    """Whether a 2D 8-bit render holds anything OCR could read as a character: a blob brighter
+    (or darker) than its surroundings by ``min_contrast`` levels inside a window wider than a
+    stroke, between a small glyph's and a large glyph's height. Frames without one are not
+    given to the OCR engine (it cannot read text that is not there); anything text-like, noise
+    and texture included, is.
+
+    A pre-screen meant to be conservative: it only looks for the structure a glyph needs
+    (local contrast and size), never whether the structure is text.
+    """
+    from scipy import ndimage
+
+    if image.ndim != 2 or min(image.shape) < _GLYPH_MIN:
+        return False
+    values = image.astype(np.int16)
+    opened = ndimage.maximum_filter(ndimage.minimum_filter(values, size=_HAT), size=_HAT)
+    closed = ndimage.minimum_filter(ndimage.maximum_filter(values, size=_HAT), size=_HAT)
+    for hat in (values - opened, closed - values):  # white top-hat, black top-hat
+        binary = hat >= min_contrast
+        if not binary.any():
+            continue
+        labels, _ = ndimage.label(binary)
+        for found in ndimage.find_objects(labels):
+            if found is None:
+                continue
+            height = found[0].stop - found[0].start
+            width = found[1].stop - found[1].start
+            # a glyph, or glyphs merged with each other or with anatomy: only specks are not
+            if max(height, width) >= _GLYPH_MIN and height * width >= 8:
+                return True
+    return False

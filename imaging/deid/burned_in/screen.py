@@ -40,6 +40,7 @@ from imaging.deid.burned_in.render import (
     renders,
     sample_frames,
     stroke_render,
+    text_likely,
 )
 from imaging.deid.errors import QuarantineError, QuarantineReason
 from imaging.deid.profile import BurnedInPolicy
@@ -330,6 +331,8 @@ class PixelScreener:
             factor = 1.0 / step
         else:
             factor, work = 1.0, image
+        if not text_likely(work):  # no structure a glyph needs: nothing for OCR to read
+            return []
         lines = [_line_at(line, factor, 0, image.shape) for line in self._read(work, engine)]
         if turn and not engine.reads_vertical:
             turned = np.ascontiguousarray(np.rot90(work, k=-1))
