@@ -173,8 +173,10 @@ def test_idle_connections_leave_room_for_the_pacs(
     assert echo == 0
     assert stores == [0] * len(ct_files)
     pending_bound = MAX_PENDING + RESERVED if spread else PER_HOST
-    # the legitimate association's own thread, and one the closing attackers may hold
-    assert sampler.max_threads <= before["threads"] + pending_bound + 2, sampler.max_threads
+    # besides the attackers' pending slots: the legitimate association's thread, one still
+    # closing from the warm-up, and helper threads the ingest path starts on first use (a
+    # bound that does not grow with the 500 attackers, which is the point)
+    assert sampler.max_threads <= before["threads"] + pending_bound + 4, sampler.max_threads
     after = _status(gateway.process.pid)
     assert after["VmHWM"] - before["VmRSS"] < MEMORY_MARGIN, (before, after)
     print(
