@@ -35,7 +35,6 @@ _COMMAND_MODULES = (
     "training.explain.cli",
     "governance.cli",
     "governance.cli.certs",
-    "governance.cli.certs",
     "serving.cli",
     "serving.monitoring.cli",
     "serving.ui.cli",

@@ -156,11 +156,6 @@ COMMAND_ACCESS: Mapping[str, Access] = {
         frozenset(),
         "writes a throw-away CA and certificates to a directory; reads no platform data",
     ),
-    "certs dev": Access(
-        AccessMode.SELF,
-        frozenset(),
-        "writes a throw-away CA and certificates to a directory; reads no platform data",
-    ),
     "demo": Access(
         AccessMode.SELF,
         frozenset(),
