@@ -323,6 +323,9 @@ class Journey:
             # drop_last (decided on the whole split, not a rank's share) a rank can get no batch.
             "--set",
             "data.batch_size=4",
+            # The name the local stack's serving config serves (docker/config/serve.local.yaml).
+            "--set",
+            f"registry.model_name={MODEL}",
             token="eng",
             env={"RAY_ADDRESS": "auto"},
             timeout=1800,
@@ -355,7 +358,7 @@ class Journey:
                 request = urllib.request.Request(f"{SERVING_URL}/healthz", headers=headers)
                 with urllib.request.urlopen(request, timeout=30) as reply:
                     health = json.loads(reply.read())
-                    if health.get("models", {}).get(MODEL):
+                    if MODEL in health.get("models", {}):  # served; its weights load on first use
                         break
                     last = health
             except (urllib.error.URLError, OSError) as exc:
