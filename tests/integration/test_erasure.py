@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pydicom
 import pytest
 import typer
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
@@ -56,6 +57,11 @@ def world(radgate_home: Path, mlflow_template: Path) -> dict[str, object]:
         accession="QACC1",
         BurnedInAnnotation="YES",
     )
+    # Pixel data shorter than the header declares cannot be decoded for burned-in screening,
+    # so the instance is quarantined (with patient 0's identity sealed in its record).
+    damaged = pydicom.dcmread(burned)
+    damaged.PixelData = damaged.PixelData[: len(damaged.PixelData) // 2]
+    damaged.save_as(burned)
     assert ingest_files([burned])["quarantined"] == 1
     everyone = write_labels(
         radgate_home.parent / "all.csv", [(s.accession_number, i % 2) for i, s in enumerate(studies)]
@@ -122,15 +128,15 @@ def world(radgate_home: Path, mlflow_template: Path) -> dict[str, object]:
             ],
         )
     # Serving keeps a served request's raw input sealed while feedback may come (real layout).
-    from governance.keys import load_project_key
     from serving.monitoring.live import pending_input_path
+    from serving.monitoring.sealing import RECORD_INPUT, serving_key
 
     live = Table("monitoring_records", MetaData(), autoload_with=catalog.engine)
     later = datetime.now(UTC) + timedelta(hours=24)
     for request_id, study in (("live-1", studies[1]), ("live-2", studies[4])):  # patient 0, patient 2
         path = pending_input_path(request_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(load_project_key().seal(study.path.read_bytes(), request_id.encode()))
+        path.write_bytes(serving_key().seal(study.path.read_bytes(), request_id.encode(), record=RECORD_INPUT))
         with catalog.engine.begin() as connection:
             connection.execute(
                 insert(live),
@@ -295,7 +301,9 @@ def test_erase_cli_dry_run_and_execute(world: dict[str, object]) -> None:
     )
     assert asked.exit_code == 0, asked.output
     request_id = json.loads(asked.output)["request_id"]
-    confirmed = CliRunner().invoke(app, ["erase-confirm", request_id, "--token", cast.tokens["admin"]])
+    confirmed = CliRunner().invoke(
+        app, ["erase-confirm", request_id], env={"RADGATE_TOKEN": cast.tokens["admin"]}
+    )
     assert confirmed.exit_code == 0, confirmed.output
     done = CliRunner().invoke(
         app,
