@@ -136,7 +136,8 @@ def world(radgate_home: Path, mlflow_template: Path) -> dict[str, object]:
     for request_id, study in (("live-1", studies[1]), ("live-2", studies[4])):  # patient 0, patient 2
         path = pending_input_path(request_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(serving_key().seal(study.path.read_bytes(), request_id.encode(), record=RECORD_INPUT))
+        sealed = serving_key().seal(study.path.read_bytes(), request_id.encode(), record=RECORD_INPUT)
+        path.write_bytes(sealed)
         with catalog.engine.begin() as connection:
             connection.execute(
                 insert(live),
