@@ -13,6 +13,7 @@ import pytest
 from governance.keys import ProjectKey
 from imaging.corpus import packaged_dicom_files
 from imaging.deid import Deidentifier, load_profile
+from imaging.deid.values import DUMMY
 from imaging.phi_corpus import (
     burned_in_instances,
     identifying_values,
@@ -25,6 +26,7 @@ from imaging.pipeline import Outcome, process_bytes, quiet_pydicom
 pytestmark = pytest.mark.integration
 
 KEY = ProjectKey(b"\x05" * 32)
+_DUMMIES = {str(v) for v in DUMMY.values() if v}
 DCIODVFY = shutil.which("dciodvfy")
 
 
@@ -79,7 +81,9 @@ def _leaks(files: list[Path], profile: str) -> tuple[Counter[str], dict[str, lis
         outcomes[result.outcome.value] += 1
         if result.outcome is Outcome.DEIDENTIFIED:
             assert result.output is not None
-            found = residual_phi(result.output, identifying_values(data))
+            # an input value equal to the profile's own dummy (a file already anonymised with
+            # date 19000101) is what replacement writes, not a leak
+            found = residual_phi(result.output, identifying_values(data) - _DUMMIES)
             if found:
                 leaks[path.name] = found
     assert sum(outcomes.values()) == len(files)
