@@ -125,7 +125,7 @@ def test_planted_phi_corpus_leaves_nothing(
         if result.outcome is not Outcome.DEIDENTIFIED:
             continue
         assert result.output is not None
-        assert residual_phi(result.output, set(item.planted) | identifying_values(data)) == [], (
+        assert residual_phi(result.output, (set(item.planted) | identifying_values(data)) - _DUMMIES) == [], (
             item.source.name
         )
         checked += 1
@@ -140,7 +140,7 @@ def test_planted_phi_corpus_leaves_nothing(
             assert result.reason is not None and result.reason.value.startswith("pixel_")
             continue
         assert result.output is not None
-        assert residual_phi(result.output, set(item.planted) | identifying_values(data)) == []
+        assert residual_phi(result.output, (set(item.planted) | identifying_values(data)) - _DUMMIES) == []
         assert residual_pixel_phi(result.output, item.planted) == [], item.source.name
         stored += 1
     assert stored >= len(burned) // 2
