@@ -139,6 +139,7 @@ class Journey:
     files: list[Path] = field(default_factory=list)
     labels_csv: Path | None = None
     version: str | None = None
+    sr_before: int = 0
 
     def step(self, name: str, action: Callable[[], dict[str, Any] | None]) -> None:
         start = time.monotonic()
@@ -366,6 +367,7 @@ class Journey:
             time.sleep(5)
         else:
             raise StepFailed(f"serving not ready: {last}; {self.stack.logs('serving')}")
+        self.sr_before = len(self._sr_instances())
         ready = time.monotonic()
         body = self.files[0].read_bytes()
         request = urllib.request.Request(
@@ -385,19 +387,21 @@ class Journey:
             "push": result.get("push"),
         }
 
+    def _sr_instances(self) -> list[str]:
+        query = json.dumps({"Level": "Instance", "Query": {"Modality": "SR"}}).encode()
+        found: list[str] = self.orthanc("POST", "/tools/find", query)
+        return found
+
     def sr_in_orthanc(self) -> dict[str, Any]:
+        """A new SR instance (the one this prediction pushed), not one of an earlier run."""
         deadline = time.monotonic() + 120
         found: list[str] = []
         while time.monotonic() < deadline:
-            found = self.orthanc(
-                "POST", "/tools/find", json.dumps({"Level": "Instance", "Query": {"Modality": "SR"}}).encode()
-            )
-            if found:
-                break
+            found = self._sr_instances()
+            if len(found) > self.sr_before:
+                return {"sr_instances": len(found), "new": len(found) - self.sr_before}
             time.sleep(3)
-        else:
-            raise StepFailed("no SR instance in Orthanc")
-        return {"sr_instances": len(found)}
+        raise StepFailed(f"no new SR instance in Orthanc ({len(found)} before and after)")
 
     def run(self) -> int:
         try:
