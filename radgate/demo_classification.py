@@ -293,7 +293,7 @@ def _explain(
         model_version=model.version,
     )
     parameter = model.tags.get("radgate.saliency_sanity", "not run")
-    spearman = model.tags.get("radgate.saliency_sanity.spearman", "?")
+    spearman = model.tags.get("radgate.saliency_randomization_spearman", "?")
     console.print(
         f"Grad-CAM ({model.gradcam_layer}) on {localization.images} positive test images: pointing game "
         f"{localization.pointing_game:.3f} (peak within {tolerance} px of the site's lesion mask), mean "
