@@ -148,7 +148,9 @@ def test_planted_phi_corpus_leaves_nothing(
 
 def _errors(path: Path) -> set[str]:
     assert DCIODVFY is not None
-    proc = subprocess.run([DCIODVFY, "-new", str(path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [DCIODVFY, "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=60
+    )
     lines = (proc.stdout + proc.stderr).splitlines()
     # Values differ after de-identification (UIDs, dates): compare the messages without them.
     return {re.sub(r"<[0-9.]+>", "<v>", line) for line in lines if line.startswith("Error")}
