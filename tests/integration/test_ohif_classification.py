@@ -25,7 +25,7 @@ import pytest
 
 from imaging.gateway.viewer import ohif_dist
 from tests.integration.conftest import orthanc_ci
-from tests.integration.test_pacs_viewer import CHROMIUM, CHROMIUM_ARGS, coloured
+from tests.integration.test_pacs_viewer import CHROMIUM, coloured, ohif_page
 
 pytestmark = [
     pytest.mark.integration,
@@ -62,8 +62,8 @@ def _image(png: bytes) -> np.ndarray:
     return rgb[int(0.2 * height) : int(0.85 * height), int(0.02 * width) : int(0.98 * width)]
 
 
-def test_classification_results_shown_in_ohif(viewer_pacs: Any, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+def test_classification_results_shown_in_ohif(viewer_pacs: Any, tmp_path: Path, playwright: Any) -> None:
+    from playwright.sync_api import expect
     from pydicom import dcmread
 
     from imaging.demo_data import write_demo_studies
@@ -105,47 +105,37 @@ def test_classification_results_shown_in_ohif(viewer_pacs: Any, tmp_path: Path) 
     for dataset in objects:
         viewer_pacs.upload(_encode(dataset))
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context(
-                http_credentials={"username": viewer_pacs.user, "password": viewer_pacs.password},
-                viewport={"width": 1280, "height": 800},
-            )
-            page = context.new_page()
-            failed: list[str] = []
-            page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-            page.goto(viewer_pacs.viewer_url(source.StudyInstanceUID))
-            page.get_by_text("Skip all").click(timeout=90_000)  # OHIF's first-visit tour
-            # The study browser: the SR states the finding and verdict, the SEG the attention map.
-            expect(page.get_by_text("AI: opacity present (p=0.91), chest-opacity v3").first).to_be_visible(
-                timeout=60_000
-            )
-            expect(page.get_by_text("AI attention: chest-opacity v3").first).to_be_visible()
-            expect(page.get_by_text("DX", exact=True).first).to_be_visible()
-            # Two viewports: the source left, the overlay right (OHIF's layout tool, 1x2).
-            page.locator('[data-cy="Layout"]').click()
-            page.locator('[data-cy="Layout-1-0"]').click()  # column 1 of row 0: 1x2
-            viewports = page.locator('[data-cy="viewport-pane"]')
-            expect(viewports).to_have_count(2, timeout=30_000)
-            viewports.nth(1).click()
-            page.get_by_text("AI Grad-CAM: chest-opacity v3").first.dblclick()
-            page.mouse.move(0, 0)
-            left = right = np.zeros((1, 1, 3), dtype=np.int32)
-            for _ in range(60):  # rendering is asynchronous: poll until the overlay is drawn
-                left, right = _image(viewports.nth(0).screenshot()), _image(viewports.nth(1).screenshot())
-                if coloured(right).sum() > 500:
-                    break
-                page.wait_for_timeout(500)
-            page.screenshot(path=str(shots / "ohif-classification-page.png"))
-            (shots / "ohif-classification-overlay.png").write_bytes(viewports.nth(1).screenshot())
-            assert coloured(left).sum() < 50  # the source: greyscale
-            hue = coloured(right)
-            assert hue.sum() > 500
-            # The colour sits where the map is: right half of the image, upper half of the lungs.
-            rows, columns = np.nonzero(hue)
-            height, width = hue.shape
-            assert columns.mean() > 0.5 * width and rows.mean() < 0.6 * height
-            assert not failed, failed
-        finally:
-            browser.close()
+    with ohif_page(playwright, viewer_pacs, viewer_pacs.viewer_url(source.StudyInstanceUID)) as (
+        page,
+        failed,
+    ):
+        # The study browser: the SR states the finding and verdict, the SEG the attention map.
+        expect(page.get_by_text("AI: opacity present (p=0.91), chest-opacity v3").first).to_be_visible(
+            timeout=60_000
+        )
+        expect(page.get_by_text("AI attention: chest-opacity v3").first).to_be_visible()
+        expect(page.get_by_text("DX", exact=True).first).to_be_visible()
+        # Two viewports: the source left, the overlay right (OHIF's layout tool, 1x2).
+        page.locator('[data-cy="Layout"]').click()
+        page.locator('[data-cy="Layout-1-0"]').click()  # column 1 of row 0: 1x2
+        viewports = page.locator('[data-cy="viewport-pane"]')
+        expect(viewports).to_have_count(2, timeout=30_000)
+        viewports.nth(1).click()
+        page.get_by_text("AI Grad-CAM: chest-opacity v3").first.dblclick()
+        page.mouse.move(0, 0)
+        left = right = np.zeros((1, 1, 3), dtype=np.int32)
+        for _ in range(60):  # rendering is asynchronous: poll until the overlay is drawn
+            left, right = _image(viewports.nth(0).screenshot()), _image(viewports.nth(1).screenshot())
+            if coloured(right).sum() > 500:
+                break
+            page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "ohif-classification-page.png"))
+        (shots / "ohif-classification-overlay.png").write_bytes(viewports.nth(1).screenshot())
+        assert coloured(left).sum() < 50  # the source: greyscale
+        hue = coloured(right)
+        assert hue.sum() > 500
+        # The colour sits where the map is: right half of the image, upper half of the lungs.
+        rows, columns = np.nonzero(hue)
+        height, width = hue.shape
+        assert columns.mean() > 0.5 * width and rows.mean() < 0.6 * height
+        assert not failed, failed

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,28 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+
+
+@contextmanager
+def ohif_page(playwright: Any, viewer_pacs: Any, url: str) -> Iterator[tuple[Any, list[str]]]:
+    """OHIF opened at ``url`` in Debian's Chromium, signed in to the viewer's Orthanc, past the
+    first-visit tour; yields the page and the HTTP errors it meets. ``playwright`` is
+    pytest-playwright's session instance: a second sync_playwright() in the same thread fails
+    once the UI tests have started theirs."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        context = browser.new_context(
+            http_credentials={"username": viewer_pacs.user, "password": viewer_pacs.password},
+            viewport={"width": 1280, "height": 800},
+        )
+        page = context.new_page()
+        failed: list[str] = []
+        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page.goto(url)
+        page.get_by_text("Skip all").click(timeout=90_000)  # OHIF's first-visit tour
+        yield page, failed
+    finally:
+        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -123,19 +146,7 @@ def test_ohif_in_orthanc_overlays_radgate_seg(
         viewer_pacs.upload(encode(dataset))
     url = viewer_pacs.viewer_url(sources[0].StudyInstanceUID)
 
-    # pytest-playwright's session Playwright (one per process: a second sync_playwright() in the
-    # same thread fails once the UI tests have started theirs), with this test's own browser flags.
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
-        context = browser.new_context(
-            http_credentials={"username": viewer_pacs.user, "password": viewer_pacs.password},
-            viewport={"width": 1280, "height": 800},
-        )
-        page = context.new_page()
-        failed: list[str] = []
-        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-        page.goto(url)
-        page.get_by_text("Skip all").click(timeout=90_000)  # OHIF's first-visit tour
+    with ohif_page(playwright, viewer_pacs, url) as (page, failed):
         counter = page.locator('[data-cy="viewport-overlay-bottom-right"]')
         expect(counter).to_contain_text(f"/{SLICES})", timeout=60_000)
         # The segmentation panel open from the start: the viewport keeps its size throughout.
@@ -177,5 +188,3 @@ def test_ohif_in_orthanc_overlays_radgate_seg(
         assert red.sum() > 0.3 * blob.sum() and green.sum() > 0.3 * blob.sum()
         assert np.nonzero(red)[1].mean() < np.nonzero(green)[1].mean()
         assert not failed, failed
-    finally:
-        browser.close()
