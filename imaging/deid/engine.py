@@ -122,6 +122,15 @@ _DATE_TAGS = tuple(
     )
 )
 _CHARSET = 0x00080005
+# X/Z sequences and the parent sequences in which they are Type 2 (None: the top level).
+# Elsewhere they are Type 3, and an empty Type 3 sequence is invalid (1-n items): removed.
+# Acquisition Context Sequence: Type 2 in the Acquisition Context Module. Referenced Study
+# Sequence: Type 3 in General Study and the Request Attributes Macro, Type 2 inside the
+# SR Document General Module's Referenced Request Sequence (0040,A370).
+_TYPE2_SEQUENCE_PARENTS: dict[int, frozenset[int | None]] = {
+    0x00400555: frozenset({None}),
+    0x00081110: frozenset({0x0040A370}),
+}
 _ACTION_NAMES = {action: action.value for action in Action}  # Enum.value is a property: slow per element
 # Header attributes the engine reads (tags, not keywords: no keyword lookups per instance).
 _SOP_CLASS, _SOP_INSTANCE, _STUDY_UID, _SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
@@ -163,6 +172,8 @@ class _Instance:
     root: Dataset | None = None
     # Free text is cleaned after the walk, once every nested name and ID has been seen.
     pending: list[tuple[Dataset, Any]] = field(default_factory=list)
+    # Tags of the sequences enclosing the dataset being walked, innermost last.
+    parents: list[int] = field(default_factory=list)
     _scrubber: TextScrubber | None = None
 
     @property
@@ -371,8 +382,19 @@ class Deidentifier:
                 del ds[tag]
 
     def _recurse(self, ds: Dataset, t: int, state: _Instance, pseudonym: str, depth: int) -> None:
-        for item in ds[t].value or ():
-            self._walk(item, state, pseudonym, depth + 1)
+        state.parents.append(int(t))
+        try:
+            for item in ds[t].value or ():
+                self._walk(item, state, pseudonym, depth + 1)
+        finally:
+            state.parents.pop()
+
+    def _type2_here(self, t: int, state: _Instance) -> bool:
+        """Whether sequence ``t`` is Type 2 where it sits (kept empty rather than removed)."""
+        parents = _TYPE2_SEQUENCE_PARENTS.get(t)
+        if parents is None:
+            return False
+        return (state.parents[-1] if state.parents else None) in parents
 
     def _vr(self, ds: Dataset, tag: int) -> str | None:
         elem = ds._dict[tag]  # type: ignore[index]  # the walk passes the dataset's own key
@@ -454,7 +476,15 @@ class Deidentifier:
         elem = ds[t]
         vr = elem.VR
         if vr == "SQ":
-            if action is Action.ZERO:
+            if (
+                action is Action.ZERO
+                and t in self.table.remove_or_zero
+                and not self._type2_here(int(t), state)
+            ):
+                del ds[t]
+                state.actions[_ACTION_NAMES[Action.ZERO]] -= 1
+                state.actions[_ACTION_NAMES[Action.REMOVE]] += 1
+            elif action is Action.ZERO:
                 elem.value = Sequence()
             else:  # D, U, C: keep the structure (a dummy of the same shape), apply the table inside
                 self._recurse(ds, t, state, pseudonym, depth)

@@ -88,7 +88,8 @@ def _concrete(basic: str) -> Action:
     The standard picks by the attribute's Type in the IOD at hand. Without IOD tables at run
     time the engine takes the choice that keeps every IOD valid and still leaks nothing: a
     dummy when D is allowed, else zero length; X/Z/U (reference sequences) keeps the sequence
-    with its UIDs replaced.
+    with its UIDs replaced. For X/Z sequences the engine removes what is Type 3 where it sits
+    (see ``ResolvedTable.remove_or_zero``): an empty sequence is only valid where Type 2.
     """
     parts = basic.split("/")
     if len(parts) == 1:
@@ -110,6 +111,9 @@ class ResolvedTable:
     overlay_comments: Action  # (60xx,4000)
     private: Action
     release: str
+    # Tags whose zero-length action stands for X/Z ("remove, or empty where Type 2"): the
+    # engine removes such a sequence unless it is Type 2 where it sits (see engine).
+    remove_or_zero: frozenset[int] = frozenset()
 
     def lookup(self, tag: int) -> Action | None:
         action = self.by_tag.get(tag)
@@ -150,10 +154,13 @@ def load_table(options: Iterable[Option] = ()) -> ResolvedTable:
     enabled = frozenset(options)
     by_tag: dict[int, Action] = {}
     special: dict[str, Action] = {}
+    remove_or_zero: set[int] = set()
     for row in rows:
         action = _resolve_row(row, enabled)
         if all(c in "0123456789abcdef" for c in row.tag):
             tag = int(row.tag, 16)
+            if action is Action.ZERO and set(row.basic.split("/")) == {"X", "Z"}:
+                remove_or_zero.add(tag)
             if tag in _PSEUDONYMISED:
                 action = Action.PSEUDONYM
             elif tag in _EMPTY_NOT_REMOVE and action is Action.REMOVE:
@@ -168,4 +175,5 @@ def load_table(options: Iterable[Option] = ()) -> ResolvedTable:
         overlay_comments=special["60xx4000"],
         private=special["private"],
         release=release,
+        remove_or_zero=frozenset(remove_or_zero),
     )
