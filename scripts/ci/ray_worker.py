@@ -65,14 +65,22 @@ class RayWorker:
             f"--runtime-env-agent-port={free_port()}",
             f"--metrics-export-port={free_port()}",
         ]  # fmt: skip
+        # The nodes already listed, read before this one starts: ``ray status`` reads the
+        # autoscaler's view, which lags the GCS, so wait until it lists at least the head
+        # (an empty view here made the head look like the node that joined).
+        deadline = time.monotonic() + timeout
+        before = set(self._alive_nodes())
+        while not before:
+            if time.monotonic() > deadline:
+                raise RayWorkerError(f"the head at {self.head_address} lists no active node")
+            time.sleep(1)
+            before = set(self._alive_nodes())
         log = (self.temp_dir / "ray-start.log").open("ab")
         env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
         self.process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         log.close()
-        before = set(self._alive_nodes())
-        deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
                 raise RayWorkerError("ray start --address failed:\n" + self.log()[-3000:])

@@ -175,7 +175,13 @@ def test_worker_node_killed_mid_run_job_finishes_on_the_head(
 
         try:
             report = ingest_on_cluster(source, chunk_size=4, on_progress=kill_worker_once_it_has_worked)
+            # The job can finish on the head before the GCS's health check (3 x 1 s) declares
+            # the killed node dead: wait for that verdict (bounded) before reading it.
+            deadline = time.monotonic() + 60
             alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+            while worker.node_id in alive and time.monotonic() < deadline:
+                time.sleep(0.5)
+                alive = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
         finally:
             ray.shutdown()
         assert killed and killed[0] < expected["inputs"], "the worker node was not killed mid-run"
