@@ -56,10 +56,17 @@ def _nll(labels: np.ndarray, logits: np.ndarray, temperature: float) -> float:
 
 def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
     """The temperature minimising the NLL of ``labels`` (validation) under ``softmax(logits / T)``,
-    searched on log T within :data:`_TEMPERATURE_BOUNDS`; 1.0 without labels."""
+    searched on log T within :data:`_TEMPERATURE_BOUNDS`; 1.0 without labels.
+
+    On a split that the logits separate perfectly (every image's own class has the largest logit)
+    the NLL keeps falling as T -> 0 and has no minimum: the fit would sharpen every probability
+    to 0 or 1 on no evidence. The temperature then stays 1.0.
+    """
     from scipy.optimize import minimize_scalar
 
     if len(labels) == 0:
+        return 1.0
+    if np.all(np.argmax(np.asarray(logits), axis=1) == labels.astype(int)):
         return 1.0
     low, high = (math.log(b) for b in _TEMPERATURE_BOUNDS)
     found = minimize_scalar(
@@ -91,17 +98,30 @@ class Calibration:
 def choose_threshold(
     labels: np.ndarray, scores: np.ndarray, method: OperatingPoint, target_sensitivity: float = 0.9
 ) -> float:
-    """Operating point on validation scores: Youden's J, or the highest threshold reaching a sensitivity."""
+    """Operating point on validation scores: Youden's J, or the highest threshold reaching a sensitivity.
+
+    Youden's threshold sits halfway, in log-odds, between the lowest score it calls positive
+    and the next score below (the same validation decisions): a threshold on the lowest positive
+    score itself (the ROC curve's point) calls any slightly lower test score negative, which on a
+    well-separated validation split puts the operating point at the edge of the positives; and
+    halfway in probability would sit next to the positives again once scores saturate near 0
+    and 1 (log-odds is where a logistic model's margin is measured).
+    """
     from sklearn.metrics import roc_curve
 
     if len(np.unique(labels)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(labels, scores)
+    fpr, tpr, thresholds = roc_curve(labels, scores, drop_intermediate=False)
     thresholds = np.clip(thresholds, 0.0, 1.0)
     if method is OperatingPoint.SENSITIVITY:
         reaching = np.flatnonzero(tpr >= target_sensitivity)
         return float(thresholds[reaching[0]]) if len(reaching) else 0.5
-    return float(thresholds[int(np.argmax(tpr - fpr))])
+    best = int(np.argmax(tpr - fpr))
+    if best + 1 < len(thresholds):
+        low, high = np.clip(thresholds[[best + 1, best]], 1e-12, 1 - 1e-12)
+        mid = (np.log(low / (1 - low)) + np.log(high / (1 - high))) / 2
+        return float(1 / (1 + np.exp(-mid)))
+    return float(thresholds[best])
 
 
 def reliability_curve(labels: np.ndarray, scores: np.ndarray, bins: int) -> list[dict[str, float]]:

@@ -31,6 +31,17 @@ def test_fit_temperature_recovers_the_overconfidence() -> None:
     assert fit_temperature(np.zeros(0, dtype=int), np.zeros((0, 2))) == 1.0
 
 
+def test_a_separated_validation_split_leaves_the_temperature_alone() -> None:
+    # Every image on its side of the boundary: the NLL falls without end as T -> 0, and a
+    # fitted T would sharpen every served probability to 0 or 1 (it reached 0.054 in a demo run).
+    labels = np.array([0] * 20 + [1] * 20)
+    margin = np.r_[-np.linspace(0.5, 6, 20), np.linspace(0.5, 6, 20)]
+    logits = np.stack([np.zeros(40), margin], axis=1)
+    assert fit_temperature(labels, logits) == 1.0
+    labels[0] = 1  # one image on the wrong side: an interior minimum exists again
+    assert fit_temperature(labels, logits) != 1.0
+
+
 def test_calibration_lowers_test_ece_and_keeps_the_ranking() -> None:
     val_labels, val_logits = _overconfident(600, 1)
     test_labels, test_logits = _overconfident(600, 2)

@@ -34,6 +34,16 @@ def test_threshold_choice() -> None:
     youden = choose_threshold(labels, scores, OperatingPoint.YOUDEN)
     m = binary_metrics(labels, scores, youden)
     assert m["sensitivity"] + m["specificity"] - 1 == pytest.approx(0.75)
+    # a separable split: the threshold lies strictly between the classes, not on a positive
+    separable = choose_threshold(
+        np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.9, 0.95]), OperatingPoint.YOUDEN
+    )
+    assert 0.3 < separable < 0.9
+    odds = separable / (1 - separable)  # halfway in log-odds: odds of 0.3 and 0.9 averaged geometrically
+    assert odds == pytest.approx(math.sqrt(0.3 / 0.7 * 0.9 / 0.1))
+    # saturated scores: the threshold stays between the classes, not next to the positives
+    saturated = choose_threshold(np.array([0, 1]), np.array([1e-9, 0.99]), OperatingPoint.YOUDEN)
+    assert saturated < 0.5
     sensitive = choose_threshold(labels, scores, OperatingPoint.SENSITIVITY, target_sensitivity=1.0)
     assert binary_metrics(labels, scores, sensitive)["sensitivity"] == 1.0
 
