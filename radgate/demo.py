@@ -274,7 +274,7 @@ def demo(
         None,
         "--patients",
         min=4,
-        help="Synthetic studies: 400 brain MR slices (one per patient), or 24 MR series (segmentation).",
+        help="Synthetic studies: 640 brain MR slices (one per patient), or 24 MR series (segmentation).",
     ),
     workers: int = typer.Option(min(2, os.cpu_count() or 1), "--workers", "-w", min=1, help="Processes."),
     stages: str = typer.Option(",".join(STAGES), "--stages", help=f"Comma-separated subset of {STAGES}."),
@@ -323,9 +323,10 @@ def demo(
 
             run_segmentation_demo(runner, people, patients or 24, workers, wanted, pacs, overrides)
         else:
-            from radgate.demo_classification import run_classification_demo
+            from radgate.demo_classification import DEMO_STUDIES, run_classification_demo
 
-            run_classification_demo(runner, people, patients or 400, workers, wanted, pacs, overrides)
+            studies = patients or DEMO_STUDIES
+            run_classification_demo(runner, people, studies, workers, wanted, pacs, overrides)
     except DemoFailure as exc:
         failure = exc
     if failure is None and {"train", "govern"} <= set(wanted) and not runner.summary.get("promoted"):

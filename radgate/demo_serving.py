@@ -32,6 +32,20 @@ _CALLING_AE = "RADGATE"  # serving's and the demo's calling AE title (serving.co
 _WAIT_S = 120
 
 
+#: Held-out studies posted to the served model after the PACS one: the drift check compares at
+#: least the monitoring config's ``min_samples`` (30) live requests with the training profile.
+_WORKLIST = 40
+
+
+def _test_studies(dataset: DatasetVersion, lesions: LesionSet) -> list[LesionStudy]:
+    """The test split's studies as the site holds them, in manifest order."""
+    from radgate.demo_classification import _originals
+
+    originals = _originals(dataset, lesions)
+    studies = (originals.get(item.study) for item in dataset.manifest.items_in("test"))
+    return [s for s in studies if s is not None]
+
+
 def _held_out(dataset: DatasetVersion, lesions: LesionSet) -> LesionStudy:
     """A positive study of the test split, as the site holds it."""
     from radgate.demo_classification import _originals
@@ -115,13 +129,68 @@ def _feedback(url: str, token: str, answer: dict[str, Any], truth: str) -> dict[
     return {"agree": agree, "label_given": truth}
 
 
+def _worklist(url: str, token: str, model: str, studies: list[LesionStudy]) -> dict[str, Any]:
+    """Post held-out studies to the served model as a PACS integration would (one DICOM
+    instance per request, no explanation): the live window the drift check reads, and the
+    served accuracy against the site's labels."""
+    import httpx
+
+    correct = 0
+    with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
+        for study in studies:
+            reply = client.post(
+                f"{url}/v1/models/{model}/predict",
+                params={"explain": "none"},
+                content=study.path.read_bytes(),
+                headers={"Content-Type": "application/dicom"},
+            )
+            if reply.status_code != 200:
+                raise DemoFailure(
+                    "serve",
+                    f"POST /v1/models/{model}/predict answered {reply.status_code}",
+                    "radgate serve --help",
+                )
+            results = reply.json().get("results") or [{}]
+            label = (results[0].get("decision") or {}).get("label")
+            correct += int(label == ("lesion" if study.label == 1 else "no_finding"))
+    return {"requests": len(studies), "agree_with_site_labels": round(correct / max(len(studies), 1), 4)}
+
+
+def _drift(model: str) -> dict[str, Any]:
+    """One drift check over the demo's live requests, as the ML lead (report, gauges, audit)."""
+    from prometheus_client import REGISTRY
+
+    from serving.monitoring.job import run_drift_check
+
+    check = run_drift_check(model, window="1h", actor="demo-ml-lead")
+    gauges = {
+        f'{sample.name}{{model="{model}"}}': float(sample.value)
+        for metric in REGISTRY.collect()
+        if metric.name.startswith("radgate_drift")
+        for sample in metric.samples
+        if sample.labels.get("model") == model and "timestamp" not in sample.name
+    }
+    return {
+        "version": check.version,
+        "n_live": check.result.n_live,
+        "insufficient_data": check.result.insufficient,
+        "drifted_features": check.result.drifted_features,
+        "alert": check.alert,
+        "report": str(check.paths.get("html", "")),
+        "gauges": gauges,
+    }
+
+
 def _gauges(url: str, token: str, model: str) -> dict[str, float]:
-    """Feedback and drift series of this model from ``/metrics`` (Prometheus text)."""
+    """Feedback and drift series of this model from ``/metrics`` (Prometheus text; counters'
+    ``_created`` timestamps left out)."""
     import httpx
 
     text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=60).text
     out: dict[str, float] = {}
     for line in text.splitlines():
+        if "_created{" in line:
+            continue
         if line.startswith(("radgate_feedback", "radgate_drift")) and f'model="{model}"' in line:
             name, _, value = line.rpartition(" ")
             try:
@@ -262,12 +331,28 @@ def serve_and_review(
             f"served {model} v{answer['version']}@staging: {answer['label']} (calibrated probability "
             f"{answer['probability']}), {answer['pushed']} result object(s) sent back to the PACS"
         )
+        others = [s for s in _test_studies(dataset, lesions) if s.path != study.path][:_WORKLIST]
+        summary["worklist"] = _worklist(url, radiologist, model, others)
+        console.print(
+            f"{summary['worklist']['requests']} more held-out studies served: "
+            f"{summary['worklist']['agree_with_site_labels']:.0%} agree with the site's labels"
+        )
         with runner.stage(
-            "feedback", "9. the radiologist's feedback -> monitoring, audit", "radgate monitor --help"
-        ):
+            "feedback", "9. the radiologist's feedback -> monitoring (feedback, drift), audit",
+            "radgate monitor --help",
+        ):  # fmt: skip
             with acting_as(people["demo-radiologist"]):
                 summary["feedback"] = _feedback(url, radiologist, answer, truth)
             summary["gauges"] = _gauges(url, ml_lead, model)
+            with acting_as(people["demo-ml-lead"]):
+                summary["drift"] = _drift(model)
+            drift = summary["drift"]
+            console.print(
+                f"drift check of v{drift['version']} on {drift['n_live']} live requests: "
+                + ("insufficient data" if drift["insufficient_data"] else
+                   f"drifted features {drift['drifted_features'] or 'none'}, alert {drift['alert']}")
+                + f"; report {drift['report']}"
+            )  # fmt: skip
     with runner.stage(
         "pacs-check", "10. what the PACS holds now (C-FIND), dciodvfy of the results", "see demo/results"
     ):
@@ -282,7 +367,7 @@ def serve_and_review(
     console.print(
         f"audit chain verified: {summary['audit']['chain_ok']} ({summary['audit']['entries']} entries); "
         f"feedback by demo-radiologist: {summary['audit']['feedback_entries_by_radiologist']}; "
-        f"feedback gauges: {summary['gauges']}"
+        f"gauges: {summary['gauges'] | summary['drift']['gauges']}"
     )
     console.print("where to look:")
     console.print(

@@ -92,7 +92,7 @@ def test_the_classification_journey(tmp_path: Path) -> None:
     home = tmp_path / "home"
     done = _demo(home)
     summary = _summary(home)
-    pacs_dir = Path((summary.get("orthanc") or {}).get("workdir", home / "demo" / "pacs"))
+    pacs_dir = Path((summary.get("serve", {}).get("orthanc") or {}).get("workdir", home / "demo" / "pacs"))
     try:
         assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
         assert summary == json.loads(done.stdout.strip().splitlines()[-1])
@@ -132,6 +132,12 @@ def test_the_classification_journey(tmp_path: Path) -> None:
         # The reviewer's feedback: counted in monitoring, listed in Cases, in the verified audit.
         assert any(k.startswith("radgate_feedback") and v >= 1 for k, v in serve["gauges"].items())
         assert serve["cases_listed"] >= 1
+        # More held-out studies served over HTTP: they agree with the site's labels, and the drift
+        # check compares enough live requests with the training profile to judge (no alert).
+        assert serve["worklist"]["requests"] >= 30 and serve["worklist"]["agree_with_site_labels"] >= 0.8
+        drift = serve["drift"]
+        assert drift["n_live"] >= 30 and not drift["insufficient_data"] and not drift["alert"]
+        assert any(k.startswith("radgate_drift_live_samples") for k in drift["gauges"])
         audit = serve["audit"]
         assert audit["chain_ok"] and audit["feedback_entries_by_radiologist"] >= 1
     finally:
