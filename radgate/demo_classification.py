@@ -249,6 +249,7 @@ def _explain(
     import numpy as np
     import torch
 
+    from governance.tags import Tag
     from imaging.demo_lesions import read_mask
     from imaging.store import ContentStore
     from training.explain.core import ExplainConfig, Explainer, ExplainMethod
@@ -298,15 +299,18 @@ def _explain(
         model_name=model.name,
         model_version=model.version,
     )
-    parameter = model.tags.get("radgate.saliency_sanity", "not run")
+    parameter = model.tags.get(Tag.SALIENCY_SANITY, "not run")
     spearman = model.tags.get("radgate.saliency_randomization_spearman", "?")
+    why = model.tags.get(Tag.SALIENCY_SANITY_REASONS, "")
     console.print(
         f"Grad-CAM ({model.gradcam_layer}) on {localization.images} positive test images: pointing game "
         f"{localization.pointing_game:.3f} (peak within {tolerance} px of the site's lesion mask), mean "
         f"saliency mass in the mask {localization.mean_mass_in_mask:.3f}"
     )
     console.print(
-        f"sanity (Adebayo et al.): model-parameter randomisation {parameter} (Spearman {spearman}); "
+        f"sanity (Adebayo et al.): model-parameter randomisation {parameter} (Spearman {spearman}"
+        + (f"; {why}" if why else "")
+        + "); "
         f"data/label randomisation {label_check.status} (Spearman champion vs permuted-label model "
         f"{label_check.spearman:.3f}, threshold {label_check.threshold:g})"
     )
@@ -317,7 +321,7 @@ def _explain(
         "pointing_images": localization.images,
         "tolerance_px": tolerance,
         "saliency_mass_in_mask": round(localization.mean_mass_in_mask, 4),
-        "parameter_randomization": {"status": parameter, "spearman": spearman},
+        "parameter_randomization": {"status": parameter, "spearman": spearman, "reasons": why},
         "label_randomization": {"status": label_check.status, "spearman": round(label_check.spearman, 4)},
     }
 
