@@ -54,6 +54,23 @@ class Settings(BaseSettings):
             " disk or a remote mount, chattr +a) or syslog:HOST:PORT (UDP, RFC 5424)."
         ),
     )
+    viewer_url: str | None = Field(
+        default=None,
+        description=(
+            "The site's study viewer as a URL template with {study} (the StudyInstanceUID), e.g."
+            " an OHIF behind the PACS: https://pacs.example/ohif/viewer?StudyInstanceUIDs={study}."
+            " The reviewer UI links each served case to its study there (RADGATE_VIEWER_URL)."
+        ),
+    )
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _viewer_template(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "{study}" not in value or not value.startswith(("http://", "https://")):
+            raise ValueError("viewer_url must be an http(s) URL with a {study} placeholder")
+        return value
 
     @field_validator("home")
     @classmethod

@@ -370,8 +370,16 @@ def serve_and_review(
         f"gauges: {summary['gauges'] | summary['drift']['gauges']}"
     )
     console.print("where to look:")
+    viewer_env = ""
+    if orthanc is not None and orthanc.viewer:
+        # the case page links to the study in OHIF when the UI knows the viewer's URL template
+        template = orthanc.viewer_url("0").replace("StudyInstanceUIDs=0", "StudyInstanceUIDs={study}")
+        viewer_env = f"RADGATE_VIEWER_URL='{template}' "
+        summary["viewer_url_template"] = template
     console.print(
-        f"  reviewer UI: radgate ui, then http://127.0.0.1:8600/ui/predictions/{request_id}", soft_wrap=True
+        f"  reviewer UI: {viewer_env}RADGATE_HOME={home} radgate ui, then "
+        f"http://127.0.0.1:8600/ui/predictions/{request_id}",
+        soft_wrap=True,
     )
     console.print(
         f"  the model's evidence: http://127.0.0.1:8600/ui/models/{model}/{champion['version']}",

@@ -210,7 +210,7 @@ class LiveRecorder:
         if view is not None:
             shown = {
                 k: view[k]
-                for k in ("labels", "decision", "summary", "explanation")
+                for k in ("labels", "decision", "summary", "explanation", "study_instance_uid")
                 if k in view and (keep or k != "explanation")
             }
             _seal_to(

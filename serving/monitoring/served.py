@@ -84,6 +84,9 @@ def record_served(
     ds = pydicom.dcmread(io.BytesIO(data))
     image = np.asarray(apply_modality_lut(ds.pixel_array, ds))
     attributes = attributes_from_dataset(ds, recorder.site_key)
+    if view is not None and ds.get("StudyInstanceUID"):
+        # the reviewer UI links the case to its study in the site's viewer (RADGATE_VIEWER_URL)
+        view = {**view, "study_instance_uid": str(ds.StudyInstanceUID)}
     return recorder.record(
         request_id,
         image,

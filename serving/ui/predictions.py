@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import func, select
 
@@ -28,6 +29,7 @@ __all__ = [
 
 PAGE_SIZE = 20
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # DICOM UI grammar (PS3.5 9.1), at most 64 characters
 
 
 class UnknownPrediction(LookupError):
@@ -49,10 +51,19 @@ class Prediction:
     decision: dict[str, Any] = field(default_factory=dict)
     method: str | None = None
     overlay_png: bytes | None = None
+    study_instance_uid: str | None = None
 
     @property
     def has_overlay(self) -> bool:
         return self.overlay_png is not None
+
+    def viewer_link(self, template: str | None) -> str | None:
+        """The study in the site's viewer (``Settings.viewer_url``), when both are known; the UID
+        is checked against the UI grammar and URL-quoted before it goes into the template."""
+        uid = self.study_instance_uid
+        if not template or not uid or not _UID.match(uid):
+            return None
+        return template.replace("{study}", quote(uid, safe=""))
 
 
 @dataclass(frozen=True)
@@ -137,4 +148,10 @@ def load_prediction(request_id: str) -> Prediction:
             decision=dict(view.get("decision") or {}),
             method=explanation.get("method"),
             overlay_png=png if png and png[:8] == b"\x89PNG\r\n\x1a\n" else None,
+            study_instance_uid=_uid_or_none(view.get("study_instance_uid")),
         )
+
+
+def _uid_or_none(value: Any) -> str | None:
+    text = str(value or "")
+    return text if len(text) <= 64 and _UID.match(text) else None

@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from governance.auth import Principal, Role
+from governance.settings import get_settings
 from serving.ui.pages import render_page, signed_in
 from serving.ui.predictions import UnknownPrediction, load_prediction
 from serving.ui.security import CASE_ROLES, audit_read, verify_csrf
@@ -64,7 +65,8 @@ def add_prediction_routes(router: APIRouter) -> None:
                 request, "error.html", principal, status_code=404, message="No such prediction."
             )
         audit_read(principal, "result", f"prediction:{request_id}")
-        return render_page(request, "prediction.html", principal, p=prediction)
+        viewer = prediction.viewer_link(get_settings().viewer_url)
+        return render_page(request, "prediction.html", principal, p=prediction, viewer=viewer)
 
     @router.get("/api/predictions/{request_id}/overlay.png")
     def prediction_overlay(request: Request, request_id: str) -> Response:

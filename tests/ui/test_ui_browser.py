@@ -162,6 +162,11 @@ def test_ui_browser_recent_prediction_feedback(
     page.screenshot(path=str(shots / "cases-recent-predictions.png"), full_page=True)
     page.get_by_role("link", name=f"Prediction {short}").click()
     expect(page.get_by_test_id("summary")).to_have_text(result["summary"])
+    from serving.ui.predictions import load_prediction
+
+    # serving kept the request's study (the UI's viewer link reads it); a UID, nothing else
+    kept = load_prediction(result["request_id"]).study_instance_uid
+    assert kept and all(part.isdigit() for part in kept.split("."))
     overlay = page.get_by_role("img", name=f"gradcam explanation overlaid on the image of request {short}")
     expect(overlay).to_be_visible()
     assert page.evaluate("() => document.getElementById('overlay').naturalWidth") > 0

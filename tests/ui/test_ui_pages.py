@@ -359,3 +359,35 @@ def test_ui_is_mounted_on_the_serving_api(cast: Cast) -> None:
     client.post("/ui/login", data={"token": cast.tokens["doc"]}, follow_redirects=False)
     assert "Recent predictions" in client.get("/ui/cases").text
     assert client.get("/healthz").status_code == 401  # the API's own routes are unchanged
+
+
+def test_ui_case_links_to_its_study_in_the_viewer(
+    ui_client: Any, cast: Cast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served case opens its study in the site's viewer (RADGATE_VIEWER_URL, e.g. OHIF); a UID
+    that is not a DICOM UID never reaches the link; a template without {study} is refused."""
+    from pydantic import ValidationError
+
+    from governance.settings import Settings, get_settings
+
+    base = {"decision": {"label": "opacity", "threshold": 0.5}, "summary": "s"}
+    record_served_request("req-study", view={**base, "study_instance_uid": "1.2.840.99.7"})
+    record_served_request("req-evil", view={**base, "study_instance_uid": '1.2"><script>x()</script>'})
+    sign_in(ui_client, cast.tokens["doc"])
+    unlinked = ui_client.get("/ui/predictions/req-study").text
+    assert "1.2.840.99.7" in unlinked and 'data-testid="viewer-link"' not in unlinked
+
+    monkeypatch.setenv("RADGATE_VIEWER_URL", "https://pacs.example/ohif/viewer?StudyInstanceUIDs={study}")
+    get_settings.cache_clear()
+    try:
+        page = ui_client.get("/ui/predictions/req-study").text
+        link = re.search(r'data-testid="viewer-link" href="([^"]+)"', page)
+        assert link and link.group(1) == "https://pacs.example/ohif/viewer?StudyInstanceUIDs=1.2.840.99.7"
+        evil = ui_client.get("/ui/predictions/req-evil").text
+        assert 'data-testid="viewer-link"' not in evil and "<script>x()" not in evil
+    finally:
+        get_settings.cache_clear()
+    with pytest.raises(ValidationError):
+        Settings(viewer_url="https://pacs.example/ohif/viewer")
+    with pytest.raises(ValidationError):
+        Settings(viewer_url="javascript:alert(1)//{study}")
