@@ -266,3 +266,28 @@ def test_explain_after_training_records_sanity_faithfulness_and_gallery(
     gallery = [a.path for a in client.list_artifacts(run.info.run_id, "explain/gallery")]
     assert "explain/gallery/gallery.json" in gallery
     assert sum(path.endswith(".png") for path in gallery) == len(report.gallery) >= 2
+
+
+class _BlobDetector(nn.Module):
+    """Fires on any bright region wider than a few pixels, blurred or not (one output)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.nn.functional.avg_pool2d(x, 8)
+        return (40 * (pooled.amax(dim=(1, 2, 3)) - 0.45)).unsqueeze(1)
+
+
+def test_explain_deletion_removes_a_large_bright_finding() -> None:
+    """The exact map of a large bright blob: deleting it must lower the score. Deleting into a
+    blurred copy left a blob the detector still saw, and the map looked unfaithful (gap ~0)."""
+    from training.explain.core import ExplainMethod, Explanation
+
+    yy, xx = np.mgrid[:128, :128]
+    blob = ((yy - 60) ** 2 + (xx - 70) ** 2 <= 9**2).astype(np.float32)
+    image = torch.as_tensor(0.2 + 0.8 * blob)[None, None]
+    model = _BlobDetector()
+    with torch.no_grad():
+        probability = torch.sigmoid(model(image)).numpy()
+    assert probability[0, 0] > 0.99
+    exact = Explanation(ExplainMethod.GRADCAM, blob[None], (0,), probability)
+    result = deletion_insertion(model, image, exact, steps=16)
+    assert result.deletion_auc < 0.3 and result.gap > 0.5

@@ -1,9 +1,12 @@
 """Deletion / insertion curves (Petsiuk et al., RISE, 2018): is the map faithful to the model?
 
-Deletion replaces the most attributed pixels first by a blurred copy of the image and follows the
-explained class's probability down (lower area is better); insertion starts from the blurred image
-and reveals the most attributed pixels first (higher area is better). Each image's curve is one
-batched forward pass of ``steps + 1`` perturbed copies.
+Deletion replaces the most attributed pixels first by the image's mean intensity (a flat value
+that carries no structure, as Petsiuk et al.'s constant) and follows the explained class's
+probability down (lower area is better); insertion starts from a strongly blurred copy and reveals
+the most attributed pixels first (higher area is better). Deleting into the blurred copy instead
+would leave a large bright finding in place as a blurred blob the model still recognises, so the
+curve stayed flat for exactly the clearest findings. Each image's curve is one batched forward
+pass of ``steps + 1`` perturbed copies.
 """
 
 from __future__ import annotations
@@ -68,12 +71,14 @@ def deletion_insertion(
     if parameter is not None:
         inputs = inputs.to(parameter.device)
     baseline = blurred_baseline(inputs.float())
+    spatial = tuple(range(2, inputs.dim()))
+    flat = inputs.float().mean(dim=spatial, keepdim=True).expand_as(inputs)
     fractions = torch.linspace(0.0, 1.0, steps + 1)
     deletion: list[float] = []
     insertion: list[float] = []
     try:
         for index in range(len(inputs)):
-            image, blurred = inputs[index].float(), baseline[index]
+            image, blurred, constant = inputs[index].float(), baseline[index], flat[index]
             scores = torch.as_tensor(explanation.maps[index]).flatten()
             # Stable ranks: ties (flat regions) resolved by position, so curves are deterministic.
             order = torch.argsort(scores, descending=True, stable=True)
@@ -83,7 +88,7 @@ def deletion_insertion(
             masks = (
                 (rank[None, :] < cut[:, None]).view(steps + 1, 1, *image.shape[1:]).float().to(image.device)
             )
-            deleted = image[None] * (1 - masks) + blurred[None] * masks
+            deleted = image[None] * (1 - masks) + constant[None] * masks
             inserted = blurred[None] * (1 - masks) + image[None] * masks
             batch = torch.cat([deleted, inserted])
             probabilities = probabilities_from_logits(model(batch))
