@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from radgate.demo import (
+from radgate.demo_stages import (
     DemoFailure,
     StageRunner,
     console,

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from radgate.demo import DemoFailure
+from radgate.demo_stages import DemoFailure
 
 if TYPE_CHECKING:
     from imaging.gateway.config import PacsPeer

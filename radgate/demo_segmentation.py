@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from radgate.demo import DemoFailure, StageRunner, console, demo_token, govern_stage, residual_phi_scan
+from radgate.demo_stages import DemoFailure, StageRunner, console, demo_token, govern_stage, residual_phi_scan
 
 if TYPE_CHECKING:
     from imaging.datasets import DatasetVersion

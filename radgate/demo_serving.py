@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from radgate.demo import DemoFailure, StageRunner, console, demo_token
 from radgate.demo_pacs import dciodvfy, echo, find_series, parse_peer, start_orthanc
+from radgate.demo_stages import DemoFailure, StageRunner, console, demo_token
 
 if TYPE_CHECKING:
     from imaging.datasets import DatasetVersion
@@ -136,6 +136,7 @@ def _worklist(url: str, token: str, model: str, studies: list[LesionStudy]) -> d
     import httpx
 
     correct = 0
+    probabilities: dict[str, float] = {}
     with httpx.Client(headers={"Authorization": f"Bearer {token}"}, timeout=120) as client:
         for study in studies:
             reply = client.post(
@@ -153,7 +154,77 @@ def _worklist(url: str, token: str, model: str, studies: list[LesionStudy]) -> d
             results = reply.json().get("results") or [{}]
             label = (results[0].get("decision") or {}).get("label")
             correct += int(label == ("lesion" if study.label == 1 else "no_finding"))
-    return {"requests": len(studies), "agree_with_site_labels": round(correct / max(len(studies), 1), 4)}
+            probabilities[study.sop_instance_uid] = float(results[0].get("probability", float("nan")))
+    return {
+        "requests": len(studies),
+        "agree_with_site_labels": round(correct / max(len(studies), 1), 4),
+        "probabilities": probabilities,
+    }
+
+
+def _on_triton(
+    runner: StageRunner,
+    people: dict[str, Any],
+    model: str,
+    version: str,
+    token: str,
+    studies: list[LesionStudy],
+    expected: dict[str, float],
+) -> None:
+    """The same approved version on NVIDIA Triton: published by the ML lead into a read-only
+    repository (refused unless the gate allows it), loaded in explicit model-control mode from
+    verified bytes, and served by Ray Serve with the Triton backend; the worklist's calibrated
+    probabilities must equal the in-process ones. Skipped where ``tritonserver`` is absent."""
+    from governance.auth import acting_as
+    from serving.demo import served
+    from serving.triton import TritonNotInstalled, TritonServer, find_tritonserver
+    from serving.triton.publish import publish
+
+    try:
+        find_tritonserver()
+    except TritonNotInstalled:
+        runner.skip("triton", "tritonserver not installed (scripts/ci/install-triton.sh)")
+        return
+    with runner.stage(
+        "triton", "8b. the same version on Triton (Ray Serve, Triton backend)", "scripts/ci/install-triton.sh"
+    ):
+        root = runner.home / "demo" / "triton"
+        repo = root / "repository"
+        with acting_as(people["demo-ml-lead"]):
+            publication = publish(
+                f"{model}@staging", repo, actor="demo-ml-lead", role="ml-engineer", max_batch_size=8
+            )
+        server = TritonServer(repo, root / "work").start()
+        try:
+            options = {"backend": "triton", "triton_url": server.grpc_url, "triton_repository": str(repo)}
+            with served(model, alias="staging", num_cpus=2, model_options=options) as url:
+                answers = _worklist(url, token, model, studies)
+        finally:
+            server.stop()
+        differences = [
+            abs(answers["probabilities"][uid] - p)
+            for uid, p in expected.items()
+            if uid in answers["probabilities"]
+        ]
+        largest = max(differences) if differences else float("nan")
+        runner.summary["serve"]["triton"] = {
+            "version": publication.export.version,
+            "artifact_sha256": publication.export.artifact_sha256,
+            "requests": answers["requests"],
+            "agree_with_site_labels": answers["agree_with_site_labels"],
+            "max_probability_difference_vs_in_process": round(largest, 6),
+        }
+        console.print(
+            f"Triton served v{publication.export.version} ({answers['requests']} studies): "
+            f"{answers['agree_with_site_labels']:.0%} agree with the site's labels, largest probability "
+            f"difference from the in-process model {largest:.2e}"
+        )
+        if not differences or largest > 1e-3:
+            raise DemoFailure(
+                "triton",
+                f"Triton's probabilities differ from the in-process model's by {largest:.2e}",
+                "radgate triton --help",
+            )
 
 
 def _drift(model: str) -> dict[str, Any]:
@@ -332,7 +403,10 @@ def serve_and_review(
             f"{answer['probability']}), {answer['pushed']} result object(s) sent back to the PACS"
         )
         others = [s for s in _test_studies(dataset, lesions) if s.path != study.path][:_WORKLIST]
-        summary["worklist"] = _worklist(url, radiologist, model, others)
+        worklist = _worklist(url, radiologist, model, others)
+        # per-study probabilities stay here (keyed by the site's UIDs): summary.json has the counts
+        in_process = worklist.pop("probabilities")
+        summary["worklist"] = worklist
         console.print(
             f"{summary['worklist']['requests']} more held-out studies served: "
             f"{summary['worklist']['agree_with_site_labels']:.0%} agree with the site's labels"
@@ -353,6 +427,7 @@ def serve_and_review(
                    f"drifted features {drift['drifted_features'] or 'none'}, alert {drift['alert']}")
                 + f"; report {drift['report']}"
             )  # fmt: skip
+    _on_triton(runner, people, model, str(answer["version"]), radiologist, others, in_process)
     with runner.stage(
         "pacs-check", "10. what the PACS holds now (C-FIND), dciodvfy of the results", "see demo/results"
     ):

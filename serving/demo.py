@@ -30,10 +30,16 @@ class ServingDemoError(RuntimeError):
 
 @contextmanager
 def served(
-    model: str, *, alias: str = "production", num_cpus: int = 2, pacs: PacsPeer | None = None
+    model: str,
+    *,
+    alias: str = "production",
+    num_cpus: int = 2,
+    pacs: PacsPeer | None = None,
+    model_options: dict[str, Any] | None = None,
 ) -> Iterator[str]:
-    """Serve ``model@alias`` on a free local port (results pushed to ``pacs`` on request); yields
-    the base URL and shuts Serve (and the Ray it started) down afterwards."""
+    """Serve ``model@alias`` on a free local port (results pushed to ``pacs`` on request;
+    ``model_options``: more ``ServedModel`` fields, e.g. the Triton backend); yields the base URL
+    and shuts Serve (and the Ray it started) down afterwards."""
     import ray
     from ray import serve
 
@@ -45,7 +51,7 @@ def served(
     settings: dict[str, Any] = {
         "port": port,
         "ingress_num_cpus": 0,
-        "models": [{"name": model, "alias": alias, "num_cpus": 1}],
+        "models": [{"name": model, "alias": alias, "num_cpus": 1, **(model_options or {})}],
     }
     if pacs is not None:
         settings["pacs"] = pacs.model_dump()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from governance.audit.log import GENESIS_HASH, AuditError, AuditRow, _row_hash
+from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, row_hash
 from governance.audit.witness import last_witnessed
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class ChainGuard:
             for row in rows:
                 if row.seq != expected:
                     raise ChainBroken("deleted", expected, f"entries {expected}..{row.seq - 1} are missing")
-                if _row_hash(row) != row.hash:
+                if row_hash(row) != row.hash:
                     raise ChainBroken(
                         "altered", row.seq, "content does not match its hash (altered or reordered)"
                     )

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from governance.audit.chain import ChainGuard, Position, write_checkpoint
-from governance.audit.log import GENESIS_HASH, AuditError, AuditLog, AuditRow, _row_hash
+from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, row_hash
+from governance.audit.log import AuditLog
 from governance.keyring import (
     AuditSigner,
     audit_key_paths,
@@ -51,7 +52,7 @@ def migrate_legacy_chain(log: AuditLog, legacy: ProjectKey) -> AuditKeyChange:
     prev, expected, resigned = GENESIS_HASH, 1, 0
     with log.catalog.session() as session:
         for row in session.scalars(select(AuditRow).order_by(AuditRow.seq)):
-            if row.seq != expected or _row_hash(row) != row.hash or row.prev_hash != prev:
+            if row.seq != expected or row_hash(row) != row.hash or row.prev_hash != prev:
                 raise AuditError(f"audit chain broken at entry {row.seq}: not migrated (run `audit verify`)")
             if row.key_id == legacy.key_id:
                 if not hmac.compare_digest(row.mac, _legacy_mac(legacy, row.hash)):

@@ -12,7 +12,6 @@ detected; :mod:`governance.audit.chain` verifies all of it incrementally for the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -22,13 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import JSON, Integer, String, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Mapped, mapped_column
 
+from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, canonical_json, entry_hash
 from governance.audit.phi import check_details
 from governance.catalog.db import Catalog, open_catalog
-from governance.catalog.models import Base
 from governance.keyring import (
     AuditSigner,
     AuditVerifier,
@@ -52,15 +50,10 @@ __all__ = [
     "record",
 ]
 
-GENESIS_HASH = "0" * 64
 _APPEND_RETRIES = 50
 _HEAD_BYTES = 512
 _ENTRY_CONTEXT = b"radgate-audit-entry-v2\0"
 _ANCHOR_CONTEXT = b"radgate-audit-anchor-v2\0"
-
-
-class AuditError(RuntimeError):
-    """The audit log could not be written or read."""
 
 
 class PendingEntry(NamedTuple):
@@ -71,25 +64,6 @@ class PendingEntry(NamedTuple):
     target: str
     details: dict[str, Any] | None = None
     role: str = ""
-
-
-class AuditRow(Base):
-    """One audit entry as stored. ``seq`` is the position in the chain (1, 2, ...)."""
-
-    __tablename__ = "audit_log"
-
-    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    ts: Mapped[str] = mapped_column(String(40), index=True)
-    actor: Mapped[str] = mapped_column(String(64), index=True)
-    role: Mapped[str] = mapped_column(String(32))
-    action: Mapped[str] = mapped_column(String(64), index=True)
-    target: Mapped[str] = mapped_column(String(255), index=True)
-    details: Mapped[dict[str, Any]] = mapped_column(JSON)
-    prev_hash: Mapped[str] = mapped_column(String(64))
-    hash: Mapped[str] = mapped_column(String(64), unique=True)
-    key_id: Mapped[str] = mapped_column(String(32))
-    # The Ed25519 signature (hex, 128 characters) of the audit writer over ``hash``.
-    mac: Mapped[str] = mapped_column(String(160))
 
 
 @dataclass(frozen=True)
@@ -110,47 +84,6 @@ class AuditEntry:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _entry_hash(
-    seq: int,
-    ts: str,
-    actor: str,
-    role: str,
-    action: str,
-    target: str,
-    details: dict[str, Any],
-    prev_hash: str,
-) -> str:
-    body = {
-        "seq": seq,
-        "ts": ts,
-        "actor": actor,
-        "role": role,
-        "action": action,
-        "target": target,
-        "details": details,
-        "prev_hash": prev_hash,
-    }
-    return hashlib.sha256(canonical_json(body)).hexdigest()
-
-
-def _row_hash(row: Any, seq: int | None = None) -> str:
-    """Hash of a stored row (an :class:`AuditRow` or a raw row with the same attributes)."""
-    return _entry_hash(
-        row.seq if seq is None else seq,
-        row.ts,
-        row.actor,
-        row.role,
-        row.action,
-        row.target,
-        row.details,
-        row.prev_hash,
-    )
 
 
 def _entry(row: AuditRow) -> AuditEntry:
@@ -255,7 +188,7 @@ class AuditLog:
                         seq += 1
                         ts = datetime.now(UTC).isoformat(timespec="microseconds")
                         details = p.details or {}
-                        digest = _entry_hash(seq, ts, p.actor, p.role, p.action, p.target, details, prev)
+                        digest = entry_hash(seq, ts, p.actor, p.role, p.action, p.target, details, prev)
                         row = AuditRow(
                             seq=seq,
                             ts=ts,
@@ -345,7 +278,7 @@ class AuditLog:
         (Chain position is :mod:`governance.audit.chain`'s job; the gate uses both.)
         """
         e = entry
-        digest = _entry_hash(e.seq, e.ts, e.actor, e.role, e.action, e.target, e.details, e.prev_hash)
+        digest = entry_hash(e.seq, e.ts, e.actor, e.role, e.action, e.target, e.details, e.prev_hash)
         return digest == entry.hash and self.signature_valid(entry.key_id, entry.hash, entry.mac)
 
     def head(self) -> AuditEntry | None:

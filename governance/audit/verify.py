@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import String, select, type_coerce
 
-from governance.audit.log import GENESIS_HASH, AuditRow, _row_hash
+from governance.audit.entries import GENESIS_HASH, AuditRow, row_hash
 from governance.settings import get_settings
 
 if TYPE_CHECKING:
@@ -139,9 +139,9 @@ def verify_chain(
         report.entries += 1
         if row.seq != expected:
             return fail("deleted", expected, f"entries {expected}..{row.seq - 1} are missing")
-        recomputed = _row_hash(row)
+        recomputed = row_hash(row)
         if recomputed != row.hash:
-            if _row_hash(row, row.seq - 1) == row.hash or _row_hash(row, row.seq + 1) == row.hash:
+            if row_hash(row, row.seq - 1) == row.hash or row_hash(row, row.seq + 1) == row.hash:
                 return fail("reordered", row.seq, "entry content belongs to another position")
             return fail("altered", row.seq, "content does not match its hash")
         if row.prev_hash != prev:

@@ -138,6 +138,11 @@ def test_the_classification_journey(tmp_path: Path) -> None:
         drift = serve["drift"]
         assert drift["n_live"] >= 30 and not drift["insufficient_data"] and not drift["alert"]
         assert any(k.startswith("radgate_drift_live_samples") for k in drift["gauges"])
+        # The same version on Triton (installed by scripts/setup.sh): published from the approved
+        # artifact, served by Ray Serve's Triton backend, the same probabilities as in-process.
+        triton = serve["triton"]
+        assert triton["version"] == champion["version"] and triton["requests"] >= 30
+        assert triton["max_probability_difference_vs_in_process"] <= 1e-3
         audit = serve["audit"]
         assert audit["chain_ok"] and audit["feedback_entries_by_radiologist"] >= 1
     finally:

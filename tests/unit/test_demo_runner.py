@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imaging.phi_corpus import residual_phi
-from radgate.demo import _PLAIN, _UID_VALUE, DemoFailure, StageRunner, _residual
+from radgate.demo_stages import _PLAIN, _UID_VALUE, DemoFailure, StageRunner, _residual
 
 
 def test_stages_are_timed_and_a_failure_names_its_stage(tmp_path: Path) -> None:

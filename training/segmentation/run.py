@@ -20,7 +20,7 @@ from training.segmentation.spec import SegmentationSpec
 
 if TYPE_CHECKING:
     from imaging.datasets import DatasetVersion
-    from training.run import TrainOutcome
+    from training.tracking import TrainOutcome
 
 __all__ = ["fit_options", "segmentation_spec", "train_segmentation"]
 
@@ -85,10 +85,10 @@ def train_segmentation(
     from training.evidence import record_post_training_evidence
     from training.launch import FitJob, fit
     from training.registration import log_and_register
-    from training.run import TrainOutcome, _git_commit, _versions, log_fit_metrics, open_run
     from training.segmentation.evaluation import evaluate_segmentation
     from training.segmentation.model_card import render_segmentation_card
     from training.segmentation.module import SegmentationModule
+    from training.tracking import TrainOutcome, git_commit, log_fit_metrics, open_run, package_versions
 
     spec = segmentation_spec(config, dataset.manifest.label_map)
     options = fit_options(config)
@@ -118,7 +118,7 @@ def train_segmentation(
         mlflow.log_dict(report.to_dict(), "evaluation/evaluation.json")
         card = render_segmentation_card(
             config=config, spec=spec, dataset_summary=dataset.manifest.summary(), report=report,
-            run_id=ctx.run_id, git_commit=_git_commit(), versions=_versions(),
+            run_id=ctx.run_id, git_commit=git_commit(), versions=package_versions(),
             volumes_per_s=result.steady_images_per_s,
         )  # fmt: skip
         mlflow.log_text(card, "model_card.md")
