@@ -138,11 +138,18 @@ class CachedRowsDataModule(pl.LightningDataModule):
                 self.val_rows, eval_transform, cache_rate=self.cache_rate, num_workers=0, progress=False
             )
 
+    def _rank_share(self) -> int:
+        """Training rows each process sees: under DDP (Ray Train) the sampler splits the set
+        between ``world_size`` ranks, so "more than one batch" is decided on a rank's share."""
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1) if trainer is not None else 1
+        return -(-len(self.train_rows) // max(world, 1))
+
     def train_dataloader(self) -> DataLoader[Any]:
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self._train, batch_size=self.batch_size, shuffle=True, num_workers=0, generator=generator,
-            drop_last=self.drop_last and len(self.train_rows) > self.batch_size, collate_fn=self.collate_fn,
+            drop_last=self.drop_last and self._rank_share() > self.batch_size, collate_fn=self.collate_fn,
         )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader[Any]:
