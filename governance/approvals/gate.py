@@ -1,8 +1,11 @@
 """The serving gate: may this model (by alias or version) serve now?
 
 Serving calls :func:`gate` at deploy time and on every request. A decision is cached for a
-few seconds (``ttl_s``), so a revocation takes effect within that time while a cached answer
-costs microseconds; the artifact's hash is recomputed every ``artifact_ttl_s`` (60 s; it may
+few seconds (``ttl_s``) and dropped sooner when the audit log gains a governance entry (an
+action under ``model.`` or ``policy.``: submit, approve, reject, revoke, promote, demote, a
+signed policy), which the gate probes for every ``probe_s`` (0.25 s) with one indexed query; so
+a revocation is refused within about ``probe_s`` plus one decision while a cached answer costs
+microseconds; the artifact's hash is recomputed every ``artifact_ttl_s`` (60 s; it may
 mean downloading the model) and on ``fresh=True`` (use it at deploy time). Any error fails
 closed (denied, with the reason).
 
@@ -42,7 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_ARTIFACT_TTL_S",
+    "DEFAULT_PROBE_S",
     "DEFAULT_TTL_S",
+    "GOVERNANCE_PREFIXES",
     "Gate",
     "GateDecision",
     "clear_gate_cache",
@@ -52,6 +57,9 @@ __all__ = [
 
 DEFAULT_TTL_S = 5.0
 DEFAULT_ARTIFACT_TTL_S = 60.0
+DEFAULT_PROBE_S = 0.25
+#: Audit actions that change what the gate may decide (the approvals workflow and the policy).
+GOVERNANCE_PREFIXES = ("model.", "policy.")
 
 
 @dataclass(frozen=True)
@@ -93,15 +101,21 @@ class Gate:
         *,
         ttl_s: float = DEFAULT_TTL_S,
         artifact_ttl_s: float = DEFAULT_ARTIFACT_TTL_S,
+        probe_s: float = DEFAULT_PROBE_S,
     ) -> None:
         self._client = client
         self._audit = audit
         self._policy = policy
         self.ttl_s = ttl_s
+        self.probe_s = probe_s
+        # (when to probe next, the newest governance seq seen); -1: not yet read, or unreadable
+        self._probe: tuple[float, int] = (0.0, -1)
+        self._probe_lock = threading.Lock()
         # Re-hashing a large (possibly remote) artifact is the costly part of a decision, so
         # its hash is kept longer than the decision; fresh=True re-hashes.
         self.artifact_ttl_s = artifact_ttl_s
-        self._cache: dict[tuple[str, str | None, str | None], tuple[float, GateDecision]] = {}
+        # key -> (expiry, decision, the governance seq read before deciding)
+        self._cache: dict[tuple[str, str | None, str | None], tuple[float, GateDecision, int]] = {}
         self._hashes: dict[tuple[str, str], tuple[float, str | None]] = {}
         self._lock = threading.Lock()
         # One decision in flight per key: concurrent requests that find the entry expired wait
@@ -140,7 +154,8 @@ class Gate:
             raise ValueError("give exactly one of alias or version")
         key = (name, alias, None if version is None else str(version))
         if fresh:
-            return self._store(key, self._decide(name, alias, key[2], fresh))
+            seen = self._governance_seq(force=True)
+            return self._store(key, self._decide(name, alias, key[2], fresh), seen)
         hit = self._cached(key)
         if hit is not None:
             return hit
@@ -151,18 +166,39 @@ class Gate:
             hit = self._cached(key)
             if hit is not None:
                 return hit
-            return self._store(key, self._decide(name, alias, key[2], fresh))
+            seen = self._governance_seq(force=True)  # read before deciding: a later entry re-decides
+            return self._store(key, self._decide(name, alias, key[2], fresh), seen)
+
+    def _governance_seq(self, *, force: bool = False) -> int:
+        """The newest governance entry's seq, read at most every ``probe_s`` (``force``: now);
+        -1 when the log cannot be read (no cached decision then survives the probe)."""
+        now = time.monotonic()
+        with self._probe_lock:
+            due, seen = self._probe
+            if not force and now < due:
+                return seen
+            try:
+                seen = self.audit.latest_seq(GOVERNANCE_PREFIXES)
+            except Exception:  # fail closed: an unreadable log invalidates every cached decision
+                seen = -1
+            self._probe = (now + self.probe_s, seen)
+            return seen
 
     def _cached(self, key: tuple[str, str | None, str | None]) -> GateDecision | None:
         with self._lock:
             hit = self._cache.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return replace(hit[1], cached=True)
-        return None
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        seen = self._governance_seq()
+        if seen < 0 or seen != hit[2]:
+            return None  # the workflow or the policy moved since this decision: decide again
+        return replace(hit[1], cached=True)
 
-    def _store(self, key: tuple[str, str | None, str | None], decision: GateDecision) -> GateDecision:
+    def _store(
+        self, key: tuple[str, str | None, str | None], decision: GateDecision, seen: int = -1
+    ) -> GateDecision:
         with self._lock:
-            self._cache[key] = (time.monotonic() + self.ttl_s, decision)
+            self._cache[key] = (time.monotonic() + self.ttl_s, decision, seen)
         return decision
 
     def _artifact_hash(self, name: str, version: str, fresh: bool) -> str | None:

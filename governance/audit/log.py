@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, canonical_json, entry_hash
@@ -285,6 +285,25 @@ class AuditLog:
         with self.catalog.session() as session:
             row = session.scalar(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1))
             return None if row is None else _entry(row)
+
+    def latest_seq(self, prefixes: Sequence[str]) -> int:
+        """``seq`` of the newest entry whose action starts with one of ``prefixes`` (0: none).
+
+        Each prefix is a range on the indexed ``action`` column (``'model.' <= action <
+        'model/'``), so the query reads that index range, not the table: cheap enough to ask a
+        few times a second while requests append their own entries.
+        """
+        if not prefixes:
+            return 0
+        ranges = [
+            (AuditRow.action >= prefix) & (AuditRow.action < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+            for prefix in prefixes
+        ]
+        condition = ranges[0]
+        for extra in ranges[1:]:
+            condition = condition | extra
+        with self.catalog.session() as session:
+            return int(session.scalar(select(func.max(AuditRow.seq)).where(condition)) or 0)
 
     def get_by_hash(self, entry_hash: str) -> AuditEntry | None:
         with self.catalog.session() as session:

@@ -149,11 +149,17 @@ def test_rejection_blocks_until_the_reviewer_changes_their_mind(registry: object
 def test_revoke_makes_the_gate_deny_and_removes_the_alias(registry: object, cast: Cast) -> None:
     version, _, workflow = _approved(registry, cast)
     workflow.promote(cast["eng"], NAME, version, "production")
-    cached_gate = Gate(registry, ttl_s=3600)  # type: ignore[arg-type]
-    assert cached_gate(NAME, "production").allowed
+    cached_gate = Gate(registry, ttl_s=3600, probe_s=3600)  # type: ignore[arg-type]
+    probing_gate = Gate(registry, ttl_s=3600, probe_s=0)  # type: ignore[arg-type]
+    assert cached_gate(NAME, "production").allowed and probing_gate(NAME, "production").allowed
+    assert probing_gate(NAME, "production").cached  # nothing new in the audit log: cached
     workflow.revoke(cast["doc"], NAME, version, "adverse event")
-    assert cached_gate(NAME, "production").cached  # within the TTL the cached answer stands...
-    denied = cached_gate(NAME, "production", fresh=True)  # ...a fresh check denies
+    assert cached_gate(NAME, "production").cached  # unprobed, within the TTL: the cached answer...
+    # ...while a gate that probes the audit log sees the revocation and decides again: denied
+    # within its TTL, without fresh=True (a serving replica's revoke-to-refusal time)
+    probed = probing_gate(NAME, "production")
+    assert not probed.allowed and not probed.cached
+    denied = cached_gate(NAME, "production", fresh=True)  # ...and a fresh check denies
     assert not denied.allowed and "not set" in denied.reasons[0]
     pinned = gate(NAME, version=version, fresh=True)
     assert not pinned.allowed and any(r.startswith("not revoked") for r in pinned.reasons)
