@@ -110,6 +110,7 @@ def predict_series(predictor: ServedPredictor, payload: dict[str, Any]) -> dict[
                 "request_id": uuid.uuid4().hex,
                 "task": SEGMENTATION_TASK,
                 "series_instance_uid": volume.series_instance_uid,
+                "study_instance_uid": str(datasets[0].get("StudyInstanceUID", "")),
                 "slices": len(volume.sop_instance_uids),
                 "geometry": [str(issue) for issue in volume.geometry.issues],
                 "structures": summary["structures"],

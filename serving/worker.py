@@ -111,6 +111,24 @@ class ModelWorker:
             )
             return None
 
+    @staticmethod
+    def _record_segmentation(predictor: ServedPredictor, answer: dict[str, Any]) -> None:
+        """List a served segmentation in the reviewer's Cases (monitoring never stops serving)."""
+        try:
+            from serving.monitoring.live import record_segmentation
+
+            for result in answer.get("results", []):
+                record_segmentation(
+                    result["request_id"],
+                    model_name=predictor.loaded.name,
+                    model_version=str(predictor.version),
+                    structures=result.get("structures", []),
+                    study_instance_uid=result.get("study_instance_uid") or None,
+                    explanation=result.get("explanation"),
+                )
+        except Exception as exc:
+            LOGGER.warning("segmentation result not recorded for review (%s)", type(exc).__name__)
+
     def _submit_observation(self, predictor: ServedPredictor, recorder: Any, cases: list[Any]) -> None:
         if self._monitor is None or not self._monitor.is_alive():
             self._monitor = threading.Thread(target=self._monitor_loop, name="live-monitoring", daemon=True)
@@ -217,7 +235,10 @@ class ModelWorker:
         if predictor.task == "segmentation":  # one series -> volume -> SEG + SR
             from serving.segmentation import predict_series
 
-            return await asyncio.to_thread(predict_series, predictor, payload)
+            answer = await asyncio.to_thread(predict_series, predictor, payload)
+            if "error" not in answer:
+                await asyncio.to_thread(self._record_segmentation, predictor, answer)
+            return answer
         started = time.perf_counter()
         instances: list[bytes] = payload["instances"]
         try:

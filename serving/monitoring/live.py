@@ -42,6 +42,7 @@ __all__ = [
     "read_pending_input",
     "read_view",
     "record_live_features",
+    "record_segmentation",
 ]
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -138,6 +139,66 @@ def purge_expired_inputs(now: datetime | None = None, settings: Settings | None 
                 update(LiveRecord).where(LiveRecord.request_id.in_(expired)).values(input_expires_at=None)
             )
     return len(expired)
+
+
+def record_segmentation(
+    request_id: str,
+    *,
+    model_name: str,
+    model_version: str,
+    structures: Sequence[Mapping[str, Any]],
+    study_instance_uid: str | None = None,
+    explanation: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+    config: MonitoringConfig | None = None,
+    at: datetime | None = None,
+) -> None:
+    """A served segmentation, listed in the reviewer UI's Cases like a classification.
+
+    Its features are the structures' volumes (``structures``: ``name``, ``volume_ml``,
+    ``voxels`` per structure, as :meth:`SegmentationResult.to_dict` gives them); it has no
+    embedding and no score (the drift check compares classification profiles). The reviewer's
+    view (sealed with serving's key, purged with the feedback window) names the structures found
+    with their volumes, the study (for the viewer link) and, when the request asked for an
+    explanation and the config keeps case images, the busiest slice's attribution PNG.
+    """
+    _check_request_id(request_id)
+    settings = settings or get_settings()
+    config = config or load_monitoring_config()
+    found = [s for s in structures if int(s.get("voxels", 0)) > 0]
+    volumes = {str(s["name"]): round(float(s.get("volume_ml", 0.0)), 3) for s in structures}
+    label = f"{len(found)} of {len(structures)} structures"
+    summary = (
+        "Segmented: " + ", ".join(f"{s['name']} {float(s['volume_ml']):.1f} ml" for s in found)
+        if found
+        else "No structure found in this series."
+    )
+    view: dict[str, Any] = {"summary": summary, "decision": {"label": label}, "labels": []}
+    if study_instance_uid:
+        view["study_instance_uid"] = study_instance_uid
+    slices = (explanation or {}).get("slices") or []
+    if slices and config.feedback.keep_inputs:
+        view["explanation"] = {
+            "method": f"{(explanation or {}).get('method', 'attribution')} "
+            f"({(explanation or {}).get('structure', '')})",
+            "png_base64": slices[0]["png_base64"],
+        }
+    _seal_to(_view_path(request_id, settings), request_id, json.dumps(view).encode(),
+             serving_key(settings), RECORD_VIEW)  # fmt: skip
+    record = LiveRecord(
+        request_id=request_id,
+        model_name=model_name,
+        model_version=model_version,
+        created_at=at or utcnow(),
+        features={"task": "segmentation", "volumes_ml": volumes},
+        embedding=[],
+        score=None,
+        predicted_label=label[:64],
+        input_expires_at=(at or utcnow()) + timedelta(hours=config.feedback.pending_input_hours),
+    )
+    with open_catalog(settings).session() as session:
+        session.execute(delete(LiveRecord).where(LiveRecord.request_id == request_id))
+        session.add(record)
 
 
 class LiveRecorder:

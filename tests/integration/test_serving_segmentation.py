@@ -69,7 +69,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, orthanc: Any) -> Iterator[d
         start_ray(config, num_cpus=2, temp_dir=f"/tmp/rg-ray-seg-{os.getpid()}")
         try:
             run(config)
-            yield {"url": f"http://127.0.0.1:{port}", "cast": cast, "version": version, "orthanc": orthanc}
+            yield {
+                "url": f"http://127.0.0.1:{port}", "cast": cast, "version": version, "orthanc": orthanc,
+                "home": home,
+            }  # fmt: skip
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -88,7 +91,9 @@ def _post(served: dict[str, Any], name: str, instances: list[bytes], query: str 
     )
 
 
-def test_series_segmented_as_json_and_as_seg_pushed_to_orthanc(served: dict[str, Any]) -> None:
+def test_series_segmented_as_json_and_as_seg_pushed_to_orthanc(
+    served: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pydicom import dcmread
 
     from imaging.gateway.multipart import content_type_params, iter_parts
@@ -111,6 +116,18 @@ def test_series_segmented_as_json_and_as_seg_pushed_to_orthanc(served: dict[str,
     voxel_ml = 3.0 * 2.0 * 2.0 / 1000
     for structure in result["structures"]:
         assert structure["volume_ml"] == pytest.approx(structure["voxels"] * voxel_ml, abs=1e-3)
+
+    # listed in the reviewer's Cases, with what was found and its study (the viewer link)
+    from governance.settings import get_settings
+    from serving.ui.predictions import load_prediction, recent_predictions
+
+    monkeypatch.setenv("RADGATE_HOME", str(served["home"]))  # the serving side's catalog and keys
+    get_settings.cache_clear()
+    assert result["request_id"] in [p.request_id for p in recent_predictions(model=MODEL).items]
+    case = load_prediction(result["request_id"])
+    assert case.summary.startswith(("Segmented:", "No structure found"))
+    assert case.study_instance_uid == str(series[0].StudyInstanceUID)
+    assert case.predicted_label.endswith("of 2 structures") and case.probability is None
 
     explained = _post(served, MODEL, instances, "?explain=gradcam").json()["results"][0]["explanation"]
     found = [s for s in result["structures"] if s["voxels"]]
