@@ -132,7 +132,12 @@ def _held_out(dataset: DatasetVersion, anatomy: AnatomySet) -> AnatomySubject:
 
 
 def _serve(
-    home: Path, dataset: DatasetVersion, anatomy: AnatomySet, model: str, pacs: PacsPeer | None
+    home: Path,
+    dataset: DatasetVersion,
+    anatomy: AnatomySet,
+    model: str,
+    pacs: PacsPeer | None,
+    orthanc: Any = None,
 ) -> dict[str, Any]:
     import io
 
@@ -187,7 +192,8 @@ def _serve(
             "viewer (e.g. OHIF) to overlay the segmentation on the series"
         )
         # On the console only (a study UID of the site's data, as the PACS itself shows it).
-        url = _viewer_url(pacs, subject.volume.study_instance_uid)
+        study_uid = subject.volume.study_instance_uid
+        url = orthanc.viewer_url(study_uid) if orthanc is not None else _viewer_url(pacs, study_uid)
         console.print("the SEG over the series in OHIF (an Orthanc started with --viewer):")
         console.print(url, soft_wrap=True)  # one unbroken line, to open or copy
     for kind, path in written.items():
@@ -220,12 +226,21 @@ def run_segmentation_demo(
 
     home = runner.home
     summary = runner.summary
-    with runner.stage("pacs", "0. the PACS", "start Orthanc on 127.0.0.1:4242 or pass --pacs AET@HOST:PORT"):
+    orthanc: Any = None
+    with runner.stage("pacs", "0. the PACS", "install Orthanc (scripts/ci/install-apt.sh) or pass --pacs"):
         peer = pacs_peer(pacs) if "serve" in stages else None
         if pacs is not None and peer is not None and not echo(peer):
             raise DemoFailure(
                 "pacs", f"{peer.ae_title}@{peer.host}:{peer.port} does not answer C-ECHO", "check --pacs"
             )
+        if "serve" in stages and peer is None:
+            # no --pacs and no Orthanc on 127.0.0.1:4242: a private one, as the classification demo
+            from imaging.gateway.config import PacsPeer
+            from radgate.demo_pacs import start_orthanc
+
+            orthanc = start_orthanc(home / "demo" / "pacs", {"radgate": ("RADGATE", "127.0.0.1", 11112)})
+            peer = PacsPeer(name="demo-pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port)
+            summary["orthanc"] = {"url": orthanc.url, "workdir": str(home / "demo" / "pacs")}
     with acting_as(people["demo-steward"]):
         with runner.stage(
             "ingest", "1. PACS export (brain MR series) -> de-identification -> store", "radgate deid report"
@@ -280,4 +295,11 @@ def run_segmentation_demo(
                 "radgate serve --help",
             ),
         ):
-            summary["serve"] = _serve(home, dataset, anatomy, model, peer)
+            summary["serve"] = _serve(home, dataset, anatomy, model, peer, orthanc)
+        if orthanc is not None:
+            console.print(
+                f"the demo's Orthanc is left running (user {orthanc.user}, password in "
+                f"{orthanc.workdir / 'orthanc.json'}): {orthanc.url}/app/explorer.html; stop it: "
+                f"python scripts/ci/orthanc.py stop --dir {home / 'demo' / 'pacs'}",
+                soft_wrap=True,
+            )
