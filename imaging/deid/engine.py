@@ -365,6 +365,13 @@ class Deidentifier:
             if action is None:
                 self._unlisted(ds, tag, state, pseudonym, depth)
                 continue
+            if (
+                action is Action.ZERO
+                and t in self.table.remove_or_zero
+                and self._vr(ds, tag) == "SQ"
+                and not self._type2_here(t, state)
+            ):
+                action = Action.REMOVE  # X/Z: an empty sequence is only valid where Type 2
             state.actions[_ACTION_NAMES[action]] += 1
             if action is Action.REMOVE:
                 del ds[tag]
@@ -476,15 +483,7 @@ class Deidentifier:
         elem = ds[t]
         vr = elem.VR
         if vr == "SQ":
-            if (
-                action is Action.ZERO
-                and t in self.table.remove_or_zero
-                and not self._type2_here(int(t), state)
-            ):
-                del ds[t]
-                state.actions[_ACTION_NAMES[Action.ZERO]] -= 1
-                state.actions[_ACTION_NAMES[Action.REMOVE]] += 1
-            elif action is Action.ZERO:
+            if action is Action.ZERO:
                 elem.value = Sequence()
             else:  # D, U, C: keep the structure (a dummy of the same shape), apply the table inside
                 self._recurse(ds, t, state, pseudonym, depth)
