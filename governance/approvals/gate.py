@@ -195,7 +195,7 @@ class Gate:
         return replace(hit[1], cached=True)
 
     def _store(
-        self, key: tuple[str, str | None, str | None], decision: GateDecision, seen: int = -1
+        self, key: tuple[str, str | None, str | None], decision: GateDecision, seen: int
     ) -> GateDecision:
         with self._lock:
             self._cache[key] = (time.monotonic() + self.ttl_s, decision, seen)

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, canonical_json, entry_hash
@@ -295,13 +295,12 @@ class AuditLog:
         """
         if not prefixes:
             return 0
-        ranges = [
-            (AuditRow.action >= prefix) & (AuditRow.action < prefix[:-1] + chr(ord(prefix[-1]) + 1))
-            for prefix in prefixes
-        ]
-        condition = ranges[0]
-        for extra in ranges[1:]:
-            condition = condition | extra
+        condition = or_(
+            *(
+                (AuditRow.action >= prefix) & (AuditRow.action < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+                for prefix in prefixes
+            )
+        )
         with self.catalog.session() as session:
             return int(session.scalar(select(func.max(AuditRow.seq)).where(condition)) or 0)
 
