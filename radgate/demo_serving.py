@@ -46,14 +46,10 @@ def _test_studies(dataset: DatasetVersion, lesions: LesionSet) -> list[LesionStu
     return [s for s in studies if s is not None]
 
 
-def _held_out(dataset: DatasetVersion, lesions: LesionSet) -> LesionStudy:
-    """A positive study of the test split, as the site holds it."""
-    from radgate.demo_classification import _originals
-
-    originals = _originals(dataset, lesions)
-    for item in dataset.manifest.items_in("test"):
-        study = originals.get(item.study)
-        if study is not None and item.label == 1:
+def _held_out(tested: list[LesionStudy]) -> LesionStudy:
+    """The first positive study of the test split (:func:`_test_studies`)."""
+    for study in tested:
+        if study.label == 1:
             return study
     raise DemoFailure("pacs", "no positive study in the test split", "check the dataset version")
 
@@ -229,18 +225,13 @@ def _on_triton(
 
 def _drift(model: str) -> dict[str, Any]:
     """One drift check over the demo's live requests, as the ML lead (report, gauges, audit)."""
-    from prometheus_client import REGISTRY
+    from prometheus_client import REGISTRY, generate_latest
 
     from serving.monitoring.job import run_drift_check
 
     check = run_drift_check(model, window="1h", actor="demo-ml-lead")
-    gauges = {
-        f'{sample.name}{{model="{model}"}}': float(sample.value)
-        for metric in REGISTRY.collect()
-        if metric.name.startswith("radgate_drift")
-        for sample in metric.samples
-        if sample.labels.get("model") == model and "timestamp" not in sample.name
-    }
+    # the gauges this process just set, read as /metrics shows them (one per feature and test)
+    gauges = _series(generate_latest(REGISTRY).decode(), model, ("radgate_drift",))
     return {
         "version": check.version,
         "n_live": check.result.n_live,
@@ -252,23 +243,28 @@ def _drift(model: str) -> dict[str, Any]:
     }
 
 
-def _gauges(url: str, token: str, model: str) -> dict[str, float]:
-    """Feedback and drift series of this model from ``/metrics`` (Prometheus text; counters'
-    ``_created`` timestamps left out)."""
-    import httpx
-
-    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=60).text
+def _series(text: str, model: str, prefixes: tuple[str, ...]) -> dict[str, float]:
+    """``model``'s samples of the metric families ``prefixes`` in Prometheus text (with all
+    their labels; counters' ``_created`` and the check timestamps left out)."""
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if "_created{" in line:
+        if "_created{" in line or "_timestamp" in line:
             continue
-        if line.startswith(("radgate_feedback", "radgate_drift")) and f'model="{model}"' in line:
+        if line.startswith(prefixes) and f'model="{model}"' in line:
             name, _, value = line.rpartition(" ")
             try:
                 out[name] = float(value)
             except ValueError:
                 continue
     return out
+
+
+def _gauges(url: str, token: str, model: str) -> dict[str, float]:
+    """Feedback and drift series of this model from the served ``/metrics``."""
+    import httpx
+
+    text = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=60).text
+    return _series(text, model, ("radgate_feedback", "radgate_drift"))
 
 
 def _results_in_pacs(
@@ -367,7 +363,8 @@ def serve_and_review(
             from imaging.gateway.config import PacsPeer
 
             peer = PacsPeer(name="demo-pacs", ae_title=orthanc.aet, host="127.0.0.1", port=orthanc.dicom_port)
-        study = _held_out(dataset, lesions)
+        tested = _test_studies(dataset, lesions)
+        study = _held_out(tested)
         instance_id = _into_pacs(orthanc, peer, study)
         console.print(
             f"held-out study (test split, lesion present) stored in {peer.ae_title}@{peer.host}:{peer.port}"
@@ -402,7 +399,7 @@ def serve_and_review(
             f"served {model} v{answer['version']}@staging: {answer['label']} (calibrated probability "
             f"{answer['probability']}), {answer['pushed']} result object(s) sent back to the PACS"
         )
-        others = [s for s in _test_studies(dataset, lesions) if s.path != study.path][:_WORKLIST]
+        others = [s for s in tested if s.path != study.path][:_WORKLIST]
         worklist = _worklist(url, radiologist, model, others)
         # per-study probabilities stay here (keyed by the site's UIDs): summary.json has the counts
         in_process = worklist.pop("probabilities")
@@ -448,7 +445,9 @@ def serve_and_review(
     viewer_env = ""
     if orthanc is not None and orthanc.viewer:
         # the case page links to the study in OHIF when the UI knows the viewer's URL template
-        template = orthanc.viewer_url("0").replace("StudyInstanceUIDs=0", "StudyInstanceUIDs={study}")
+        from imaging.gateway.viewer import viewer_url_template
+
+        template = viewer_url_template(orthanc.url)
         viewer_env = f"RADGATE_VIEWER_URL='{template}' "
         summary["viewer_url_template"] = template
     console.print(

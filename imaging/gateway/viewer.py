@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote_plus
 
 __all__ = [
     "OHIF_PACKAGE",
@@ -45,7 +45,9 @@ __all__ = [
     "install_ohif",
     "ohif_dist",
     "orthanc_viewer_config",
+    "study_link",
     "viewer_url",
+    "viewer_url_template",
 ]
 
 OHIF_PACKAGE = "@ohif/app"
@@ -266,10 +268,20 @@ def orthanc_viewer_config(site: Path, prefix: str = VIEWER_PREFIX) -> dict[str, 
     }
 
 
+def viewer_url_template(base_url: str, prefix: str = VIEWER_PREFIX) -> str:
+    """The viewer page on the Orthanc at ``base_url`` (``http://host:port``) as a template with
+    ``{study}`` (what ``RADGATE_VIEWER_URL`` holds, for the reviewer UI's links)."""
+    return f"{base_url.rstrip('/')}/{prefix}/viewer?StudyInstanceUIDs={{study}}"
+
+
+def study_link(template: str, study_instance_uid: str) -> str:
+    """``template`` (with ``{study}``) filled with the URL-quoted study UID."""
+    return template.replace("{study}", quote_plus(study_instance_uid))
+
+
 def viewer_url(base_url: str, study_instance_uid: str, prefix: str = VIEWER_PREFIX) -> str:
     """The viewer page of one study on the Orthanc at ``base_url`` (``http://host:port``)."""
-    query = urlencode({"StudyInstanceUIDs": study_instance_uid})
-    return f"{base_url.rstrip('/')}/{prefix}/viewer?{query}"
+    return study_link(viewer_url_template(base_url, prefix), study_instance_uid)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -83,6 +83,18 @@ def _seal_to(path: Path, request_id: str, data: bytes, key: StoreKey, record: st
     tmp.replace(path)
 
 
+#: What the reviewer UI may show of a served request (the overlay only when inputs are kept).
+_VIEW_KEYS = ("labels", "decision", "summary", "explanation", "study_instance_uid")
+
+
+def _seal_view(
+    request_id: str, view: Mapping[str, Any], *, keep: bool, settings: Settings, key: StoreKey
+) -> None:
+    """Seal the part of ``view`` the UI may show under ``monitoring/views/`` (:func:`read_view`)."""
+    shown = {k: view[k] for k in _VIEW_KEYS if k in view and (keep or k != "explanation")}
+    _seal_to(_view_path(request_id, settings), request_id, json.dumps(shown).encode(), key, RECORD_VIEW)
+
+
 def _pseudonym_key_if_held(settings: Settings) -> Any:
     from governance.keys import KeyError_, load_project_key
 
@@ -176,15 +188,14 @@ def record_segmentation(
     view: dict[str, Any] = {"summary": summary, "decision": {"label": label}, "labels": []}
     if study_instance_uid:
         view["study_instance_uid"] = study_instance_uid
-    slices = (explanation or {}).get("slices") or []
-    if slices and config.feedback.keep_inputs:
+    shown = explanation or {}
+    if shown.get("slices"):  # the busiest slice's attribution
         view["explanation"] = {
-            "method": f"{(explanation or {}).get('method', 'attribution')} "
-            f"({(explanation or {}).get('structure', '')})",
-            "png_base64": slices[0]["png_base64"],
+            "method": f"{shown.get('method', 'attribution')} ({shown.get('structure', '')})",
+            "png_base64": shown["slices"][0]["png_base64"],
         }
-    _seal_to(_view_path(request_id, settings), request_id, json.dumps(view).encode(),
-             serving_key(settings), RECORD_VIEW)  # fmt: skip
+    keep = config.feedback.keep_inputs
+    _seal_view(request_id, view, keep=keep, settings=settings, key=serving_key(settings))
     record = LiveRecord(
         request_id=request_id,
         model_name=model_name,
@@ -269,18 +280,7 @@ class LiveRecorder:
                 pending_input_path(request_id, self.settings), request_id, input_bytes, self.key, RECORD_INPUT
             )
         if view is not None:
-            shown = {
-                k: view[k]
-                for k in ("labels", "decision", "summary", "explanation", "study_instance_uid")
-                if k in view and (keep or k != "explanation")
-            }
-            _seal_to(
-                _view_path(request_id, self.settings),
-                request_id,
-                json.dumps(shown).encode(),
-                self.key,
-                RECORD_VIEW,
-            )
+            _seal_view(request_id, view, keep=keep, settings=self.settings, key=self.key)
         expires = None
         if (input_bytes is not None and keep) or view is not None:
             expires = (at or utcnow()) + timedelta(hours=self.config.feedback.pending_input_hours)

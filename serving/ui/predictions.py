@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
 from sqlalchemy import func, select
 
@@ -60,10 +59,12 @@ class Prediction:
     def viewer_link(self, template: str | None) -> str | None:
         """The study in the site's viewer (``Settings.viewer_url``), when both are known; the UID
         is checked against the UI grammar and URL-quoted before it goes into the template."""
+        from imaging.gateway.viewer import study_link
+
         uid = self.study_instance_uid
         if not template or not uid or not _UID.match(uid):
             return None
-        return template.replace("{study}", quote(uid, safe=""))
+        return study_link(template, uid)
 
 
 @dataclass(frozen=True)
