@@ -5,7 +5,7 @@ with an inserted lesion in about half -> de-identification -> dataset version ->
 challenger (trained on permuted labels) -> calibration, explanations checked against the site's
 lesion masks -> two-person approval: the champion promoted, the challenger refused by the policy
 -> Ray Serve behind the gate -> a held-out study sent from Orthanc to the inference AE -> SR and
-Grad-CAM Secondary Capture back in Orthanc -> a reviewer's feedback in monitoring and the audit.
+saliency (HiResCAM) Secondary Capture back in Orthanc -> a reviewer's feedback in monitoring and the audit.
 Segmentation (``--task segmentation``, :mod:`radgate.demo_segmentation`): brain MR series ->
 3D UNet -> DICOM SEG in the PACS.
 

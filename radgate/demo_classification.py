@@ -11,12 +11,13 @@ Stages (each timed in the demo's table; every figure comes from this run):
 4. **train**: the champion (``configs/train/demo.yaml``) and a challenger, the same recipe on
    the same images with the labels permuted (it can only memorise); each evaluated with
    temperature scaling fitted on validation, explained, registered pending review;
-5. **explain**: the champion's Grad-CAM against the site's lesion masks (pointing game, saliency
+5. **explain**: the champion's saliency (its family's overlay method: HiResCAM for the demo's
+   ResNet-10 lite) against the site's lesion masks (pointing game, saliency
    mass in the mask) and against the challenger's maps (label randomisation), recorded on the run;
 6. **govern**: both submitted and approved by two distinct people; the policy promotes the
    champion to ``staging`` and refuses the challenger, printing its reasons;
 7. **serve**: Ray Serve behind the gate; a held-out study goes from the PACS by C-STORE to the
-   inference AE, whose SR (calibrated probability) and Grad-CAM Secondary Capture come back into
+   inference AE, whose SR (calibrated probability) and saliency Secondary Capture come back into
    the same study; the PACS is queried for them (C-FIND) and each is checked with dciodvfy;
 8. **feedback**: a radiologist's agree/disagree on the served result through the API; the
    feedback counter, the Cases list and the audit trail (verified) show it.
@@ -253,6 +254,7 @@ def _explain(
     from imaging.demo_lesions import read_mask
     from imaging.store import ContentStore
     from training.explain.core import ExplainConfig, Explainer, ExplainMethod
+    from training.explain.layers import overlay_method
     from training.explain.localization import (
         label_randomization_check,
         log_explanation_evidence,
@@ -279,18 +281,17 @@ def _explain(
     size = (int(batch.shape[-2]), int(batch.shape[-1]))
     grid_masks = resize_masks(np.stack(masks), size)
     config = ExplainConfig(target_layer=model.gradcam_layer or None)
-    maps = (
-        Explainer(model.module, config=config)
-        .explain(batch, ExplainMethod.GRADCAM, model.positive_index)
-        .maps
-    )
+    # The method reviewers see on this family's results (training.networks.NETWORKS).
+    method = ExplainMethod(overlay_method(model.module))
+    explanation = Explainer(model.module, config=config).explain(batch, method, model.positive_index)
+    maps = explanation.maps
     # Zhang et al.'s tolerance: 15 pixels at 224, i.e. about 6.7% of the input side.
     tolerance = max(1, round(15 * size[0] / 224))
-    localization = pointing_game(maps, grid_masks, tolerance=tolerance)
+    localization = pointing_game(maps, grid_masks, tolerance=tolerance, method=method.value)
     threshold = sanity_threshold_from_policy(model.name)
     label_check = label_randomization_check(
-        model.module, permuted.module, batch, explain_config=config, target=model.positive_index,
-        threshold=0.5 if threshold is None else threshold,
+        model.module, permuted.module, batch, explain_config=config, method=method,
+        target=model.positive_index, threshold=0.5 if threshold is None else threshold,
     )  # fmt: skip
     log_explanation_evidence(
         run_id=str(model.run_id),
@@ -303,9 +304,9 @@ def _explain(
     spearman = model.tags.get("radgate.saliency_randomization_spearman", "?")
     why = model.tags.get(Tag.SALIENCY_SANITY_REASONS, "")
     console.print(
-        f"Grad-CAM ({model.gradcam_layer}) on {localization.images} positive test images: pointing game "
-        f"{localization.pointing_game:.3f} (peak within {tolerance} px of the site's lesion mask), mean "
-        f"saliency mass in the mask {localization.mean_mass_in_mask:.3f}"
+        f"{method.display_name} ({explanation.target_layer}) on {localization.images} positive test "
+        f"images: pointing game {localization.pointing_game:.3f} (peak within {tolerance} px of the "
+        f"site's lesion mask), mean saliency mass in the mask {localization.mean_mass_in_mask:.3f}"
     )
     console.print(
         f"sanity (Adebayo et al.): model-parameter randomisation {parameter} (Spearman {spearman}"
@@ -315,8 +316,8 @@ def _explain(
         f"{label_check.spearman:.3f}, threshold {label_check.threshold:g})"
     )
     runner.summary["explain"] = {
-        "method": "gradcam",
-        "target_layer": model.gradcam_layer,
+        "method": method.value,
+        "target_layer": explanation.target_layer,
         "pointing_game": round(localization.pointing_game, 4),
         "pointing_images": localization.images,
         "tolerance_px": tolerance,

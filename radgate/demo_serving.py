@@ -5,10 +5,10 @@ A held-out study (test split, with a lesion) is put into the PACS as the site ho
 UIDs: clinical inference runs on the site's data). The PACS sends it by C-STORE to the inference
 AE (``serving.inference_ae``, what ``radgate serve-ae`` runs), which posts it to Ray Serve with
 ``push=true``: the gate is checked, the calibrated probability computed, and the TID 1500 SR and
-the Grad-CAM Secondary Capture are C-STOREd back into the same study. The PACS is then asked
-(C-FIND) what the study holds, each result object is checked with dciodvfy, the radiologist's
-agree/disagree goes through ``POST /v1/feedback``, and the feedback counter, the served-case
-list and the (verified) audit chain are read back.
+the saliency Secondary Capture (the family's overlay method) are C-STOREd back into the same
+study. The PACS is then asked (C-FIND) what the study holds, each result object is checked with
+dciodvfy, the radiologist's agree/disagree goes through ``POST /v1/feedback``, and the feedback
+counter, the served-case list and the (verified) audit chain are read back.
 """
 
 from __future__ import annotations

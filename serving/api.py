@@ -261,7 +261,11 @@ _PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def predict(
     name: str,
     request: Request,
-    explain: str | None = Query(None, max_length=32, description="gradcam, saliency, ig, occlusion or none"),
+    explain: str | None = Query(
+        None,
+        max_length=32,
+        description="overlay (the model family's method), gradcam, hirescam, saliency, ig, occlusion or none",
+    ),
     response: str = Query("json", pattern="^(json|dicom)$", description="json, or dicom (multipart/related)"),
     push: bool = Query(False, description="also C-STORE the DICOM results to the configured PACS"),
     principal: Principal = Depends(fastapi_dependency(*PREDICT_ROLES)),
@@ -277,7 +281,7 @@ async def predict(
     method: str | None = None if chosen == "none" else chosen
     want_dicom = response == "dicom" or push
     if want_dicom and method is None:
-        method = "gradcam"  # the SC overlay needs a map
+        method = "overlay"  # the SC overlay needs a map: the model family's overlay method
     try:
         body = await _read_body(request, service.config.max_body_bytes)
         instances = await asyncio.to_thread(

@@ -85,7 +85,7 @@ def predict_once(
     *,
     token: str,
     alias: str = "production",
-    explain: str = "gradcam",
+    explain: str = "overlay",
     num_cpus: int = 2,
 ) -> dict[str, Any]:
     """Serve ``model@alias``, predict ``dicom`` once (with an explanation), stop; return the JSON."""

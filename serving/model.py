@@ -315,7 +315,10 @@ class ServedPredictor:
 
     def _explain(self, source: Dataset, data: bytes, method: str, probability: float, positive: bool) -> Any:
         from training.explain import ExplainConfig, explain_instance
+        from training.explain.layers import overlay_method
 
+        if method == "overlay":  # what this network family's reviewers see and its evidence checks
+            method = overlay_method(self.loaded.module)
         config = ExplainConfig(target_layer=self.loaded.gradcam_layer or None)
         temperature = float(getattr(self.loaded, "temperature", 1.0))
         return explain_instance(

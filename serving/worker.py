@@ -34,7 +34,8 @@ LOGGER = logging.getLogger(__name__)
 #: the penultimate embedding is there when live monitoring records this model, else ``None``.
 BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int, np.ndarray | None]]]
 _MONITOR_BACKLOG = 1024  # requests waiting to be recorded before new ones are skipped
-_EXPLAIN_METHODS = ("gradcam", "saliency", "ig", "occlusion")
+#: ``overlay``: the method the model's family shows reviewers (``training.networks.NETWORKS``).
+_EXPLAIN_METHODS = ("overlay", "gradcam", "hirescam", "saliency", "ig", "occlusion")
 
 
 def _error(status: int, message: str) -> dict[str, Any]:

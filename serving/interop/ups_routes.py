@@ -149,7 +149,7 @@ async def perform(uid: str, store: WorkitemStore, config: UpsConfig, service: An
             reason = "model not approved for serving: " + "; ".join(decision.reasons[:5])
             return _cancel(store, uid, transaction, reason, target, "gate-refused")
         store.update(uid, transaction, _progress(40, f"running {model} v{decision.version}"))
-        payload = {"instances": data, "version": decision.version, "explain": "gradcam", "dicom": True}
+        payload = {"instances": data, "version": decision.version, "explain": "overlay", "dicom": True}
         out = await service.models[model].predict(payload)
         if "error" in out:
             return _cancel(

@@ -170,7 +170,9 @@ def test_explain_rejects_bad_targets_and_shapes(densenet: nn.Module, images: tor
         explainer.explain(images, "guided-backprop")
 
 
-@pytest.mark.parametrize("method", [ExplainMethod.GRADCAM, ExplainMethod.SALIENCY, ExplainMethod.OCCLUSION])
+@pytest.mark.parametrize(
+    "method", [ExplainMethod.GRADCAM, ExplainMethod.HIRESCAM, ExplainMethod.SALIENCY, ExplainMethod.OCCLUSION]
+)
 def test_explain_maps_follow_a_planted_feature(images: torch.Tensor, method: ExplainMethod) -> None:
     """A model that only looks at the top-left quadrant: every map must sit there."""
 
@@ -195,7 +197,10 @@ def test_explain_maps_follow_a_planted_feature(images: torch.Tensor, method: Exp
             return torch.stack([-score, score], dim=1)
 
     config = ExplainConfig(
-        target_layer="features", occlusion_window_fraction=0.25, occlusion_stride_fraction=0.25
+        target_layer="features",
+        hirescam_layer="features",
+        occlusion_window_fraction=0.25,
+        occlusion_stride_fraction=0.25,
     )
     result = Explainer(QuadrantScore(), config=config).explain(images + 0.1, method, target=1)
     heat = result.maps[0]

@@ -237,16 +237,20 @@ def explain_registered(
     loaded: RegisteredModel,
     dicom: Path | str | bytes,
     *,
-    method: ExplainMethod | str = ExplainMethod.GRADCAM,
+    method: ExplainMethod | str | None = None,
     target: str | int | None = None,
     config: ExplainConfig | None = None,
 ) -> CaseExplanation:
     """Explain one DICOM (path or bytes) with a registered model.
 
     ``target`` is a label name or index; by default the positive class of a binary model (the
-    finding, whatever the prediction), else the predicted class. Grad-CAM uses the layer
-    recorded with the model unless ``config`` names one.
+    finding, whatever the prediction), else the predicted class. ``method`` None: the network
+    family's overlay method. Grad-CAM uses the layer recorded with the model unless ``config``
+    names one.
     """
+    from training.explain.layers import overlay_method
+
+    method = method or overlay_method(loaded.module)
     source = dcmread(BytesIO(dicom) if isinstance(dicom, bytes) else dicom)
     inputs = loaded.preprocess(dicom)
     labels = tuple(loaded.label_names)

@@ -11,14 +11,19 @@ from governance.cli_support import fail
 
 __all__ = ["register"]
 
-_METHODS = "gradcam (default), saliency, ig (Integrated Gradients) or occlusion"
+_METHODS = (
+    "gradcam, hirescam, saliency, ig (Integrated Gradients) or occlusion; default: the method the "
+    "network family shows reviewers (HiResCAM for resnet10-lite, else Grad-CAM)"
+)
 _MODEL_HELP = "Registered model: NAME@ALIAS or NAME/VERSION."
 _METHOD_HELP = f"Attribution method: {_METHODS}."
 
 
-def _method(value: str) -> str:
+def _method(value: str | None) -> str | None:
     from training.explain.core import ExplainMethod
 
+    if value is None:
+        return None
     try:
         return ExplainMethod(value.lower()).value
     except ValueError:
@@ -75,7 +80,7 @@ def _load(model: str, tracking_uri: str | None):  # type: ignore[no-untyped-def]
 def explain_command(
     input_dcm: Path = typer.Argument(..., exists=True, dir_okay=False, help="DICOM instance to explain."),
     model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
-    method: str = typer.Option("gradcam", "--method", callback=_method, help=_METHOD_HELP),
+    method: str | None = typer.Option(None, "--method", callback=_method, help=_METHOD_HELP),
     out: Path = typer.Option(..., "--out", "-o", file_okay=False, help="Output folder (PNG, DICOM, JSON)."),
     target: str | None = typer.Option(
         None, "--target", help="Label name or index to explain (default: the finding of a binary model)."
@@ -115,7 +120,7 @@ def explain_command(
 def sanity_command(
     images: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="A few DICOM test images."),
     model: str = typer.Option(..., "--model", "-m", help=_MODEL_HELP),
-    method: str = typer.Option("gradcam", "--method", callback=_method, help=_METHOD_HELP),
+    method: str | None = typer.Option(None, "--method", callback=_method, help=_METHOD_HELP),
     threshold: float | None = typer.Option(
         None, "--threshold", help="Max |Spearman| trained vs randomised (default: policy, else --config)."
     ),
@@ -142,7 +147,9 @@ def sanity_command(
     result = run_randomization_check(
         loaded.module,
         batch,
-        config=settings.sanity.model_copy(update={"method": ExplainMethod(method), "cascade": cascade}),
+        config=settings.sanity.model_copy(
+            update={"method": ExplainMethod(method) if method else settings.sanity.method, "cascade": cascade}
+        ),
         explain_config=settings.explain.model_copy(
             update={"target_layer": settings.explain.target_layer or loaded.gradcam_layer or None}
         ),

@@ -2,8 +2,14 @@
 
 ``Explainer(model).explain(batch, method)`` returns maps with the input's spatial size, scaled
 to [0, 1] per image, plus the class each map explains and the model's probabilities, from the
-same forward pass where the method allows it (Grad-CAM and Saliency: one forward, one partial
-backward).
+same forward pass where the method allows it (Grad-CAM, HiResCAM and Saliency: one forward, one
+partial backward).
+
+Grad-CAM (Selvaraju et al. 2017) weights a layer's channels by their spatially averaged gradient;
+HiResCAM (Draelos and Carin 2020) multiplies gradient and activation element-wise before summing
+the channels, so each cell keeps its own gradient: at a shallower, finer layer it still points at
+the finding where Grad-CAM's averaged weights cancel. Both hook the layer the network family table
+names for them (``training.networks.NETWORKS``).
 
 Determinism: the model is put in eval mode, parameters are frozen for the call (which also keeps
 autograd from recording the network below the Grad-CAM layer), and PyTorch's deterministic
@@ -47,6 +53,7 @@ class ExplainMethod(StrEnum):
     """Attribution methods; values are the CLI spellings."""
 
     GRADCAM = "gradcam"
+    HIRESCAM = "hirescam"
     SALIENCY = "saliency"
     INTEGRATED_GRADIENTS = "ig"
     OCCLUSION = "occlusion"
@@ -58,6 +65,7 @@ class ExplainMethod(StrEnum):
 
 _TITLES = {
     ExplainMethod.GRADCAM: "Grad-CAM",
+    ExplainMethod.HIRESCAM: "HiResCAM",
     ExplainMethod.SALIENCY: "Saliency",
     ExplainMethod.INTEGRATED_GRADIENTS: "Integrated Gradients",
     ExplainMethod.OCCLUSION: "Occlusion",
@@ -70,6 +78,19 @@ class ExplainConfig(StrictModel):
     target_layer: str | None = Field(
         default=None, description="Qualified module name for Grad-CAM; default by network family."
     )
+    hirescam_layer: str | None = Field(
+        default=None, description="Qualified module name for HiResCAM; default by network family."
+    )
+
+    def layer_override(self, method: ExplainMethod) -> str | None:
+        """The configured layer of a class-activation method (None: the family table's)."""
+        return self.hirescam_layer if method is ExplainMethod.HIRESCAM else self.target_layer
+
+    def with_layer(self, method: ExplainMethod, layer: str | None) -> ExplainConfig:
+        """A copy with ``method``'s layer set to ``layer``."""
+        key = "hirescam_layer" if method is ExplainMethod.HIRESCAM else "target_layer"
+        return self.model_copy(update={key: layer})
+
     ig_steps: int = Field(default=32, ge=2, description="Integrated Gradients path steps.")
     ig_internal_batch_size: int = Field(default=16, ge=1)
     occlusion_window_fraction: float = Field(
@@ -202,16 +223,23 @@ class Explainer:
         self.family = NetworkFamily(family) if family is not None else None
         self.config = config or ExplainConfig()
         self.label_names = tuple(label_names)
-        self._layer: tuple[str, nn.Module] | None = None
+        self._layers: dict[ExplainMethod, tuple[str, nn.Module]] = {}
 
-    def target_layer(self, example: torch.Tensor) -> tuple[str, nn.Module]:
-        """The Grad-CAM layer (resolved once, by family or by probing with ``example``)."""
-        if self._layer is None:
+    def target_layer(
+        self, example: torch.Tensor, method: ExplainMethod = ExplainMethod.GRADCAM
+    ) -> tuple[str, nn.Module]:
+        """The layer ``method`` (Grad-CAM or HiResCAM) hooks, resolved once per method: the
+        configured one, else by family, else by probing with ``example``."""
+        if method not in self._layers:
             with _explaining(self.model):
-                self._layer = resolve_target_layer(
-                    self.model, example, family=self.family, override=self.config.target_layer
+                self._layers[method] = resolve_target_layer(
+                    self.model,
+                    example,
+                    family=self.family,
+                    override=self.config.layer_override(method),
+                    method=method.value,
                 )
-        return self._layer
+        return self._layers[method]
 
     def explain(
         self,
@@ -229,6 +257,7 @@ class Explainer:
         runner: Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor, str | None]]
         runner = {
             ExplainMethod.GRADCAM: self._gradcam,
+            ExplainMethod.HIRESCAM: self._hirescam,
             ExplainMethod.SALIENCY: self._saliency,
             ExplainMethod.INTEGRATED_GRADIENTS: self._integrated_gradients,
             ExplainMethod.OCCLUSION: self._occlusion,
@@ -291,6 +320,20 @@ class Explainer:
         cam = LayerGradCam(scorer, layer).attribute(inputs, relu_attributions=True)
         assert scorer.logits is not None
         maps = _upsample(cam.float(), inputs.shape[2:])
+        return _scale_unit(maps, None), scorer.logits, name
+
+    def _hirescam(
+        self, inputs: torch.Tensor, targets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, str | None]:
+        from captum.attr import LayerGradientXActivation
+
+        name, layer = self.target_layer(inputs, ExplainMethod.HIRESCAM)
+        scorer = _ScoreOfTarget(self.model, targets)
+        products = LayerGradientXActivation(scorer, layer).attribute(inputs)
+        assert scorer.logits is not None
+        # Sum over channels, keep the cells that raise the score (as Grad-CAM's ReLU does).
+        cam = products.float().sum(dim=1, keepdim=True).clamp(min=0.0)
+        maps = _upsample(cam, inputs.shape[2:])
         return _scale_unit(maps, None), scorer.logits, name
 
     def _saliency(

@@ -20,6 +20,7 @@ __all__ = [
     "TargetLayerError",
     "detect_family",
     "find_last_feature_layer",
+    "overlay_method",
     "resolve_target_layer",
 ]
 
@@ -82,20 +83,31 @@ def find_last_feature_layer(model: nn.Module, example: torch.Tensor) -> str:
     raise TargetLayerError("no module of this model outputs a spatial feature map")
 
 
+def overlay_method(model: nn.Module, family: NetworkFamily | str | None = None) -> str:
+    """The attribution method (an ``ExplainMethod`` value) shown on this model's results and
+    checked as its evidence: the table's ``overlay`` for its family, else ``gradcam``."""
+    spec = NETWORKS[NetworkFamily(family)] if family is not None else _detect_spec(model)[0]
+    return spec.overlay if spec is not None else "gradcam"
+
+
 def resolve_target_layer(
     model: nn.Module,
     example: torch.Tensor,
     *,
     family: NetworkFamily | str | None = None,
     override: str | None = None,
+    method: str = "gradcam",
 ) -> tuple[str, nn.Module]:
-    """The (qualified name, module) Grad-CAM hooks: ``override`` if given, else by family."""
+    """The (qualified name, module) a class-activation ``method`` (``gradcam``, ``hirescam``)
+    hooks: ``override`` if given, else the family table's layer for the method, else the last
+    feature map found by probing."""
     if override:
         return override, _get_submodule(model, override)
     detected, prefix = _detect_spec(model)
     wanted = NETWORKS[NetworkFamily(family)] if family is not None else detected
     if detected is not None and wanted is not None and wanted.monai_class == detected.monai_class:
-        name = f"{prefix}.{wanted.gradcam_layer}" if prefix else wanted.gradcam_layer
+        layer = wanted.cam_layer(method)
+        name = f"{prefix}.{layer}" if prefix else layer
         return name, _get_submodule(model, name)
     name = find_last_feature_layer(model, example)
     return name, _get_submodule(model, name)

@@ -21,6 +21,7 @@ from torch import nn
 from training.explain.core import Explainer, ExplainMethod
 from training.explain.faithfulness import FaithfulnessResult, deletion_insertion
 from training.explain.gallery import GalleryCase, select_gallery_cases, write_gallery
+from training.explain.layers import overlay_method
 from training.explain.sanity import SanityConfig, SanityResult, run_randomization_check
 from training.explain.tracking import log_faithfulness, log_sanity_result, sanity_threshold_from_policy
 
@@ -60,7 +61,7 @@ def explain_after_training(
     sanity_images: int = 8,
     faithfulness_images: int = 16,
     gallery_per_outcome: int = 2,
-    methods: Sequence[ExplainMethod | str] = (ExplainMethod.GRADCAM, ExplainMethod.SALIENCY),
+    methods: Sequence[ExplainMethod | str] | None = None,
     sanity_config: SanityConfig | None = None,
     tracking_uri: str | None = None,
 ) -> PostTrainingReport:
@@ -68,6 +69,8 @@ def explain_after_training(
 
     ``test_images`` are preprocessed (N, C, H, W); ``positive_scores`` the model's probability of
     the positive class for each. The sanity threshold is the policy's, when it sets one.
+    ``methods`` (faithfulness) default to the family's overlay method, Grad-CAM and Saliency; the
+    gallery shows the overlay method.
     """
     if not (len(test_images) == len(test_labels) == len(positive_scores)):
         raise ValueError("test_images, test_labels and positive_scores must have the same length")
@@ -87,6 +90,9 @@ def explain_after_training(
         sanity, run_id=run_id, model_name=model_name, model_version=model_version, tracking_uri=tracking_uri
     )
 
+    overlay = ExplainMethod(overlay_method(network))
+    if methods is None:
+        methods = list(dict.fromkeys((overlay, ExplainMethod.GRADCAM, ExplainMethod.SALIENCY)))
     explainer = Explainer(network, config=config, label_names=label_names)
     subset = test_images[: max(1, faithfulness_images)]
     faithfulness = tuple(
@@ -107,6 +113,7 @@ def explain_after_training(
             model_name=model_name or "model",
             model_version=model_version or "unregistered",
             positive_index=positive_index,
+            method=overlay,
             run_id=run_id,
             tracking_uri=tracking_uri,
         )

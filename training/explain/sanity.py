@@ -33,7 +33,7 @@ from torch import nn
 from governance.strict import StrictModel
 from governance.tags import Tag
 from training.explain.core import ExplainConfig, Explainer, ExplainMethod
-from training.explain.layers import NetworkFamily
+from training.explain.layers import NetworkFamily, overlay_method
 
 __all__ = [
     "SANITY_METRIC",
@@ -57,7 +57,9 @@ SANITY_METRIC = "saliency_randomization_spearman"
 class SanityConfig(StrictModel):
     """Parameters of the check (YAML ``sanity:`` section of an explain config)."""
 
-    method: ExplainMethod = ExplainMethod.GRADCAM
+    method: ExplainMethod | None = Field(
+        default=None, description="Method checked; None: the network family's overlay method."
+    )
     max_spearman: float = Field(
         default=0.5, ge=0, le=1, description="Pass when |mean Spearman| trained vs randomised <= this."
     )
@@ -234,14 +236,15 @@ def run_randomization_check(
     ``targets``). ``threshold`` overrides ``config.max_spearman`` (e.g. from the policy).
     """
     config = config or SanityConfig()
-    method = ExplainMethod(config.method)  # model_copy(update=...) does not validate
+    # model_copy(update=...) does not validate: coerce; None checks what reviewers are shown.
+    method = ExplainMethod(config.method or overlay_method(model, family))
     limit = config.max_spearman if threshold is None else float(threshold)
     trained = Explainer(model, family=family, config=explain_config)
     reference = trained.explain(inputs, method, targets)
     repeat = trained.explain(inputs, method, list(reference.targets))
     control = float(np.mean([spearman(a, b) for a, b in zip(reference.maps, repeat.maps, strict=True)]))
     layer = reference.target_layer
-    layer_config = (explain_config or ExplainConfig()).model_copy(update={"target_layer": layer})
+    layer_config = (explain_config or ExplainConfig()).with_layer(method, layer)
 
     def randomized_maps(blocks: Sequence[str] | None) -> np.ndarray:
         clone = copy.deepcopy(model)
