@@ -22,11 +22,12 @@ ENV PIP_NO_CACHE_DIR=1 \
     TCP_NODELAY=1 \
     RADGATE_HOME=/var/lib/radgate
 
-# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract).
+# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract),
+# and libGL/GLib, which the opencv-python wheel of RapidOCR (the default engine) links.
 # Debian stable: the suite pins the versions (security updates only).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tesseract-ocr-eng \
+    && apt-get install -y --no-install-recommends tesseract-ocr-eng libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 # Editable install at /opt/radgate: the code finds its shipped configs (deid profiles, policy)
 # next to the packages, as in a checkout. Dependencies first, so code edits reuse this layer.

@@ -24,11 +24,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Installed as root (the Python of Ray's images is writable by `ray`, the local CPU base's is not);
 # the code stays read-only to the user that runs it.
 USER 0
-# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract).
+# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract),
+# and libGL/GLib, which the opencv-python wheel of RapidOCR (the default engine) links.
 # Debian stable: the suite pins the versions (security updates only).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tesseract-ocr-eng \
+    && apt-get install -y --no-install-recommends tesseract-ocr-eng libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 WORKDIR /home/ray/app
 COPY pyproject.toml README.md constraints.txt docker/prune-site.sh ./

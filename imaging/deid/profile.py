@@ -95,9 +95,11 @@ class BurnedInPolicy(StrictModel):
     """How burned-in text in pixels is found and removed (or, strictly, avoided)."""
 
     mode: BurnedInMode = BurnedInMode.SCREEN
-    # tesseract: Tesseract 5 LSTM (fast); rapidocr: PP-OCRv4 ONNX detector + recogniser (finds
-    # more text that touches anatomy, several times slower on CPU; optional dependency)
-    engine: Literal["tesseract", "rapidocr"] = "tesseract"
+    # rapidocr: PP-OCRv4 ONNX text detector (DBNet) + recogniser; every region is detected, only
+    # those whose redaction depends on what they say are read (finds text over anatomy and
+    # vertical labels). tesseract: Tesseract 5 LSTM page segmentation (about 2.5x faster on the
+    # generated corpus, recall 0.78 against 0.97: it takes text over anatomy for picture)
+    engine: Literal["tesseract", "rapidocr"] = "rapidocr"
     # used by ``mode: quarantine`` only
     quarantine_modalities: list[str] = Field(default_factory=lambda: ["US", "XA", "RF", "ES", "XC", "OT"])
     quarantine_sop_classes: list[str] = Field(default_factory=lambda: list(_SC_CLASSES))

@@ -26,6 +26,12 @@ if [ ! -e /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng
 fi
+# OpenCV's shared libraries for RapidOCR, the default burned-in text engine (the opencv-python
+# wheel links libGL and GLib; a minimal Debian has neither).
+if ! dpkg -s libgl1 >/dev/null 2>&1 || ! dpkg -s libglib2.0-0 >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends libgl1 libglib2.0-0
+fi
 # Debian's package may start the system service; the tests never use it.
 if command -v service >/dev/null 2>&1; then
   $SUDO service orthanc stop >/dev/null 2>&1 || true

@@ -142,6 +142,6 @@ def test_ultrasound_cine_with_burned_in_text_is_cleaned_through_the_gateway(
             session.scalars(select(LineageEvent).where(LineageEvent.output_sha256 == instances[0].sha256))
         )
     screen = next(e.details["pixel_screen"] for e in events if "pixel_screen" in (e.details or {}))
-    assert screen["engine"]["engine"] == "tesseract" and screen["verified"]
+    assert screen["engine"]["engine"] == "rapidocr" and screen["verified"]
     assert len(screen["boxes_redacted"]) >= 3
     assert "OKONKWO" not in str(screen).upper()  # boxes and versions only, never text

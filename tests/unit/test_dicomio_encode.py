@@ -16,6 +16,7 @@ from governance.keys import ProjectKey
 from imaging.corpus import packaged_dicom_files
 from imaging.deid import Deidentifier, DeidProfile, Option, QuarantineError, load_profile
 from imaging.deid.profile import (
+    BurnedInMode,
     BurnedInPolicy,
     PixelCleaningRule,
     SafePrivate,
@@ -29,7 +30,9 @@ from tests.dicom_factory import encode, make_ct
 
 KEY = ProjectKey(b"\x07" * 32)
 # Every option column and policy branch at once: safe private kept, UIDs and dates retained,
-# unknown attributes kept, ultrasound pixels cleaned (decoded and rewritten).
+# unknown attributes kept, ultrasound pixels cleaned by device rule (decoded and rewritten). Not
+# screened by OCR (the research profile screens every file of the corpus already; an empty
+# quarantine rule lets every instance through to the encoder).
 WIDE = DeidProfile(
     name="wide",
     version=1,
@@ -48,6 +51,7 @@ WIDE = DeidProfile(
     ],
     unlisted=UnlistedPolicy(text=UnlistedText.REMOVE, unknown=UnlistedUnknown.KEEP),
     burned_in=BurnedInPolicy(
+        mode=BurnedInMode.QUARANTINE,
         quarantine_modalities=[],
         quarantine_sop_classes=[],
         pixel_cleaning=[PixelCleaningRule(modality="US", rectangles=[(0, 0, 16, 8)])],

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -32,6 +33,7 @@ from imaging.deid.burned_in.ocr import (
     OcrUnavailableError,
     RapidOcrEngine,
     TesseractEngine,
+    TextDetector,
     TextLine,
 )
 from imaging.deid.burned_in.render import (
@@ -47,6 +49,7 @@ from imaging.deid.profile import BurnedInPolicy
 
 __all__ = ["PixelScreener", "ScreenResult"]
 
+_T = TypeVar("_T")
 _SERIES_MEMORY = 4096
 _PIXEL_DATA = 0x7FE00010
 # frames are read at about this shorter side when they are much larger (text stays legible)
@@ -114,6 +117,70 @@ def _line_at(line: TextLine, factor: float, turned_height: int, shape: tuple[int
     x0, y0 = int(x / factor), int(y / factor)
     x1, y1 = min(shape[1], int(np.ceil((x + w) / factor))), min(shape[0], int(np.ceil((y + h) / factor)))
     return TextLine((x0, y0, max(1, x1 - x0), max(1, y1 - y0)), (), line.text, line.confidence)
+
+
+def _tighten(image: np.ndarray, box: Box) -> Box:
+    """``box`` of an 8-bit ``image`` shrunk across its line (rows of a wide box, columns of a
+    tall one) to the pixels that differ from its ground (the median of its edge) by at least a
+    third of the largest difference: the glyphs of a line on a plain ground. Along the line it
+    is kept: a line crossing onto anatomy changes its ground there. A box whose pixels do not
+    split into glyphs and ground (text over anatomy, texture) is kept as it is."""
+    x, y, w, h = box
+    crop = image[y : y + h, x : x + w].astype(np.int16)
+    if crop.shape[0] < 4 or crop.shape[1] < 4:
+        return box
+    edge = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
+    difference = np.abs(crop - int(np.median(edge)))
+    top = int(difference.max())
+    if top < 16:
+        return box
+    glyph = difference >= max(12, top // 3)
+    if glyph.mean() > 0.6:
+        return box
+    if w >= h:
+        rows = np.flatnonzero(glyph.any(axis=1))
+        return (x, y + int(rows[0]), w, int(rows[-1] - rows[0]) + 1)
+    cols = np.flatnonzero(glyph.any(axis=0))
+    return (x + int(cols[0]), y, int(cols[-1] - cols[0]) + 1, h)
+
+
+def _clip(box: Box, width: int, height: int) -> Box:
+    x0, y0 = max(0, box[0]), max(0, box[1])
+    x1, y1 = min(width, box[0] + box[2]), min(height, box[1] + box[3])
+    return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
+
+
+def _merge_overlapping(boxes: list[Box]) -> list[Box]:
+    """Boxes replaced by the unions of those that overlap, until none do."""
+    merged = list(boxes)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(merged)):
+            for j in range(i + 1, len(merged)):
+                if _iou(merged[i], merged[j]) > 0:
+                    merged[i] = _union(merged[i], merged.pop(j))
+                    changed = True
+                    break
+            if changed:
+                break
+    return merged
+
+
+def _union(first: Box, second: Box) -> Box:
+    x0, y0 = min(first[0], second[0]), min(first[1], second[1])
+    x1 = max(first[0] + first[2], second[0] + second[2])
+    y1 = max(first[1] + first[3], second[1] + second[3])
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
+def _iou(first: Box, second: Box) -> float:
+    x0, y0 = max(first[0], second[0]), max(first[1], second[1])
+    x1 = min(first[0] + first[2], second[0] + second[2])
+    y1 = min(first[1] + first[3], second[1] + second[3])
+    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    union = first[2] * first[3] + second[2] * second[3] - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _join_lines(lines: list[TextLine]) -> list[TextLine]:
@@ -254,13 +321,16 @@ class PixelScreener:
         # Redact, then OCR the cleaned frames again: removing text changes how the page is
         # segmented, so a pass can find PHI the one before missed. Each pass that finds some
         # redacts it; the frames are verified once a pass over them finds no PHI and nothing
-        # to redact. Still PHI after the last pass: quarantine.
+        # to redact. Still PHI after the last pass: quarantine. A detector engine (convolutional,
+        # no page segmentation) re-detects only around what the pass before redacted: elsewhere
+        # the frames, and so its detections, are unchanged.
+        focus: list[Box] | None = None
         for round_number in range(self.policy.verify_rounds + 1):
             display = self._display(current, ds)
             found: list[Box] = []
             phi_boxes: list[Box] = []
             for index in indices:
-                lines, redact = self._find(display[index], ds, classifier, engine)
+                lines, redact = self._find(display[index], ds, classifier, engine, focus)
                 if round_number == 0:
                     result.lines_detected += len(lines)
                     result.phi_lines += sum(1 for _, is_phi in redact if is_phi)
@@ -283,6 +353,8 @@ class PixelScreener:
                 )
             redacted = _merge(redacted + new)
             current = self._redact(current, new, ds)
+            if isinstance(engine, TextDetector):
+                focus = new
             if last:  # only lines not classified as PHI were left: redacted, and verified clean
                 result.verified = True
         result.boxes_redacted = redacted
@@ -319,18 +391,7 @@ class PixelScreener:
         engine that does not find vertical lines itself) turned a quarter clockwise, for
         labels printed bottom-to-top along an edge; at a size OCR reads well (small frames
         enlarged, large ones reduced)."""
-        side = min(image.shape)
-        if 0 < side < self.policy.upscale_below:
-            factor = 2.0
-            work = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
-        elif side > 2 * _OCR_SIDE:
-            step = side // _OCR_SIDE
-            height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step
-            blocks = image[:height, :width].reshape(height // step, step, width // step, step)
-            work = blocks.mean(axis=(1, 3)).astype(np.uint8)  # area average: anti-aliased glyphs
-            factor = 1.0 / step
-        else:
-            factor, work = 1.0, image
+        work, factor = self._work(image)
         if not text_likely(work):  # no structure a glyph needs: nothing for OCR to read
             return []
         lines = [_line_at(line, factor, 0, image.shape) for line in self._read(work, engine)]
@@ -343,9 +404,145 @@ class PixelScreener:
         thickest = max(32, min(image.shape) // 8)
         return _join_lines([line for line in lines if min(line.box[2], line.box[3]) <= thickest])
 
+    def _work(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """``image`` at a size OCR reads well (small frames enlarged, large ones reduced by area
+        average: anti-aliased glyphs) and its scale factor."""
+        side = min(image.shape)
+        if 0 < side < self.policy.upscale_below:
+            return np.repeat(np.repeat(image, 2, axis=0), 2, axis=1), 2.0
+        if side > 2 * _OCR_SIDE:
+            step = side // _OCR_SIDE
+            height, width = (image.shape[0] // step) * step, (image.shape[1] // step) * step
+            blocks = image[:height, :width].reshape(height // step, step, width // step, step)
+            return blocks.mean(axis=(1, 3)).astype(np.uint8), 1.0 / step
+        return image, 1.0
+
+    def _find_detected(
+        self,
+        frame: np.ndarray,
+        ds: Dataset,
+        classifier: PhiClassifier,
+        engine: TextDetector,
+        anatomy: np.ndarray | None,
+        focus: list[Box] | None = None,
+    ) -> tuple[list[TextLine], list[tuple[Box, bool]]]:
+        """``_find`` for an engine with a separate detector: text regions are detected in every
+        render (a line found in several is kept once); a region outside anatomy shaped as a line
+        (either way) is redacted unread; every other region is read and redacted when its text
+        is PHI (or, outside anatomy, read confidently)."""
+        shape = frame.shape[:2]
+        shown = renders(frame, ds)
+        # the full-range render once more, turned a quarter clockwise: the detector splits a
+        # long vertical label into pieces, and finds it whole as a horizontal line (only where
+        # the other renders found something: no pieces, no label)
+        full = shown[0] if frame.ndim == 3 else shown[-1]
+        if self.policy.stroke_render:  # bright strokes on bright ground (anatomy, light captures)
+            shown.append(stroke_render(frame))
+        works: list[tuple[np.ndarray, float, int]] = []  # (work image, scale, turned height)
+        for render in shown:
+            work, factor = self._work(render)
+            works.append((work, factor, 0))
+        work, factor = self._work(full)
+        works.append((np.ascontiguousarray(np.rot90(work, k=-1)), factor, work.shape[0]))
+        regions: list[tuple[Box, int, Box]] = []  # (box in the frame, work image, box in it)
+        # thicker "lines" are texture; a detector's box is drawn a quarter looser than the glyphs
+        thickest = max(32, min(shape) // 8) * 5 // 4
+        for index, (work, factor, turned) in enumerate(works):
+            if turned and not regions:  # a vertical label leaves pieces, at least, in the others
+                continue
+            for box in self._detect(work, factor, turned, engine, focus):
+                framed = _line_at(TextLine(box, (), "", 0.0), factor, turned, shape).box
+                if min(framed[2], framed[3]) > thickest:
+                    continue
+                for number, (seen, first, seen_work) in enumerate(regions):
+                    if _iou(framed, seen) >= 0.5:  # one line in two renders: the union of both
+                        same_way = bool(works[first][2]) == bool(turned)
+                        regions[number] = (
+                            _union(seen, framed),
+                            first,
+                            _union(seen_work, box) if same_way else seen_work,
+                        )
+                        break
+                else:
+                    regions.append((framed, index, box))
+        found: list[TextLine] = []
+        redact: list[tuple[Box, bool]] = []
+        unread: dict[int, list[int]] = {}
+
+        def glyphs(number: int) -> Box:
+            """The region shrunk to its glyphs (detector boxes are drawn loose around a line)."""
+            _, index, box = regions[number]
+            work, factor, turned = works[index]
+            x, y, w, h = _line_at(TextLine(_tighten(work, box), (), "", 0.0), factor, turned, shape).box
+            return (x, y, w + 1, h + 1)
+
+        for number, (framed, index, _) in enumerate(regions):
+            x, y, w, h = framed
+            outside = anatomy is not None and _overlap(framed, anatomy) < 0.5
+            if outside and max(w, h) >= 2 * min(w, h):
+                found.append(TextLine(framed, (), "", 0.0))
+                redact.append((glyphs(number), False))
+            else:
+                unread.setdefault(index, []).append(number)
+        for index, numbers in unread.items():
+            work = works[index][0]
+            boxes = [regions[n][2] for n in numbers]
+            lines = self._call(engine.recognize, work, boxes, timeout_ms=self.policy.ocr_timeout_ms)
+            for number, line in zip(numbers, lines, strict=True):
+                x, y, w, h = regions[number][0]
+                found.append(TextLine((x, y, w, h), (), line.text, line.confidence))
+                if classifier.is_phi(line.text):
+                    redact.append((glyphs(number), True))
+                elif (
+                    anatomy is not None
+                    and line.confidence >= _CONFIDENT
+                    and _overlap((x, y, w, h), anatomy) < 0.5
+                ):
+                    redact.append((glyphs(number), False))
+        return found, redact
+
+    def _detect(
+        self, work: np.ndarray, factor: float, turned: int, engine: TextDetector, focus: list[Box] | None
+    ) -> list[Box]:
+        """Text boxes in a work image (``turned``: the height of the image it was turned from),
+        all of it, or only windows around the frame boxes in ``focus`` (with a line's height of
+        context on each side, so text that ran on past a redaction is seen whole)."""
+        if focus is None:
+            if not text_likely(work):  # no structure a glyph needs: nothing to detect
+                return []
+            return self._call(engine.detect, work, timeout_ms=self.policy.ocr_timeout_ms)
+        height, width = work.shape[:2]
+        windows: list[Box] = []
+        for x, y, w, h in focus:
+            x0, y0 = int(x * factor), int(y * factor)
+            x1, y1 = int(np.ceil((x + w) * factor)), int(np.ceil((y + h) * factor))
+            if turned:  # work (x, y) is (turned - 1 - y, x) of the turned image
+                x0, y0, x1, y1 = turned - y1, x0, turned - y0, x1
+            context = max(8, min(x1 - x0, y1 - y0))
+            windows.append(
+                _clip(
+                    (x0 - 2 * context, y0 - context, x1 - x0 + 4 * context, y1 - y0 + 2 * context),
+                    width,
+                    height,
+                )
+            )
+        boxes: list[Box] = []
+        for wx, wy, ww, wh in _merge_overlapping(windows):
+            if ww < 8 or wh < 8:
+                continue
+            crop = np.ascontiguousarray(work[wy : wy + wh, wx : wx + ww])
+            for bx, by, bw, bh in self._call(engine.detect, crop, timeout_ms=self.policy.ocr_timeout_ms):
+                boxes.append((bx + wx, by + wy, bw, bh))
+        return boxes
+
     def _read(self, image: np.ndarray, engine: OcrEngine) -> list[TextLine]:
+        return self._call(engine.read, image, timeout_ms=self.policy.ocr_timeout_ms)
+
+    @staticmethod
+    def _call(run: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """An engine call, its failures as quarantine reasons (never with recognised text)."""
         try:
-            return engine.read(image, timeout_ms=self.policy.ocr_timeout_ms)
+            return run(*args, **kwargs)
         except OcrTimeoutError as exc:
             raise QuarantineError(QuarantineReason.PIXEL_OCR_TIMEOUT, str(exc)) from None
         except OcrUnavailableError as exc:
@@ -358,9 +555,15 @@ class PixelScreener:
             ) from None
 
     def _find(
-        self, frame: np.ndarray, ds: Dataset, classifier: PhiClassifier, engine: OcrEngine
+        self,
+        frame: np.ndarray,
+        ds: Dataset,
+        classifier: PhiClassifier,
+        engine: OcrEngine,
+        focus: list[Box] | None = None,
     ) -> tuple[list[TextLine], list[tuple[Box, bool]]]:
-        """Lines read in one frame, and the boxes to redact with whether each is PHI-classified."""
+        """Lines read in one frame, and the boxes to redact with whether each is PHI-classified;
+        a detector engine given ``focus`` looks only around those boxes."""
         side = min(frame.shape[0], frame.shape[1])
         if side > 2 * _OCR_SIDE:
             # large frames: rendered and read at about _OCR_SIDE (area average: anti-aliased
@@ -371,7 +574,8 @@ class PixelScreener:
             small = cropped.reshape(height // step, step, width // step, step, *frame.shape[2:]).mean(
                 axis=(1, 3)
             )
-            lines, boxes = self._find(small, ds, classifier, engine)
+            reduced = [(x // step, y // step, -(-w // step), -(-h // step)) for x, y, w, h in focus or ()]
+            lines, boxes = self._find(small, ds, classifier, engine, reduced if focus is not None else None)
             shape = frame.shape[:2]
             return lines, [(_upscaled(box, step, shape), is_phi) for box, is_phi in boxes]
         found: list[TextLine] = []
@@ -382,6 +586,8 @@ class PixelScreener:
             low, high = float(luminance.min()), float(luminance.max())
             scaled = (luminance - low) * (255.0 / max(high - low, 1e-6))
             anatomy = anatomy_mask(scaled.astype(np.uint8))
+        if isinstance(engine, TextDetector):
+            return self._find_detected(frame, ds, classifier, engine, anatomy, focus)
         if self.policy.stroke_render:
             # PHI-classified lines only: texture read as text here never widens redaction
             for line in self._ocr(stroke_render(frame), engine, turn=False):
@@ -398,7 +604,8 @@ class PixelScreener:
                     redact.append((box, True))
                 elif (
                     anatomy is not None
-                    and (line.confidence >= _CONFIDENT or w >= 2 * h)  # read well, or shaped as a line
+                    # read well, or shaped as a line (either way: vertical labels too)
+                    and (line.confidence >= _CONFIDENT or max(w, h) >= 2 * min(w, h))
                     and w > 0
                     and h > 0
                     and _overlap(box, anatomy) < 0.5
