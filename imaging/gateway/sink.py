@@ -22,7 +22,17 @@ class Sink(Protocol):
 
 
 def default_sink() -> Sink:
+    """The ingest path, warmed up: a service loads its OCR models at start, not on the first
+    instance a PACS sends (which would wait for them, and the memory would arrive later)."""
+    import logging
+
     from imaging.ingest import Ingestor
 
-    sink: Sink = Ingestor()
+    ingestor = Ingestor()
+    if not ingestor.warm_up():
+        logging.getLogger(__name__).warning(
+            "no OCR engine could be loaded: instances with pixel data will be quarantined "
+            "(pixel_ocr_unavailable)"
+        )
+    sink: Sink = ingestor
     return sink

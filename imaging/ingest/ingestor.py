@@ -355,6 +355,13 @@ class Ingestor:
         durable = _fsync_pool(os.getpid()).submit(self._place, digest, output, placed)
         return digest, _Writing(placed, durable)
 
+    def warm_up(self) -> bool:
+        """Load what the first instance would (the pixel screener's OCR models and buffers):
+        for a long-running service. False when no OCR engine can be loaded (instances with
+        pixels are then quarantined, never passed unscreened)."""
+        screener = self.deid.screener
+        return True if screener is None else screener.warm_up()
+
     def ingest_path(self, path: Path | str, source: str = "folder") -> IngestOutcome:
         return self.ingest_bytes(Path(path).read_bytes(), source)
 

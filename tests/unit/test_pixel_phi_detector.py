@@ -62,7 +62,7 @@ def _covered(screen: dict, box: tuple[int, int, int, int], shape: tuple[int, int
 def test_the_default_engine_is_the_detector() -> None:
     deid = Deidentifier(load_profile("research"), KEY)
     assert deid.profile.burned_in.engine == "rapidocr"
-    assert isinstance(deid.screener.engine(), TextDetector)
+    assert deid.screener is not None and isinstance(deid.screener.engine(), TextDetector)
 
 
 def test_a_vertical_label_and_text_over_anatomy_are_redacted() -> None:
@@ -98,13 +98,15 @@ def test_tighten_shrinks_across_the_line_only() -> None:
     rows = np.flatnonzero(mask.any(axis=1))
     assert (x, w) == (loose[0], loose[2])  # along the line: kept
     assert y == 8 + int(rows[0]) and h == int(rows[-1] - rows[0]) + 1  # across: the glyph rows
-    noise = np.random.default_rng(0).integers(0, 255, image.shape, dtype=np.uint8)
+    noise = np.asarray(np.random.default_rng(0).integers(0, 255, image.shape), dtype=np.uint8)
     assert _tighten(noise, loose) == loose  # no glyphs on a ground: kept as detected
 
 
 def test_verification_re_detects_only_around_redactions() -> None:
     deid = Deidentifier(load_profile("research"), KEY)
+    assert deid.screener is not None
     engine = deid.screener.engine()
+    assert isinstance(engine, RapidOcrEngine)
     shapes: list[tuple[int, ...]] = []
     detect = engine.detect
 
@@ -112,7 +114,7 @@ def test_verification_re_detects_only_around_redactions() -> None:
         shapes.append(image.shape)
         return detect(image, timeout_ms=timeout_ms)
 
-    engine.detect = counting  # type: ignore[method-assign]
+    engine.detect = counting  # type: ignore[method-assign]  # counting wrapper, same signature
     ds, _ = _with_text("CT_small.dcm", [(SURNAME, 4, 4, False)], size=12)
     record = deid.deidentify(ds)
     assert record.pixel_screen is not None and record.pixel_screen["boxes_redacted"]
@@ -128,4 +130,17 @@ def test_both_engines_stay_selectable(engine: str) -> None:
     profile = load_profile("research")
     chosen = profile.model_copy(update={"burned_in": profile.burned_in.model_copy(update={"engine": engine})})
     deid = Deidentifier(chosen, KEY)
-    assert deid.screener.engine().name == engine
+    assert deid.screener is not None and deid.screener.engine().name == engine
+
+
+def test_a_service_warms_its_engine_up_and_says_when_it_has_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imaging.deid.burned_in import OcrUnavailableError, PixelScreener
+
+    screener = PixelScreener(load_profile("research").burned_in)
+    assert screener.warm_up() and isinstance(screener.engine(), RapidOcrEngine)
+
+    def missing(*_: object, **__: object) -> None:
+        raise OcrUnavailableError("rapidocr-onnxruntime is not installed")
+
+    monkeypatch.setattr(RapidOcrEngine, "__init__", missing)
+    assert PixelScreener(load_profile("research").burned_in).warm_up() is False

@@ -51,6 +51,8 @@ __all__ = ["PixelScreener", "ScreenResult"]
 
 _T = TypeVar("_T")
 _SERIES_MEMORY = 4096
+# the side of the blank frame a service's warm-up runs the engine on (a common CT/MR size)
+_WARM_SIDE = 512
 _PIXEL_DATA = 0x7FE00010
 # frames are read at about this shorter side when they are much larger (text stays legible)
 _OCR_SIDE = 768
@@ -259,6 +261,26 @@ class PixelScreener:
                     except OcrUnavailableError as exc:
                         raise QuarantineError(QuarantineReason.PIXEL_OCR_UNAVAILABLE, str(exc)) from None
         return self._engine
+
+    def warm_up(self) -> bool:
+        """Load the engine and run it once on a blank frame, so that a service holds its models
+        and inference buffers from start (memory and first-instance latency known up front).
+        False when no engine can be loaded: instances with pixels will then be quarantined
+        (``pixel_ocr_unavailable``), never passed unscreened."""
+        try:
+            engine = self.engine()
+        except QuarantineError:
+            return False
+        blank = np.zeros((_WARM_SIDE, _WARM_SIDE), np.uint8)
+        blank[_WARM_SIDE // 2 :, :] = 255  # an edge: the detector's whole path runs
+        if isinstance(engine, TextDetector):
+            engine.detect(blank, timeout_ms=self.policy.ocr_timeout_ms)
+            engine.recognize(
+                blank, [(0, _WARM_SIDE // 2 - 16, 96, 32)], timeout_ms=self.policy.ocr_timeout_ms
+            )
+        else:
+            engine.read(blank, timeout_ms=self.policy.ocr_timeout_ms)
+        return True
 
     # -- series sampling ----------------------------------------------------------------------
 
