@@ -224,6 +224,12 @@ def decode_pixels(ds: Dataset, *, max_bytes: int | None = None, index: int | Non
         raise DecompressionLimitError("decoding ran out of memory") from exc
     except Exception as exc:  # codecs raise their own types (RuntimeError, ValueError...)
         raise PixelDecodeError(f"pixel data could not be decoded ({type(exc).__name__})") from exc
+    except BaseException as exc:
+        # A Rust codec (pylibjpeg-rle) that panics on a malformed stream raises PyO3's
+        # PanicException, a BaseException: the input is bad, not the process.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise PixelDecodeError("pixel data could not be decoded (codec panicked)") from exc
     if array.nbytes > wanted * _HEADROOM_RATIO + _HEADROOM_BYTES:
         raise DecompressionLimitError(f"decoded {array.nbytes} bytes, declared {wanted}")
     return array

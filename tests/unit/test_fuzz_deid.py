@@ -77,3 +77,17 @@ def test_atheris_target_runs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done" in proc.stderr
+
+
+def test_found_inputs_are_quarantined_not_crashes() -> None:
+    """Inputs the fuzzer once crashed on (tests/fuzz/regressions/deid-*): e.g. an RLE stream on
+    which pylibjpeg-rle's Rust decoder panics (PyO3's PanicException is a BaseException, which
+    the codec wrapper let through)."""
+    quiet_pydicom()
+    key, profile = ProjectKey(b"\x09" * 32), load_profile("research")
+    engine = Deidentifier(profile, key)
+    found = sorted((Path(__file__).resolve().parents[1] / "fuzz" / "regressions").glob("deid-*"))
+    assert found
+    for path in found:
+        result = process_bytes(path.read_bytes(), engine, key, profile)
+        assert result.outcome is Outcome.QUARANTINED and result.reason is not None, path.name
