@@ -457,14 +457,14 @@ class PixelScreener:
         # the full-range render once more, turned a quarter clockwise: the detector splits a
         # long vertical label into pieces, and finds it whole as a horizontal line (only where
         # the other renders found something: no pieces, no label)
-        full = shown[0] if frame.ndim == 3 else shown[-1]
+        full = 0 if frame.ndim == 3 else len(shown) - 1
         if self.policy.stroke_render:  # bright strokes on bright ground (anatomy, light captures)
             shown.append(stroke_render(frame))
         works: list[tuple[np.ndarray, float, int]] = []  # (work image, scale, turned height)
         for render in shown:
             work, factor = self._work(render)
             works.append((work, factor, 0))
-        work, factor = self._work(full)
+        work, factor, _ = works[full]
         works.append((np.ascontiguousarray(np.rot90(work, k=-1)), factor, work.shape[0]))
         regions: list[tuple[Box, int, Box]] = []  # (box in the frame, work image, box in it)
         # thicker "lines" are texture; a detector's box is drawn a quarter looser than the glyphs
@@ -490,6 +490,7 @@ class PixelScreener:
         found: list[TextLine] = []
         redact: list[tuple[Box, bool]] = []
         unread: dict[int, list[int]] = {}
+        outside = [anatomy is not None and _overlap(framed, anatomy) < 0.5 for framed, _, _ in regions]
 
         def glyphs(number: int) -> Box:
             """The region shrunk to its glyphs (detector boxes are drawn loose around a line)."""
@@ -500,8 +501,7 @@ class PixelScreener:
 
         for number, (framed, index, _) in enumerate(regions):
             x, y, w, h = framed
-            outside = anatomy is not None and _overlap(framed, anatomy) < 0.5
-            if outside and max(w, h) >= 2 * min(w, h):
+            if outside[number] and max(w, h) >= 2 * min(w, h):
                 found.append(TextLine(framed, (), "", 0.0))
                 redact.append((glyphs(number), False))
             else:
@@ -515,11 +515,7 @@ class PixelScreener:
                 found.append(TextLine((x, y, w, h), (), line.text, line.confidence))
                 if classifier.is_phi(line.text):
                     redact.append((glyphs(number), True))
-                elif (
-                    anatomy is not None
-                    and line.confidence >= _CONFIDENT
-                    and _overlap((x, y, w, h), anatomy) < 0.5
-                ):
+                elif outside[number] and line.confidence >= _CONFIDENT:
                     redact.append((glyphs(number), False))
         return found, redact
 
