@@ -25,7 +25,7 @@ from governance.audit import GroupCommit
 from governance.auth import Principal, Role, fastapi_dependency
 from governance.tls import TransportSecurity
 from serving import metrics
-from serving.config import ServeConfig
+from serving.config import OVERLAY, ServeConfig
 from serving.inputs import RequestError, parse_body
 
 __all__ = ["IngressService", "ModelClient", "api", "install_service"]
@@ -51,6 +51,7 @@ class IngressService:
         self.config = config
         self.models = models
         self.gate = Gate(ttl_s=config.gate_ttl_s)
+        self.gate.warm_up()  # client, catalog and ORM ready before the first request's decision
         # FHIR results for the EMR and ATNA audit export, when configured (background senders).
         self.interop = start_interop(config.fhir, config.atna)
 
@@ -281,7 +282,7 @@ async def predict(
     method: str | None = None if chosen == "none" else chosen
     want_dicom = response == "dicom" or push
     if want_dicom and method is None:
-        method = "overlay"  # the SC overlay needs a map: the model family's overlay method
+        method = OVERLAY  # the SC overlay needs a map: the model family's overlay method
     try:
         body = await _read_body(request, service.config.max_body_bytes)
         instances = await asyncio.to_thread(

@@ -60,7 +60,9 @@ class BatchedModel:
         sys.setswitchinterval(_GIL_SWITCH_INTERVAL_S)
         # Live monitoring records in a child process: its Python work no longer holds this
         # process's GIL (py-spy: recorder 15 % of the GIL samples during the bench).
-        self.worker = ModelWorker(served, Gate(ttl_s=gate_ttl_s), record_out_of_process=True)
+        gate = Gate(ttl_s=gate_ttl_s)
+        gate.warm_up()  # bounded registry HTTP, client and catalog ready before the model loads
+        self.worker = ModelWorker(served, gate, record_out_of_process=True)
         self._forward_batch.set_max_batch_size(served.max_batch_size)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._images_in_flight = 0

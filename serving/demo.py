@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from serving.config import OVERLAY
 from serving.net import free_port
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def predict_once(
     *,
     token: str,
     alias: str = "production",
-    explain: str = "overlay",
+    explain: str = OVERLAY,
     num_cpus: int = 2,
 ) -> dict[str, Any]:
     """Serve ``model@alias``, predict ``dicom`` once (with an explanation), stop; return the JSON."""

@@ -24,6 +24,7 @@ import numpy as np
 from governance.approvals.registry import model_target
 from governance.audit import record
 from governance.tags import Tag
+from serving.config import OVERLAY
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -317,7 +318,7 @@ class ServedPredictor:
         from training.explain import ExplainConfig, explain_instance
         from training.explain.layers import overlay_method
 
-        if method == "overlay":  # what this network family's reviewers see and its evidence checks
+        if method == OVERLAY:  # what this network family's reviewers see and its evidence checks
             method = overlay_method(self.loaded.module)
         config = ExplainConfig(target_layer=self.loaded.gradcam_layer or None)
         temperature = float(getattr(self.loaded, "temperature", 1.0))

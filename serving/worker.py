@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.config import Backend, ServedModel
+from serving.config import OVERLAY, Backend, ServedModel
 from serving.model import ArtifactMismatch, GateDenied, InProcessForward, ServedPredictor, load_gated, softmax
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ LOGGER = logging.getLogger(__name__)
 BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int, np.ndarray | None]]]
 _MONITOR_BACKLOG = 1024  # requests waiting to be recorded before new ones are skipped
 #: ``overlay``: the method the model's family shows reviewers (``training.networks.NETWORKS``).
-_EXPLAIN_METHODS = ("overlay", "gradcam", "hirescam", "saliency", "ig", "occlusion")
+_EXPLAIN_METHODS = (OVERLAY, "gradcam", "hirescam", "saliency", "ig", "occlusion")
 
 
 def _error(status: int, message: str) -> dict[str, Any]:

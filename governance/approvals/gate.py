@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -32,6 +33,7 @@ from governance.approvals.policy_record import policy_reason
 from governance.approvals.registry import (
     RegistryError,
     artifact_sha256,
+    bound_registry_http,
     gather_evidence,
     model_target,
     registry_client,
@@ -123,6 +125,7 @@ class Gate:
         # every ``ttl_s`` under load).
         self._deciding: dict[tuple[str, str | None, str | None], threading.Lock] = {}
         self._chain: ChainGuard | None = None
+        self._hash_pool: ThreadPoolExecutor | None = None
 
     @property
     def client(self) -> MlflowClient:
@@ -141,6 +144,26 @@ class Gate:
         if self._chain is None:
             self._chain = ChainGuard(self.audit)
         return self._chain
+
+    def warm_up(self) -> None:
+        """What a serving replica does once at start-up, before its first decision: bound
+        MLflow's HTTP retries (:func:`bound_registry_http`), build the registry client and its
+        store, open the audit log's catalog, configure the ORM mappers and read the policy. No
+        decision, artifact hash or governance position is cached, so the first decision after
+        it is still a cold one (measured by ``scripts/bench/gate.py``). An unreachable registry
+        or catalog is left for the decision to report (fail closed)."""
+        from sqlalchemy.orm import configure_mappers
+
+        bound_registry_http()
+        try:
+            client = self.client
+            client._get_registry_client().store  # noqa: B018 (builds the store: a SQL engine or a REST session)
+            self.audit.catalog.engine.connect().close()
+            configure_mappers()
+            if self._policy is None:
+                load_policy()
+        except Exception:  # warming is best effort: each decision re-checks and fails closed
+            return
 
     def clear(self) -> None:
         with self._lock:
@@ -215,6 +238,12 @@ class Gate:
             self._hashes[key] = (time.monotonic() + self.artifact_ttl_s, digest)
         return digest
 
+    def _hasher(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._hash_pool is None:
+                self._hash_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gate-hash")
+            return self._hash_pool
+
     def _decide(self, name: str, alias: str | None, version: str | None, fresh: bool = False) -> GateDecision:
         from mlflow.exceptions import MlflowException
 
@@ -249,10 +278,14 @@ class Gate:
                         policy_sha256=policy_sha,
                     )
             assert version is not None
+            # The artifact hash (reading tens of MB; hashlib releases the GIL) runs beside the
+            # registry and audit queries of the evidence: a cold decision waits for the longer
+            # of the two instead of their sum.
+            hashing = self._hasher().submit(self._artifact_hash, name, version, fresh)
             evidence, _ = gather_evidence(
                 self.client, self.audit, name, version, with_hash=False, strict=True
             )
-            evidence = replace(evidence, artifact_sha256=self._artifact_hash(name, evidence.version, fresh))
+            evidence = replace(evidence, artifact_sha256=hashing.result())
             checklist = evaluate(policy, evidence, datetime.now(UTC))
             reasons = [
                 f"{item.name}: {item.detail or 'failed'} (value {item.value!r}, expected {item.expected})"

@@ -34,6 +34,7 @@ __all__ = [
     "TAG_SUBMISSION",
     "RegistryError",
     "artifact_sha256",
+    "bound_registry_http",
     "gather_evidence",
     "hash_tree",
     "model_target",
@@ -50,6 +51,27 @@ DECISION_ACTIONS = {f"model.{k.value}": k for k in DecisionKind}
 
 class RegistryError(RuntimeError):
     """The registered model, version or its artifact could not be read."""
+
+
+#: MLflow's HTTP limits for a process whose requests wait on the gate (MLflow's own defaults,
+#: 7 retries with backoff factor 2 and a 120 s timeout, hold a decision against a registry that
+#: is down for about four minutes; these fail it closed within seconds).
+REQUEST_PATH_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.25",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def bound_registry_http() -> None:
+    """Bound MLflow's HTTP retries and timeout in this process (:data:`REQUEST_PATH_HTTP`),
+    unless the operator set them: for services that ask the gate on their request path. The
+    limits are process-wide environment variables, MLflow's only setting for them."""
+    import os
+
+    for name, value in REQUEST_PATH_HTTP.items():
+        os.environ.setdefault(name, value)
 
 
 def registry_client(uri: str | None = None) -> MlflowClient:

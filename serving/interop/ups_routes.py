@@ -45,6 +45,7 @@ from governance.auth import (
     require_role,
 )
 from governance.settings import get_settings
+from serving.config import OVERLAY
 from serving.interop.ups import (
     CANCELED,
     COMPLETED,
@@ -149,7 +150,7 @@ async def perform(uid: str, store: WorkitemStore, config: UpsConfig, service: An
             reason = "model not approved for serving: " + "; ".join(decision.reasons[:5])
             return _cancel(store, uid, transaction, reason, target, "gate-refused")
         store.update(uid, transaction, _progress(40, f"running {model} v{decision.version}"))
-        payload = {"instances": data, "version": decision.version, "explain": "overlay", "dicom": True}
+        payload = {"instances": data, "version": decision.version, "explain": OVERLAY, "dicom": True}
         out = await service.models[model].predict(payload)
         if "error" in out:
             return _cancel(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from governance.catalog.db import Catalog, migration_config
+from governance.catalog.db import HEAD_REVISION, Catalog, migration_config
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,19 @@ def test_the_history_is_one_line_with_one_head() -> None:
         assert newer.down_revision == older.revision  # each revision has exactly one parent
     numbers = [r.revision.split("_")[0] for r in revisions]
     assert len(set(numbers)) == len(numbers), numbers
+
+
+def test_the_fast_path_head_is_alembics_head(tmp_path: Path) -> None:
+    """open_catalog skips Alembic for a catalog at HEAD_REVISION: that constant must be the
+    history's head, or a new migration would never run on an existing catalog."""
+    assert _script().get_current_head() == HEAD_REVISION
+    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    assert not catalog.at_head()
+    catalog.upgrade()
+    assert catalog.at_head()
+    _downgrade_to_base(catalog)
+    assert not catalog.at_head()
+    catalog.engine.dispose()
 
 
 def _round_trip(url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -391,3 +392,39 @@ def test_an_earlier_submitter_may_not_approve_after_a_resubmission(registry: obj
         workflow.approve(cast["eng"], NAME, version)
     with pytest.raises(SelfApproval):
         workflow.approve(cast["eng2"], NAME, version)
+
+
+def test_warm_up_caches_no_decision_and_a_swap_after_it_is_caught(registry: object, cast: Cast) -> None:
+    version, artifact, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    replica = Gate(registry, ttl_s=3600, artifact_ttl_s=3600)  # type: ignore[arg-type]
+    replica.warm_up()
+    (artifact / "model.bin").write_bytes(b"swapped before the first request")
+    first = replica(NAME, "production")  # the first decision still reads the artifact
+    assert not first.allowed and not first.cached
+    assert any(r.startswith("artifact unchanged") for r in first.reasons)
+
+
+def test_a_replica_fails_closed_at_once_when_the_registry_is_down(
+    radgate_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """MLflow's default HTTP retries held this decision for about four minutes; warm_up bounds
+    them for a serving process (unless the operator set them) and the decision is a denial."""
+    from governance.approvals.registry import REQUEST_PATH_HTTP
+
+    for name in REQUEST_PATH_HTTP:
+        monkeypatch.setenv(name, "unset-by-the-test")
+        monkeypatch.delenv(name)
+    replica = Gate(registry_client("http://127.0.0.1:9"))  # nothing listens on the discard port
+    replica.warm_up()
+    assert {name: os.environ.get(name) for name in REQUEST_PATH_HTTP} == REQUEST_PATH_HTTP
+    decision = replica(NAME, "production")
+    assert not decision.allowed and any("gate error" in r for r in decision.reasons)
+
+
+def test_the_operators_http_limits_are_kept(radgate_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from governance.approvals.registry import bound_registry_http
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "5")
+    bound_registry_http()
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "5"
