@@ -25,7 +25,8 @@ def dataset_create(
         ...,
         "--labels",
         help="CSV keyed by accession_number, patient_id, study_instance_uid, "
-        "sop_instance_uid or sha256 (original or de-identified), with a label column.",
+        "sop_instance_uid or sha256 (original or de-identified), with a label column and, "
+        "optionally, a split column (train|val|test: the file's own split replaces --split).",
     ),
     split: str = typer.Option("train=0.7,val=0.15,test=0.15", "--split", help="Split fractions."),
     group_by: str = typer.Option(
@@ -71,6 +72,8 @@ def dataset_create(
         f"{report.matched_rows}, unmatched {report.unmatched_rows}; "
         f"unlabelled instances {report.unlabelled_instances}"
     )
+    if report.version.manifest.split_from_labels:
+        typer.echo("  split: the labels file's split column")
     for split_name, counts in sorted(summary["splits"].items()):
         typer.echo(f"  {split_name}: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 

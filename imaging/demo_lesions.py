@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -231,10 +232,46 @@ def _write_mask(mask: np.ndarray, path: Path) -> None:
     Image.fromarray(mask.astype(np.uint8) * 255).save(path)
 
 
+def _site_split(written: list[LesionStudy], fractions: Mapping[str, float], seed: int) -> dict[str, str]:
+    """Accession -> split, as a site defines an official split. Per label, the studies are
+    ordered by age band, then site, then a seeded hash, and dealt out by largest deficit (each
+    study goes to the split furthest below its share so far): every run of that order, and so
+    every age band and site, is split in the given proportions, for small exports too. The same
+    export always gets the same split."""
+    import hashlib
+
+    names = list(fractions)
+    out: dict[str, str] = {}
+    for label in (0, 1):
+        ordered = sorted(
+            (s for s in written if s.label == label),
+            key=lambda s: (
+                s.age // 10,
+                s.site,
+                hashlib.sha256(f"{seed}:{s.accession_number}".encode()).hexdigest(),
+            ),
+        )
+        dealt = dict.fromkeys(names, 0)
+        for position, study in enumerate(ordered, start=1):
+            name = max(names, key=lambda n: (fractions[n] * position - dealt[n], -names.index(n)))
+            dealt[name] += 1
+            out[study.accession_number] = name
+    return out
+
+
 def write_lesion_studies(
-    out_dir: Path, *, studies: int = 240, seed: int = 0, size: int = 128, prevalence: float = 0.5
+    out_dir: Path,
+    *,
+    studies: int = 240,
+    seed: int = 0,
+    size: int = 128,
+    prevalence: float = 0.5,
+    split: Mapping[str, float] | None = None,
 ) -> LesionSet:
     """Write ``studies`` one-image MR studies (one per patient), ``labels.csv`` and the masks.
+
+    With ``split`` (fractions of train/val/test), ``labels.csv`` has a ``split`` column: the
+    site's own split (:func:`_site_split`), which dataset creation keeps as given.
 
     DICOM goes to ``out_dir/dicom/<site code>/<patient id>/<accession>.dcm`` (what a PACS sends:
     ingest ``out_dir/dicom``), masks to ``out_dir/masks/<accession>.png``. Exactly
@@ -326,11 +363,12 @@ def write_lesion_studies(
             )
         )
     labels_csv = out_dir / "labels.csv"
+    splits = _site_split(written, split, seed) if split is not None else None
     with labels_csv.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["accession_number", "label"])
+        writer.writerow(["accession_number", "label", *(["split"] if splits else [])])
         for s in written:
-            writer.writerow([s.accession_number, s.label])
+            writer.writerow([s.accession_number, s.label, *([splits[s.accession_number]] if splits else [])])
     # The site's own index of what it exported (originals: it stays with the export, like the
     # files themselves), read back by :func:`read_lesion_set`.
     index = [

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from governance.catalog import Instance, Pseudonym
 from governance.keys import ProjectKey
-from imaging.datasets.manifest import DatasetError
+from imaging.datasets.manifest import DatasetError, Split
 from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
 
 __all__ = ["KeyKind", "LabelTable", "read_labels", "resolve_labels"]
@@ -48,6 +48,18 @@ _COLUMN_ALIASES = {
     KeyKind.SHA256: ("sha256", "contenthash", "instancesha256"),
 }
 _LABEL_ALIASES = ("label", "class", "target", "finding", "y")
+#: An optional column naming each row's split (a site's or a public set's official split).
+_SPLIT_ALIASES = ("split", "subset", "partition", "fold")
+_SPLIT_VALUES = {
+    "train": Split.TRAIN,
+    "training": Split.TRAIN,
+    "val": Split.VAL,
+    "valid": Split.VAL,
+    "validation": Split.VAL,
+    "dev": Split.VAL,
+    "test": Split.TEST,
+    "testing": Split.TEST,
+}
 
 
 def _norm(name: str) -> str:
@@ -56,11 +68,13 @@ def _norm(name: str) -> str:
 
 @dataclass
 class LabelTable:
-    """Parsed labels: key kind, (key, label value) rows and the file's hash (kept for provenance)."""
+    """Parsed labels: key kind, (key, label value) rows and the file's hash (kept for provenance);
+    ``splits``: each row's split when the file has a split column, else None."""
 
     kind: KeyKind
     rows: list[tuple[str, str]]
     sha256: str
+    splits: list[Split] | None = None
 
 
 @dataclass
@@ -68,6 +82,7 @@ class Resolution:
     """Labels attached to instances, and counts of what did not resolve (no values kept)."""
 
     labels: dict[int, str] = field(default_factory=dict)  # Instance.id -> label value
+    splits: dict[int, Split] = field(default_factory=dict)  # Instance.id -> split (split column)
     matched_rows: int = 0
     unmatched_rows: int = 0
     conflicts: int = 0
@@ -103,19 +118,31 @@ def read_labels(path: Path) -> LabelTable:
         if len(others) != 1:
             raise DatasetError("the labels file needs a 'label' column")
         label_index = others[0]
-    rows = []
+    split_index = next((i for i, c in enumerate(columns) if c in _SPLIT_ALIASES), None)
+    rows: list[tuple[str, str]] = []
+    splits: list[Split] = []
     for line, record in enumerate(reader, start=2):
         if not record or all(not v.strip() for v in record):
             continue
-        if len(record) <= max(key_index, label_index):
+        if len(record) <= max(key_index, label_index, -1 if split_index is None else split_index):
             raise DatasetError(f"labels file line {line}: missing columns")
         key, label = record[key_index].strip(), record[label_index].strip()
         if not key or not label:
             raise DatasetError(f"labels file line {line}: empty key or label")
         rows.append((key, label))
+        if split_index is not None:
+            named = _SPLIT_VALUES.get(record[split_index].strip().lower())
+            if named is None:  # the value is not echoed: a mistyped column could hold identifiers
+                raise DatasetError(f"labels file line {line}: the split must be train, val or test")
+            splits.append(named)
     if not rows:
         raise DatasetError("the labels file has no rows")
-    return LabelTable(kind=kind, rows=rows, sha256=hashlib.sha256(raw).hexdigest())
+    return LabelTable(
+        kind=kind,
+        rows=rows,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        splits=splits if split_index is not None else None,
+    )
 
 
 _PSEUDONYM_KIND = {
@@ -168,7 +195,7 @@ def resolve_labels(session: Session, table: LabelTable, key: ProjectKey) -> Reso
     for chunk in _chunks(wanted):
         for instance_id, value in session.execute(select(Instance.id, column).where(column.in_(chunk))):
             by_value.setdefault(value, []).append(instance_id)
-    for k, label in table.rows:
+    for row, (k, label) in enumerate(table.rows):
         ids = by_value.get(deid_value[k], [])
         if not ids:
             resolution.unmatched_rows += 1
@@ -178,4 +205,8 @@ def resolve_labels(session: Session, table: LabelTable, key: ProjectKey) -> Reso
             previous = resolution.labels.setdefault(instance_id, label)
             if previous != label:
                 resolution.conflicts += 1
+            if table.splits is not None:
+                split = resolution.splits.setdefault(instance_id, table.splits[row])
+                if split is not table.splits[row]:
+                    resolution.conflicts += 1
     return resolution

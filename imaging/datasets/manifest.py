@@ -119,6 +119,9 @@ class DatasetManifest(StrictModel):
     split: dict[str, float]
     group_by: GroupBy = GroupBy.PATIENT
     seed: int = 0
+    # True when the split came from the labels file's split column (``seed`` then unused); None
+    # (not False) keeps the ids of manifests split by seed exactly as they were.
+    split_from_labels: bool | None = None
     labels_sha256: str
     profiles: list[str] = Field(default_factory=list)
     items: list[ManifestItem]

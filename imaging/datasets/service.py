@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -109,7 +109,9 @@ def labelled_instances(
     with open_catalog(settings).session() as session:
         resolution = resolve_labels(session, table, load_project_key(settings))
         if resolution.conflicts:
-            raise DatasetError(f"{resolution.conflicts} instance(s) get different labels from different rows")
+            raise DatasetError(
+                f"{resolution.conflicts} instance(s) get different labels or splits from different rows"
+            )
         if not resolution.labels:
             raise DatasetError(
                 f"none of the {len(table.rows)} label rows matched an ingested instance "
@@ -147,7 +149,10 @@ def create_dataset(
     for inst, label in rows:
         group = group_of(inst)
         group_labels[group] = max(group_labels.get(group, 0), index[label])
-    assignment = assign_splits(group_labels, fractions, seed)
+    if table.splits is None:
+        assignment = assign_splits(group_labels, fractions, seed)
+    else:  # the file's own split: kept as given, refused if it puts a group in two splits
+        assignment, fractions = _split_from_labels(rows, resolution.splits, group_of)
     items = [
         ManifestItem(
             sha256=inst.sha256,
@@ -167,6 +172,7 @@ def create_dataset(
         split=fractions,
         group_by=group_by,
         seed=seed,
+        split_from_labels=True if table.splits is not None else None,
         labels_sha256=table.sha256,
         profiles=sorted({inst.profile for inst, _ in rows}),
         items=items,
@@ -179,6 +185,27 @@ def create_dataset(
         unmatched_rows=resolution.unmatched_rows,
         unlabelled_instances=total_instances - len(items),
     )
+
+
+def _split_from_labels(
+    rows: list[tuple[Instance, str]], splits: Mapping[int, Split], group_of: Callable[[Instance], str]
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Group -> split as the labels file's split column gives it, and the fractions it amounts
+    to. A group (patient or study) whose instances the file puts in two splits is refused: its
+    images would leak between training and evaluation."""
+    assignment: dict[str, str] = {}
+    leaking: set[str] = set()
+    for inst, _ in rows:
+        split = splits[inst.id].value
+        if assignment.setdefault(group_of(inst), split) != split:
+            leaking.add(group_of(inst))
+    if leaking:
+        raise DatasetError(f"the labels file puts {len(leaking)} patient/study group(s) in two splits")
+    if Split.TRAIN.value not in assignment.values():
+        raise DatasetError("the labels file's split column names no train row")
+    counts = {s.value: sum(1 for inst, _ in rows if splits[inst.id] is s) for s in Split}
+    fractions = {name: round(n / len(rows), 4) for name, n in counts.items() if n}
+    return assignment, fractions
 
 
 def subgroup_attributes(inst: Instance) -> dict[str, str]:

@@ -133,3 +133,46 @@ def test_assign_splits_is_stable_and_stratified() -> None:
     for split in ("train", "val", "test"):
         assert {groups[g] for g, s in first.items() if s == split} == {0, 1}
     assert sum(s == "train" for s in first.values()) == 28
+
+
+def test_a_split_column_in_the_labels_file_is_the_split(ingested: DemoSet, tmp_path: Path) -> None:
+    """A site's (or a public set's) own split: kept as given, whatever the pseudonym key, so the
+    same export gives the same split on every installation."""
+    patients = sorted({s.patient_id for s in ingested.studies})
+    chosen = {p: ("train", "val", "test")[i % 3] for i, p in enumerate(patients)}
+    rows = [[s.accession_number, str(s.label), chosen[s.patient_id]] for s in ingested.studies]
+    labels = _write(tmp_path / "split.csv", ["accession_number", "label", "split"], rows)
+    version = create_dataset("sited", labels).version
+    manifest = version.manifest
+    assert manifest.split_from_labels is True
+    by_patient = {s.patient_id: s for s in ingested.studies}
+    from governance.keys import load_project_key
+    from imaging.deid.pseudonym import Pseudonymizer
+
+    pseudonym = Pseudonymizer(load_project_key())
+    wanted = {pseudonym.uid(s.study_instance_uid): chosen[s.patient_id] for s in by_patient.values()}
+    got = {i.study: str(i.split) for i in manifest.items}
+    assert all(got[study] == split for study, split in wanted.items() if study in got)
+    counts = {
+        name: sum(1 for i in manifest.items if str(i.split) == name) for name in ("train", "val", "test")
+    }
+    assert manifest.split == {name: round(n / len(manifest.items), 4) for name, n in counts.items()}
+    # A seeded split of the same file without the column is another version.
+    plain = _write(tmp_path / "plain.csv", ["accession_number", "label"], [r[:2] for r in rows])
+    assert create_dataset("sited", plain).version.id != version.id
+
+
+def test_a_split_column_that_leaks_a_patient_or_is_mistyped_is_refused(
+    ingested: DemoSet, tmp_path: Path
+) -> None:
+    first, second = (s for s in ingested.studies if s.patient_id == ingested.studies[0].patient_id)
+    rows = [[s.accession_number, str(s.label), "train"] for s in ingested.studies]
+    rows[ingested.studies.index(second)][2] = "test"  # the patient's second study in another split
+    leaking = _write(tmp_path / "leak.csv", ["accession_number", "label", "split"], rows)
+    with pytest.raises(DatasetError, match="1 patient/study group"):
+        create_dataset("sited", leaking)
+    rows[ingested.studies.index(second)][2] = first.patient_id  # an identifier where a split belongs
+    typo = _write(tmp_path / "typo.csv", ["accession_number", "label", "split"], rows)
+    with pytest.raises(DatasetError) as caught:
+        create_dataset("sited", typo)
+    assert "train, val or test" in str(caught.value) and first.patient_id not in str(caught.value)

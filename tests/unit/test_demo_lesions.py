@@ -3,6 +3,7 @@ labels kept by the site, PHI-bearing headers, deterministic."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,19 @@ def test_bad_arguments(tmp_path: Path) -> None:
         write_lesion_studies(tmp_path, studies=4, size=8)
     with pytest.raises(ValueError, match="prevalence"):
         write_lesion_studies(tmp_path, studies=4, prevalence=1.0)
+
+
+def test_the_sites_split_is_stratified_and_the_same_for_every_export(tmp_path: Path) -> None:
+    fractions = {"train": 0.35, "val": 0.15, "test": 0.5}
+    first = write_lesion_studies(tmp_path / "a", studies=40, seed=2, size=48, split=fractions)
+    second = write_lesion_studies(tmp_path / "b", studies=40, seed=2, size=48, split=fractions)
+    rows = list(csv.DictReader(first.labels_csv.open()))
+    assert list(rows[0]) == ["accession_number", "label", "split"]
+    assert rows == list(csv.DictReader(second.labels_csv.open()))
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    for label in ("0", "1"):  # every class in every split
+        assert {r["split"] for r in rows if r["label"] == label} == {"train", "val", "test"}
+    test_share = sum(r["split"] == "test" for r in rows) / len(rows)
+    assert abs(test_share - fractions["test"]) <= 0.1
+    plain = write_lesion_studies(tmp_path / "c", studies=4, seed=2, size=48)
+    assert list(next(csv.DictReader(plain.labels_csv.open()))) == ["accession_number", "label"]
