@@ -25,8 +25,9 @@ from governance.audit import GroupCommit
 from governance.auth import Principal, Role, fastapi_dependency
 from governance.tls import TransportSecurity
 from serving import metrics
-from serving.config import OVERLAY, ServeConfig
+from serving.config import ServeConfig
 from serving.inputs import RequestError, parse_body
+from serving.methods import OVERLAY
 
 __all__ = ["IngressService", "ModelClient", "api", "install_service"]
 

@@ -23,7 +23,6 @@ from serving.interop.ups import UpsConfig
 
 __all__ = [
     "DEFAULT_CONFIG",
-    "OVERLAY",
     "AutoscalingConfig",
     "Backend",
     "DriftSchedule",
@@ -34,9 +33,6 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve" / "default.yaml"
-#: ``explain=overlay``: the attribution method this model's network family shows its reviewers
-#: and checks as evidence (``training.explain.layers.overlay_method``), whatever it is.
-OVERLAY = "overlay"
 
 
 class ServeConfigError(ValueError):

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from serving.config import OVERLAY
+from serving.methods import OVERLAY
 from serving.net import free_port
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ import numpy as np
 from governance.approvals.registry import model_target
 from governance.audit import record
 from governance.tags import Tag
-from serving.config import OVERLAY
+from serving.methods import OVERLAY
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset

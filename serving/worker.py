@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from serving.config import OVERLAY, Backend, ServedModel
+from serving.config import Backend, ServedModel
+from serving.methods import EXPLAIN_METHODS
 from serving.model import ArtifactMismatch, GateDenied, InProcessForward, ServedPredictor, load_gated, softmax
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ LOGGER = logging.getLogger(__name__)
 #: the penultimate embedding is there when live monitoring records this model, else ``None``.
 BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int, np.ndarray | None]]]
 _MONITOR_BACKLOG = 1024  # requests waiting to be recorded before new ones are skipped
-#: ``overlay``: the method the model's family shows reviewers (``training.networks.NETWORKS``).
-_EXPLAIN_METHODS = (OVERLAY, "gradcam", "hirescam", "saliency", "ig", "occlusion")
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
@@ -221,11 +220,11 @@ class ModelWorker:
         """``payload``: ``instances`` (DICOM bytes), ``version`` (what the gate approved now),
         ``explain`` (method or None), ``dicom`` (bool)."""
         explain = payload.get("explain")
-        if explain is not None and explain not in _EXPLAIN_METHODS:
+        if explain is not None and explain not in EXPLAIN_METHODS:
             return _error(
                 422,
                 f"unknown explanation method {str(explain)[:32]!r}; use one of "
-                + ", ".join((*_EXPLAIN_METHODS, "none")),
+                + ", ".join((*EXPLAIN_METHODS, "none")),
             )
         version = str(payload["version"])
         if self.predictor is None or self.predictor.version != version:

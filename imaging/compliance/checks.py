@@ -209,15 +209,15 @@ def _map(settings: Settings) -> CheckResult:
 
 
 def _retention(settings: Settings, t: ComplianceThresholds, now: datetime) -> CheckResult:
-    from imaging.compliance.retention import retention_findings
+    from imaging.compliance.retention import retention_findings, retention_violations
 
     found = retention_findings(settings, now, t.max_quarantine_age_days)
-    if found["pending_inputs_overdue"] or found["pending_inputs_orphaned"]:
+    violations = retention_violations(found)
+    if violations:
         return CheckResult(
             "retention",
             CheckStatus.FAIL,
-            f"{found['pending_inputs_overdue']} served input(s) kept past their expiry, "
-            f"{found['pending_inputs_orphaned']} sealed input(s) without a record",
+            "kept past their limit: " + ", ".join(f"{name} {count}" for name, count in violations.items()),
             found,
         )
     if found["quarantine_older_than_limit"]:

@@ -45,6 +45,7 @@ from imaging.compliance.erasure_find import (
     other_tables,
     superseded_by,
 )
+from imaging.compliance.holdings import patient_stores
 from imaging.compliance.models import DatasetSupersession, ErasureRecord
 from imaging.datasets import DatasetManifest, DatasetVersionRecord
 from imaging.store import ContentStore
@@ -202,6 +203,7 @@ def erase_patient(
         "model_versions": len(plan.models),
         "runs": len(plan.runs),
         "unreadable": len(plan.unreadable),
+        "stores": {h.store: h.count for h in plan.holdings},
     }
     record(
         principal.name,
@@ -222,8 +224,9 @@ def erase_patient(
         _delete_object(store, store_key)
     for store_key in plan.label_volumes:
         _delete_object(store, store_key)
-    for path in plan.pending_inputs:
-        Path(path).unlink(missing_ok=True)
+    stores = {store.name: store for store in patient_stores()}
+    for holding in plan.holdings:
+        stores[holding.store].erase(holding)
     for _, sealed in plan.quarantine:
         Path(sealed).unlink(missing_ok=True)
         Path(sealed).with_suffix(".json").unlink(missing_ok=True)

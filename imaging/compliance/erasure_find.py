@@ -2,13 +2,13 @@
 
 The patient is found through the keyed lookup of the sealed map (or the keyed pseudonym
 derivation on a re-run); from there the lineage, the quarantine (sealed bytes opened in memory
-only), serving's sealed pending inputs, other domains' tables (by column convention), dataset
-manifests and the MLflow tags of runs and model versions.
+only), other domains' tables (by column convention), dataset manifests, the MLflow tags of runs
+and model versions, and every declared patient store (:mod:`imaging.compliance.holdings`:
+serving's sealed inputs, the FHIR outbox, ...), each asked through the same interface.
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from io import BytesIO
@@ -19,10 +19,11 @@ from sqlalchemy import MetaData, Table, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineRecord, open_catalog
-from governance.keyring import RECORD_QUARANTINE, SERVING_STORE, KeyMissing, load_store_key
-from governance.keys import KeyError_, ProjectKey
+from governance.keyring import RECORD_QUARANTINE
+from governance.keys import ProjectKey
 from governance.settings import Settings
 from governance.tags import Tag
+from imaging.compliance.holdings import Holding, PatientQuery, patient_stores, unreadable_item
 from imaging.compliance.models import DatasetSupersession
 from imaging.datasets import DatasetManifest, DatasetVersionRecord
 from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
@@ -79,7 +80,7 @@ class ErasurePlan:
     pseudonym: str = field(repr=False)
     instances: list[tuple[str, str, str]] = field(default_factory=list)  # sha256, store key, input sha256
     quarantine: list[tuple[str, str]] = field(default_factory=list)  # input sha256, sealed path
-    pending_inputs: list[str] = field(default_factory=list, repr=False)  # sealed served inputs (paths)
+    holdings: list[Holding] = field(default_factory=list)  # what each declared patient store holds
     map_entries: int = 0
     lineage_rows: int = 0
     other_rows: dict[str, int] = field(default_factory=dict)
@@ -96,7 +97,7 @@ class ErasurePlan:
             "subject": self.subject,
             "instances": [sha[:12] for sha, _, _ in self.instances],
             "quarantined_inputs": [sha[:12] for sha, _ in self.quarantine],
-            "pending_served_inputs": len(self.pending_inputs),
+            "stores": {h.store: h.count for h in self.holdings},
             "map_entries": self.map_entries,
             "lineage_rows": self.lineage_rows,
             "other_rows": self.other_rows,
@@ -123,11 +124,6 @@ def _pseudonym(session: Session, key: ProjectKey, patient_id: str) -> str:
     return row or pseudonymizer.patient(patient_id)
 
 
-def _unreadable(store: str, item: str, exc: BaseException) -> dict[str, str]:
-    """How an item that could not be attributed is reported: its store, a short id, the error type."""
-    return {"store": store, "item": item[:16], "error": type(exc).__name__}
-
-
 def _quarantined(
     session: Session, key: ProjectKey, patient_id: str, unreadable: list[dict[str, str]]
 ) -> list[tuple[str, str]]:
@@ -148,52 +144,7 @@ def _quarantined(
             if str(ds.get("PatientID", "")).strip() == patient_id.strip():
                 found.append((rec.input_sha256, str(path)))
         except Exception as exc:  # reported, not skipped: the bytes may be this patient's
-            unreadable.append(_unreadable("quarantine", rec.input_sha256, exc))
-    return found
-
-
-def _patient_of(data: bytes) -> str:
-    from pydicom import dcmread
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(BytesIO(data), force=True, stop_before_pixels=True)
-    return str(ds.get("PatientID", "")).strip()
-
-
-def _pending_inputs(
-    session: Session, key: ProjectKey, patient_id: str, settings: Settings, unreadable: list[dict[str, str]]
-) -> list[str]:
-    """Served requests' inputs that serving keeps sealed while feedback may come (its layout:
-    ``monitoring/pending/<sha256 of the request id>.sealed``, the request id as associated data);
-    those that cannot be unsealed or parsed are added to ``unreadable``."""
-    bind = session.get_bind()
-    if "monitoring_records" not in inspect(bind).get_table_names():
-        return []
-    records = Table("monitoring_records", MetaData(), autoload_with=bind)
-    found = []
-    folder = settings.home / "monitoring" / "pending"
-    try:  # serving's own key seals these: the erasing process must hold it to search them
-        serving = load_store_key(SERVING_STORE, settings, create=False)
-    except KeyMissing as exc:
-        if folder.exists() and any(folder.iterdir()):
-            raise KeyError_(f"searching served inputs needs the serving-store key: {exc}") from exc
-        return []
-    for (request_id,) in session.execute(
-        select(records.c.request_id).where(records.c.input_expires_at.isnot(None))
-    ):
-        path = folder / f"{hashlib.sha256(str(request_id).encode()).hexdigest()}.sealed"
-        if not path.exists():
-            continue
-        try:
-            sealed = path.read_bytes()
-            if (
-                _patient_of(serving.unseal(sealed, str(request_id).encode(), record="monitoring-input"))
-                == patient_id.strip()
-            ):
-                found.append(str(path))
-        except Exception as exc:  # reported, not skipped: the input may be this patient's
-            unreadable.append(_unreadable("served-inputs", path.stem, exc))
+            unreadable.append(unreadable_item("quarantine", rec.input_sha256, exc))
     return found
 
 
@@ -220,7 +171,11 @@ def find_patient_data(session: Session, key: ProjectKey, patient_id: str, settin
     instances = list(session.scalars(select(Instance).where(Instance.patient_pseudonym == pseudonym)))
     plan.instances = [(i.sha256, i.store_key, i.input_sha256) for i in instances]
     plan.quarantine = _quarantined(session, key, patient_id, plan.unreadable)
-    plan.pending_inputs = _pending_inputs(session, key, patient_id, settings, plan.unreadable)
+    query = PatientQuery(patient_id=patient_id, pseudonym=pseudonym, key=key, settings=settings)
+    for store in patient_stores():
+        holding = store.find(query)
+        plan.holdings.append(holding)
+        plan.unreadable.extend(holding.unreadable)
     uids = {i.study_instance_uid for i in instances} | {i.series_instance_uid for i in instances}
     uids |= {i.sop_instance_uid for i in instances}
     plan.map_entries = len(list(session.scalars(select(Pseudonym.id).where(map_filter(pseudonym, uids)))))

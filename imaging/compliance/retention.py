@@ -1,23 +1,23 @@
 """Retention: nothing identifying is kept longer than it may be (GDPR Art. 5(1)(e)).
 
-Served requests' raw inputs that serving keeps sealed while feedback may come
-(``RADGATE_HOME/monitoring/pending/<sha256 of the request id>.sealed``) must be gone once
-their ``input_expires_at`` passed; quarantined inputs (sealed, still with PHI) should be
-reviewed, released or erased within ``max_quarantine_age_days``.
+Quarantined inputs (sealed, still with PHI) should be reviewed, released or erased within
+``max_quarantine_age_days``. Every declared patient store (:mod:`imaging.compliance.holdings`)
+reports what it keeps past its own limit (for serving: sealed inputs past their feedback window,
+and sealed inputs no record names) as ``*_overdue`` and ``*_orphaned`` counts.
 """
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import MetaData, Table, inspect, select
+from sqlalchemy import select
 
 from governance.catalog import QuarantineRecord, open_catalog
 from governance.settings import Settings
+from imaging.compliance.holdings import patient_stores
 
-__all__ = ["retention_findings"]
+__all__ = ["retention_findings", "retention_violations"]
 
 
 def _aware(moment: datetime) -> datetime:
@@ -25,33 +25,29 @@ def _aware(moment: datetime) -> datetime:
 
 
 def retention_findings(settings: Settings, now: datetime, max_quarantine_age_days: int) -> dict[str, Any]:
-    """Counts of overdue pending inputs, orphaned pending files and old quarantine records."""
-    folder = settings.home / "monitoring" / "pending"
-    overdue, known = 0, set()
-    catalog = open_catalog(settings)
-    with catalog.session() as session:
-        bind = session.get_bind()
-        if "monitoring_records" in inspect(bind).get_table_names():
-            records = Table("monitoring_records", MetaData(), autoload_with=bind)
-            query = select(records.c.request_id, records.c.input_expires_at).where(
-                records.c.input_expires_at.isnot(None)
-            )
-            for request_id, expires in session.execute(query):
-                name = f"{hashlib.sha256(str(request_id).encode()).hexdigest()}.sealed"
-                known.add(name)
-                if (folder / name).exists() and _aware(expires) < now:
-                    overdue += 1
-        cutoff = now - timedelta(days=max_quarantine_age_days)
+    """Each store's overdue and orphaned counts, and the quarantine records older than the limit."""
+    found: dict[str, Any] = {}
+    for store in patient_stores():
+        found.update(store.retention(settings, now))
+    cutoff = now - timedelta(days=max_quarantine_age_days)
+    with open_catalog(settings).session() as session:
         old_quarantine = [
             r.input_sha256[:12]
             for r in session.scalars(select(QuarantineRecord).where(QuarantineRecord.released_at.is_(None)))
             if _aware(r.created_at) < cutoff
         ]
-    orphans = [p.name[:12] for p in folder.glob("*.sealed") if p.name not in known] if folder.exists() else []
+    found.update(
+        {
+            "quarantine_older_than_limit": len(old_quarantine),
+            "quarantine_old": old_quarantine[:50],
+            "max_quarantine_age_days": max_quarantine_age_days,
+        }
+    )
+    return found
+
+
+def retention_violations(found: dict[str, Any]) -> dict[str, int]:
+    """The stores' counts of items kept past their limit (``*_overdue``, ``*_orphaned``) above 0."""
     return {
-        "pending_inputs_overdue": overdue,
-        "pending_inputs_orphaned": len(orphans),
-        "quarantine_older_than_limit": len(old_quarantine),
-        "quarantine_old": old_quarantine[:50],
-        "max_quarantine_age_days": max_quarantine_age_days,
+        k: int(v) for k, v in found.items() if k.endswith(("_overdue", "_orphaned")) and int(v) > 0
     }

@@ -45,6 +45,8 @@ __all__ = [
     "FhirConfig",
     "FhirDeliveryError",
     "FhirSender",
+    "erasure_lookup",
+    "facts_path",
     "outbox_for",
     "record_results",
     "record_review",
@@ -104,7 +106,8 @@ def outbox_for(config: FhirConfig) -> Outbox:
     return Outbox(config.outbox or get_settings().home / "fhir")
 
 
-def _facts_path(outbox: Outbox, result_id: str) -> Path:
+def facts_path(outbox: Outbox, result_id: str) -> Path:
+    """The local facts of a result (``results/<sha256 of the id>.json``, 0600; never sent)."""
     return outbox.root / "results" / f"{hashlib.sha256(result_id.encode()).hexdigest()}.json"
 
 
@@ -119,20 +122,26 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
-def _identifiers(header: Any, profile: IdentifierProfile) -> tuple[str, str]:
-    """(patient, study UID) as the EMR may see them."""
+def erasure_lookup(key: Any, patient_id: str) -> str:
+    """Keyed digest of an original PatientID under the project key (``ResultFacts.erasure_lookup``)."""
+    return str(key.mac("erasure-lookup", patient_id.strip().encode()).hex()[:32])
+
+
+def _identifiers(header: Any, profile: IdentifierProfile) -> tuple[str, str, str]:
+    """(patient, study UID) as the EMR may see them, and the erasure lookup of the patient
+    ("" when the EMR sees the original identifier, which erasure matches as it is)."""
     patient = str(header.get("PatientID", "") or "unknown")
     issuer = str(header.get("IssuerOfPatientID", "") or "")
     study = str(header.get("StudyInstanceUID", "") or "")
     if not study:
         raise ValueError("the instance has no StudyInstanceUID")
     if profile is IdentifierProfile.ORIGINAL:
-        return (f"{issuer}|{patient}" if issuer else patient), study
+        return (f"{issuer}|{patient}" if issuer else patient), study, ""
     from governance.keys import load_project_key
 
     key = load_project_key()
     pseudonym = key.mac("fhir-patient", f"{issuer}\0{patient}".encode()).hex()[:32]
-    return pseudonym, pseudonymous_uid(key.derive("fhir-uid"), study)
+    return pseudonym, pseudonymous_uid(key.derive("fhir-uid"), study), erasure_lookup(key, patient)
 
 
 def _sop_uids(objects: Sequence[bytes]) -> tuple[str, ...]:
@@ -163,7 +172,7 @@ def record_results(
         if "decision" not in result or "request_id" not in result:
             continue  # segmentation results: their SEG/SR go to the PACS, not this report
         header = dcmread(BytesIO(instances[index]), stop_before_pixels=True, force=True)
-        patient, study = _identifiers(header, config.identifiers)
+        patient, study, lookup = _identifiers(header, config.identifiers)
         decision = result["decision"]
         facts = ResultFacts(
             result_id=str(result["request_id"]),
@@ -184,6 +193,7 @@ def record_results(
                 ),
             ),
             result_sop_uids=_sop_uids(objects[index]) if index < len(objects) else (),
+            erasure_lookup=lookup,
         )
         written.append(_queue(outbox, facts))
     return written
@@ -191,7 +201,7 @@ def record_results(
 
 def _queue(outbox: Outbox, facts: ResultFacts) -> Path:
     bundle = build_bundle(facts)
-    _write_private(_facts_path(outbox, facts.result_id), json.dumps(facts.to_dict()).encode())
+    _write_private(facts_path(outbox, facts.result_id), json.dumps(facts.to_dict()).encode())
     return outbox.put(
         f"{facts.result_id}-{facts.review.value}", bundle.model_dump_json(exclude_none=True).encode()
     )
@@ -202,7 +212,7 @@ def record_review(
 ) -> Path | None:
     """Queue the ``final`` bundle of a reviewed result; None when no FHIR report was recorded."""
     outbox = outbox_for(config or _active or FhirConfig())
-    path = _facts_path(outbox, result_id)
+    path = facts_path(outbox, result_id)
     if not path.exists():
         return None
     facts = ResultFacts.from_dict(json.loads(path.read_text()))

@@ -93,6 +93,10 @@ class ResultFacts:
     review: ReviewOutcome = ReviewOutcome.PENDING
     reviewed_label: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # Keyed digest of the original PatientID (``serving.interop.emr.erasure_lookup``), kept in
+    # the local facts file only, never in a bundle: how an erasure finds a result whose patient
+    # the EMR sees under a pseudonym. Empty when the EMR sees the original identifier.
+    erasure_lookup: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,12 +31,16 @@ class Outbox:
         self._lock = threading.Lock()
         self._last = 0
 
+    @staticmethod
+    def file_key(key: str) -> str:
+        """How ``key`` appears in a message's file name (after its queue stamp)."""
+        return "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
+
     def _name(self, key: str) -> str:
         with self._lock:  # strictly increasing, even within one clock tick
             stamp = max(time.time_ns(), self._last + 1)
             self._last = stamp
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:80]
-        return f"{stamp:020d}-{safe}.json"
+        return f"{stamp:020d}-{self.file_key(key)}.json"
 
     def put(self, key: str, data: bytes) -> Path:
         """Queue ``data``; returns its path under ``pending/``."""

@@ -45,7 +45,6 @@ from governance.auth import (
     require_role,
 )
 from governance.settings import get_settings
-from serving.config import OVERLAY
 from serving.interop.ups import (
     CANCELED,
     COMPLETED,
@@ -61,6 +60,7 @@ from serving.interop.ups import (
     workitem_inputs,
 )
 from serving.interop.ups_events import GLOBAL_SUBSCRIPTION_UID, EventHub, valid_ae_title
+from serving.methods import OVERLAY
 
 __all__ = ["perform", "ups_router"]
 

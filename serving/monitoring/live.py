@@ -14,9 +14,7 @@ PNG) is sealed the same way under ``monitoring/views/`` and purged at the same t
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -31,7 +29,15 @@ from governance.keyring import StoreKey
 from governance.settings import Settings, get_settings
 from serving.monitoring.config import MonitoringConfig, load_monitoring_config
 from serving.monitoring.models import LiveRecord
-from serving.monitoring.sealing import RECORD_INPUT, RECORD_VIEW, serving_key
+from serving.monitoring.sealing import (
+    RECORD_INPUT,
+    RECORD_VIEW,
+    MonitoringError,
+    check_request_id,
+    pending_input_path,
+    serving_key,
+)
+from serving.monitoring.sealing import view_path as _view_path
 from training.reference_profile import ReferenceProfile, live_feature_row
 
 __all__ = [
@@ -44,34 +50,6 @@ __all__ = [
     "record_live_features",
     "record_segmentation",
 ]
-
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-class MonitoringError(RuntimeError):
-    """A monitoring operation cannot be done (bad request id, unknown request...)."""
-
-
-def _check_request_id(request_id: str) -> str:
-    if not _REQUEST_ID.match(request_id or ""):
-        raise MonitoringError("request id must be 1-64 characters of letters, digits, . _ : -")
-    return request_id
-
-
-def _pending_dir(settings: Settings) -> Path:
-    return settings.home / "monitoring" / "pending"
-
-
-def pending_input_path(request_id: str, settings: Settings | None = None) -> Path:
-    """Where a request's sealed input waits (file name: a hash of the id, not the id)."""
-    settings = settings or get_settings()
-    name = hashlib.sha256(_check_request_id(request_id).encode()).hexdigest()
-    return _pending_dir(settings) / f"{name}.sealed"
-
-
-def _view_path(request_id: str, settings: Settings) -> Path:
-    pending = pending_input_path(request_id, settings)
-    return pending.parent.parent / "views" / pending.name
 
 
 def _seal_to(path: Path, request_id: str, data: bytes, key: StoreKey, record: str) -> None:
@@ -174,7 +152,7 @@ def record_segmentation(
     with their volumes, the study (for the viewer link) and, when the request asked for an
     explanation and the config keeps case images, the busiest slice's attribution PNG.
     """
-    _check_request_id(request_id)
+    check_request_id(request_id)
     settings = settings or get_settings()
     config = config or load_monitoring_config()
     found = [s for s in structures if int(s.get("voxels", 0)) > 0]
@@ -271,7 +249,7 @@ class LiveRecorder:
         show (serving's result: ``decision``, ``summary``, ``explanation``), sealed, its overlay
         kept only when the config keeps inputs.
         """
-        _check_request_id(request_id)
+        check_request_id(request_id)
         row = live_feature_row(image, attributes, scores, self.profile.label_names)
         projected = self.profile.project(np.asarray(embedding, dtype=np.float64))[0]
         keep = self.config.feedback.keep_inputs

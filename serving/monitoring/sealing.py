@@ -8,7 +8,10 @@ associated data. No other service holds this key; the honest broker's key does n
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -20,8 +23,12 @@ __all__ = [
     "RECORD_FEEDBACK",
     "RECORD_INPUT",
     "RECORD_VIEW",
+    "MonitoringError",
+    "check_request_id",
+    "pending_input_path",
     "reseal_serving_store",
     "serving_key",
+    "view_path",
 ]
 
 RECORD_INPUT = "monitoring-input"
@@ -29,6 +36,36 @@ RECORD_VIEW = "monitoring-view"
 RECORD_FEEDBACK = "feedback-comment"
 
 Unseal = Callable[[bytes, bytes, str], bytes]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class MonitoringError(RuntimeError):
+    """A monitoring operation cannot be done (bad request id, unknown request...)."""
+
+
+def check_request_id(request_id: str) -> str:
+    """``request_id`` if it is 1-64 characters of letters, digits, . _ : - (else MonitoringError)."""
+    if not _REQUEST_ID.match(request_id or ""):
+        raise MonitoringError("request id must be 1-64 characters of letters, digits, . _ : -")
+    return request_id
+
+
+def _pending_dir(settings: Settings) -> Path:
+    return settings.home / "monitoring" / "pending"
+
+
+def pending_input_path(request_id: str, settings: Settings | None = None) -> Path:
+    """Where a request's sealed input waits (file name: a hash of the id, not the id)."""
+    settings = settings or get_settings()
+    name = hashlib.sha256(check_request_id(request_id).encode()).hexdigest()
+    return _pending_dir(settings) / f"{name}.sealed"
+
+
+def view_path(request_id: str, settings: Settings) -> Path:
+    """Where the request's sealed result view waits (beside ``pending/``, under ``views/``)."""
+    pending = pending_input_path(request_id, settings)
+    return pending.parent.parent / "views" / pending.name
 
 
 def serving_key(settings: Settings | None = None) -> StoreKey:
@@ -38,7 +75,6 @@ def serving_key(settings: Settings | None = None) -> StoreKey:
 def reseal_serving_store(unseal: Unseal, new: StoreKey, settings: Settings | None = None) -> dict[str, int]:
     """Re-seal every input, view and comment that ``unseal`` opens under ``new`` (rotation, or
     migration from the project key); returns counts per record type."""
-    from serving.monitoring.live import _view_path, pending_input_path
     from serving.monitoring.models import FeedbackRecord, LiveRecord
 
     settings = settings or get_settings()
@@ -50,7 +86,7 @@ def reseal_serving_store(unseal: Unseal, new: StoreKey, settings: Settings | Non
             aad = request_id.encode()
             for record, path in (
                 (RECORD_INPUT, pending_input_path(request_id, settings)),
-                (RECORD_VIEW, _view_path(request_id, settings)),
+                (RECORD_VIEW, view_path(request_id, settings)),
             ):
                 if path.exists():
                     fresh = new.seal(unseal(path.read_bytes(), aad, record), aad, record=record)
