@@ -31,7 +31,7 @@ _RENAMED = {"0003_gateway": "0004_gateway"}
 #: The head of the migration history (a test holds it equal to Alembic's head). A catalog that
 #: already records it is opened without importing Alembic (about 0.3 s of imports), which is
 #: what a light command or a replica's first gate decision would otherwise spend.
-HEAD_REVISION = "0008_ui_sessions"
+HEAD_REVISION = "0009_lineage_source_index"
 
 
 def migration_config() -> Config:
