@@ -48,6 +48,4 @@ def retention_findings(settings: Settings, now: datetime, max_quarantine_age_day
 
 def retention_violations(found: dict[str, Any]) -> dict[str, int]:
     """The stores' counts of items kept past their limit (``*_overdue``, ``*_orphaned``) above 0."""
-    return {
-        k: int(v) for k, v in found.items() if k.endswith(("_overdue", "_orphaned")) and int(v) > 0
-    }
+    return {k: int(v) for k, v in found.items() if k.endswith(("_overdue", "_orphaned")) and int(v) > 0}

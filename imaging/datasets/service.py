@@ -152,7 +152,7 @@ def create_dataset(
     if table.splits is None:
         assignment = assign_splits(group_labels, fractions, seed)
     else:  # the file's own split: kept as given, refused if it puts a group in two splits
-        assignment, fractions = _split_from_labels(rows, resolution.splits, group_of)
+        assignment, fractions = split_from_labels(rows, resolution.splits, group_of)
     items = [
         ManifestItem(
             sha256=inst.sha256,
@@ -187,7 +187,7 @@ def create_dataset(
     )
 
 
-def _split_from_labels(
+def split_from_labels(
     rows: list[tuple[Instance, str]], splits: Mapping[int, Split], group_of: Callable[[Instance], str]
 ) -> tuple[dict[str, str], dict[str, float]]:
     """Group -> split as the labels file's split column gives it, and the fractions it amounts

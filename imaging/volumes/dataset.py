@@ -30,6 +30,7 @@ from imaging.datasets.service import (
     DatasetVersion,
     check_options,
     labelled_instances,
+    split_from_labels,
     store_version,
     subgroup_attributes,
 )
@@ -174,7 +175,15 @@ def create_segmentation_dataset(
     def group_of(item: SeriesItem) -> str:
         return item.patient if group_by is GroupBy.PATIENT else item.study
 
-    assignment = assign_splits({group_of(item): 0 for _, item, _ in built}, fractions, seed)
+    if table.splits is None:
+        assignment = assign_splits({group_of(item): 0 for _, item, _ in built}, fractions, seed)
+    else:  # the labels file's split column, per series (its first instance's row), as given
+
+        def group_of_instance(inst: Instance) -> str:
+            return inst.patient_pseudonym if group_by is GroupBy.PATIENT else inst.study_instance_uid
+
+        firsts = [(first, "") for first, _, _ in built]
+        assignment, fractions = split_from_labels(firsts, resolution.splits, group_of_instance)
     series = [item.model_copy(update={"split": Split(assignment[group_of(item)])}) for _, item, _ in built]
     manifest = DatasetManifest(
         name=name,
@@ -182,6 +191,7 @@ def create_segmentation_dataset(
         split=fractions,
         group_by=group_by,
         seed=seed,
+        split_from_labels=True if table.splits is not None else None,
         labels_sha256=table.sha256,
         profiles=sorted({first.profile for first, _, _ in built}),
         items=[],

@@ -156,6 +156,26 @@ def test_segmentation_dataset_from_deidentified_series(anatomy: AnatomySet, tmp_
         classification = create_dataset("cls", _relabel(anatomy, tmp_path, "1")).version
         materialize_segmentation(classification, tmp_path / "c2")
 
+    # A split column in the labels file is the split, per series, as given.
+    rows = list(csv.reader(anatomy.labels_csv.open()))
+    chosen = {row[0]: ("train", "test")[i % 2] for i, row in enumerate(rows[1:])}
+    sited = anatomy.labels_csv.with_name("labels-with-split.csv")
+    with sited.open("w", newline="") as handle:
+        csv.writer(handle).writerows([[*rows[0], "split"], *([*r, chosen[r[0]]] for r in rows[1:])])
+    given = create_segmentation_dataset(
+        "brain-sited", sited, label_names=anatomy.label_names
+    ).version.manifest
+    assert given.split_from_labels and given.split == {"train": 0.5, "test": 0.5}
+    by_series = {s.volume.series_instance_uid: chosen[s.accession_number] for s in anatomy.subjects}
+    from governance.keys import load_project_key
+    from imaging.deid.pseudonym import Pseudonymizer
+
+    pseudonym = Pseudonymizer(load_project_key())
+    assert {str(s.split) for s in given.series or []} == {"train", "test"}
+    for item in given.series or []:
+        original = next(uid for uid in by_series if pseudonym.uid(uid) == item.series_uid)
+        assert str(item.split) == by_series[original]
+
 
 def test_segmentation_dataset_errors_name_no_phi(anatomy: AnatomySet, tmp_path: Path) -> None:
     from imaging.ingest import Ingestor
