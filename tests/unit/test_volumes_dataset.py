@@ -157,11 +157,11 @@ def test_segmentation_dataset_from_deidentified_series(anatomy: AnatomySet, tmp_
         materialize_segmentation(classification, tmp_path / "c2")
 
     # A split column in the labels file is the split, per series, as given.
-    rows = list(csv.reader(anatomy.labels_csv.open()))
-    chosen = {row[0]: ("train", "test")[i % 2] for i, row in enumerate(rows[1:])}
+    lines = list(csv.reader(anatomy.labels_csv.open()))
+    chosen = {row[0]: ("train", "test")[i % 2] for i, row in enumerate(lines[1:])}
     sited = anatomy.labels_csv.with_name("labels-with-split.csv")
     with sited.open("w", newline="") as handle:
-        csv.writer(handle).writerows([[*rows[0], "split"], *([*r, chosen[r[0]]] for r in rows[1:])])
+        csv.writer(handle).writerows([[*lines[0], "split"], *([*r, chosen[r[0]]] for r in lines[1:])])
     given = create_segmentation_dataset(
         "brain-sited", sited, label_names=anatomy.label_names
     ).version.manifest
