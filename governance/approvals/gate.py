@@ -92,6 +92,11 @@ class GateDecision:
         }
 
 
+#: MLflow's error codes for a model or alias that does not exist (any other error is the
+#: registry failing, which the decision reports as such).
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
 class Gate:
     """A gate over one registry, audit log and policy, with a TTL cache of decisions."""
 
@@ -267,7 +272,9 @@ class Gate:
                     )
                 try:
                     version = str(self.client.get_model_version_by_alias(name, alias).version)
-                except MlflowException:
+                except MlflowException as exc:
+                    if exc.error_code not in _NOT_FOUND:
+                        raise  # the registry failed (unreachable, erroring): reported as a gate error
                     return GateDecision(
                         False,
                         name,

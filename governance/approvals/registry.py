@@ -58,8 +58,8 @@ class RegistryError(RuntimeError):
 #: is down for about four minutes; these fail it closed within seconds).
 REQUEST_PATH_HTTP = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.25",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # an integer in MLflow
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.2",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 

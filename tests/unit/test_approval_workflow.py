@@ -418,8 +418,13 @@ def test_a_replica_fails_closed_at_once_when_the_registry_is_down(
     replica = Gate(registry_client("http://127.0.0.1:9"))  # nothing listens on the discard port
     replica.warm_up()
     assert {name: os.environ.get(name) for name in REQUEST_PATH_HTTP} == REQUEST_PATH_HTTP
+    from mlflow import environment_variables as mlflow_env
+
+    for name in REQUEST_PATH_HTTP:  # each value is one MLflow can read (its own types)
+        getattr(mlflow_env, name).get()
     decision = replica(NAME, "production")
-    assert not decision.allowed and any("gate error" in r for r in decision.reasons)
+    assert not decision.allowed
+    assert any("gate error" in r and "Connection refused" in r for r in decision.reasons), decision.reasons
 
 
 def test_the_operators_http_limits_are_kept(radgate_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
