@@ -1,8 +1,11 @@
 """Is a recognised line PHI? Against the instance's own header values, then generic patterns.
 
-OCR misreads: header tokens match within a small edit distance, dates match on their digits
-in any common order, and the generic patterns are the free-text scrubber's (dates, long digit
-runs, titled names, labelled identifiers) plus names from a dictionary.
+OCR misreads: header tokens match within a small edit distance (anywhere in the line, spaces
+ignored: OCR splits and joins words), dates match on their digits in any common order, and the
+generic patterns are the free-text scrubber's (dates, long digit runs, titled names, labelled
+identifiers) plus names from a dictionary. Text partly hidden (a line running onto bright
+anatomy, a label cut by the frame) leaves fragments: a word of four or more characters found
+inside a header identifier, or six digits of a header date in their screen order, is PHI too.
 """
 
 from __future__ import annotations
@@ -74,6 +77,27 @@ def _close(a: str, b: str) -> bool:
     return previous[-1] <= limit
 
 
+def _within(token: str, text: str) -> bool:
+    """Whether ``token`` occurs in ``text`` within the edit distance of :func:`_close`
+    (approximate substring match: the text around it is free)."""
+    if token in text:
+        return True
+    limit = len(token) // 5
+    if limit == 0 or len(text) < len(token) - limit:
+        return False
+    previous = [0] * (len(text) + 1)  # a match may start anywhere in the text
+    for i, ct in enumerate(token, 1):
+        current = [i]
+        for j, cx in enumerate(text, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ct != cx)))
+        previous = current
+    return min(previous) <= limit
+
+
+# the shortest fragment of a header identifier that counts (shorter ones match by chance)
+_FRAGMENT = 4
+
+
 def _date_forms(value: str) -> set[str]:
     """Digit strings a DICOM date (YYYYMMDD) is written as on screen: 8 and 6 digit orders."""
     digits = "".join(ch for ch in value if ch.isdigit())
@@ -120,11 +144,20 @@ class PhiClassifier:
                 w in self.tokens or (len(w) >= 5 and any(_close(w, t) for t in self.tokens if len(t) >= 5))
                 for w in words
             )
-        ) or (self.tokens and any(len(t) >= 6 and t in squeezed for t in self.tokens)):
+        ) or (self.tokens and any(len(t) >= 6 and _within(t, squeezed) for t in self.tokens)):
             found.append("header_value")
+        elif self.tokens and any(
+            len(w) >= _FRAGMENT and w not in _VOCABULARY and any(len(t) >= 6 and w in t for t in self.tokens)
+            for w in words
+        ):
+            found.append("header_fragment")
         digits = "".join(_DIGITS.findall(text))
-        if self.dates and len(digits) >= 6 and any(form in digits for form in self.dates):
-            found.append("header_date")
+        if self.dates and len(digits) >= 6:
+            windows = {digits[i : i + 6] for i in range(len(digits) - 5)}
+            if any(form in digits for form in self.dates) or any(
+                window in form for form in self.dates if len(form) == 8 for window in windows
+            ):
+                found.append("header_date")
         if GENERIC_PHI.search(text):
             found.append("generic_pattern")
         if any(w in COMMON_NAMES for w in words if len(w) >= 3):

@@ -106,17 +106,26 @@ def sample_frames(frames: int, budget: int) -> list[int]:
     return sorted({int(i) for i in picks})
 
 
+# the least local stroke contrast (8-bit levels) that the stroke render stretches to full range
+_LOCAL_FLOOR = 10.0
+
+
 def stroke_render(frame: np.ndarray) -> np.ndarray:
     """Strokes brighter than their surroundings, anatomy flattened: a white top-hat of the
-    full-range luminance with a window a little wider than a glyph stroke. Text printed over
-    bright anatomy, which page segmentation takes for part of a picture, stands out alone."""
-    from scipy.ndimage import white_tophat
+    full-range luminance with a window a little wider than a glyph stroke, stretched by the
+    strongest stroke in its neighbourhood. Text printed over bright anatomy, which page
+    segmentation takes for part of a picture, and faint text on a light ground stand out."""
+    from scipy.ndimage import maximum_filter, white_tophat
 
     luminance = frame_luminance(frame)
     full = _stretch(luminance, float(luminance.min()), float(luminance.max()))
     size = max(9, min(full.shape) // 24)
-    hat = white_tophat(full, size=(size, size))
-    return _stretch(hat.astype(np.float32), 0.0, float(max(int(hat.max()), 1)))
+    hat = white_tophat(full, size=(size, size)).astype(np.float32)
+    # stretched by the strongest stroke nearby, not in the whole frame: faint text (white on a
+    # light capture, a mid-grey label on bone) stands out as well as the frame's brightest
+    # marker does; flat regions stay dark (nothing is stretched past _LOCAL_FLOOR levels)
+    local = maximum_filter(hat, size=max(16, min(full.shape) // 4))
+    return np.clip(hat * (255.0 / np.maximum(local, _LOCAL_FLOOR)), 0, 255).astype(np.uint8)
 
 
 # the smallest glyph, at the size frames are read (pixels)

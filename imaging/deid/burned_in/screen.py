@@ -63,6 +63,12 @@ _MARGIN_DIVISOR = 16
 # as a horizontal line (small print is often misread; texture read as text in a quarter-turned
 # frame is tall and comes out at low confidence)
 _CONFIDENT = 60.0
+# pieces of one line are at most this many line thicknesses apart
+_GROUP_GAP = 2.5
+# a PHI line is followed along its strokes at most this many thicknesses past each end, through
+# pixels within this many 8-bit levels of its glyphs' own level
+_EXTEND_REACH = 3
+_LEVEL_TOLERANCE = 10
 
 
 @dataclass
@@ -211,6 +217,125 @@ def _join_lines(lines: list[TextLine]) -> list[TextLine]:
         else:
             joined.append(line)
     return joined
+
+
+def _collinear(first: Box, second: Box) -> bool:
+    """Whether two detected pieces lie on one line: the same thickness and band, each drawn
+    along the line (wide pieces side by side, tall pieces one above the other), apart by less
+    than a few thicknesses (a word hidden by bright anatomy, or the detector's own split)."""
+    for axis in (0, 1):  # 0: horizontal line (x along), 1: vertical line (y along)
+        along, across = axis, 1 - axis
+        a_len, a_thick = first[2 + along], first[2 + across]
+        b_len, b_thick = second[2 + along], second[2 + across]
+        if a_len < a_thick or b_len < b_thick:
+            continue
+        if not 0.6 * b_thick <= a_thick <= b_thick / 0.6:
+            continue
+        band = min(first[across] + a_thick, second[across] + b_thick) - max(first[across], second[across])
+        gap = max(first[along], second[along]) - min(first[along] + a_len, second[along] + b_len)
+        if band > 0.5 * min(a_thick, b_thick) and gap < _GROUP_GAP * max(a_thick, b_thick):
+            return True
+    return False
+
+
+def _collinear_groups(boxes: list[Box]) -> list[list[int]]:
+    """Indices of ``boxes`` grouped into lines (pieces joined transitively), two or more each."""
+    parent = list(range(len(boxes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            if _collinear(boxes[i], boxes[j]):
+                parent[root(j)] = root(i)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(boxes)):
+        groups.setdefault(root(i), []).append(i)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _joined_readings(pieces: list[tuple[Box, str]]) -> list[str]:
+    """The texts of one line's pieces joined in reading order: left to right, or (a vertical
+    line) top to bottom and bottom to top. A piece read again inside a longer one (the same
+    text found in two renders) is left out."""
+    kept: list[tuple[Box, str]] = []
+    for box, text in sorted(pieces, key=lambda piece: -len(piece[1])):
+        x, y, w, h = box
+        if not text or any(
+            max(0, min(x + w, k[0] + k[2]) - max(x, k[0])) * max(0, min(y + h, k[1] + k[3]) - max(y, k[1]))
+            >= 0.6 * w * h
+            for k, _ in kept
+        ):
+            continue
+        kept.append((box, text))
+    if len(kept) < 2:
+        return []
+    vertical = sum(b[3] for b, _ in kept) > sum(b[2] for b, _ in kept)
+    ordered = sorted(kept, key=lambda piece: piece[0][1] if vertical else piece[0][0])
+    readings = [" ".join(text for _, text in ordered)]
+    if vertical:
+        readings.append(" ".join(text for _, text in reversed(ordered)))
+    return readings
+
+
+def _extend_along(image: np.ndarray, box: Box) -> Box:
+    """A PHI line's ``box`` in an 8-bit ``image``, extended along the line while glyph strokes
+    continue in its band: a detector stops where a line runs onto bright anatomy, and what it
+    cut off ("03." of a date) is PHI too. Strokes are what a top-hat the line's thickness wide
+    keeps (with the polarity of the line's own glyphs) at the level the line's glyphs are
+    drawn at (anatomy around it has its own levels); the walk crosses gaps up to a character
+    wide and goes at most a few thicknesses each way. On a plain ground nothing continues and
+    the box is unchanged."""
+    from scipy.ndimage import black_tophat, white_tophat
+
+    x, y, w, h = box
+    horizontal = w >= h
+    thick = h if horizontal else w
+    reach = _EXTEND_REACH * thick
+    if thick < 4:
+        return box
+    if horizontal:
+        start, stop = max(0, x - reach), min(image.shape[1], x + w + reach)
+        band = image[y : y + h, start:stop]
+        inner = (x - start, x - start + w)
+    else:
+        start, stop = max(0, y - reach), min(image.shape[0], y + h + reach)
+        band = image[start:stop, x : x + w].T
+        inner = (y - start, y - start + h)
+    if band.size == 0 or band.shape[1] <= inner[1] - inner[0]:
+        return box
+    size = (band.shape[0], max(3, thick))
+    hats = (white_tophat(band, size=size), black_tophat(band, size=size))
+    hat = max(hats, key=lambda candidate: int(candidate[:, inner[0] : inner[1]].max()))
+    own = int(hat[:, inner[0] : inner[1]].max())
+    if own < 24:
+        return box
+    # burned-in text is drawn at one level: the glyphs' own, where the strokes stand out most
+    found = hat[:, inner[0] : inner[1]] >= own / 2
+    level = float(np.median(band[:, inner[0] : inner[1]][found]))
+    ink = ((hat >= 24) & (np.abs(band.astype(np.float32) - level) <= _LEVEL_TOLERANCE)).any(axis=0)
+    low, high = inner
+    gap = 0
+    for column in range(inner[0] - 1, -1, -1):
+        gap = 0 if ink[column] else gap + 1
+        if gap > thick:
+            break
+        if ink[column]:
+            low = column
+    gap = 0
+    for column in range(inner[1], band.shape[1]):
+        gap = 0 if ink[column] else gap + 1
+        if gap > thick:
+            break
+        if ink[column]:
+            high = column + 1
+    if horizontal:
+        return (start + low, y, high - low, h)
+    return (x, start + low, w, high - low)
 
 
 def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
@@ -493,11 +618,16 @@ class PixelScreener:
         outside = [anatomy is not None and _overlap(framed, anatomy) < 0.5 for framed, _, _ in regions]
 
         def glyphs(number: int) -> Box:
-            """The region shrunk to its glyphs (detector boxes are drawn loose around a line)."""
-            _, index, box = regions[number]
+            """The region shrunk to its glyphs across the line (detector boxes are drawn loose
+            around a line), as measured in the render that found it first; along the line it
+            spans what every render found (one may see further onto anatomy than another)."""
+            framed, index, box = regions[number]
             work, factor, turned = works[index]
             x, y, w, h = _line_at(TextLine(_tighten(work, box), (), "", 0.0), factor, turned, shape).box
-            return (x, y, w + 1, h + 1)
+            fx, fy, fw, fh = framed
+            if fw >= fh:
+                return _clip((fx, y, fw + 1, h + 1), shape[1], shape[0])
+            return _clip((x, fy, w + 1, fh + 1), shape[1], shape[0])
 
         for number, (framed, index, _) in enumerate(regions):
             x, y, w, h = framed
@@ -506,6 +636,8 @@ class PixelScreener:
                 redact.append((glyphs(number), False))
             else:
                 unread.setdefault(index, []).append(number)
+        texts: dict[int, str] = {}
+        phi: set[int] = set()
         for index, numbers in unread.items():
             work = works[index][0]
             boxes = [regions[n][2] for n in numbers]
@@ -513,11 +645,25 @@ class PixelScreener:
             for number, line in zip(numbers, lines, strict=True):
                 x, y, w, h = regions[number][0]
                 found.append(TextLine((x, y, w, h), (), line.text, line.confidence))
+                texts[number] = line.text
                 if classifier.is_phi(line.text):
+                    phi.add(number)
                     redact.append((glyphs(number), True))
                 elif outside[number] and line.confidence >= _CONFIDENT:
                     redact.append((glyphs(number), False))
-        return found, redact
+        # pieces of one line (split where it crosses anatomy, or by the detector) are judged
+        # together, and a line with PHI in it is redacted whole, the gaps between pieces too
+        for group in _collinear_groups([framed for framed, _, _ in regions]):
+            pieces = [(regions[n][0], texts[n]) for n in group if n in texts]
+            if any(n in phi for n in group) or any(
+                classifier.is_phi(reading) for reading in _joined_readings(pieces)
+            ):
+                whole = glyphs(group[0])
+                for number in group[1:]:
+                    whole = _union(whole, glyphs(number))
+                redact.append((whole, True))
+        full_render = shown[full]
+        return found, [(_extend_along(full_render, box) if is_phi else box, is_phi) for box, is_phi in redact]
 
     def _detect(
         self, work: np.ndarray, factor: float, turned: int, engine: TextDetector, focus: list[Box] | None
