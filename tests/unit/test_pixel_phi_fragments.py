@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from governance.keys import ProjectKey
-from imaging.burned_in_corpus import font_paths
 from imaging.decoding import decode_pixels
 from imaging.deid import Deidentifier, load_profile
 from imaging.deid.burned_in import PhiClassifier
 from imaging.deid.burned_in.screen import _collinear_groups, _extend_along, _joined_readings
 from tests import dicom_factory
+from tests.unit.test_pixel_phi_detector import _glyph_mask
 
 KEY = ProjectKey(bytes(range(32)))
 
@@ -71,19 +70,11 @@ def test_pieces_of_one_line_are_grouped_and_read_both_ways_when_vertical() -> No
     assert ["header_date" in date.reasons(r) for r in readings] == [False, True]
 
 
-def _line(text: str, size: int = 20) -> np.ndarray:
-    font = ImageFont.truetype(str(font_paths()[0]), size)
-    left, top, right, bottom = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=font)
-    canvas = Image.new("L", (int(right - left) + 2, int(bottom - top) + 2), 0)
-    ImageDraw.Draw(canvas).text((1 - left, 1 - top), text, fill=255, font=font)
-    return np.asarray(canvas) > 96
-
-
 def test_a_phi_line_cut_short_on_bright_anatomy_is_followed_along_its_strokes() -> None:
     rng = np.random.default_rng(7)
     image = np.full((80, 400), 30, np.uint8)
     image[:, :100] = 170 + rng.integers(0, 20, (80, 100), dtype=np.uint8)  # bright "bone" on the left
-    mask = _line("08.12.2017")
+    mask = _glyph_mask("08.12.2017", 20)
     h, w = mask.shape
     x, y = 60, 30
     image[y : y + h, x : x + w][mask] = 250
@@ -104,11 +95,11 @@ def test_faint_white_text_on_a_light_capture_is_redacted() -> None:
     ds = dcmread(dicom_factory.pydicom_file("SC_rgb_jpeg_dcmd.dcm"))
     pixels = np.array(decode_pixels(ds), copy=True)
     ds.PatientName, ds.PatientID = "OKONKWO^SUNITA", "8680455"
-    mask = _line("OKONKWO^SUNITA", 14)
+    mask = _glyph_mask("OKONKWO^SUNITA", 14)
     h, w = mask.shape
     x, y = 62, 135
     pixels[y : y + h, x : x + w][mask] = 255
-    other = _line("FR 24Hz", 14)  # black print elsewhere: the frame's strongest strokes
+    other = _glyph_mask("FR 24Hz", 14)  # black print elsewhere: the frame's strongest strokes
     pixels[230 : 230 + other.shape[0], 150 : 150 + other.shape[1]][other] = 0
     ds.PixelData = pixels.tobytes()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

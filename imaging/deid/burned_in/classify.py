@@ -59,39 +59,26 @@ def _norm(text: str) -> str:
     return "".join(ch for ch in text.upper() if ch.isalnum())
 
 
-def _close(a: str, b: str) -> bool:
-    """Edit distance at most 1 per 5 characters (OCR swaps O/0, I/1, drops a letter)."""
-    if a == b:
-        return True
-    limit = len(b) // 5
-    if limit == 0 or abs(len(a) - len(b)) > limit:
-        return False
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        if min(current) > limit:
-            return False
-        previous = current
-    return previous[-1] <= limit
-
-
-def _within(token: str, text: str) -> bool:
-    """Whether ``token`` occurs in ``text`` within the edit distance of :func:`_close`
-    (approximate substring match: the text around it is free)."""
-    if token in text:
+def _spells(token: str, text: str, *, anywhere: bool = False) -> bool:
+    """Whether ``text`` spells ``token`` within an edit distance of 1 per 5 characters of the
+    token (OCR swaps O/0, I/1, drops a letter); ``anywhere``: the token occurs in ``text``, the
+    text around it free (OCR splits and joins words)."""
+    if token == text or (anywhere and token in text):
         return True
     limit = len(token) // 5
-    if limit == 0 or len(text) < len(token) - limit:
+    if limit == 0 or (len(text) < len(token) - limit if anywhere else abs(len(text) - len(token)) > limit):
         return False
-    previous = [0] * (len(text) + 1)  # a match may start anywhere in the text
+    # edit distances of the token's prefixes to the text's prefixes (anywhere: to its substrings,
+    # a match may start at any character)
+    previous = [0] * (len(text) + 1) if anywhere else list(range(len(text) + 1))
     for i, ct in enumerate(token, 1):
         current = [i]
         for j, cx in enumerate(text, 1):
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ct != cx)))
+        if min(current) > limit:  # rows never get cheaper
+            return False
         previous = current
-    return min(previous) <= limit
+    return (min(previous) if anywhere else previous[-1]) <= limit
 
 
 # the shortest fragment of a header identifier that counts (shorter ones match by chance)
@@ -141,10 +128,10 @@ class PhiClassifier:
         if (
             self.tokens
             and any(
-                w in self.tokens or (len(w) >= 5 and any(_close(w, t) for t in self.tokens if len(t) >= 5))
+                w in self.tokens or (len(w) >= 5 and any(_spells(t, w) for t in self.tokens if len(t) >= 5))
                 for w in words
             )
-        ) or (self.tokens and any(len(t) >= 6 and _within(t, squeezed) for t in self.tokens)):
+        ) or (self.tokens and any(len(t) >= 6 and _spells(t, squeezed, anywhere=True) for t in self.tokens)):
             found.append("header_value")
         elif self.tokens and any(
             len(w) >= _FRAGMENT and w not in _VOCABULARY and any(len(t) >= 6 and w in t for t in self.tokens)

@@ -182,11 +182,16 @@ def _union(first: Box, second: Box) -> Box:
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def _iou(first: Box, second: Box) -> float:
+def _intersection(first: Box, second: Box) -> int:
+    """The area two boxes share."""
     x0, y0 = max(first[0], second[0]), max(first[1], second[1])
     x1 = min(first[0] + first[2], second[0] + second[2])
     y1 = min(first[1] + first[3], second[1] + second[3])
-    inter = max(0, x1 - x0) * max(0, y1 - y0)
+    return max(0, x1 - x0) * max(0, y1 - y0)
+
+
+def _iou(first: Box, second: Box) -> float:
+    inter = _intersection(first, second)
     union = first[2] * first[3] + second[2] * second[3] - inter
     return inter / union if union > 0 else 0.0
 
@@ -264,12 +269,7 @@ def _joined_readings(pieces: list[tuple[Box, str]]) -> list[str]:
     text found in two renders) is left out."""
     kept: list[tuple[Box, str]] = []
     for box, text in sorted(pieces, key=lambda piece: -len(piece[1])):
-        x, y, w, h = box
-        if not text or any(
-            max(0, min(x + w, k[0] + k[2]) - max(x, k[0])) * max(0, min(y + h, k[1] + k[3]) - max(y, k[1]))
-            >= 0.6 * w * h
-            for k, _ in kept
-        ):
+        if not text or any(_intersection(box, k) >= 0.6 * box[2] * box[3] for k, _ in kept):
             continue
         kept.append((box, text))
     if len(kept) < 2:
@@ -280,6 +280,20 @@ def _joined_readings(pieces: list[tuple[Box, str]]) -> list[str]:
     if vertical:
         readings.append(" ".join(text for _, text in reversed(ordered)))
     return readings
+
+
+def _last_ink(ink: np.ndarray, columns: range, gap: int) -> int | None:
+    """The last column of ``columns`` (walked in order) with ink before a run of more than
+    ``gap`` columns without; None when there is none."""
+    last, blank = None, 0
+    for column in columns:
+        if ink[column]:
+            last, blank = column, 0
+        else:
+            blank += 1
+            if blank > gap:
+                break
+    return last
 
 
 def _extend_along(image: np.ndarray, box: Box) -> Box:
@@ -318,21 +332,10 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
     found = hat[:, inner[0] : inner[1]] >= own / 2
     level = float(np.median(band[:, inner[0] : inner[1]][found]))
     ink = ((hat >= 24) & (np.abs(band.astype(np.float32) - level) <= _LEVEL_TOLERANCE)).any(axis=0)
-    low, high = inner
-    gap = 0
-    for column in range(inner[0] - 1, -1, -1):
-        gap = 0 if ink[column] else gap + 1
-        if gap > thick:
-            break
-        if ink[column]:
-            low = column
-    gap = 0
-    for column in range(inner[1], band.shape[1]):
-        gap = 0 if ink[column] else gap + 1
-        if gap > thick:
-            break
-        if ink[column]:
-            high = column + 1
+    before = _last_ink(ink, range(inner[0] - 1, -1, -1), thick)
+    after = _last_ink(ink, range(inner[1], band.shape[1]), thick)
+    low = inner[0] if before is None else before
+    high = inner[1] if after is None else after + 1
     if horizontal:
         return (start + low, y, high - low, h)
     return (x, start + low, w, high - low)
