@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from governance.strict import StrictModel
 from governance.tls import ClientTls, ServerTls
@@ -26,6 +26,7 @@ __all__ = [
     "GatewayConfig",
     "HttpListener",
     "PacsPeer",
+    "PeerTls",
     "load_config",
 ]
 
@@ -47,11 +48,43 @@ def _ae_title(value: str) -> str:
 AETitle = Annotated[str, AfterValidator(_ae_title)]
 
 
+class PeerTls(StrictModel):
+    """The certificate one peer AE must show over DICOM TLS, beyond one that the listener trusts:
+    issued under ``ca_file`` (that peer's own CA: it must be in the chain the handshake
+    verified) and/or exactly one of ``certificate_sha256`` (SHA-256 of the DER certificate).
+    Another CA the listener trusts, or another certificate of the same CA, is then refused for
+    this AE title."""
+
+    ca_file: Path | None = Field(default=None, description="PEM CA(s) of this peer")
+    certificate_sha256: tuple[str, ...] = Field(
+        default=(), description="pinned certificates: SHA-256 of the DER encoding, hex (colons allowed)"
+    )
+
+    @field_validator("certificate_sha256")
+    @classmethod
+    def _fingerprints(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        normalised = tuple(value.replace(":", "").strip().lower() for value in values)
+        for value in normalised:
+            if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+                raise ValueError(
+                    "a certificate fingerprint is 64 hex digits (SHA-256 of the DER certificate)"
+                )
+        return normalised
+
+    @model_validator(mode="after")
+    def _pins_something(self) -> PeerTls:
+        if self.ca_file is None and not self.certificate_sha256:
+            raise ValueError("peer tls needs ca_file and/or certificate_sha256")
+        return self
+
+
 class AllowedPeer(StrictModel):
-    """A calling AE title allowed to send, optionally only from some hosts or networks."""
+    """A calling AE title allowed to send, optionally only from some hosts or networks, and
+    (``tls``) only with its own certificate."""
 
     ae_title: AETitle
     hosts: tuple[str, ...] = Field(default=(), description="IP addresses or CIDR networks; empty: any")
+    tls: PeerTls | None = Field(default=None, description="the CA / certificate this peer must show")
 
     @field_validator("hosts")
     @classmethod
@@ -107,8 +140,30 @@ class DicomListener(StrictModel):
     allow_any: bool = False
     tls: ServerTls | None = Field(default=None, description="DICOM TLS; when set, plaintext is refused")
 
+    @model_validator(mode="after")
+    def _pins_need_tls(self) -> DicomListener:
+        for peer in self.allowed_peers:
+            if peer.tls is None:
+                continue
+            if self.tls is None:
+                raise ValueError(f"allowed peer {peer.ae_title}: a peer certificate needs dicom.tls")
+            if peer.tls.ca_file is None and self.tls.ca_file is None:
+                raise ValueError(
+                    f"allowed peer {peer.ae_title}: a pinned fingerprint needs a CA that issued it "
+                    "(the peer's tls.ca_file or dicom.tls.ca_file)"
+                )
+        return self
+
     def permits(self, ae_title: str, host: str) -> bool:
-        return self.allow_any or any(peer.permits(ae_title, host) for peer in self.allowed_peers)
+        """Whether the calling AE title may associate from ``host``. An AE title that has a
+        certificate pinned is never let in by ``allow_any``; its certificate is checked by
+        ``imaging.gateway.peer_tls``."""
+        if any(peer.permits(ae_title, host) for peer in self.allowed_peers):
+            return True
+        return self.allow_any and not self.pinned(ae_title)
+
+    def pinned(self, ae_title: str) -> bool:
+        return any(peer.tls is not None and peer.ae_title == ae_title.strip() for peer in self.allowed_peers)
 
     def reserved_for(self, host: str) -> bool:
         """Whether ``host`` is named in the allow-list (and may use the reserved capacity)."""

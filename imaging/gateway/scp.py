@@ -41,6 +41,7 @@ from pynetdicom import AllStoragePresentationContexts, _config, build_context, e
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from imaging.gateway.config import DicomListener
+from imaging.gateway.peer_tls import PeerAdmission, listener_context
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
 from imaging.gateway.upper_layer import AssociationEnd, Rejection, StorageAssociation
@@ -283,7 +284,8 @@ class StorageSCP:
         self._associations: set[StorageAssociation] = set()
         self._established = 0
         self.pending = PendingLimits(listener)
-        self._tls = listener.tls.context() if listener.tls is not None else None
+        self.admission = PeerAdmission(listener)
+        self._tls = listener_context(listener)
         # Senders propose the same contexts on every association: the accepted list is built
         # once per proposal (some 15 ms of CPU each time otherwise).
         self._accepted = lru_cache(maxsize=64)(partial(_reordered, _supported_contexts()))
@@ -394,13 +396,30 @@ class StorageSCP:
 
     # AssociationHandlers: called in the association's thread.
 
-    def review(self, calling_ae: str, called_ae: str, host: str) -> Rejection | None:
+    def review(
+        self, calling_ae: str, called_ae: str, host: str, certificates: tuple[bytes, ...] = ()
+    ) -> Rejection | None:
         listener = self.listener
-        if not listener.permits(calling_ae, host):
+        refusal = self.admission.refusal(calling_ae, host, certificates)
+        if refusal is not None:
             self.stats.add(rejected_associations=1)
-            LOGGER.warning("association rejected: calling AE %r from %s not allowed", calling_ae, host)
-            audit(f"ae:{calling_ae or '-'}", "gateway.association-rejected", f"dimse:{host}")
-            return Rejection(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+            details: dict[str, Any] = {"reason": refusal.reason}
+            if refusal.reason == "peer-certificate":
+                # The fingerprint of what was shown tells the operator which certificate it was.
+                details["certificate_sha256"] = refusal.certificate_sha256
+                LOGGER.warning(
+                    "association rejected: calling AE %r from %s did not show its own certificate "
+                    "(shown: %s)",
+                    calling_ae,
+                    host,
+                    refusal.certificate_sha256 or "none",
+                )
+                rejection = Rejection(0x01, 0x01, 0x01)  # permanent, service user, no reason given
+            else:
+                LOGGER.warning("association rejected: calling AE %r from %s not allowed", calling_ae, host)
+                rejection = Rejection(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+            audit(f"ae:{calling_ae or '-'}", "gateway.association-rejected", f"dimse:{host}", details)
+            return rejection
         if listener.require_called_ae_title and called_ae != listener.ae_title:
             self.stats.add(rejected_associations=1)
             return Rejection(0x01, 0x01, 0x07)  # called AE title not recognised

@@ -57,6 +57,7 @@ __all__ = [
     "decode_command",
     "encode_command",
     "part10_prefix",
+    "verified_chain",
 ]
 
 LOGGER = logging.getLogger(__name__)
@@ -151,8 +152,11 @@ class Command:
 class AssociationHandlers(Protocol):
     """What the SCP decides: who may associate, what each instance's verdict is."""
 
-    def review(self, calling_ae: str, called_ae: str, host: str) -> Rejection | None:
-        """None to accept the association request."""
+    def review(
+        self, calling_ae: str, called_ae: str, host: str, certificates: tuple[bytes, ...] = ()
+    ) -> Rejection | None:
+        """None to accept the association request. ``certificates``: the peer's chain as the
+        TLS handshake verified it (leaf first, DER); empty without TLS or a client certificate."""
         ...
 
     def store(self, data: bytes, digest: str, calling_ae: str, host: str) -> Verdict:
@@ -160,6 +164,19 @@ class AssociationHandlers(Protocol):
         ...
 
     def closed(self, calling_ae: str, host: str, end: AssociationEnd, stored: int, failed: int) -> None: ...
+
+
+def verified_chain(sock: ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The peer's chain as the handshake verified it (leaf first, trust anchor last; DER);
+    empty when the peer showed no certificate. Python 3.13 has ``get_verified_chain`` on the
+    socket; before, the same call exists on its ``_sslobj``."""
+    getter = getattr(sock, "get_verified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(sock, "_sslobj", None), "get_verified_chain", None)
+    if getter is None:
+        raise RuntimeError("this Python's ssl module does not report the verified peer chain")
+    der = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+    return tuple(cert if isinstance(cert, bytes) else cert.public_bytes(der) for cert in getter() or ())
 
 
 def _uid_value(uid: str) -> bytes:
@@ -345,6 +362,7 @@ class StorageAssociation:
         self.received = 0
         self._timeout: float | None = None
         self.calling_ae = ""
+        self.certificates: tuple[bytes, ...] = ()  # the peer's verified chain (TLS)
         self.contexts: dict[int, tuple[str, str]] = {}  # accepted id: (abstract, transfer syntax)
         self.stored = self.failed = 0
         self.established = False
@@ -492,6 +510,8 @@ class StorageAssociation:
         except OSError as exc:
             raise _PeerGone() from exc
         self._timeout = remaining
+        if isinstance(self.sock, ssl.SSLSocket):
+            self.certificates = verified_chain(self.sock)
 
     def _associate(self) -> bool:
         pdu_type, body = self._read_pdu(
@@ -513,7 +533,7 @@ class StorageAssociation:
         elif str(request.application_context_name) != APPLICATION_CONTEXT:
             rejection = Rejection(0x01, 0x01, 0x02)  # application context name not supported
         else:
-            rejection = self.handlers.review(self.calling_ae, called_ae, self.host)
+            rejection = self.handlers.review(self.calling_ae, called_ae, self.host, self.certificates)
         if rejection is not None:
             self._reject(request, rejection)
             return False

@@ -36,7 +36,7 @@ class Recorder:
         self.stored: list[tuple[bytes, str]] = []
         self.ends: list[str] = []
 
-    def review(self, calling_ae: str, called_ae: str, host: str) -> Any:
+    def review(self, calling_ae: str, called_ae: str, host: str, certificates: tuple[bytes, ...] = ()) -> Any:
         return None
 
     def store(self, data: bytes, digest: str, calling_ae: str, host: str) -> Any:
