@@ -11,6 +11,7 @@ MLflow) are imported when a command calls into them, so ``radgate --help`` stays
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -60,25 +61,47 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
+# Governance's exceptions and the exit code each one maps to, first match wins (subclasses
+# before their bases). Named by module so that mapping them imports nothing: an exception can
+# only be an instance of a class whose module is already imported, so a module that is not in
+# ``sys.modules`` cannot have raised it, and importing it (the registry, the policy, the keys:
+# tens of milliseconds) only to compare would cost every light command its start-up.
+_EXIT_CODES: tuple[tuple[str, str, int], ...] = (
+    ("governance.auth.roles", "AuthenticationError", EXIT_UNAUTHENTICATED),
+    ("governance.auth.roles", "PermissionDenied", EXIT_FORBIDDEN),
+    ("governance.auth.roles", "BootstrapError", EXIT_FORBIDDEN),
+    ("governance.approvals.workflow", "ApprovalError", EXIT_REFUSED),
+    ("governance.auth.roles", "UserExists", EXIT_REFUSED),
+    ("governance.auth.roles", "UnknownUser", EXIT_REFUSED),
+    ("governance.policy.schema", "PolicyError", EXIT_BAD_INPUT),
+    ("governance.audit.phi", "AuditPHIError", EXIT_BAD_INPUT),
+    ("governance.audit.entries", "AuditError", EXIT_BAD_INPUT),
+    ("governance.approvals.registry", "RegistryError", EXIT_BAD_INPUT),
+    ("governance.keys", "KeyError_", EXIT_BAD_INPUT),
+    ("builtins", "ValueError", EXIT_BAD_INPUT),
+)
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The CLI's exit code for ``exc``, or ``None`` for an exception governance does not map."""
+    for module_name, class_name, code in _EXIT_CODES:
+        module = sys.modules.get(module_name)
+        cls = getattr(module, class_name, None) if module is not None else None
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return code
+    return None
+
+
 @contextmanager
 def governance_errors() -> Iterator[None]:
     """Turn governance's specific exceptions into one clear line and the CLI's exit code."""
-    from governance.approvals import ApprovalError, RegistryError
-    from governance.audit import AuditError, AuditPHIError
-    from governance.auth import AuthenticationError, BootstrapError, PermissionDenied, UnknownUser, UserExists
-    from governance.keys import KeyError_
-    from governance.policy import PolicyError
-
     try:
         yield
-    except AuthenticationError as exc:
-        raise fail(str(exc), EXIT_UNAUTHENTICATED) from exc
-    except (PermissionDenied, BootstrapError) as exc:
-        raise fail(str(exc), EXIT_FORBIDDEN) from exc
-    except (ApprovalError, UserExists, UnknownUser) as exc:
-        raise fail(str(exc), EXIT_REFUSED) from exc
-    except (PolicyError, AuditPHIError, AuditError, RegistryError, KeyError_, ValueError) as exc:
-        raise fail(str(exc), EXIT_BAD_INPUT) from exc
+    except Exception as exc:
+        code = _exit_code(exc)
+        if code is None:
+            raise
+        raise fail(str(exc), code) from exc
 
 
 def caller(token: str | None) -> Principal:

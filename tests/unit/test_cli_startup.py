@@ -65,3 +65,57 @@ def test_help_and_version_import_no_heavy_library(argv: tuple[str, ...]) -> None
 def test_version_is_printed() -> None:
     result = _probe("--version")
     assert str(result["shown"]).startswith("radgate ")
+
+
+def test_the_table_of_command_owners_is_what_each_module_registers() -> None:
+    """``radgate.cli.main`` imports only the owners of the command it runs: the table it reads
+    must name exactly the top-level commands and groups each module registers."""
+    import importlib
+
+    import typer
+
+    from governance.cli.guard import command_paths
+    from radgate.cli import COMMANDS_OF
+
+    for module, names in COMMANDS_OF.items():
+        alone = typer.Typer()
+        alone.callback()(lambda: None)
+        importlib.import_module(module).register(alone)
+        assert {path.split()[0] for path in command_paths(alone)} == names, module
+
+
+def test_a_command_is_built_from_its_owners_only() -> None:
+    from radgate.cli import COMMANDS_OF, build_app, modules_for
+
+    assert modules_for(["users", "list"]) == ("governance.cli",)
+    assert modules_for(["-v", "audit", "verify"]) == ("governance.cli",)
+    assert modules_for(["dataset", "report", "x"]) == ("imaging.dataset_cli", "imaging.quality.cli")
+    assert modules_for(["--version"]) == ()
+    everything = tuple(COMMANDS_OF)
+    for argv in ([], ["--help"], ["no-such-command"], ["--verbose"]):
+        assert modules_for(argv) == everything
+    # The whole app and the apps built per command offer the same command paths.
+    from governance.cli.guard import command_paths
+    from radgate.cli import app
+
+    whole = set(command_paths(app))
+    per_command = set()
+    for top in {path.split()[0] for path in whole}:
+        per_command |= {p for p in command_paths(build_app(modules_for([top]))) if p.split()[0] == top}
+    assert per_command == whole
+
+
+def test_a_light_command_imports_only_its_own_commands() -> None:
+    """``radgate users --help`` through the console script's entry point builds the governance
+    commands only: no other package's command module is imported."""
+    probe = (
+        "import sys\n"
+        "sys.argv = ['radgate', 'users', '--help']\n"
+        "from radgate.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.endswith(('.cli', '_cli')) or m == 'radgate.demo'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "['governance.cli', 'radgate.cli']"
