@@ -88,6 +88,24 @@ def test_a_phi_line_cut_short_on_bright_anatomy_is_followed_along_its_strokes() 
     assert _extend_along(plain, (200, y, w, h)) == (200, y, w, h)
 
 
+def test_a_phi_line_is_not_followed_into_texture_at_its_own_level() -> None:
+    """Fur or foliage in a photograph has strokes at the glyphs' level too, but they run on
+    above and below the line's band: the box stays where the detector found the line."""
+    rng = np.random.default_rng(11)
+    image = np.full((120, 500), 30, np.uint8)
+    texture = rng.random((120, 200)) < 0.12
+    texture |= np.roll(texture, 1, axis=0) | np.roll(texture, 2, axis=0)  # short streaks
+    image[:, 250:450][texture] = 250
+    mask = _glyph_mask("08.12.2017", 20)
+    h, w = mask.shape
+    x, y = 240 - w, 50
+    image[y : y + h, x : x + w][mask] = 250
+    box = (x, y, w, h)
+    grown = _extend_along(image, box)
+    assert grown[0] + grown[2] <= x + w + 2  # not run on into the texture beside it
+    assert grown[0] >= x - 2
+
+
 def test_faint_white_text_on_a_light_capture_is_redacted() -> None:
     """White (255) on the capture's light grey (~242): 13 levels of contrast, found in the
     stroke render stretched by its neighbourhood (a frame-wide stretch leaves it too faint

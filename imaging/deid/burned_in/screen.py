@@ -56,9 +56,11 @@ _WARM_SIDE = 512
 _PIXEL_DATA = 0x7FE00010
 # frames are read at about this shorter side when they are much larger (text stays legible)
 _OCR_SIDE = 768
-# the margin grows by one pixel per this many pixels of line height (OCR boxes hug the glyphs
-# it read; a character missed at either end is about a height wide)
-_MARGIN_DIVISOR = 16
+# the margin along a line grows by one pixel per this many pixels of its thickness (a character
+# missed at either end is about a thickness wide); across it, where the box was measured on the
+# glyphs' own rows, by one per _MARGIN_ACROSS (anti-aliased edges, rounding of reduced frames)
+_MARGIN_ALONG = 16
+_MARGIN_ACROSS = 48
 # lines not classified as PHI are redacted outside anatomy when read this confidently or shaped
 # as a horizontal line (small print is often misread; texture read as text in a quarter-turned
 # frame is tall and comes out at low confidence)
@@ -301,9 +303,10 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
     continue in its band: a detector stops where a line runs onto bright anatomy, and what it
     cut off ("03." of a date) is PHI too. Strokes are what a top-hat the line's thickness wide
     keeps (with the polarity of the line's own glyphs) at the level the line's glyphs are
-    drawn at (anatomy around it has its own levels); the walk crosses gaps up to a character
-    wide and goes at most a few thicknesses each way. On a plain ground nothing continues and
-    the box is unchanged."""
+    drawn at (anatomy around it has its own levels); a column counts only when the strokes
+    stay inside the band (texture at the glyphs' level, a photograph's fur or foliage, runs on
+    above and below it). The walk crosses gaps up to a character wide and goes at most a few
+    thicknesses each way. On a plain ground nothing continues and the box is unchanged."""
     from scipy.ndimage import black_tophat, white_tophat
 
     x, y, w, h = box
@@ -312,28 +315,37 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
     reach = _EXTEND_REACH * thick
     if thick < 4:
         return box
+    # the band with half a thickness of context on each side, the line along the rows' axis 1
+    context = thick // 2
     if horizontal:
         start, stop = max(0, x - reach), min(image.shape[1], x + w + reach)
-        band = image[y : y + h, start:stop]
+        top, bottom = max(0, y - context), min(image.shape[0], y + h + context)
+        strip = image[top:bottom, start:stop]
+        inside = (y - top, y - top + h)
         inner = (x - start, x - start + w)
     else:
         start, stop = max(0, y - reach), min(image.shape[0], y + h + reach)
-        band = image[start:stop, x : x + w].T
+        top, bottom = max(0, x - context), min(image.shape[1], x + w + context)
+        strip = image[start:stop, top:bottom].T
+        inside = (x - top, x - top + w)
         inner = (y - start, y - start + h)
-    if band.size == 0 or band.shape[1] <= inner[1] - inner[0]:
+    if strip.size == 0 or strip.shape[1] <= inner[1] - inner[0]:
         return box
-    size = (band.shape[0], max(3, thick))
-    hats = (white_tophat(band, size=size), black_tophat(band, size=size))
-    hat = max(hats, key=lambda candidate: int(candidate[:, inner[0] : inner[1]].max()))
-    own = int(hat[:, inner[0] : inner[1]].max())
+    band = strip[inside[0] : inside[1]]
+    size = (strip.shape[0], max(3, thick))
+    hats = (white_tophat(strip, size=size), black_tophat(strip, size=size))
+    hat = max(hats, key=lambda candidate: int(candidate[inside[0] : inside[1], inner[0] : inner[1]].max()))
+    own = int(hat[inside[0] : inside[1], inner[0] : inner[1]].max())
     if own < 24:
         return box
     # burned-in text is drawn at one level: the glyphs' own, where the strokes stand out most
-    found = hat[:, inner[0] : inner[1]] >= own / 2
+    found = hat[inside[0] : inside[1], inner[0] : inner[1]] >= own / 2
     level = float(np.median(band[:, inner[0] : inner[1]][found]))
-    ink = ((hat >= 24) & (np.abs(band.astype(np.float32) - level) <= _LEVEL_TOLERANCE)).any(axis=0)
+    strokes = (hat >= 24) & (np.abs(strip.astype(np.float32) - level) <= _LEVEL_TOLERANCE)
+    outside = np.concatenate([strokes[: inside[0]], strokes[inside[1] :]]).any(axis=0)
+    ink = strokes[inside[0] : inside[1]].any(axis=0) & ~outside
     before = _last_ink(ink, range(inner[0] - 1, -1, -1), thick)
-    after = _last_ink(ink, range(inner[1], band.shape[1]), thick)
+    after = _last_ink(ink, range(inner[1], strip.shape[1]), thick)
     low = inner[0] if before is None else before
     high = inner[1] if after is None else after + 1
     if horizontal:
@@ -342,9 +354,14 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
 
 
 def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
+    """``box`` with ``margin`` pixels and more around it: along the line in proportion to its
+    thickness (_MARGIN_ALONG), less across it (_MARGIN_ACROSS), clipped to the frame."""
     x, y, w, h = box
-    x0, y0 = max(0, x - margin), max(0, y - margin)
-    x1, y1 = min(shape[1], x + w + margin), min(shape[0], y + h + margin)
+    thick = min(w, h)
+    along, across = margin + thick // _MARGIN_ALONG, margin + thick // _MARGIN_ACROSS
+    dx, dy = (along, across) if w >= h else (across, along)
+    x0, y0 = max(0, x - dx), max(0, y - dy)
+    x1, y1 = min(shape[1], x + w + dx), min(shape[0], y + h + dy)
     return (x0, y0, max(0, x1 - x0), max(0, y1 - y0))
 
 
@@ -489,7 +506,7 @@ class PixelScreener:
             if series is not None and phi_boxes:
                 series.text_found = True
             margin = self.policy.margin
-            grown = [_grow(b, margin + min(b[2], b[3]) // _MARGIN_DIVISOR, shape) for b in found]
+            grown = [_grow(b, margin, shape) for b in found]
             new = [b for b in _merge(grown) if not _inside_any(b, redacted)]
             if not new:
                 result.verified = True
@@ -622,11 +639,21 @@ class PixelScreener:
 
         def glyphs(number: int) -> Box:
             """The region shrunk to its glyphs across the line (detector boxes are drawn loose
-            around a line), as measured in the render that found it first; along the line it
-            spans what every render found (one may see further onto anatomy than another)."""
+            around a line), as measured in the render that found it first, or where its ground
+            there is too busy to tell glyphs from it (text on a photograph's texture), in the
+            other renders of the same geometry that can (the union of what they measure); along
+            the line it spans what every render found (one may see further onto anatomy)."""
             framed, index, box = regions[number]
             work, factor, turned = works[index]
-            x, y, w, h = _line_at(TextLine(_tighten(work, box), (), "", 0.0), factor, turned, shape).box
+            tight = _tighten(work, box)
+            if tight == box and not turned:
+                others = [_tighten(other, box) for other, _, way in works if not way and other is not work]
+                measured = [t for t in others if t != box]
+                if measured:
+                    tight = measured[0]
+                    for t in measured[1:]:
+                        tight = _union(tight, t)
+            x, y, w, h = _line_at(TextLine(tight, (), "", 0.0), factor, turned, shape).box
             fx, fy, fw, fh = framed
             if fw >= fh:
                 return _clip((fx, y, fw + 1, h + 1), shape[1], shape[0])
