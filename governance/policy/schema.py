@@ -203,15 +203,36 @@ def default_policy_path() -> Path:
     return Path(__file__).resolve().parents[2] / "configs" / "governance" / "policy.yaml"
 
 
+# libyaml's safe loader when PyYAML was built with it (the same documents, parsed in C: a
+# replica's first gate decision reads the policy), else the pure-Python one.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# The policies this process has parsed, by the SHA-256 of the file's bytes: a file that reads the
+# same bytes is the same policy (a frozen model), so it is validated once. The file is read
+# and hashed on every load, so an edited policy is parsed and validated again at once.
+_PARSED: dict[str, Policy] = {}
+_PARSED_MAX = 8
+
+
 def load_policy(path: Path | None = None) -> Policy:
     path = path or default_policy_path()
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
     except OSError as exc:
         raise PolicyError(f"cannot read policy {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
+    key = hashlib.sha256(data).hexdigest()
+    parsed = _PARSED.get(key)
+    if parsed is not None:
+        return parsed
+    try:
+        raw = yaml.load(data.decode("utf-8"), Loader=_YAML_LOADER)
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
         raise PolicyError(f"policy {path} is not valid YAML: {exc}") from exc
     try:
-        return Policy.model_validate(raw)
+        policy = Policy.model_validate(raw)
     except (ValidationError, ValueError) as exc:
         raise PolicyError(f"invalid policy {path}: {exc}") from exc
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[key] = policy
+    return policy
