@@ -15,6 +15,8 @@ file (``keys_dir``)      what it protects                 who holds it
 ``serving-store.key``    serving's own sealed records     serving (monitoring inputs, result views,
                          (AES-256-GCM)                    feedback comments)
 ``ui-session.key``       UI sessions and CSRF tokens      the UI only
+``artifact-digest.key``  the gate's records of artifact   every process that asks the gate
+                         hashes (HMAC)                    (serving, UI, CLI)
 =======================  ===============================  ==========================================
 
 A file is read only by the loader for its purpose, so a service given one file cannot derive
@@ -48,6 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from governance.settings import Settings, get_settings
 
 __all__ = [
+    "ARTIFACT_DIGEST",
     "AUDIT_SIGNING",
     "BROKER",
     "RECORD_ERASURE",
@@ -80,6 +83,7 @@ BROKER = "broker"
 AUDIT_SIGNING = "audit-signing"
 SERVING_STORE = "serving-store"
 UI_SESSION = "ui-session"
+ARTIFACT_DIGEST = "artifact-digest"
 
 # Sealed formats start with a magic and a version; the version is also in the AEAD data.
 SEALED_MAGIC = b"RGS2"  # sealed to the broker's public key
@@ -370,12 +374,13 @@ class StoreKey:
 
 
 def store_key_path(purpose: str, settings: Settings) -> Path:
-    if purpose not in (SERVING_STORE, UI_SESSION):
+    if purpose not in (SERVING_STORE, UI_SESSION, ARTIFACT_DIGEST):
         raise ValueError(f"unknown service key {purpose!r}")
     return keys_dir(settings) / f"{purpose}.key"
 
 
 def load_store_key(purpose: str, settings: Settings | None = None, *, create: bool = True) -> StoreKey:
-    """``serving-store`` (serving's sealed records) or ``ui-session`` (sessions, CSRF)."""
+    """``serving-store`` (serving's sealed records), ``ui-session`` (sessions, CSRF) or
+    ``artifact-digest`` (the gate's records of artifact hashes)."""
     settings = settings or get_settings()
     return StoreKey(purpose, _load_or_create(store_key_path(purpose, settings), create))

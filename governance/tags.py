@@ -17,7 +17,7 @@ import hashlib
 from enum import StrEnum
 from pathlib import Path
 
-__all__ = ["PREFIX", "ModelStatus", "Tag", "artifact_sha256"]
+__all__ = ["PREFIX", "ModelStatus", "Tag", "artifact_files", "artifact_sha256"]
 
 PREFIX = "radgate."
 
@@ -84,8 +84,9 @@ _UNHASHED = frozenset({"registered_model_meta"})
 _CHUNK = 1 << 20
 
 
-def artifact_sha256(path: Path) -> str:
-    """Tree hash of a model directory or a single file (see the module docstring).
+def artifact_files(path: Path) -> list[Path]:
+    """The files :func:`artifact_sha256` hashes: ``path`` itself when it is a file, else every
+    regular file below it (symbolic links and ``registered_model_meta`` left out), sorted.
 
     Raises :class:`FileNotFoundError` when ``path`` holds no file to hash.
     """
@@ -97,12 +98,21 @@ def artifact_sha256(path: Path) -> str:
         files = sorted(p for p in found if p.name not in _UNHASHED)
     if not files:
         raise FileNotFoundError(f"no artifact files under {path}")
+    return files
+
+
+def artifact_sha256(path: Path) -> str:
+    """Tree hash of a model directory or a single file (see the module docstring).
+
+    Raises :class:`FileNotFoundError` when ``path`` holds no file to hash.
+    """
+    path = Path(path)
     manifest = hashlib.sha256()
-    for file in files:
+    for file in artifact_files(path):
+        relative = file.name if file == path else file.relative_to(path).as_posix()
         digest = hashlib.sha256()
         with file.open("rb") as handle:
             while chunk := handle.read(_CHUNK):
                 digest.update(chunk)
-        relative = file.name if file == path else file.relative_to(path).as_posix()
         manifest.update(f"{digest.hexdigest()}  {relative}\n".encode())
     return manifest.hexdigest()

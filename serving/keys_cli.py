@@ -43,6 +43,7 @@ def _record(action: str, target: str, details: dict[str, object]) -> None:
 def keys_init() -> None:
     """Create any missing key file (existing ones are kept); print what each protects."""
     from governance.keyring import (
+        ARTIFACT_DIGEST,
         SERVING_STORE,
         UI_SESSION,
         keys_dir,
@@ -57,6 +58,7 @@ def keys_init() -> None:
     signer = load_audit_signer()
     load_store_key(SERVING_STORE)
     load_store_key(UI_SESSION)
+    load_store_key(ARTIFACT_DIGEST)
     directory = keys_dir()
     out.print(f"keys in {directory}:")
     for name in sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")):

@@ -6,8 +6,11 @@ action under ``model.`` or ``policy.``: submit, approve, reject, revoke, promote
 signed policy), which the gate probes for every ``probe_s`` (0.25 s) with one indexed query; so
 a revocation is refused within about ``probe_s`` plus one decision while a cached answer costs
 microseconds; the artifact's hash is recomputed every ``artifact_ttl_s`` (60 s; it may
-mean downloading the model) and on ``fresh=True`` (use it at deploy time). Any error fails
-closed (denied, with the reason).
+mean downloading the model) and on ``fresh=True`` (use it at deploy time). A local artifact
+whose files are unchanged since a process last hashed them is not read again outside
+``fresh=True``: the hash comes from that process's MACed record, checked against the files'
+identities (:mod:`governance.approvals.digests`). Any error fails closed (denied, with the
+reason).
 
 For an alias, beyond the policy checklist, the alias must be allowed by the policy and the
 newest authentic RadGate promotion for that alias must name the version the alias points
@@ -24,17 +27,20 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from governance.approvals.digests import recorded_sha256
 from governance.approvals.policy_record import policy_reason
 from governance.approvals.registry import (
     RegistryError,
-    artifact_sha256,
+    artifact_location,
     bound_registry_http,
     gather_evidence,
+    hash_artifact,
     model_target,
     registry_client,
 )
@@ -44,6 +50,7 @@ from governance.settings import get_settings
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
 
 __all__ = [
     "DEFAULT_ARTIFACT_TTL_S",
@@ -95,6 +102,12 @@ class GateDecision:
 #: MLflow's error codes for a model or alias that does not exist (any other error is the
 #: registry failing, which the decision reports as such).
 _NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"})
+
+
+def _done(value: str | None) -> Future[str | None]:
+    done: Future[str | None] = Future()
+    done.set_result(value)
+    return done
 
 
 class Gate:
@@ -229,16 +242,37 @@ class Gate:
             self._cache[key] = (time.monotonic() + self.ttl_s, decision, seen)
         return decision
 
-    def _artifact_hash(self, name: str, version: str, fresh: bool) -> str | None:
+    def _artifact_hash(self, name: str, version: str, fresh: bool) -> Future[str | None]:
+        """The artifact's hash (``None``: unreadable), as a future.
+
+        The registry is read here, in the deciding thread; only reading the bytes runs in the
+        hash pool (hashlib and file reads release the GIL, the registry's Python does not: two
+        threads running it take turns at the GIL, each turn up to the switch interval). A hash
+        from this process within ``artifact_ttl_s``, or an authentic record of a local
+        artifact whose files are unchanged, is returned done; ``fresh`` reads the bytes."""
         key = (name, version)
         with self._lock:
             hit = self._hashes.get(key)
         if hit is not None and hit[0] > time.monotonic() and not fresh:
-            return hit[1]
+            return _done(hit[1])
         try:
-            digest: str | None = artifact_sha256(self.client, name, version)
+            location = artifact_location(self.client, name, version)
+        except RegistryError:
+            return _done(self._remember_hash(key, None))
+        if isinstance(location, Path) and not fresh:
+            known = recorded_sha256(location)
+            if known is not None:
+                return _done(self._remember_hash(key, known))
+        return self._hasher().submit(self._hash_bytes, key, location)
+
+    def _hash_bytes(self, key: tuple[str, str], location: Path | str) -> str | None:
+        try:
+            digest: str | None = hash_artifact(self.client, key[0], key[1], location)
         except RegistryError:
             digest = None
+        return self._remember_hash(key, digest)
+
+    def _remember_hash(self, key: tuple[str, str], digest: str | None) -> str | None:
         with self._lock:
             self._hashes[key] = (time.monotonic() + self.artifact_ttl_s, digest)
         return digest
@@ -253,6 +287,7 @@ class Gate:
         from mlflow.exceptions import MlflowException
 
         policy_sha: str | None = None
+        aliased: ModelVersion | None = None  # the version the alias names, as the registry read it
         try:
             loaded = self._policy or load_policy()
             policy_sha = loaded.sha256
@@ -271,7 +306,8 @@ class Gate:
                         policy_sha256=policy_sha,
                     )
                 try:
-                    version = str(self.client.get_model_version_by_alias(name, alias).version)
+                    aliased = self.client.get_model_version_by_alias(name, alias)
+                    version = str(aliased.version)
                 except MlflowException as exc:
                     if exc.error_code not in _NOT_FOUND:
                         raise  # the registry failed (unreachable, erroring): reported as a gate error
@@ -285,12 +321,12 @@ class Gate:
                         policy_sha256=policy_sha,
                     )
             assert version is not None
-            # The artifact hash (reading tens of MB; hashlib releases the GIL) runs beside the
-            # registry and audit queries of the evidence: a cold decision waits for the longer
-            # of the two instead of their sum.
-            hashing = self._hasher().submit(self._artifact_hash, name, version, fresh)
+            # Reading the artifact's bytes (tens of MB; hashlib releases the GIL) runs beside the
+            # registry and audit queries of the evidence: a decision that must read them waits
+            # for the longer of the two instead of their sum.
+            hashing = self._artifact_hash(name, version, fresh)
             evidence, _ = gather_evidence(
-                self.client, self.audit, name, version, with_hash=False, strict=True
+                self.client, self.audit, name, version, with_hash=False, strict=True, model_version=aliased
             )
             evidence = replace(evidence, artifact_sha256=hashing.result())
             checklist = evaluate(policy, evidence, datetime.now(UTC))

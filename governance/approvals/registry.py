@@ -33,9 +33,11 @@ __all__ = [
     "TAG_STATUS",
     "TAG_SUBMISSION",
     "RegistryError",
+    "artifact_location",
     "artifact_sha256",
     "bound_registry_http",
     "gather_evidence",
+    "hash_artifact",
     "hash_tree",
     "model_target",
     "registry_client",
@@ -102,8 +104,9 @@ def _local_path(uri: str) -> Path | None:
     return None
 
 
-def artifact_sha256(client: MlflowClient, name: str, version: str | int) -> str:
-    """The hash of the version's artifact as stored now (downloaded first if remote)."""
+def artifact_location(client: MlflowClient, name: str, version: str | int) -> Path | str:
+    """Where the version's artifact is stored: a local path (that exists), or the URI it is
+    downloaded from."""
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
@@ -111,22 +114,46 @@ def artifact_sha256(client: MlflowClient, name: str, version: str | int) -> str:
         uri = client.get_model_version_download_uri(name, str(version))
         if RunsArtifactRepository.is_runs_uri(uri):
             uri = RunsArtifactRepository.get_underlying_uri(uri, client.tracking_uri)
-        local = _local_path(uri)
-        if local is not None:
-            if not local.exists():
-                raise RegistryError(f"artifact of {name} v{version} is missing")
-            return hash_tree(local)
+    except MlflowException as exc:
+        raise RegistryError(f"cannot read the artifact of {name} v{version}: {exc.message}") from exc
+    local = _local_path(uri)
+    if local is None:
+        return uri
+    if not local.exists():
+        raise RegistryError(f"artifact of {name} v{version} is missing")
+    return local
+
+
+def hash_artifact(client: MlflowClient, name: str, version: str | int, location: Path | str) -> str:
+    """The hash of the artifact at ``location`` (:func:`artifact_location`), every byte read: a
+    remote one is downloaded first; a local one's hash is recorded for later processes
+    (:mod:`governance.approvals.digests`)."""
+    from mlflow.exceptions import MlflowException
+
+    from governance.approvals.digests import hash_and_record
+
+    try:
+        if isinstance(location, Path):
+            try:
+                return hash_and_record(location)
+            except FileNotFoundError:
+                raise RegistryError("artifact is empty or missing") from None
         import mlflow.artifacts
 
         with tempfile.TemporaryDirectory(prefix="radgate-hash-") as tmp:
             fetched = mlflow.artifacts.download_artifacts(
-                artifact_uri=uri, dst_path=tmp, tracking_uri=client.tracking_uri
+                artifact_uri=location, dst_path=tmp, tracking_uri=client.tracking_uri
             )
             return hash_tree(Path(fetched))
     except MlflowException as exc:
         raise RegistryError(f"cannot read the artifact of {name} v{version}: {exc.message}") from exc
     except OSError as exc:
         raise RegistryError(f"cannot read the artifact of {name} v{version}: {exc.strerror}") from exc
+
+
+def artifact_sha256(client: MlflowClient, name: str, version: str | int) -> str:
+    """The hash of the version's artifact as stored now (downloaded first if remote)."""
+    return hash_artifact(client, name, version, artifact_location(client, name, version))
 
 
 def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
@@ -182,8 +209,10 @@ def gather_evidence(
     *,
     with_hash: bool = True,
     strict: bool = False,
+    model_version: ModelVersion | None = None,
 ) -> tuple[Evidence, ModelVersion]:
-    """Collect what the policy needs for one version.
+    """Collect what the policy needs for one version (``model_version``: the registry's entry
+    for it, when the caller has just read it, e.g. by its alias; else it is read here).
 
     Decisions and the submission come from authentic audit entries for the version; a
     ``radgate.decision.*`` tag without a matching authentic entry becomes an unconfirmed
@@ -191,7 +220,9 @@ def gather_evidence(
     authentic raises :class:`RegistryError` instead of being skipped: a tampered revocation
     must deny, not vanish.
     """
-    mv = get_version(client, name, version)
+    if model_version is not None and str(model_version.version) != str(version):
+        raise ValueError(f"model_version is v{model_version.version}, not v{version}")
+    mv = model_version if model_version is not None else get_version(client, name, version)
     target = model_target(name, mv.version)
     entries = audit.entries(target=target, actions=["model.submit", *DECISION_ACTIONS])
     submission: Submission | None = None

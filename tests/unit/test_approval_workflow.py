@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -184,6 +185,31 @@ def test_artifact_swapped_after_approval_is_denied(registry: object, cast: Cast)
     checklist = workflow.status(NAME, version)
     assert not checklist.passed
     assert "approved another artifact" in next(i for i in checklist.failures if i.kind == "approval").detail
+
+
+def test_weights_swapped_behind_a_recorded_hash_are_denied_by_a_new_replica(
+    registry: object, cast: Cast
+) -> None:
+    """A deploy-time check leaves a MACed record of the artifact's hash; a replica that starts
+    later takes the hash from it instead of reading the weights. Weights overwritten with as
+    many bytes and their modification time set back must still be denied by that replica."""
+    from governance.approvals.digests import SETTLE_S, recorded_sha256
+
+    version, artifact, workflow = _approved(registry, cast)
+    workflow.promote(cast["eng"], NAME, version, "production")
+    weights = artifact / "model.bin"
+    time.sleep(max(0.0, SETTLE_S + 0.05 - (time.time_ns() - weights.stat().st_ctime_ns) / 1e9))
+    deployed = Gate(registry)(NAME, "production", fresh=True)  # type: ignore[arg-type]
+    assert deployed.allowed
+    assert recorded_sha256(artifact) == deployed.artifact_sha256
+    assert Gate(registry)(NAME, "production").allowed  # type: ignore[arg-type]
+
+    before = weights.stat()
+    weights.write_bytes(bytes(before.st_size))
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    replica = Gate(registry)(NAME, "production")  # type: ignore[arg-type]
+    assert not replica.allowed
+    assert any(r.startswith("artifact unchanged") for r in replica.reasons)
 
 
 def test_alias_set_directly_in_mlflow_is_caught(registry: object, cast: Cast) -> None:
