@@ -130,3 +130,20 @@ def test_faint_white_text_on_a_light_capture_is_redacted() -> None:
     for bx, by, bw, bh in screen["boxes_redacted"]:
         covered[by : by + bh, bx : bx + bw] = True
     assert covered[y : y + h, x : x + w].mean() >= 0.9
+
+
+@pytest.mark.parametrize("size", [(21, 21), (20, 21), (30, 8), (5, 4), (2, 2), (64, 13)])
+def test_the_pre_screen_morphology_equals_scipys(size: tuple[int, int]) -> None:
+    """The top-hats and local maximum run through OpenCV: pixel for pixel what SciPy's grey
+    morphology gives (even sides included, where the two libraries anchor differently)."""
+    from scipy import ndimage
+
+    from imaging.deid.burned_in.render import local_maximum, tophats
+
+    rng = np.random.default_rng(sum(size))
+    image = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+    white, black = tophats(image, size)
+    assert np.array_equal(white, ndimage.white_tophat(image, size=size))
+    assert np.array_equal(black, ndimage.black_tophat(image, size=size))
+    values = rng.random((40, 50)).astype(np.float32)
+    assert np.array_equal(local_maximum(values, size[0]), ndimage.maximum_filter(values, size=size[0]))

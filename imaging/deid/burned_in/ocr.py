@@ -223,6 +223,8 @@ class RapidOcrEngine:
     _PAD = 16  # pixels added around the frame before detection
     _TALL = 1.5  # a box this many times taller than wide is a vertical line
     _MEMORY = 2048  # readings remembered (crop digest -> text, score)
+    _DET_MODEL = "ch_PP-OCRv4_det_infer.onnx"  # the wheel's models (Apache-2.0)
+    _REC_MODEL = "ch_PP-OCRv4_rec_infer.onnx"
 
     def __init__(self, threads: int = 1, side: int = 1024) -> None:
         try:
@@ -230,7 +232,11 @@ class RapidOcrEngine:
         except ImportError as exc:
             raise OcrUnavailableError("rapidocr-onnxruntime is not installed") from exc
         self._module = rapidocr_onnxruntime
+        models = Path(rapidocr_onnxruntime.__file__).parent / "models"
+        self._models = {"det": models / self._DET_MODEL, "rec": models / self._REC_MODEL}
         self._engine = rapidocr_onnxruntime.RapidOCR(
+            det_model_path=str(self._models["det"]),
+            rec_model_path=str(self._models["rec"]),
             intra_op_num_threads=threads,
             inter_op_num_threads=1,
             det_limit_side_len=side,
@@ -238,8 +244,30 @@ class RapidOcrEngine:
             use_cls=False,
             rec_batch_num=16,
         )
+        self._with_memory_arena(threads)
         self._lock = threading.Lock()  # one onnxruntime session set, used by one thread at a time
         self._readings: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def _with_memory_arena(self, threads: int) -> None:
+        """The detector's and recogniser's sessions again, with onnxruntime's CPU memory arena
+        (RapidOCR turns it off): buffers are reused from frame to frame instead of allocated
+        for every run, about a tenth of the detector's time on a 512 x 512 frame. The models
+        and every other option are RapidOCR's own."""
+        import onnxruntime
+
+        for wrapper, model in (
+            (self._engine.text_det.infer, self._models["det"]),
+            (self._engine.text_rec.session, self._models["rec"]),
+        ):
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 4
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = max(1, threads)
+            options.inter_op_num_threads = 1
+            options.enable_cpu_mem_arena = True
+            wrapper.session = onnxruntime.InferenceSession(
+                str(model), sess_options=options, providers=wrapper.session.get_providers()
+            )
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import version
@@ -248,7 +276,7 @@ class RapidOcrEngine:
             "engine": "rapidocr",
             "rapidocr-onnxruntime": version("rapidocr-onnxruntime"),
             "onnxruntime": version("onnxruntime"),
-            "model": "ch_PP-OCRv4_det_infer.onnx + ch_PP-OCRv4_rec_infer.onnx",
+            "model": f"{self._DET_MODEL} + {self._REC_MODEL}",
         }
 
     def detect(self, image: np.ndarray, *, timeout_ms: int) -> list[Box]:

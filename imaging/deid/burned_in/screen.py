@@ -43,6 +43,7 @@ from imaging.deid.burned_in.render import (
     sample_frames,
     stroke_render,
     text_likely,
+    tophats,
 )
 from imaging.deid.errors import QuarantineError, QuarantineReason
 from imaging.deid.profile import BurnedInPolicy
@@ -307,8 +308,6 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
     stay inside the band (texture at the glyphs' level, a photograph's fur or foliage, runs on
     above and below it). The walk crosses gaps up to a character wide and goes at most a few
     thicknesses each way. On a plain ground nothing continues and the box is unchanged."""
-    from scipy.ndimage import black_tophat, white_tophat
-
     x, y, w, h = box
     horizontal = w >= h
     thick = h if horizontal else w
@@ -333,7 +332,7 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
         return box
     band = strip[inside[0] : inside[1]]
     size = (strip.shape[0], max(3, thick))
-    hats = (white_tophat(strip, size=size), black_tophat(strip, size=size))
+    hats = tophats(strip, size)
     hat = max(hats, key=lambda candidate: int(candidate[inside[0] : inside[1], inner[0] : inner[1]].max()))
     own = int(hat[inside[0] : inside[1], inner[0] : inner[1]].max())
     if own < 24:
@@ -351,6 +350,21 @@ def _extend_along(image: np.ndarray, box: Box) -> Box:
     if horizontal:
         return (start + low, y, high - low, h)
     return (x, start + low, w, high - low)
+
+
+def _without(crop: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """``crop`` (2D) with ``boxes`` (its coordinates, clipped) painted in the median of the rest:
+    what is left around redactions, without the edges of the black boxes themselves."""
+    inside = np.zeros(crop.shape[:2], bool)
+    for x, y, w, h in boxes:
+        inside[max(0, y) : max(0, y + h), max(0, x) : max(0, x + w)] = True
+    if not inside.any():
+        return crop
+    if inside.all():
+        return np.zeros_like(crop)
+    painted = crop.copy()
+    painted[inside] = np.median(crop[~inside])
+    return painted
 
 
 def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
@@ -707,6 +721,7 @@ class PixelScreener:
             return self._call(engine.detect, work, timeout_ms=self.policy.ocr_timeout_ms)
         height, width = work.shape[:2]
         windows: list[Box] = []
+        filled: list[Box] = []  # the redactions themselves, a little wider (resampled edges)
         for x, y, w, h in focus:
             x0, y0 = int(x * factor), int(y * factor)
             x1, y1 = int(np.ceil((x + w) * factor)), int(np.ceil((y + h) * factor))
@@ -720,11 +735,14 @@ class PixelScreener:
                     height,
                 )
             )
+            filled.append((x0 - 2, y0 - 2, x1 - x0 + 4, y1 - y0 + 4))
         boxes: list[Box] = []
         for wx, wy, ww, wh in _merge_overlapping(windows):
             if ww < 8 or wh < 8:
                 continue
             crop = np.ascontiguousarray(work[wy : wy + wh, wx : wx + ww])
+            if not text_likely(_without(crop, [(fx - wx, fy - wy, fw, fh) for fx, fy, fw, fh in filled])):
+                continue  # around the redaction, nothing a glyph needs: nothing left to detect
             for bx, by, bw, bh in self._call(engine.detect, crop, timeout_ms=self.policy.ocr_timeout_ms):
                 boxes.append((bx + wx, by + wy, bw, bh))
         return boxes
