@@ -39,12 +39,18 @@ for name in ("serving-store", "ui-session"):
     if not (keys / f"{name}.key").exists():
         (keys / f"{name}.key").write_text(secrets.token_bytes(32).hex() + "\n")
 PY
+# TLS for every RadGate listener and for Orthanc's DICOM TLS: a development CA and a certificate of
+# its own per service (`radgate certs dev`: scripts/setup.sh's venv, or RADGATE=/path/to/radgate);
+# a site puts its PKI's files here instead. Existing certificates are kept; only the missing ones
+# are issued. tls/ca-key.pem is mounted nowhere.
+radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
+"$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc >/dev/null
 # The services' RadGate tokens are issued by an admin once the catalog runs
 # (scripts/containers.sh bootstrap): empty until then.
 for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done
 # Compose bind-mounts secret files with their host mode: containers run as other users.
 chmod 0644 ./* 2>/dev/null || true
-chmod 0644 keys/*
-chmod 0600 keys/broker.key   # mounted nowhere
-chmod 0700 . keys
+chmod 0644 keys/* tls/*
+chmod 0600 keys/broker.key tls/ca-key.pem tls/server-key.pem tls/client-key.pem   # mounted nowhere
+chmod 0700 . keys tls
 ls -l

@@ -52,8 +52,9 @@ COPY --chmod=0755 docker/entrypoint.sh /usr/local/bin/radgate-entrypoint
 USER 1000:100
 WORKDIR /home/ray
 EXPOSE 8000
-# Ray Serve's proxy answers /-/healthz without credentials (the API's /healthz needs a token).
+# Ray Serve's proxy answers /-/healthz without credentials (the API's /healthz needs a token);
+# serve.yaml serves HTTPS only, with the certificate and CA mounted under /run/radgate-tls.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["python", "/home/ray/healthcheck.py", "http", "http://127.0.0.1:8000/-/healthz"]
+    CMD ["python", "/home/ray/healthcheck.py", "https", "https://localhost:8000/-/healthz", "/run/radgate-tls/ca.pem"]
 ENTRYPOINT ["/usr/local/bin/radgate-entrypoint", "radgate"]
 CMD ["serve", "/home/ray/serve.yaml"]

@@ -32,6 +32,7 @@ __all__ = [
     "TlsConfigError",
     "TransportSecurity",
     "client_context",
+    "issue_service_certificates",
     "make_dev_certificates",
     "server_context",
 ]
@@ -196,6 +197,78 @@ def _write_private(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def _dev_name(common: str, organization: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
+            x509.NameAttribute(NameOID.COMMON_NAME, common),
+        ]
+    )
+
+
+def _dev_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    # RSA: the BCP 195 suites DICOM peers (dcmtk, Orthanc) implement are ECDHE_RSA.
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _alt_names(names: tuple[str, ...]) -> list[Any]:
+    from cryptography import x509
+
+    alt_names: list[x509.GeneralName] = []
+    for entry in names:
+        try:
+            alt_names.append(x509.IPAddress(ipaddress.ip_address(entry)))
+        except ValueError:
+            alt_names.append(x509.DNSName(entry))
+    return alt_names
+
+
+def _issue_leaf(
+    ca_cert: Any, ca_key: Any, common: str, *, client_only: bool, names: tuple[str, ...], days: int
+) -> tuple[bytes, bytes]:
+    """A leaf certificate (PEM) and its key (PEM, PKCS8) issued by the dev CA: for TLS servers
+    (also valid as clients: a DICOM AE both accepts and initiates associations) or clients only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if not client_only:
+        usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
+    organization = ca_cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)[0].value
+    leaf_key = _dev_key()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_dev_name(common, str(organization)))
+        .issuer_name(ca_cert.subject)
+        .public_key(leaf_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_alt_names(names)), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
 def make_dev_certificates(
     directory: Path,
     *,
@@ -209,27 +282,13 @@ def make_dev_certificates(
     hospital deployment uses certificates from its own PKI."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
-    def key() -> rsa.RSAPrivateKey:
-        # RSA: the BCP 195 suites DICOM peers (dcmtk, Orthanc) implement are ECDHE_RSA.
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-    def name(common: str) -> x509.Name:
-        return x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-                x509.NameAttribute(NameOID.COMMON_NAME, common),
-            ]
-        )
-
-    ca_key = key()
-    ca_name = name("RadGate dev root CA")
+    ca_key = _dev_key()
+    ca_name = _dev_name("RadGate dev root CA", organization)
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -245,48 +304,12 @@ def make_dev_certificates(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-
-    def issue(
-        common: str, usages: list[x509.ObjectIdentifier], san: list[x509.GeneralName]
-    ) -> tuple[bytes, bytes]:
-        leaf_key = key()
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(common))
-            .issuer_name(ca_name)
-            .public_key(leaf_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-            )
-            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        cert = builder.sign(ca_key, hashes.SHA256())
-        key_pem = leaf_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-    alt_names: list[x509.GeneralName] = []
-    for entry in names:
-        try:
-            alt_names.append(x509.IPAddress(ipaddress.ip_address(entry)))
-        except ValueError:
-            alt_names.append(x509.DNSName(entry))
-    server_pem, server_key_pem = issue(
-        names[0] if names else "radgate",
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        alt_names,
+    server_pem, server_key_pem = _issue_leaf(
+        ca_cert, ca_key, names[0] if names else "radgate", client_only=False, names=names, days=days
     )
-    client_pem, client_key_pem = issue("radgate-client", [ExtendedKeyUsageOID.CLIENT_AUTH], [])
+    client_pem, client_key_pem = _issue_leaf(
+        ca_cert, ca_key, "radgate-client", client_only=True, names=(), days=days
+    )
 
     paths = DevCertificates(
         directory=directory,
@@ -309,6 +332,43 @@ def make_dev_certificates(
     paths.client_certificate.write_bytes(client_pem)
     _write_private(paths.client_key, client_key_pem)
     return paths
+
+
+def issue_service_certificates(
+    directory: Path, services: tuple[str, ...], *, days: int = 365
+) -> dict[str, tuple[Path, Path]]:
+    """With the dev CA in ``directory`` (``make_dev_certificates``): one certificate per service
+    that has none yet, ``SERVICE.pem`` and ``SERVICE-key.pem``, for the DNS name SERVICE (its
+    name on a compose network or in a cluster), ``localhost`` and ``127.0.0.1``, valid for
+    server and client use. Each service then holds its own TLS key, not one shared by all.
+    Returns every named service's (certificate, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca_cert = x509.load_pem_x509_certificate(_readable(directory / "ca.pem", "CA certificate").read_bytes())
+    ca_key: Any = None
+    made: dict[str, tuple[Path, Path]] = {}
+    for service in services:
+        if not service or "/" in service or service.startswith("."):
+            raise TlsConfigError(f"not a service name: {service!r}")
+        certificate, key = directory / f"{service}.pem", directory / f"{service}-key.pem"
+        if not (certificate.exists() and key.exists()):
+            if ca_key is None:
+                ca_key = serialization.load_pem_private_key(
+                    _readable(directory / "ca-key.pem", "CA key").read_bytes(), password=None
+                )
+            pem, key_pem = _issue_leaf(
+                ca_cert,
+                ca_key,
+                service,
+                client_only=False,
+                names=(service, "localhost", "127.0.0.1"),
+                days=days,
+            )
+            _write_private(key, key_pem)
+            certificate.write_bytes(pem)
+        made[service] = (certificate, key)
+    return made
 
 
 # -- HTTPS responses ---------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,7 +48,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = REPO / "docker" / "secrets"
 ORTHANC_URL = "http://127.0.0.1:18042"
-SERVING_URL = "http://127.0.0.1:18000"
+# Serving answers HTTPS only, with the certificate docker/make-secrets.sh issued from its dev CA.
+SERVING_URL = "https://localhost:18000"
+SERVING_CA = SECRETS / "tls" / "ca.pem"
 MODEL = "chest-opacity"
 TOKEN = re.compile(r"\brg_[A-Za-z0-9_-]{20,}")
 ENTRYPOINT = "/usr/local/bin/radgate-entrypoint"
@@ -205,12 +208,24 @@ class Journey:
         return keys
 
     def radgate(
-        self, *argv: str, token: str | None = None, timeout: float = 600, env: dict[str, str] | None = None
+        self,
+        *argv: str,
+        token: str | None = None,
+        timeout: float = 600,
+        env: dict[str, str] | None = None,
+        service: str = "ray-head",
     ) -> str:
+        """``radgate ARGV`` in a service's container (the Ray head unless the command needs
+        another service's keys: the pseudonym key is only in the gateway, the de-identifier)."""
         extra = dict(env or {})
         if token is not None:
             extra["RADGATE_TOKEN"] = self.tokens[token]
-        return self.stack.exec("ray-head", ["radgate", *argv], env=extra, timeout=timeout)
+        return self.stack.exec(service, ["radgate", *argv], env=extra, timeout=timeout)
+
+    @staticmethod
+    def serving_tls() -> ssl.SSLContext:
+        """Verify serving's certificate against the stack's dev CA (not the system store)."""
+        return ssl.create_default_context(cafile=str(SERVING_CA))
 
     # --- steps -----------------------------------------------------------------------------
 
@@ -291,8 +306,10 @@ class Journey:
                 out = self.radgate("users", "rotate", f"smoke-{name}", token="admin")
             self.tokens[name] = TOKEN.findall(out)[-1]
         assert self.labels_csv is not None
+        # Original identifiers in the labels file are resolved with the pseudonym key: in the
+        # de-identifier's container, the only one that holds it.
         self.stack.exec(
-            "ray-head", ["sh", "-c", "cat > /tmp/smoke-labels.csv"], stdin=self.labels_csv.read_text()
+            "gateway", ["sh", "-c", "cat > /tmp/smoke-labels.csv"], stdin=self.labels_csv.read_text()
         )
         out = self.radgate(
             "dataset",
@@ -303,6 +320,7 @@ class Journey:
             "--label-names",
             "no_finding,opacity",
             token="steward",
+            service="gateway",
         )
         return {"users": sorted(self.tokens), "dataset": out.strip().splitlines()[-1][:200]}
 
@@ -357,7 +375,7 @@ class Journey:
         while time.monotonic() < deadline:
             try:
                 request = urllib.request.Request(f"{SERVING_URL}/healthz", headers=headers)
-                with urllib.request.urlopen(request, timeout=30) as reply:
+                with urllib.request.urlopen(request, timeout=30, context=self.serving_tls()) as reply:
                     health = json.loads(reply.read())
                     if MODEL in health.get("models", {}):  # served; its weights load on first use
                         break
@@ -376,7 +394,7 @@ class Journey:
             method="POST",
             headers={**headers, "Content-Type": "application/dicom"},
         )
-        with urllib.request.urlopen(request, timeout=300) as reply:
+        with urllib.request.urlopen(request, timeout=300, context=self.serving_tls()) as reply:
             result = json.loads(reply.read())
         return {
             "health": health,

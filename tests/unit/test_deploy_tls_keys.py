@@ -1,0 +1,317 @@
+"""TLS and keys in the deployment files (docker/compose.yaml, its `local` override, the configs
+they mount, docker/k8s/*.yaml), read as the engines read them (no engine or cluster runs here):
+
+- every RadGate listener runs with TLS on: the gateway's DICOM SCP (mutual TLS) and STOW-RS,
+  serving's API, the reviewer UI; each names a certificate and key that its service mounts, and
+  its health check speaks HTTPS against the mounted CA; Orthanc speaks DICOM TLS both ways;
+- each service mounts exactly the keys its code reads (``KEYS``, below, says which code), the
+  pseudonym key only in the de-identifier, the broker's private key and the CA's key nowhere, and
+  no service another service's TLS key.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.unit.test_deploy_static import _ComposeLoader  # compose's !override / !reset tags
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = REPO / "docker"
+K8S = DOCKER / "k8s"
+KEYS_DIR = "/run/radgate-keys/"
+TLS_DIR = "/run/radgate-tls/"
+
+# The key files each RadGate service reads (governance.keyring; docs/SECURITY.md, "Keys per service"):
+# - every service writes audit entries (governance.audit.record: audit-signing.key) and the gate or
+#   the audit page verifies the chain (audit-signing.pub);
+# - gateway: pseudonyms (imaging.deid via governance.keys.load_project_key: project.key) and
+#   originals sealed to the honest broker (re-id map, quarantine: broker.pub);
+# - serving: its sealed records (serving.monitoring.sealing.serving_key: serving-store.key); the
+#   pseudonym key only if held (serving.monitoring.live._pseudonym_key_if_held): not mounted;
+# - ui: sessions and CSRF tokens (serving.ui.sessions / security: ui-session.key);
+# - the training cluster: training evidence and the admin commands run there (audit only).
+AUDIT = {"audit-signing.key", "audit-signing.pub"}
+KEYS = {
+    "gateway": {"project.key", "broker.pub", *AUDIT},
+    "serving": {"serving-store.key", *AUDIT},
+    "ui": {"ui-session.key", *AUDIT},
+    "ray-head": AUDIT,
+    "ray-worker": AUDIT,
+    "trainer": AUDIT,
+}
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def _targets(service: dict[str, Any]) -> dict[str, str]:
+    """Mounted secret files of a compose service: target path -> secret name."""
+    out = {}
+    for secret in service.get("secrets", []):
+        if isinstance(secret, dict):
+            out[secret.get("target", f"/run/secrets/{secret['source']}")] = secret["source"]
+        else:
+            out[f"/run/secrets/{secret}"] = secret
+    return out
+
+
+def _files(compose: dict[str, Any]) -> dict[str, str]:
+    """Secret name -> file under docker/."""
+    return {name: spec["file"] for name, spec in compose["secrets"].items()}
+
+
+# --- compose: keys -------------------------------------------------------------------------------
+
+
+def test_each_compose_service_mounts_exactly_the_keys_its_code_reads() -> None:
+    compose = _compose()
+    files = _files(compose)
+    for name, service in compose["services"].items():
+        targets = _targets(service)
+        held = {Path(t).name for t in targets if t.startswith(KEYS_DIR)}
+        assert held == KEYS.get(name, set()), name
+        # Each key file is the secret of that name (not another key mounted under its name).
+        for target, source in targets.items():
+            if target.startswith(KEYS_DIR):
+                expected = "radgate_project_key" if target.endswith("project.key") else None
+                stem = Path(files[source]).name
+                assert source == expected or stem == Path(target).name, f"{name}: {target} <- {source}"
+        # Keys only as files: no key in the environment (RADGATE_PROJECT_KEY{,_FILE} included).
+        env = service.get("environment") or {}
+        assert not [k for k in env if k.startswith("RADGATE_PROJECT_KEY")], name
+        if held:
+            assert env.get("RADGATE_KEY_FILE", "").startswith(KEYS_DIR), name
+    # The pseudonym key is the de-identifier's alone; the broker's private key and the CA's key
+    # are files of no secret at all.
+    users = [n for n, s in compose["services"].items() if "radgate_project_key" in _targets(s).values()]
+    assert users == ["gateway"]
+    assert not [f for f in files.values() if f.endswith(("broker.key", "ca-key.pem"))]
+
+
+def test_compose_anchor_env_carries_no_key() -> None:
+    text = (DOCKER / "compose.yaml").read_text()
+    anchor = yaml.safe_load(text)["x-radgate-env"]
+    assert "RADGATE_PROJECT_KEY_FILE" not in anchor and anchor["RADGATE_KEY_FILE"].startswith(KEYS_DIR)
+
+
+# --- compose: TLS ----------------------------------------------------------------------------------
+
+
+def _tls_files(service: dict[str, Any], files: dict[str, str]) -> dict[str, str]:
+    """TLS target path -> file under docker/secrets, of one compose service."""
+    return {t: files[s] for t, s in _targets(service).items() if t.startswith(TLS_DIR)}
+
+
+def _own_tls(name: str, service: dict[str, Any], files: dict[str, str]) -> None:
+    """The service mounts the CA, its own certificate and key, and no other private key."""
+    mounted = _tls_files(service, files)
+    assert mounted.get(f"{TLS_DIR}ca.pem") == "./secrets/tls/ca.pem", name
+    assert mounted.get(f"{TLS_DIR}{name}.pem") == f"./secrets/tls/{name}.pem", name
+    assert mounted.get(f"{TLS_DIR}{name}-key.pem") == f"./secrets/tls/{name}-key.pem", name
+    keys = {f for f in mounted.values() if f.endswith("-key.pem")}
+    assert keys == {f"./secrets/tls/{name}-key.pem"}, f"{name} holds {keys}"
+
+
+def _mounted(path: Path | str | None, service: dict[str, Any]) -> bool:
+    return path is not None and str(path) in _targets(service)
+
+
+def test_gateway_runs_dicom_tls_and_https_with_its_own_certificate() -> None:
+    from imaging.gateway.config import load_config
+
+    compose = _compose()
+    gateway = compose["services"]["gateway"]
+    _own_tls("gateway", gateway, _files(compose))
+    # The config the image reads (compose mounts docker/config/gateway.yaml there).
+    assert "./config/gateway.yaml:/etc/radgate/gateway.yaml:ro" in gateway["volumes"]
+    config = load_config(DOCKER / "config" / "gateway.yaml")
+    dicom, http = config.dicom.tls, config.http.tls
+    assert dicom is not None and dicom.require_client_certificate, "DICOM needs mutual TLS"
+    assert http is not None and config.http.enabled
+    for tls in (dicom, http):
+        assert _mounted(tls.certificate, gateway) and _mounted(tls.private_key, gateway)
+    assert _mounted(dicom.ca_file, gateway)
+    for pacs in config.pacs:  # pushes and pulls to the PACS over DICOM TLS, mutual
+        assert pacs.tls is not None, pacs.name
+        assert _mounted(pacs.tls.ca_file, gateway) and _mounted(pacs.tls.certificate, gateway)
+        assert _mounted(pacs.tls.private_key, gateway)
+
+
+def _https_healthcheck(service: dict[str, Any], port: int) -> None:
+    test = service["healthcheck"]["test"]
+    assert test[0] == "CMD" and "https" in test, test
+    url, ca = test[-2], test[-1]
+    assert url.startswith(f"https://localhost:{port}/") and _mounted(ca, service), test
+
+
+def test_serving_answers_https_only_with_its_own_certificate() -> None:
+    from serving.config import load_serve_config
+
+    compose = _compose()
+    serving = compose["services"]["serving"]
+    _own_tls("serving", serving, _files(compose))
+    _https_healthcheck(serving, 8000)
+    # The image's serve.yaml (docker/serving.Dockerfile copies docker/config/serve.yaml) and the
+    # local stack's (mounted over it).
+    assert "COPY docker/config/serve.yaml /home/ray/serve.yaml" in (DOCKER / "serving.Dockerfile").read_text()
+    for config_file in ("serve.yaml", "serve.local.yaml"):
+        config = load_serve_config(DOCKER / "config" / config_file)
+        assert config.tls is not None and not config.wants_direct_ingress, config_file
+        assert _mounted(config.tls.certificate, serving) and _mounted(config.tls.private_key, serving)
+        if config.pacs is not None:  # results pushed to Orthanc over DICOM TLS
+            assert config.pacs.tls is not None and _mounted(config.pacs.tls.private_key, serving)
+    dockerfile = (DOCKER / "serving.Dockerfile").read_text()
+    assert '"https", "https://localhost:8000/-/healthz"' in dockerfile  # the image's own check
+
+
+def test_reviewer_ui_answers_https_only_with_its_own_certificate() -> None:
+    from typer.main import get_command
+
+    from serving.ui.cli import ui
+
+    compose = _compose()
+    service = compose["services"]["ui"]
+    _own_tls("ui", service, _files(compose))
+    _https_healthcheck(service, 8080)
+    argv = service["command"]
+    assert argv[0] == "ui"
+    import typer
+
+    app = typer.Typer()
+    app.command()(ui)
+    context = get_command(app).make_context("ui", list(argv[1:]))  # the CLI parses these arguments
+    assert _mounted(context.params["tls_cert"], service) and _mounted(context.params["tls_key"], service)
+
+
+def test_orthanc_speaks_dicom_tls_with_its_own_certificate() -> None:
+    compose = _compose()
+    orthanc = compose["services"]["orthanc"]
+    _own_tls("orthanc", orthanc, _files(compose))
+    env = orthanc["environment"]
+    assert env["ORTHANC__DICOM_TLS_ENABLED"] == "true"
+    assert env["ORTHANC__DICOM_TLS_REMOTE_CERTIFICATE_REQUIRED"] == "true"
+    for key in ("CERTIFICATE", "PRIVATE_KEY", "TRUSTED_CERTIFICATES"):
+        assert _mounted(env[f"ORTHANC__DICOM_TLS_{key}"], orthanc), key
+    modalities = json.loads(env["ORTHANC__DICOM_MODALITIES"])
+    assert all(m["UseDicomTls"] for m in modalities.values())
+    # The `local` override's Orthanc (Debian's, configured by docker/peers/orthanc.json).
+    local = (DOCKER / "peers" / "orthanc.json").read_text()
+    config = json.loads(local)
+    assert config["DicomTlsEnabled"] and config["DicomTlsRemoteCertificateRequired"]
+    assert all(m["UseDicomTls"] for m in config["DicomModalities"].values())
+    override = yaml.load((DOCKER / "compose.local.yaml").read_text(), Loader=_ComposeLoader)
+    local_targets = _targets({"secrets": override["services"]["orthanc"]["secrets"]})
+    for key in ("DicomTlsCertificate", "DicomTlsPrivateKey", "DicomTlsTrustedCertificates"):
+        assert config[key] in local_targets, key
+
+
+# --- Kubernetes --------------------------------------------------------------------------------------
+
+
+def _manifests(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = doc["spec"].get("rayClusterConfig") or doc["spec"].get("rayClusterSpec") or doc["spec"]
+    specs = [cluster["headGroupSpec"]["template"]["spec"]]
+    return specs + [group["template"]["spec"] for group in cluster["workerGroupSpecs"]]
+
+
+def _secret_volume(spec: dict[str, Any], mount_path: str) -> dict[str, Any]:
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == mount_path.rstrip("/")]
+    assert mount.get("readOnly") is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    secret: dict[str, Any] = volume["secret"]
+    return secret
+
+
+@pytest.mark.parametrize(
+    ("manifest", "kind", "secret", "keys"),
+    [
+        ("rayservice.yaml", "RayService", "radgate-serving-keys", KEYS["serving"]),
+        ("raycluster.yaml", "RayCluster", "radgate-training-keys", KEYS["ray-head"]),
+        ("rayjob-train.yaml", "RayJob", "radgate-training-keys", KEYS["trainer"]),
+    ],
+)
+def test_kubernetes_pods_mount_only_their_keys(manifest: str, kind: str, secret: str, keys: set[str]) -> None:
+    (doc,) = [d for d in _manifests(manifest) if d["kind"] == kind]
+    for spec in _pod_specs(doc):
+        volume = _secret_volume(spec, KEYS_DIR)
+        assert volume["secretName"] == secret
+        assert {item["path"] for item in volume["items"]} == keys  # only these files are projected
+        (container,) = spec["containers"]
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env["RADGATE_KEY_FILE"]["value"].startswith(KEYS_DIR)
+        assert "RADGATE_PROJECT_KEY" not in env
+    text = (K8S / manifest).read_text()
+    assert "radgate-project-key" not in text
+
+
+def test_rayservice_serves_https_on_every_node_with_its_certificate() -> None:
+    from serving.config import ServeConfig
+
+    docs = _manifests("rayservice.yaml")
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    options = yaml.safe_load(service["spec"]["serveConfigV2"])["http_options"]
+    serve = ServeConfig.model_validate(yaml.safe_load(config_map["data"]["serve.yaml"]))
+    assert serve.tls is not None
+    assert (options["ssl_certfile"], options["ssl_keyfile"]) == (
+        str(serve.tls.certificate),
+        str(serve.tls.private_key),
+    )
+    for spec in _pod_specs(service):
+        volume = _secret_volume(spec, TLS_DIR)
+        assert volume["secretName"] == "radgate-serving-tls"
+        projected = {TLS_DIR + item["path"] for item in volume["items"]}
+        assert {options["ssl_certfile"], options["ssl_keyfile"]} <= projected
+        (container,) = spec["containers"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            command = " ".join(shlex.quote(part) for part in container[probe]["exec"]["command"])
+            assert "https://localhost:8000/-/healthz" in command and f"{TLS_DIR}ca.crt" in command
+            assert f"{TLS_DIR}ca.crt" in projected
+
+
+def test_healthcheck_speaks_https_and_verifies_the_ca(tmp_path: Path) -> None:
+    """``healthcheck.py https URL CAFILE``, the check of serving and the UI: 0 from a server whose
+    certificate the CA issued, 1 when the CA is another one or the server speaks plaintext."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from governance.tls import make_dev_certificates, server_context
+
+    ours, other = make_dev_certificates(tmp_path / "a"), make_dev_certificates(tmp_path / "b")
+
+    class Ok(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    check = [sys.executable, str(DOCKER / "healthcheck.py")]
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok) as plain:
+        threading.Thread(target=plain.serve_forever, daemon=True).start()
+        url = f"https://localhost:{plain.server_address[1]}/-/healthz"
+        assert subprocess.run([*check, "https", url, str(ours.ca_certificate)], timeout=30).returncode == 1
+        plain.shutdown()
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ok) as server:
+        context = server_context(ours.server_certificate, ours.server_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"https://localhost:{server.server_address[1]}/-/healthz"
+        assert subprocess.run([*check, "https", url, str(ours.ca_certificate)], timeout=30).returncode == 0
+        assert subprocess.run([*check, "https", url, str(other.ca_certificate)], timeout=30).returncode == 1
+        server.shutdown()
