@@ -111,7 +111,10 @@ def artifact_location(client: MlflowClient, name: str, version: str | int) -> Pa
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
     try:
-        uri = client.get_model_version_download_uri(name, str(version))
+        # From the registry client: MlflowClient's own method first reads the whole registered
+        # model (every latest version, its tags and aliases) only to refuse a prompt, which
+        # reading the version itself refuses (get_model_version, get_model_version_by_alias).
+        uri = client._get_registry_client().get_model_version_download_uri(name, str(version))
         if RunsArtifactRepository.is_runs_uri(uri):
             uri = RunsArtifactRepository.get_underlying_uri(uri, client.tracking_uri)
     except MlflowException as exc:
