@@ -35,12 +35,14 @@ TLS_DIR = "/run/radgate-tls/"
 # - serving: its sealed records (serving.monitoring.sealing.serving_key: serving-store.key); the
 #   pseudonym key only if held (serving.monitoring.live._pseudonym_key_if_held): not mounted;
 # - ui: sessions and CSRF tokens (serving.ui.sessions / security: ui-session.key);
+# - serving and ui ask the gate, which keeps MACed records of artifact hashes
+#   (governance.approvals.digests: artifact-digest.key; optional, without it the gate reads the files);
 # - the training cluster: training evidence and the admin commands run there (audit only).
 AUDIT = {"audit-signing.key", "audit-signing.pub"}
 KEYS = {
     "gateway": {"project.key", "broker.pub", *AUDIT},
-    "serving": {"serving-store.key", *AUDIT},
-    "ui": {"ui-session.key", *AUDIT},
+    "serving": {"serving-store.key", "artifact-digest.key", *AUDIT},
+    "ui": {"ui-session.key", "artifact-digest.key", *AUDIT},
     "ray-head": AUDIT,
     "ray-worker": AUDIT,
     "trainer": AUDIT,
