@@ -38,6 +38,21 @@ for name, kind in (("broker", X25519PrivateKey), ("audit-signing", Ed25519Privat
 for name in ("serving-store", "ui-session", "artifact-digest"):
     if not (keys / f"{name}.key").exists():
         (keys / f"{name}.key").write_text(secrets.token_bytes(32).hex() + "\n")
+# The gateway signs its audit entries with a writer key of its own, valid only for its actions
+# (governance.keyring.register_audit_writer's format); every verifier reads audit-writers.json.
+import json
+
+registry_path = keys / "audit-writers.json"
+registry = json.loads(registry_path.read_text()) if registry_path.exists() else {"writers": []}
+for name, actions in (("gateway", ["gateway.", "ingest.", "deid."]),):
+    private = keys / f"audit-writer-{name}.key"
+    if not private.exists():
+        seed = secrets.token_bytes(32)
+        raw = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        private.write_text(seed.hex() + "\n")
+        registry["writers"] = [w for w in registry["writers"] if w["name"] != name]
+        registry["writers"].append({"name": name, "public": raw.hex(), "actions": actions})
+registry_path.write_text(json.dumps(registry, indent=2) + "\n")
 PY
 # TLS for every RadGate listener and for Orthanc's DICOM TLS: a development CA and a certificate of
 # its own per service (`radgate certs dev`: scripts/setup.sh's venv, or RADGATE=/path/to/radgate);

@@ -17,6 +17,12 @@ file (``keys_dir``)      what it protects                 who holds it
 ``ui-session.key``       UI sessions and CSRF tokens      the UI only
 ``artifact-digest.key``  the gate's records of artifact   every process that asks the gate
                          hashes (HMAC)                    (serving, UI, CLI)
+``audit-writer.key``     signing the audit entries of a   a service that writes no governance
+                         restricted writer (Ed25519)      entry (the gateway): instead of
+                                                          ``audit-signing.key``
+``audit-writers.json``   the restricted writers' public   every verifier, beside
+                         keys and the action prefixes     ``audit-signing.pub``
+                         each may sign
 =======================  ===============================  ==========================================
 
 A file is read only by the loader for its purpose, so a service given one file cannot derive
@@ -60,6 +66,7 @@ __all__ = [
     "UI_SESSION",
     "AuditSigner",
     "AuditVerifier",
+    "AuditWriter",
     "Broker",
     "BrokerSealer",
     "KeyMissing",
@@ -71,6 +78,7 @@ __all__ = [
     "load_broker_sealer",
     "load_store_key",
     "read_secret_file",
+    "register_audit_writer",
     "write_secret_file",
 ]
 
@@ -254,10 +262,26 @@ def load_broker(settings: Settings | None = None, *, create: bool = False) -> Br
 
 
 @dataclass(frozen=True)
+class AuditWriter:
+    """A restricted audit writer: its Ed25519 public key and the action prefixes it may sign
+    (``gateway.``, ``ingest.``...). It signs no head anchor or checkpoint."""
+
+    name: str
+    public: bytes
+    actions: tuple[str, ...]
+
+    @property
+    def key_id(self) -> str:
+        return _key_id(b"radgate-audit", self.public)
+
+
+@dataclass(frozen=True)
 class AuditVerifier:
-    """Ed25519 public keys that audit entries may be signed with (current first, then retired)."""
+    """Ed25519 public keys that audit entries may be signed with (current first, then retired),
+    and the restricted writers' keys, each valid only for its own actions."""
 
     publics: tuple[bytes, ...]
+    writers: tuple[AuditWriter, ...] = ()
 
     @property
     def key_id(self) -> str:
@@ -265,7 +289,15 @@ class AuditVerifier:
 
     @functools.cached_property
     def _by_id(self) -> dict[str, Ed25519PublicKey]:
-        return {_key_id(b"radgate-audit", p): Ed25519PublicKey.from_public_bytes(p) for p in self.publics}
+        keys = {_key_id(b"radgate-audit", p): Ed25519PublicKey.from_public_bytes(p) for p in self.publics}
+        for writer in self.writers:
+            keys.setdefault(writer.key_id, Ed25519PublicKey.from_public_bytes(writer.public))
+        return keys
+
+    @functools.cached_property
+    def _scopes(self) -> dict[str, tuple[str, ...]]:
+        unrestricted = {_key_id(b"radgate-audit", p) for p in self.publics}
+        return {w.key_id: w.actions for w in self.writers if w.key_id not in unrestricted}
 
     def verify(self, key_id: str, message: bytes, signature_hex: str) -> bool:
         public = self._by_id.get(key_id)
@@ -277,12 +309,20 @@ class AuditVerifier:
             return False
         return True
 
+    def permits(self, key_id: str, action: str) -> bool:
+        """Whether the key ``key_id`` may sign an entry of ``action`` (a restricted writer only
+        its own prefixes; the audit writer's keys everything)."""
+        scope = self._scopes.get(key_id)
+        return scope is None or action.startswith(scope)
+
 
 @dataclass(frozen=True)
 class AuditSigner:
-    """The audit writer's Ed25519 private key."""
+    """The audit writer's Ed25519 private key; with ``scope``, a restricted writer's key, which
+    may sign only entries whose action starts with one of those prefixes."""
 
     private: bytes = field(repr=False)
+    scope: tuple[str, ...] | None = None
 
     @functools.cached_property
     def _key(self) -> Ed25519PrivateKey:
@@ -309,9 +349,69 @@ def audit_key_paths(settings: Settings) -> tuple[Path, Path, Path]:
     )
 
 
+def audit_writers_path(settings: Settings) -> Path:
+    return keys_dir(settings) / "audit-writers.json"
+
+
+def read_audit_writers(settings: Settings) -> tuple[AuditWriter, ...]:
+    """The registered restricted writers (``audit-writers.json``; none when it is absent)."""
+    import json
+
+    path = audit_writers_path(settings)
+    if not path.exists():
+        return ()
+    try:
+        return tuple(
+            AuditWriter(str(w["name"]), bytes.fromhex(w["public"]), tuple(str(a) for a in w["actions"]))
+            for w in json.loads(path.read_text())["writers"]
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KeyMissing(f"{path.name} is not a list of audit writers") from exc
+
+
+def register_audit_writer(name: str, actions: tuple[str, ...], settings: Settings | None = None) -> Path:
+    """A new restricted writer ``name`` that may sign only entries whose action starts with one
+    of ``actions``: its private key is written to ``audit-writer-NAME.key`` (mount it as the
+    service's ``audit-writer.key``), its public key and scope added to ``audit-writers.json``
+    (every verifier needs that file). Returns the private key's path."""
+    import json
+
+    settings = settings or get_settings()
+    if not name.replace("-", "").isalnum() or not actions or not all(a.endswith(".") for a in actions):
+        raise ValueError("a writer has a plain name and action prefixes ending in '.' (e.g. 'gateway.')")
+    writers = list(read_audit_writers(settings))
+    if any(w.name == name for w in writers):
+        # Replacing its key would leave the entries it signed unverifiable (a broken chain).
+        raise ValueError(f"audit writer {name!r} is registered already")
+    private = secrets.token_bytes(32)
+    path = keys_dir(settings) / f"audit-writer-{name}.key"
+    write_secret_file(path, private)
+    writers.append(
+        AuditWriter(name, _raw_public(Ed25519PrivateKey.from_private_bytes(private).public_key()), actions)
+    )
+    registry = {
+        "writers": [{"name": w.name, "public": w.public.hex(), "actions": list(w.actions)} for w in writers]
+    }
+    target = audit_writers_path(settings)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    tmp.write_text(json.dumps(registry, indent=2) + "\n")
+    tmp.replace(target)
+    return path
+
+
 def load_audit_signer(settings: Settings | None = None, *, create: bool = True) -> AuditSigner:
+    """The audit writer's key; in a process given ``audit-writer.key`` instead (a restricted
+    writer), that key with the scope ``audit-writers.json`` registers for it."""
     settings = settings or get_settings()
     private_path, public_path, _ = audit_key_paths(settings)
+    writer_path = keys_dir(settings) / "audit-writer.key"
+    if not private_path.exists() and writer_path.exists():
+        private = read_secret_file(writer_path)
+        public = _raw_public(Ed25519PrivateKey.from_private_bytes(private).public_key())
+        for writer in read_audit_writers(settings):
+            if writer.public == public:
+                return AuditSigner(private, scope=writer.actions)
+        raise KeyMissing("audit-writer.key is not registered in audit-writers.json")
     signer = AuditSigner(_load_or_create(private_path, create, public_path))
     if not public_path.exists():
         write_secret_file(public_path, signer.public)
@@ -331,7 +431,7 @@ def load_audit_verifier(settings: Settings | None = None, *, create: bool = True
     if retired_path.exists():
         for line in retired_path.read_text().split():
             publics.append(bytes.fromhex(line))
-    return AuditVerifier(tuple(publics))
+    return AuditVerifier(tuple(publics), read_audit_writers(settings))
 
 
 # ---- a service's own symmetric key ----------------------------------------------------------

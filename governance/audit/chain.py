@@ -196,7 +196,7 @@ class ChainGuard:
                     )
                 if row.prev_hash != prev:
                     raise ChainBroken("altered", row.seq, "chain link broken")
-                if not self.log.signature_valid(row.key_id, row.hash, row.mac):
+                if not self.log.signature_valid(row.key_id, row.hash, row.mac, row.action):
                     raise ChainBroken("forged", row.seq, "not signed by the audit writer's key")
                 if row.seq == anchor.seq:
                     anchored_hash = row.hash

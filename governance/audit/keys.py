@@ -63,7 +63,7 @@ def migrate_legacy_chain(log: AuditLog, legacy: ProjectKey) -> AuditKeyChange:
                     .values(key_id=signer.key_id, mac=log._sign(row.hash))
                 )
                 resigned += 1
-            elif not log.signature_valid(row.key_id, row.hash, row.mac):
+            elif not log.signature_valid(row.key_id, row.hash, row.mac, row.action):
                 raise AuditError(f"entry {row.seq} is signed by no known key: not migrated")
             prev, expected = row.hash, expected + 1
     head = log.head()

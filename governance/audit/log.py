@@ -152,9 +152,13 @@ class AuditLog:
     def _sign(self, entry_hash: str) -> str:
         return self.signer.sign(_ENTRY_CONTEXT + entry_hash.encode())
 
-    def signature_valid(self, key_id: str, entry_hash: str, signature: str) -> bool:
-        """Whether ``signature`` is the audit writer's signature of ``entry_hash``."""
-        return self.verifier.verify(key_id, _ENTRY_CONTEXT + entry_hash.encode(), signature)
+    def signature_valid(self, key_id: str, entry_hash: str, signature: str, action: str) -> bool:
+        """Whether ``signature`` is the audit writer's signature of ``entry_hash`` (or a
+        restricted writer's, for an ``action`` in its scope)."""
+        verifier = self.verifier
+        return verifier.permits(key_id, action) and verifier.verify(
+            key_id, _ENTRY_CONTEXT + entry_hash.encode(), signature
+        )
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -176,6 +180,11 @@ class AuditLog:
             )
             for p in pending
         ]
+        scope = self.signer.scope
+        if scope is not None:  # a restricted writer (audit-writer.key): its own actions only
+            refused = sorted({p.action for p in clean if not p.action.startswith(scope)})
+            if refused:
+                raise AuditError(f"this process's audit key may not sign {', '.join(refused)}")
         last_error: Exception | None = None
         for attempt in range(_APPEND_RETRIES):
             try:
@@ -206,7 +215,9 @@ class AuditLog:
                         entries.append(_entry(row))
                         prev = digest
                     session.flush()
-                if entries:
+                # A restricted writer signs no head: the next unrestricted append anchors its
+                # entries, and the gate walks past the head to the end of the table anyway.
+                if entries and scope is None:
                     self._write_head(entries[-1])
                 return entries
             except (IntegrityError, OperationalError) as exc:  # another writer took this seq
@@ -243,6 +254,8 @@ class AuditLog:
 
     def signed_anchor(self, seq: int, entry_hash: str, ts: str, kind: str = "head") -> dict[str, Any]:
         """``{"kind", "seq", "hash", "ts", "key_id", "sig"}`` signed by the audit writer."""
+        if self.signer.scope is not None:
+            raise AuditError("a restricted audit writer signs no anchor")
         body = {"kind": kind, "seq": seq, "hash": entry_hash, "ts": ts}
         return {
             **body,
@@ -279,7 +292,7 @@ class AuditLog:
         """
         e = entry
         digest = entry_hash(e.seq, e.ts, e.actor, e.role, e.action, e.target, e.details, e.prev_hash)
-        return digest == entry.hash and self.signature_valid(entry.key_id, entry.hash, entry.mac)
+        return digest == entry.hash and self.signature_valid(entry.key_id, entry.hash, entry.mac, e.action)
 
     def head(self) -> AuditEntry | None:
         with self.catalog.session() as session:

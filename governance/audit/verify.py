@@ -150,7 +150,7 @@ def verify_chain(
             return fail("altered", row.seq - 1, "chain link broken: previous entry was changed")
         if row.key_id in accepted:
             unchecked += 1
-        elif not log.signature_valid(row.key_id, row.hash, row.mac):
+        elif not log.signature_valid(row.key_id, row.hash, row.mac, row.action):
             return fail("forged", row.seq, f"not signed by the audit writer's key (key id {row.key_id!r})")
         prevprev, prev = prev, row.hash
         hashes[row.seq] = row.hash

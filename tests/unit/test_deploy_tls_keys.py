@@ -29,7 +29,9 @@ TLS_DIR = "/run/radgate-tls/"
 
 # The key files each RadGate service reads (governance.keyring; docs/SECURITY.md, "Keys per service"):
 # - every service writes audit entries (governance.audit.record: audit-signing.key) and the gate or
-#   the audit page verifies the chain (audit-signing.pub);
+#   the audit page verifies the chain (audit-signing.pub, and audit-writers.json for the entries of
+#   restricted writers); the gateway writes only gateway./ingest./deid. entries, with a writer key
+#   of its own (audit-writer.key) instead of the audit writer's;
 # - gateway: pseudonyms (imaging.deid via governance.keys.load_project_key: project.key) and
 #   originals sealed to the honest broker (re-id map, quarantine: broker.pub);
 # - serving: its sealed records (serving.monitoring.sealing.serving_key: serving-store.key); the
@@ -38,9 +40,9 @@ TLS_DIR = "/run/radgate-tls/"
 # - serving and ui ask the gate, which keeps MACed records of artifact hashes
 #   (governance.approvals.digests: artifact-digest.key; optional, without it the gate reads the files);
 # - the training cluster: training evidence and the admin commands run there (audit only).
-AUDIT = {"audit-signing.key", "audit-signing.pub"}
+AUDIT = {"audit-signing.key", "audit-signing.pub", "audit-writers.json"}
 KEYS = {
-    "gateway": {"project.key", "broker.pub", *AUDIT},
+    "gateway": {"project.key", "broker.pub", "audit-writer.key", "audit-signing.pub", "audit-writers.json"},
     "serving": {"serving-store.key", "artifact-digest.key", *AUDIT},
     "ui": {"ui-session.key", "artifact-digest.key", *AUDIT},
     "ray-head": AUDIT,
@@ -80,11 +82,11 @@ def test_each_compose_service_mounts_exactly_the_keys_its_code_reads() -> None:
         held = {Path(t).name for t in targets if t.startswith(KEYS_DIR)}
         assert held == KEYS.get(name, set()), name
         # Each key file is the secret of that name (not another key mounted under its name).
+        renamed = {"project.key": "radgate_project_key", "audit-writer.key": f"audit-writer-{name}.key"}
         for target, source in targets.items():
             if target.startswith(KEYS_DIR):
-                expected = "radgate_project_key" if target.endswith("project.key") else None
-                stem = Path(files[source]).name
-                assert source == expected or stem == Path(target).name, f"{name}: {target} <- {source}"
+                stem = Path(target).name
+                assert Path(files[source]).name == renamed.get(stem, stem), f"{name}: {target} <- {source}"
         # Keys only as files: no key in the environment (RADGATE_PROJECT_KEY{,_FILE} included).
         env = service.get("environment") or {}
         assert not [k for k in env if k.startswith("RADGATE_PROJECT_KEY")], name
@@ -317,3 +319,72 @@ def test_healthcheck_speaks_https_and_verifies_the_ca(tmp_path: Path) -> None:
         assert subprocess.run([*check, "https", url, str(ours.ca_certificate)], timeout=30).returncode == 0
         assert subprocess.run([*check, "https", url, str(other.ca_certificate)], timeout=30).returncode == 1
         server.shutdown()
+
+
+def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) -> None:
+    """make-secrets.sh's files, placed where compose mounts them for each service, read by
+    RadGate's own loaders: the gateway signs as a restricted writer (its scope, no anchors) and
+    pseudonymises; serving, the UI and training sign as the audit writer; every one verifies the
+    gateway's entries; none can load a key it is not given."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from governance.keyring import (
+        SERVING_STORE,
+        UI_SESSION,
+        KeyMissing,
+        load_audit_signer,
+        load_audit_verifier,
+        load_broker_sealer,
+        load_store_key,
+    )
+    from governance.keys import KeyError_, load_project_key
+    from governance.settings import Settings
+
+    (tmp_path / "secrets").mkdir()
+    shutil.copy(DOCKER / "make-secrets.sh", tmp_path / "make-secrets.sh")
+    env = {"PATH": os.environ["PATH"], "RADGATE": str(Path(sys.executable).with_name("radgate"))}
+    made = subprocess.run(
+        ["sh", str(tmp_path / "make-secrets.sh")], capture_output=True, env=env, timeout=120
+    )
+    assert made.returncode == 0, made.stderr
+    compose = _compose()
+    files = _files(compose)
+    gateway_writer = None
+    for name in KEYS:
+        directory = tmp_path / "mounted" / name
+        directory.mkdir(parents=True)
+        for target, source in _targets(compose["services"][name]).items():
+            if target.startswith(KEYS_DIR):
+                shutil.copy(tmp_path / files[source].removeprefix("./"), directory / Path(target).name)
+        settings = Settings(key_file=directory / "project.key", project_key=None)
+        signer = load_audit_signer(settings, create=False)
+        verifier = load_audit_verifier(settings, create=False)
+        if name == "gateway":
+            assert signer.scope == ("gateway.", "ingest.", "deid."), signer.scope
+            gateway_writer = signer
+            assert load_project_key(settings, create=False).sealer is not None  # pseudonyms, sealing
+        else:
+            assert signer.scope is None and signer.key_id == verifier.key_id
+            with pytest.raises(KeyError_):
+                load_project_key(settings, create=False)
+            with pytest.raises(KeyMissing):
+                load_broker_sealer(settings, create=False)
+        for purpose, holder in ((SERVING_STORE, "serving"), (UI_SESSION, "ui")):
+            if name == holder:
+                load_store_key(purpose, settings, create=False)
+            else:
+                with pytest.raises(KeyMissing):
+                    load_store_key(purpose, settings, create=False)
+        assert sorted(p.name for p in directory.iterdir()) == sorted(KEYS[name])  # nothing created
+    # Every verifier takes the gateway's own entries, and only those.
+    assert gateway_writer is not None
+    for name in KEYS:
+        settings = Settings(key_file=tmp_path / "mounted" / name / "project.key", project_key=None)
+        verifier = load_audit_verifier(settings, create=False)
+        message = b"radgate-audit-entry-v2\0" + b"0" * 64
+        assert verifier.verify(gateway_writer.key_id, message, gateway_writer.sign(message)), name
+        assert verifier.permits(gateway_writer.key_id, "gateway.c-store")
+        assert not verifier.permits(gateway_writer.key_id, "model.approve")
