@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from governance.cli.guard import guard_typer_app
+from governance.cli.guard import guard_typer_app, pause_collector_until_authorized
 from radgate import __version__
 
 if TYPE_CHECKING:
@@ -130,4 +130,5 @@ def __getattr__(name: str) -> Any:
 
 
 def main() -> None:
+    pause_collector_until_authorized()
     build_app(modules_for(sys.argv[1:]))()

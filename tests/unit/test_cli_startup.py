@@ -119,3 +119,33 @@ def test_a_light_command_imports_only_its_own_commands() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip().splitlines()[-1] == "['governance.cli', 'radgate.cli']"
+
+
+def test_the_collector_paused_for_start_up_runs_for_the_command_itself() -> None:
+    """The console script pauses the cyclic garbage collector for start-up; the guard turns it
+    on again once the caller is authenticated, before the command does its work."""
+    import gc
+
+    import typer
+    from typer.testing import CliRunner
+
+    from governance.cli.guard import guard_typer_app, pause_collector_until_authorized
+    from governance.testing import create_cast
+
+    cast = create_cast()
+    seen: list[bool] = []
+    audit = typer.Typer()
+    audit.command("verify")(lambda: seen.append(gc.isenabled()))
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.add_typer(audit, name="audit")
+    guarded = guard_typer_app(app)
+    try:
+        pause_collector_until_authorized()
+        assert not gc.isenabled()
+        result = CliRunner().invoke(guarded, ["audit", "verify", "--token", cast.tokens["auditor"]])
+        assert result.exit_code == 0, result.output
+        assert seen == [True] and gc.isenabled()
+    finally:
+        gc.enable()
+        gc.unfreeze()
