@@ -20,6 +20,7 @@ import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,40 @@ def test_a_writer_out_of_its_scope_is_a_forged_entry(registry: object, tmp_path:
     report = AuditLog().verify()
     assert not report.ok and report.problem == "forged" and report.first_bad_seq == head.seq + 1
     assert not Gate(registry)(NAME, ALIAS, fresh=True).allowed  # type: ignore[arg-type]
+
+
+def test_a_gateway_holding_only_its_keys_stores_and_its_entries_verify(
+    start_gateway: Any, as_role: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``radgate gateway`` as compose runs it: keys from its own directory (project.key,
+    broker.pub, its writer key, the public halves), no audit-signing.key, no key in its
+    environment. It stores, and its entries (signed with its writer key) verify in the chain."""
+    from governance.keyring import load_audit_verifier, load_broker_sealer
+    from governance.settings import get_settings
+    from tests.integration.conftest import gateway_config, write_ct_series
+    from tests.security.test_tls import _echo_and_store, _stored
+
+    as_role("data-steward")  # the gateway's operator (audited here, with the audit writer's key)
+    load_broker_sealer()  # the broker's pair in the test's home: the gateway gets the public half
+    directory = _gateway_keys(tmp_path).resolved_key_file.parent
+    shutil.copy2(keys_dir() / "broker.pub", directory / "broker.pub")
+    (directory / "project.key").write_text("11" * 32 + "\n")  # the test suite's pseudonym key
+    with monkeypatch.context() as gateway_env:  # what the gateway process inherits
+        gateway_env.delenv("RADGATE_PROJECT_KEY")
+        gateway_env.setenv("RADGATE_KEY_FILE", str(directory / "project.key"))
+        gateway = start_gateway(gateway_config(http={"enabled": False}))
+    get_settings.cache_clear()
+    files = write_ct_series(tmp_path / "ct", 2)
+    assert _echo_and_store(gateway.dicom_port, files, None) == (0, [0, 0])
+    assert _stored() == 2
+    gateway.terminate()
+
+    writer = load_audit_signer(Settings(key_file=directory / "project.key", project_key=None), create=False)
+    entries = AuditLog().entries(action="gateway.c-store")
+    assert [e.key_id for e in entries] == [writer.key_id]
+    assert AuditLog().verify().ok
+    ChainGuard(AuditLog()).check()
+    assert load_audit_verifier().permits(writer.key_id, "gateway.c-store")
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        ["audit-writer.key", "audit-signing.pub", "audit-writers.json", "broker.pub", "project.key"]
+    )  # nothing created beside what it was given

@@ -280,7 +280,10 @@ def test_rayservice_serves_https_on_every_node_with_its_certificate() -> None:
         assert {options["ssl_certfile"], options["ssl_keyfile"]} <= projected
         (container,) = spec["containers"]
         for probe in ("readinessProbe", "livenessProbe"):
-            command = " ".join(shlex.quote(part) for part in container[probe]["exec"]["command"])
+            argv = container[probe]["exec"]["command"]
+            assert argv[:2] == ["python", "-c"]
+            compile(argv[2], probe, "exec")  # the folded YAML is one valid Python program
+            command = " ".join(shlex.quote(part) for part in argv)
             assert "https://localhost:8000/-/healthz" in command and f"{TLS_DIR}ca.crt" in command
             assert f"{TLS_DIR}ca.crt" in projected
 
