@@ -50,8 +50,10 @@ REVOKE_TARGET_S = 1.0
 def _cold_child() -> None:
     """One decision in this new process, after the start-up a serving replica does before its
     first request (the imports, then ``Gate.warm_up``: the registry client and its store, the
-    audit log's catalog, the ORM mappers, the policy), with no decision, governance position or
-    artifact hash cached: the registry, the audit chain and the artifact are all read."""
+    audit log's catalog, the ORM mappers, the policy), with no decision or governance position
+    cached in it: the registry and the audit chain are read, and the artifact's hash comes from
+    the record an earlier process left if there is one (its files' identities are checked),
+    else from reading every byte."""
     start = time.perf_counter()
     import mlflow.tracking  # noqa: F401 (a replica imports it at start-up, before any request)
 
