@@ -59,7 +59,8 @@ PY
 # a site puts its PKI's files here instead. Existing certificates are kept; only the missing ones
 # are issued. tls/ca-key.pem is mounted nowhere.
 radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
-"$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc >/dev/null
+"$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
+  --service mlflow >/dev/null
 # The services' RadGate tokens are issued by an admin once the catalog runs
 # (scripts/containers.sh bootstrap): empty until then.
 for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done

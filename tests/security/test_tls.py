@@ -364,3 +364,60 @@ def test_reviewer_ui_over_https_only_with_its_own_keys(
         process.wait(30)
         log.close()
     assert sorted(p.name for p in ui_keys.iterdir()) == sorted(held)
+
+
+def test_mlflow_tracking_server_over_https_only(
+    certs: DevCertificates, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tracking server as compose runs it (``mlflow server --uvicorn-opts "--ssl-certfile ..
+    --ssl-keyfile .."``): RadGate's registry client reaches it over verified HTTPS with MLflow's
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH``; plaintext gets no answer, and without the CA the client
+    refuses the server."""
+    import os
+    import signal
+    import time
+
+    from governance.approvals.registry import registry_client
+    from serving.net import free_port
+
+    port = free_port("127.0.0.1")
+    tls = f"--ssl-certfile {certs.server_certificate} --ssl-keyfile {certs.server_key}"
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1", "--uvicorn-opts", tls]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    log = (tmp_path / "mlflow.log").open("wb")
+    server = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        start_new_session=True,  # its uvicorn workers are stopped with it
+    )
+    url = f"https://localhost:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until it listens (start-up time varies with the machine's load)
+            assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
+            try:
+                httpx.get(f"{url}/health", verify=str(certs.ca_certificate), timeout=5)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+            registry_client(url).search_experiments()
+        monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(certs.ca_certificate))
+        assert [e.name for e in registry_client(url).search_experiments()] == ["Default"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:  # uvicorn drains slowly: the test is over, stop it
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(30)
+        log.close()

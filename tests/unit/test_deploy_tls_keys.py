@@ -148,20 +148,22 @@ def test_gateway_runs_dicom_tls_and_https_with_its_own_certificate() -> None:
         assert _mounted(pacs.tls.private_key, gateway)
 
 
-def _https_healthcheck(service: dict[str, Any], port: int) -> None:
+def _https_service(name: str, port: int) -> dict[str, Any]:
+    """A compose service with its own TLS files and a health check over HTTPS on ``port``."""
+    compose = _compose()
+    service: dict[str, Any] = compose["services"][name]
+    _own_tls(name, service, _files(compose))
     test = service["healthcheck"]["test"]
     assert test[0] == "CMD" and "https" in test, test
     url, ca = test[-2], test[-1]
     assert url.startswith(f"https://localhost:{port}/") and _mounted(ca, service), test
+    return service
 
 
 def test_serving_answers_https_only_with_its_own_certificate() -> None:
     from serving.config import load_serve_config
 
-    compose = _compose()
-    serving = compose["services"]["serving"]
-    _own_tls("serving", serving, _files(compose))
-    _https_healthcheck(serving, 8000)
+    serving = _https_service("serving", 8000)
     # The image's serve.yaml (docker/serving.Dockerfile copies docker/config/serve.yaml) and the
     # local stack's (mounted over it).
     assert "COPY docker/config/serve.yaml /home/ray/serve.yaml" in (DOCKER / "serving.Dockerfile").read_text()
@@ -180,10 +182,7 @@ def test_reviewer_ui_answers_https_only_with_its_own_certificate() -> None:
 
     from serving.ui.cli import ui
 
-    compose = _compose()
-    service = compose["services"]["ui"]
-    _own_tls("ui", service, _files(compose))
-    _https_healthcheck(service, 8080)
+    service = _https_service("ui", 8080)
     argv = service["command"]
     assert argv[0] == "ui"
     import typer
@@ -391,3 +390,23 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
         assert verifier.verify(gateway_writer.key_id, message, gateway_writer.sign(message)), name
         assert verifier.permits(gateway_writer.key_id, "gateway.c-store")
         assert not verifier.permits(gateway_writer.key_id, "model.approve")
+
+
+def test_mlflow_serves_https_and_every_client_verifies_it() -> None:
+    mlflow = _https_service("mlflow", 5000)
+    compose = _compose()
+    command = mlflow["command"]
+    options = shlex.split(command[command.index("--uvicorn-opts") + 1])
+    certificate = options[options.index("--ssl-certfile") + 1]
+    key = options[options.index("--ssl-keyfile") + 1]
+    assert _mounted(certificate, mlflow) and _mounted(key, mlflow)
+    # The image's own command is the same server: compose only adds TLS to it.
+    dockerfile = (DOCKER / "mlflow.Dockerfile").read_text()
+    for argument in command[: command.index("--uvicorn-opts")]:
+        assert f'"{argument}"' in dockerfile, argument
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        for variable in ("RADGATE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+            if variable in env:
+                assert env[variable].startswith("https://mlflow:"), name
+                assert _mounted(env["MLFLOW_TRACKING_SERVER_CERT_PATH"], service), name
