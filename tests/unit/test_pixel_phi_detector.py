@@ -94,12 +94,14 @@ def test_tighten_shrinks_across_the_line_only() -> None:
     image = np.full((mask.shape[0] + 16, mask.shape[1] + 16), 20, np.uint8)
     image[8 : 8 + mask.shape[0], 8 : 8 + mask.shape[1]][mask] = 230
     loose = (2, 2, image.shape[1] - 4, image.shape[0] - 4)
-    x, y, w, h = _tighten(image, loose)
+    tight = _tighten(image, loose)
+    assert tight is not None
+    x, y, w, h = tight
     rows = np.flatnonzero(mask.any(axis=1))
     assert (x, w) == (loose[0], loose[2])  # along the line: kept
     assert y == 8 + int(rows[0]) and h == int(rows[-1] - rows[0]) + 1  # across: the glyph rows
     noise = np.asarray(np.random.default_rng(0).integers(0, 255, image.shape), dtype=np.uint8)
-    assert _tighten(noise, loose) == loose  # no glyphs on a ground: kept as detected
+    assert _tighten(noise, loose) is None  # no glyphs on a ground: nothing measured
 
 
 def test_verification_re_detects_only_around_redactions() -> None:

@@ -147,3 +147,29 @@ def test_the_pre_screen_morphology_equals_scipys(size: tuple[int, int]) -> None:
     assert np.array_equal(black, ndimage.black_tophat(image, size=size))
     values = rng.random((40, 50)).astype(np.float32)
     assert np.array_equal(local_maximum(values, size[0]), ndimage.maximum_filter(values, size=size[0]))
+
+
+def test_an_identifier_seen_at_both_ends_is_phi_and_a_partial_value_says_what_it_misses() -> None:
+    """A line whose middle is hidden shows an identifier's start and end ("A25" ... "766");
+    a line whose ends ran onto anatomy shows its middle ("12.2017" of 03.12.2017): the
+    screener extends the redaction by the characters the header value has and the text lacks."""
+    classifier = PhiClassifier.from_header(["A25406766", "CASTELLANO^MARIA"], ["20171203"])
+    assert "header_ends" in classifier.reasons("CCA25 766")
+    assert not classifier.reasons("KVP 120 MAS 250")  # scanner print: neither end of a value
+    assert classifier.missing("12.2017") == (2, 0)  # "03" not seen before it
+    assert classifier.missing("DOB 03.12.2017") == (0, 0)  # the whole date, after its label
+    assert classifier.missing("ASTELLANO") == (1, 0)  # the surname, its first letter hidden
+    assert classifier.missing("Acc A2540") == (0, 4)
+    assert classifier.missing("A25406766") == (0, 0)
+    assert classifier.missing("HEAD") == (0, 0)
+
+
+def test_a_partial_phi_line_is_extended_by_the_characters_it_misses() -> None:
+    from imaging.deid.burned_in.screen import _completed
+
+    shape = (512, 512)
+    # seven characters read in 140 pixels: two missing before, each 20 pixels and a quarter more
+    assert _completed((200, 100, 140, 20), "12.2017", (2, 0), shape) == (150, 100, 190, 20)
+    assert _completed((200, 100, 140, 20), "12.2017", (0, 0), shape) == (200, 100, 140, 20)
+    # a vertical line may read either way up: both ends, by the larger count, clipped to the frame
+    assert _completed((10, 30, 20, 140), "12.2017", (2, 1), shape) == (10, 0, 20, 220)

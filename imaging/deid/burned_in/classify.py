@@ -85,6 +85,36 @@ def _spells(token: str, text: str, *, anywhere: bool = False) -> bool:
 _FRAGMENT = 4
 
 
+# the shortest start or end of a header identifier that counts when both are seen in order
+_END = 3
+
+
+def _ends(token: str, text: str) -> bool:
+    """Whether ``text`` shows the start and, after it, the end of ``token`` (at least _END
+    characters each, six together) but not the whole: an identifier whose middle is hidden
+    (by anatomy, or split by the detector and misread there)."""
+    for first in range(len(token) - _END, _END - 1, -1):
+        at = text.find(token[:first])
+        if at < 0:
+            continue
+        rest = text[at + first :]
+        last = max((k for k in range(_END, len(token) - first + 1) if token[-k:] in rest), default=0)
+        return last >= _END and first + last >= 2 * _END
+    return False
+
+
+def _longest_common(value: str, text: str) -> tuple[int, int, int]:
+    """The longest run ``value[start:end]`` that occurs in ``text`` (at ``at``)."""
+    best = (0, 0, 0)
+    for start in range(len(value)):
+        for end in range(len(value), start + best[1] - best[0], -1):
+            at = text.find(value[start:end])
+            if at >= 0:
+                best = (start, end, at)
+                break
+    return best
+
+
 def _date_forms(value: str) -> set[str]:
     """Digit strings a DICOM date (YYYYMMDD) is written as on screen: 8 and 6 digit orders."""
     digits = "".join(ch for ch in value if ch.isdigit())
@@ -138,6 +168,8 @@ class PhiClassifier:
             for w in words
         ):
             found.append("header_fragment")
+        elif any(_ends(t, squeezed) for t in self.tokens if len(t) >= 2 * _END):
+            found.append("header_ends")
         digits = "".join(_DIGITS.findall(text))
         if self.dates and len(digits) >= 6:
             windows = {digits[i : i + 6] for i in range(len(digits) - 5)}
@@ -153,3 +185,30 @@ class PhiClassifier:
 
     def is_phi(self, text: str) -> bool:
         return bool(self.reasons(text))
+
+    def missing(self, text: str) -> tuple[int, int]:
+        """Characters of the header value that ``text`` shows only in part, not seen before and
+        after what it shows: (0, 0) when it shows a value whole, or none in part. A line whose
+        ends ran onto bright anatomy reads as the middle of an identifier or date ("12.2017" of
+        03.12.2017 misses two digits before); the screener extends the redaction by that many
+        characters. The value explained best is the one with the longest run in the text (the
+        shortest such value: the most specific)."""
+        squeezed = _norm(text)
+        digits = "".join(_DIGITS.findall(text))
+        candidates = [(t, squeezed, _FRAGMENT) for t in self.tokens if len(t) >= 6]
+        candidates += [(form, digits, 6) for form in self.dates if len(form) == 8]
+        best: tuple[int, int, int, int, int, int] | None = None  # (-run, length, start, end, at, seen)
+        for value, seen, shortest in candidates:
+            start, end, at = _longest_common(value, seen)
+            if end - start < shortest:
+                continue
+            key = (-(end - start), len(value), start, end, at, len(seen))
+            if best is None or key[:2] < best[:2]:
+                best = key
+        if best is None:
+            return 0, 0
+        _, length, start, end, at, seen_length = best
+        # what precedes the match in the text (a label: "DOB") does not stand for the value
+        before = max(0, start - at)
+        after = max(0, (length - end) - (seen_length - (at + end - start)))
+        return before, after

@@ -60,7 +60,7 @@ _OCR_SIDE = 768
 # the margin along a line grows by one pixel per this many pixels of its thickness (a character
 # missed at either end is about a thickness wide); across it, where the box was measured on the
 # glyphs' own rows, by one per _MARGIN_ACROSS (anti-aliased edges, rounding of reduced frames)
-_MARGIN_ALONG = 16
+_MARGIN_ALONG = 24
 _MARGIN_ACROSS = 48
 # lines not classified as PHI are redacted outside anatomy when read this confidently or shaped
 # as a horizontal line (small print is often misread; texture read as text in a quarter-turned
@@ -72,6 +72,8 @@ _GROUP_GAP = 2.5
 # pixels within this many 8-bit levels of its glyphs' own level
 _EXTEND_REACH = 3
 _LEVEL_TOLERANCE = 10
+# a header value's characters a PHI line did not show are this many of its characters wide
+_COMPLETION = 1.25
 
 
 @dataclass
@@ -130,24 +132,38 @@ def _line_at(line: TextLine, factor: float, turned_height: int, shape: tuple[int
     return TextLine((x0, y0, max(1, x1 - x0), max(1, y1 - y0)), (), line.text, line.confidence)
 
 
-def _tighten(image: np.ndarray, box: Box) -> Box:
+def _tighten(image: np.ndarray, box: Box) -> Box | None:
     """``box`` of an 8-bit ``image`` shrunk across its line (rows of a wide box, columns of a
     tall one) to the pixels that differ from its ground (the median of its edge) by at least a
-    third of the largest difference: the glyphs of a line on a plain ground. Along the line it
+    third of the largest difference and belong to strokes that reach half of the largest
+    difference in the box's middle: the glyphs of a line on a plain ground. Along the line it
     is kept: a line crossing onto anatomy changes its ground there. A box whose pixels do not
-    split into glyphs and ground (text over anatomy, texture) is kept as it is."""
+    split into glyphs and ground (text over anatomy, texture) gives None."""
     x, y, w, h = box
     crop = image[y : y + h, x : x + w].astype(np.int16)
     if crop.shape[0] < 4 or crop.shape[1] < 4:
-        return box
+        return None
     edge = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
     difference = np.abs(crop - int(np.median(edge)))
     top = int(difference.max())
     if top < 16:
-        return box
+        return None
     glyph = difference >= max(12, top // 3)
     if glyph.mean() > 0.6:
-        return box
+        return None
+    # the line a detector found runs through its box's middle: glyph pixels there reach half
+    # their own largest difference, and fainter pixels count where they touch such strokes
+    # (anti-aliased edges); anatomy at the box's edge that touches none does not
+    import cv2
+
+    quarter = (h if w >= h else w) // 4
+    middle = difference[quarter : h - quarter] if w >= h else difference[:, quarter : w - quarter]
+    strong = difference >= max(12, int(middle.max()) // 2)
+    _, labels = cv2.connectedComponents(glyph.view(np.uint8), connectivity=8)
+    cores = np.unique(labels[strong & glyph])
+    glyph = np.isin(labels, cores[cores > 0])
+    if not glyph.any():
+        return None
     if w >= h:
         rows = np.flatnonzero(glyph.any(axis=1))
         return (x, y + int(rows[0]), w, int(rows[-1] - rows[0]) + 1)
@@ -367,12 +383,29 @@ def _without(crop: np.ndarray, boxes: list[Box]) -> np.ndarray:
     return painted
 
 
+def _completed(box: Box, text: str, missing: tuple[int, int], shape: tuple[int, ...]) -> Box:
+    """A PHI line's ``box`` extended along the line by the characters of the header value its
+    ``text`` did not show (``missing``: before, after), each a character of the text wide and
+    a quarter more (_COMPLETION: separators, the "." of a date, are not counted). A vertical
+    line is read either way up, so it is extended at both ends by the larger count."""
+    before, after = missing
+    if not (before or after) or not text:
+        return box
+    x, y, w, h = box
+    if w >= h:
+        step = _COMPLETION * w / len(text)
+        x0, x1 = x - int(np.ceil(before * step)), x + w + int(np.ceil(after * step))
+        return _clip((x0, y, x1 - x0, h), shape[1], shape[0])
+    reach = int(np.ceil(max(before, after) * _COMPLETION * h / len(text)))
+    return _clip((x, y - reach, w, h + 2 * reach), shape[1], shape[0])
+
+
 def _grow(box: Box, margin: int, shape: tuple[int, int]) -> Box:
     """``box`` with ``margin`` pixels and more around it: along the line in proportion to its
     thickness (_MARGIN_ALONG), less across it (_MARGIN_ACROSS), clipped to the frame."""
     x, y, w, h = box
     thick = min(w, h)
-    along, across = margin + thick // _MARGIN_ALONG, margin + thick // _MARGIN_ACROSS
+    along, across = margin + thick // _MARGIN_ALONG, margin + max(1, thick // _MARGIN_ACROSS)
     dx, dy = (along, across) if w >= h else (across, along)
     x0, y0 = max(0, x - dx), max(0, y - dy)
     x1, y1 = min(shape[1], x + w + dx), min(shape[0], y + h + dy)
@@ -660,14 +693,15 @@ class PixelScreener:
             framed, index, box = regions[number]
             work, factor, turned = works[index]
             tight = _tighten(work, box)
-            if tight == box and not turned:
-                others = [_tighten(other, box) for other, _, way in works if not way and other is not work]
-                measured = [t for t in others if t != box]
-                if measured:
-                    tight = measured[0]
-                    for t in measured[1:]:
-                        tight = _union(tight, t)
-            x, y, w, h = _line_at(TextLine(tight, (), "", 0.0), factor, turned, shape).box
+            if tight in (None, box) and not turned:
+                # nothing measured, or pixels all across the box (a busy ground): what the
+                # other renders of the same geometry measure, together
+                for measured in (
+                    _tighten(other, box) for other, _, way in works if not way and other is not work
+                ):
+                    if measured is not None and measured != box:
+                        tight = measured if tight in (None, box) else _union(tight, measured)
+            x, y, w, h = _line_at(TextLine(tight or box, (), "", 0.0), factor, turned, shape).box
             fx, fy, fw, fh = framed
             if fw >= fh:
                 return _clip((fx, y, fw + 1, h + 1), shape[1], shape[0])
@@ -692,19 +726,21 @@ class PixelScreener:
                 texts[number] = line.text
                 if classifier.is_phi(line.text):
                     phi.add(number)
-                    redact.append((glyphs(number), True))
+                    box = _completed(glyphs(number), line.text, classifier.missing(line.text), shape)
+                    redact.append((box, True))
                 elif outside[number] and line.confidence >= _CONFIDENT:
                     redact.append((glyphs(number), False))
         # pieces of one line (split where it crosses anatomy, or by the detector) are judged
         # together, and a line with PHI in it is redacted whole, the gaps between pieces too
         for group in _collinear_groups([framed for framed, _, _ in regions]):
             pieces = [(regions[n][0], texts[n]) for n in group if n in texts]
-            if any(n in phi for n in group) or any(
-                classifier.is_phi(reading) for reading in _joined_readings(pieces)
-            ):
+            readings = [r for r in _joined_readings(pieces) if classifier.is_phi(r)]
+            if any(n in phi for n in group) or readings:
                 whole = glyphs(group[0])
                 for number in group[1:]:
                     whole = _union(whole, glyphs(number))
+                if readings:
+                    whole = _completed(whole, readings[0], classifier.missing(readings[0]), shape)
                 redact.append((whole, True))
         full_render = shown[full]
         return found, [(_extend_along(full_render, box) if is_phi else box, is_phi) for box, is_phi in redact]
