@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineReco
 from governance.keyring import RECORD_ERASURE
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
-from governance.tags import Tag
 from imaging.compliance.erasure_find import (
     ERASURE_REVIEW_TAG,
     ErasureError,
@@ -45,7 +43,7 @@ from imaging.compliance.erasure_find import (
     other_tables,
     superseded_by,
 )
-from imaging.compliance.holdings import patient_stores
+from imaging.compliance.holdings import Erasure, patient_stores, review_stores
 from imaging.compliance.models import DatasetSupersession, ErasureRecord
 from imaging.datasets import DatasetManifest, DatasetVersionRecord
 from imaging.store import ContentStore
@@ -135,30 +133,6 @@ def _supersede(session: Session, plan: ErasurePlan, erasure_id: str) -> list[dic
         )
         out.append({"id": rec.id, "successor": successor_id, "removed_items": manifest.size - successor.size})
     return out
-
-
-def _flag(plan: ErasurePlan, erasure_id: str, principal: Principal, settings: Settings) -> None:
-    if not plan.models and not plan.runs:
-        return
-    from governance.approvals.registry import model_target, registry_client
-
-    client = registry_client(settings.resolved_mlflow_uri)
-    note = json.dumps({"erasure_id": erasure_id, "subject": plan.subject})
-    for model in plan.models:
-        client.set_model_version_tag(model["name"], model["version"], ERASURE_REVIEW_TAG, "required")
-        client.set_model_version_tag(
-            model["name"], model["version"], f"{Tag.ERASURE_PREFIX}{erasure_id}", note
-        )
-        record(
-            principal.name,
-            "model.erasure_flag",
-            model_target(model["name"], model["version"]),
-            {"erasure_id": erasure_id, "dataset_version": model["dataset_version"]},
-            role=principal.role.value,
-        )
-    for run_id in plan.runs:
-        client.set_tag(run_id, ERASURE_REVIEW_TAG, "required")
-        client.set_tag(run_id, f"{Tag.ERASURE_PREFIX}{erasure_id}", note)
 
 
 def erase_patient(
@@ -269,7 +243,11 @@ def erase_patient(
                 },
             )
         )
-    _flag(plan, erasure_id, principal, settings)
+    # Flags name the erasure: only once its record is committed.
+    erasure = Erasure(erasure_id, plan.subject, principal.name, principal.role.value, settings)
+    reviewers = {reviewer.name: reviewer for reviewer in review_stores()}
+    unflagged = [item for holding in plan.reviews for item in reviewers[holding.store].flag(holding, erasure)]
+    plan.unreadable.extend(unflagged)
     for entry in superseded:
         record(
             principal.name,
@@ -282,7 +260,7 @@ def erase_patient(
         principal.name,
         "erasure.complete",
         f"erasure:{erasure_id}",
-        {"subject": plan.subject, **counts, "superseded": len(superseded)},
+        {"subject": plan.subject, **counts, "superseded": len(superseded), "unflagged": len(unflagged)},
         role=principal.role.value,
     )
     return erasure_id, plan, superseded

@@ -3,13 +3,14 @@
 The patient is found through the keyed lookup of the sealed map (or the keyed pseudonym
 derivation on a re-run); from there the lineage, the quarantine (sealed bytes opened in memory
 only), other domains' tables (by column convention), dataset manifests, the MLflow tags of runs
-and model versions, and every declared patient store (:mod:`imaging.compliance.holdings`:
-serving's sealed inputs, the FHIR outbox, ...), each asked through the same interface.
+and model versions, and every declared store (:mod:`imaging.compliance.holdings`: serving's
+sealed inputs, the FHIR outbox, the MLflow registry, ...), each asked through the same interface.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -23,7 +24,15 @@ from governance.keyring import RECORD_QUARANTINE
 from governance.keys import ProjectKey
 from governance.settings import Settings
 from governance.tags import Tag
-from imaging.compliance.holdings import Holding, PatientQuery, patient_stores, unreadable_item
+from imaging.compliance.holdings import (
+    SHOWN_MODEL_VERSION,
+    SHOWN_RUN,
+    Holding,
+    PatientQuery,
+    patient_stores,
+    review_stores,
+    unreadable_item,
+)
 from imaging.compliance.models import DatasetSupersession
 from imaging.datasets import DatasetManifest, DatasetVersionRecord
 from imaging.deid.pseudonym import Pseudonymizer, PseudonymKind
@@ -32,6 +41,7 @@ __all__ = [
     "ERASURE_REVIEW_TAG",
     "ErasureError",
     "ErasurePlan",
+    "datasets_holding",
     "find_patient_data",
     "key_values",
     "lineage_filter",
@@ -81,16 +91,35 @@ class ErasurePlan:
     instances: list[tuple[str, str, str]] = field(default_factory=list)  # sha256, store key, input sha256
     quarantine: list[tuple[str, str]] = field(default_factory=list)  # input sha256, sealed path
     holdings: list[Holding] = field(default_factory=list)  # what each declared patient store holds
+    reviews: list[Holding] = field(default_factory=list)  # what each declared review store flags
     map_entries: int = 0
     lineage_rows: int = 0
     other_rows: dict[str, int] = field(default_factory=dict)
     datasets: list[dict[str, Any]] = field(default_factory=list)
     label_volumes: list[str] = field(default_factory=list)  # store keys of segmentation label volumes
-    models: list[dict[str, Any]] = field(default_factory=list)
-    runs: list[str] = field(default_factory=list)
     # Sealed items whose owner could not be read (damaged, or sealed under another key): they may
     # hold this patient, so they are reported for a person to resolve, never passed over.
     unreadable: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[dict[str, str]]:
+        """Model versions trained on an affected dataset version (name, version, dataset_version)."""
+        return [
+            {k: v for k, v in shown.items() if k != "kind"}
+            for holding in self.reviews
+            for shown in holding.shown
+            if shown.get("kind") == SHOWN_MODEL_VERSION
+        ]
+
+    @property
+    def runs(self) -> list[str]:
+        """Ids of the runs trained on an affected dataset version."""
+        return [
+            shown["run_id"]
+            for holding in self.reviews
+            for shown in holding.shown
+            if shown.get("kind") == SHOWN_RUN
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -189,23 +218,34 @@ def find_patient_data(session: Session, key: ProjectKey, patient_id: str, settin
         count = len(session.execute(select(table).where(table.c[column].in_(values))).all()) if values else 0
         if count:
             plan.other_rows[f"{table.name}.{column}"] = count
+    for rec, hit, labels in datasets_holding(session, pseudonym):
+        plan.label_volumes.extend(sha for sha in labels if sha not in plan.label_volumes)
+        plan.datasets.append(
+            {
+                "id": rec.id,
+                "name": rec.name,
+                "items": hit,
+                "superseded_by": superseded_by(rec.id, session=session),
+            }
+        )
+    for reviewer in review_stores():
+        holding = reviewer.find(query)
+        plan.reviews.append(holding)
+        plan.unreadable.extend(holding.unreadable)
+    return plan
+
+
+def datasets_holding(
+    session: Session, pseudonym: str
+) -> Iterator[tuple[DatasetVersionRecord, int, list[str]]]:
+    """Each dataset version whose manifest holds the patient: the record, how many items and
+    series of the patient it holds, and the store keys of the patient's label volumes."""
     for rec in session.scalars(select(DatasetVersionRecord)):
         manifest = DatasetManifest.model_validate_json(rec.manifest_json)
         hit = sum(1 for item in manifest.items if item.patient == pseudonym)
         series = [s for s in manifest.series or [] if s.patient == pseudonym]
-        plan.label_volumes.extend(s.label_sha256 for s in series if s.label_sha256 not in plan.label_volumes)
-        hit += len(series)
-        if hit:
-            plan.datasets.append(
-                {
-                    "id": rec.id,
-                    "name": rec.name,
-                    "items": hit,
-                    "superseded_by": superseded_by(rec.id, session=session),
-                }
-            )
-    _models(plan, settings)
-    return plan
+        if hit + len(series):
+            yield rec, hit + len(series), [s.label_sha256 for s in series]
 
 
 def map_filter(pseudonym: str, uids: set[str]) -> Any:
@@ -220,34 +260,6 @@ def lineage_filter(inputs: set[str], outputs: set[str]) -> Any:
         LineageEvent.input_sha256.in_(sorted(inputs) or [""]),
         LineageEvent.output_sha256.in_(sorted(outputs) or [""]),
     )
-
-
-def _models(plan: ErasurePlan, settings: Settings) -> None:
-    """Model versions and runs trained on an affected dataset version (MLflow tags)."""
-    uri = settings.resolved_mlflow_uri
-    if not plan.datasets or (
-        uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
-    ):
-        return
-    from governance.approvals.registry import registry_client
-
-    client = registry_client(uri)
-    affected = {d["id"] for d in plan.datasets}
-    token = None
-    while True:
-        page = client.search_model_versions(max_results=1000, page_token=token)
-        for mv in page:
-            dataset = (mv.tags or {}).get(Tag.DATASET_VERSION)
-            if dataset in affected:
-                plan.models.append({"name": mv.name, "version": str(mv.version), "dataset_version": dataset})
-        token = page.token
-        if not token:
-            break
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    for dataset in sorted(affected):
-        runs = client.search_runs(experiments, filter_string=f"tags.`radgate.dataset_version` = '{dataset}'")
-        plan.runs.extend(r.info.run_id for r in runs)
-    plan.models.sort(key=lambda m: (m["name"], int(m["version"])))
 
 
 def superseded_by(version_id: str, *, session: Session | None = None) -> str | None:

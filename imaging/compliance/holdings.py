@@ -1,12 +1,20 @@
 """What each store holds for a patient: the one interface erasure and retention ask.
 
 The catalog and the content store are this package's own (:mod:`imaging.compliance.erasure_find`
-reads them directly). Every other store that keeps patient-derived data (serving's sealed
-inputs awaiting feedback, the FHIR outbox for the EMR, ...) implements :class:`PatientStore` in
-the package that owns its layout and is declared as an entry point of the group
-``radgate.patient_stores`` (``pyproject.toml``), so compliance finds it without importing a
-layer above it. An item a store cannot attribute (damaged, sealed under another key) is
-reported in :attr:`Holding.unreadable`, never passed over.
+reads them directly). Every other store that keeps patient-derived data is declared as an entry
+point of the group ``radgate.patient_stores`` (``pyproject.toml``) by the package that owns its
+layout, so compliance finds it without importing a layer above it. A store is one of two kinds:
+
+- :class:`PatientStore` (serving's sealed inputs awaiting feedback, the FHIR outbox, ...): what it
+  holds is removed before the catalog transaction, so a crash leaves catalog rows that a re-run
+  finds;
+- :class:`ReviewStore` (the MLflow registry's runs and model versions trained on the patient's
+  data): what it holds is flagged for review, naming the erasure, only after the catalog
+  transaction that records the erasure has committed.
+
+An item a store cannot attribute (damaged, sealed under another key) is reported in
+:attr:`Holding.unreadable`, and an item a review store cannot flag is returned by
+:meth:`ReviewStore.flag`: neither is passed over.
 """
 
 from __future__ import annotations
@@ -22,15 +30,25 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "SHOWN_MODEL_VERSION",
+    "SHOWN_RUN",
+    "Erasure",
     "Holding",
     "PatientQuery",
     "PatientStore",
+    "ReviewStore",
     "StoreUnavailable",
     "patient_stores",
+    "review_stores",
     "unreadable_item",
 ]
 
 ENTRY_POINT_GROUP = "radgate.patient_stores"
+
+#: The ``kind`` of a :attr:`Holding.shown` entry: a registered model version (``name``,
+#: ``version``, ``dataset_version``) or a run (``run_id``).
+SHOWN_MODEL_VERSION = "model-version"
+SHOWN_RUN = "run"
 
 
 class StoreUnavailable(RuntimeError):
@@ -47,14 +65,29 @@ class PatientQuery:
     settings: Settings = field(repr=False)
 
 
+@dataclass(frozen=True)
+class Erasure:
+    """The committed erasure a review store's flags name (an opaque id and a keyed subject
+    digest, never the patient's identifiers) and who carries it out."""
+
+    id: str
+    subject: str
+    actor: str
+    role: str
+    settings: Settings = field(repr=False)
+
+
 @dataclass
 class Holding:
     """What one store holds for the patient: ``items`` are the store's own references (paths,
-    ids) for :meth:`PatientStore.erase`, never shown; reports carry the count only."""
+    ids) for :meth:`PatientStore.erase` or :meth:`ReviewStore.flag`, never shown; reports carry
+    the count only, and ``shown``: what a review store's items are, when that is no patient data
+    (a model version's name, version and training dataset version; a run's id)."""
 
     store: str
     items: list[str] = field(default_factory=list, repr=False)
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    shown: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def count(self) -> int:
@@ -80,28 +113,62 @@ class PatientStore(Protocol):
         ...
 
 
+@runtime_checkable
+class ReviewStore(Protocol):
+    """A store whose items derive from the patient's data without holding it (models trained on
+    it): they are flagged for review once the erasure is recorded, not removed."""
+
+    name: str
+
+    def find(self, query: PatientQuery) -> Holding:
+        """Every item of this store derived from ``query``'s patient's data."""
+        ...
+
+    def flag(self, holding: Holding, erasure: Erasure) -> list[dict[str, str]]:
+        """Flag what :meth:`find` returned for review, naming ``erasure``; the items it could not
+        flag (as :func:`unreadable_item`), never passed over."""
+        ...
+
+    def retention(self, settings: Settings, now: datetime) -> dict[str, int]:
+        """As :meth:`PatientStore.retention`."""
+        ...
+
+
 def unreadable_item(store: str, item: str, exc: BaseException) -> dict[str, str]:
     """How an item that could not be attributed is reported: its store, a short id, the error
     type (never the message: it may quote the item's content)."""
     return {"store": store, "item": item[:16], "error": type(exc).__name__}
 
 
-def patient_stores() -> list[PatientStore]:
-    """The declared stores, in name order. Raises :class:`StoreUnavailable` when one cannot be
-    loaded: an erasure that skipped a store would report a patient gone who is not."""
+def _declared() -> list[object]:
+    """Every declared store, in name order. Raises :class:`StoreUnavailable` when one cannot be
+    loaded or is of neither kind: an erasure that skipped a store would report a patient gone
+    who is not."""
     points = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name)
     if not points:  # radgate declares its own: none means installed metadata older than the code
         raise StoreUnavailable(
             f"no {ENTRY_POINT_GROUP} entry points are installed: reinstall radgate (scripts/setup.sh)"
         )
-    stores: list[PatientStore] = []
+    stores: list[object] = []
     for point in points:
         try:
             store = point.load()()
         except Exception as exc:
             why = type(exc).__name__
             raise StoreUnavailable(f"patient store {point.name!r} cannot be loaded: {why}") from exc
-        if not isinstance(store, PatientStore):
-            raise StoreUnavailable(f"patient store {point.name!r} does not implement PatientStore")
+        if not isinstance(store, PatientStore | ReviewStore):
+            raise StoreUnavailable(
+                f"patient store {point.name!r} implements neither PatientStore nor ReviewStore"
+            )
         stores.append(store)
     return stores
+
+
+def patient_stores() -> list[PatientStore]:
+    """The declared stores whose holdings erasure removes, in name order (see :func:`_declared`)."""
+    return [store for store in _declared() if isinstance(store, PatientStore)]
+
+
+def review_stores() -> list[ReviewStore]:
+    """The declared stores whose holdings erasure flags for review, in name order."""
+    return [store for store in _declared() if isinstance(store, ReviewStore)]
