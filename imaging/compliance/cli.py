@@ -201,11 +201,17 @@ def erase(
     for s in result.get("superseded", []):
         successor = s["successor"][:12] if s["successor"] else "none (empty)"
         console.print(f"  superseded {s['id'][:12]} -> {successor}")
+    # Reports shorten an item to 16 characters: a clash errs towards "not flagged".
+    unflagged = {u["item"] for u in result["unreadable"]}
     for m in result["model_versions"]:
+        failed = f"{m['name']}/{m['version']}"[:16] in unflagged
+        done = "NOT flagged: resolve by hand" if failed else "flagged radgate.erasure.review=required"
         console.print(
             f"model {m['name']} v{m['version']} trained on {m['dataset_version'][:12]}: "
-            + ("would be flagged" if dry_run else "flagged radgate.erasure.review=required")
+            + ("would be flagged" if dry_run else done)
         )
+    for u in result["unreadable"]:  # may be this patient's: a person resolves each
+        console.print(f"[red]unresolved[/red] {u['store']} {u['item']}: {u['error']}")
     if not dry_run:
         console.print(f"erasure {result['erasure_id']} complete (subject {result['subject']})")
 

@@ -40,3 +40,26 @@ def test_an_unsealable_quarantined_input_is_reported_not_skipped(radgate_home: P
     ]
     assert plan.unreadable[0]["error"]  # the error's type, never its message (no PHI)
     assert plan.to_dict()["unreadable"] == plan.unreadable
+
+
+def test_the_erase_command_shows_an_unreadable_item_in_its_text_report(radgate_home: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from governance.testing import create_cast
+    from imaging.compliance import cli as compliance_cli
+
+    settings = get_settings()
+    folder = radgate_home / "quarantine"
+    folder.mkdir(parents=True, exist_ok=True)
+    damaged = "c" * 64
+    with open_catalog(settings).session() as session:
+        _quarantine(session, damaged, folder / f"{damaged}.sealed", b"not a sealed box")
+    cast = create_cast()
+    app = typer.Typer()
+    compliance_cli.register(app)
+    dry = CliRunner().invoke(
+        app, ["erase", "--patient", PATIENT_ID, "--dry-run", "--token", cast.tokens["broker"]]
+    )
+    assert dry.exit_code == 0, dry.output
+    assert f"unresolved quarantine {damaged[:16]}" in dry.output and PATIENT_ID not in dry.output
