@@ -182,7 +182,10 @@ class ModelWorker:
 
                 from serving.triton.publish import TritonLoader
 
-                loader = TritonLoader(self.served.triton_url, pathlib.Path(self.served.triton_repository))
+                # The replica's own gate: the loader's re-checks share its cached decisions.
+                loader = TritonLoader(
+                    self.served.triton_url, pathlib.Path(self.served.triton_repository), gate=self.gate
+                )
             return TritonForward(
                 self.served.triton_url,
                 self.served.triton_model_name or self.served.name,

@@ -109,6 +109,12 @@ def published_files(audit: AuditLog, name: str, version: str, artifact_sha256: s
     raise TritonModelMismatch(f"{name} v{version} was never published from its approved artifact")
 
 
+def _identity(path: Path) -> tuple[int, ...]:
+    """Device, inode, size, modification and status-change times (ns) of ``path``."""
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 def _config_json(pbtxt: bytes) -> str:
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
@@ -128,14 +134,24 @@ class TritonLoader:
         gate: Gate | None = None,
         audit: AuditLog | None = None,
         verify_ttl_s: float = 2.0,
+        rehash_s: float = 60.0,
     ) -> None:
+        """``verify_ttl_s``: how long a passed re-check stands before the next forward pass
+        checks again; ``rehash_s``: how long an unchanged file goes before its bytes are hashed
+        again (between, its identity is compared; a load always hashes the bytes)."""
         import tritonclient.grpc as grpcclient
 
         self.client = grpcclient.InferenceServerClient(url)
         self.repo = Path(repo)
         self._gate, self._audit = gate, audit
         self.verify_ttl_s = verify_ttl_s
+        self.rehash_s = rehash_s
         self._checked: dict[tuple[str, str], float] = {}
+        # Published files this loader hashed and found as published, by path: their identity
+        # then (device, inode, size, mtime_ns, ctime_ns), their digest and when to read them
+        # again regardless. Writing to a file or replacing it changes that identity, so a
+        # re-check between full reads stats the files instead of hashing tens of MB.
+        self._hashed: dict[Path, tuple[tuple[int, ...], str, float]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -152,8 +168,14 @@ class TritonLoader:
             self._audit = self.gate.audit
         return self._audit
 
-    def _verified_bytes(self, name: str, version: str) -> tuple[str, dict[str, bytes]]:
-        decision = self.gate(name, version=version, fresh=True)
+    def _verified_bytes(self, name: str, version: str, *, fresh: bool = True) -> tuple[str, dict[str, bytes]]:
+        """The published files of ``name`` v``version`` checked against the newest authentic
+        publication of the artifact the gate allows now. ``fresh`` (a load): a fresh gate
+        decision and every file's bytes read and hashed, returned for Triton. Otherwise (the
+        periodic re-check while serving): the gate's ordinary decision, as every request gets,
+        and a file whose identity is unchanged since this loader hashed it (settled, within
+        ``rehash_s``) is not read again; nothing is returned for such a file."""
+        decision = self.gate(name, version=version, fresh=fresh)
         if not decision.allowed or decision.artifact_sha256 is None:
             raise TritonModelMismatch(f"{name} v{version} is not allowed by the gate")
         expected = published_files(self.audit, name, version, decision.artifact_sha256)
@@ -162,11 +184,18 @@ class TritonLoader:
         for rel, digest in expected.items():
             path = model_dir / rel
             try:
+                if not fresh and self._unchanged(path, digest):
+                    continue
+                before = _identity(path)
                 data = path.read_bytes()
+                after = _identity(path)
             except OSError as exc:
                 raise TritonModelMismatch(f"published file {rel} of {name} v{version} is unreadable") from exc
             if _sha256(data) != digest:
+                with self._lock:
+                    self._hashed.pop(path, None)
                 raise TritonModelMismatch(f"{name} v{version}: {rel} differs from what was published")
+            self._remember(path, digest, before, after)
             found[rel] = data
         # Bytecode caches are not loaded from here (Triton gets the verified files); anything
         # else unpublished beside the weights is refused.
@@ -180,6 +209,28 @@ class TritonLoader:
                 f"{name} v{version}: unpublished files in the repository: {sorted(extra)}"
             )
         return decision.artifact_sha256, found
+
+    def _unchanged(self, path: Path, digest: str) -> bool:
+        """Whether ``path`` is the file this loader last hashed as ``digest``, not touched since
+        (same identity) and hashed within ``rehash_s``."""
+        with self._lock:
+            known = self._hashed.get(path)
+        if known is None or known[1] != digest or known[2] <= time.monotonic():
+            return False
+        return _identity(path) == known[0]
+
+    def _remember(self, path: Path, digest: str, before: tuple[int, ...], after: tuple[int, ...]) -> None:
+        """Keep the identity of a file just hashed as published, when it did not change while it
+        was read and its times are :data:`SETTLE_S` in the past (a write in the same clock tick
+        as the read could otherwise leave the same times behind)."""
+        from governance.approvals.digests import SETTLE_S
+
+        settled = time.time_ns() - max(after[3], after[4]) >= int(SETTLE_S * 1e9)
+        with self._lock:
+            if before == after and settled:
+                self._hashed[path] = (after, digest, time.monotonic() + self.rehash_s)
+            else:
+                self._hashed.pop(path, None)
 
     def load(self, name: str, version: str) -> None:
         """Verify, then load exactly the verified bytes; on any mismatch unload and raise."""
@@ -200,14 +251,15 @@ class TritonLoader:
             self._checked[(name, str(version))] = time.monotonic() + self.verify_ttl_s
 
     def verify(self, name: str, version: str) -> None:
-        """Re-check the repository against the publication (cached ``verify_ttl_s``); on a
-        mismatch unload the model and raise, so a swapped repository never serves."""
+        """Re-check the repository against the publication (cached ``verify_ttl_s``; the gate's
+        ordinary decision, files compared by identity between full reads); on a mismatch unload
+        the model and raise, so a swapped repository never serves."""
         key = (name, str(version))
         with self._lock:
             if self._checked.get(key, 0.0) > time.monotonic():
                 return
         try:
-            self._verified_bytes(name, str(version))
+            self._verified_bytes(name, str(version), fresh=False)
         except TritonModelMismatch:
             self.unload(name)
             raise
@@ -217,8 +269,11 @@ class TritonLoader:
     def unload(self, name: str) -> None:
         from tritonclient.utils import InferenceServerException
 
+        model_dir = self.repo / name
         with self._lock:
             for key in [k for k in self._checked if k[0] == name]:
                 del self._checked[key]
+            for path in [p for p in self._hashed if p.is_relative_to(model_dir)]:
+                del self._hashed[path]
         with contextlib.suppress(InferenceServerException):  # not loaded: nothing to unload
             self.client.unload_model(name)
