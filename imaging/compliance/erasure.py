@@ -192,13 +192,15 @@ def erase_patient(
         },
         role=principal.role.value,
     )
+    # Every declared store is loaded before anything is removed: one that fails stops the erasure.
+    stores = {store.name: store for store in patient_stores()}
+    reviewers = {reviewer.name: reviewer for reviewer in review_stores()}
     # Objects first: a crash after this point leaves catalog rows that a re-run removes.
     store = ContentStore.from_settings(settings)
     for _, store_key, _ in plan.instances:
         _delete_object(store, store_key)
     for store_key in plan.label_volumes:
         _delete_object(store, store_key)
-    stores = {store.name: store for store in patient_stores()}
     for holding in plan.holdings:
         stores[holding.store].erase(holding)
     for _, sealed in plan.quarantine:
@@ -245,7 +247,6 @@ def erase_patient(
         )
     # Flags name the erasure: only once its record is committed.
     erasure = Erasure(erasure_id, plan.subject, principal.name, principal.role.value, settings)
-    reviewers = {reviewer.name: reviewer for reviewer in review_stores()}
     unflagged = [item for holding in plan.reviews for item in reviewers[holding.store].flag(holding, erasure)]
     plan.unreadable.extend(unflagged)
     for entry in superseded:
