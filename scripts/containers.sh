@@ -19,7 +19,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
 
-ENGINE="${CONTAINER_ENGINE:-$(command -v podman >/dev/null 2>&1 && echo podman || echo docker)}"
+# podman unless a docker daemon answers (a docker client alone, without its daemon, is no engine:
+# podman is then installed by engine_setup)
+if [ -n "${CONTAINER_ENGINE:-}" ]; then
+  ENGINE="$CONTAINER_ENGINE"
+elif command -v podman >/dev/null 2>&1; then
+  ENGINE=podman
+elif command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  ENGINE=docker
+else
+  ENGINE=podman
+fi
 NICE=(nice -n "${RADGATE_NICE:-19}")
 STATE="${RADGATE_CONTAINERS_STATE:-/var/tmp/radgate-containers}"
 LOCAL_BASES="${RADGATE_LOCAL_BASES:-1}"

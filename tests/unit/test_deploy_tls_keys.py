@@ -410,3 +410,24 @@ def test_mlflow_serves_https_and_every_client_verifies_it() -> None:
             if variable in env:
                 assert env[variable].startswith("https://mlflow:"), name
                 assert _mounted(env["MLFLOW_TRACKING_SERVER_CERT_PATH"], service), name
+
+
+def test_podman_compose_merges_the_local_override_and_writes_it_back() -> None:
+    """podman-compose's own merge of compose.yaml with compose.local.yaml (its !override and !reset
+    tags) must give a file it can write back: `scripts/containers.sh` starts the stack from
+    that. Its !override copies a list one level deep, so a long-form entry under it (a mapping)
+    leaves YAML nodes in the result and the stack never starts."""
+    import podman_compose  # registers its !override / !reset tags with PyYAML's safe loader
+
+    merged: dict[str, Any] = {}
+    for name in ("compose.yaml", "compose.local.yaml"):
+        content = yaml.safe_load((DOCKER / name).read_text())
+        podman_compose.rec_merge(merged, podman_compose.normalize(content))
+    merged = podman_compose.normalize_final(merged, str(DOCKER))
+    written = yaml.safe_load(yaml.safe_dump(merged))
+    assert written["services"]["orthanc"]["image"] == "localhost/radgate/orthanc:latest"
+    assert set(_targets(written["services"]["orthanc"]).values()) >= {
+        "tls_ca",
+        "orthanc_tls_cert",
+        "orthanc_tls_key",
+    }
