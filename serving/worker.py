@@ -55,8 +55,8 @@ class ModelWorker:
         self.recorder: Any = None  # serving.monitoring.LiveRecorder, when a reference profile exists
         self.denied: list[str] = []
         self._lock = threading.Lock()
-        # Live monitoring runs on one background thread at the lowest CPU priority, so that
-        # recording request N does not slow request N+1 on the replica's CPUs.
+        # Live monitoring runs on one background thread (recording there at the lowest CPU
+        # priority, see _monitor_loop), so that recording request N does not slow request N+1.
         self._monitor_queue: queue.Queue[tuple[ServedPredictor, Any, list[Any]]] = queue.Queue(
             _MONITOR_BACKLOG
         )
@@ -139,8 +139,14 @@ class ModelWorker:
             LOGGER.warning("live monitoring backlog full: %d request(s) not recorded", len(cases))
 
     def _monitor_loop(self) -> None:
-        with contextlib.suppress(OSError, AttributeError):  # Linux: per-thread nice value
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        if self._recorder_process is None:
+            # Recording on this thread is Python work: at the lowest priority it yields the CPUs.
+            # With a recorder process (the serve app) this thread only hands each request to the
+            # child, itself at the lowest priority; the thread keeps the replica's priority,
+            # since a thread the kernel starves while it holds the GIL stalls every request
+            # thread of the process until it runs again (priority inversion).
+            with contextlib.suppress(OSError, AttributeError):  # Linux: per-thread nice value
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while True:
             self._observe(*self._monitor_queue.get())
 

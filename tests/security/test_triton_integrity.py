@@ -149,3 +149,39 @@ def test_an_unpublished_or_unapproved_version_is_never_loaded(published: dict[st
     loader = TritonLoader(published["server"].grpc_url, published["repo"])
     with pytest.raises(TritonModelMismatch, match="not allowed"):
         loader.load(MODEL, "99")
+
+
+def test_a_settled_file_rewritten_between_full_reads_is_refused(
+    published: dict[str, Any], tmp_path: Path
+) -> None:
+    """While serving, the re-check compares a settled published file's identity instead of
+    reading its bytes: one byte of the weights rewritten in place (same size) changes that
+    identity, and the next forward pass refuses and unloads."""
+    import time
+
+    from governance.approvals.digests import SETTLE_S
+    from serving.triton import TritonForward, TritonModelMismatch
+    from serving.triton.publish import TritonLoader
+
+    url, version, sha = published["server"].grpc_url, published["version"], published["sha"]
+    model_dir = published["repo"] / MODEL
+    files = [p for p in model_dir.rglob("*") if p.is_file()]
+    newest = max(max(p.stat().st_mtime, p.stat().st_ctime) for p in files)
+    time.sleep(max(0.0, newest + SETTLE_S + 0.2 - time.time()))  # every file settled
+    batch = _batch(tmp_path)
+    loader = TritonLoader(url, published["repo"], verify_ttl_s=0)
+    forward = TritonForward(url, MODEL, version, sha, loader=loader)
+    assert forward(batch).shape == (2, 2)
+    weights = model_dir / version / "model.pt"
+    assert weights in loader._hashed  # the re-checks now go by identity
+
+    original = weights.read_bytes()
+    other = bytearray(original)
+    other[len(other) // 2] ^= 0xFF  # one byte of the weights, the file's size unchanged
+    weights.write_bytes(bytes(other))
+    try:
+        with pytest.raises(TritonModelMismatch, match="differs from what was published"):
+            forward(batch)
+        assert not _answers(url, version, batch)
+    finally:
+        weights.write_bytes(original)
