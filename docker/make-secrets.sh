@@ -59,6 +59,10 @@ PY
 # a site puts its PKI's files here instead. Existing certificates are kept; only the missing ones
 # are issued. tls/ca-key.pem is mounted nowhere.
 radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
+# The project key's public id, for the services that check which key pseudonymised the data
+# (training's evidence) and hold no key.
+"$(dirname "$radgate")/python" -c 'import sys; from pathlib import Path; from governance.keys import key_id_of_file; print(key_id_of_file(Path(sys.argv[1])))' \
+  radgate_project_key > radgate_project_key_id
 "$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
   --service mlflow >/dev/null
 # The services' RadGate tokens are issued by an admin once the catalog runs

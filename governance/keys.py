@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,16 @@ from governance.keyring import (
 )
 from governance.settings import Settings, get_settings
 
-__all__ = ["KeyError_", "ProjectKey", "load_project_key", "seal_key_path", "write_secret_file"]
+__all__ = [
+    "KeyError_",
+    "ProjectKey",
+    "key_id_of_file",
+    "key_id_path",
+    "load_project_key",
+    "project_key_id",
+    "seal_key_path",
+    "write_secret_file",
+]
 
 _NONCE_BYTES = 12
 
@@ -158,4 +168,36 @@ def load_project_key(settings: Settings | None = None, *, create: bool = True) -
             raise KeyError_("no project key: set RADGATE_PROJECT_KEY or create the key file")
         with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
             write_secret_file(path, secrets.token_bytes(32), exclusive=True)
+            # its public id beside it, for the services that only check which key made data
+            key_id_path(settings).write_text(key_id_of_file(path) + "\n")
     return ProjectKey(_parse_hex(path.read_text()), seal, sealer)
+
+
+def key_id_path(settings: Settings | None = None) -> Path:
+    """Where the project key's public id is kept, beside the key file (``project.key.id``): a
+    service that checks which key pseudonymised data (training's evidence) but pseudonymises
+    nothing is given this file instead of the key."""
+    path = (settings or get_settings()).resolved_key_file
+    return path.with_name(path.name + ".id")
+
+
+def key_id_of_file(path: Path) -> str:
+    """The public id of the project key in the file at ``path`` (deployment scripts write it
+    beside the key for the services that hold only the id)."""
+    return ProjectKey(_parse_hex(path.read_text())).key_id
+
+
+def project_key_id(settings: Settings | None = None) -> str:
+    """The project key's public id: from the key where this process holds it, else from its id
+    file (``key_id_path``). Raises :class:`KeyError_` when there is neither."""
+    settings = settings or get_settings()
+    key_file = settings.resolved_key_file
+    if settings.project_key is not None or os.access(key_file, os.R_OK):
+        return load_project_key(settings, create=False).key_id
+    try:
+        text = key_id_path(settings).read_text().strip()
+    except OSError:
+        raise KeyError_("no project key and no project key id (project.key.id) here") from None
+    if len(text) != 16 or any(c not in "0123456789abcdef" for c in text):
+        raise KeyError_("the project key id file does not hold a key id")
+    return text

@@ -53,11 +53,11 @@ def dataset_deidentified(dataset: Any, settings: Settings) -> tuple[bool, str]:
     from sqlalchemy import select
 
     from governance.catalog import Instance, LineageEvent, open_catalog
-    from governance.keys import load_project_key
+    from governance.keys import project_key_id
     from imaging.deid.profile import profile_dir
 
     standard = {f"{p.stem}@v" for p in profile_dir().glob("*.yaml")}
-    key_id = load_project_key(settings).key_id
+    key_id = project_key_id(settings)  # the id only: training pseudonymises nothing
     wanted = {item.sha256 for item in dataset.manifest.items}
     # Segmentation versions: every slice of every series (label volumes are not DICOM inputs).
     wanted |= {sha for series in dataset.manifest.series or [] for sha in series.instances}

@@ -45,9 +45,9 @@ KEYS = {
     "gateway": {"project.key", "broker.pub", "audit-writer.key", "audit-signing.pub", "audit-writers.json"},
     "serving": {"serving-store.key", "artifact-digest.key", *AUDIT},
     "ui": {"ui-session.key", "artifact-digest.key", *AUDIT},
-    "ray-head": AUDIT,
-    "ray-worker": AUDIT,
-    "trainer": AUDIT,
+    "ray-head": {"project.key.id", *AUDIT},
+    "ray-worker": {"project.key.id", *AUDIT},
+    "trainer": {"project.key.id", *AUDIT},
 }
 
 
@@ -82,7 +82,11 @@ def test_each_compose_service_mounts_exactly_the_keys_its_code_reads() -> None:
         held = {Path(t).name for t in targets if t.startswith(KEYS_DIR)}
         assert held == KEYS.get(name, set()), name
         # Each key file is the secret of that name (not another key mounted under its name).
-        renamed = {"project.key": "radgate_project_key", "audit-writer.key": f"audit-writer-{name}.key"}
+        renamed = {
+            "project.key": "radgate_project_key",
+            "project.key.id": "radgate_project_key_id",
+            "audit-writer.key": f"audit-writer-{name}.key",
+        }
         for target, source in targets.items():
             if target.startswith(KEYS_DIR):
                 stem = Path(target).name
@@ -342,7 +346,7 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
         load_broker_sealer,
         load_store_key,
     )
-    from governance.keys import KeyError_, load_project_key
+    from governance.keys import KeyError_, load_project_key, project_key_id
     from governance.settings import Settings
 
     (tmp_path / "secrets").mkdir()
@@ -355,6 +359,7 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
     compose = _compose()
     files = _files(compose)
     gateway_writer = None
+    pseudonym_key_id = ""
     for name in KEYS:
         directory = tmp_path / "mounted" / name
         directory.mkdir(parents=True)
@@ -368,6 +373,7 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
             assert signer.scope == ("gateway.", "ingest.", "deid."), signer.scope
             gateway_writer = signer
             assert load_project_key(settings, create=False).sealer is not None  # pseudonyms, sealing
+            pseudonym_key_id = load_project_key(settings, create=False).key_id
         else:
             assert signer.scope is None and signer.key_id == verifier.key_id
             with pytest.raises(KeyError_):
@@ -380,6 +386,8 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
             else:
                 with pytest.raises(KeyMissing):
                     load_store_key(purpose, settings, create=False)
+        if "project.key.id" in KEYS[name]:  # training's evidence: which key made the data
+            assert project_key_id(settings) == pseudonym_key_id, name
         assert sorted(p.name for p in directory.iterdir()) == sorted(KEYS[name])  # nothing created
     # Every verifier takes the gateway's own entries, and only those.
     assert gateway_writer is not None

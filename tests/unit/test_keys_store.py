@@ -84,3 +84,26 @@ def test_catalog_migrates_to_every_head(tmp_path: Path) -> None:
     catalog.upgrade()  # idempotent
     tables = set(inspect(catalog.engine).get_table_names())
     assert {"instances", "quarantine", "lineage", "pseudonyms", "alembic_version"} <= tables
+
+
+def test_a_service_without_the_pseudonym_key_reads_its_public_id(tmp_path: Path) -> None:
+    """Training checks which key pseudonymised a dataset and holds no key: the id file beside
+    the key's path (written when the key is made; deployment scripts write it) is enough; with
+    neither it is refused, never made up."""
+    from governance.keys import KeyError_, key_id_path, load_project_key, project_key_id
+    from governance.settings import Settings
+
+    holder = Settings(key_file=tmp_path / "gateway" / "project.key", project_key=None)
+    (tmp_path / "gateway").mkdir()
+    key = load_project_key(holder)  # made here, with its id beside it
+    assert key_id_path(holder).read_text().strip() == key.key_id == project_key_id(holder)
+    trainer = Settings(key_file=tmp_path / "trainer" / "project.key", project_key=None)
+    (tmp_path / "trainer").mkdir()
+    with pytest.raises(KeyError_):
+        project_key_id(trainer)
+    key_id_path(trainer).write_text(key_id_path(holder).read_text())
+    assert project_key_id(trainer) == key.key_id
+    assert not (tmp_path / "trainer" / "project.key").exists()  # the id never makes a key
+    key_id_path(trainer).write_text("not an id\n")
+    with pytest.raises(KeyError_):
+        project_key_id(trainer)
