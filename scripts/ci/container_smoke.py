@@ -421,6 +421,51 @@ class Journey:
             time.sleep(3)
         raise StepFailed(f"no new SR instance in Orthanc ({len(found)} before and after)")
 
+    def gateway_killed_mid_transfer(self) -> dict[str, Any]:
+        """Kill the gateway container while Orthanc sends it a second set of studies, start it
+        again and send the whole set once more: every instance is in the catalog and the store
+        exactly once (an instance acknowledged before the kill was committed; one that was not
+        comes again and is stored; one sent twice is a duplicate, not a second row)."""
+        from imaging.demo_data import write_demo_studies
+
+        before = int(self.psql("SELECT count(*) FROM instances") or 0)
+        objects_before = len(self.s3_keys("radgate", "store/"))
+        extra = write_demo_studies(self.work / "kill", patients=60, images_per_patient=2, size=128, seed=7)
+        ids = [
+            self.orthanc("POST", "/instances", p.read_bytes(), "application/dicom")["ID"] for p in extra.files
+        ]
+        resources = json.dumps({"Resources": ids, "Asynchronous": True}).encode()
+        job = self.orthanc("POST", "/modalities/radgate/store", resources)["ID"]
+        deadline = time.monotonic() + 120
+        while int(self.psql("SELECT count(*) FROM instances") or 0) == before:  # the transfer runs
+            if time.monotonic() > deadline:
+                raise StepFailed("the second transfer never reached the catalog")
+            time.sleep(0.2)
+        self.stack.run([self.stack.engine, "kill", self.stack.container("gateway")])
+        at_kill = int(self.psql("SELECT count(*) FROM instances") or 0) - before
+        killed_job = self.orthanc("GET", f"/jobs/{job}")
+        self.stack.run([self.stack.engine, "start", self.stack.container("gateway")])
+        deadline = time.monotonic() + 300
+        while self.stack.state("gateway") != ("running", "healthy"):
+            if time.monotonic() > deadline:
+                raise StepFailed("the gateway did not come back: " + self.stack.logs("gateway"))
+            time.sleep(3)
+        again = self.orthanc(
+            "POST", "/modalities/radgate/store", json.dumps({"Resources": ids, "Synchronous": True}).encode()
+        )
+        rows = int(self.psql("SELECT count(*) FROM instances") or 0) - before
+        objects = len(self.s3_keys("radgate", "store/")) - objects_before
+        if rows != len(ids) or objects != len(ids):
+            raise StepFailed(f"{len(ids)} sent, {rows} catalog rows and {objects} objects after the restart")
+        return {
+            "instances": len(ids),
+            "committed_at_kill": at_kill,
+            "job_state_at_kill": killed_job.get("State"),
+            "resent_failed": again.get("FailedInstancesCount"),
+            "catalog_rows": rows,
+            "store_objects": objects,
+        }
+
     def run(self) -> int:
         try:
             self.step("stack ready", self.wait_for_stack)
@@ -431,6 +476,7 @@ class Journey:
             self.step("submit, approve, promote", self.approve)
             self.step("serving container predicts through the gate", self.serve_and_predict)
             self.step("SR back in Orthanc", self.sr_in_orthanc)
+            self.step("gateway killed mid-transfer loses nothing", self.gateway_killed_mid_transfer)
         except (StepFailed, OSError, subprocess.TimeoutExpired, urllib.error.URLError):
             return 1
         return 0

@@ -40,7 +40,8 @@ def test_images_build_and_the_smoke_journey_passes(tmp_path: Path) -> None:
     failed = [s for s in journey["steps"] if not s["ok"]]
     assert done.returncode == 0 and journey["ok"] and not failed, (failed, done.stderr[-4000:])
     names = [s["step"] for s in journey["steps"]]
-    assert names[0] == "stack ready" and names[-1] == "SR back in Orthanc" and len(names) == 8
+    assert names[0] == "stack ready" and names[-1] == "gateway killed mid-transfer loses nothing"
+    assert len(names) == 9
     # Image sizes recorded by the builds: CPU-only gateway and UI under 1.5 GB.
     sizes = {
         line.split()[0]: int(line.split()[3])
