@@ -37,7 +37,7 @@ from governance.keyring import ARTIFACT_DIGEST, StoreKey, load_store_key
 from governance.settings import get_settings
 from governance.tags import artifact_files, artifact_sha256
 
-__all__ = ["SETTLE_S", "hash_and_record", "record_path", "recorded_sha256"]
+__all__ = ["SETTLE_S", "file_identity", "hash_and_record", "record_path", "recorded_sha256", "settled"]
 
 #: How long ago every file's modification and status-change times must be before a record of
 #: its hash is written (longer than any file system's timestamp resolution).
@@ -55,18 +55,29 @@ def record_path(root: Path) -> Path:
     return get_settings().home / "cache" / "artifact-digests" / f"{name}.json"
 
 
+def file_identity(path: Path) -> tuple[int, int, int, int, int]:
+    """Device, inode, size, modification and status-change times (ns) of the file at ``path``:
+    what a write, a times reset or a replacement changes."""
+    stat = os.stat(path)
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
+def settled(identity: tuple[int, ...], now_ns: int) -> bool:
+    """Whether a :func:`file_identity`'s modification and status-change times are both at
+    least :data:`SETTLE_S` before ``now_ns``."""
+    return now_ns - max(identity[3], identity[4]) >= int(SETTLE_S * 1e9)
+
+
 def _identity(root: Path) -> Identity:
     found = []
     for file in artifact_files(root):
-        stat = os.stat(file)
         relative = file.name if file == root else file.relative_to(root).as_posix()
-        found.append([relative, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns])
+        found.append([relative, *file_identity(file)])
     return found
 
 
 def _settled(identity: Identity, now_ns: int) -> bool:
-    margin = int(SETTLE_S * 1e9)
-    return all(now_ns - max(entry[4], entry[5]) >= margin for entry in identity)
+    return all(settled(tuple(entry[1:]), now_ns) for entry in identity)
 
 
 def _mac(key: StoreKey, body: dict[str, Any]) -> str:

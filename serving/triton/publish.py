@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from governance.approvals.digests import file_identity, settled
 from serving.triton.client import TritonModelMismatch
 from serving.triton.export import ExportResult, export_repository
 
@@ -109,12 +110,6 @@ def published_files(audit: AuditLog, name: str, version: str, artifact_sha256: s
     raise TritonModelMismatch(f"{name} v{version} was never published from its approved artifact")
 
 
-def _identity(path: Path) -> tuple[int, ...]:
-    """Device, inode, size, modification and status-change times (ns) of ``path``."""
-    stat = path.stat()
-    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-
-
 def _config_json(pbtxt: bytes) -> str:
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
@@ -186,9 +181,9 @@ class TritonLoader:
             try:
                 if not fresh and self._unchanged(path, digest):
                     continue
-                before = _identity(path)
+                before = file_identity(path)
                 data = path.read_bytes()
-                after = _identity(path)
+                after = file_identity(path)
             except OSError as exc:
                 raise TritonModelMismatch(f"published file {rel} of {name} v{version} is unreadable") from exc
             if _sha256(data) != digest:
@@ -217,17 +212,14 @@ class TritonLoader:
             known = self._hashed.get(path)
         if known is None or known[1] != digest or known[2] <= time.monotonic():
             return False
-        return _identity(path) == known[0]
+        return file_identity(path) == known[0]
 
     def _remember(self, path: Path, digest: str, before: tuple[int, ...], after: tuple[int, ...]) -> None:
         """Keep the identity of a file just hashed as published, when it did not change while it
         was read and its times are :data:`SETTLE_S` in the past (a write in the same clock tick
         as the read could otherwise leave the same times behind)."""
-        from governance.approvals.digests import SETTLE_S
-
-        settled = time.time_ns() - max(after[3], after[4]) >= int(SETTLE_S * 1e9)
         with self._lock:
-            if before == after and settled:
+            if before == after and settled(after, time.time_ns()):
                 self._hashed[path] = (after, digest, time.monotonic() + self.rehash_s)
             else:
                 self._hashed.pop(path, None)
