@@ -197,18 +197,15 @@ class PhiClassifier:
         digits = "".join(_DIGITS.findall(text))
         candidates = [(t, squeezed, _FRAGMENT) for t in self.tokens if len(t) >= 6]
         candidates += [(form, digits, 6) for form in self.dates if len(form) == 8]
-        best: tuple[int, int, int, int, int, int] | None = None  # (-run, length, start, end, at, seen)
+        matches = []  # (value, text it is sought in, start, end, at)
         for value, seen, shortest in candidates:
             start, end, at = _longest_common(value, seen)
-            if end - start < shortest:
-                continue
-            key = (-(end - start), len(value), start, end, at, len(seen))
-            if best is None or key[:2] < best[:2]:
-                best = key
-        if best is None:
+            if end - start >= shortest:
+                matches.append((value, seen, start, end, at))
+        if not matches:
             return 0, 0
-        _, length, start, end, at, seen_length = best
+        value, seen, start, end, at = min(matches, key=lambda m: (m[2] - m[3], len(m[0])))
         # what precedes the match in the text (a label: "DOB") does not stand for the value
         before = max(0, start - at)
-        after = max(0, (length - end) - (seen_length - (at + end - start)))
+        after = max(0, (len(value) - end) - (len(seen) - (at + end - start)))
         return before, after
