@@ -22,19 +22,20 @@ ENV PIP_NO_CACHE_DIR=1 \
     TCP_NODELAY=1 \
     RADGATE_HOME=/var/lib/radgate
 
-# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract),
-# and libGL/GLib, which the opencv-python wheel of RapidOCR (the default engine) links.
+# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract).
+# OpenCV is its headless build, which links no libGL or GLib (docker/requirements.py).
 # Debian stable: the suite pins the versions (security updates only).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tesseract-ocr-eng libgl1 libglib2.0-0 \
+    && apt-get install -y --no-install-recommends tesseract-ocr-eng \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 # Editable install at /opt/radgate: the code finds its shipped configs (deid profiles, policy)
 # next to the packages, as in a checkout. Dependencies first, so code edits reuse this layer.
 WORKDIR /opt/radgate
 COPY constraints.txt pyproject.toml README.md docker/requirements.py docker/prune-site.sh ./
-RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" > requirements.txt \
+RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" --no-deps-to no-deps.txt > requirements.txt \
     && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -r requirements.txt \
+    && if [ -s no-deps.txt ]; then pip install --no-deps -c constraints.txt -r no-deps.txt; fi \
     && sh prune-site.sh \
     && mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \

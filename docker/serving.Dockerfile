@@ -10,6 +10,9 @@ ARG RAY_IMAGE=rayproject/ray:2.60.0-py311
 FROM ${RAY_IMAGE}
 
 ARG RADGATE_EXTRAS=postgres,s3,triton
+# Serving de-identifies nothing: the OCR engines stay out (tests/unit/test_image_imports.py
+# imports the serving app without them).
+ARG RADGATE_WITHOUT="rapidocr-onnxruntime tesserocr opencv-python onnxruntime pyclipper shapely"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 # A pip.conf mounted at build time (CA bundle, local wheels); never copied into the image.
 ARG PIP_CONFIG_FILE
@@ -24,19 +27,15 @@ ENV PIP_NO_CACHE_DIR=1 \
 # Installed as root (the Python of Ray's images is writable by `ray`, the local CPU base's is not);
 # the code stays read-only to the user that runs it.
 USER 0
-# Burned-in text OCR on intake: Tesseract's English model (the tesserocr wheel bundles libtesseract),
-# and libGL/GLib, which the opencv-python wheel of RapidOCR (the default engine) links.
-# Debian stable: the suite pins the versions (security updates only).
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends tesseract-ocr-eng libgl1 libglib2.0-0 \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 WORKDIR /home/ray/app
-COPY pyproject.toml README.md constraints.txt docker/prune-site.sh ./
-RUN mkdir radgate imaging training serving governance \
-    && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
-    && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -e ".[${RADGATE_EXTRAS}]" \
+COPY pyproject.toml README.md constraints.txt docker/requirements.py docker/prune-site.sh ./
+RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" --no-deps-to no-deps.txt > requirements.txt \
+    && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -r requirements.txt \
+    && if [ -s no-deps.txt ]; then pip install --no-deps -c constraints.txt -r no-deps.txt; fi \
     && sh prune-site.sh \
+    && mkdir radgate imaging training serving governance \
+    && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \
+    && pip install --no-deps -e . \
     && mkdir -p /home/ray/radgate \
     && chown 1000:100 /home/ray/radgate
 COPY radgate ./radgate

@@ -9,7 +9,9 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
 
 ARG RADGATE_EXTRAS=postgres,s3
-ARG RADGATE_WITHOUT="torch monai pytorch-lightning captum ray"
+# No de-identification runs here: the OCR engines (RapidOCR, Tesseract, OpenCV, ONNX Runtime)
+# stay out too (tests/unit/test_image_imports.py imports the UI without them).
+ARG RADGATE_WITHOUT="torch monai pytorch-lightning captum ray rapidocr-onnxruntime tesserocr opencv-python onnxruntime pyclipper shapely"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG PIP_CONFIG_FILE
 ENV PIP_NO_CACHE_DIR=1 \
@@ -19,8 +21,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/radgate
 COPY constraints.txt pyproject.toml README.md docker/requirements.py docker/prune-site.sh ./
-RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" > requirements.txt \
+RUN python requirements.py pyproject.toml "${RADGATE_EXTRAS}" "${RADGATE_WITHOUT}" --no-deps-to no-deps.txt > requirements.txt \
     && pip install ${TORCH_INDEX:+--extra-index-url "${TORCH_INDEX}"} -c constraints.txt -r requirements.txt \
+    && if [ -s no-deps.txt ]; then pip install --no-deps -c constraints.txt -r no-deps.txt; fi \
     && sh prune-site.sh \
     && mkdir radgate imaging training serving governance \
     && touch radgate/__init__.py imaging/__init__.py training/__init__.py serving/__init__.py governance/__init__.py \

@@ -200,7 +200,10 @@ sizes() {
 lock() {
   {
     sed -n '1,/^[^#]/{/^#/p}' constraints.txt
-    .venv/bin/pip freeze --exclude-editable 2>/dev/null | sed -E 's/^torch==([^+]+)\+cpu$/torch==\1/'
+    # images take OpenCV's headless build at the venv's OpenCV release (docker/requirements.py)
+    .venv/bin/pip freeze --exclude-editable 2>/dev/null | sed -E \
+      -e 's/^torch==([^+]+)\+cpu$/torch==\1/' \
+      -e 's/^opencv-python==(.*)$/opencv-python==\1\nopencv-python-headless==\1/'
   } > constraints.txt.new
   mv constraints.txt.new constraints.txt
   log "constraints.txt: $(grep -vc '^#' constraints.txt) pins"
