@@ -111,6 +111,25 @@ class ContentStore:
             return self.path(key).exists()
         return bool(self._fs.exists(f"{self._base}/{self._rel(key)}"))
 
+    def delete(self, key: str) -> bool:
+        """Remove an object and the verified local copy ``path()`` may have made of it (patient
+        erasure); whether the store held the object. An absent object is no error, so that a
+        re-run after a partial erasure goes through. The local copy goes first: a crash between
+        the two leaves the object, which the next run finds and removes with its copy."""
+        rel = self._rel(key)
+        if self.cache_dir is not None:
+            (self.cache_dir / rel).unlink(missing_ok=True)
+        if self._local:
+            path = self._path / rel
+            held = path.exists()
+            path.unlink(missing_ok=True)
+            return held
+        remote = f"{self._base}/{rel}"
+        if not self._fs.exists(remote):
+            return False
+        self._fs.rm(remote)
+        return True
+
     def put(self, data: bytes, *, durable: bool = True, digest: str | None = None) -> str:
         """Store ``data``; ``digest`` is its sha256 when the caller has it already (not recomputed)."""
         key = digest or hashlib.sha256(data).hexdigest()

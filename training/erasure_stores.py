@@ -17,7 +17,6 @@ from governance.audit import record
 from governance.catalog import open_catalog
 from governance.settings import Settings
 from governance.tags import Tag
-from imaging.compliance.erasure_find import datasets_holding
 from imaging.compliance.holdings import (
     SHOWN_MODEL_VERSION,
     SHOWN_RUN,
@@ -26,6 +25,7 @@ from imaging.compliance.holdings import (
     PatientQuery,
     unreadable_item,
 )
+from imaging.compliance.stores import datasets_holding
 
 __all__ = ["MlflowRegistryStore"]
 

@@ -1,15 +1,16 @@
 """Patient erasure (GDPR Art. 17): find everything derived from one patient and remove it.
 
-``plan_erasure(patient_id, principal=broker)`` (honest broker; audited) finds, through the
-keyed lookup of the sealed map and the lineage: stored objects, quarantined inputs, map
-entries, lineage rows, rows of any other catalog table keyed by the patient's pseudonym (e.g.
-feedback cases) or by the inputs' hashes, dataset versions holding the patient, and the MLflow
-runs and model versions trained on those versions.
+``plan_erasure(patient_id, principal=broker)`` (honest broker; audited) asks every declared
+store (:mod:`imaging.compliance.holdings`) what it holds for the patient: the catalog (instance
+rows, quarantined inputs, map entries, lineage rows, rows of other domains' tables keyed by the
+patient), the content store's objects, serving's stores, and the MLflow runs and model versions
+trained on the dataset versions holding the patient; it lists those dataset versions too.
 
 ``erase_patient(patient_id, principal=broker, approver=admin, reason=...)`` carries it out:
-objects and sealed quarantine files deleted, catalog rows and map entries deleted, affected
-dataset versions superseded by successors without the patient, affected model versions and
-runs tagged ``radgate.erasure.review=required`` for governance review. The audit chain is
+what each patient store holds removed, then in one catalog transaction what each catalog store
+holds, the affected dataset versions superseded by successors without the patient and the
+erasure recorded; then affected model versions and runs tagged
+``radgate.erasure.review=required`` for governance review. The audit chain is
 only appended to: entries name an opaque erasure id and a keyed subject digest, never the
 patient's identifiers. Re-running is harmless (everything is found by keyed derivation too).
 """
@@ -19,16 +20,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.audit import record
 from governance.auth import Principal, Role, require_role
 from governance.auth.roles import PermissionDenied
-from governance.catalog import Instance, LineageEvent, Pseudonym, QuarantineRecord, open_catalog
+from governance.catalog import open_catalog
 from governance.keyring import RECORD_ERASURE
 from governance.keys import load_project_key
 from governance.settings import Settings, get_settings
@@ -37,16 +37,11 @@ from imaging.compliance.erasure_find import (
     ErasureError,
     ErasurePlan,
     find_patient_data,
-    key_values,
-    lineage_filter,
-    map_filter,
-    other_tables,
     superseded_by,
 )
-from imaging.compliance.holdings import Erasure, patient_stores, review_stores
+from imaging.compliance.holdings import CatalogStore, Erasure, PatientStore, ReviewStore, declared_stores
 from imaging.compliance.models import DatasetSupersession, ErasureRecord
 from imaging.datasets import DatasetManifest, DatasetVersionRecord
-from imaging.store import ContentStore
 
 __all__ = [
     "ERASURE_REVIEW_TAG",
@@ -89,18 +84,6 @@ def plan_erasure(patient_id: str, *, principal: Principal, settings: Settings | 
         role=principal.role.value,
     )
     return plan
-
-
-def _delete_object(store: ContentStore, store_key: str) -> None:
-    if "://" not in store.root or store.root.startswith("file://"):
-        store.path(store_key).unlink(missing_ok=True)
-        return
-    import fsspec
-
-    fs, base = fsspec.core.url_to_fs(store.root)
-    path = f"{base}/{store_key[:2]}/{store_key[2:4]}/{store_key}.dcm"
-    if fs.exists(path):
-        fs.rm(path)
 
 
 def _supersede(session: Session, plan: ErasurePlan, erasure_id: str) -> list[dict[str, Any]]:
@@ -192,40 +175,23 @@ def erase_patient(
         },
         role=principal.role.value,
     )
-    # Every declared store is loaded before anything is removed: one that fails stops the erasure.
-    stores = {store.name: store for store in patient_stores()}
-    reviewers = {reviewer.name: reviewer for reviewer in review_stores()}
-    # Objects first: a crash after this point leaves catalog rows that a re-run removes.
-    store = ContentStore.from_settings(settings)
-    for _, store_key, _ in plan.instances:
-        _delete_object(store, store_key)
-    for store_key in plan.label_volumes:
-        _delete_object(store, store_key)
+    # Every declared store is loaded (and was asked, above) before anything is removed: one that
+    # fails to load stops the erasure here.
+    stores = {store.name: store for store in declared_stores()}
+    if set(stores) != {holding.store for holding in [*plan.holdings, *plan.reviews]}:
+        raise ErasureError("the declared patient stores changed since they were asked: run the erasure again")
+    # Patient stores first (objects, sealed inputs, ...): a crash after this point leaves catalog
+    # rows by which a re-run finds the patient again.
     for holding in plan.holdings:
-        stores[holding.store].erase(holding)
-    for _, sealed in plan.quarantine:
-        Path(sealed).unlink(missing_ok=True)
-        Path(sealed).with_suffix(".json").unlink(missing_ok=True)
+        store = stores[holding.store]
+        if isinstance(store, PatientStore):
+            store.erase(holding)
+    # Then the catalog stores' rows, the supersessions and the erasure's record: one transaction.
     with catalog.session() as session:
-        instances = list(
-            session.scalars(select(Instance).where(Instance.patient_pseudonym == plan.pseudonym))
-        )
-        uids = {i.study_instance_uid for i in instances} | {i.series_instance_uid for i in instances}
-        uids |= {i.sop_instance_uid for i in instances}
-        inputs = {i[2] for i in plan.instances} | {q for q, _ in plan.quarantine}
-        outputs = {i[0] for i in plan.instances} | set(plan.label_volumes)
-        for table, column in other_tables(session):
-            values = key_values(column, plan.pseudonym, inputs, outputs)
-            if values:
-                session.execute(delete(table).where(table.c[column].in_(values)))
-        session.execute(delete(LineageEvent).where(lineage_filter(inputs, outputs)))
-        session.execute(delete(Pseudonym).where(map_filter(plan.pseudonym, uids)))
-        session.execute(
-            delete(QuarantineRecord).where(
-                QuarantineRecord.input_sha256.in_([q for q, _ in plan.quarantine] or [""])
-            )
-        )
-        session.execute(delete(Instance).where(Instance.patient_pseudonym == plan.pseudonym))
+        for holding in plan.holdings:
+            store = stores[holding.store]
+            if isinstance(store, CatalogStore):
+                store.erase_in(session, holding)
         superseded = _supersede(session, plan, erasure_id)
         session.add(
             ErasureRecord(
@@ -247,6 +213,7 @@ def erase_patient(
         )
     # Flags name the erasure: only once its record is committed.
     erasure = Erasure(erasure_id, plan.subject, principal.name, principal.role.value, settings)
+    reviewers = {name: store for name, store in stores.items() if isinstance(store, ReviewStore)}
     unflagged = [item for holding in plan.reviews for item in reviewers[holding.store].flag(holding, erasure)]
     plan.unreadable.extend(unflagged)
     for entry in superseded:

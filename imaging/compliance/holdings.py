@@ -1,13 +1,16 @@
 """What each store holds for a patient: the one interface erasure and retention ask.
 
-The catalog and the content store are this package's own (:mod:`imaging.compliance.erasure_find`
-reads them directly). Every other store that keeps patient-derived data is declared as an entry
-point of the group ``radgate.patient_stores`` (``pyproject.toml``) by the package that owns its
-layout, so compliance finds it without importing a layer above it. A store is one of two kinds:
+Every store that keeps patient-derived data is declared as an entry point of the group
+``radgate.patient_stores`` (``pyproject.toml``) by the package that owns its layout, so that
+compliance finds it without importing a layer above it, and asks each one the same way: the
+catalog and the content store (:mod:`imaging.compliance.stores`) as much as serving's. A store
+is one of three kinds:
 
-- :class:`PatientStore` (serving's sealed inputs awaiting feedback, the FHIR outbox, ...): what it
-  holds is removed before the catalog transaction, so a crash leaves catalog rows that a re-run
-  finds;
+- :class:`CatalogStore` (the catalog's rows): found and erased within the caller's database
+  session, so that its rows go in the one transaction that records the erasure;
+- :class:`PatientStore` (the content store's objects, serving's sealed inputs awaiting
+  feedback, the FHIR outbox, ...): what it holds is removed before that transaction, so a crash
+  leaves catalog rows that a re-run finds;
 - :class:`ReviewStore` (the MLflow registry's runs and model versions trained on the patient's
   data): what it holds is flagged for review, naming the erasure, only after the catalog
   transaction that records the erasure has committed.
@@ -25,25 +28,37 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
     from governance.keys import ProjectKey
     from governance.settings import Settings
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "OWN_STORES",
     "SHOWN_MODEL_VERSION",
     "SHOWN_RUN",
+    "AnyStore",
+    "CatalogStore",
     "Erasure",
     "Holding",
     "PatientQuery",
     "PatientStore",
     "ReviewStore",
     "StoreUnavailable",
+    "catalog_stores",
+    "declared_stores",
     "patient_stores",
     "review_stores",
     "unreadable_item",
 ]
 
 ENTRY_POINT_GROUP = "radgate.patient_stores"
+
+#: The stores of imaging itself (:mod:`imaging.compliance.stores`). Every installed radgate
+#: declares them: one missing means installed metadata older than the code, and an erasure
+#: without them would leave the patient's rows and objects behind.
+OWN_STORES = ("catalog", "object-store")
 
 #: The ``kind`` of a :attr:`Holding.shown` entry: a registered model version (``name``,
 #: ``version``, ``dataset_version``) or a run (``run_id``).
@@ -114,6 +129,28 @@ class PatientStore(Protocol):
 
 
 @runtime_checkable
+class CatalogStore(Protocol):
+    """A store whose items are rows of the catalog database. It finds and erases within the
+    caller's session, so that what it removes is committed with the erasure's record or not at
+    all, and only after every other store has been asked and emptied."""
+
+    name: str
+
+    def find_in(self, session: Session, query: PatientQuery) -> Holding:
+        """Everything this store holds for ``query``'s patient, read in ``session``."""
+        ...
+
+    def erase_in(self, session: Session, holding: Holding) -> int:
+        """Remove what :meth:`find_in` returned within ``session``, without committing (the
+        caller commits it with the erasure's record); the number of items removed (idempotent)."""
+        ...
+
+    def retention(self, settings: Settings, now: datetime) -> dict[str, int]:
+        """As :meth:`PatientStore.retention`."""
+        ...
+
+
+@runtime_checkable
 class ReviewStore(Protocol):
     """A store whose items derive from the patient's data without holding it (models trained on
     it): they are flagged for review once the erasure is recorded, not removed."""
@@ -140,35 +177,47 @@ def unreadable_item(store: str, item: str, exc: BaseException) -> dict[str, str]
     return {"store": store, "item": item[:16], "error": type(exc).__name__}
 
 
-def _declared() -> list[object]:
-    """Every declared store, in name order. Raises :class:`StoreUnavailable` when one cannot be
-    loaded or is of neither kind: an erasure that skipped a store would report a patient gone
-    who is not."""
+#: A declared store of any of the three kinds.
+AnyStore = CatalogStore | PatientStore | ReviewStore
+
+
+def declared_stores() -> list[AnyStore]:
+    """Every declared store, loaded, in name order. Raises :class:`StoreUnavailable` when one
+    cannot be loaded or is of no kind, or when one of :data:`OWN_STORES` is not declared: an
+    erasure that skipped a store would report a patient gone who is not."""
     points = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name)
-    if not points:  # radgate declares its own: none means installed metadata older than the code
+    missing = [name for name in OWN_STORES if name not in {p.name for p in points}]
+    if missing:  # radgate declares its own: one missing means installed metadata older than the code
         raise StoreUnavailable(
-            f"no {ENTRY_POINT_GROUP} entry points are installed: reinstall radgate (scripts/setup.sh)"
+            f"{ENTRY_POINT_GROUP} entry points {', '.join(missing)} are not installed: "
+            "reinstall radgate (scripts/setup.sh)"
         )
-    stores: list[object] = []
+    stores: list[AnyStore] = []
     for point in points:
         try:
             store = point.load()()
         except Exception as exc:
             why = type(exc).__name__
             raise StoreUnavailable(f"patient store {point.name!r} cannot be loaded: {why}") from exc
-        if not isinstance(store, PatientStore | ReviewStore):
+        if not isinstance(store, CatalogStore | PatientStore | ReviewStore):
             raise StoreUnavailable(
-                f"patient store {point.name!r} implements neither PatientStore nor ReviewStore"
+                f"patient store {point.name!r} implements none of CatalogStore, PatientStore, ReviewStore"
             )
         stores.append(store)
     return stores
 
 
+def catalog_stores() -> list[CatalogStore]:
+    """The declared stores erasure empties within its catalog transaction, in name order."""
+    return [store for store in declared_stores() if isinstance(store, CatalogStore)]
+
+
 def patient_stores() -> list[PatientStore]:
-    """The declared stores whose holdings erasure removes, in name order (see :func:`_declared`)."""
-    return [store for store in _declared() if isinstance(store, PatientStore)]
+    """The declared stores whose holdings erasure removes before its catalog transaction, in name
+    order (see :func:`declared_stores`)."""
+    return [store for store in declared_stores() if isinstance(store, PatientStore)]
 
 
 def review_stores() -> list[ReviewStore]:
     """The declared stores whose holdings erasure flags for review, in name order."""
-    return [store for store in _declared() if isinstance(store, ReviewStore)]
+    return [store for store in declared_stores() if isinstance(store, ReviewStore)]

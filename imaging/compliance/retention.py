@@ -1,9 +1,10 @@
 """Retention: nothing identifying is kept longer than it may be (GDPR Art. 5(1)(e)).
 
 Quarantined inputs (sealed, still with PHI) should be reviewed, released or erased within
-``max_quarantine_age_days``. Every declared store (:mod:`imaging.compliance.holdings`)
-reports what it keeps past its own limit (for serving: sealed inputs past their feedback window,
-and sealed inputs no record names) as ``*_overdue`` and ``*_orphaned`` counts.
+``max_quarantine_age_days`` (the compliance thresholds' review prompt, not a store's limit).
+Every declared store (:mod:`imaging.compliance.holdings`: the catalog, the content store,
+serving's, ...) reports what it keeps past its own limit (for serving: sealed inputs past their
+feedback window, and sealed inputs no record names) as ``*_overdue`` and ``*_orphaned`` counts.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy import select
 
 from governance.catalog import QuarantineRecord, open_catalog
 from governance.settings import Settings
-from imaging.compliance.holdings import PatientStore, ReviewStore, patient_stores, review_stores
+from imaging.compliance.holdings import declared_stores
 
 __all__ = ["retention_findings", "retention_violations"]
 
@@ -27,8 +28,7 @@ def _aware(moment: datetime) -> datetime:
 def retention_findings(settings: Settings, now: datetime, max_quarantine_age_days: int) -> dict[str, Any]:
     """Each store's overdue and orphaned counts, and the quarantine records older than the limit."""
     found: dict[str, Any] = {}
-    stores: list[PatientStore | ReviewStore] = [*patient_stores(), *review_stores()]
-    for store in stores:
+    for store in declared_stores():
         found.update(store.retention(settings, now))
     cutoff = now - timedelta(days=max_quarantine_age_days)
     with open_catalog(settings).session() as session:

@@ -176,7 +176,13 @@ def test_dry_run_lists_everything_and_changes_nothing(world: dict[str, object]) 
     before = _instances()
     plan = plan_erasure(str(world["target"]), principal=cast["broker"])
     assert len(plan.instances) == 2 and len(plan.quarantine) == 1
-    assert {h.store: h.count for h in plan.holdings} == {"fhir-outbox": 0, "served-inputs": 1}
+    rows = len(plan.instances) + len(plan.quarantine) + plan.map_entries + plan.lineage_rows + 2
+    assert {h.store: h.count for h in plan.holdings} == {
+        "catalog": rows,
+        "fhir-outbox": 0,
+        "object-store": 2,
+        "served-inputs": 1,
+    }
     assert [d["id"] for d in plan.datasets] == [world["ds_all"].id]  # type: ignore[attr-defined]
     assert plan.models == [{"name": "cxr", "version": world["served"], "dataset_version": world["ds_all"].id}]  # type: ignore[attr-defined]
     assert plan.other_rows == {

@@ -52,7 +52,7 @@ def _query(patient_id: str) -> PatientQuery:
 
 def test_the_declared_stores_are_found_by_entry_point() -> None:
     stores = patient_stores()
-    assert [s.name for s in stores] == ["fhir-outbox", "served-inputs"]
+    assert [s.name for s in stores] == ["fhir-outbox", "object-store", "served-inputs"]
     assert all(isinstance(s, PatientStore) for s in stores)
 
 
