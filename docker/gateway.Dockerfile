@@ -28,7 +28,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends tesseract-ocr-eng \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb
 # Editable install at /opt/radgate: the code finds its shipped configs (deid profiles, policy)
 # next to the packages, as in a checkout. Dependencies first, so code edits reuse this layer.
 WORKDIR /opt/radgate

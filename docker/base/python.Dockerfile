@@ -20,7 +20,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates tzdata \
-    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/apt/archives/*.deb \
     && python3 -m venv /usr/local \
     && ln -sf python3 /usr/local/bin/python \
     && /usr/local/bin/python -m pip install "pip==${PIP_VERSION}" \
