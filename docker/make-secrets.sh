@@ -38,33 +38,25 @@ for name, kind in (("broker", X25519PrivateKey), ("audit-signing", Ed25519Privat
 for name in ("serving-store", "ui-session", "artifact-digest"):
     if not (keys / f"{name}.key").exists():
         (keys / f"{name}.key").write_text(secrets.token_bytes(32).hex() + "\n")
-# The gateway signs its audit entries with a writer key of its own, valid only for its actions
-# (governance.keyring.register_audit_writer's format); every verifier reads audit-writers.json.
-import json
-
-registry_path = keys / "audit-writers.json"
-registry = json.loads(registry_path.read_text()) if registry_path.exists() else {"writers": []}
-for name, actions in (("gateway", ["gateway.", "ingest.", "deid."]),):
-    private = keys / f"audit-writer-{name}.key"
-    if not private.exists():
-        seed = secrets.token_bytes(32)
-        raw = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        private.write_text(seed.hex() + "\n")
-        registry["writers"] = [w for w in registry["writers"] if w["name"] != name]
-        registry["writers"].append({"name": name, "public": raw.hex(), "actions": actions})
-registry_path.write_text(json.dumps(registry, indent=2) + "\n")
 PY
-# TLS for every RadGate listener and for Orthanc's DICOM TLS: a development CA and a certificate of
-# its own per service (`radgate certs dev`: scripts/setup.sh's venv, or RADGATE=/path/to/radgate);
-# a site puts its PKI's files here instead. Existing certificates are kept; only the missing ones
-# are issued. tls/ca-key.pem is mounted nowhere.
 radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
+# The services that write no governance entry sign their audit entries with a writer key of
+# their own, valid only for their actions (governance.keyring.SERVICE_WRITERS: gateway, serving,
+# training; `radgate keys init` registers the same): audit-writer-NAME.key, mounted as that
+# service's audit-writer.key, and the public keys with their scopes in audit-writers.json, which
+# every verifier reads. Registered writers are kept (their entries must stay verifiable).
+"$(dirname "$radgate")/python" -c 'from pathlib import Path; from governance.keyring import ensure_service_writers; from governance.settings import Settings; ensure_service_writers(Settings(key_file=Path("keys/project.key").resolve(), project_key=None))'
 # The project key's public id, for the services that check which key pseudonymised the data
 # (training's evidence) and hold no key.
 "$(dirname "$radgate")/python" -c 'import sys; from pathlib import Path; from governance.keys import key_id_of_file; print(key_id_of_file(Path(sys.argv[1])))' \
   radgate_project_key > radgate_project_key_id
+# TLS for every RadGate listener and for Orthanc's DICOM TLS: a development CA and a certificate of
+# its own per service (`radgate certs dev`: scripts/setup.sh's venv, or RADGATE=/path/to/radgate);
+# a site puts its PKI's files here instead. Existing certificates are kept; only the missing ones
+# are issued. tls/ca-key.pem is mounted nowhere.
+# PostgreSQL's certificate (DNS name `postgres`): every client connects with sslmode=verify-full.
 "$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
-  --service mlflow >/dev/null
+  --service mlflow --service postgres >/dev/null
 # The services' RadGate tokens are issued by an admin once the catalog runs
 # (scripts/containers.sh bootstrap): empty until then.
 for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done

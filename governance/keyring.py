@@ -18,8 +18,9 @@ file (``keys_dir``)      what it protects                 who holds it
 ``artifact-digest.key``  the gate's records of artifact   every process that asks the gate
                          hashes (HMAC)                    (serving, UI, CLI)
 ``audit-writer.key``     signing the audit entries of a   a service that writes no governance
-                         restricted writer (Ed25519)      entry (the gateway): instead of
-                                                          ``audit-signing.key``
+                         restricted writer (Ed25519)      entry (gateway, serving, the training
+                                                          cluster; ``SERVICE_WRITERS``): instead
+                                                          of ``audit-signing.key``
 ``audit-writers.json``   the restricted writers' public   every verifier, beside
                          keys and the action prefixes     ``audit-signing.pub``
                          each may sign
@@ -62,6 +63,7 @@ __all__ = [
     "RECORD_ERASURE",
     "RECORD_QUARANTINE",
     "RECORD_REID",
+    "SERVICE_WRITERS",
     "SERVING_STORE",
     "UI_SESSION",
     "AuditSigner",
@@ -71,6 +73,8 @@ __all__ = [
     "BrokerSealer",
     "KeyMissing",
     "StoreKey",
+    "action_in_scope",
+    "ensure_service_writers",
     "keys_dir",
     "load_audit_signer",
     "load_audit_verifier",
@@ -260,11 +264,43 @@ def load_broker(settings: Settings | None = None, *, create: bool = False) -> Br
 
 # ---- the audit writer's signing key ---------------------------------------------------------
 
+#: The services that write no governance entry, each with its own writer key valid only for the
+#: entries it writes (``radgate keys init`` and ``docker/make-secrets.sh`` register them; the
+#: deployment mounts ``audit-writer-NAME.key`` as that service's ``audit-writer.key``). An entry
+#: ending in ``.`` is a prefix, any other one action exactly. Governance entries (``model.*``
+#: decisions, ``policy.*``, ``user.*``, ``keys.*``) and head anchors are the audit writer's
+#: (``audit-signing.key``: the UI and the admin CLI). ``tests/unit/test_audit_writer_scopes.py``
+#: checks the audit calls of each service's modules against its scope.
+SERVICE_WRITERS: dict[str, tuple[str, ...]] = {
+    # the de-identifier: intake (C-STORE, STOW-RS, pulls) and de-identification runs
+    "gateway": ("gateway.", "ingest.", "deid."),
+    # Ray Serve: gate decisions on loads and requests, rejections, batch runs, the worklist,
+    # clinicians' feedback and the drift checks of its first replica
+    "serving": ("serve.", "ups.", "monitoring.feedback", "monitoring.drift."),
+    # the training cluster: runs, the registration of the trained version (pending review: no
+    # decision), retraining and explanations run there
+    "training": ("train.", "model.register", "monitoring.retrain", "explain."),
+}
+
+
+def action_in_scope(action: str, scope: tuple[str, ...]) -> bool:
+    """Whether a restricted writer's ``scope`` covers ``action``: an entry ending in ``.`` is a
+    prefix, any other one names a single action (``model.register``, not ``model.registered``)."""
+    return any(action.startswith(s) if s.endswith(".") else action == s for s in scope)
+
+
+def _valid_scope_entry(entry: str) -> bool:
+    """``word.`` or ``word.word...``: a prefix, or one action (an action always has a dot)."""
+    parts = entry.removesuffix(".").split(".")
+    plain = all(part and part.replace("-", "").replace("_", "").isalnum() for part in parts)
+    return plain and "." in entry
+
 
 @dataclass(frozen=True)
 class AuditWriter:
-    """A restricted audit writer: its Ed25519 public key and the action prefixes it may sign
-    (``gateway.``, ``ingest.``...). It signs no head anchor or checkpoint."""
+    """A restricted audit writer: its Ed25519 public key and the actions it may sign (prefixes
+    such as ``gateway.``, or exact actions such as ``model.register``). It signs no head anchor or
+    checkpoint."""
 
     name: str
     public: bytes
@@ -311,9 +347,9 @@ class AuditVerifier:
 
     def permits(self, key_id: str, action: str) -> bool:
         """Whether the key ``key_id`` may sign an entry of ``action`` (a restricted writer only
-        its own prefixes; the audit writer's keys everything)."""
+        its own actions; the audit writer's keys everything)."""
         scope = self._scopes.get(key_id)
-        return scope is None or action.startswith(scope)
+        return scope is None or action_in_scope(action, scope)
 
 
 @dataclass(frozen=True)
@@ -370,15 +406,18 @@ def read_audit_writers(settings: Settings) -> tuple[AuditWriter, ...]:
 
 
 def register_audit_writer(name: str, actions: tuple[str, ...], settings: Settings | None = None) -> Path:
-    """A new restricted writer ``name`` that may sign only entries whose action starts with one
-    of ``actions``: its private key is written to ``audit-writer-NAME.key`` (mount it as the
-    service's ``audit-writer.key``), its public key and scope added to ``audit-writers.json``
-    (every verifier needs that file). Returns the private key's path."""
+    """A new restricted writer ``name`` that may sign only entries of ``actions`` (a prefix ending
+    in ``.``, or one action exactly): its private key is written to ``audit-writer-NAME.key``
+    (mount it as the service's ``audit-writer.key``), its public key and scope added to
+    ``audit-writers.json`` (every verifier needs that file). Returns the private key's path."""
     import json
 
     settings = settings or get_settings()
-    if not name.replace("-", "").isalnum() or not actions or not all(a.endswith(".") for a in actions):
-        raise ValueError("a writer has a plain name and action prefixes ending in '.' (e.g. 'gateway.')")
+    if not name.replace("-", "").isalnum() or not actions or not all(map(_valid_scope_entry, actions)):
+        raise ValueError(
+            "a writer has a plain name and actions: prefixes ending in '.' ('gateway.') or exact "
+            "actions ('model.register')"
+        )
     writers = list(read_audit_writers(settings))
     if any(w.name == name for w in writers):
         # Replacing its key would leave the entries it signed unverifiable (a broken chain).
@@ -397,6 +436,23 @@ def register_audit_writer(name: str, actions: tuple[str, ...], settings: Setting
     tmp.write_text(json.dumps(registry, indent=2) + "\n")
     tmp.replace(target)
     return path
+
+
+def ensure_service_writers(
+    settings: Settings | None = None, names: tuple[str, ...] = tuple(SERVICE_WRITERS)
+) -> dict[str, Path]:
+    """Register each of the services' writers (:data:`SERVICE_WRITERS`) not registered yet;
+    existing ones are kept (a new key would leave the entries they signed unverifiable).
+    Returns every named writer's private key path (``audit-writer-NAME.key``)."""
+    settings = settings or get_settings()
+    registered = {w.name for w in read_audit_writers(settings)}
+    paths = {}
+    for name in names:
+        path = keys_dir(settings) / f"audit-writer-{name}.key"
+        if name not in registered:
+            path = register_audit_writer(name, SERVICE_WRITERS[name], settings)
+        paths[name] = path
+    return paths
 
 
 def load_audit_signer(settings: Settings | None = None, *, create: bool = True) -> AuditSigner:

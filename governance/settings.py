@@ -54,6 +54,14 @@ class Settings(BaseSettings):
             " disk or a remote mount, chattr +a) or syslog:HOST:PORT (UDP, RFC 5424)."
         ),
     )
+    audit_head: Path | None = Field(
+        default=None,
+        description=(
+            "The signed audit head anchor file (RADGATE_AUDIT_HEAD; default home/audit/head.json,"
+            " its checkpoint beside it). A process that signs no anchor (a restricted writer:"
+            " serving, training) reads the audit writer's, e.g. from a shared read-only mount."
+        ),
+    )
     viewer_url: str | None = Field(
         default=None,
         description=(
@@ -92,6 +100,10 @@ class Settings(BaseSettings):
     @property
     def resolved_key_file(self) -> Path:
         return self.key_file or self.home / "keys" / "project.key"
+
+    @property
+    def audit_head_file(self) -> Path:
+        return self.audit_head or self.home / "audit" / "head.json"
 
     @property
     def quarantine_dir(self) -> Path:

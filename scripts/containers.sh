@@ -250,11 +250,11 @@ compose() {
   "${NICE[@]}" "${tool[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"
 }
 
-# The RadGate CLI in the Ray head's container (trainer image: the compose file's catalog, MLflow and
-# S3 settings, secrets through the image's entrypoint); RADGATE_TOKEN passes from this environment
-# by name, never in argv.
+# The RadGate CLI in the admin console's container (`admin`, the UI image: the governance audit
+# writer, which holds audit-signing.key; the compose file's catalog, MLflow and S3 settings, secrets
+# through the image's entrypoint); RADGATE_TOKEN passes from this environment by name, never in argv.
 radgate_run() {
-  "$ENGINE" exec -e RADGATE_TOKEN "${PROJECT}_ray-head_1" /usr/local/bin/radgate-entrypoint radgate "$@"
+  "$ENGINE" exec -e RADGATE_TOKEN "${PROJECT}_admin_1" /usr/local/bin/radgate-entrypoint radgate "$@"
 }
 
 # The services' own RadGate users (gateway: data-steward; serving, UI: ml-engineer), issued by the
@@ -301,8 +301,9 @@ up() {
   compose up -d --no-deps postgres minio orthanc
   wait_for minio python /usr/local/bin/radgate-healthcheck tcp 127.0.0.1 9000
   wait_for postgres pg_isready -h 127.0.0.1
-  compose up -d --no-deps buckets mlflow ray-head
+  compose up -d --no-deps buckets mlflow ray-head admin
   wait_for ray-head ray health-check --skip-version-check
+  wait_for admin /usr/local/bin/radgate-entrypoint radgate --help
   bootstrap
   log "stack up: RadGate"
   compose up -d --no-deps gateway ui

@@ -1,10 +1,12 @@
 """``radgate keys``: create, rotate and migrate the separated keys (admin, audited).
 
 ``init`` creates every key file a deployment needs (then mount each only where it is used:
-docs/SECURITY.md). ``rotate`` replaces keys and re-seals every store each one seals: the
-honest broker's pair (re-identification map, quarantined inputs, erasure reasons), serving's
-store key (held inputs, result views, feedback comments), the UI session key (every session
-ends) and the audit signing key (the chain is verified and checkpointed under the new key).
+docs/SECURITY.md), the services' own audit writer keys included (``audit-writer-NAME.key`` for
+gateway, serving and training, registered in ``audit-writers.json``). ``rotate`` replaces keys
+and re-seals every store each one seals: the honest broker's pair (re-identification map,
+quarantined inputs, erasure reasons), serving's store key (held inputs, result views, feedback
+comments), the UI session key (every session ends) and the audit signing key (the chain is
+verified and checkpointed under the new key).
 ``migrate`` converts a ``RADGATE_HOME`` of an earlier release, where one project key sealed
 and MACed everything, to the separated keys.
 
@@ -46,6 +48,7 @@ def keys_init() -> None:
         ARTIFACT_DIGEST,
         SERVING_STORE,
         UI_SESSION,
+        ensure_service_writers,
         keys_dir,
         load_audit_signer,
         load_broker,
@@ -59,11 +62,14 @@ def keys_init() -> None:
     load_store_key(SERVING_STORE)
     load_store_key(UI_SESSION)
     load_store_key(ARTIFACT_DIGEST)
+    writers = ensure_service_writers()  # each service's own audit key, scoped to its entries
     directory = keys_dir()
     out.print(f"keys in {directory}:")
     for name in sorted(p.name for p in directory.iterdir() if not p.name.startswith(".")):
         out.print(f"  {name}")
-    _record("keys.init", "keys", {"broker": broker.key_id, "audit": signer.key_id})
+    _record(
+        "keys.init", "keys", {"broker": broker.key_id, "audit": signer.key_id, "writers": sorted(writers)}
+    )
 
 
 @keys_app.command("rotate")

@@ -2,8 +2,20 @@
 # First start on an empty $PGDATA: initdb with the superuser POSTGRES_USER whose password is read
 # from POSTGRES_PASSWORD_FILE (never from the environment or a layer), create POSTGRES_DB, run
 # /docker-entrypoint-initdb.d/*.sql once; then PostgreSQL in the foreground, password auth
-# (scram-sha-256) for every network peer.
+# (scram-sha-256) for every network peer. TLS: PostgreSQL refuses a key file that others can read,
+# and compose mounts secrets with the host file's mode, so POSTGRES_SSL_KEY_SOURCE (the mounted
+# key) is copied to POSTGRES_SSL_KEY_COPY (this user's, mode 0600), which the command's
+# `-c ssl_key_file=` names (docker/compose.yaml).
 set -eu
+if [ -n "${POSTGRES_SSL_KEY_SOURCE:-}" ]; then
+  : "${POSTGRES_SSL_KEY_COPY:=/tmp/postgres-tls/server-key.pem}"
+  (
+    umask 077
+    mkdir -p "$(dirname "$POSTGRES_SSL_KEY_COPY")"
+    cp "$POSTGRES_SSL_KEY_SOURCE" "$POSTGRES_SSL_KEY_COPY"
+  )
+  chmod 0600 "$POSTGRES_SSL_KEY_COPY"
+fi
 : "${POSTGRES_USER:=postgres}"
 : "${POSTGRES_DB:=$POSTGRES_USER}"
 # Unix sockets in /tmp: writable with a read-only root filesystem (a tmpfs there).

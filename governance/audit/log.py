@@ -31,6 +31,7 @@ from governance.keyring import (
     AuditSigner,
     AuditVerifier,
     KeyMissing,
+    action_in_scope,
     load_audit_signer,
     load_audit_verifier,
 )
@@ -128,7 +129,7 @@ class AuditLog:
         self._signer = signer
         self._verifier = verifier
         settings = get_settings()
-        self.head_file = head_file if head_file is not None else settings.home / "audit" / "head.json"
+        self.head_file = head_file if head_file is not None else settings.audit_head_file
         self.witness = witness if witness is not None else settings.audit_witness
 
     @property
@@ -182,7 +183,7 @@ class AuditLog:
         ]
         scope = self.signer.scope
         if scope is not None:  # a restricted writer (audit-writer.key): its own actions only
-            refused = sorted({p.action for p in clean if not p.action.startswith(scope)})
+            refused = sorted({p.action for p in clean if not action_in_scope(p.action, scope)})
             if refused:
                 raise AuditError(f"this process's audit key may not sign {', '.join(refused)}")
         last_error: Exception | None = None
@@ -236,7 +237,9 @@ class AuditLog:
         encoded = json.dumps(anchor, sort_keys=True).encode()
         path = self.head_file
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Readable by others (a signed anchor is no secret): a restricted writer's process, which
+        # signs none, reads the audit writer's head from a shared read-only mount.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             current = os.pread(fd, _HEAD_BYTES, 0)
             try:

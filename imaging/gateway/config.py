@@ -51,13 +51,18 @@ AETitle = Annotated[str, AfterValidator(_ae_title)]
 class PeerTls(StrictModel):
     """The certificate one peer AE must show over DICOM TLS, beyond one that the listener trusts:
     issued under ``ca_file`` (that peer's own CA: it must be in the chain the handshake
-    verified) and/or exactly one of ``certificate_sha256`` (SHA-256 of the DER certificate).
+    verified) and/or exactly one of the pinned certificates: ``certificate_sha256`` (SHA-256 of
+    the DER certificate) or ``certificate_file`` (PEM files of the peer's certificates, read at
+    start: a deployment mounts the peer's certificate instead of writing its fingerprint down).
     Another CA the listener trusts, or another certificate of the same CA, is then refused for
     this AE title."""
 
     ca_file: Path | None = Field(default=None, description="PEM CA(s) of this peer")
     certificate_sha256: tuple[str, ...] = Field(
         default=(), description="pinned certificates: SHA-256 of the DER encoding, hex (colons allowed)"
+    )
+    certificate_file: tuple[Path, ...] = Field(
+        default=(), description="pinned certificates: PEM files of the peer's own certificates"
     )
 
     @field_validator("certificate_sha256")
@@ -73,8 +78,8 @@ class PeerTls(StrictModel):
 
     @model_validator(mode="after")
     def _pins_something(self) -> PeerTls:
-        if self.ca_file is None and not self.certificate_sha256:
-            raise ValueError("peer tls needs ca_file and/or certificate_sha256")
+        if self.ca_file is None and not self.certificate_sha256 and not self.certificate_file:
+            raise ValueError("peer tls needs ca_file and/or certificate_sha256 or certificate_file")
         return self
 
 

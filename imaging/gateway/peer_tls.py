@@ -32,7 +32,7 @@ def certificate_sha256(der: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _ca_certificates(path: Path) -> frozenset[bytes]:
+def _ca_certificates(path: Path, what: str = "peer CA file") -> frozenset[bytes]:
     """The DER encodings of the certificates in a PEM file."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
@@ -40,7 +40,7 @@ def _ca_certificates(path: Path) -> frozenset[bytes]:
     try:
         certificates = x509.load_pem_x509_certificates(path.read_bytes())
     except (OSError, ValueError) as exc:
-        raise TlsConfigError(f"peer CA file {path} cannot be read as PEM certificates") from exc
+        raise TlsConfigError(f"{what} {path} cannot be read as PEM certificates") from exc
     return frozenset(cert.public_bytes(Encoding.DER) for cert in certificates)
 
 
@@ -95,7 +95,10 @@ class PeerAdmission:
         for index, peer in enumerate(listener.allowed_peers):
             if peer.tls is not None:
                 cas = _ca_certificates(peer.tls.ca_file) if peer.tls.ca_file else frozenset()
-                self._pins[index] = _Pin(peer, cas, frozenset(peer.tls.certificate_sha256))
+                pinned = set(peer.tls.certificate_sha256)
+                for path in peer.tls.certificate_file:  # the peer's certificate, mounted
+                    pinned.update(map(certificate_sha256, _ca_certificates(path, "pinned certificate")))
+                self._pins[index] = _Pin(peer, cas, frozenset(pinned))
 
     def refusal(self, ae_title: str, host: str, chain: tuple[bytes, ...]) -> PeerRefusal | None:
         """None to admit. An entry without ``tls`` admits any certificate the handshake

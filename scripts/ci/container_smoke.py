@@ -54,7 +54,7 @@ SERVING_CA = SECRETS / "tls" / "ca.pem"
 MODEL = "chest-opacity"
 TOKEN = re.compile(r"\brg_[A-Za-z0-9_-]{20,}")
 ENTRYPOINT = "/usr/local/bin/radgate-entrypoint"
-SERVICES = ("postgres", "minio", "mlflow", "orthanc", "gateway", "ray-head", "ui")
+SERVICES = ("postgres", "minio", "mlflow", "orthanc", "gateway", "ray-head", "admin", "ui")
 
 
 class StepFailed(RuntimeError):
@@ -213,10 +213,12 @@ class Journey:
         token: str | None = None,
         timeout: float = 600,
         env: dict[str, str] | None = None,
-        service: str = "ray-head",
+        service: str = "admin",
     ) -> str:
-        """``radgate ARGV`` in a service's container (the Ray head unless the command needs
-        another service's keys: the pseudonym key is only in the gateway, the de-identifier)."""
+        """``radgate ARGV`` in a service's container: the admin console (the governance audit
+        writer: users, submissions, approvals, promotions) unless the command needs another
+        service's keys (the pseudonym key is only in the gateway, the de-identifier; training runs
+        on the Ray head, which signs only its own entries)."""
         extra = dict(env or {})
         if token is not None:
             extra["RADGATE_TOKEN"] = self.tokens[token]
@@ -348,6 +350,7 @@ class Journey:
             token="eng",
             env={"RAY_ADDRESS": "auto"},
             timeout=1800,
+            service="ray-head",
         )
         match = re.search(rf"registered {MODEL} version (\d+)", out)
         if match is None:

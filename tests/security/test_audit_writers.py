@@ -74,6 +74,23 @@ def _rewrite_history(signer: AuditSigner, head_file: Path) -> None:
     head_file.write_text(json.dumps(anchor))
 
 
+def _forge_approval(signer: AuditSigner, version: str) -> int:
+    """Append a ``model.approve`` of ``version`` signed with ``signer`` straight to the table,
+    chained to the head (bypassing the library's refusal); returns its seq."""
+    head = AuditLog().head()
+    assert head is not None
+    ts = datetime.now(UTC).isoformat(timespec="microseconds")
+    details = {"comment": "re-approved"}
+    digest = entry_hash(head.seq + 1, ts, "doc", "clinical-reviewer", "model.approve",
+                        f"model:{NAME}/{version}", details, head.hash)  # fmt: skip
+    _db().execute(
+        "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (head.seq + 1, ts, "doc", "clinical-reviewer", "model.approve", f"model:{NAME}/{version}",
+         json.dumps(details), head.hash, digest, signer.key_id, signer.sign(_ENTRY + digest.encode())),
+    )  # fmt: skip
+    return head.seq + 1
+
+
 def test_the_audit_writers_key_rewrites_history_control(registry: object) -> None:
     """What any service could do while it held ``audit-signing.key``: the revoked model serves."""
     version, _ = _promoted_then_revoked(registry)
@@ -108,20 +125,9 @@ def test_a_writer_out_of_its_scope_is_a_forged_entry(registry: object, tmp_path:
     directly to the table (bypassing the library's refusal). The chain walk calls it forged."""
     version, _ = _promoted_then_revoked(registry)
     gateway_signer = load_audit_signer(_gateway_keys(tmp_path), create=False)
-    head = AuditLog().head()
-    assert head is not None
-    ts = datetime.now(UTC).isoformat(timespec="microseconds")
-    details = {"comment": "re-approved"}
-    digest = entry_hash(head.seq + 1, ts, "doc", "clinical-reviewer", "model.approve",
-                        f"model:{NAME}/{version}", details, head.hash)  # fmt: skip
-    _db().execute(
-        "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (head.seq + 1, ts, "doc", "clinical-reviewer", "model.approve", f"model:{NAME}/{version}",
-         json.dumps(details), head.hash, digest, gateway_signer.key_id,
-         gateway_signer.sign(_ENTRY + digest.encode())),
-    )  # fmt: skip
+    seq = _forge_approval(gateway_signer, version)
     report = AuditLog().verify()
-    assert not report.ok and report.problem == "forged" and report.first_bad_seq == head.seq + 1
+    assert not report.ok and report.problem == "forged" and report.first_bad_seq == seq
     assert not Gate(registry)(NAME, ALIAS, fresh=True).allowed  # type: ignore[arg-type]
 
 

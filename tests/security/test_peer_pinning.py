@@ -31,6 +31,8 @@ from tests.integration.conftest import gateway_config, orthanc_ci, write_ct_seri
 
 pytestmark = pytest.mark.integration
 
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+
 
 @pytest.fixture(scope="module")
 def cas(tmp_path_factory: pytest.TempPathFactory) -> tuple[DevCertificates, DevCertificates]:
@@ -171,3 +173,46 @@ def test_orthanc_with_its_own_ca_stores_over_pinned_tls(
     finally:
         orthanc.stop()
     assert gateway.terminate()["rejected_associations"] == 0
+
+
+def test_the_compose_gateway_admits_only_orthancs_own_certificate_as_orthanc(
+    start_gateway: Any, tmp_path: Path
+) -> None:
+    """docker/compose.yaml's gateway (docker/config/gateway.yaml, the files compose mounts): every
+    service of the stack holds a certificate of the one CA that make-secrets.sh makes, so without
+    a pin a broken-into service (serving, here) could call as ORTHANC and store. Pinned to
+    Orthanc's certificate (mounted at /run/radgate-tls/peers/orthanc.pem), it is refused; Orthanc's
+    own certificate stores."""
+    import yaml
+
+    from governance.tls import issue_service_certificates
+
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    stack = make_dev_certificates(tmp_path / "tls")
+    issue_service_certificates(tmp_path / "tls", ("gateway", "orthanc", "serving"))
+    files = {name: spec["file"] for name, spec in compose["secrets"].items()}
+    mounted = {
+        secret["target"]: str(tmp_path / "tls" / Path(files[secret["source"]]).name)
+        for secret in compose["services"]["gateway"]["secrets"]
+        if isinstance(secret, dict) and secret["target"].startswith("/run/radgate-tls/")
+    }
+    text = (DOCKER / "config" / "gateway.yaml").read_text()
+    for target, local in sorted(mounted.items(), key=lambda item: -len(item[0])):
+        text = text.replace(target, local)
+    dicom = yaml.safe_load(text)["dicom"]
+    dicom.update(host="127.0.0.1", port=0, acse_timeout=10)
+    for peer in dicom["allowed_peers"]:
+        peer["hosts"] = ["127.0.0.1"]  # the compose network's subnet, here the loopback
+    config = gateway_config(http={"enabled": False})
+    config["dicom"] = dicom
+    gateway = start_gateway(config)
+    files_to_send = write_ct_series(tmp_path / "ct", 2)
+    tls = tmp_path / "tls"
+
+    serving = client_context(stack.ca_certificate, tls / "serving.pem", tls / "serving-key.pem")
+    assert _associate(gateway.dicom_port, "ORTHANC", serving, files_to_send) == ("rejected", [])
+    assert _stored() == 0
+    orthanc = client_context(stack.ca_certificate, tls / "orthanc.pem", tls / "orthanc-key.pem")
+    assert _associate(gateway.dicom_port, "ORTHANC", orthanc, files_to_send) == (None, [0, 0])
+    assert _stored() == 2
+    assert gateway.terminate()["rejected_associations"] == 1

@@ -166,6 +166,9 @@ def _resolve(command: Command, mounts: dict[str, Path] | None = None) -> None:
             local = _local_path(image, value, mounts)
             if local is not None:
                 assert local.exists(), f"{command.where}: {value} -> {local} does not exist"
+    if argv[0] in {"python", "python3"} and argv[1:2] == ["-c"]:
+        compile(argv[2], command.where, "exec")  # a program on the command line (admin's wait)
+        return
     if argv[0] in {"python", "python3"}:
         script = _local_path(image, argv[1], mounts)
         assert script is not None and script.is_file(), f"{command.where}: {argv[1]} is not in the image"

@@ -12,6 +12,7 @@ they mount, docker/k8s/*.yaml), read as the engines read them (no engine or clus
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ KEYS_DIR = "/run/radgate-keys/"
 TLS_DIR = "/run/radgate-tls/"
 
 # The key files each RadGate service reads (governance.keyring; docs/SECURITY.md, "Keys per service"):
-# - every service writes audit entries (governance.audit.record: audit-signing.key) and the gate or
-#   the audit page verifies the chain (audit-signing.pub, and audit-writers.json for the entries of
-#   restricted writers); the gateway writes only gateway./ingest./deid. entries, with a writer key
-#   of its own (audit-writer.key) instead of the audit writer's;
+# - every service writes audit entries (governance.audit.record) and the gate or the audit page
+#   verifies the chain (audit-signing.pub, and audit-writers.json for the entries of restricted
+#   writers). The governance audit writer (audit-signing.key: governance entries, head anchors) is
+#   the UI and the admin console; gateway, serving and training sign only their own entries, each
+#   with a writer key of its own (audit-writer.key; governance.keyring.SERVICE_WRITERS);
 # - gateway: pseudonyms (imaging.deid via governance.keys.load_project_key: project.key) and
 #   originals sealed to the honest broker (re-id map, quarantine: broker.pub);
 # - serving: its sealed records (serving.monitoring.sealing.serving_key: serving-store.key); the
@@ -39,16 +41,25 @@ TLS_DIR = "/run/radgate-tls/"
 # - ui: sessions and CSRF tokens (serving.ui.sessions / security: ui-session.key);
 # - serving and ui ask the gate, which keeps MACed records of artifact hashes
 #   (governance.approvals.digests: artifact-digest.key; optional, without it the gate reads the files);
-# - the training cluster: training evidence and the admin commands run there (audit only).
+# - the training cluster: training evidence (its writer key), the pseudonym key's public id;
+# - admin: the admin console (the CLI of approvals, promotions, users, keys): audit only, and
+#   the gate's hash records.
 AUDIT = {"audit-signing.key", "audit-signing.pub", "audit-writers.json"}
+WRITER = {"audit-writer.key", "audit-signing.pub", "audit-writers.json"}  # a restricted writer
 KEYS = {
-    "gateway": {"project.key", "broker.pub", "audit-writer.key", "audit-signing.pub", "audit-writers.json"},
-    "serving": {"serving-store.key", "artifact-digest.key", *AUDIT},
+    "gateway": {"project.key", "broker.pub", *WRITER},
+    "serving": {"serving-store.key", "artifact-digest.key", *WRITER},
     "ui": {"ui-session.key", "artifact-digest.key", *AUDIT},
-    "ray-head": {"project.key.id", *AUDIT},
-    "ray-worker": {"project.key.id", *AUDIT},
-    "trainer": {"project.key.id", *AUDIT},
+    "admin": {"artifact-digest.key", *AUDIT},
+    "ray-head": {"project.key.id", *WRITER},
+    "ray-worker": {"project.key.id", *WRITER},
+    "trainer": {"project.key.id", *WRITER},
 }
+# Each restricted writer's key (audit-writer-NAME.key) by compose service; the governance writers
+# (ui, admin) are the only services that mount audit-signing.key.
+WRITERS = {"gateway": "gateway", "serving": "serving", "ray-head": "training", "ray-worker": "training",
+           "trainer": "training"}  # fmt: skip
+GOVERNANCE_WRITERS = {"ui", "admin"}
 
 
 def _compose() -> dict[str, Any]:
@@ -85,7 +96,7 @@ def test_each_compose_service_mounts_exactly_the_keys_its_code_reads() -> None:
         renamed = {
             "project.key": "radgate_project_key",
             "project.key.id": "radgate_project_key_id",
-            "audit-writer.key": f"audit-writer-{name}.key",
+            "audit-writer.key": f"audit-writer-{WRITERS.get(name)}.key",
         }
         for target, source in targets.items():
             if target.startswith(KEYS_DIR):
@@ -100,6 +111,8 @@ def test_each_compose_service_mounts_exactly_the_keys_its_code_reads() -> None:
     # are files of no secret at all.
     users = [n for n, s in compose["services"].items() if "radgate_project_key" in _targets(s).values()]
     assert users == ["gateway"]
+    signers = {n for n, s in compose["services"].items() if "audit_signing_key" in _targets(s).values()}
+    assert signers == GOVERNANCE_WRITERS
     assert not [f for f in files.values() if f.endswith(("broker.key", "ca-key.pem"))]
 
 
@@ -329,15 +342,17 @@ def test_healthcheck_speaks_https_and_verifies_the_ca(tmp_path: Path) -> None:
 
 def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) -> None:
     """make-secrets.sh's files, placed where compose mounts them for each service, read by
-    RadGate's own loaders: the gateway signs as a restricted writer (its scope, no anchors) and
-    pseudonymises; serving, the UI and training sign as the audit writer; every one verifies the
-    gateway's entries; none can load a key it is not given."""
+    RadGate's own loaders: gateway, serving and training sign as restricted writers (each its own
+    scope, no anchors), the gateway pseudonymises; the UI and the admin console sign as the
+    governance audit writer; every one verifies each writer's entries in its scope only; none can
+    load a key it is not given."""
     import os
     import shutil
     import subprocess
     import sys
 
     from governance.keyring import (
+        SERVICE_WRITERS,
         SERVING_STORE,
         UI_SESSION,
         KeyMissing,
@@ -358,7 +373,7 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
     assert made.returncode == 0, made.stderr
     compose = _compose()
     files = _files(compose)
-    gateway_writer = None
+    writers = {}
     pseudonym_key_id = ""
     for name in KEYS:
         directory = tmp_path / "mounted" / name
@@ -369,13 +384,16 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
         settings = Settings(key_file=directory / "project.key", project_key=None)
         signer = load_audit_signer(settings, create=False)
         verifier = load_audit_verifier(settings, create=False)
+        if name in WRITERS:
+            assert signer.scope == SERVICE_WRITERS[WRITERS[name]], (name, signer.scope)
+            assert signer.key_id != verifier.key_id
+            writers[WRITERS[name]] = signer
+        else:
+            assert signer.scope is None and signer.key_id == verifier.key_id, name
         if name == "gateway":
-            assert signer.scope == ("gateway.", "ingest.", "deid."), signer.scope
-            gateway_writer = signer
             assert load_project_key(settings, create=False).sealer is not None  # pseudonyms, sealing
             pseudonym_key_id = load_project_key(settings, create=False).key_id
         else:
-            assert signer.scope is None and signer.key_id == verifier.key_id
             with pytest.raises(KeyError_):
                 load_project_key(settings, create=False)
             with pytest.raises(KeyMissing):
@@ -389,15 +407,18 @@ def test_each_services_mounted_keys_load_as_its_code_loads_them(tmp_path: Path) 
         if "project.key.id" in KEYS[name]:  # training's evidence: which key made the data
             assert project_key_id(settings) == pseudonym_key_id, name
         assert sorted(p.name for p in directory.iterdir()) == sorted(KEYS[name])  # nothing created
-    # Every verifier takes the gateway's own entries, and only those.
-    assert gateway_writer is not None
+    # Every verifier takes each writer's own entries, and only those.
+    assert sorted(writers) == sorted(SERVICE_WRITERS)
+    own = {"gateway": "gateway.c-store", "serving": "serve.predict", "training": "model.register"}
     for name in KEYS:
         settings = Settings(key_file=tmp_path / "mounted" / name / "project.key", project_key=None)
         verifier = load_audit_verifier(settings, create=False)
         message = b"radgate-audit-entry-v2\0" + b"0" * 64
-        assert verifier.verify(gateway_writer.key_id, message, gateway_writer.sign(message)), name
-        assert verifier.permits(gateway_writer.key_id, "gateway.c-store")
-        assert not verifier.permits(gateway_writer.key_id, "model.approve")
+        for writer, signer in writers.items():
+            assert verifier.verify(signer.key_id, message, signer.sign(message)), (name, writer)
+            assert verifier.permits(signer.key_id, own[writer]), (name, writer)
+            for governance in ("model.approve", "model.promote", "model.revoke", "policy.sign"):
+                assert not verifier.permits(signer.key_id, governance), (name, writer, governance)
 
 
 def test_mlflow_serves_https_and_every_client_verifies_it() -> None:
@@ -439,3 +460,119 @@ def test_podman_compose_merges_the_local_override_and_writes_it_back() -> None:
         "orthanc_tls_cert",
         "orthanc_tls_key",
     }
+
+
+# --- TLS to PostgreSQL -------------------------------------------------------------------------------
+
+_POSTGRES_URL = re.compile(r"postgresql(?:\+\w+)?://[^\s\"']+")
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _require_verified_tls(where: str, url: str, env: dict[str, str], ca_files: set[str]) -> None:
+    """libpq's options from the URL, else from the process's PGSSLMODE / PGSSLROOTCERT."""
+    from urllib.parse import parse_qs, urlsplit
+
+    query = parse_qs(urlsplit(url).query)
+    mode = query.get("sslmode", [env.get("PGSSLMODE", "")])[-1]
+    root = query.get("sslrootcert", [env.get("PGSSLROOTCERT", "")])[-1]
+    assert mode == "verify-full", f"{where}: {url} does not verify the server (sslmode={mode!r})"
+    assert root in ca_files, f"{where}: {url} verifies against {root!r}, which is not mounted there"
+
+
+def test_every_postgresql_url_in_compose_requires_verified_tls() -> None:
+    compose = _compose()
+    checked = 0
+    for name, service in compose["services"].items():
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        for text in _strings([env, service.get("command"), service.get("entrypoint")]):
+            for url in _POSTGRES_URL.findall(text):
+                _require_verified_tls(name, url, env, set(_targets(service)))
+                checked += 1
+        if any("PGPASSWORD" in key for key in env):  # any libpq client of the catalog
+            assert env.get("PGSSLMODE") == "verify-full", name
+            assert env.get("PGSSLROOTCERT") in _targets(service), name
+    assert checked >= 5  # the services' catalog URL and MLflow's backend store at least
+    # The server: TLS on with its own certificate, and TLS only for every network client.
+    postgres = compose["services"]["postgres"]
+    command = postgres["command"]
+    options = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-c")
+    assert options["ssl"] == "on"
+    assert _mounted(options["ssl_cert_file"], postgres)
+    assert postgres["environment"]["POSTGRES_SSL_KEY_COPY"] == options["ssl_key_file"]
+    assert _mounted(postgres["environment"]["POSTGRES_SSL_KEY_SOURCE"], postgres)
+    (hba_mount,) = [v for v in postgres["volumes"] if str(v).split(":")[1] == options["hba_file"]]
+    rules = [
+        line.split()
+        for line in (DOCKER / hba_mount.split(":")[0].removeprefix("./")).read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert {rule[0] for rule in rules} == {"local", "hostssl"}, rules  # no plaintext `host` rule
+    assert all(rule[-1] != "trust" for rule in rules if rule[0] == "hostssl")
+    # The local stack's peer image makes the key's private copy itself (its own entrypoint).
+    override = yaml.load((DOCKER / "compose.local.yaml").read_text(), Loader=_ComposeLoader)
+    assert "entrypoint" in override["services"]["postgres"]  # reset to the image's
+    entrypoint = (DOCKER / "peers" / "postgres-entrypoint.sh").read_text()
+    assert 'cp "$POSTGRES_SSL_KEY_SOURCE" "$POSTGRES_SSL_KEY_COPY"' in entrypoint
+
+
+def _k8s_pods() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod spec in the manifests (Deployments, KubeRay heads and worker groups)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(where: str, value: Any) -> None:
+        if isinstance(value, dict):
+            if "containers" in value:
+                found.append((where, value))
+                return
+            for key, child in value.items():
+                walk(f"{where}/{key}", child)
+        elif isinstance(value, list):
+            for child in value:
+                walk(where, child)
+
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _manifests(path.name):
+            walk(f"{path.name}:{doc.get('kind', 'values')}", doc)
+    return found
+
+
+def test_every_postgresql_url_on_kubernetes_requires_verified_tls() -> None:
+    config_maps = {
+        doc["metadata"]["name"]: doc.get("data", {})
+        for path in K8S.glob("*.yaml")
+        for doc in _manifests(path.name)
+        if doc.get("kind") == "ConfigMap"
+    }
+    checked = 0
+    for where, pod in _k8s_pods():
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in pod["containers"]:
+            env: dict[str, str] = {}
+            for source in container.get("envFrom", []):
+                env.update(config_maps[source["configMapRef"]["name"]])
+            env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+            ca_files = set()
+            for mount in container.get("volumeMounts", []):
+                secret = volumes[mount["name"]].get("secret")
+                if secret is not None:
+                    ca_files |= {f"{mount['mountPath']}/{i['path']}" for i in secret.get("items", [])}
+            texts = _strings([env, container.get("command"), container.get("args")])
+            for url in {u for text in texts for u in _POSTGRES_URL.findall(text)}:
+                _require_verified_tls(f"{where} {container['name']}", url, env, ca_files)
+                checked += 1
+    assert checked >= 6  # RayService, RayCluster and RayJob pods, MLflow's backend store
+    values = yaml.safe_load((K8S / "postgresql-values.yaml").read_text())
+    assert values["tls"]["enabled"] is True and values["tls"]["certificatesSecret"]
+    rules = [line.split() for line in values["primary"]["pgHbaConfiguration"].splitlines() if line.strip()]
+    plaintext = [rule for rule in rules if rule[0] == "host"]
+    assert all(rule[3] in ("127.0.0.1/32", "::1/128") for rule in plaintext), plaintext  # loopback only
+    assert any(rule[0] == "hostssl" for rule in rules)
