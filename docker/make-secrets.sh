@@ -54,9 +54,10 @@ radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
 # its own per service (`radgate certs dev`: scripts/setup.sh's venv, or RADGATE=/path/to/radgate);
 # a site puts its PKI's files here instead. Existing certificates are kept; only the missing ones
 # are issued. tls/ca-key.pem is mounted nowhere.
-# PostgreSQL's certificate (DNS name `postgres`): every client connects with sslmode=verify-full.
+# PostgreSQL's and MinIO's certificates (DNS names `postgres`, `minio`): every client verifies them
+# (sslmode=verify-full; AWS_CA_BUNDLE).
 "$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
-  --service mlflow --service postgres >/dev/null
+  --service mlflow --service postgres --service minio >/dev/null
 # The services' RadGate tokens are issued by an admin once the catalog runs
 # (scripts/containers.sh bootstrap): empty until then.
 for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done

@@ -196,8 +196,8 @@ class Journey:
     def s3_keys(self, bucket: str, prefix: str) -> list[str]:
         script = (
             "import boto3, json, sys\n"
-            "s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:9000', region_name='us-east-1',"
-            " aws_access_key_id='x', aws_secret_access_key='x')\n"
+            "s3 = boto3.client('s3', endpoint_url='https://127.0.0.1:9000', region_name='us-east-1',"
+            " aws_access_key_id='x', aws_secret_access_key='x', verify='/run/secrets/tls_ca')\n"
             "pages = s3.get_paginator('list_objects_v2').paginate(Bucket=sys.argv[1], Prefix=sys.argv[2])\n"
             "print(json.dumps([o['Key'] for p in pages for o in p.get('Contents', [])]))\n"
         )

@@ -545,14 +545,16 @@ def _k8s_pods() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def test_every_postgresql_url_on_kubernetes_requires_verified_tls() -> None:
+def _k8s_containers() -> list[tuple[str, dict[str, Any], dict[str, str], set[str]]]:
+    """(where, container, its environment with the ConfigMaps it takes, the secret files mounted
+    in it) of every container in the manifests."""
     config_maps = {
         doc["metadata"]["name"]: doc.get("data", {})
         for path in K8S.glob("*.yaml")
         for doc in _manifests(path.name)
         if doc.get("kind") == "ConfigMap"
     }
-    checked = 0
+    out = []
     for where, pod in _k8s_pods():
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for container in pod["containers"]:
@@ -560,15 +562,22 @@ def test_every_postgresql_url_on_kubernetes_requires_verified_tls() -> None:
             for source in container.get("envFrom", []):
                 env.update(config_maps[source["configMapRef"]["name"]])
             env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
-            ca_files = set()
+            files = set()
             for mount in container.get("volumeMounts", []):
                 secret = volumes[mount["name"]].get("secret")
                 if secret is not None:
-                    ca_files |= {f"{mount['mountPath']}/{i['path']}" for i in secret.get("items", [])}
-            texts = _strings([env, container.get("command"), container.get("args")])
-            for url in {u for text in texts for u in _POSTGRES_URL.findall(text)}:
-                _require_verified_tls(f"{where} {container['name']}", url, env, ca_files)
-                checked += 1
+                    files |= {f"{mount['mountPath']}/{i['path']}" for i in secret.get("items", [])}
+            out.append((f"{where} {container['name']}", container, env, files))
+    return out
+
+
+def test_every_postgresql_url_on_kubernetes_requires_verified_tls() -> None:
+    checked = 0
+    for where, container, env, ca_files in _k8s_containers():
+        texts = _strings([env, container.get("command"), container.get("args")])
+        for url in {u for text in texts for u in _POSTGRES_URL.findall(text)}:
+            _require_verified_tls(where, url, env, ca_files)
+            checked += 1
     assert checked >= 6  # RayService, RayCluster and RayJob pods, MLflow's backend store
     values = yaml.safe_load((K8S / "postgresql-values.yaml").read_text())
     assert values["tls"]["enabled"] is True and values["tls"]["certificatesSecret"]
@@ -576,3 +585,48 @@ def test_every_postgresql_url_on_kubernetes_requires_verified_tls() -> None:
     plaintext = [rule for rule in rules if rule[0] == "host"]
     assert all(rule[3] in ("127.0.0.1/32", "::1/128") for rule in plaintext), plaintext  # loopback only
     assert any(rule[0] == "hostssl" for rule in rules)
+
+
+# --- TLS to the S3 server ----------------------------------------------------------------------------
+
+_S3_SETTINGS = ("AWS_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+
+
+def _require_https_s3(where: str, env: dict[str, str], ca_files: set[str]) -> int:
+    """Every S3 endpoint of a process is HTTPS, verified against a CA file mounted there."""
+    endpoints = [env[name] for name in _S3_SETTINGS if name in env]
+    for endpoint in endpoints:
+        assert endpoint.startswith("https://"), f"{where}: S3 endpoint {endpoint} is not HTTPS"
+        assert env.get("AWS_CA_BUNDLE") in ca_files, f"{where}: AWS_CA_BUNDLE is not a mounted CA"
+    return len(endpoints)
+
+
+def test_every_s3_endpoint_in_compose_is_https_and_verified() -> None:
+    compose = _compose()
+    checked = 0
+    for name, service in compose["services"].items():
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        checked += _require_https_s3(name, env, set(_targets(service)))
+        for text in _strings([service.get("command"), service.get("entrypoint")]):
+            assert "http://minio" not in text, name  # a command's own S3 URL (the buckets one-shot)
+    assert checked >= 6
+    minio = compose["services"]["minio"]
+    command = minio["command"]
+    certs = command[command.index("--certs-dir") + 1]
+    for name in ("public.crt", "private.key"):
+        assert _mounted(f"{certs}/{name}", minio), name
+    # The local stack's S3 peer (moto's server) serves the same certificate.
+    override = yaml.load((DOCKER / "compose.local.yaml").read_text(), Loader=_ComposeLoader)
+    local = override["services"]["minio"]
+    mounted = {f"/run/secrets/{secret}": secret for secret in local["secrets"]}
+    argv = local["command"]
+    assert mounted[argv[argv.index("--ssl-cert") + 1]] == "minio_tls_cert"
+    assert mounted[argv[argv.index("--ssl-key") + 1]] == "minio_tls_key"
+    for name, service in override["services"].items():
+        for text in _strings([service.get("environment"), service.get("command")]):
+            assert "http://minio" not in text, f"local {name}"
+
+
+def test_every_s3_endpoint_on_kubernetes_is_https_and_verified() -> None:
+    checked = sum(_require_https_s3(where, env, files) for where, _, env, files in _k8s_containers())
+    assert checked >= 6
