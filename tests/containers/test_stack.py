@@ -42,10 +42,12 @@ def test_images_build_and_the_smoke_journey_passes(tmp_path: Path) -> None:
     names = [s["step"] for s in journey["steps"]]
     assert names[0] == "stack ready" and names[-1] == "gateway killed mid-transfer loses nothing"
     assert len(names) == 9
-    # Image sizes recorded by the builds: CPU-only gateway and UI under 1.5 GB.
+    # Image sizes recorded by the builds: CPU-only gateway and UI under 1.5 GB, the CPU trainer
+    # and serving images under 2.5 GB.
     sizes = {
         line.split()[0]: int(line.split()[3])
         for line in (state / "builds.txt").read_text().splitlines()
         if line
     }
     assert sizes["gateway"] < 1.5e9 and sizes["ui"] < 1.5e9, sizes
+    assert sizes["trainer"] < 2.5e9 and sizes["serving"] < 2.5e9, sizes
