@@ -9,8 +9,8 @@ file (``keys_dir``)      what it protects                 who holds it
                          quarantined inputs, erasure
                          reasons) to the honest broker
 ``broker.key``           unsealing them (X25519 private)  the honest broker only
-``audit-signing.key``    signing audit entries and the    the audit writer
-                         head anchor (Ed25519 private)
+``audit-signing.key``    signing audit entries and the    the governance audit writer (the
+                         head anchor (Ed25519 private)    UI and the admin console)
 ``audit-signing.pub``    verifying them                   every verifier (gate, auditor, UI)
 ``serving-store.key``    serving's own sealed records     serving (monitoring inputs, result views,
                          (AES-256-GCM)                    feedback comments)
