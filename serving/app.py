@@ -76,6 +76,9 @@ class BatchedModel:
             (row, len(items), None if embeddings is None else embeddings[k]) for k, row in enumerate(logits)
         ]
 
+    def _alone(self) -> bool:
+        return self._images_in_flight <= 1
+
     async def _forward(self, item: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
         """Batch only when other images are in this replica: a lone image would wait
         ``batch_wait_timeout_s`` for company that is not coming."""
@@ -88,12 +91,19 @@ class BatchedModel:
         images = len(payload.get("instances") or ())
         self._images_in_flight += images
         try:
-            return await self.worker.predict(payload, self._forward)
+            # A single image still alone once decoded is forwarded in the thread that decoded it
+            # (ModelWorker.predict: a hop fewer); otherwise it may join a batch (_forward).
+            return await self.worker.predict(payload, self._forward, alone=self._alone)
         finally:
             self._images_in_flight -= images
 
     async def info(self) -> dict[str, Any]:
         return self.worker.info()
+
+    def close(self) -> None:
+        """Shutting down: what live monitoring holds is recorded before the replica goes
+        (bounded by Ray Serve's graceful shutdown timeout, 20 s by default)."""
+        self.worker.close(timeout=8.0)
 
 
 @serve.deployment(name="model", max_ongoing_requests=32, health_check_period_s=10)
@@ -102,7 +112,13 @@ class ModelDeployment(BatchedModel):
 
     def __init__(self, served_json: str, gate_ttl_s: float) -> None:
         super().__init__(served_json, gate_ttl_s)
+        self._closed = False
         _freeze_heap()  # a colocated model's heap is frozen by the ingress that holds it
+
+    def __del__(self) -> None:  # Ray Serve calls it at a graceful replica shutdown
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            self.close()
 
 
 class _HandleClient:
@@ -126,9 +142,11 @@ class Ingress:
     def __init__(self, config_json: str, models: dict[str, DeploymentHandle]) -> None:
         config = ServeConfig.model_validate_json(config_json)
         clients: dict[str, Any] = {n: _HandleClient(h) for n, h in models.items()}
+        self._colocated: list[BatchedModel] = []
         for served in config.models:  # colocated models run here, called without an actor hop
             if served.colocated:
                 clients[served.name] = BatchedModel(served.model_dump_json(), config.gate_ttl_s)
+                self._colocated.append(clients[served.name])
         service = IngressService(config, clients)
         # Warm the gate (artifact hashes, audit scan) so the first request does not pay for it.
         for served in config.models:
@@ -140,6 +158,11 @@ class Ingress:
 
         self.drift = start_serving_drift(config) if serve.get_replica_context().rank.rank == 0 else None
         _freeze_heap()
+
+    def __del__(self) -> None:  # Ray Serve calls it at a graceful replica shutdown
+        colocated, self._colocated = getattr(self, "_colocated", []), []
+        for model in colocated:
+            model.close()
 
 
 def build_app(config: ServeConfig) -> Any:

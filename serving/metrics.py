@@ -6,7 +6,16 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["BATCH", "DENIALS", "LATENCY", "PREDICTIONS", "REGISTRY", "REQUESTS", "render"]
+__all__ = [
+    "BATCH",
+    "DENIALS",
+    "LATENCY",
+    "MONITORING_UNRECORDED",
+    "PREDICTIONS",
+    "REGISTRY",
+    "REQUESTS",
+    "render",
+]
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter(
@@ -36,6 +45,12 @@ PREDICTIONS = Counter(
     "radgate_serve_predictions",
     "Decisions at the operating point by model and label",
     ["model", "label"],
+    registry=REGISTRY,
+)
+MONITORING_UNRECORDED = Counter(
+    "radgate_monitoring_unrecorded",
+    "Served images live monitoring did not record: its hand-off backlog was full (overload)",
+    ["model"],
     registry=REGISTRY,
 )
 

@@ -35,10 +35,116 @@ LOGGER = logging.getLogger(__name__)
 #: the penultimate embedding is there when live monitoring records this model, else ``None``.
 BatchForward = Callable[[np.ndarray], Awaitable[tuple[np.ndarray, int, np.ndarray | None]]]
 _MONITOR_BACKLOG = 1024  # requests waiting to be recorded before new ones are skipped
+_MONITOR_FRAME = 32  # requests handed on together at most (one frame to the recorder process)
+#: One served request for live monitoring: (request id, DICOM bytes, result, embedding or None).
+Case = tuple[str, bytes, dict[str, Any], np.ndarray | None]
+
+
+def _always() -> bool:
+    return True
 
 
 def _error(status: int, message: str) -> dict[str, Any]:
     return {"error": {"status": status, "message": message}}
+
+
+class MonitorHandoff:
+    """Served requests on their way to live monitoring, off the request path.
+
+    :meth:`submit` only queues (``backlog`` requests at most: serving never waits for
+    monitoring); one background thread hands them to ``sink(predictor, recorder, cases)``. What
+    queued while the previous hand-off ran goes on in one call (consecutive requests of the same
+    predictor and recorder, ``frame`` at most), so under load the thread wakes, takes the GIL and
+    writes to the recorder process once per group instead of once per request; a lone request is
+    handed on at once (no timer). A request that finds the backlog full is not recorded: it is
+    counted (:attr:`unrecorded`, images, and ``radgate_monitoring_unrecorded_total`` by model)
+    and logged, never dropped silently; nothing that was queued is lost.
+    """
+
+    def __init__(
+        self,
+        sink: Callable[[ServedPredictor, Any, list[Case]], None],
+        *,
+        backlog: int = _MONITOR_BACKLOG,
+        frame: int = _MONITOR_FRAME,
+        lowest_priority: bool = False,
+    ) -> None:
+        self._sink = sink
+        self._frame = frame
+        self._lowest_priority = lowest_priority
+        self._queue: queue.Queue[tuple[ServedPredictor, Any, list[Case]]] = queue.Queue(backlog)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._unfinished = 0  # requests queued or being handed on
+        self._finished = threading.Condition()
+        self.unrecorded = 0  # images not recorded because the backlog was full
+
+    def submit(self, predictor: ServedPredictor, recorder: Any, cases: list[Case]) -> bool:
+        """Queue one request's cases; False (counted, logged) when the backlog is full."""
+        if self._thread is None or not self._thread.is_alive():
+            with self._start_lock:
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="live-monitoring", daemon=True)
+                    self._thread.start()
+        with self._finished:
+            self._unfinished += 1
+        try:
+            self._queue.put_nowait((predictor, recorder, cases))
+            return True
+        except queue.Full:  # overload: serving goes on, the gap is counted and logged
+            self._done(1)
+            from serving import metrics
+
+            self.unrecorded += len(cases)
+            metrics.MONITORING_UNRECORDED.labels(model=predictor.loaded.name).inc(len(cases))
+            LOGGER.warning("live monitoring backlog full: %d request(s) not recorded", len(cases))
+            return False
+
+    def pending(self) -> int:
+        """Requests queued and not yet handed on (the one being handed on not included)."""
+        return self._queue.qsize()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait (at most ``timeout`` seconds) until every queued request has been handed on;
+        whether it was (a replica shutting down, before it closes the recorder process)."""
+        with self._finished:
+            return self._finished.wait_for(lambda: self._unfinished == 0, timeout)
+
+    def _done(self, requests: int) -> None:
+        with self._finished:
+            self._unfinished -= requests
+            if self._unfinished == 0:
+                self._finished.notify_all()
+
+    def _run(self) -> None:
+        if self._lowest_priority:
+            # Recording on this thread is Python work: at the lowest priority it yields the CPUs.
+            # A thread that only hands requests to a recorder process keeps the replica's
+            # priority: a thread the kernel starves while it holds the GIL stalls every request
+            # thread of the process until it runs again (priority inversion).
+            with contextlib.suppress(OSError, AttributeError):  # Linux: per-thread nice value
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while True:
+            items = [self._queue.get()]
+            while len(items) < self._frame:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            start = 0
+            for end in range(1, len(items) + 1):
+                if end == len(items) or not (
+                    items[end][0] is items[start][0] and items[end][1] is items[start][1]
+                ):
+                    predictor, recorder, _ = items[start]
+                    cases = [case for item in items[start:end] for case in item[2]]
+                    try:
+                        self._sink(predictor, recorder, cases)
+                    except Exception as exc:  # a monitoring failure is logged, not served
+                        LOGGER.warning("live features not recorded (%s)", type(exc).__name__)
+                    finally:
+                        self._done(end - start)
+                    start = end
 
 
 class ModelWorker:
@@ -55,22 +161,30 @@ class ModelWorker:
         self.recorder: Any = None  # serving.monitoring.LiveRecorder, when a reference profile exists
         self.denied: list[str] = []
         self._lock = threading.Lock()
-        # Live monitoring runs on one background thread (recording there at the lowest CPU
-        # priority, see _monitor_loop), so that recording request N does not slow request N+1.
-        self._monitor_queue: queue.Queue[tuple[ServedPredictor, Any, list[Any]]] = queue.Queue(
-            _MONITOR_BACKLOG
-        )
-        self._monitor: threading.Thread | None = None
         # ``record_out_of_process`` (the serve app): the recorder this worker built for a loaded
         # version records in a child process (serving.monitoring.process), off this process's
-        # GIL; a recorder set from outside (tests) still records on the thread.
+        # GIL; a recorder set from outside (tests) still records on the hand-off thread.
         self._recorder_process: Any = None
         if record_out_of_process:
             from serving.monitoring.process import RecorderProcess
 
             self._recorder_process = RecorderProcess()
+        # Live monitoring is handed off to one background thread (bounded backlog), so that
+        # recording request N does not slow request N+1; recording on that thread itself runs at
+        # the lowest CPU priority.
+        self.monitoring = MonitorHandoff(self._observe, lowest_priority=self._recorder_process is None)
         self._own_recorder: Any = None
         self._load(None)
+
+    def close(self, timeout: float = 15.0) -> None:
+        """Shutting down: hand on what live monitoring still holds, then close the recorder
+        process, which records what it was sent before it exits (``timeout`` seconds for each)."""
+        if not self.monitoring.drain(timeout):
+            LOGGER.warning(
+                "live monitoring: %d request(s) not handed on at shutdown", self.monitoring.pending()
+            )
+        if self._recorder_process is not None:
+            self._recorder_process.close(timeout=timeout)
 
     # ---- loading -----------------------------------------------------------------------------
 
@@ -129,33 +243,7 @@ class ModelWorker:
         except Exception as exc:
             LOGGER.warning("segmentation result not recorded for review (%s)", type(exc).__name__)
 
-    def _submit_observation(self, predictor: ServedPredictor, recorder: Any, cases: list[Any]) -> None:
-        if self._monitor is None or not self._monitor.is_alive():
-            self._monitor = threading.Thread(target=self._monitor_loop, name="live-monitoring", daemon=True)
-            self._monitor.start()
-        try:
-            self._monitor_queue.put_nowait((predictor, recorder, cases))
-        except queue.Full:  # overload: serving goes on, the gap is logged (drift is statistical)
-            LOGGER.warning("live monitoring backlog full: %d request(s) not recorded", len(cases))
-
-    def _monitor_loop(self) -> None:
-        if self._recorder_process is None:
-            # Recording on this thread is Python work: at the lowest priority it yields the CPUs.
-            # With a recorder process (the serve app) this thread only hands each request to the
-            # child, itself at the lowest priority; the thread keeps the replica's priority,
-            # since a thread the kernel starves while it holds the GIL stalls every request
-            # thread of the process until it runs again (priority inversion).
-            with contextlib.suppress(OSError, AttributeError):  # Linux: per-thread nice value
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        while True:
-            self._observe(*self._monitor_queue.get())
-
-    def _observe(
-        self,
-        predictor: ServedPredictor,
-        recorder: Any,
-        cases: list[tuple[str, bytes, dict[str, Any], np.ndarray | None]],
-    ) -> None:
+    def _observe(self, predictor: ServedPredictor, recorder: Any, cases: list[Case]) -> None:
         """Record each request's features (no PHI) and what the UI may show of it, off the
         request path."""
         from serving.monitoring.served import record_cases
@@ -218,6 +306,23 @@ class ModelWorker:
             return logits, embedding
         return forward(batch), None
 
+    def _decode_and_forward(
+        self, predictor: ServedPredictor, data: bytes, alone: Callable[[], bool]
+    ) -> tuple[Exception | None, float, np.ndarray, tuple[np.ndarray, int, np.ndarray | None] | None]:
+        """Preprocess ``data`` and, when it is still ``alone``, forward it at batch 1, on the
+        calling (worker) thread: (the decoder's exception or None, when preprocessing ended, the
+        ``[C, H, W]`` float32 tensor, the :data:`BatchForward` output or None when not alone).
+        A forward failure raises, as on the batched path."""
+        try:
+            tensor = predictor.preprocess(data).astype(np.float32, copy=False)
+        except Exception as exc:  # any decoder failure (codec, MONAI, pydicom)
+            return exc, time.perf_counter(), np.empty(0, np.float32), None
+        preprocessed = time.perf_counter()
+        if not alone():
+            return None, preprocessed, tensor, None
+        logits, embeddings = self.forward(tensor[None])
+        return None, preprocessed, tensor, (logits[0], 1, None if embeddings is None else embeddings[0])
+
     async def forward_one(self, item: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
         """A :data:`BatchForward` without batching: one ``[C, H, W]`` image, forward at batch 1."""
         logits, embeddings = await asyncio.to_thread(self.forward, item[None])
@@ -225,9 +330,14 @@ class ModelWorker:
 
     # ---- requests ----------------------------------------------------------------------------
 
-    async def predict(self, payload: dict[str, Any], forward: BatchForward) -> dict[str, Any]:
+    async def predict(
+        self, payload: dict[str, Any], forward: BatchForward, *, alone: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
         """``payload``: ``instances`` (DICOM bytes), ``version`` (what the gate approved now),
-        ``explain`` (method or None), ``dicom`` (bool)."""
+        ``explain`` (method or None), ``dicom`` (bool). ``alone``: whether a single image is
+        the only one in the replica now (asked once it is decoded): then it is forwarded at
+        batch 1 in the thread that decoded it, else it goes to ``forward`` (which may batch
+        it); ``forward`` :meth:`forward_one` itself never batches."""
         explain = payload.get("explain")
         if explain is not None and explain not in EXPLAIN_METHODS:
             return _error(
@@ -250,22 +360,45 @@ class ModelWorker:
             return answer
         started = time.perf_counter()
         instances: list[bytes] = payload["instances"]
-        try:
-            tensors = await asyncio.gather(*(asyncio.to_thread(predictor.preprocess, d) for d in instances))
-        except Exception as exc:  # any decoder failure (codec, MONAI, pydicom) is the input's fault
-            return _error(422, f"cannot decode the image for this model ({type(exc).__name__})")
-        preprocessed = time.perf_counter()
-        outputs = await asyncio.gather(*(forward(t.astype(np.float32, copy=False)) for t in tensors))
+        outputs: list[tuple[np.ndarray, int, np.ndarray | None]]
+        if len(instances) == 1 and (alone is not None or forward == self.forward_one):
+            # A lone image: decode and forward in one worker-thread call (each hop between the
+            # event loop and a worker thread is two thread wake-ups, a millisecond or more on a
+            # loaded machine); when company came while it was decoded, it joins their batch.
+            failure, preprocessed, tensor, output = await asyncio.to_thread(
+                self._decode_and_forward, predictor, instances[0], alone or _always
+            )
+            if failure is not None:  # the decoder's failure is the input's fault
+                return _error(422, f"cannot decode the image for this model ({type(failure).__name__})")
+            if output is None:
+                output = await forward(tensor)
+            outputs = [output]
+        else:
+            try:
+                tensors = await asyncio.gather(
+                    *(asyncio.to_thread(predictor.preprocess, d) for d in instances)
+                )
+            except Exception as exc:  # any decoder failure (codec, MONAI, pydicom) is the input's fault
+                return _error(422, f"cannot decode the image for this model ({type(exc).__name__})")
+            preprocessed = time.perf_counter()
+            outputs = list(
+                await asyncio.gather(*(forward(t.astype(np.float32, copy=False)) for t in tensors))
+            )
         forwarded = time.perf_counter()
         results: list[dict[str, Any]] = []
         objects: list[list[bytes]] = []
+        dicom_wanted = bool(payload.get("dicom"))
         for data, (logits, _, _) in zip(instances, outputs, strict=True):
             # Calibrated: temperature scaling fitted on validation, registered with the model.
             probabilities = softmax(logits[None, :] / getattr(predictor.loaded, "temperature", 1.0))[0]
             try:
-                result, dicom = await asyncio.to_thread(
-                    predictor.result, data, probabilities, explain=explain, dicom=bool(payload.get("dicom"))
-                )
+                if explain is None and not dicom_wanted:
+                    # JSON alone is a few dozen arithmetic operations: no thread hop for it
+                    result, dicom = predictor.result(data, probabilities, explain=None, dicom=False)
+                else:  # explanation maps, DICOM encoding: off the event loop
+                    result, dicom = await asyncio.to_thread(
+                        predictor.result, data, probabilities, explain=explain, dicom=dicom_wanted
+                    )
             except (ValueError, TypeError, AttributeError, KeyError) as exc:
                 return _error(422, f"cannot build results for this image ({type(exc).__name__})")
             # The id clinicians give back with their feedback (POST /v1/feedback).
@@ -278,7 +411,7 @@ class ModelWorker:
                 (r["request_id"], d, r, embedding)
                 for r, d, (_, _, embedding) in zip(results, instances, outputs, strict=True)
             ]
-            self._submit_observation(predictor, self.recorder, cases)
+            self.monitoring.submit(predictor, self.recorder, cases)
         return {
             "model": {
                 "name": predictor.loaded.name,

@@ -91,14 +91,16 @@ class RecorderProcess:
                         self._proc.kill()
                     self._proc = None
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Close the pipe: the child records every frame it was sent, then exits (waited for at
+        most ``timeout`` seconds, then killed)."""
         with self._lock:
             if self._proc is not None:
                 with contextlib.suppress(OSError):
                     assert self._proc.stdin is not None
                     self._proc.stdin.close()
                 try:
-                    self._proc.wait(timeout=30)
+                    self._proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
                 self._proc = None

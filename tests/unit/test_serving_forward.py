@@ -78,13 +78,10 @@ def test_gpu_model_without_cuda_serves_on_the_cpu(served: dict[str, Any], caplog
     assert forward(batch).shape == (1, 2)
 
 
-def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
-    from governance.catalog.db import open_catalog
-    from serving.config import ServedModel
-    from serving.monitoring.models import LiveRecord
-    from serving.worker import ModelWorker
+def _log_reference_profile(served: dict[str, Any]) -> Any:
+    """The version's reference profile, logged to its run: serving then records every request."""
     from training.preprocess import IMAGE_KEY
-    from training.reference_profile import compute_reference_profile, embed_and_score, log_reference_profile
+    from training.reference_profile import compute_reference_profile, log_reference_profile
 
     loaded = served["loaded"]
     rows = [{IMAGE_KEY: str(p)} for p in served["files"]]
@@ -92,6 +89,18 @@ def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
         loaded.module, rows, loaded.preprocessing, label_names=loaded.label_names
     )
     log_reference_profile(str(loaded.run_id), profile)
+    return profile
+
+
+def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
+    from governance.catalog.db import open_catalog
+    from serving.config import ServedModel
+    from serving.monitoring.models import LiveRecord
+    from serving.worker import ModelWorker
+    from training.reference_profile import embed_and_score
+
+    loaded = served["loaded"]
+    profile = _log_reference_profile(served)
     worker = ModelWorker(ServedModel(name=MODEL), record_out_of_process=True)
     assert worker.recorder is not None, "the version has a reference profile"
     # loading the version warmed the child: it is running and has answered its warm-up frame
@@ -124,3 +133,58 @@ def test_monitoring_records_in_a_child_process(served: dict[str, Any]) -> None:
     assert process.poll() is not None, "the child ends when its pipe closes"
     _, expected = embed_and_score(loaded.module, loaded.preprocess(data))
     assert np.allclose(embedding, profile.project(expected[0].astype(np.float64))[0], atol=1e-4)
+
+
+def test_a_lone_image_is_forwarded_where_it_was_decoded_unless_company_came(served: dict[str, Any]) -> None:
+    """ModelWorker.predict with ``alone``: a single image still alone once decoded is forwarded
+    in the decoding thread (no batch forward called); one that found company goes to the batch
+    forward. Both answer the same probabilities."""
+    from serving.config import ServedModel
+    from serving.worker import ModelWorker
+
+    worker = ModelWorker(ServedModel(name=MODEL))
+    batched: list[tuple[int, ...]] = []
+
+    async def batch_forward(item: np.ndarray) -> tuple[np.ndarray, int, np.ndarray | None]:
+        batched.append(item.shape)
+        return await worker.forward_one(item)
+
+    payload = {"instances": [served["files"][0].read_bytes()], "version": served["version"]}
+    answers = []
+    for alone in (True, False):
+        answer = worker.predict(payload, batch_forward, alone=(lambda: True) if alone else (lambda: False))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answers.append(pool.submit(asyncio.run, answer).result())
+        assert len(batched) == (0 if alone else 1)
+    assert batched[0][0] == 1 and len(batched[0]) == 3, "one [C, H, W] image went to the batch forward"
+    first, second = (a["results"][0]["probabilities"] for a in answers)
+    assert np.allclose(first, second, atol=1e-5)
+
+
+def test_closing_a_worker_records_everything_it_answered(served: dict[str, Any]) -> None:
+    """A replica shutting down (ModelWorker.close) hands on what live monitoring still holds and
+    lets the recorder process finish: every answered request is recorded when close returns."""
+    from sqlalchemy import select
+
+    from governance.catalog.db import open_catalog
+    from serving.config import ServedModel
+    from serving.monitoring.models import LiveRecord
+    from serving.worker import ModelWorker
+
+    _log_reference_profile(served)
+    worker = ModelWorker(ServedModel(name=MODEL), record_out_of_process=True)
+    assert worker.recorder is not None
+
+    async def answer_all() -> list[str]:
+        payloads = [{"instances": [p.read_bytes()], "version": served["version"]} for p in served["files"]]
+        replies = await asyncio.gather(*(worker.predict(p, worker.forward_one) for p in payloads * 4))
+        return [r["results"][0]["request_id"] for r in replies]
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        answered = pool.submit(asyncio.run, answer_all()).result()
+    worker.close(timeout=60)
+    assert worker.monitoring.unrecorded == 0
+    with open_catalog().session() as session:
+        recorded = select(LiveRecord.request_id).where(LiveRecord.request_id.in_(answered))
+        stored = set(session.scalars(recorded))
+    assert stored == set(answered), f"{len(answered) - len(stored)} answered request(s) not recorded"
