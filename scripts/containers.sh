@@ -301,9 +301,12 @@ up() {
   compose up -d --no-deps postgres minio orthanc
   wait_for minio python /usr/local/bin/radgate-healthcheck tcp 127.0.0.1 9000
   wait_for postgres pg_isready -h 127.0.0.1
-  compose up -d --no-deps buckets mlflow ray-head admin
-  wait_for ray-head ray health-check --skip-version-check
+  # The admin console first: governance-home (its and the UI's RADGATE_HOME, read-only in the
+  # Ray head and serving) takes the owner of the first container that mounts it.
+  compose up -d --no-deps buckets mlflow admin
   wait_for admin /usr/local/bin/radgate-entrypoint radgate --help
+  compose up -d --no-deps ray-head
+  wait_for ray-head ray health-check --skip-version-check
   bootstrap
   log "stack up: RadGate"
   compose up -d --no-deps gateway ui
