@@ -598,6 +598,10 @@ def _require_https_s3(where: str, env: dict[str, str], ca_files: set[str]) -> in
     for endpoint in endpoints:
         assert endpoint.startswith("https://"), f"{where}: S3 endpoint {endpoint} is not HTTPS"
         assert env.get("AWS_CA_BUNDLE") in ca_files, f"{where}: AWS_CA_BUNDLE is not a mounted CA"
+        if "MLFLOW_TRACKING_URI" in env or "RADGATE_MLFLOW_TRACKING_URI" in env:
+            # an MLflow client fetching a presigned S3 URL uses `requests` (certifi, not
+            # AWS_CA_BUNDLE): it would fail verification and retry for minutes
+            assert env.get("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD") == "false", where
     return len(endpoints)
 
 
