@@ -129,6 +129,7 @@ async def _measure(
     async with httpx.AsyncClient(timeout=120) as client:
         for body in bodies[:3]:
             (await client.post(predict, content=body, headers=headers)).raise_for_status()
+        answered = 3 + requests  # warm-up and sequential requests (each checked); then concurrent
         latencies = []
         server: list[dict[str, float]] = []
         cpu_before = _cpu_by_process() if cpu else {}
@@ -160,6 +161,7 @@ async def _measure(
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         throughput = requests * 2 / (time.perf_counter() - start)
     return {
+        "answered": answered + requests * 2 - errors,
         "p50_ms": _pct(latencies, 0.5),
         "p95_ms": _pct(latencies, 0.95),
         "throughput": throughput,
@@ -352,6 +354,32 @@ def ray_serve_overhead(port: int, rounds: int, requests: int) -> dict[str, Any]:
     return out
 
 
+def _monitoring_records(answered: int, *, timeout: float = 180.0) -> dict[str, int]:
+    """Live-monitoring records of the bench model once the recorder processes are done (their
+    count has not grown for 5 s, or ``timeout``), against the requests answered (sequential,
+    concurrent and warm-up, of every backend, the soak not included)."""
+    from sqlalchemy import func, select
+
+    from governance.catalog.db import open_catalog
+    from serving.monitoring.models import LiveRecord
+
+    catalog = open_catalog()
+    deadline, last, steady = time.monotonic() + timeout, -1, time.monotonic()
+    while True:
+        with catalog.session() as session:
+            count = int(
+                session.scalar(
+                    select(func.count()).select_from(LiveRecord).where(LiveRecord.model_name == MODEL)
+                )
+                or 0
+            )
+        if count != last:
+            last, steady = count, time.monotonic()
+        if count >= answered or time.monotonic() - steady > 5 or time.monotonic() > deadline:
+            return {"monitoring_recorded": count, "monitoring_answered": answered}
+        time.sleep(0.5)
+
+
 def _config(port: int, backend: str, args: argparse.Namespace, triton_url: str = "") -> Any:
     from serving.config import ServeConfig
 
@@ -484,6 +512,7 @@ def main() -> int:
             )
 
     triton_server = None
+    monitoring: dict[str, int] = {}
     soak: dict[str, float] = {}
     trivial: dict[str, Any] = {}
     try:
@@ -511,6 +540,9 @@ def main() -> int:
             serve.delete("radgate")  # the trivial app takes the direct-ingress port
             trivial = ray_serve_overhead(port, args.rounds, args.trivial_requests)
             print(f"trivial model: {json.dumps(trivial)}", file=sys.stderr)
+        answered = sum(int(served["answered"]) for runs in rounds.values() for _, served in runs)
+        answered += int(soak.get("requests", 0) - soak.get("errors", 0))
+        monitoring = {} if args.no_monitoring else _monitoring_records(answered)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -561,9 +593,14 @@ def main() -> int:
     line["throughput_target"] = THROUGHPUT_TARGET
     if trivial:
         line["ray_serve_trivial"] = trivial
+    line.update(monitoring)
     if args.soak > 0:
         line.update({f"soak_{k}": v for k, v in soak.items()}, soak_seconds=args.soak)
     checks = {f"{backend}_errors == 0": not line[f"{backend}_errors"] for backend in rounds}
+    if monitoring:  # live monitoring, off the request path, still recorded every answered request
+        checks["monitoring_recorded == monitoring_answered"] = (
+            monitoring["monitoring_recorded"] == monitoring["monitoring_answered"]
+        )
     for backend in rounds:
         if backend != "inprocess":
             checks[f"{backend}_p50_ratio <= {P50_TARGET[backend]}"] = (
