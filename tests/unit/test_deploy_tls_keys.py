@@ -634,3 +634,24 @@ def test_every_s3_endpoint_in_compose_is_https_and_verified() -> None:
 def test_every_s3_endpoint_on_kubernetes_is_https_and_verified() -> None:
     checked = sum(_require_https_s3(where, env, files) for where, _, env, files in _k8s_containers())
     assert checked >= 6
+
+
+# --- Triton: explicit model control, read-only repository ---------------------------------------------
+
+
+def test_triton_loads_only_what_radgate_hands_it() -> None:
+    """Triton polling its repository would load (and reload) whatever files appear there,
+    bypassing the gate's loader and its hash checks: every deployment runs it in explicit mode
+    with the repository mounted read-only."""
+    triton = _compose()["services"]["triton"]
+    argv = [str(a) for a in triton["command"]]
+    assert "--model-control-mode=explicit" in argv and not any("poll" in a for a in argv), argv
+    mounts = [str(v) for v in triton["volumes"] if str(v).split(":")[1] == "/models"]
+    assert mounts and all(m.endswith(":ro") for m in mounts), mounts
+    manifests = yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text())
+    deployment = next(d for d in manifests if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--model-control-mode=explicit" in container["args"]
+    assert not any("poll" in str(a) for a in container["args"]), container["args"]
+    models = [m for m in container["volumeMounts"] if m["mountPath"] == "/models"]
+    assert models and all(m.get("readOnly") for m in models)
