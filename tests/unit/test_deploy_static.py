@@ -612,3 +612,13 @@ def test_local_override_builds_every_peer_and_keeps_the_platform() -> None:
     for name, service in local["services"].items():
         for port in service.get("ports") or []:
             assert str(port).startswith("127.0.0.1:"), f"{name}: {port}"
+
+
+def test_radgate_services_that_allow_it_run_on_a_read_only_root() -> None:
+    """The gateway, the UI and the admin console write only their volume and /tmp: a process
+    broken into there cannot change the code or configuration it runs."""
+    services = _compose()["services"]
+    for name in ("gateway", "ui", "admin"):
+        service = services[name]
+        assert service.get("read_only") is True, name
+        assert "/tmp" in service.get("tmpfs", []), name
