@@ -2,7 +2,8 @@
 option and its caller, the mapping of governance errors to exit codes, and the progress bar.
 
 Exit codes of the whole CLI: 0 done, 1 refused (by the workflow, the policy, or nothing found),
-2 bad input, 3 not authenticated, 4 role not allowed, 5 audit chain broken.
+2 bad input, 3 not authenticated, 4 role not allowed, 5 audit chain broken, 6 the catalog
+database cannot be reached.
 
 Importing this module costs Typer and rich only: governance's own modules (catalog, keys,
 MLflow) are imported when a command calls into them, so ``radgate --help`` stays fast.
@@ -30,11 +31,13 @@ __all__ = [
     "EXIT_FORBIDDEN",
     "EXIT_REFUSED",
     "EXIT_UNAUTHENTICATED",
+    "EXIT_UNAVAILABLE",
     "TOKEN_HELP",
     "TOKEN_OPTION",
     "authorize_cli",
     "caller",
     "err",
+    "exit_code",
     "fail",
     "governance_errors",
     "out",
@@ -46,6 +49,7 @@ EXIT_BAD_INPUT = 2
 EXIT_UNAUTHENTICATED = 3
 EXIT_FORBIDDEN = 4
 EXIT_CHAIN_BROKEN = 5
+EXIT_UNAVAILABLE = 6
 
 TOKEN_HELP = "Your RadGate token (default: RADGATE_TOKEN, or the file named by RADGATE_TOKEN_FILE)."
 TOKEN_OPTION = typer.Option(None, "--token", help=TOKEN_HELP)
@@ -67,6 +71,7 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
 # ``sys.modules`` cannot have raised it, and importing it (the registry, the policy, the keys:
 # tens of milliseconds) only to compare would cost every light command its start-up.
 _EXIT_CODES: tuple[tuple[str, str, int], ...] = (
+    ("governance.catalog.db", "CatalogUnavailable", EXIT_UNAVAILABLE),
     ("governance.auth.roles", "AuthenticationError", EXIT_UNAUTHENTICATED),
     ("governance.auth.roles", "PermissionDenied", EXIT_FORBIDDEN),
     ("governance.auth.roles", "BootstrapError", EXIT_FORBIDDEN),
@@ -82,7 +87,7 @@ _EXIT_CODES: tuple[tuple[str, str, int], ...] = (
 )
 
 
-def _exit_code(exc: BaseException) -> int | None:
+def exit_code(exc: BaseException) -> int | None:
     """The CLI's exit code for ``exc``, or ``None`` for an exception governance does not map."""
     for module_name, class_name, code in _EXIT_CODES:
         module = sys.modules.get(module_name)
@@ -98,7 +103,7 @@ def governance_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        code = _exit_code(exc)
+        code = exit_code(exc)
         if code is None:
             raise
         raise fail(str(exc), code) from exc

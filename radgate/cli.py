@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from governance.cli.guard import guard_typer_app, pause_collector_until_authorized
+from governance.cli_support import exit_code
 from radgate import __version__
 
 if TYPE_CHECKING:
@@ -131,4 +132,13 @@ def __getattr__(name: str) -> Any:
 
 def main() -> None:
     pause_collector_until_authorized()
-    build_app(modules_for(sys.argv[1:]))()
+    try:
+        build_app(modules_for(sys.argv[1:]))()
+    except Exception as exc:
+        # A governance error no command turned into its line (the catalog unreachable as a
+        # command authenticates, for one): the same one line and exit code, not a traceback.
+        code = exit_code(exc)
+        if code is None:
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(code)

@@ -9,7 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from governance.settings import Settings, get_settings
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from sqlalchemy import Connection
 
-__all__ = ["HEAD_REVISION", "Catalog", "migration_config", "open_catalog"]
+__all__ = ["HEAD_REVISION", "Catalog", "CatalogUnavailable", "migration_config", "open_catalog"]
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -126,6 +127,20 @@ class Catalog:
             session.close()
 
 
+class CatalogUnavailable(Exception):
+    """The catalog database cannot be reached (down, refused, wrong host, TLS or login refused).
+    The message names the database without its password, and the driver's first line."""
+
+    def __init__(self, url: str, exc: OperationalError) -> None:
+        where = make_url(url).render_as_string(hide_password=True)
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+        super().__init__(
+            f"the catalog database {where} cannot be reached"
+            + (f" ({reason[0][:300]})" if reason else "")
+            + ": is it running, and is RADGATE_CATALOG_URL right?"
+        )
+
+
 _CATALOGS: OrderedDict[str, Catalog] = OrderedDict()  # the 8 most recent URLs, migrated
 _CATALOGS_LOCK = threading.Lock()
 
@@ -141,7 +156,10 @@ def _cached(url: str) -> Catalog:
         catalog = _CATALOGS.get(url)
         if catalog is None:
             catalog = Catalog(url)
-            catalog.upgrade()
+            try:
+                catalog.upgrade()
+            except OperationalError as exc:  # the first connection a process makes to it
+                raise CatalogUnavailable(url, exc) from None
             _CATALOGS[url] = catalog
             while len(_CATALOGS) > 8:
                 _CATALOGS.popitem(last=False)
