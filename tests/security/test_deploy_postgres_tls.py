@@ -110,7 +110,7 @@ def server() -> Iterator[dict[str, Any]]:
     process = subprocess.Popen(argv, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
-        while not (work / "data" / "postmaster.pid").exists() or not _accepting(port):
+        while not (work / "data" / "postmaster.pid").exists() or not _ready(bindir, port):
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"postgres did not start: {(work / 'server.log').read_text()[-3000:]}")
             time.sleep(0.3)
@@ -125,12 +125,15 @@ def server() -> Iterator[dict[str, Any]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _accepting(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+def _ready(bindir: Path | str, port: int) -> bool:
+    """The server answers as ready (pg_isready): a listening socket alone is not enough, the
+    server accepts TCP while it is still starting up and refuses every login then."""
+    done = subprocess.run(
+        [str(Path(bindir) / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "2"],
+        capture_output=True,
+        timeout=30,
+    )
+    return done.returncode == 0
 
 
 def _compose_catalog_url(port: int, ca: Path, host: str = "postgres") -> str:
