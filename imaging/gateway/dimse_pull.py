@@ -89,9 +89,11 @@ class DimseSource:
             if not status:
                 raise PullError("C-FIND: the association failed")
             code = int(status.Status)
-            if code in _PENDING and identifier is not None:
+            if code in _PENDING:
+                if identifier is None:  # a match the PACS announced but we could not decode
+                    raise PullError("C-FIND: a pending response came without a decodable identifier")
                 results.append(identifier)
-            elif code not in _PENDING and code != 0x0000:
+            elif code != 0x0000:
                 raise PullError(f"C-FIND answered status 0x{code:04X}")
         return results
 
@@ -110,15 +112,10 @@ class DimseSource:
         series_query.QueryRetrieveLevel = "SERIES"
         series_query.StudyInstanceUID = study
         series_query.SeriesInstanceUID = ""
+        series_query.NumberOfSeriesRelatedInstances = ""
         refs: list[InstanceRef] = []
         for series in self._find(series_query):
-            image_query = Dataset()
-            image_query.QueryRetrieveLevel = "IMAGE"
-            image_query.StudyInstanceUID = study
-            image_query.SeriesInstanceUID = series.SeriesInstanceUID
-            image_query.SOPInstanceUID = ""
-            image_query.SOPClassUID = ""
-            for image in self._find(image_query):
+            for image in self._series_instances(study, series):
                 sop_class = str(image.get("SOPClassUID", ""))
                 if sop_class and sop_class not in self._classes:
                     self._classes.append(sop_class)
@@ -126,6 +123,26 @@ class DimseSource:
         if len(self._classes) > _MAX_STORAGE_CLASSES:
             raise PullError(f"{len(self._classes)} SOP classes: too many for one C-GET association")
         return refs
+
+    def _series_instances(self, study: str, series: Dataset) -> list[Dataset]:
+        """The image-level matches of one series. Where the PACS gave the series' instance count
+        (NumberOfSeriesRelatedInstances, optional for an SCP), a listing that falls short of it is
+        asked once more and then refused: a short listing would otherwise pull part of a series
+        and report success."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "IMAGE"
+        query.StudyInstanceUID = study
+        query.SeriesInstanceUID = series.SeriesInstanceUID
+        query.SOPInstanceUID = ""
+        query.SOPClassUID = ""
+        expected = _count(series.get("NumberOfSeriesRelatedInstances"))
+        images: list[Dataset] = []
+        for _attempt in range(2):
+            images = [image for image in self._find(query) if image.get("SOPInstanceUID")]
+            if expected is None or len(images) >= expected:
+                return images
+            LOGGER.warning("C-FIND listed %d of a series' %d instances; asking again", len(images), expected)
+        raise PullError(f"C-FIND listed {len(images)} of a series' {expected} instances")
 
     # -- C-GET -----------------------------------------------------------------------------
 
@@ -169,3 +186,11 @@ class DimseSource:
                 failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
         if final != 0x0000 or failed:
             raise PullError(f"C-MOVE ended with status {final}, {failed} failed sub-operations")
+
+
+def _count(value: Any) -> int | None:
+    """An IS/US count from a C-FIND identifier, or None when absent or unreadable."""
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
