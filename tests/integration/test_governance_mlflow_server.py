@@ -19,6 +19,7 @@ from governance.audit import AuditLog
 from governance.settings import get_settings
 from governance.testing import create_cast, create_version
 from serving.net import free_port
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration
 NAME = "cxr-served"
@@ -76,11 +77,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         assert process.poll() is None, (root / "server.log").read_text()[-2000:]
         yield url, root / "artifacts"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout=20)
         log.close()
 
 

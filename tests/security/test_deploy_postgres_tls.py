@@ -31,6 +31,7 @@ import sqlalchemy
 import yaml
 
 from governance.tls import issue_service_certificates, make_dev_certificates
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -116,11 +117,7 @@ def server() -> Iterator[dict[str, Any]]:
             time.sleep(0.3)
         yield {"port": port, "work": work, "tls": tls, "copy": Path(paths[copy]), "password": "deploy-secret"}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         log.close()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from governance.tls import issue_service_certificates, make_dev_certificates
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -67,8 +68,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             time.sleep(0.2)
         yield {"port": port, "ca": tls / "ca.pem", "env": compose["x-radgate-env"]}
     finally:
-        process.terminate()
-        process.wait(15)
+        stop_process(process, timeout=15)
         log.close()
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from governance.catalog import Instance, open_catalog
 from governance.tls import DevCertificates, client_context
 from tests.integration.conftest import gateway_config, orthanc_ci, write_ct_series
+from tests.processes import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -360,8 +361,7 @@ def test_reviewer_ui_over_https_only_with_its_own_keys(
             assert trail.status_code == 200 and "ui.login" in trail.text
             assert 'data-testid="chain" class="ok"' in trail.text  # verified with audit-signing.pub
     finally:
-        process.terminate()
-        process.wait(30)
+        stop_process(process)
         log.close()
     assert sorted(p.name for p in ui_keys.iterdir()) == sorted(held)
 
