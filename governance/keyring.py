@@ -23,7 +23,9 @@ file (``keys_dir``)      what it protects                 who holds it
                                                           of ``audit-signing.key``
 ``audit-writers.json``   the restricted writers' public   every verifier, beside
                          keys and the action prefixes     ``audit-signing.pub``
-                         each may sign
+                         each may sign (a revoked key
+                         stays, marked, so that what it
+                         signed before still verifies)
 =======================  ===============================  ==========================================
 
 A file is read only by the loader for its purpose, so a service given one file cannot derive
@@ -63,6 +65,7 @@ __all__ = [
     "RECORD_ERASURE",
     "RECORD_QUARANTINE",
     "RECORD_REID",
+    "REVOKE_WRITER",
     "SERVICE_WRITERS",
     "SERVING_STORE",
     "UI_SESSION",
@@ -74,6 +77,7 @@ __all__ = [
     "KeyMissing",
     "StoreKey",
     "action_in_scope",
+    "active_audit_writer",
     "ensure_service_writers",
     "keys_dir",
     "load_audit_signer",
@@ -83,6 +87,7 @@ __all__ = [
     "load_store_key",
     "read_secret_file",
     "register_audit_writer",
+    "revoke_audit_writer",
     "write_secret_file",
 ]
 
@@ -96,6 +101,10 @@ AUDIT_SIGNING = "audit-signing"
 SERVING_STORE = "serving-store"
 UI_SESSION = "ui-session"
 ARTIFACT_DIGEST = "artifact-digest"
+
+#: The governance entry that revokes a restricted writer's key (``radgate keys rotate --writer``):
+#: its details name the revoked ``key_id``; an entry signed by that key after this one is forged.
+REVOKE_WRITER = "keys.writer.revoke"
 
 # Sealed formats start with a magic and a version; the version is also in the AEAD data.
 SEALED_MAGIC = b"RGS2"  # sealed to the broker's public key
@@ -305,6 +314,9 @@ class AuditWriter:
     name: str
     public: bytes
     actions: tuple[str, ...]
+    #: the seq of the ``keys.writer.revoke`` entry that revoked this key (its later entries are
+    #: forged); ``None`` while it is in use
+    revoked_after: int | None = None
 
     @property
     def key_id(self) -> str:
@@ -344,6 +356,10 @@ class AuditVerifier:
         except (InvalidSignature, ValueError):
             return False
         return True
+
+    def unrestricted(self, key_id: str) -> bool:
+        """Whether ``key_id`` is one of the governance audit writer's keys (current or retired)."""
+        return key_id in {_key_id(b"radgate-audit", p) for p in self.publics}
 
     def permits(self, key_id: str, action: str) -> bool:
         """Whether the key ``key_id`` may sign an entry of ``action`` (a restricted writer only
@@ -398,11 +414,32 @@ def read_audit_writers(settings: Settings) -> tuple[AuditWriter, ...]:
         return ()
     try:
         return tuple(
-            AuditWriter(str(w["name"]), bytes.fromhex(w["public"]), tuple(str(a) for a in w["actions"]))
+            AuditWriter(
+                str(w["name"]),
+                bytes.fromhex(w["public"]),
+                tuple(str(a) for a in w["actions"]),
+                None if w.get("revoked_after") is None else int(w["revoked_after"]),
+            )
             for w in json.loads(path.read_text())["writers"]
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KeyMissing(f"{path.name} is not a list of audit writers") from exc
+
+
+def _write_audit_writers(writers: list[AuditWriter], settings: Settings) -> None:
+    import json
+
+    registry = {
+        "writers": [
+            {"name": w.name, "public": w.public.hex(), "actions": list(w.actions)}
+            | ({} if w.revoked_after is None else {"revoked_after": w.revoked_after})
+            for w in writers
+        ]
+    }
+    target = audit_writers_path(settings)
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    tmp.write_text(json.dumps(registry, indent=2) + "\n")
+    tmp.replace(target)
 
 
 def register_audit_writer(name: str, actions: tuple[str, ...], settings: Settings | None = None) -> Path:
@@ -410,8 +447,6 @@ def register_audit_writer(name: str, actions: tuple[str, ...], settings: Setting
     in ``.``, or one action exactly): its private key is written to ``audit-writer-NAME.key``
     (mount it as the service's ``audit-writer.key``), its public key and scope added to
     ``audit-writers.json`` (every verifier needs that file). Returns the private key's path."""
-    import json
-
     settings = settings or get_settings()
     if not name.replace("-", "").isalnum() or not actions or not all(map(_valid_scope_entry, actions)):
         raise ValueError(
@@ -419,8 +454,9 @@ def register_audit_writer(name: str, actions: tuple[str, ...], settings: Setting
             "actions ('model.register')"
         )
     writers = list(read_audit_writers(settings))
-    if any(w.name == name for w in writers):
-        # Replacing its key would leave the entries it signed unverifiable (a broken chain).
+    if any(w.name == name and w.revoked_after is None for w in writers):
+        # Replacing its key in place would leave the entries it signed unverifiable (a broken
+        # chain): a key is revoked first (revoke_audit_writer), and stays registered.
         raise ValueError(f"audit writer {name!r} is registered already")
     private = secrets.token_bytes(32)
     path = keys_dir(settings) / f"audit-writer-{name}.key"
@@ -428,24 +464,50 @@ def register_audit_writer(name: str, actions: tuple[str, ...], settings: Setting
     writers.append(
         AuditWriter(name, _raw_public(Ed25519PrivateKey.from_private_bytes(private).public_key()), actions)
     )
-    registry = {
-        "writers": [{"name": w.name, "public": w.public.hex(), "actions": list(w.actions)} for w in writers]
-    }
-    target = audit_writers_path(settings)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
-    tmp.write_text(json.dumps(registry, indent=2) + "\n")
-    tmp.replace(target)
+    _write_audit_writers(writers, settings)
     return path
+
+
+def active_audit_writer(name: str, settings: Settings | None = None) -> AuditWriter:
+    """The registered, unrevoked writer ``name`` (:class:`KeyMissing` if there is none)."""
+    for writer in read_audit_writers(settings or get_settings()):
+        if writer.name == name and writer.revoked_after is None:
+            return writer
+    raise KeyMissing(f"no audit writer {name!r} in use (not registered, or revoked)")
+
+
+def revoke_audit_writer(name: str, after_seq: int, settings: Settings | None = None) -> AuditWriter:
+    """Mark writer ``name``'s key revoked after audit entry ``after_seq`` (the ``keys.writer.revoke``
+    entry that records it) in ``audit-writers.json``: its public key stays, so that the entries it
+    signed up to there still verify; a later one is forged, and this process's signer refuses the
+    key. Its private key file ``audit-writer-NAME.key`` is removed (a replacement, registered with
+    :func:`register_audit_writer`, takes that name). Returns the revoked writer."""
+    settings = settings or get_settings()
+    old = active_audit_writer(name, settings)
+    writers = [
+        AuditWriter(w.name, w.public, w.actions, after_seq) if w == old else w
+        for w in read_audit_writers(settings)
+    ]
+    _write_audit_writers(writers, settings)
+    path = keys_dir(settings) / f"audit-writer-{name}.key"
+    if (
+        path.exists()
+        and _raw_public(Ed25519PrivateKey.from_private_bytes(read_secret_file(path)).public_key())
+        == old.public
+    ):
+        path.unlink()
+    return AuditWriter(old.name, old.public, old.actions, after_seq)
 
 
 def ensure_service_writers(
     settings: Settings | None = None, names: tuple[str, ...] = tuple(SERVICE_WRITERS)
 ) -> dict[str, Path]:
-    """Register each of the services' writers (:data:`SERVICE_WRITERS`) not registered yet;
-    existing ones are kept (a new key would leave the entries they signed unverifiable).
+    """Register each of the services' writers (:data:`SERVICE_WRITERS`) not registered yet (or
+    only with a revoked key); existing ones are kept (a new key would leave the entries they
+    signed unverifiable).
     Returns every named writer's private key path (``audit-writer-NAME.key``)."""
     settings = settings or get_settings()
-    registered = {w.name for w in read_audit_writers(settings)}
+    registered = {w.name for w in read_audit_writers(settings) if w.revoked_after is None}
     paths = {}
     for name in names:
         path = keys_dir(settings) / f"audit-writer-{name}.key"
@@ -466,6 +528,11 @@ def load_audit_signer(settings: Settings | None = None, *, create: bool = True) 
         public = _raw_public(Ed25519PrivateKey.from_private_bytes(private).public_key())
         for writer in read_audit_writers(settings):
             if writer.public == public:
+                if writer.revoked_after is not None:
+                    raise KeyMissing(
+                        f"audit-writer.key ({writer.name}) was revoked at audit entry "
+                        f"{writer.revoked_after}: mount its replacement"
+                    )
                 return AuditSigner(private, scope=writer.actions)
         raise KeyMissing("audit-writer.key is not registered in audit-writers.json")
     signer = AuditSigner(_load_or_create(private_path, create, public_path))

@@ -6,7 +6,9 @@ gateway, serving and training, registered in ``audit-writers.json``). ``rotate``
 and re-seals every store each one seals: the honest broker's pair (re-identification map,
 quarantined inputs, erasure reasons), serving's store key (held inputs, result views, feedback
 comments), the UI session key (every session ends) and the audit signing key (the chain is
-verified and checkpointed under the new key).
+verified and checkpointed under the new key); ``rotate --writer NAME`` revokes a service's
+restricted audit writer key (a ``keys.writer.revoke`` entry: what that key signs afterwards is
+forged) and registers a replacement (``--revoke-only``: none).
 ``migrate`` converts a ``RADGATE_HOME`` of an earlier release, where one project key sealed
 and MACed everything, to the separated keys.
 
@@ -19,10 +21,14 @@ Lives in ``serving`` because it re-seals serving's stores as well as intake's.
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 import typer
 
 from governance.cli_support import fail, out
+
+if TYPE_CHECKING:
+    from governance.audit import AuditEntry
 
 __all__ = ["keys_app", "register"]
 
@@ -31,14 +37,14 @@ keys_app = typer.Typer(help="Separated keys: init, rotate, migrate.", no_args_is
 KINDS = ("broker", "serving-store", "ui-session", "audit-signing")
 
 
-def _record(action: str, target: str, details: dict[str, object]) -> None:
-    from governance.audit import record
+def _record(action: str, target: str, details: dict[str, object]) -> AuditEntry:
+    from governance.audit import AuditLog
     from governance.auth.access import acting_principal
 
     principal = acting_principal()
     if principal is None:  # the command guard always sets it; refuse rather than audit anonymously
         raise fail("keys commands run only through the radgate CLI's authentication", 3)
-    record(principal.name, action, target, details, role=principal.role.value)
+    return AuditLog().append(principal.name, action, target, details, role=principal.role.value)
 
 
 @keys_app.command("init")
@@ -75,12 +81,26 @@ def keys_init() -> None:
 @keys_app.command("rotate")
 def keys_rotate(
     key: list[str] = typer.Option(
-        [], "--key", help="broker | serving-store | ui-session | audit-signing (default: all four)."
+        [],
+        "--key",
+        help="broker | serving-store | ui-session | audit-signing (default: all four, unless --writer).",
+    ),
+    writer: list[str] = typer.Option(
+        [],
+        "--writer",
+        help="A service's restricted audit writer (gateway, serving, training): revoke its key and "
+        "register a new one (audit-writer-NAME.key, to mount in place of the old one).",
+    ),
+    revoke_only: bool = typer.Option(
+        False, "--revoke-only", help="With --writer: revoke the key, register no replacement."
     ),
 ) -> None:
     """Rotate keys and re-seal every store each one seals (admin, audited).
 
-    Pseudonyms, UIDs and date shifts do not change (their HMAC key is not rotated).
+    Pseudonyms, UIDs and date shifts do not change (their HMAC key is not rotated). A writer's key
+    is revoked by a governance audit entry (``keys.writer.revoke``): entries that key signs after
+    it are reported forged by ``audit verify`` and make the gate fail closed; earlier ones stay
+    valid.
     """
     from governance.audit import AuditLog
     from governance.audit.keys import rotate_audit_key
@@ -98,12 +118,16 @@ def keys_rotate(
     from imaging.keys_rotation import rotate_broker_key
     from serving.monitoring.sealing import reseal_serving_store
 
-    chosen = list(dict.fromkeys(key)) or list(KINDS)
+    chosen = list(dict.fromkeys(key)) or ([] if writer else list(KINDS))
     unknown = [k for k in chosen if k not in KINDS]
     if unknown:
         raise fail(f"unknown key {unknown[0]!r}: choose from {', '.join(KINDS)}", 2)
+    if revoke_only and not writer:
+        raise fail("--revoke-only needs --writer NAME", 2)
     settings = get_settings()
     try:
+        for name in dict.fromkeys(writer):
+            _rotate_writer(name, replace=not revoke_only)
         if "broker" in chosen:
             moved = rotate_broker_key(settings)
             out.print(
@@ -150,6 +174,27 @@ def keys_rotate(
             _record("keys.rotate", f"audit-key:{change.new_key_id}", {"retired": change.old_key_id})
     except (KeyMissing, KeyError_) as exc:
         raise fail(str(exc)) from exc
+
+
+def _rotate_writer(name: str, *, replace: bool) -> None:
+    """Revoke writer ``name``'s key in the chain, then in ``audit-writers.json``; a new key."""
+    from governance.keyring import (
+        REVOKE_WRITER,
+        active_audit_writer,
+        register_audit_writer,
+        revoke_audit_writer,
+    )
+
+    old = active_audit_writer(name)  # KeyMissing: not registered, or revoked already
+    entry = _record(REVOKE_WRITER, f"audit-writer:{name}", {"writer": name, "key_id": old.key_id})
+    revoke_audit_writer(name, entry.seq)
+    out.print(f"audit writer {name}: key {old.key_id} revoked at audit entry {entry.seq}")
+    if replace:
+        path = register_audit_writer(name, old.actions)
+        new = active_audit_writer(name)
+        out.print(f"  new key {new.key_id} in {path}: mount it as {name}'s audit-writer.key")
+        out.print("  and give every verifier the new audit-writers.json")
+        _record("keys.rotate", f"audit-writer:{name}", {"retired": old.key_id, "key_id": new.key_id})
 
 
 def _purge_ui_sessions() -> None:

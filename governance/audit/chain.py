@@ -9,7 +9,8 @@ wrote outside the database, and fails closed on anything else:
 * the signed head anchor (``audit/head.json``) is missing, unsigned or signed by another key;
 * the head anchor is older than one already seen (by this guard, or by the file witness);
 * rows are missing (a gap, or fewer rows than the anchor names: truncation), reordered,
-  altered, or not signed by the audit writer;
+  altered, or not signed by the audit writer (or signed by a restricted writer's key after its
+  revocation: :mod:`governance.audit.revocation`);
 * the row the anchor or the checkpoint names does not have the anchored hash.
 
 Verification is incremental: the position verified last is kept, so each check reads only
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 
 from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, row_hash
+from governance.audit.revocation import WriterRevocations
 from governance.audit.witness import last_witnessed
 
 if TYPE_CHECKING:
@@ -100,6 +102,7 @@ class ChainGuard:
         self.log = log
         self._verified = Position(0, GENESIS_HASH)
         self._highest_anchor = 0
+        self._revocations: WriterRevocations | None = None  # those known up to _verified
         self._lock = threading.Lock()
 
     @property
@@ -111,8 +114,9 @@ class ChainGuard:
         with self._lock:
             anchor = self._head_anchor()
             start = self._start()
-            head = self._walk(start, anchor)
-            self._verified = head
+            revocations = self._revocations_before(start)
+            head = self._walk(start, anchor, revocations)
+            self._verified, self._revocations = head, revocations
             self._highest_anchor = max(self._highest_anchor, anchor.seq)
             if head.seq - start.seq >= CHECKPOINT_EVERY:
                 self._checkpoint(head)
@@ -173,11 +177,21 @@ class ChainGuard:
             raise ChainBroken("altered", start.seq, "a verified entry was replaced")
         return start
 
+    def _revocations_before(self, start: Position) -> WriterRevocations:
+        """The writer revocations recorded up to ``start`` (read from the table when the walk
+        starts at a checkpoint), plus those ``audit-writers.json`` marks."""
+        if self._revocations is not None and start == self._verified:
+            return self._revocations.copy()
+        revocations = WriterRevocations.registered(self.log)
+        if start.seq:
+            revocations.load_until(self.log, start.seq)
+        return revocations
+
     def _row_count(self) -> int:
         with self.log.catalog.session() as session:
             return int(session.scalar(select(func.count()).select_from(AuditRow)) or 0)
 
-    def _walk(self, start: Position, anchor: Position) -> Position:
+    def _walk(self, start: Position, anchor: Position, revocations: WriterRevocations) -> Position:
         prev, expected = start.hash, start.seq + 1
         anchored_hash = start.hash if anchor.seq == start.seq else None
         if anchor.seq < start.seq:
@@ -198,6 +212,10 @@ class ChainGuard:
                     raise ChainBroken("altered", row.seq, "chain link broken")
                 if not self.log.signature_valid(row.key_id, row.hash, row.mac, row.action):
                     raise ChainBroken("forged", row.seq, "not signed by the audit writer's key")
+                revoked = revocations.revoked_at(row.key_id, row.seq)
+                if revoked is not None:
+                    raise ChainBroken("forged", row.seq, f"signed by a writer key revoked at entry {revoked}")
+                revocations.note(self.log, row.seq, row.action, row.key_id, row.details)
                 if row.seq == anchor.seq:
                     anchored_hash = row.hash
                 prev, expected = row.hash, expected + 1

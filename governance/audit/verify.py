@@ -3,7 +3,8 @@
 :func:`verify_chain` recomputes every hash and MAC and names the first problem: ``deleted``
 (a gap in ``seq``), ``reordered`` (content hashed for a neighbouring position), ``altered``
 (content or link changed), ``inserted`` (an entry spliced into the chain), ``forged`` (a chain
-rebuilt without the audit writer's signing key, or under an unknown key) and, against the
+rebuilt without the audit writer's signing key, under an unknown key, or by a restricted
+writer's key after its revocation) and, against the
 signed head anchor and anchors kept outside the table, ``truncated`` (newest entries removed).
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import String, select, type_coerce
 
 from governance.audit.entries import GENESIS_HASH, AuditRow, row_hash
+from governance.audit.revocation import WriterRevocations
 from governance.settings import get_settings
 
 if TYPE_CHECKING:
@@ -130,6 +132,7 @@ def verify_chain(
     unchecked = 0
     hashes: dict[int, str] = {}
     report = VerifyReport(ok=True, entries=0, head_seq=0, head_hash=GENESIS_HASH)
+    revocations = WriterRevocations.registered(log)  # and those the chain records, as it is walked
 
     def fail(problem: str, seq: int, detail: str) -> VerifyReport:
         report.ok, report.problem, report.first_bad_seq, report.detail = False, problem, seq, detail
@@ -152,6 +155,10 @@ def verify_chain(
             unchecked += 1
         elif not log.signature_valid(row.key_id, row.hash, row.mac, row.action):
             return fail("forged", row.seq, f"not signed by the audit writer's key (key id {row.key_id!r})")
+        revoked = revocations.revoked_at(row.key_id, row.seq)
+        if revoked is not None:
+            return fail("forged", row.seq, f"signed by writer key {row.key_id!r}, revoked at entry {revoked}")
+        revocations.note(log, row.seq, row.action, row.key_id, row.details)
         prevprev, prev = prev, row.hash
         hashes[row.seq] = row.hash
         expected += 1
