@@ -424,7 +424,7 @@ def test_settings_manifests_point_at_postgres_s3_mlflow_and_triton() -> None:
                     and doc["metadata"]["name"] == "radgate-settings")["data"]  # fmt: skip
     assert settings["RADGATE_CATALOG_URL"].startswith("postgresql+psycopg://")
     assert settings["RADGATE_OBJECT_STORE"].startswith("s3://")
-    assert settings["RADGATE_MLFLOW_TRACKING_URI"].startswith("http://radgate-mlflow:")
+    assert settings["RADGATE_MLFLOW_TRACKING_URI"].startswith("https://radgate-mlflow:")  # TLS
     assert settings["RADGATE_TRITON_URL"].startswith("radgate-triton:")
     values = yaml.safe_load((K8S / "postgresql-values.yaml").read_text())
     assert values["auth"]["existingSecret"]

@@ -441,6 +441,34 @@ def test_mlflow_serves_https_and_every_client_verifies_it() -> None:
                 assert _mounted(env["MLFLOW_TRACKING_SERVER_CERT_PATH"], service), name
 
 
+def test_mlflow_on_kubernetes_serves_https_and_every_client_verifies_it() -> None:
+    """docker/k8s/mlflow.yaml: HTTPS only, with a certificate and key mounted from its own Secret,
+    HTTPS probes; every pod that names a tracking URI reaches https:// and verifies it against a
+    mounted CA file (was plain HTTP on Kubernetes)."""
+    containers = _k8s_containers()
+    (server,) = [c for c in containers if c[0].startswith("mlflow.yaml:Deployment")]
+    where, container, _, files = server
+    args = container["args"]
+    (opts,) = [a.split("=", 1)[1] for a in args if a.startswith("--uvicorn-opts=")]
+    options = shlex.split(opts)
+    for flag in ("--ssl-certfile", "--ssl-keyfile"):
+        assert options[options.index(flag) + 1] in files, flag
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    pod = next(pod for w, pod in _k8s_pods() if w.startswith("mlflow.yaml:Deployment"))
+    (tls,) = [v["secret"] for v in pod["volumes"] if "--ssl-keyfile" in opts and v["name"] == "mlflow-tls"]
+    assert tls["secretName"] == "radgate-mlflow-tls"
+    checked = 0
+    for where, _, env, files in containers:
+        for variable in ("RADGATE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+            if variable in env:
+                assert env[variable].startswith("https://radgate-mlflow:"), (where, variable)
+                assert env.get("MLFLOW_TRACKING_SERVER_CERT_PATH") in files, where
+                checked += 1
+    assert checked >= 6  # RayService, RayCluster and RayJob pods
+    assert "http://radgate-mlflow" not in "".join(p.read_text() for p in K8S.glob("*.yaml"))
+
+
 def test_podman_compose_merges_the_local_override_and_writes_it_back() -> None:
     """podman-compose's own merge of compose.yaml with compose.local.yaml (its !override and !reset
     tags) must give a file it can write back: `scripts/containers.sh` starts the stack from
