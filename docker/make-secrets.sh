@@ -58,6 +58,8 @@ radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
 # (sslmode=verify-full; AWS_CA_BUNDLE).
 "$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
   --service mlflow --service postgres --service minio >/dev/null
+# Orthanc's HTTPS (REST, DICOMweb) takes its certificate and key from one PEM file.
+[ -e tls/orthanc-https-key.pem ] || (umask 077; cat tls/orthanc.pem tls/orthanc-key.pem > tls/orthanc-https-key.pem)
 # The services' RadGate tokens are issued by an admin once the catalog runs
 # (scripts/containers.sh bootstrap): empty until then.
 for service in gateway serving ui; do [ -e "radgate_${service}_token" ] || : > "radgate_${service}_token"; done

@@ -47,7 +47,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SECRETS = REPO / "docker" / "secrets"
-ORTHANC_URL = "http://127.0.0.1:18042"
+ORTHANC_URL = "https://localhost:18042"  # HTTPS only, verified against the stack's CA
 # Serving answers HTTPS only, with the certificate docker/make-secrets.sh issued from its dev CA.
 SERVING_URL = "https://localhost:18000"
 SERVING_CA = SECRETS / "tls" / "ca.pem"
@@ -172,7 +172,8 @@ class Journey:
         request.add_header("Authorization", f"Basic {auth}")
         if body is not None:
             request.add_header("Content-Type", ctype)
-        with urllib.request.urlopen(request, timeout=300) as reply:
+        context = ssl.create_default_context(cafile=str(SECRETS / "tls" / "ca.pem"))
+        with urllib.request.urlopen(request, timeout=300, context=context) as reply:
             return json.loads(reply.read() or b"null")
 
     def psql(self, sql: str) -> str:

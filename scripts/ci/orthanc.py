@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,6 +40,53 @@ PLUGINS = ("libOrthancDicomWeb.so", "libOrthancGdcm.so")
 
 class OrthancError(RuntimeError):
     """Orthanc could not be started or answered with an error."""
+
+
+SSL_SHIM_SOURCE = Path(__file__).resolve().parents[2] / "docker" / "peers" / "orthanc-sslshim.c"
+
+
+def civetweb_ssl_shim(directory: Path) -> Path | None:
+    """A directory for ``LD_LIBRARY_PATH`` holding ``docker/peers/orthanc-sslshim.c`` built as
+    ``libssl.so`` (and ``libcrypto.so``), when this Orthanc's civetweb needs it for HTTPS (Debian's
+    civetweb 1.15 with OpenSSL 3 crashes on the first HTTPS connection otherwise); ``None`` when it
+    does not. The local compose stack's Orthanc image carries the same shim."""
+    import ctypes
+
+    civetweb = next(
+        (
+            Path(line.split("=>")[1].split()[0])
+            for line in subprocess.run(
+                ["ldd", shutil.which("Orthanc") or "Orthanc"], capture_output=True, text=True
+            ).stdout.splitlines()
+            if "libcivetweb" in line and "=>" in line
+        ),
+        None,
+    )
+    if civetweb is None or b"SSL_get_peer_certificate" not in civetweb.read_bytes():
+        return None
+    try:
+        if hasattr(ctypes.CDLL("libssl.so.3"), "SSL_get_peer_certificate"):
+            return None
+    except OSError:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    library = directory / "libssl.so"
+    if not library.exists():
+        compiler = shutil.which("gcc") or shutil.which("cc")
+        if compiler is None:
+            raise OrthancError("Orthanc's HTTPS here needs the civetweb shim, and no C compiler is installed")
+        subprocess.run(
+            [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(SSL_SHIM_SOURCE),
+             "-Wl,--no-as-needed", "-l:libssl.so.3"],
+            check=True,
+        )  # fmt: skip
+    crypto = directory / "libcrypto.so"  # civetweb also dlopens the unversioned libcrypto
+    if not crypto.is_symlink():
+        listed = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout.splitlines()
+        target = next((line.rsplit("=> ", 1)[1] for line in listed if "libcrypto.so.3 " in line), None)
+        if target is not None:
+            crypto.symlink_to(target)
+    return directory
 
 
 def free_port() -> int:
@@ -68,10 +116,15 @@ class OrthancServer:
     viewer: bool = False
     # Merged over the generated configuration last (e.g. DICOM TLS: DicomTlsEnabled...).
     extra_config: dict[str, Any] = field(default_factory=dict)
+    # HTTPS (``SslEnabled`` in ``extra_config``): the CA its certificate is verified against;
+    # the REST calls then go to https://localhost (a name the certificate carries).
+    https_ca: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
+        if self.https_ca is not None:
+            return f"https://localhost:{self.http_port}"
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
@@ -130,11 +183,16 @@ class OrthancServer:
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.config(), indent=2))
         log = (self.workdir / "orthanc.log").open("ab")
+        env = dicom_env()
+        if self.config().get("SslEnabled"):
+            shim = civetweb_ssl_shim(self.workdir / "sslshim")
+            if shim is not None:
+                env["LD_LIBRARY_PATH"] = ":".join(filter(None, [str(shim), env.get("LD_LIBRARY_PATH")]))
         self.process = subprocess.Popen(
             ["Orthanc", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=dicom_env(),
+            env=env,
             start_new_session=True,
         )
         (self.workdir / "orthanc.pid").write_text(str(self.process.pid))
@@ -176,7 +234,8 @@ class OrthancServer:
         if raw is not None:
             request.add_header("Content-Type", "application/dicom")
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
+            context = None if self.https_ca is None else ssl.create_default_context(cafile=str(self.https_ca))
+            with urllib.request.urlopen(request, timeout=120, context=context) as response:
                 payload = response.read()
         except urllib.error.HTTPError as exc:
             raise OrthancError(f"{method} {path}: HTTP {exc.code}") from exc

@@ -137,7 +137,8 @@ def _own_tls(name: str, service: dict[str, Any], files: dict[str, str]) -> None:
     assert mounted.get(f"{TLS_DIR}{name}.pem") == f"./secrets/tls/{name}.pem", name
     assert mounted.get(f"{TLS_DIR}{name}-key.pem") == f"./secrets/tls/{name}-key.pem", name
     keys = {f for f in mounted.values() if f.endswith("-key.pem")}
-    assert keys == {f"./secrets/tls/{name}-key.pem"}, f"{name} holds {keys}"
+    own = {f"./secrets/tls/{name}-key.pem", f"./secrets/tls/{name}-https-key.pem"}  # (+ a bundle of its own)
+    assert f"./secrets/tls/{name}-key.pem" in keys and keys <= own, f"{name} holds {keys}"
 
 
 def _mounted(path: Path | str | None, service: dict[str, Any]) -> bool:
@@ -230,6 +231,45 @@ def test_orthanc_speaks_dicom_tls_with_its_own_certificate() -> None:
     local_targets = _targets({"secrets": override["services"]["orthanc"]["secrets"]})
     for key in ("DicomTlsCertificate", "DicomTlsPrivateKey", "DicomTlsTrustedCertificates"):
         assert config[key] in local_targets, key
+
+
+def test_orthanc_http_and_dicomweb_are_https_only_and_radgates_client_verifies_them() -> None:
+    """Orthanc's REST/DICOMweb port: HTTPS only (TLS 1.2+) with its own certificate and key (one PEM
+    file, made by make-secrets.sh), in compose (official image) and the `local` stack (Debian's, with
+    the civetweb shim); RadGate's DICOMweb client (the gateway's pulls) uses https:// and trusts the
+    mounted CA. (tests/security/test_orthanc_https.py runs the real Orthanc with these settings.)"""
+    from imaging.gateway.config import load_config
+
+    compose = _compose()
+    files = _files(compose)
+    orthanc = compose["services"]["orthanc"]
+    env = orthanc["environment"]
+    assert env["ORTHANC__SSL_ENABLED"] == "true" and env["ORTHANC__DICOM_WEB__SSL"] == "true"
+    assert env["ORTHANC__SSL_MINIMUM_PROTOCOL_VERSION"] == "4"  # TLS 1.2 or later
+    bundle = env["ORTHANC__SSL_CERTIFICATE"]
+    assert files[_targets(orthanc)[bundle]] == "./secrets/tls/orthanc-https-key.pem"
+    assert "--http_scheme=https" in orthanc["healthcheck"]["test"]
+    script = (DOCKER / "make-secrets.sh").read_text()
+    assert "cat tls/orthanc.pem tls/orthanc-key.pem > tls/orthanc-https-key.pem" in script
+    # The `local` stack's Orthanc.
+    config = json.loads((DOCKER / "peers" / "orthanc.json").read_text())
+    assert config["SslEnabled"] is True and config["SslMinimumProtocolVersion"] == 4
+    assert config["DicomWeb"]["Ssl"] is True
+    override = yaml.load((DOCKER / "compose.local.yaml").read_text(), Loader=_ComposeLoader)
+    local_targets = _targets({"secrets": override["services"]["orthanc"]["secrets"]})
+    assert files[local_targets[config["SslCertificate"]]] == "./secrets/tls/orthanc-https-key.pem"
+    dockerfile = (DOCKER / "peers" / "orthanc.Dockerfile").read_text()
+    assert (
+        "orthanc-sslshim.c" in dockerfile
+        and "ENV LD_LIBRARY_PATH=/usr/local/lib/radgate-sslshim" in dockerfile
+    )
+    # RadGate's clients of Orthanc's HTTP port.
+    gateway = compose["services"]["gateway"]
+    peer = load_config(DOCKER / "config" / "gateway.yaml").peer("orthanc")
+    assert peer.dicomweb_url is not None and peer.dicomweb_url.startswith("https://orthanc:")
+    assert files[_targets(gateway)[gateway["environment"]["SSL_CERT_FILE"]]] == "./secrets/tls/ca.pem"
+    for path in [DOCKER / "compose.yaml", DOCKER / "compose.local.yaml", *(DOCKER / "config").glob("*.yaml")]:
+        assert "http://orthanc" not in path.read_text(), path
 
 
 # --- Kubernetes --------------------------------------------------------------------------------------
