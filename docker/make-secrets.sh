@@ -58,6 +58,11 @@ radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
 # (sslmode=verify-full; AWS_CA_BUNDLE).
 "$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
   --service mlflow --service postgres --service minio >/dev/null
+# Ray's ports speak mutual TLS (RAY_USE_TLS): Ray's nodes dial each other at their IP addresses,
+# which gRPC checks against the certificate, so the training cluster's certificate (ray.pem) and
+# serving's own Ray's (serving-ray.pem) name every address of the compose network (compose.yaml's
+# subnet; RAY_NODE_NETWORK) besides their service names.
+RAY_NODE_NETWORK="${RAY_NODE_NETWORK:-172.28.0.0/24}" "$(dirname "$radgate")/python" -c 'import ipaddress, os; from pathlib import Path; from governance.tls import issue_service_certificates as issue; nodes = tuple(str(h) for h in ipaddress.ip_network(os.environ["RAY_NODE_NETWORK"], strict=False).hosts()); issue(Path("tls"), ("ray",), extra_names=("ray-head", *nodes)); issue(Path("tls"), ("serving-ray",), extra_names=("serving", *nodes))'
 # Orthanc's HTTPS (REST, DICOMweb) takes its certificate and key from one PEM file.
 [ -e tls/orthanc-https-key.pem ] || (umask 077; cat tls/orthanc.pem tls/orthanc-key.pem > tls/orthanc-https-key.pem)
 # The services' RadGate tokens are issued by an admin once the catalog runs

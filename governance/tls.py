@@ -335,13 +335,14 @@ def make_dev_certificates(
 
 
 def issue_service_certificates(
-    directory: Path, services: tuple[str, ...], *, days: int = 365
+    directory: Path, services: tuple[str, ...], *, days: int = 365, extra_names: tuple[str, ...] = ()
 ) -> dict[str, tuple[Path, Path]]:
     """With the dev CA in ``directory`` (``make_dev_certificates``): one certificate per service
     that has none yet, ``SERVICE.pem`` and ``SERVICE-key.pem``, for the DNS name SERVICE (its
-    name on a compose network or in a cluster), ``localhost`` and ``127.0.0.1``, valid for
-    server and client use. Each service then holds its own TLS key, not one shared by all.
-    Returns every named service's (certificate, key)."""
+    name on a compose network or in a cluster), ``localhost`` and ``127.0.0.1`` (and
+    ``extra_names``: DNS names or IP addresses, e.g. the addresses Ray's nodes dial each other
+    at), valid for server and client use. Each service then holds its own TLS key, not one
+    shared by all. Returns every named service's (certificate, key)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
@@ -362,7 +363,7 @@ def issue_service_certificates(
                 ca_key,
                 service,
                 client_only=False,
-                names=(service, "localhost", "127.0.0.1"),
+                names=tuple(dict.fromkeys((service, "localhost", "127.0.0.1", *extra_names))),
                 days=days,
             )
             _write_private(key, key_pem)

@@ -137,7 +137,8 @@ def _own_tls(name: str, service: dict[str, Any], files: dict[str, str]) -> None:
     assert mounted.get(f"{TLS_DIR}{name}.pem") == f"./secrets/tls/{name}.pem", name
     assert mounted.get(f"{TLS_DIR}{name}-key.pem") == f"./secrets/tls/{name}-key.pem", name
     keys = {f for f in mounted.values() if f.endswith("-key.pem")}
-    own = {f"./secrets/tls/{name}-key.pem", f"./secrets/tls/{name}-https-key.pem"}  # (+ a bundle of its own)
+    # (+ a bundle of its own for HTTPS; its own Ray's key)
+    own = {f"./secrets/tls/{name}-{kind}key.pem" for kind in ("", "https-", "ray-")}
     assert f"./secrets/tls/{name}-key.pem" in keys and keys <= own, f"{name} holds {keys}"
 
 
@@ -270,6 +271,42 @@ def test_orthanc_http_and_dicomweb_are_https_only_and_radgates_client_verifies_t
     assert files[_targets(gateway)[gateway["environment"]["SSL_CERT_FILE"]]] == "./secrets/tls/ca.pem"
     for path in [DOCKER / "compose.yaml", DOCKER / "compose.local.yaml", *(DOCKER / "config").glob("*.yaml")]:
         assert "http://orthanc" not in path.read_text(), path
+
+
+RAY_TLS = ("RAY_TLS_SERVER_CERT", "RAY_TLS_SERVER_KEY", "RAY_TLS_CA_CERT")
+
+
+def test_rays_ports_speak_mutual_tls_in_every_ray_process() -> None:
+    """Every compose service that runs Ray (the training cluster's head, workers and driver, and
+    serving's own Ray) has RAY_USE_TLS on with a certificate, key and CA that it mounts: the
+    training cluster's ``ray.pem``, serving's own ``serving-ray.pem``; make-secrets.sh issues
+    them for every address of compose's network (Ray's nodes dial each other by IP).
+    (tests/security/test_ray_tls.py runs a real head with these settings.)"""
+    compose = _compose()
+    files = _files(compose)
+    expected = {"ray-head": "ray", "ray-worker": "ray", "trainer": "ray", "serving": "serving-ray"}
+    for name, certificate in expected.items():
+        service = compose["services"][name]
+        env = service["environment"]
+        assert env.get("RAY_USE_TLS") == "1", name
+        targets = _targets(service)
+        mounted = {variable: files[targets[env[variable]]] for variable in RAY_TLS}
+        assert mounted == {
+            "RAY_TLS_SERVER_CERT": f"./secrets/tls/{certificate}.pem",
+            "RAY_TLS_SERVER_KEY": f"./secrets/tls/{certificate}-key.pem",
+            "RAY_TLS_CA_CERT": "./secrets/tls/ca.pem",
+        }, name
+    for name, service in compose["services"].items():  # no Ray process without TLS
+        command = " ".join(_strings([service.get("command")]))
+        if name not in expected:
+            assert "ray start" not in command and "RAY_ADDRESS" not in (service.get("environment") or {}), (
+                name
+            )
+    (subnet,) = [pool["subnet"] for pool in compose["networks"]["default"]["ipam"]["config"]]
+    script = (DOCKER / "make-secrets.sh").read_text()
+    assert f'RAY_NODE_NETWORK="${{RAY_NODE_NETWORK:-{subnet}}}"' in script
+    assert '("ray",), extra_names=("ray-head", *nodes)' in script
+    assert '("serving-ray",), extra_names=("serving", *nodes)' in script
 
 
 # --- Kubernetes --------------------------------------------------------------------------------------
