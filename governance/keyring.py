@@ -62,6 +62,7 @@ __all__ = [
     "ARTIFACT_DIGEST",
     "AUDIT_SIGNING",
     "BROKER",
+    "GATEWAY_SPOOL",
     "RECORD_ERASURE",
     "RECORD_QUARANTINE",
     "RECORD_REID",
@@ -101,6 +102,7 @@ AUDIT_SIGNING = "audit-signing"
 SERVING_STORE = "serving-store"
 UI_SESSION = "ui-session"
 ARTIFACT_DIGEST = "artifact-digest"
+GATEWAY_SPOOL = "gateway-spool"  # the gateway's receive spool (imaging.gateway.spool)
 
 #: The governance entry that revokes a restricted writer's key (``radgate keys rotate --writer``):
 #: its details name the revoked ``key_id``; an entry signed by that key after this one is forged.
@@ -597,13 +599,14 @@ class StoreKey:
 
 
 def store_key_path(purpose: str, settings: Settings) -> Path:
-    if purpose not in (SERVING_STORE, UI_SESSION, ARTIFACT_DIGEST):
+    if purpose not in (SERVING_STORE, UI_SESSION, ARTIFACT_DIGEST, GATEWAY_SPOOL):
         raise ValueError(f"unknown service key {purpose!r}")
     return keys_dir(settings) / f"{purpose}.key"
 
 
 def load_store_key(purpose: str, settings: Settings | None = None, *, create: bool = True) -> StoreKey:
-    """``serving-store`` (serving's sealed records), ``ui-session`` (sessions, CSRF) or
-    ``artifact-digest`` (the gate's records of artifact hashes)."""
+    """``serving-store`` (serving's sealed records), ``ui-session`` (sessions, CSRF),
+    ``artifact-digest`` (the gate's records of artifact hashes) or ``gateway-spool`` (inputs
+    the gateway acknowledged before de-identifying them)."""
     settings = settings or get_settings()
     return StoreKey(purpose, _load_or_create(store_key_path(purpose, settings), create))

@@ -6,6 +6,7 @@ Credentials never live in the YAML: a peer names the environment variables that 
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import os
 import ssl
@@ -20,6 +21,7 @@ from governance.tls import ClientTls, ServerTls
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "Acknowledge",
     "AllowedPeer",
     "ConfigError",
     "DicomListener",
@@ -27,6 +29,7 @@ __all__ = [
     "HttpListener",
     "PacsPeer",
     "PeerTls",
+    "SpoolConfig",
     "load_config",
 ]
 
@@ -112,6 +115,28 @@ class AllowedPeer(StrictModel):
         return any(address in ipaddress.ip_network(net, strict=False) for net in self.hosts)
 
 
+class Acknowledge(enum.StrEnum):
+    """When a C-STORE is answered with success."""
+
+    #: After de-identification, storage and the catalog commit: the sender hears quarantines.
+    COMMITTED = "committed"
+    #: Once the sealed input is durable in the receive spool (``imaging.gateway.spool``); a
+    #: lower-priority drainer de-identifies it after. Over the spool's limits: as committed.
+    RECEIVED = "received"
+
+
+class SpoolConfig(StrictModel):
+    """The receive spool of ``dicom.acknowledge: received``."""
+
+    directory: Path | None = Field(default=None, description="default: $RADGATE_HOME/spool")
+    max_bytes: int = Field(default=4 * 1024**3, ge=1, description="sealed bytes held at most")
+    max_files: int = Field(default=20_000, ge=1, description="entries held at most")
+    drainers: int = Field(default=1, ge=1, le=16, description="drainer processes")
+    drainer_nice: int = Field(
+        default=10, ge=0, le=19, description="CPU niceness of the drainers (receiving goes first)"
+    )
+
+
 class DicomListener(StrictModel):
     """The C-STORE / C-ECHO SCP."""
 
@@ -144,6 +169,9 @@ class DicomListener(StrictModel):
     allowed_peers: tuple[AllowedPeer, ...] = ()
     allow_any: bool = False
     tls: ServerTls | None = Field(default=None, description="DICOM TLS; when set, plaintext is refused")
+    acknowledge: Acknowledge = Field(
+        default=Acknowledge.COMMITTED, description="answer C-STORE after the commit, or once spooled"
+    )
 
     @model_validator(mode="after")
     def _pins_need_tls(self) -> DicomListener:
@@ -227,6 +255,7 @@ class GatewayConfig(StrictModel):
     dicom: DicomListener = DicomListener()
     http: HttpListener = HttpListener()
     pacs: tuple[PacsPeer, ...] = ()
+    spool: SpoolConfig = SpoolConfig()
     drain_timeout: float = Field(default=60.0, ge=0, description="seconds SIGTERM waits for transfers")
     stale_temp_age: float = Field(
         default=300.0, ge=0, description="at start, remove store temp files older than this (s)"

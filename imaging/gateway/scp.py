@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.uid import (
     JPEG2000,
@@ -45,6 +45,9 @@ from imaging.gateway.peer_tls import PeerAdmission, listener_context
 from imaging.gateway.sink import Sink
 from imaging.gateway.status import StoreStatus, Verdict, verdict_for_error, verdict_for_outcome
 from imaging.gateway.upper_layer import AssociationEnd, Rejection, StorageAssociation
+
+if TYPE_CHECKING:
+    from imaging.gateway.spool import Spool
 
 __all__ = [
     "STORAGE_TRANSFER_SYNTAXES",
@@ -112,6 +115,9 @@ class GatewayStats:
     stored: int = 0
     failed: int = 0
     quarantined: int = 0
+    spooled: int = 0  # acknowledged once durable in the receive spool (included in stored)
+    spool_full: int = 0  # ingested in the association instead: the spool was at its limits
+    drained: int = 0  # spool entries the drainers committed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts: int) -> None:
@@ -128,6 +134,9 @@ class GatewayStats:
                 "stored": self.stored,
                 "failed": self.failed,
                 "quarantined": self.quarantined,
+                "spooled": self.spooled,
+                "spool_full": self.spool_full,
+                "drained": self.drained,
             }
 
 
@@ -284,6 +293,8 @@ class StorageSCP:
         self._associations: set[StorageAssociation] = set()
         self._established = 0
         self.pending = PendingLimits(listener)
+        # dicom.acknowledge: received -> answer once spooled (set by the service).
+        self.spool: Spool | None = None
         self.admission = PeerAdmission(listener)
         self._tls = listener_context(listener)
         # Senders propose the same contexts on every association: the accepted list is built
@@ -435,6 +446,17 @@ class StorageSCP:
 
     def store(self, data: bytes, digest: str, calling_ae: str, host: str) -> Verdict:
         source = f"c-store:{calling_ae}@{host}"
+        if self.spool is not None:
+            try:
+                spooled = self.spool.put(data, digest, source)
+            except Exception as exc:  # nothing acknowledged: the sender must retry
+                LOGGER.error("C-STORE from %s not spooled: %s", calling_ae, type(exc).__name__)
+                self.stats.add(failed=1)
+                return verdict_for_error(exc)
+            if spooled:
+                self.stats.add(stored=1, spooled=1)
+                return Verdict(StoreStatus.SUCCESS, "")
+            self.stats.add(spool_full=1)  # over the spool's limits: ingest here, at its speed
         try:
             outcome = self.sink.ingest_bytes(data, source, input_sha256=digest)
             verdict = verdict_for_outcome(outcome)

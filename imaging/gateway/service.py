@@ -17,11 +17,11 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from imaging.gateway.config import GatewayConfig
+from imaging.gateway.config import Acknowledge, GatewayConfig
 from imaging.gateway.recovery import RunJournal
 from imaging.gateway.scp import GatewayStats, StorageSCP, freeze_startup_heap
 from imaging.gateway.sink import Sink
-from imaging.gateway.workers import WorkerPool
+from imaging.gateway.workers import Drainers, WorkerPool
 
 __all__ = ["GatewayService"]
 
@@ -57,6 +57,7 @@ class GatewayService:
         self.swept_temp_files = 0
         self.journal: RunJournal | None = None
         self.recovered: dict[str, int] = {}
+        self.spool_backlog = 0  # entries an earlier run left in the receive spool
 
     def start(self) -> None:
         from imaging.gateway.recovery import RunJournal, sweep_stale_temp_files
@@ -69,12 +70,13 @@ class GatewayService:
         self.journal.begin()
         self.recovered = self.journal.reconcile(self.config.stale_temp_age).as_dict()
         self.scp.bind()
-        if self.config.dicom.workers > 1:
+        drainers = self._spool()
+        if self.config.dicom.workers > 1 or drainers is not None:
             # Migrate the catalog and create the key once, here; fork before any thread exists
             # and without open database connections; each worker builds its own ingest path.
             _prepare_shared_state()
             self.pool = WorkerPool(
-                self.scp, self.sink_factory, self.config.dicom.workers, self.config.drain_timeout
+                self.scp, self.sink_factory, self.config.dicom.workers, self.config.drain_timeout, drainers
             )
             self.pool.start()
             self.sink: Sink | None = None
@@ -84,6 +86,28 @@ class GatewayService:
             self.scp.serve()
         if self.config.http.enabled:
             self._start_http()
+
+    def _spool(self) -> Drainers | None:
+        """With ``dicom.acknowledge: received``: the receive spool the SCP writes and the
+        drainers read (left over entries of an earlier run are drained first; writes a crash
+        cut short were never acknowledged and are removed)."""
+        if self.config.dicom.acknowledge is not Acknowledge.RECEIVED:
+            return None
+        from governance.keyring import GATEWAY_SPOOL, load_store_key
+        from governance.settings import get_settings
+        from imaging.gateway.spool import Spool
+
+        settings = self.config.spool
+        spool = Spool(
+            settings.directory or get_settings().home / "spool",
+            load_store_key(GATEWAY_SPOOL),
+            max_bytes=settings.max_bytes,
+            max_files=settings.max_files,
+        )
+        spool.remove_incomplete()
+        self.spool_backlog = spool.depth(fresh=True)[0]
+        self.scp.spool = spool
+        return Drainers(spool, settings.drainers, settings.drainer_nice)
 
     def _start_http(self) -> None:
         import uvicorn
@@ -134,6 +158,8 @@ class GatewayService:
             "dicom_tls": self.config.dicom.tls is not None,
             "swept_temp_files": self.swept_temp_files,
             "recovered": self.recovered,
+            "acknowledge": self.config.dicom.acknowledge.value,
+            "spool_backlog": self.spool_backlog,
         }
 
     def stop(self) -> dict[str, Any]:

@@ -19,12 +19,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from imaging.gateway.scp import AcceptBalance, StorageSCP, freeze_startup_heap
 from imaging.gateway.sink import Sink
 
-__all__ = ["WorkerPool"]
+if TYPE_CHECKING:
+    from imaging.gateway.spool import Spool
+
+__all__ = ["Drainers", "WorkerPool"]
 
 LOGGER = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
@@ -43,31 +48,91 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class Drainers:
+    """Processes that ingest the receive spool (``dicom.acknowledge: received``)."""
+
+    spool: Spool
+    count: int
+    nice: int  # added CPU niceness: the SCP workers, which answer senders, go first
+
+
 class WorkerPool:
     def __init__(
-        self, scp: StorageSCP, sink_factory: Callable[[], Sink], count: int, drain_timeout: float
+        self,
+        scp: StorageSCP,
+        sink_factory: Callable[[], Sink],
+        count: int,
+        drain_timeout: float,
+        drainers: Drainers | None = None,
     ) -> None:
         self.scp = scp
         self.sink_factory = sink_factory
         self.count = count
         self.drain_timeout = drain_timeout
+        self.drainers = drainers
         self.workers: list[_Worker] = []
         # Associations held by each worker, in memory shared across the fork (accept balancing).
         self.associations = multiprocessing.RawArray("i", count)
 
     def start(self) -> None:
-        """Fork the workers; ``scp`` must be bound and no thread may be running yet."""
-        for index in range(self.count):
+        """Fork the workers (and the spool's drainers); ``scp`` must be bound and no thread may
+        be running yet."""
+        roles: list[Callable[[int], None]] = [partial(self._run_worker, index=i) for i in range(self.count)]
+        if self.drainers is not None:
+            roles += [self._run_drainer] * self.drainers.count
+        for role in roles:
             read_fd, write_fd = os.pipe()
             pid = os.fork()
             if pid == 0:  # worker
                 os.close(read_fd)
-                self._run_worker(write_fd, index)  # never returns
+                role(write_fd)  # never returns
             os.close(write_fd)
             self.workers.append(_Worker(pid, read_fd))
         self.scp.close_listener()  # only the workers accept
 
-    def _run_worker(self, stats_fd: int, index: int) -> None:
+    def _run_drainer(self, stats_fd: int) -> None:
+        from imaging.gateway.spool import SpoolDrainer
+
+        code = 0
+        try:
+            _die_with_parent()
+            self.scp.close_listener()
+            assert self.drainers is not None
+            os.nice(self.drainers.nice)
+            stop = threading.Event()
+
+            def request_stop(_signum: int, _frame: FrameType | None) -> None:
+                stop.set()
+
+            signal.signal(signal.SIGTERM, request_stop)
+            signal.signal(signal.SIGINT, request_stop)
+            counts = {"drained": 0, "quarantined": 0}
+
+            def counted(status: str) -> None:
+                counts["drained"] += 1
+                if status == "quarantined":
+                    counts["quarantined"] += 1
+
+            drainer = SpoolDrainer(self.drainers.spool, self.sink_factory(), on_outcome=counted)
+            freeze_startup_heap()
+            watchdog = threading.Thread(target=self._orphan_watch, args=(stop,), daemon=True)
+            watchdog.start()
+            drainer.run(stop)  # finishes the entry in hand, leaves the rest for the next start
+            os.write(stats_fd, json.dumps(counts).encode())
+        except BaseException:  # a drainer must never return into the parent's code
+            LOGGER.exception("gateway spool drainer failed")
+            code = 1
+        finally:
+            os._exit(code)
+
+    @staticmethod
+    def _orphan_watch(stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            if os.getppid() == 1:  # parent gone and PDEATHSIG unavailable
+                stop.set()
+
+    def _run_worker(self, stats_fd: int, *, index: int) -> None:
         code = 0
         try:
             _die_with_parent()

@@ -151,7 +151,11 @@ def operator_token(env: dict[str, str]) -> str:
 
 
 def start_gateway(
-    workdir: Path, env: dict[str, str], workers: int, tls: dict[str, Any] | None = None
+    workdir: Path,
+    env: dict[str, str],
+    workers: int,
+    tls: dict[str, Any] | None = None,
+    acknowledge: str = "received",
 ) -> tuple[subprocess.Popen[str], int]:
     dicom: dict[str, Any] = {
         "ae_title": "RADGATE",
@@ -159,10 +163,11 @@ def start_gateway(
         "port": 0,
         "workers": workers,
         "allowed_peers": [{"ae_title": "STORESCU", "hosts": ["127.0.0.1"]}],
+        "acknowledge": acknowledge,
     }
     if tls is not None:
         dicom["tls"] = tls
-    config = {"dicom": dicom, "http": {"enabled": False}}
+    config = {"dicom": dicom, "http": {"enabled": False}, "spool": {"drainers": 1}}
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -179,6 +184,28 @@ def start_gateway(
         if message.get("event") == "ready":
             return process, int(message["dicom_port"])
     raise SystemExit("the gateway did not start; see gateway.log")
+
+
+def wait_drained(home: Path, timeout: float = 600) -> float:
+    """Seconds until the gateway's receive spool under ``home`` is empty: every acknowledged
+    instance de-identified and committed (an entry is removed only after its commit)."""
+    spool = home / "spool"
+    start = time.perf_counter()
+
+    def filled() -> bool:  # empty slot files are made ahead; filled ones are entries
+        for entry in os.scandir(spool):
+            try:
+                if entry.name.endswith(".spool") and entry.stat().st_size:
+                    return True
+            except FileNotFoundError:  # drained meanwhile
+                continue
+        return False
+
+    while spool.exists() and filled():
+        if time.perf_counter() - start > timeout:
+            raise SystemExit(f"the gateway's spool did not drain in {timeout} s")
+        time.sleep(0.01)
+    return time.perf_counter() - start
 
 
 def transport_only(files: list[Path], env: dict[str, str]) -> float:
@@ -261,6 +288,8 @@ def main() -> None:
         # The TLS gateway has a home of its own (one catalog per running gateway).
         env_tls = {**env, "RADGATE_HOME": str(work / "home-tls")}
         env_tls["RADGATE_TOKEN"] = operator_token(env_tls)
+        env_committed = {**env, "RADGATE_HOME": str(work / "home-committed")}
+        env_committed["RADGATE_TOKEN"] = operator_token(env_committed)
         servers: list[Any] = []  # Orthancs and gateways to stop, whatever happens
         try:
             orthanc = bench_orthanc(orthanc_ci, work / "orthanc")
@@ -268,11 +297,18 @@ def main() -> None:
             servers.append(orthanc)
             gateway, gateway_port = start_gateway(work, env, args.workers)
             servers.append(gateway)
+            committed, committed_port = start_gateway(
+                work / "gw-committed", env_committed, args.workers, acknowledge="committed"
+            )
+            servers.append(committed)
             targets: dict[str, tuple[int, str, list[str] | None]] = {
                 "orthanc": (orthanc.dicom_port, orthanc.aet, None),
                 "gateway": (gateway_port, "RADGATE", None),
+                "gateway-committed": (committed_port, "RADGATE", None),
             }
             pids = {"orthanc": orthanc.process.pid, "gateway": gateway.pid}
+            pids["gateway-committed"] = committed.pid
+            homes = {"gateway": Path(env["RADGATE_HOME"])}  # received mode: wait for the drain
             if not args.no_tls:
                 from governance.tls import make_dev_certificates
 
@@ -307,6 +343,7 @@ def main() -> None:
                 targets["orthanc-tls"] = (orthanc_tls.dicom_port, orthanc_tls.aet, scu_tls)
                 targets["gateway-tls"] = (gateway_tls_port, "RADGATE", scu_tls)
                 pids.update({"orthanc-tls": orthanc_tls.process.pid, "gateway-tls": gateway_tls.pid})
+                homes["gateway-tls"] = Path(env_tls["RADGATE_HOME"])
         except BaseException:
             _stop_all(servers)
             raise
@@ -314,6 +351,8 @@ def main() -> None:
             (name, concurrency): [] for name, concurrency in product(targets, (1, args.concurrency))
         }
         cpu_ms: dict[str, list[float]] = {name: [] for name in targets}  # per file, one association
+        # Received mode: files/s from the first send to the last commit (spool drained).
+        deidentified: dict[tuple[str, int], list[float]] = {key: [] for key in rates if key[0] in homes}
         try:
             # Rounds alternate the targets so that load from elsewhere hits both alike; every
             # send uses fresh instances (new UIDs), so nothing is a duplicate.
@@ -324,11 +363,16 @@ def main() -> None:
                             continue  # TLS: one association (the target figure)
                         files = write_ct(work / f"r{round_index}-{concurrency}-{name}", args.files)
                         used = cpu_seconds(pids[name])
-                        rates[name, concurrency].append(send(port, aet, files, concurrency, env, tls))
+                        rate = send(port, aet, files, concurrency, env, tls)
+                        rates[name, concurrency].append(rate)
+                        if name in homes:  # and its CPU below includes the drain
+                            drain = wait_drained(homes[name])
+                            deidentified[name, concurrency].append(len(files) / (len(files) / rate + drain))
                         if concurrency == 1:
                             cpu_ms[name].append(1000 * (cpu_seconds(pids[name]) - used) / len(files))
                         shutil.rmtree(files[0].parent)
             stored = count_instances(env)
+            stored_committed = count_instances(env_committed)
             in_orthanc = len(orthanc.rest("GET", "/instances"))
             if not args.no_tls:
                 stored_tls = count_instances(env_tls)
@@ -338,8 +382,11 @@ def main() -> None:
         finally:
             _stop_all(servers)
         expected = 2 * args.rounds * args.files
-        if stored != expected or in_orthanc != expected:
-            raise SystemExit(f"lost instances: gateway stored {stored}, Orthanc {in_orthanc} of {expected}")
+        if stored != expected or in_orthanc != expected or stored_committed != expected:
+            raise SystemExit(
+                f"lost instances: gateway stored {stored} (committed mode {stored_committed}), "
+                f"Orthanc {in_orthanc} of {expected}"
+            )
         if not args.no_tls and not stored_tls == in_orthanc_tls == args.rounds * args.files:
             raise SystemExit(f"lost instances over TLS: gateway {stored_tls}, Orthanc {in_orthanc_tls}")
         med = {key: statistics.median(values) for key, values in rates.items() if values}
@@ -351,6 +398,18 @@ def main() -> None:
         print(
             f"{args.concurrency} associations:   gateway {gateway_conc:7.1f} files/s, "
             f"Orthanc {orthanc_conc:7.1f} files/s"
+        )
+        committed_serial = med["gateway-committed", 1]
+        committed_conc = med["gateway-committed", args.concurrency]
+        deid = {key: statistics.median(values) for key, values in deidentified.items() if values}
+        print(
+            f"answering after the commit (acknowledge: committed): {committed_serial:7.1f} files/s, "
+            f"{args.concurrency} associations {committed_conc:7.1f}"
+        )
+        print(
+            f"de-identified and committed (received mode, spool drained): "
+            f"{deid['gateway', 1]:7.1f} files/s, {args.concurrency} associations "
+            f"{deid['gateway', args.concurrency]:7.1f}"
         )
         cpu = {name: statistics.median(values) for name, values in cpu_ms.items()}
         print(
@@ -375,6 +434,7 @@ def main() -> None:
                     round(g / o, 3)
                     for g, o in zip(rates["gateway-tls", 1], rates["orthanc-tls", 1], strict=True)
                 ],
+                "deidentified_tls_files_per_s": round(deid["gateway-tls", 1], 1),
                 "gateway_tls_cpu_ms_per_file": round(statistics.median(cpu_ms["gateway-tls"]), 2),
                 "orthanc_tls_cpu_ms_per_file": round(statistics.median(cpu_ms["orthanc-tls"]), 2),
                 "tls": "mutual, storescu +tls (non-downgrading BCP 195), RSA 2048 dev CA",
@@ -384,7 +444,17 @@ def main() -> None:
             "value": round(gateway_serial / orthanc_serial, 3),
             "target": 1.0,
             "better": "higher",
-            "unit": "ratio of C-STORE files/s, gateway (de-identifying) / Orthanc, one association",
+            "unit": (
+                "ratio of C-STORE files/s, gateway (acknowledge: received, de-identifying from its "
+                "spool) / Orthanc, one association"
+            ),
+            "acknowledge": "received",
+            "scale_target": 1.5,
+            "committed_ratio": round(committed_serial / orthanc_serial, 3),
+            "committed_concurrent_ratio": round(committed_conc / orthanc_conc, 3),
+            "deidentified_files_per_s": round(deid["gateway", 1], 1),
+            "deidentified_concurrent_files_per_s": round(deid["gateway", args.concurrency], 1),
+            "deidentified_ratio": round(deid["gateway", 1] / orthanc_serial, 3),
             "gateway_files_per_s": round(gateway_serial, 1),
             "orthanc_files_per_s": round(orthanc_serial, 1),
             "concurrent_associations": args.concurrency,
@@ -417,6 +487,7 @@ def main() -> None:
         }
         ratios = [result["value"], *([tls_figures["tls_ratio"]] if tls_figures else [])]
         result["met"] = all(ratio >= 1.0 for ratio in ratios)
+        result["scale_met"] = min(result["value"], result["concurrent_ratio"]) >= result["scale_target"]
         print(json.dumps(result))
         if not result["met"] and not args.no_fail:
             raise SystemExit(1)
