@@ -353,6 +353,61 @@ def test_kubernetes_pods_mount_only_their_keys(manifest: str, kind: str, secret:
     assert "radgate-project-key" not in text
 
 
+@pytest.mark.parametrize("manifest", ["rayservice.yaml", "raycluster.yaml", "rayjob-train.yaml"])
+def test_kubernetes_ray_pods_speak_mutual_tls_with_a_certificate_of_their_own(
+    manifest: str, tmp_path: Path
+) -> None:
+    """Every Ray pod (head and workers) runs Ray with RAY_USE_TLS and a certificate its init
+    container issues for the pod's IP and the namespace's service names from the Ray CA (Secret
+    radgate-ray-ca), whose key only the init container mounts. The init container's own script,
+    run here, makes a certificate that verifies against the Ray CA and names the pod's IP, and
+    leaves no CA key behind."""
+    import ipaddress
+    import subprocess
+    import sys
+
+    from cryptography import x509
+
+    from governance.tls import make_dev_certificates
+
+    (doc,) = [d for d in _manifests(manifest) if d["kind"] in ("RayService", "RayCluster", "RayJob")]
+    scripts = set()
+    for spec in _pod_specs(doc):
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        (init,) = spec["initContainers"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_USE_TLS"] == "1"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        for variable in RAY_TLS:
+            directory = str(Path(env[variable]).parent)
+            assert mounts[directory]["readOnly"] is True and "emptyDir" in volumes[mounts[directory]["name"]]
+        init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+        ca_volume = volumes[next(n for n in init_mounts if "secret" in volumes[n])]
+        assert ca_volume["secret"]["secretName"] == "radgate-ray-ca"
+        assert ca_volume["name"] not in {
+            m["name"] for m in container["volumeMounts"]
+        }  # the CA key: init only
+        assert init["image"].startswith("radgate/")  # a RadGate image (governance.tls)
+        scripts.add(init["command"][-1])
+    (script,) = scripts
+    ca = make_dev_certificates(tmp_path / "ray-ca")
+    secret, out = tmp_path / "secret", tmp_path / "out"
+    secret.mkdir()
+    out.mkdir()
+    (secret / "ca.crt").write_bytes(ca.ca_certificate.read_bytes())
+    (secret / "ca.key").write_bytes((tmp_path / "ray-ca" / "ca-key.pem").read_bytes())
+    local = script.replace("/run/radgate-ray-tls", str(out)).replace("/run/radgate-ray-ca", str(secret))
+    env = {"POD_IP": "10.42.7.9", "POD_NAMESPACE": "radgate", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", local], check=True, env=env, cwd=REPO)
+    assert sorted(p.name for p in out.iterdir()) == ["ca.pem", "ray-key.pem", "ray.pem"]
+    certificate = x509.load_pem_x509_certificate((out / "ray.pem").read_bytes())
+    certificate.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.ca_certificate.read_bytes()))
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.42.7.9") in names.get_values_for_type(x509.IPAddress)
+    assert "*.radgate.svc.cluster.local" in names.get_values_for_type(x509.DNSName)
+
+
 def test_rayservice_serves_https_on_every_node_with_its_certificate() -> None:
     from serving.config import ServeConfig
 
