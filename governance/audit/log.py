@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -21,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from governance.audit.entries import GENESIS_HASH, AuditError, AuditRow, canonical_json, entry_hash
@@ -32,10 +33,13 @@ from governance.keyring import (
     AuditVerifier,
     KeyMissing,
     action_in_scope,
+    audit_key_paths,
+    audit_writers_path,
+    keys_dir,
     load_audit_signer,
     load_audit_verifier,
 )
-from governance.settings import get_settings
+from governance.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from governance.audit.verify import VerifyReport
@@ -103,6 +107,65 @@ def _entry(row: AuditRow) -> AuditEntry:
     )
 
 
+#: The newest entry's (seq, hash): the only columns an append reads.
+_HEAD_QUERY = select(AuditRow.seq, AuditRow.hash).order_by(AuditRow.seq.desc()).limit(1)
+_INSERT = insert(AuditRow)
+#: The catalog's SQLite busy timeout (``governance.catalog.db``), restored after a no-wait attempt.
+_SQLITE_BUSY_TIMEOUT_MS = 30000
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+_SIGNERS: dict[Path, tuple[tuple[Any, ...], AuditSigner]] = {}
+_SIGNERS_LOCK = threading.Lock()
+
+
+def _current_signer(settings: Settings) -> AuditSigner:
+    """:func:`load_audit_signer`, reloaded only when a file it reads changed.
+
+    The key files are read again whenever one of them (the audit writer's key, a restricted
+    writer's key, the writers' registry) was replaced, rewritten or removed (inode, mtime, size),
+    so a rotation or a writer's revocation takes effect at the next append, as when every
+    append read them; what an append saves is the read, the parse and the key derivation."""
+    directory = keys_dir(settings)
+    private, public, _ = audit_key_paths(settings)
+    files = (private, public, directory / "audit-writer.key", audit_writers_path(settings))
+    state = tuple(_file_state(path) for path in files)
+    with _SIGNERS_LOCK:
+        cached = _SIGNERS.get(directory)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+    signer = load_audit_signer(settings)
+    with _SIGNERS_LOCK:
+        # The state read before loading: a change during the load is seen at the next append.
+        _SIGNERS[directory] = (state, signer)
+        while len(_SIGNERS) > 8:
+            _SIGNERS.pop(next(iter(_SIGNERS)))
+    return signer
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "seq": entry.seq,
+        "ts": entry.ts,
+        "actor": entry.actor,
+        "role": entry.role,
+        "action": entry.action,
+        "target": entry.target,
+        "details": entry.details,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+        "key_id": entry.key_id,
+        "mac": entry.mac,
+    }
+
+
 def _check_text(name: str, value: str, limit: int) -> str:
     if not isinstance(value, str) or not value or len(value) > limit:
         raise AuditError(f"audit {name} must be a non-empty string of at most {limit} characters")
@@ -136,7 +199,7 @@ class AuditLog:
     def signer(self) -> AuditSigner:
         if self._signer is None:
             try:
-                self._signer = load_audit_signer()
+                return _current_signer(get_settings())
             except KeyMissing as exc:
                 raise AuditError(f"this process cannot write the audit log: {exc}") from exc
         return self._signer
@@ -171,6 +234,33 @@ class AuditLog:
 
     def append_many(self, pending: Sequence[PendingEntry]) -> list[AuditEntry]:
         """Append entries in order in one transaction (group commit): all are stored or none."""
+        clean, signer = self._prepare(pending)
+        last_error: Exception | None = None
+        for attempt in range(_APPEND_RETRIES):
+            try:
+                return self._attempt(clean, signer)
+            except (IntegrityError, OperationalError) as exc:  # another writer took this seq
+                last_error = exc
+                time.sleep(min(0.001 * (2**attempt), 0.05))
+        raise AuditError("could not append to the audit log (contention)") from last_error
+
+    def try_append_many(self, pending: Sequence[PendingEntry]) -> list[AuditEntry] | None:
+        """:meth:`append_many` in one attempt that never waits: ``None`` (nothing written) when
+        another writer holds the database or took the next seq, and always for a catalog that
+        is not a local SQLite file or a head that goes to a witness (their writes may wait on
+        the network). For a caller on an event loop, which then hands the entries to a thread
+        (:class:`~governance.audit.group.GroupCommit`). Invalid entries raise as in
+        :meth:`append_many`."""
+        if self.witness or self.catalog.engine.dialect.name != "sqlite":
+            return None
+        clean, signer = self._prepare(pending)
+        try:
+            return self._attempt(clean, signer, wait=False)
+        except (IntegrityError, OperationalError):
+            return None
+
+    def _prepare(self, pending: Sequence[PendingEntry]) -> tuple[list[PendingEntry], AuditSigner]:
+        """The entries checked (lengths, PHI in details, the key's scope) and the key to sign with."""
         clean = [
             PendingEntry(
                 _check_text("actor", p.actor, 64),
@@ -181,59 +271,64 @@ class AuditLog:
             )
             for p in pending
         ]
-        scope = self.signer.scope
+        signer = self.signer  # one key for the whole group, its head included
+        scope = signer.scope
         if scope is not None:  # a restricted writer (audit-writer.key): its own actions only
             refused = sorted({p.action for p in clean if not action_in_scope(p.action, scope)})
             if refused:
                 raise AuditError(f"this process's audit key may not sign {', '.join(refused)}")
-        last_error: Exception | None = None
-        for attempt in range(_APPEND_RETRIES):
-            try:
-                entries: list[AuditEntry] = []
-                with self.catalog.session() as session:
-                    head = session.scalar(select(AuditRow).order_by(AuditRow.seq.desc()).limit(1))
-                    seq = 0 if head is None else head.seq
-                    prev = GENESIS_HASH if head is None else head.hash
-                    for p in clean:
-                        seq += 1
-                        ts = datetime.now(UTC).isoformat(timespec="microseconds")
-                        details = p.details or {}
-                        digest = entry_hash(seq, ts, p.actor, p.role, p.action, p.target, details, prev)
-                        row = AuditRow(
-                            seq=seq,
-                            ts=ts,
-                            actor=p.actor,
-                            role=p.role,
-                            action=p.action,
-                            target=p.target,
-                            details=details,
-                            prev_hash=prev,
-                            hash=digest,
-                            key_id=self.signer.key_id,
-                            mac=self._sign(digest),
-                        )
-                        session.add(row)
-                        entries.append(_entry(row))
-                        prev = digest
-                    session.flush()
-                # A restricted writer signs no head: the next unrestricted append anchors its
-                # entries, and the gate walks past the head to the end of the table anyway.
-                if entries and scope is None:
-                    self._write_head(entries[-1])
-                return entries
-            except (IntegrityError, OperationalError) as exc:  # another writer took this seq
-                last_error = exc
-                time.sleep(min(0.001 * (2**attempt), 0.05))
-        raise AuditError("could not append to the audit log (contention)") from last_error
+        return clean, signer
 
-    def _write_head(self, entry: AuditEntry, *, force: bool = False) -> None:
+    def _attempt(
+        self, clean: list[PendingEntry], signer: AuditSigner, *, wait: bool = True
+    ) -> list[AuditEntry]:
+        """One transaction: read the head's (seq, hash), insert the rows chained to it, commit;
+        then the signed head. Core SQL on one connection (no ORM session, unit of work or
+        identity map). A concurrent writer that took the same seq fails it on the primary key
+        (:class:`IntegrityError`); ``wait=False`` (SQLite): a database locked by another writer
+        fails it at once (:class:`OperationalError`) instead of after the busy timeout."""
+        key_id = signer.key_id
+        entries: list[AuditEntry] = []
+        with self.catalog.engine.begin() as connection:
+            if not wait:
+                connection.exec_driver_sql("PRAGMA busy_timeout=0")
+            try:
+                head = connection.execute(_HEAD_QUERY).first()
+                seq = 0 if head is None else int(head[0])
+                prev = GENESIS_HASH if head is None else str(head[1])
+                for p in clean:
+                    seq += 1
+                    ts = datetime.now(UTC).isoformat(timespec="microseconds")
+                    details = p.details or {}
+                    digest = entry_hash(seq, ts, p.actor, p.role, p.action, p.target, details, prev)
+                    mac = signer.sign(_ENTRY_CONTEXT + digest.encode())
+                    entries.append(
+                        AuditEntry(
+                            seq, ts, p.actor, p.role, p.action, p.target, dict(details), prev, digest,
+                            key_id, mac,
+                        )
+                    )  # fmt: skip
+                    prev = digest
+                connection.execute(_INSERT, [_row(e) for e in entries])
+            finally:
+                if not wait:  # the pooled connection goes back with the usual timeout
+                    connection.exec_driver_sql(f"PRAGMA busy_timeout={_SQLITE_BUSY_TIMEOUT_MS}")
+        # A restricted writer signs no head: the next unrestricted append anchors its entries,
+        # and the gate walks past the head to the end of the table anyway.
+        if entries and signer.scope is None:
+            self._write_head(entries[-1], signer=signer)
+        return entries
+
+    def _write_head(
+        self, entry: AuditEntry, *, force: bool = False, signer: AuditSigner | None = None
+    ) -> None:
         """Record the newest (seq, hash), signed, in the head file and the witness.
 
         One fixed-size ``pwrite`` at offset 0 (a single small write is seen whole by readers)
         instead of temp file + rename, which cost milliseconds per append on overlay file
         systems. A slower concurrent writer may leave an older head: still a valid anchor.
         """
-        anchor = self.signed_anchor(entry.seq, entry.hash, entry.ts)
+        anchor = self.signed_anchor(entry.seq, entry.hash, entry.ts, signer=signer)
         encoded = json.dumps(anchor, sort_keys=True).encode()
         path = self.head_file
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,15 +350,19 @@ class AuditLog:
 
             send_to_witness(self.witness, encoded)
 
-    def signed_anchor(self, seq: int, entry_hash: str, ts: str, kind: str = "head") -> dict[str, Any]:
-        """``{"kind", "seq", "hash", "ts", "key_id", "sig"}`` signed by the audit writer."""
-        if self.signer.scope is not None:
+    def signed_anchor(
+        self, seq: int, entry_hash: str, ts: str, kind: str = "head", *, signer: AuditSigner | None = None
+    ) -> dict[str, Any]:
+        """``{"kind", "seq", "hash", "ts", "key_id", "sig"}`` signed by the audit writer
+        (``signer``: the key an append just signed its entries with, else :attr:`signer`)."""
+        signer = signer or self.signer
+        if signer.scope is not None:
             raise AuditError("a restricted audit writer signs no anchor")
         body = {"kind": kind, "seq": seq, "hash": entry_hash, "ts": ts}
         return {
             **body,
-            "key_id": self.signer.key_id,
-            "sig": self.signer.sign(_ANCHOR_CONTEXT + canonical_json(body)),
+            "key_id": signer.key_id,
+            "sig": signer.sign(_ANCHOR_CONTEXT + canonical_json(body)),
         }
 
     def anchor_valid(self, anchor: Any, kind: str = "head") -> bool:

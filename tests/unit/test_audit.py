@@ -287,3 +287,66 @@ def test_appends_from_several_processes_keep_one_chain() -> None:
     assert [child.wait(timeout=300) for child in children] == [0, 0, 0]
     report = AuditLog().verify()
     assert report.ok and report.entries == 46
+
+
+def test_appends_reuse_the_signing_key_until_a_key_file_changes() -> None:
+    """An append no longer reads and parses the key files each time; a rotation (new key files)
+    is still used from the next append on, and the chain verifies across it."""
+    from governance.audit import log as audit_log
+    from governance.audit.keys import rotate_audit_key
+
+    log = _fill(2)
+    settings = get_settings()
+    first = audit_log._current_signer(settings)
+    assert audit_log._current_signer(settings) is first  # unchanged files: no reload
+    change = rotate_audit_key(log)
+    log.append("user0", "model.approve", "model:cxr/9", {"i": 9}, role="ml-engineer")
+    newest = log.entries()[-1]
+    assert newest.key_id == change.new_key_id != first.key_id
+    assert AuditLog().verify().ok
+
+
+def test_group_append_stores_exactly_what_it_returns() -> None:
+    """The Core insert stores the rows the entries describe (hash, signature, details)."""
+    from governance.audit import PendingEntry
+
+    log = AuditLog()
+    appended = log.append_many(
+        [PendingEntry("a", "x.y", "t:1", {"n": 1, "z": [1, "b"]}, "r"), PendingEntry("b", "x.z", "t:2")]
+    )
+    assert log.entries() == appended
+    assert all(log.authentic(e) for e in appended)
+    assert appended[1].prev_hash == appended[0].hash
+
+
+def test_group_commit_record_writes_a_lone_entry_at_once_and_queues_behind_a_lock() -> None:
+    """On an event loop, a lone entry is committed on the loop (no writer thread); while another
+    writer holds the database it is handed to the writer thread instead, and ``record`` still
+    returns only once it is committed."""
+    import asyncio
+
+    from governance.audit import GroupCommit
+
+    group = GroupCommit()
+    log = AuditLog()
+    first = asyncio.run(group.record("ingress", "serve.predict", "model:cxr/1", {"i": 1}))
+    assert group._writer is None and log.head() == first
+    with pytest.raises(AuditPHIError):  # refused entries still raise, and nothing is written
+        asyncio.run(group.record("ingress", "serve.predict", "model:cxr/x", {"PatientName": "DOE^J"}))
+    assert log.head() == first
+
+    other = _db()
+    other.execute("BEGIN IMMEDIATE")  # another process writing: the database is locked
+
+    async def locked() -> tuple[bool, object]:
+        task = asyncio.ensure_future(group.record("ingress", "serve.predict", "model:cxr/2", {"i": 2}))
+        await asyncio.sleep(0.3)
+        waiting = not task.done()
+        other.execute("COMMIT")
+        return waiting, await task
+
+    waiting, second = asyncio.run(locked())
+    other.close()
+    assert waiting and group._writer is not None  # queued to the writer, not committed meanwhile
+    assert log.head() == second and [e.details.get("i") for e in log.entries()] == [1, 2]
+    assert log.verify().ok
