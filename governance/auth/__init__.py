@@ -8,7 +8,7 @@ Library API: :func:`authenticate` (token -> :class:`Principal`), :func:`require_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from governance.lazy import lazy_exports
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     )
 
 
-def fastapi_dependency(*roles: Role | str) -> Callable[..., Principal]:
+def fastapi_dependency(*roles: Role | str) -> Callable[..., Awaitable[Principal]]:
     """FastAPI dependency factory (see :mod:`governance.auth.http`); imported lazily so the
     CLI does not pay for FastAPI."""
     from governance.auth.http import fastapi_dependency as factory

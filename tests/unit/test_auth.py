@@ -169,3 +169,36 @@ def test_token_rotation_by_self_or_admin_only() -> None:
     revoke_user("eng2", by=cast["admin"])
     with pytest.raises(RevokedToken):
         rotate_token("eng2", by=cast["admin"])
+
+
+def test_fastapi_dependency_runs_on_the_event_loop_and_reads_revocations_at_once() -> None:
+    """The dependency is a coroutine (no worker-thread hop per request) and keeps no cache: a
+    token revoked by another process (the row changed in the database) is refused at the next
+    request."""
+    import asyncio
+    import sqlite3
+
+    from fastapi import Depends, FastAPI
+    from fastapi.testclient import TestClient
+
+    from governance.auth import fastapi_dependency
+    from governance.settings import get_settings
+
+    dependency = fastapi_dependency(Role.PACS_CLIENT)
+    assert asyncio.iscoroutinefunction(dependency)
+    cast = create_cast()
+    app = FastAPI()
+
+    @app.get("/predict")
+    async def predict(who: Principal = Depends(dependency)) -> dict[str, str]:
+        return {"caller": who.name}
+
+    client = TestClient(app)
+    pacs = {"Authorization": f"Bearer {cast.tokens['pacs']}"}
+    for _ in range(3):
+        assert client.get("/predict", headers=pacs).json() == {"caller": "pacs"}
+    other = sqlite3.connect(get_settings().home / "catalog.db", isolation_level=None)
+    other.execute("UPDATE users SET revoked_at = CURRENT_TIMESTAMP WHERE name = 'pacs'")
+    other.close()
+    refused = client.get("/predict", headers=pacs)
+    assert refused.status_code == 401 and cast.tokens["pacs"] not in refused.text
