@@ -178,6 +178,7 @@ def keys_rotate(
 
 def _rotate_writer(name: str, *, replace: bool) -> None:
     """Revoke writer ``name``'s key in the chain, then in ``audit-writers.json``; a new key."""
+    from governance.audit import AuditLog
     from governance.keyring import (
         REVOKE_WRITER,
         active_audit_writer,
@@ -186,9 +187,28 @@ def _rotate_writer(name: str, *, replace: bool) -> None:
     )
 
     old = active_audit_writer(name)  # KeyMissing: not registered, or revoked already
-    entry = _record(REVOKE_WRITER, f"audit-writer:{name}", {"writer": name, "key_id": old.key_id})
-    revoke_audit_writer(name, entry.seq)
-    out.print(f"audit writer {name}: key {old.key_id} revoked at audit entry {entry.seq}")
+    log = AuditLog()
+    recorded = [  # a run that could not update audit-writers.json recorded it already
+        e.seq
+        for e in log.entries(action=REVOKE_WRITER)
+        if e.details.get("key_id") == old.key_id and log.verifier.unrestricted(e.key_id) and log.authentic(e)
+    ]
+    seq = (
+        recorded[0]
+        if recorded
+        else _record(REVOKE_WRITER, f"audit-writer:{name}", {"writer": name, "key_id": old.key_id}).seq
+    )
+    out.print(f"audit writer {name}: key {old.key_id} revoked at audit entry {seq}")
+    try:
+        revoke_audit_writer(name, seq)
+    except OSError as exc:  # e.g. the admin console's keys are read-only mounted secrets
+        raise fail(
+            f"the revocation is in the audit chain (entry {seq}: every verifier refuses what that key "
+            f"signs later), but the key files here cannot be changed ({exc.strerror}): run this "
+            "command again where they are writable (where make-secrets.sh made them) to mark the key "
+            "revoked in audit-writers.json and make its replacement",
+            1,
+        ) from exc
     if replace:
         path = register_audit_writer(name, old.actions)
         new = active_audit_writer(name)
