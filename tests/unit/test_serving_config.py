@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,34 @@ def test_cli_errors_are_clean(tmp_path: Path) -> None:
     assert bad_backend.exit_code == 2 and "unknown backend" in bad_backend.output
     help_text = runner.invoke(_app(), ["serve", "--help"]).output
     assert "Ray Serve" in help_text
+
+
+def test_a_local_ray_runs_replica_code_on_the_replicas_main_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``start_ray`` (a local Ray) has Ray Serve run the replicas' code on their main event loop
+    (no thread hop per request); an operator's own setting wins; a remote Ray is left alone."""
+    import ray
+
+    from serving import app
+    from serving.config import ServeConfig
+
+    started: list[dict[str, object]] = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: started.append(kwargs))
+    monkeypatch.setattr(app, "_direct_ingress_port", None)
+    flag = "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"
+    config = ServeConfig.model_validate({"port": 18123, "models": [{"name": "m"}]})
+    saved = dict(os.environ)  # start_ray sets the direct-ingress variables for good
+    try:
+        os.environ.pop("RAY_ADDRESS", None)
+        os.environ.pop(flag, None)
+        app.start_ray(config)
+        assert started and os.environ[flag] == "0"
+        os.environ[flag] = "1"
+        app.start_ray(config)
+        assert os.environ[flag] == "1"
+        del os.environ[flag]
+        os.environ["RAY_ADDRESS"] = "ray://elsewhere:10001"
+        app.start_ray(config)
+        assert flag not in os.environ and len(started) == 3
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
