@@ -89,6 +89,22 @@ def test_tall_boxes_are_read_both_ways() -> None:
     assert SURNAME in read.upper().replace(" ", "")
 
 
+def test_the_grey_detector_path_gives_rapidocrs_own_boxes() -> None:
+    # the engine normalises one channel by lookup instead of RapidOCR's float64 pass over three
+    # stacked copies: the tensor, and so every box, must be the same, at any size (resized to
+    # a multiple of 32 or not, text or none)
+    engine = RapidOcrEngine()
+    mask = _glyph_mask(f"{SURNAME} {PATIENT_ID}", 18)
+    rng = np.random.default_rng(7)
+    for height, width in ((96, 320), (130, 257), (544, 544)):
+        frame = np.asarray(rng.integers(0, 60, (height, width)), dtype=np.uint8)
+        frame[10 : 10 + mask.shape[0], 8 : 8 + mask.shape[1]][mask[:, : width - 8]] = 230
+        own, _ = engine._engine.text_det(np.stack([frame, frame, frame], axis=-1))
+        grey = engine._detect_grey(frame)
+        assert grey is not None and len(grey) > 0
+        assert np.array_equal(np.asarray(own), grey)
+
+
 def test_tighten_shrinks_across_the_line_only() -> None:
     mask = _glyph_mask(SURNAME, 16)
     image = np.full((mask.shape[0] + 16, mask.shape[1] + 16), 20, np.uint8)

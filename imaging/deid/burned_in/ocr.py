@@ -249,6 +249,7 @@ class RapidOcrEngine:
         self._with_memory_arena(threads)
         self._lock = threading.Lock()  # one onnxruntime session set, used by one thread at a time
         self._readings: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._levels: np.ndarray | None = None  # the detector's normalised value of each level
 
     def _with_memory_arena(self, threads: int) -> None:
         """The detector's and recogniser's sessions again, with onnxruntime's CPU memory arena
@@ -291,7 +292,7 @@ class RapidOcrEngine:
         padded = np.pad(frame, pad, mode="constant", constant_values=int(np.median(border)))
         start = time.monotonic()
         with self._lock:
-            found, _ = self._engine.text_det(np.stack([padded, padded, padded], axis=-1))
+            found = self._detect_grey(padded)
         if (time.monotonic() - start) * 1000 > timeout_ms:
             raise OcrTimeoutError(f"detection exceeded {timeout_ms} ms")
         height, width = frame.shape
@@ -303,6 +304,30 @@ class RapidOcrEngine:
             if x1 > x0 and y1 > y0:
                 boxes.append((x0, y0, x1 - x0, y1 - y0))
         return boxes
+
+    def _detect_grey(self, image: np.ndarray) -> np.ndarray | None:
+        """RapidOCR's detector on a 2D uint8 ``image`` given as three equal channels, computed
+        once: its own resize (to a multiple of 32) on the one channel, its normalisation as a
+        lookup of the 256 levels (the very values its float arithmetic gives each level), the
+        same tensor, run and post-processing. Its own call stacks the grey image three times
+        and normalises every pixel of every channel in float64: about a twentieth of screening
+        time, for the same boxes."""
+        detector = self._engine.text_det
+        shape = (int(image.shape[0]), int(image.shape[1]))
+        preprocess = detector.get_preprocess(max(shape))
+        resized = preprocess.resize(image)  # per channel as on the stacked image: the same values
+        if resized is None:
+            return None
+        if self._levels is None:
+            ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(256, 1, 1), 3, axis=2)
+            self._levels = np.asarray(preprocess.normalize(ramp), dtype=np.float32).reshape(256, 3)
+        levels = self._levels
+        tensor = np.empty((1, 3, *resized.shape), np.float32)
+        for channel in range(3):
+            np.take(levels[:, channel], resized, out=tensor[0, channel])
+        predicted = detector.infer(tensor)[0]
+        boxes, _ = detector.postprocess_op(predicted, shape)
+        return np.asarray(detector.filter_tag_det_res(boxes, shape))
 
     def _read_crops(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """(text, score) per crop; remembered readings are not recomputed."""
