@@ -8,10 +8,13 @@ and scans every output for residual PHI with the independent scanner.
 
     python scripts/bench/deid.py [--copies 5] [--rounds 2] [--series 4 --slices 96]
 
-Targets: one worker >= 0.8x raw read+write; all cores >= 1.8x one worker (2 cores). The one-worker
-run is pinned to one core with every thread of the process (the catalog recorder and the fsync
-threads included), so "1 worker" uses one core, as raw pydicom does. Figures are medians over the
-interleaved rounds, with their spread; exits 1 when one misses its target (``--no-fail``).
+Targets (issue #26): one worker >= 1.0x raw read+write in every round (the value is the lowest
+round); all cores >= 1.9x one worker (2 cores). Both run the header engine (profile ``strict``:
+no OCR; screening has its own benchmark, ``pixel_phi.py``, and the series figure below). The
+one-worker run is pinned to one core with every thread of the process (the catalog recorder and
+the fsync threads included), so "1 worker" uses one core, as raw pydicom does. Other figures are
+medians over the interleaved rounds, with their spread; exits 1 when one misses its target
+(``--no-fail``).
 
 A CT/MR series corpus (real packaged slices repeated along z with new positions) is also run
 with burned-in text screening on (research profile: OCR on a sample of each series) and off
@@ -78,6 +81,13 @@ def _one_core(fn: Callable[[list[Path], Path], None]) -> Callable[[list[Path], P
             _pin(allowed)
 
     return run
+
+
+#: The header engine's speed against raw pydicom I/O (issue #26's figure) is measured with the
+#: profile that reads no pixels (``strict``: burned-in risk by modality rule, no OCR); OCR
+#: screening costs far more than any file I/O and has its own benchmark
+#: (``scripts/bench/pixel_phi.py``) and its series figure below.
+HEADER_PROFILE = "strict"
 
 
 def _radgate(workers: int, profile: str | None = None) -> Callable[[list[Path], Path], None]:
@@ -198,8 +208,8 @@ def main() -> int:
     cores = os.cpu_count() or 1
     methods: dict[str, Callable[[list[Path], Path], None]] = {
         "raw_pydicom": _raw,
-        "radgate_1": _one_core(_radgate(1)),
-        f"radgate_{cores}": _radgate(cores),
+        "radgate_1": _one_core(_radgate(1, HEADER_PROFILE)),
+        f"radgate_{cores}": _radgate(cores, HEADER_PROFILE),
         "dicognito": _dicognito,
     }
     rates: dict[str, list[float]] = {name: [] for name in methods}
@@ -222,17 +232,25 @@ def main() -> int:
     one, many = best["radgate_1"], best[f"radgate_{cores}"]
     result = {
         "bench": "deid",
-        "value": round(one / best["raw_pydicom"], 3),
-        "target": 0.8,
+        "value": round(min(o / r for o, r in zip(rates["radgate_1"], rates["raw_pydicom"], strict=True)), 3),
+        "target": 1.0,
         "better": "higher",
-        "unit": "radgate 1 worker (process pinned to one core) / raw pydicom read+write, medians",
+        "unit": (
+            "radgate 1 worker (process pinned to one core, header engine: profile strict) / raw "
+            "pydicom read+write, the lowest of the interleaved rounds"
+        ),
+        "median_ratio": round(one / best["raw_pydicom"], 3),
+        "per_round_ratios": [
+            round(o / r, 3) for o, r in zip(rates["radgate_1"], rates["raw_pydicom"], strict=True)
+        ],
+        "profile": HEADER_PROFILE,
         "files": len(files),
         "cores": cores,
         "files_per_s": {k: round(v, 1) for k, v in best.items()},
         "files_per_s_spread": {k: spread(v, 1) for k, v in rates.items()},
         "rounds": args.rounds,
         "all_cores_vs_one_worker": round(many / one, 3),
-        "all_cores_target": 1.8,
+        "all_cores_target": 1.9,
         "dicognito_vs_raw": round(best["dicognito"] / best["raw_pydicom"], 3),
         "radgate_vs_dicognito": round(one / best["dicognito"], 3),
         "series_corpus": {
@@ -259,7 +277,7 @@ def main() -> int:
         }
     shutil.rmtree(root, ignore_errors=True)
     screened = series_best["screened"] / series_best["header_only"]
-    checks = {"all_cores_vs_one_worker": many / one >= 1.8, "screened_vs_header_only": screened >= 0.7}
+    checks = {"all_cores_vs_one_worker": many / one >= 1.9, "screened_vs_header_only": screened >= 0.7}
     return finish(result, no_fail=args.no_fail, checks=checks)
 
 
