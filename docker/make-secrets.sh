@@ -35,7 +35,7 @@ for name, kind in (("broker", X25519PrivateKey), ("audit-signing", Ed25519Privat
         raw = kind.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         private.write_text(seed.hex() + "\n")
         public.write_text(raw.hex() + "\n")
-for name in ("serving-store", "ui-session", "artifact-digest"):
+for name in ("serving-store", "ui-session", "artifact-digest", "gateway-spool"):
     if not (keys / f"{name}.key").exists():
         (keys / f"{name}.key").write_text(secrets.token_bytes(32).hex() + "\n")
 PY

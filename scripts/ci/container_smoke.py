@@ -428,8 +428,9 @@ class Journey:
     def gateway_killed_mid_transfer(self) -> dict[str, Any]:
         """Kill the gateway container while Orthanc sends it a second set of studies, start it
         again and send the whole set once more: every instance is in the catalog and the store
-        exactly once (an instance acknowledged before the kill was committed; one that was not
-        comes again and is stored; one sent twice is a duplicate, not a second row)."""
+        exactly once (an instance acknowledged before the kill was durable in the receive spool
+        or committed, and is drained after the restart; one that was not comes again and is
+        stored; one sent twice is a duplicate, not a second row)."""
         from imaging.demo_data import write_demo_studies
 
         before = int(self.psql("SELECT count(*) FROM instances") or 0)
@@ -457,8 +458,15 @@ class Journey:
         again = self.orthanc(
             "POST", "/modalities/radgate/store", json.dumps({"Resources": ids, "Synchronous": True}).encode()
         )
-        rows = int(self.psql("SELECT count(*) FROM instances") or 0) - before
-        objects = len(self.s3_keys("radgate", "store/")) - objects_before
+        # The gateway acknowledges once an instance is durable in its receive spool
+        # (acknowledge: received); its drainer commits them after: wait for it, then count.
+        deadline = time.monotonic() + 300
+        while True:
+            rows = int(self.psql("SELECT count(*) FROM instances") or 0) - before
+            objects = len(self.s3_keys("radgate", "store/")) - objects_before
+            if (rows >= len(ids) and objects >= len(ids)) or time.monotonic() > deadline:
+                break
+            time.sleep(3)
         if rows != len(ids) or objects != len(ids):
             raise StepFailed(f"{len(ids)} sent, {rows} catalog rows and {objects} objects after the restart")
         return {

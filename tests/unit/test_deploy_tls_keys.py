@@ -35,7 +35,8 @@ TLS_DIR = "/run/radgate-tls/"
 #   the UI and the admin console; gateway, serving and training sign only their own entries, each
 #   with a writer key of its own (audit-writer.key; governance.keyring.SERVICE_WRITERS);
 # - gateway: pseudonyms (imaging.deid via governance.keys.load_project_key: project.key) and
-#   originals sealed to the honest broker (re-id map, quarantine: broker.pub);
+#   originals sealed to the honest broker (re-id map, quarantine: broker.pub); its receive spool
+#   (imaging.gateway.spool: gateway-spool.key);
 # - serving: its sealed records (serving.monitoring.sealing.serving_key: serving-store.key); the
 #   pseudonym key only if held (serving.monitoring.live._pseudonym_key_if_held): not mounted;
 # - ui: sessions and CSRF tokens (serving.ui.sessions / security: ui-session.key);
@@ -47,7 +48,7 @@ TLS_DIR = "/run/radgate-tls/"
 AUDIT = {"audit-signing.key", "audit-signing.pub", "audit-writers.json"}
 WRITER = {"audit-writer.key", "audit-signing.pub", "audit-writers.json"}  # a restricted writer
 KEYS = {
-    "gateway": {"project.key", "broker.pub", *WRITER},
+    "gateway": {"project.key", "broker.pub", "gateway-spool.key", *WRITER},
     "serving": {"serving-store.key", "artifact-digest.key", *WRITER},
     "ui": {"ui-session.key", "artifact-digest.key", *AUDIT},
     "admin": {"artifact-digest.key", *AUDIT},
