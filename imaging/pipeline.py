@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,13 +91,33 @@ def quiet_pydicom() -> None:
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 
 
+#: Sealed originals by (broker key id, kind, lookup), newest last. The catalog keeps one row per
+#: (kind, lookup) and ignores the rest, so every instance of a patient, study or series after the
+#: first would otherwise pay an X25519 key agreement for a row that is thrown away. Holds only
+#: ciphertext and keyed lookups (no original value); per process (a fork starts empty).
+_SEALED_CACHE: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+_SEALED_CACHE_SIZE = 4096
+_sealed_lock = threading.Lock()
+
+
 def seal_originals(key: ProjectKey, deid: Deidentifier, record: DeidRecord) -> list[SealedOriginal]:
     out = []
+    broker = key.seal_key_id
     for kind, original, pseudonym in record.originals:
         if not original:
             continue
         lookup = deid.pseudonyms.lookup(kind, original)
-        sealed = key.seal(original.encode("utf-8", "surrogateescape"), associated=lookup.encode())
+        cached = (broker, kind, lookup)
+        with _sealed_lock:
+            sealed = _SEALED_CACHE.get(cached)
+            if sealed is not None:
+                _SEALED_CACHE.move_to_end(cached)
+        if sealed is None:
+            sealed = key.seal(original.encode("utf-8", "surrogateescape"), associated=lookup.encode())
+            with _sealed_lock:
+                _SEALED_CACHE[cached] = sealed
+                while len(_SEALED_CACHE) > _SEALED_CACHE_SIZE:
+                    _SEALED_CACHE.popitem(last=False)
         out.append(SealedOriginal(kind, lookup, pseudonym, sealed))
     return out
 
