@@ -818,10 +818,12 @@ class PixelScreener:
             # glyphs), boxes scaled back; rendering full size cost more than reading
             step = side // _OCR_SIDE
             height, width = (frame.shape[0] // step) * step, (frame.shape[1] // step) * step
-            cropped = frame[:height, :width].astype(np.float32)
-            small = cropped.reshape(height // step, step, width // step, step, *frame.shape[2:]).mean(
-                axis=(1, 3)
-            )
+            import cv2
+
+            # OpenCV's area resize by a whole factor is the block mean (to float rounding), some
+            # ten times faster than NumPy's mean over two strided axes of a radiograph
+            cropped = np.ascontiguousarray(frame[:height, :width], dtype=np.float32)
+            small = cv2.resize(cropped, (width // step, height // step), interpolation=cv2.INTER_AREA)
             reduced = [(x // step, y // step, -(-w // step), -(-h // step)) for x, y, w, h in focus or ()]
             lines, boxes = self._find(small, ds, classifier, engine, reduced if focus is not None else None)
             shape = frame.shape[:2]
