@@ -30,9 +30,11 @@ class FakeListingPacs:
         self.announced, self.listings, self.image_asks = announced, listings, 0
         ae = AE(ae_title="FAKEPACS")
         ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
-        self.server = ae.start_server(
+        server = ae.start_server(
             ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, self._on_find)]
         )
+        assert server is not None  # block=False returns the running server
+        self.server = server
         self.port = int(self.server.server_address[1])
 
     def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Any]]:
