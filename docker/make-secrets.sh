@@ -57,7 +57,7 @@ radgate="${RADGATE:-$(command -v radgate || echo ../../.venv/bin/radgate)}"
 # PostgreSQL's and MinIO's certificates (DNS names `postgres`, `minio`): every client verifies them
 # (sslmode=verify-full; AWS_CA_BUNDLE).
 "$radgate" certs dev --dir tls --service gateway --service serving --service ui --service orthanc \
-  --service mlflow --service postgres --service minio >/dev/null
+  --service mlflow --service postgres --service minio --service triton >/dev/null
 # Ray's ports speak mutual TLS (RAY_USE_TLS): Ray's nodes dial each other at their IP addresses,
 # which gRPC checks against the certificate, so the training cluster's certificate (ray.pem) and
 # serving's own Ray's (serving-ray.pem) name every address of the compose network (compose.yaml's

@@ -213,12 +213,33 @@ def start(
     grpc_port: int = typer.Option(8001, help="gRPC port (serving's triton_url)."),
     http_port: int = typer.Option(8002, help="HTTP port (health)."),
     work_dir: Path = typer.Option(Path(".radgate/triton"), help="Backend directory and log."),
+    tls_cert: Path | None = typer.Option(None, help="gRPC over TLS: this server's certificate (PEM)."),
+    tls_key: Path | None = typer.Option(None, help="gRPC over TLS: its private key (PEM)."),
+    tls_ca: Path | None = typer.Option(None, help="Mutual TLS: the CA of the clients' certificates."),
 ) -> None:
-    """Run the tritonserver binary of nvidia-pytriton on 127.0.0.1 until SIGTERM or Ctrl-C."""
+    """Run the tritonserver binary of nvidia-pytriton on 127.0.0.1 until SIGTERM or Ctrl-C.
+    With --tls-cert/--tls-key its gRPC endpoint speaks TLS only (mutual with --tls-ca)."""
+    from pydantic import ValidationError
+
+    from governance.tls import ServerTls
     from serving.triton.server import TritonNotInstalled, TritonServer
 
+    tls = None
+    if tls_cert is not None or tls_key is not None or tls_ca is not None:
+        try:
+            tls = ServerTls.model_validate(
+                {
+                    "certificate": tls_cert,
+                    "private_key": tls_key,
+                    "ca_file": tls_ca,
+                    "require_client_certificate": tls_ca is not None,
+                }
+            )
+        except ValidationError as exc:
+            typer.echo("error: --tls-cert and --tls-key go together (--tls-ca needs both)", err=True)
+            raise typer.Exit(2) from exc
     try:
-        server = TritonServer(repo, work_dir, http_port=http_port, grpc_port=grpc_port).start()
+        server = TritonServer(repo, work_dir, http_port=http_port, grpc_port=grpc_port, tls=tls).start()
     except (TritonNotInstalled, RuntimeError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc

@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from governance.strict import StrictModel
-from governance.tls import ServerTls
+from governance.tls import ClientTls, ServerTls
 from imaging.gateway.config import PacsPeer
 from serving.interop import AtnaExportConfig, FhirConfig
 from serving.interop.ups import UpsConfig
@@ -69,6 +69,9 @@ class ServedModel(StrictModel):
     version: str | None = Field(default=None, pattern=r"^\d+$")
     backend: Backend = Backend.INPROCESS
     triton_url: str = "127.0.0.1:8001"  # gRPC
+    # gRPC over TLS to Triton (its CA; this side's certificate when Triton asks for one): needed
+    # wherever Triton is not on the same host or pod.
+    triton_tls: ClientTls | None = None
     triton_model_name: str | None = None  # defaults to ``name``
     # The repository `radgate triton publish` wrote (read-only here): when set, serving loads the
     # model into Triton (explicit model control) from bytes verified against the publication

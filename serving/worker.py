@@ -278,7 +278,10 @@ class ModelWorker:
 
                 # The replica's own gate: the loader's re-checks share its cached decisions.
                 loader = TritonLoader(
-                    self.served.triton_url, pathlib.Path(self.served.triton_repository), gate=self.gate
+                    self.served.triton_url,
+                    pathlib.Path(self.served.triton_repository),
+                    gate=self.gate,
+                    tls=self.served.triton_tls,
                 )
             return TritonForward(
                 self.served.triton_url,
@@ -286,6 +289,7 @@ class ModelWorker:
                 loaded.version,
                 loaded.artifact_sha256,
                 loader=loader,
+                tls=self.served.triton_tls,
             )
         return InProcessForward(loaded)
 

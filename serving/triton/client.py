@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["EMBEDDING_NAME", "INPUT_NAME", "OUTPUT_NAME", "TritonForward", "TritonModelMismatch"]
+if TYPE_CHECKING:
+    from governance.tls import ClientTls
+
+__all__ = [
+    "EMBEDDING_NAME",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "TritonForward",
+    "TritonModelMismatch",
+    "grpc_client",
+]
 
 INPUT_NAME = "INPUT__0"
 OUTPUT_NAME = "OUTPUT__0"
 #: The penultimate-layer embedding (live monitoring), when the export has it (Python/pytorch).
 EMBEDDING_NAME = "OUTPUT__1"
 SHA_PARAMETER = "radgate_artifact_sha256"
+
+
+def grpc_client(url: str, tls: ClientTls | None = None) -> Any:
+    """tritonclient's gRPC client for ``url``: over TLS verified against ``tls.ca_file`` (and
+    mutual when ``tls`` has a certificate) when ``tls`` is given, else plaintext (a Triton on
+    the same host or pod only). ``tls.server_name`` overrides the name checked in Triton's
+    certificate (default: the host of ``url``)."""
+    import tritonclient.grpc as grpcclient
+
+    if tls is None:
+        return grpcclient.InferenceServerClient(url)
+    options: list[tuple[str, Any]] = []
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpcclient.InferenceServerClient(
+        url,
+        ssl=True,
+        root_certificates=str(tls.ca_file),
+        private_key=str(tls.private_key) if tls.private_key else None,
+        certificate_chain=str(tls.certificate) if tls.certificate else None,
+        channel_args=options or None,
+    )
 
 
 class TritonModelMismatch(RuntimeError):
@@ -27,7 +59,14 @@ class TritonForward:
     name = "triton"
 
     def __init__(
-        self, url: str, model_name: str, version: str, artifact_sha256: str, *, loader: Any = None
+        self,
+        url: str,
+        model_name: str,
+        version: str,
+        artifact_sha256: str,
+        *,
+        loader: Any = None,
+        tls: ClientTls | None = None,
     ) -> None:
         """With ``loader`` (a :class:`serving.triton.publish.TritonLoader`), the model is loaded
         from verified bytes first and the repository re-verified before forward passes."""
@@ -38,7 +77,7 @@ class TritonForward:
         self.loader = loader
         if loader is not None:
             loader.load(model_name, str(version))
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = grpc_client(url, tls)
         self.model_name, self.version = model_name, str(version)
         try:
             ready = self.client.is_model_ready(model_name, self.version)

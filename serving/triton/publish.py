@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from governance.approvals.digests import file_identity, settled
-from serving.triton.client import TritonModelMismatch
+from serving.triton.client import TritonModelMismatch, grpc_client
 from serving.triton.export import ExportResult, export_repository
 
 if TYPE_CHECKING:
     from governance.approvals import Gate
     from governance.audit import AuditLog
+    from governance.tls import ClientTls
 
 __all__ = ["PUBLISH_ACTION", "WEIGHTS_PARAMETER", "Publication", "TritonLoader", "publish", "published_files"]
 
@@ -130,13 +131,13 @@ class TritonLoader:
         audit: AuditLog | None = None,
         verify_ttl_s: float = 2.0,
         rehash_s: float = 60.0,
+        tls: ClientTls | None = None,
     ) -> None:
-        """``verify_ttl_s``: how long a passed re-check stands before the next forward pass
+        """``tls``: gRPC over TLS to Triton (``serving.triton.client.grpc_client``).
+        ``verify_ttl_s``: how long a passed re-check stands before the next forward pass
         checks again; ``rehash_s``: how long an unchanged file goes before its bytes are hashed
         again (between, its identity is compared; a load always hashes the bytes)."""
-        import tritonclient.grpc as grpcclient
-
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = grpc_client(url, tls)
         self.repo = Path(repo)
         self._gate, self._audit = gate, audit
         self.verify_ttl_s = verify_ttl_s

@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from governance.tls import ServerTls
 from serving.net import free_port
 
 __all__ = ["TritonNotInstalled", "TritonServer", "default_triton_home", "find_tritonserver"]
@@ -52,12 +53,17 @@ class TritonServer:
         http_port: int | None = None,
         grpc_port: int | None = None,
         home: Path | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
+        """``tls``: the gRPC endpoint (the one RadGate calls) speaks TLS only, mutual when
+        ``tls.require_client_certificate``; the HTTP endpoint stays on 127.0.0.1 for the
+        readiness probe (Triton's HTTP server has no TLS)."""
         self.root = find_tritonserver(home)
         self.repo = Path(repo)
         self.work_dir = Path(work_dir)
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
+        self.tls = tls
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.work_dir / "tritonserver.log"
 
@@ -92,6 +98,21 @@ class TritonServer:
         env["PYTHONDONTWRITEBYTECODE"] = "1"  # the model repository stays as published
         return env
 
+    def _tls_arguments(self) -> list[str]:
+        tls = self.tls
+        if tls is None:
+            return []
+        arguments = [
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={tls.certificate}",
+            f"--grpc-server-key={tls.private_key}",
+        ]
+        if tls.ca_file is not None:
+            arguments.append(f"--grpc-root-cert={tls.ca_file}")
+        if tls.require_client_certificate:
+            arguments.append("--grpc-use-ssl-mutual=true")
+        return arguments
+
     def start(self, timeout_s: float = 120.0) -> TritonServer:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         command = [
@@ -109,6 +130,7 @@ class TritonServer:
             # (serving.triton.publish), and the repository is never polled for changes.
             "--model-control-mode=explicit",
             "--log-verbose=0",
+            *self._tls_arguments(),
         ]
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.environment())

@@ -816,3 +816,31 @@ def test_triton_loads_only_what_radgate_hands_it() -> None:
     assert not any("poll" in str(a) for a in container["args"]), container["args"]
     models = [m for m in container["volumeMounts"] if m["mountPath"] == "/models"]
     assert models and all(m.get("readOnly") for m in models)
+
+
+def test_triton_grpc_is_mutual_tls_and_serving_calls_it_so() -> None:
+    """Triton's gRPC port (what serving calls) speaks mutual TLS only in every deployment, its
+    HTTP and metrics stay on the container's loopback, and serving's Triton models verify it
+    (tests/security/test_triton_tls.py runs the same flags on the real tritonserver)."""
+    from serving.config import ServeConfig
+
+    argv = [str(a) for a in _compose()["services"]["triton"]["command"]]
+    manifests = list(yaml.safe_load_all((DOCKER / "k8s" / "triton.yaml").read_text()))
+    deployment = next(d for d in manifests if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    for args in (argv, [str(a) for a in container["args"]]):
+        for flag in ("--grpc-use-ssl=true", "--grpc-use-ssl-mutual=true", "--http-address=127.0.0.1"):
+            assert flag in args, (flag, args)
+        assert any(a.startswith("--grpc-server-cert=") for a in args)
+        assert any(a.startswith("--grpc-root-cert=") for a in args)
+    service = next(d for d in manifests if d["kind"] == "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["grpc"]
+    serve_files = [DOCKER / "config" / "serve.yaml"]
+    rayservice = next(yaml.safe_load_all((DOCKER / "k8s" / "rayservice.yaml").read_text()))
+    configs = [yaml.safe_load(p.read_text()) for p in serve_files]
+    configs += [yaml.safe_load(v) for v in rayservice.get("data", {}).values() if "models:" in str(v)]
+    assert len(configs) == 2, "serve.yaml and the RayService's serve config"
+    for raw in configs:
+        for model in ServeConfig.model_validate(raw).models:
+            if model.backend.value == "triton":
+                assert model.triton_tls is not None and model.triton_tls.certificate is not None, model.name
