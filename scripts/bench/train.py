@@ -1,7 +1,7 @@
 """Benchmark: steady-state training images/s of Ray Train (N workers) vs one-process Lightning.
 
 Same network, data, epochs and global batch in the same run; prints per-run detail, then ONE
-JSON line: ``{"bench": "train", "value": ratio, "target": 0.85, "better": "higher", ...}`` with the
+JSON line: ``{"bench": "train", "value": ratio, "target": 0.9, "better": "higher", ...}`` with the
 median and spread of both epoch times; exits 1 below the target (``--no-fail`` to explore).
 
     .venv/bin/python scripts/bench/train.py                       # 2 CPU workers vs 1 process
@@ -29,12 +29,14 @@ def main() -> int:
     parser = add_no_fail(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
-    parser.add_argument("--patients", type=int, default=60)
-    parser.add_argument("--size", type=int, default=64, help="Network input size (pixels).")
+    # Issue #26's workload: epochs of tens of seconds on 2 CPU cores (60 patients at 64 px gave
+    # 1-second epochs, where per-epoch fixed costs dominate the ratio).
+    parser.add_argument("--patients", type=int, default=240)
+    parser.add_argument("--size", type=int, default=128, help="Network input size (pixels).")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16, help="Per-worker batch size.")
     parser.add_argument("--network", default="resnet18")
-    parser.add_argument("--target", type=float, default=0.85)
+    parser.add_argument("--target", type=float, default=0.9)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="radgate-bench-") as tmp:
