@@ -16,6 +16,7 @@ with DICOM TLS and its own CA's certificate.
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,5 +215,11 @@ def test_the_compose_gateway_admits_only_orthancs_own_certificate_as_orthanc(
     assert _stored() == 0
     orthanc = client_context(stack.ca_certificate, tls / "orthanc.pem", tls / "orthanc-key.pem")
     assert _associate(gateway.dicom_port, "ORTHANC", orthanc, files_to_send) == (None, [0, 0])
+    # The compose gateway acknowledges once the input is in its receive spool (acknowledge:
+    # received); its drainer commits it after.
+    deadline = time.monotonic() + 120
+    while _stored() < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert _stored() == 2
-    assert gateway.terminate()["rejected_associations"] == 1
+    final = gateway.terminate()
+    assert final["rejected_associations"] == 1 and final["spooled"] == 2
