@@ -258,11 +258,14 @@ class SpoolDrainer:
         self.drained = 0
         self.unreadable = 0
 
-    def drain_once(self) -> int:
-        """Ingest what is pending now; how many entries were committed. Raises what the ingest
-        path raised (the entry stays)."""
+    def drain_once(self, stop: threading.Event | None = None) -> int:
+        """Ingest what is pending now, until ``stop`` is set (checked between entries: a
+        SIGTERM finishes the entry in hand, the rest stays for the next start); how many
+        entries were committed. Raises what the ingest path raised (the entry stays)."""
         done = 0
         for path in self.spool.pending():
+            if stop is not None and stop.is_set():
+                break
             with self.spool.claim(path) as claimed:
                 if claimed is None:
                     continue
@@ -278,7 +281,7 @@ class SpoolDrainer:
         backoff = self.poll
         while not stop.is_set():
             try:
-                done = self.drain_once()
+                done = self.drain_once(stop)
             except SpoolError as exc:
                 self.unreadable += 1
                 LOGGER.error("%s", exc)

@@ -172,3 +172,22 @@ def test_a_slot_being_filled_is_not_drained(tmp_path: Path) -> None:
     assert os.waitpid(pid, 0)[1] == 0
     os.close(fd)
     assert SpoolDrainer(spool, RecordingSink()).drain_once() == 1
+
+
+def test_a_stop_request_ends_the_drain_between_entries(tmp_path: Path) -> None:
+    """SIGTERM sets the drainer's stop event: it finishes the entry in hand and leaves the rest
+    for the next start instead of draining a deep backlog past the service's drain timeout."""
+    spool = Spool(tmp_path / "spool", KEY, max_bytes=10**6, max_files=100)
+    for n in range(5):
+        spool.put(*_data(n), "s")
+    stop = threading.Event()
+
+    class StopsAfterTwo(RecordingSink):
+        def ingest_bytes(self, data: bytes, source: str, *, input_sha256: str | None = None) -> Any:
+            outcome = super().ingest_bytes(data, source, input_sha256=input_sha256)
+            if len(self.seen) == 2:
+                stop.set()
+            return outcome
+
+    assert SpoolDrainer(spool, StopsAfterTwo()).drain_once(stop) == 2
+    assert len(spool.pending()) == 3
