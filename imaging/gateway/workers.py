@@ -91,15 +91,14 @@ class WorkerPool:
             self.workers.append(_Worker(pid, read_fd))
         self.scp.close_listener()  # only the workers accept
 
-    def _run_drainer(self, stats_fd: int) -> None:
-        from imaging.gateway.spool import SpoolDrainer
-
+    @staticmethod
+    def _forked(stats_fd: int, role: str, body: Callable[[threading.Event], dict[str, int]]) -> None:
+        """The life of a forked process: dies with the parent, SIGTERM/SIGINT set ``stop``,
+        ``body(stop)`` runs and returns its counters, which go to the parent through
+        ``stats_fd``; never returns into the parent's code."""
         code = 0
         try:
             _die_with_parent()
-            self.scp.close_listener()
-            assert self.drainers is not None
-            os.nice(self.drainers.nice)
             stop = threading.Event()
 
             def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -107,6 +106,27 @@ class WorkerPool:
 
             signal.signal(signal.SIGTERM, request_stop)
             signal.signal(signal.SIGINT, request_stop)
+            os.write(stats_fd, json.dumps(body(stop)).encode())
+        except BaseException:
+            LOGGER.exception("gateway %s failed", role)
+            code = 1
+        finally:
+            os._exit(code)
+
+    @staticmethod
+    def _orphan_watch(stop: threading.Event) -> None:
+        """Until ``stop`` is set; sets it when the parent is gone (PDEATHSIG unavailable)."""
+        while not stop.wait(1.0):
+            if os.getppid() == 1:
+                stop.set()
+
+    def _run_drainer(self, stats_fd: int) -> None:
+        def drain(stop: threading.Event) -> dict[str, int]:
+            from imaging.gateway.spool import SpoolDrainer
+
+            self.scp.close_listener()
+            assert self.drainers is not None
+            os.nice(self.drainers.nice)
             counts = {"drained": 0, "quarantined": 0}
 
             def counted(status: str) -> None:
@@ -116,47 +136,23 @@ class WorkerPool:
 
             drainer = SpoolDrainer(self.drainers.spool, self.sink_factory(), on_outcome=counted)
             freeze_startup_heap()
-            watchdog = threading.Thread(target=self._orphan_watch, args=(stop,), daemon=True)
-            watchdog.start()
+            threading.Thread(target=self._orphan_watch, args=(stop,), daemon=True).start()
             drainer.run(stop)  # finishes the entry in hand, leaves the rest for the next start
-            os.write(stats_fd, json.dumps(counts).encode())
-        except BaseException:  # a drainer must never return into the parent's code
-            LOGGER.exception("gateway spool drainer failed")
-            code = 1
-        finally:
-            os._exit(code)
+            return counts
 
-    @staticmethod
-    def _orphan_watch(stop: threading.Event) -> None:
-        while not stop.wait(1.0):
-            if os.getppid() == 1:  # parent gone and PDEATHSIG unavailable
-                stop.set()
+        self._forked(stats_fd, "spool drainer", drain)
 
     def _run_worker(self, stats_fd: int, *, index: int) -> None:
-        code = 0
-        try:
-            _die_with_parent()
+        def serve(stop: threading.Event) -> dict[str, int]:
             self.scp.balance_with(AcceptBalance(self.associations, index))
-            stop = threading.Event()
-
-            def request_stop(_signum: int, _frame: FrameType | None) -> None:
-                stop.set()
-
-            signal.signal(signal.SIGTERM, request_stop)
-            signal.signal(signal.SIGINT, request_stop)
             self.scp.sink = self.sink_factory()
             freeze_startup_heap()
             self.scp.serve()
-            while not stop.wait(1.0):
-                if os.getppid() == 1:  # parent gone and PDEATHSIG unavailable
-                    break
+            self._orphan_watch(stop)
             aborted = self.scp.stop(self.drain_timeout)
-            os.write(stats_fd, json.dumps({**self.scp.stats.snapshot(), "aborted": aborted}).encode())
-        except BaseException:  # a worker must never return into the parent's code
-            LOGGER.exception("gateway worker failed")
-            code = 1
-        finally:
-            os._exit(code)
+            return {**self.scp.stats.snapshot(), "aborted": aborted}
+
+        self._forked(stats_fd, "worker", serve)
 
     def lost_worker(self) -> bool:
         """Whether a worker has exited on its own (crash, OOM kill...)."""
