@@ -1,8 +1,8 @@
 """The receive spool: C-STORE acknowledged once the input is durable, de-identified after.
 
 With ``dicom.acknowledge: received`` the SCP seals each received data set under the gateway's
-own spool key (AES-256-GCM, ``governance.keyring`` purpose ``gateway-spool``), writes it to the
-spool folder, fsyncs file and folder, and only then answers success. A separate, lower-priority
+own spool key (AES-256-GCM, ``governance.keyring`` purpose ``gateway-spool``), writes it into a
+slot file made ahead in a durable batch, fsyncs it, and only then answers success. A separate, lower-priority
 drainer process takes entries oldest first, runs them through the same ingest path as every
 other input (validate, de-identify, screen pixels, store, catalog) and removes an entry only
 after its outcome is committed. This is store-and-forward, as a PACS or RSNA's CTP does: the
@@ -137,17 +137,22 @@ class Spool:
         """(filled slots, bytes) in the spool, from a listing at most ``_DEPTH_REFRESH_S`` old."""
         now = time.monotonic()
         if fresh or now - self._listed_at > _DEPTH_REFRESH_S:
-            files = size = 0
-            with os.scandir(self.directory) as entries:
-                for entry in entries:
-                    if entry.name.endswith(_SUFFIX):
-                        with contextlib.suppress(FileNotFoundError):  # drained meanwhile
-                            length = entry.stat().st_size
-                        if length:
-                            size += length
-                            files += 1
-            self._depth, self._listed_at = (files, size), now
+            sizes = [size for _, size in self._filled()]
+            self._depth, self._listed_at = (len(sizes), sum(sizes)), now
         return self._depth
+
+    def _filled(self) -> Iterator[tuple[Path, int]]:
+        """(path, size) of each filled slot (empty ones are made ahead, not entries)."""
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not entry.name.endswith(_SUFFIX):
+                    continue
+                try:
+                    size = entry.stat().st_size
+                except FileNotFoundError:  # drained meanwhile
+                    continue
+                if size:
+                    yield Path(entry.path), size
 
     def remove_incomplete(self) -> int:
         """Remove empty slots and fills a crash cut short (never acknowledged: the sender
@@ -167,14 +172,7 @@ class Spool:
 
     def pending(self) -> list[Path]:
         """Filled slots, oldest first (names start with the time their batch was made)."""
-        found = []
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if entry.name.endswith(_SUFFIX):
-                    with contextlib.suppress(FileNotFoundError):
-                        if entry.stat().st_size:
-                            found.append(Path(entry.path))
-        return sorted(found)
+        return sorted(path for path, _ in self._filled())
 
     @contextlib.contextmanager
     def claim(self, path: Path) -> Iterator[tuple[SpoolEntry, bytes] | None]:
@@ -211,9 +209,9 @@ class Spool:
             os.close(fd)  # releases the lock
 
     def _open_record(self, path: Path, raw: bytes) -> tuple[str, bytes]:
-        if raw[: len(_MAGIC)] != _MAGIC or len(raw) < _HEADER:
+        length = _sealed_length(raw)
+        if length is None:
             raise self._set_aside(path, len(raw), "no spool header")
-        length = int.from_bytes(raw[_HEADER - 8 : _HEADER], "big")
         if len(raw) != _HEADER + length:
             raise self._set_aside(path, len(raw), "length differs from its header")
         return raw[len(_MAGIC) : len(_MAGIC) + 32].hex(), raw[_HEADER:]
@@ -228,13 +226,18 @@ class Spool:
         return SpoolError(f"a spool entry of {size} bytes cannot be read ({why}): moved to {aside}")
 
 
+def _sealed_length(record: bytes) -> int | None:
+    """The sealed length a record's header declares, or None without a whole header."""
+    if len(record) < _HEADER or record[: len(_MAGIC)] != _MAGIC:
+        return None
+    return int.from_bytes(record[_HEADER - 8 : _HEADER], "big")
+
+
 def _whole(path: Path, length: int) -> bool:
     """Whether a filled slot holds its whole record (a crash may cut a fill short)."""
     with path.open("rb") as handle:
-        head = handle.read(_HEADER)
-    if len(head) < _HEADER or head[: len(_MAGIC)] != _MAGIC:
-        return False
-    return length == _HEADER + int.from_bytes(head[_HEADER - 8 :], "big")
+        declared = _sealed_length(handle.read(_HEADER))
+    return declared is not None and length == _HEADER + declared
 
 
 class SpoolDrainer:
