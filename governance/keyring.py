@@ -46,6 +46,7 @@ import functools
 import hashlib
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -252,12 +253,38 @@ def _broker_paths(settings: Settings) -> tuple[Path, Path]:
     return directory / "broker.key", directory / "broker.pub"
 
 
+#: ``broker.pub`` as last read, per path: (device, inode, size, mtime) -> its sealer. Sealing runs
+#: for every quarantined input and every new original value of an instance; one ``stat`` per seal
+#: instead of reading and parsing the file. A rotated or replaced key file changes the signature,
+#: so the next seal reads the new key.
+_SEALERS: dict[Path, tuple[tuple[int, int, int, int], BrokerSealer]] = {}
+_sealers_lock = threading.Lock()
+
+
+def _public_sealer(public_path: Path) -> BrokerSealer | None:
+    """The sealer for ``broker.pub`` (cached while the file is unchanged); None when absent."""
+    try:
+        info = public_path.stat()
+    except FileNotFoundError:
+        return None
+    signature = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    with _sealers_lock:
+        cached = _SEALERS.get(public_path)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    sealer = BrokerSealer(read_secret_file(public_path))
+    with _sealers_lock:
+        _SEALERS[public_path] = (signature, sealer)
+    return sealer
+
+
 def load_broker_sealer(settings: Settings | None = None, *, create: bool = True) -> BrokerSealer:
     """The broker's public key (``broker.pub``); in the embedded default the pair is created."""
     settings = settings or get_settings()
     private_path, public_path = _broker_paths(settings)
-    if public_path.exists():
-        return BrokerSealer(read_secret_file(public_path))
+    sealer = _public_sealer(public_path)
+    if sealer is not None:
+        return sealer
     if private_path.exists() or create:
         return load_broker(settings, create=create).sealer
     raise KeyMissing("no broker public key (broker.pub) here")
