@@ -115,7 +115,7 @@ class BurnedInPolicy(StrictModel):
     max_frames_screened: int = Field(default=4, ge=1, le=1000)
     # volumes (one frame per instance): these modalities are screened on a series sample
     series_sampling_modalities: list[str] = Field(default_factory=lambda: ["CT", "MR", "PT", "NM"])
-    series_screen_first: int = Field(default=2, ge=1)
+    series_screen_first: int = Field(default=1, ge=1)
     series_screen_every: int = Field(default=32, ge=1)
     # frames smaller than this (shorter side, pixels) are enlarged 2x for OCR: small fonts
     upscale_below: int = Field(default=256, ge=0)

@@ -161,4 +161,8 @@ def test_a_service_warms_its_engine_up_and_says_when_it_has_none(monkeypatch: py
         raise OcrUnavailableError("rapidocr-onnxruntime is not installed")
 
     monkeypatch.setattr(RapidOcrEngine, "__init__", missing)
+    # engines are loaded once per process: a process that has none loaded yet
+    from imaging.deid.burned_in import screen as screen_module
+
+    monkeypatch.setattr(screen_module, "_ENGINES", {})
     assert PixelScreener(load_profile("research").burned_in).warm_up() is False

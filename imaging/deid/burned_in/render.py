@@ -21,6 +21,7 @@ __all__ = [
     "stroke_render",
     "text_likely",
     "tophats",
+    "voi_window",
 ]
 
 
@@ -92,6 +93,19 @@ def frame_luminance(frame: np.ndarray) -> np.ndarray:
     return frame.astype(np.float32)
 
 
+def voi_window(ds: Dataset) -> tuple[float, float] | None:
+    """The header's (first) VOI window as (bottom, top) in stored values, or None."""
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 1:
+        return None
+    slope = _first(ds.get("RescaleSlope")) or 1.0
+    intercept = _first(ds.get("RescaleIntercept")) or 0.0
+    # window in stored values: (modality value - intercept) / slope
+    top = (center + width / 2 - intercept) / slope
+    bottom = (center - width / 2 - intercept) / slope
+    return min(bottom, top), max(bottom, top)
+
+
 def renders(frame: np.ndarray, ds: Dataset) -> list[np.ndarray]:
     """8-bit renders of one decoded frame (stored values; colour as RGB) for OCR."""
     out: list[np.ndarray] = []
@@ -105,17 +119,12 @@ def renders(frame: np.ndarray, ds: Dataset) -> list[np.ndarray]:
             out.append(_stretch(chroma, 0.0, float(chroma.max())))
         return out
     values = frame.astype(np.float32)
-    slope = _first(ds.get("RescaleSlope")) or 1.0
-    intercept = _first(ds.get("RescaleIntercept")) or 0.0
     low, high = float(values.min()), float(values.max())
     full = _stretch(values, low, high)
-    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     monochrome1 = str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1"
-    if center is not None and width is not None and width > 1:
-        # window in stored values: (modality value - intercept) / slope
-        top = (center + width / 2 - intercept) / slope
-        bottom = (center - width / 2 - intercept) / slope
-        lo, hi = min(bottom, top), max(bottom, top)
+    window = voi_window(ds)
+    if window is not None:
+        lo, hi = window
         if lo > low or hi < high:
             windowed = _stretch(values, lo, hi)
             out.append(255 - windowed if monochrome1 else windowed)

@@ -8,6 +8,7 @@ every single-frame radiograph, ultrasound or capture is screened.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -44,6 +45,7 @@ from imaging.deid.burned_in.render import (
     stroke_render,
     text_likely,
     tophats,
+    voi_window,
 )
 from imaging.deid.errors import QuarantineError, QuarantineReason
 from imaging.deid.profile import BurnedInPolicy
@@ -52,6 +54,19 @@ __all__ = ["PixelScreener", "ScreenResult"]
 
 _T = TypeVar("_T")
 _SERIES_MEMORY = 4096
+# series whose reference slice is kept (about 16 KB each for a 512 x 512 slice); a series
+# without one has its next slice fully screened
+_REFERENCE_MEMORY = 256
+# the quiet-region check compares blocks of this many pixels a side (the smallest glyph read
+# is 4 pixels: a line of text fills whole blocks)
+_QUIET_BLOCK = 8
+# and keeps this many pixels from blocks where something shows (anatomy moves between slices)
+_QUIET_REACH = 16
+# the least contrast (8-bit levels) a render shows text at and the screen still looks at it:
+# the stroke render stretches strokes from _LOCAL_FLOOR levels of the full range; the
+# pre-screen counts 24 levels (text_likely) in the windowed render
+_FULL_CONTRAST = 10.0
+_WINDOW_CONTRAST = 24.0
 # the side of the blank frame a service's warm-up runs the engine on (a common CT/MR size)
 _WARM_SIDE = 512
 _PIXEL_DATA = 0x7FE00010
@@ -76,6 +91,25 @@ _LEVEL_TOLERANCE = 10
 _COMPLETION = 1.25
 
 
+_ENGINES: dict[tuple[int, str], OcrEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def _shared_engine(name: str) -> OcrEngine:
+    """The process's engine of that kind, loaded on first use: every screener of the process
+    (a de-identifier per ingest run or job) uses it, instead of loading its models again
+    (RapidOCR's sessions: about 0.35 s of CPU). Keyed by process: a forked child loads its own.
+    Engines are safe to share between threads (RapidOCR runs one call at a time; Tesseract
+    keeps an API object per thread)."""
+    key = (os.getpid(), name)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = RapidOcrEngine() if name == "rapidocr" else TesseractEngine()
+            _ENGINES[key] = engine
+        return engine
+
+
 @dataclass
 class ScreenResult:
     """What screening did to one instance: lineage material (boxes, never text)."""
@@ -88,6 +122,9 @@ class ScreenResult:
     boxes_redacted: list[Box] = field(default_factory=list)
     verified: bool = False
     series_boxes_applied: bool = False
+    # a series' slice between samples whose quiet region (away from anatomy) was unchanged from
+    # the series' reference slice (screened clean): not screened itself, and not verified
+    series_checked: bool = False
     pixels: np.ndarray | None = None  # the cleaned pixels when something was redacted
 
     def lineage(self) -> dict[str, Any]:
@@ -100,13 +137,150 @@ class ScreenResult:
             "boxes_redacted": [list(b) for b in self.boxes_redacted],
             "verified": self.verified,
             "series_boxes_applied": self.series_boxes_applied,
+            "series_checked": self.series_checked,
         }
 
 
 @dataclass
 class _Series:
     seen: int = 0
-    text_found: bool = False
+    text_found: bool = False  # a screen of one of its slices redacted something
+
+
+@dataclass(frozen=True)
+class _Quiet:
+    """The quiet region of a series' reference slice (the last one fully screened and found
+    without text): blocks of _QUIET_BLOCK pixels where nothing shows, away from anatomy, each
+    with its least and largest stored value, and the least change of a value a render shows at
+    a contrast the screen counts (``full``: in the full-range renders; ``window``: inside the
+    VOI window, whose render saturates outside it)."""
+
+    shape: tuple[int, int]
+    blocks: np.ndarray  # bool (block rows, block columns): the quiet region
+    low: np.ndarray  # float64, the reference's least value per block
+    high: np.ndarray  # float64, its largest
+    full: float
+    window: tuple[float, float, float] | None  # (bottom, top, least change) in stored values
+
+    @classmethod
+    def of(cls, frame: np.ndarray, ds: Dataset) -> _Quiet:
+        """The reference made from ``frame`` (stored values; a slice screened without text).
+        Quiet blocks are those in which no render
+        shows anything (their values span less than the least change seen in the full-range
+        renders and, clipped to the VOI window, in the windowed one: air, padding, a flat
+        ground), and that lie at least _QUIET_REACH pixels from any other block: anatomy moves
+        from slice to slice, and its edges must not reach the region checked."""
+        shape = (int(frame.shape[0]), int(frame.shape[1]))
+        if frame.ndim != 2 or min(shape) < 4 * _QUIET_BLOCK:  # colour, or too small: nothing
+            return cls(shape, np.zeros((0, 0), bool), np.zeros(0), np.zeros(0), 0.0, None)
+        least, most = float(frame.min()), float(frame.max())
+        full = (most - least) * _FULL_CONTRAST / 255.0
+        voi = voi_window(ds)
+        window = None if voi is None else (voi[0], voi[1], (voi[1] - voi[0]) * _WINDOW_CONTRAST / 255.0)
+        low, high = (v.astype(np.float64) for v in _block_extremes(frame))
+        flat = high - low <= full
+        if window is not None:
+            bottom, top, seen = window
+            flat &= np.clip(high, bottom, top) - np.clip(low, bottom, top) <= seen
+        import cv2
+
+        reach = -(-_QUIET_REACH // _QUIET_BLOCK)
+        kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
+        blocks = cv2.erode(flat.view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE) > 0
+        return cls(shape, blocks, low[blocks], high[blocks], full, window)
+
+    @property
+    def empty(self) -> bool:
+        """No quiet region (anatomy or texture everywhere, a colour or tiny frame): nothing to
+        check, the series is sampled unchecked."""
+        return not self.blocks.any()
+
+    def holds(self, frame: np.ndarray) -> bool:
+        """Whether ``frame`` (2D, stored values, the reference's geometry) changed nowhere in
+        the quiet region by as much as a render would show: no block's least or largest value
+        moved past the reference's by the least change seen in the full-range renders or,
+        clipped to the VOI window, in the windowed one."""
+        if frame.ndim != 2 or frame.shape != self.shape:
+            return False
+        low, high = _block_extremes(frame)
+        low, high = low[self.blocks].astype(np.float64), high[self.blocks].astype(np.float64)
+        if (high > self.high + self.full).any() or (low < self.low - self.full).any():
+            return False
+        if self.window is not None:
+            bottom, top, least = self.window
+            seen = np.clip(high, bottom, top) - np.clip(self.high, bottom, top)
+            if (seen > least).any():
+                return False
+            seen = np.clip(self.low, bottom, top) - np.clip(low, bottom, top)
+            if (seen > least).any():
+                return False
+        return True
+
+
+_NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+
+
+def _native_frame(ds: Dataset) -> np.ndarray | None:
+    """The stored values of a single-frame, single-sample, 8- or 16-bit little-endian
+    uncompressed ``ds`` read straight from its pixel data (bits above Bits Stored masked, or
+    sign-extended for signed data): what the bounded decoder gives, without pydicom's pixel
+    machinery (about 3 ms per 512 x 512 slice, as much as the header path). None for
+    anything else (the caller decodes)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if syntax not in _NATIVE_SYNTAXES or _PIXEL_DATA not in ds._dict:
+        return None
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        samples = int(ds.get("SamplesPerPixel", 1))
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    data = ds.PixelData
+    if (
+        samples != 1
+        or frames != 1
+        or allocated not in (8, 16)
+        or not 0 < stored <= allocated
+        or not isinstance(data, bytes | bytearray)
+        or len(data) < rows * columns * allocated // 8
+        or rows < 1
+        or columns < 1
+    ):
+        return None
+    kind = {(8, False): "<u1", (8, True): "<i1", (16, False): "<u2", (16, True): "<i2"}[(allocated, signed)]
+    values = np.frombuffer(data, dtype=kind, count=rows * columns).reshape(rows, columns)
+    if stored < allocated:
+        shift = allocated - stored
+        values = (values << shift) >> shift if signed else values & ((1 << stored) - 1)
+    return values
+
+
+def _block_grid(shape: tuple[int, ...]) -> tuple[int, int]:
+    return -(-int(shape[0]) // _QUIET_BLOCK), -(-int(shape[1]) // _QUIET_BLOCK)
+
+
+def _block_extremes(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The least and largest value of each _QUIET_BLOCK square of a 2D ``frame`` (the last row
+    and column of blocks padded with the frame's edge): strided minimum and maximum over the
+    rows, then the columns, some ten times faster than a reduction over two block axes."""
+    rows, columns = _block_grid(frame.shape)
+    step = _QUIET_BLOCK
+    height, width = rows * step, columns * step
+    if frame.shape != (height, width):
+        frame = np.pad(frame, ((0, height - frame.shape[0]), (0, width - frame.shape[1])), mode="edge")
+    low = frame[0::step].copy()
+    high = low.copy()
+    for offset in range(1, step):
+        np.minimum(low, frame[offset::step], out=low)
+        np.maximum(high, frame[offset::step], out=high)
+    least, most = low[:, 0::step].copy(), high[:, 0::step].copy()
+    for offset in range(1, step):
+        np.minimum(least, low[:, offset::step], out=least)
+        np.maximum(most, high[:, offset::step], out=most)
+    return least, most
 
 
 def _overlap(box: Box, mask: np.ndarray) -> float:
@@ -439,6 +613,7 @@ class PixelScreener:
         self._engine_error: str | None = None
         self._lock = threading.Lock()
         self._series: OrderedDict[tuple[str, ...], _Series] = OrderedDict()
+        self._references: OrderedDict[tuple[str, ...], _Quiet] = OrderedDict()
 
     # -- engine -------------------------------------------------------------------------------
 
@@ -447,9 +622,7 @@ class PixelScreener:
             with self._lock:
                 if self._engine is None:
                     try:
-                        self._engine = (
-                            RapidOcrEngine() if self.policy.engine == "rapidocr" else TesseractEngine()
-                        )
+                        self._engine = _shared_engine(self.policy.engine)
                     except OcrUnavailableError as exc:
                         raise QuarantineError(QuarantineReason.PIXEL_OCR_UNAVAILABLE, str(exc)) from None
         return self._engine
@@ -482,14 +655,16 @@ class PixelScreener:
             for k in ("SeriesInstanceUID", "Rows", "Columns", "WindowCenter", "WindowWidth")
         )
 
-    def _sampled_out(self, ds: Dataset, frames: int) -> tuple[bool, _Series | None]:
-        """(skip OCR for this instance, its series state). Only single-frame slices of the
-        volume modalities are sampled; a series with text found is screened on every slice."""
+    def _series_slice(self, ds: Dataset, frames: int) -> tuple[_Series, bool, _Quiet | None] | None:
+        """For a single-frame slice of a volume modality: its series' state, whether it is one
+        of the series' sampled slices (the first ``series_screen_first`` of the series as the
+        stream brings them, then every ``series_screen_every``th) and the series' reference.
+        None for every other instance (screened in full)."""
         modality = str(ds.get("Modality", "") or "").upper()
         if frames != 1 or modality not in self.policy.series_sampling_modalities:
-            return False, None
+            return None
         if not ds.get("SeriesInstanceUID"):
-            return False, None
+            return None
         key = self._series_key(ds)
         with self._lock:
             state = self._series.get(key)
@@ -501,12 +676,27 @@ class PixelScreener:
                 self._series.move_to_end(key)
             number = state.seen
             state.seen += 1
-        skip = (
-            not state.text_found
-            and number >= self.policy.series_screen_first
-            and (number - self.policy.series_screen_first + 1) % self.policy.series_screen_every != 0
-        )
-        return skip, state
+            reference = self._references.get(key)
+        first, every = self.policy.series_screen_first, self.policy.series_screen_every
+        sampled = number < first or (number - first + 1) % every == 0
+        return state, sampled, reference
+
+    def _remember(self, ds: Dataset, state: _Series, frame: np.ndarray | None) -> None:
+        """After a full screen of a series' slice: with nothing redacted (``frame``: its
+        pixels), it is the series' new reference; otherwise the series has text, and every
+        later slice of it is screened in full."""
+        key = self._series_key(ds)
+        reference = None if frame is None else _Quiet.of(frame, ds)
+        with self._lock:
+            if frame is None:
+                state.text_found = True
+            if state.text_found or reference is None:
+                self._references.pop(key, None)
+                return
+            self._references[key] = reference
+            self._references.move_to_end(key)
+            while len(self._references) > _REFERENCE_MEMORY:
+                self._references.popitem(last=False)
 
     # -- screening ----------------------------------------------------------------------------
 
@@ -519,12 +709,43 @@ class PixelScreener:
         if _PIXEL_DATA not in ds._dict:
             return None
         frames = frame_count(ds)
-        skip, series = self._sampled_out(ds, frames)
+        series = self._series_slice(ds, frames)
         engine = self.engine()
         versions = engine.versions()
-        if skip:
-            return ScreenResult(engine=versions, screened=False)
+        if series is not None:
+            state, sampled, reference = series
+            # a slice between samples of a series whose slices were all clean: checked against
+            # the series' reference (the last slice screened clean) where device text appears,
+            # away from anatomy; any change there a render would show, a new geometry, or no
+            # reference, and it is screened in full
+            if not (sampled or state.text_found) and reference is not None:
+                if reference.empty:  # nowhere to check: sampled only
+                    return ScreenResult(engine=versions, screened=False)
+                stored = _native_frame(ds)
+                if reference.holds(self._decode(ds) if stored is None else stored):
+                    return ScreenResult(engine=versions, screened=False, series_checked=True)
         pixels = self._decode(ds)
+        try:
+            result = self._screen_pixels(ds, classifier, engine, versions, pixels, frames)
+        except QuarantineError:
+            if series is not None:  # text left, or OCR failed: every later slice in full
+                self._remember(ds, series[0], None)
+            raise
+        if series is not None:
+            # nothing redacted: the slice is the series' new reference; else the series has text
+            self._remember(ds, series[0], None if result.boxes_redacted else pixels)
+        return result
+
+    def _screen_pixels(
+        self,
+        ds: Dataset,
+        classifier: PhiClassifier,
+        engine: OcrEngine,
+        versions: dict[str, str],
+        pixels: np.ndarray,
+        frames: int,
+    ) -> ScreenResult:
+        """Find, redact and re-verify text in the decoded ``pixels`` of ``ds``."""
         stack = pixels if frames > 1 else pixels[np.newaxis]
         display = self._display(stack, ds)
         indices = sample_frames(frames, self.policy.max_frames_screened)
@@ -550,8 +771,6 @@ class PixelScreener:
                     result.phi_lines += sum(1 for _, is_phi in redact if is_phi)
                 found.extend(box for box, _ in redact)
                 phi_boxes.extend(box for box, is_phi in redact if is_phi)
-            if series is not None and phi_boxes:
-                series.text_found = True
             margin = self.policy.margin
             grown = [_grow(b, margin, shape) for b in found]
             new = [b for b in _merge(grown) if not _inside_any(b, redacted)]
