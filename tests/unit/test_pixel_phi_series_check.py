@@ -184,6 +184,21 @@ def test_a_slice_inside_the_window_is_held_to_the_windowed_render() -> None:
         assert reference.holds(changed) is holds
 
 
+def test_a_stroke_inside_a_block_is_seen_within_the_blocks_old_extremes() -> None:
+    source, _ = _source()
+    ds = copy.deepcopy(source)
+    del ds.WindowCenter, ds.WindowWidth  # the full-range renders only: 10 levels of 1000 = 39
+    frame = np.zeros((128, 128), np.int16)
+    frame[:, 64:] = 1000
+    frame[:, :32:2] = 30  # a ground spanning 30 (quiet: under 39)
+    reference = _Quiet.of(frame, ds)
+    assert reference.blocks[:, :2].all()
+    for level, holds in ((0, True), (-15, False)):  # -15 on 30: 45 apart, within 0 - 39
+        changed = frame.copy()
+        changed[20, 2:6] = np.where(changed[20, 2:6] == 30, level, changed[20, 2:6])
+        assert reference.holds(changed) is holds
+
+
 def test_colour_or_tiny_slices_have_no_quiet_region() -> None:
     source, _ = _source()
     assert _Quiet.of(np.zeros((16, 16), np.int16), source).empty

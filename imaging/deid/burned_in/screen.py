@@ -197,22 +197,25 @@ class _Quiet:
 
     def holds(self, frame: np.ndarray) -> bool:
         """Whether ``frame`` (2D, stored values, the reference's geometry) changed nowhere in
-        the quiet region by as much as a render would show: no block's least or largest value
-        moved past the reference's by the least change seen in the full-range renders or,
-        clipped to the VOI window, in the windowed one."""
+        the quiet region by as much as a render would show: every block still spans no more
+        than the least change seen in the full-range renders and, clipped to the VOI window,
+        in the windowed one (something drawn inside a block), and no block's least or largest
+        value moved past the reference's by as much (something covering whole blocks)."""
         if frame.ndim != 2 or frame.shape != self.shape:
             return False
         low, high = _block_extremes(frame)
         low, high = low[self.blocks].astype(np.float64), high[self.blocks].astype(np.float64)
-        if (high > self.high + self.full).any() or (low < self.low - self.full).any():
+        full = self.full
+        if (high - low > full).any() or (high > self.high + full).any() or (low < self.low - full).any():
             return False
         if self.window is not None:
             bottom, top, least = self.window
-            seen = np.clip(high, bottom, top) - np.clip(self.high, bottom, top)
-            if (seen > least).any():
+            high, low = np.clip(high, bottom, top), np.clip(low, bottom, top)
+            if (high - low > least).any():
                 return False
-            seen = np.clip(self.low, bottom, top) - np.clip(low, bottom, top)
-            if (seen > least).any():
+            if (high - np.clip(self.high, bottom, top) > least).any():
+                return False
+            if (np.clip(self.low, bottom, top) - low > least).any():
                 return False
         return True
 
