@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from serving.api import IngressService, api, install_service
 from serving.config import ServeConfig, ServedModel
 from serving.net import free_port
-from serving.worker import ModelWorker
+from serving.worker import ModelWorker, Prepared
 
 __all__ = ["APP_NAME", "BatchedModel", "Ingress", "ModelDeployment", "build_app", "run", "start_ray"]
 
@@ -66,6 +67,7 @@ class BatchedModel:
         self._forward_batch.set_max_batch_size(served.max_batch_size)  # type: ignore[attr-defined]
         self._forward_batch.set_batch_wait_timeout_s(served.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._images_in_flight = 0
+        self._in_flight_lock = threading.Lock()  # counted on the event loop and in prepare_one
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _forward_batch(
@@ -87,15 +89,30 @@ class BatchedModel:
             return result
         return await self.worker.forward_one(item)
 
+    def _count(self, images: int) -> None:
+        with self._in_flight_lock:
+            self._images_in_flight += images
+
+    def prepare_one(self, version: str, data: bytes) -> Prepared | None:
+        """Called by the ingress in the worker thread that parsed a one-image request and found
+        it allowed for ``version`` (this model runs in the ingress replica): decode it there and,
+        when it is alone, forward it, so the request crosses to a worker thread once
+        (:meth:`ModelWorker.prepare`). The image counts as in the replica meanwhile."""
+        self._count(1)
+        try:
+            return self.worker.prepare(version, data, self._alone)
+        finally:
+            self._count(-1)
+
     async def predict(self, payload: dict[str, Any]) -> dict[str, Any]:
         images = len(payload.get("instances") or ())
-        self._images_in_flight += images
+        self._count(images)
         try:
             # A single image still alone once decoded is forwarded in the thread that decoded it
             # (ModelWorker.predict: a hop fewer); otherwise it may join a batch (_forward).
             return await self.worker.predict(payload, self._forward, alone=self._alone)
         finally:
-            self._images_in_flight -= images
+            self._count(-images)
 
     async def info(self) -> dict[str, Any]:
         return self.worker.info()

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from serving.model import ArtifactMismatch, GateDenied, InProcessForward, Served
 if TYPE_CHECKING:
     from governance.approvals import Gate
 
-__all__ = ["BatchForward", "ModelWorker"]
+__all__ = ["BatchForward", "ModelWorker", "Prepared"]
 
 LOGGER = logging.getLogger(__name__)
 #: ``await forward(one [C, H, W] array) -> (logits row, batch size it ran in, embedding row)``;
@@ -38,6 +39,22 @@ _MONITOR_BACKLOG = 1024  # requests waiting to be recorded before new ones are s
 _MONITOR_FRAME = 32  # requests handed on together at most (one frame to the recorder process)
 #: One served request for live monitoring: (request id, DICOM bytes, result, embedding or None).
 Case = tuple[str, bytes, dict[str, Any], np.ndarray | None]
+#: What :meth:`ModelWorker._decode_and_forward` returns: (the decoder's exception or None, when
+#: preprocessing ended, the ``[C, H, W]`` tensor, the :data:`BatchForward` output or None).
+Decoded = tuple[Exception | None, float, np.ndarray, tuple[np.ndarray, int, np.ndarray | None] | None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A lone image decoded (and, when still alone, forwarded) by :meth:`ModelWorker.prepare`
+    in the worker-thread call that parsed the request and asked the gate; :meth:`ModelWorker.predict`
+    uses it when ``predictor`` is still the one it serves."""
+
+    predictor: ServedPredictor
+    started: float
+    decoded: Decoded
+    #: The forward pass's failure, raised by :meth:`ModelWorker.predict` where it would have raised.
+    error: Exception | None = None
 
 
 def _always() -> bool:
@@ -310,9 +327,26 @@ class ModelWorker:
             return logits, embedding
         return forward(batch), None
 
+    def prepare(self, version: str, data: bytes, alone: Callable[[], bool]) -> Prepared | None:
+        """For the caller's worker thread that has just parsed a one-image request and found it
+        allowed for ``version``: decode ``data`` and, when it is still ``alone``, forward it at
+        batch 1, so that the request crosses to a worker thread once instead of twice. None
+        (nothing done; :meth:`predict` does it) when another version is loaded, or none, or the
+        model segments (a series)."""
+        predictor = self.predictor
+        if predictor is None or predictor.version != str(version) or predictor.task != "classification":
+            return None
+        started = time.perf_counter()
+        try:
+            return Prepared(predictor, started, self._decode_and_forward(predictor, data, alone))
+        except Exception as exc:  # the forward failed: predict raises it, as on its own path
+            return Prepared(
+                predictor, started, (None, time.perf_counter(), np.empty(0, np.float32), None), exc
+            )
+
     def _decode_and_forward(
         self, predictor: ServedPredictor, data: bytes, alone: Callable[[], bool]
-    ) -> tuple[Exception | None, float, np.ndarray, tuple[np.ndarray, int, np.ndarray | None] | None]:
+    ) -> Decoded:
         """Preprocess ``data`` and, when it is still ``alone``, forward it at batch 1, on the
         calling (worker) thread: (the decoder's exception or None, when preprocessing ended, the
         ``[C, H, W]`` float32 tensor, the :data:`BatchForward` output or None when not alone).
@@ -338,7 +372,9 @@ class ModelWorker:
         self, payload: dict[str, Any], forward: BatchForward, *, alone: Callable[[], bool] | None = None
     ) -> dict[str, Any]:
         """``payload``: ``instances`` (DICOM bytes), ``version`` (what the gate approved now),
-        ``explain`` (method or None), ``dicom`` (bool). ``alone``: whether a single image is
+        ``explain`` (method or None), ``dicom`` (bool), and for a model in the caller's process
+        optionally ``prepared`` (:meth:`prepare`'s result for the one image, used when it came
+        from the predictor still served). ``alone``: whether a single image is
         the only one in the replica now (asked once it is decoded): then it is forwarded at
         batch 1 in the thread that decoded it, else it goes to ``forward`` (which may batch
         it); ``forward`` :meth:`forward_one` itself never batches."""
@@ -365,13 +401,25 @@ class ModelWorker:
         started = time.perf_counter()
         instances: list[bytes] = payload["instances"]
         outputs: list[tuple[np.ndarray, int, np.ndarray | None]]
-        if len(instances) == 1 and (alone is not None or forward == self.forward_one):
+        prepared = payload.get("prepared")
+        if len(instances) == 1 and (
+            (isinstance(prepared, Prepared) and prepared.predictor is predictor)
+            or alone is not None
+            or forward == self.forward_one
+        ):
             # A lone image: decode and forward in one worker-thread call (each hop between the
             # event loop and a worker thread is two thread wake-ups, a millisecond or more on a
             # loaded machine); when company came while it was decoded, it joins their batch.
-            failure, preprocessed, tensor, output = await asyncio.to_thread(
-                self._decode_and_forward, predictor, instances[0], alone or _always
-            )
+            # A colocated model did it already in the ingress's own call (``prepared``).
+            if isinstance(prepared, Prepared) and prepared.predictor is predictor:
+                if prepared.error is not None:
+                    raise prepared.error
+                started, decoded = prepared.started, prepared.decoded
+            else:
+                decoded = await asyncio.to_thread(
+                    self._decode_and_forward, predictor, instances[0], alone or _always
+                )
+            failure, preprocessed, tensor, output = decoded
             if failure is not None:  # the decoder's failure is the input's fault
                 return _error(422, f"cannot decode the image for this model ({type(failure).__name__})")
             if output is None:
