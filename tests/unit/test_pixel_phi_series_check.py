@@ -101,26 +101,28 @@ def test_a_clean_series_is_screened_once_and_checked_on_every_other_slice() -> N
     assert not any(s["verified"] for s, n in zip(screens, range(10), strict=True) if n not in (0, 8))
 
 
-def test_static_text_appearing_on_an_unsampled_slice_is_found_there_and_on_every_later_slice() -> None:
+def test_static_text_appearing_on_an_unsampled_slice_is_found_there_and_cleaned_on_every_later_slice() -> (
+    None
+):
     deid = Deidentifier(_profile(), KEY)
     series = generate_uid()
     label = ("LINDQVIST", 6, 4)
     slices = [_slice(series, n, text=[label] if n >= 4 else []) for n in range(8)]
     screens = _run(deid, slices)
-    assert [s["screened"] for s in screens] == [n == 0 or n >= 4 for n in range(8)]
+    assert [s["screened"] for s in screens[:5]] == [True, False, False, False, True]
+    # later slices: screened in full (read as PHI) or given the series' boxes (redacted unread)
     for n in range(4, 8):
         assert screens[n]["boxes_redacted"], n
         assert _cleaned(slices[n], 6, 4, "LINDQVIST"), n
 
 
-def test_text_on_one_unsampled_slice_only_is_found_and_the_series_is_screened_from_then_on() -> None:
+def test_text_on_one_unsampled_slice_only_is_found_and_cleaned() -> None:
     deid = Deidentifier(_profile(), KEY)
     series = generate_uid()
     slices = [_slice(series, n, text=[(PATIENT_ID, 390, 480)] if n == 5 else []) for n in range(8)]
     screens = _run(deid, slices)
-    assert screens[5]["screened"] and screens[5]["boxes_redacted"]
-    assert _cleaned(slices[5], 390, 480, PATIENT_ID)
-    assert all(s["screened"] for s in screens[5:])  # any text found: every later slice in full
+    assert [s["screened"] for s in screens[:6]] == [n in (0, 5) for n in range(6)]
+    assert screens[5]["boxes_redacted"] and _cleaned(slices[5], 390, 480, PATIENT_ID)
 
 
 def test_per_slice_text_is_found_on_each_slice() -> None:
@@ -129,9 +131,35 @@ def test_per_slice_text_is_found_on_each_slice() -> None:
     labels = {n: f"{PATIENT_ID} {n}" for n in range(3, 7)}  # an ID with the slice's number
     slices = [_slice(series, n, text=[(labels[n], 6, 480)] if n in labels else []) for n in range(7)]
     screens = _run(deid, slices)
-    for n, label in labels.items():
-        assert screens[n]["screened"] and screens[n]["boxes_redacted"], n
+    assert screens[3]["screened"]  # the first: screened in full
+    for n, label in labels.items():  # later: in full, or within the series' boxes
+        assert screens[n]["boxes_redacted"], n
         assert _cleaned(slices[n], 6, 480, label), n
+
+
+def test_device_text_in_the_same_place_is_redacted_on_every_slice_by_the_series_boxes() -> None:
+    deid = Deidentifier(_profile(), KEY)
+    series = generate_uid()
+    marker = ("AXIAL 5MM", 6, 480)  # not PHI: redacted as text outside anatomy
+    slices = [_slice(series, n, text=[marker]) for n in range(6)]
+    screens = _run(deid, slices)
+    assert screens[0]["screened"] and screens[0]["boxes_redacted"] and not screens[0]["phi_lines"]
+    for n in range(1, 6):
+        assert not screens[n]["screened"] and screens[n]["series_boxes_applied"], n
+        assert screens[n]["boxes_redacted"] == screens[0]["boxes_redacted"], n
+        assert _cleaned(slices[n], 6, 480, "AXIAL 5MM"), n
+
+
+def test_text_beyond_the_series_boxes_is_screened_in_full() -> None:
+    deid = Deidentifier(_profile(), KEY)
+    series = generate_uid()
+    marker, name = ("AXIAL 5MM", 6, 480), ("EVANDER", 416, 4)  # a name in another corner
+    slices = [_slice(series, n, text=[marker, name] if n == 3 else [marker]) for n in range(6)]
+    screens = _run(deid, slices)
+    assert [s["screened"] for s in screens[:4]] == [True, False, False, True]
+    assert _cleaned(slices[3], 416, 4, "EVANDER")
+    for n in range(4, 6):  # the marker alone again: in full, or within the series' boxes
+        assert screens[n]["boxes_redacted"] and _cleaned(slices[n], 6, 480, "AXIAL 5MM"), n
 
 
 def test_text_over_anatomy_at_a_sampled_slice_is_found() -> None:

@@ -54,7 +54,7 @@ __all__ = ["PixelScreener", "ScreenResult"]
 
 _T = TypeVar("_T")
 _SERIES_MEMORY = 4096
-# series whose reference slice is kept (about 16 KB each for a 512 x 512 slice); a series
+# series whose reference slice is kept (at most 68 KB each for a 512 x 512 slice); a series
 # without one has its next slice fully screened
 _REFERENCE_MEMORY = 256
 # the quiet-region check compares blocks of this many pixels a side (the smallest glyph read
@@ -125,6 +125,8 @@ class ScreenResult:
     # a series' slice between samples whose quiet region (away from anatomy) was unchanged from
     # the series' reference slice (screened clean): not screened itself, and not verified
     series_checked: bool = False
+    # any line classified as PHI in any pass (not lineage: the series' sampling reads it)
+    phi_found: bool = field(default=False, repr=False)
     pixels: np.ndarray | None = None  # the cleaned pixels when something was redacted
 
     def lineage(self) -> dict[str, Any]:
@@ -161,9 +163,11 @@ class _Quiet:
     high: np.ndarray  # float64, its largest
     full: float
     window: tuple[float, float, float] | None  # (bottom, top, least change) in stored values
+    # text (none of it PHI) the reference's screen redacted: redacted in every slice checked
+    boxes: tuple[Box, ...] = ()
 
     @classmethod
-    def of(cls, frame: np.ndarray, ds: Dataset) -> _Quiet:
+    def of(cls, frame: np.ndarray, ds: Dataset, boxes: tuple[Box, ...] = ()) -> _Quiet:
         """The reference made from ``frame`` (stored values; a slice screened without text).
         Quiet blocks are those in which no render
         shows anything (their values span less than the least change seen in the full-range
@@ -172,7 +176,7 @@ class _Quiet:
         from slice to slice, and its edges must not reach the region checked."""
         shape = (int(frame.shape[0]), int(frame.shape[1]))
         if frame.ndim != 2 or min(shape) < 4 * _QUIET_BLOCK:  # colour, or too small: nothing
-            return cls(shape, np.zeros((0, 0), bool), np.zeros(0), np.zeros(0), 0.0, None)
+            return cls(shape, np.zeros((0, 0), bool), np.zeros(0), np.zeros(0), 0.0, None, boxes)
         least, most = float(frame.min()), float(frame.max())
         full = (most - least) * _FULL_CONTRAST / 255.0
         voi = voi_window(ds)
@@ -187,7 +191,7 @@ class _Quiet:
         reach = -(-_QUIET_REACH // _QUIET_BLOCK)
         kernel = np.ones((2 * reach + 1, 2 * reach + 1), np.uint8)
         blocks = cv2.erode(flat.view(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE) > 0
-        return cls(shape, blocks, low[blocks], high[blocks], full, window)
+        return cls(shape, blocks, low[blocks], high[blocks], full, window, boxes)
 
     @property
     def empty(self) -> bool:
@@ -684,12 +688,14 @@ class PixelScreener:
         sampled = number < first or (number - first + 1) % every == 0
         return state, sampled, reference
 
-    def _remember(self, ds: Dataset, state: _Series, frame: np.ndarray | None) -> None:
-        """After a full screen of a series' slice: with nothing redacted (``frame``: its
-        pixels), it is the series' new reference; otherwise the series has text, and every
-        later slice of it is screened in full."""
+    def _remember(
+        self, ds: Dataset, state: _Series, frame: np.ndarray | None, boxes: tuple[Box, ...] = ()
+    ) -> None:
+        """After a full screen of a series' slice: without PHI (``frame``: its pixels as
+        cleaned, ``boxes``: what was redacted), it is the series' new reference; with PHI, or
+        quarantined (``frame`` None), every later slice of the series is screened in full."""
         key = self._series_key(ds)
-        reference = None if frame is None else _Quiet.of(frame, ds)
+        reference = None if frame is None else _Quiet.of(frame, ds, boxes)
         with self._lock:
             if frame is None:
                 state.text_found = True
@@ -717,16 +723,14 @@ class PixelScreener:
         versions = engine.versions()
         if series is not None:
             state, sampled, reference = series
-            # a slice between samples of a series whose slices were all clean: checked against
+            # a slice between samples of a series without PHI found so far: checked against
             # the series' reference (the last slice screened clean) where device text appears,
             # away from anatomy; any change there a render would show, a new geometry, or no
             # reference, and it is screened in full
             if not (sampled or state.text_found) and reference is not None:
-                if reference.empty:  # nowhere to check: sampled only
-                    return ScreenResult(engine=versions, screened=False)
-                stored = _native_frame(ds)
-                if reference.holds(self._decode(ds) if stored is None else stored):
-                    return ScreenResult(engine=versions, screened=False, series_checked=True)
+                checked = self._checked(ds, reference, versions)
+                if checked is not None:
+                    return checked
         pixels = self._decode(ds)
         try:
             result = self._screen_pixels(ds, classifier, engine, versions, pixels, frames)
@@ -735,8 +739,30 @@ class PixelScreener:
                 self._remember(ds, series[0], None)
             raise
         if series is not None:
-            # nothing redacted: the slice is the series' new reference; else the series has text
-            self._remember(ds, series[0], None if result.boxes_redacted else pixels)
+            # no PHI: the slice, as cleaned, is the series' new reference (with the boxes of any
+            # other text it had, the device's); PHI: every later slice is screened in full
+            cleaned = pixels if result.pixels is None else result.pixels
+            self._remember(ds, series[0], None if result.phi_found else cleaned, tuple(result.boxes_redacted))
+        return result
+
+    def _checked(self, ds: Dataset, reference: _Quiet, versions: dict[str, str]) -> ScreenResult | None:
+        """A series' slice between samples checked against the series' reference: its result
+        when the check holds (the reference's boxes, text its screen redacted, redacted here
+        too), None when it must be screened in full."""
+        boxes = list(reference.boxes)
+        if boxes:  # the stored pixels are written back: the bounded decoder's
+            pixels = self._decode(ds)
+            if pixels.ndim != 2 or pixels.shape != reference.shape:
+                return None
+            frame = self._redact(pixels[np.newaxis], boxes, ds)[0]
+        else:
+            native = _native_frame(ds)
+            frame = self._decode(ds) if native is None else native
+        if not (reference.empty or reference.holds(frame)):
+            return None
+        result = ScreenResult(engine=versions, screened=False, series_checked=not reference.empty)
+        if boxes:
+            result.series_boxes_applied, result.boxes_redacted, result.pixels = True, boxes, frame
         return result
 
     def _screen_pixels(
@@ -774,6 +800,7 @@ class PixelScreener:
                     result.phi_lines += sum(1 for _, is_phi in redact if is_phi)
                 found.extend(box for box, _ in redact)
                 phi_boxes.extend(box for box, is_phi in redact if is_phi)
+            result.phi_found = result.phi_found or bool(phi_boxes)
             margin = self.policy.margin
             grown = [_grow(b, margin, shape) for b in found]
             new = [b for b in _merge(grown) if not _inside_any(b, redacted)]
