@@ -16,7 +16,13 @@ Fields ``*_replica_ms`` and ``*_ingress_ms`` are the medians of the server-side 
 batch 1 (inside the model replica; inside the ingress, replica included), so the overhead can
 be split: client p50 - ingress = the HTTP hop (straight into the ingress replica, Ray Serve
 direct ingress, as `radgate serve` runs; ``--proxy``: through Ray Serve's HTTP proxy actor);
-ingress - replica = ingress work (+ the handle hop for a model not colocated).
+ingress - replica = ingress work (+ the handle hop for a model not colocated). The client p50
+- ingress also holds what the ingress does outside its ``total`` timing: authentication before
+the route and the audit commit after it (``*_audit_ms``: that commit, median at batch 1).
+Triton: over the sequential (batch-1) requests, ``triton_server_ms`` is Triton's own time per
+request (its statistics, means: queue + the model's execution + the copies to and from the
+Python backend's stub: ``triton_queue_ms``, ``triton_b1_input_ms``, ``triton_b1_infer_ms``,
+``triton_b1_output_ms``); ``replica_forward_ms`` - that = the gRPC client and hop.
 
 Each backend is measured in ``--rounds`` such bracketed rounds (7); every ratio is taken per
 round against that round's raw figures, and reported as the median with its spread.
@@ -120,8 +126,17 @@ def _cpu_per_request(before: dict[str, float], after: dict[str, float], requests
 
 
 async def _measure(
-    url: str, token: str, bodies: list[bytes], requests: int, concurrency: int, *, cpu: bool = False
+    url: str,
+    token: str,
+    bodies: list[bytes],
+    requests: int,
+    concurrency: int,
+    *,
+    cpu: bool = False,
+    sequential: Any = None,
 ) -> dict[str, float]:
+    """``sequential``: called before and after the sequential (batch-1) requests; what it
+    returns after them (a dict of figures) joins the result."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/dicom"}
@@ -133,12 +148,14 @@ async def _measure(
         latencies = []
         server: list[dict[str, float]] = []
         cpu_before = _cpu_by_process() if cpu else {}
+        mark = sequential() if sequential else None
         for i in range(requests):
             start = time.perf_counter()
             reply = await client.post(predict, content=bodies[i % len(bodies)], headers=headers)
             reply.raise_for_status()
             latencies.append((time.perf_counter() - start) * 1000)
             server.append(reply.json()["timings_ms"])
+        extra: dict[str, float] = sequential(mark) if sequential else {}
         if cpu:
             # Where the CPU of a batch-1 request goes, every process of the box counted (other
             # people's load included: read it with the load average).
@@ -171,6 +188,8 @@ async def _measure(
         "replica_ms": _pct([t["preprocess"] + t["forward"] + t["results"] for t in server], 0.5),
         "replica_forward_ms": _pct([t["forward"] for t in server], 0.5),
         "ingress_ms": _pct([t["total"] for t in server], 0.5),
+        "audit_ms": _pct([t.get("audit", 0.0) for t in server], 0.5),
+        **extra,
     }
 
 
@@ -189,6 +208,39 @@ def _bracketed(
         "throughput": max(first["throughput"], second["throughput"]),
     }
     return raw, result
+
+
+def _triton_stats(url: str) -> dict[str, int]:
+    """Triton's own cumulative statistics of the bench model (nanoseconds and counts): time in
+    the server per request (``success``: queue + compute), queue, and at batch 1 the input copy,
+    the model's execution and the output copy (the Python backend's IPC with its stub)."""
+    from serving.triton.client import grpc_client
+
+    model = grpc_client(url).get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    stats = model.get("inference_stats", {})
+    out = {f"{k}_{u}": int(stats.get(k, {}).get(u, 0)) for k in ("success", "queue") for u in ("ns", "count")}
+    for batch in model.get("batch_stats", []):
+        if int(batch.get("batch_size", 0)) == 1:
+            for k in ("compute_input", "compute_infer", "compute_output"):
+                out[f"b1_{k}_ns"] = int(batch.get(k, {}).get("ns", 0))
+                out[f"b1_{k}_count"] = int(batch.get(k, {}).get("count", 0))
+    return out
+
+
+def _triton_split(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    """Per-request milliseconds inside Triton between two snapshots (``after - before``)."""
+
+    def per(key: str) -> float:
+        count = after.get(f"{key}_count", 0) - before.get(f"{key}_count", 0)
+        return (after.get(f"{key}_ns", 0) - before.get(f"{key}_ns", 0)) / max(count, 1) / 1e6
+
+    return {
+        "triton_server_ms": per("success"),
+        "triton_queue_ms": per("queue"),
+        "triton_b1_input_ms": per("b1_compute_input"),
+        "triton_b1_infer_ms": per("b1_compute_infer"),
+        "triton_b1_output_ms": per("b1_compute_output"),
+    }
 
 
 def _replica_rss_mb() -> float:
@@ -493,7 +545,12 @@ def main() -> int:
     # Per backend, one (raw, served) pair per round.
     rounds: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {}
 
-    def measure(backend: str) -> None:
+    def measure(backend: str, triton_url: str = "") -> None:
+        def split(before: dict[str, int] | None = None) -> Any:
+            """Triton's statistics around the sequential requests: where their time goes."""
+            now = _triton_stats(triton_url)
+            return now if before is None else _triton_split(before, now)
+
         for index in range(args.rounds):
             raw, served = _bracketed(
                 loaded,
@@ -501,7 +558,15 @@ def main() -> int:
                 bodies,
                 args,
                 lambda first=index == 0: asyncio.run(
-                    _measure(url, token, bodies, args.requests, args.concurrency, cpu=first)
+                    _measure(
+                        url,
+                        token,
+                        bodies,
+                        args.requests,
+                        args.concurrency,
+                        cpu=first,
+                        sequential=split if triton_url else None,
+                    )
                 ),
             )
             rounds.setdefault(backend, []).append((raw, served))
@@ -535,7 +600,7 @@ def main() -> int:
             if triton_server is not None:
                 serve.delete("radgate")
                 _deploy(port, "triton", args, triton_server.grpc_url)
-                measure("triton")
+                measure("triton", triton_server.grpc_url)
         if not args.no_trivial:
             serve.delete("radgate")  # the trivial app takes the direct-ingress port
             trivial = ray_serve_overhead(port, args.rounds, args.trivial_requests)
@@ -578,9 +643,24 @@ def main() -> int:
     for backend in rounds:
         for key in ("p50_ms", "p95_ms", "forward_ms", "throughput"):
             line[f"{backend}_raw_{key}"] = round(median(backend, 0, key), 2)
-        for key in ("p50_ms", "p95_ms", "replica_ms", "replica_forward_ms", "ingress_ms", "throughput"):
+        for key in (
+            "p50_ms",
+            "p95_ms",
+            "replica_ms",
+            "replica_forward_ms",
+            "ingress_ms",
+            "audit_ms",
+            "throughput",
+        ):
             line[f"{backend}_{key}"] = round(median(backend, 1, key), 2)
         line[f"{backend}_errors"] = int(sum(r[1]["errors"] for r in rounds[backend]))
+        if "triton_server_ms" in rounds[backend][0][1]:
+            # Triton's own time per sequential (batch-1) request (its statistics: means over the
+            # round's sequential requests): queue, the model's execution and the copies in and out
+            # of the backend stub; the rest of replica_forward_ms is the client and the gRPC hop.
+            for key in ("triton_server_ms", "triton_queue_ms", "triton_b1_input_ms", "triton_b1_infer_ms",
+                        "triton_b1_output_ms"):  # fmt: skip
+                line[f"{backend}_{key.removeprefix('triton_')}"] = round(median(backend, 1, key), 3)
         for key, name in (
             ("p50_ms", "p50_ratio"),
             ("p95_ms", "p95_ratio"),
