@@ -251,3 +251,16 @@ def test_compressed_or_multi_sample_data_is_left_to_the_decoder() -> None:
 def test_screeners_of_one_process_share_their_engine() -> None:
     policy = load_profile("research").burned_in
     assert PixelScreener(policy).engine() is PixelScreener(policy).engine()
+
+
+def test_a_series_without_a_quiet_region_still_gets_its_boxes() -> None:
+    ds = dcmread(dicom_factory.pydicom_file("CT_small.dcm"))  # anatomy everywhere: no quiet region
+    pixels = np.asarray(decode_pixels(ds))
+    reference = _Quiet.of(pixels, ds, ((4, 4, 30, 10),))
+    assert reference.empty
+    screener = PixelScreener(load_profile("research").burned_in)
+    result = screener._checked(ds, reference, {})
+    assert result is not None and result.series_boxes_applied and not result.series_checked
+    assert result.pixels is not None
+    assert (result.pixels[4:14, 4:34] == pixels.min()).all()
+    assert np.array_equal(result.pixels[20:], pixels[20:])
