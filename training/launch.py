@@ -67,6 +67,8 @@ class FitResult:
     checkpoint: Path | None
     workers: int
     extra: dict[str, Any] = field(default_factory=dict)
+    #: CPU seconds of each training epoch, all workers together (process CPU time, every thread).
+    epoch_cpu_seconds: list[float] = field(default_factory=list)
 
     @property
     def steady_images_per_s(self) -> float:
@@ -158,6 +160,7 @@ def fit_local(job: FitJob) -> FitResult:
         wall_seconds=time.perf_counter() - started,
         checkpoint=ckpt_path if ckpt_path.exists() else None,
         workers=1,
+        epoch_cpu_seconds=meter.epoch_cpu_seconds,
     )
 
 
@@ -214,6 +217,26 @@ def _latest_ray_checkpoint(root: Path) -> Path | None:
     return candidates[-1].parent if candidates else None
 
 
+#: Environment of the job's Ray workers. Ray starts worker processes at niceness 15 so that its
+#: own daemons stay responsive; for training workers, which are the job's work, that gave them
+#: about a thirtieth of the CPU share of any ordinary process on the same cores (a one-process
+#: Lightning run at niceness 0 took the cores from them on a shared machine). Ray's own job
+#: supervisor starts job drivers at niceness 0 the same way.
+RAY_WORKER_ENV = {"RAY_worker_niceness": "0"}
+
+
+def _init_ray(job: FitJob) -> None:
+    """Start (or join, with ``job.ray_address``) Ray for this job, its workers at niceness 0."""
+    import ray
+
+    runtime_env = {"env_vars": dict(RAY_WORKER_ENV)}
+    if job.ray_address:
+        ray.init(address=job.ray_address, log_to_driver=False, runtime_env=runtime_env)
+    else:
+        cpus = max(os.cpu_count() or 1, job.workers * job.cpus_per_worker)
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+
+
 def fit_ray(job: FitJob) -> FitResult:
     """N Ray Train workers with DDP (gloo on CPU, NCCL on GPU); the latest checkpoint only is kept."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -224,11 +247,7 @@ def fit_ray(job: FitJob) -> FitResult:
     started, started_unix = time.perf_counter(), time.time()
     owns_ray = not ray.is_initialized()
     if owns_ray:
-        if job.ray_address:
-            ray.init(address=job.ray_address, log_to_driver=False)
-        else:
-            cpus = max(os.cpu_count() or 1, job.workers * job.cpus_per_worker)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        _init_ray(job)
     try:
         resources: dict[str, float] = {"CPU": float(job.cpus_per_worker)}
         if job.gpus_per_worker > 0:
@@ -259,6 +278,7 @@ def fit_ray(job: FitJob) -> FitResult:
             state = torch.load(Path(directory) / RAY_CHECKPOINT, map_location="cpu", weights_only=True)
         # Rank 0 logged each epoch to MLflow (Ray keeps metrics only with retained checkpoints).
         epoch_seconds = _metric_history(job, "epoch_seconds")
+        epoch_cpu_seconds = _metric_history(job, "epoch_cpu_seconds")
         starts = _metric_history(job, "train_start_unix")
         first_start = starts[-1] if starts else time.time()
         checkpoint_path = _latest_ray_checkpoint(job.checkpoint_dir)
@@ -273,6 +293,7 @@ def fit_ray(job: FitJob) -> FitResult:
         wall_seconds=time.perf_counter() - started,
         checkpoint=checkpoint_path,
         workers=job.workers,
+        epoch_cpu_seconds=epoch_cpu_seconds,
     )
 
 

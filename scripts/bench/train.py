@@ -8,7 +8,9 @@ median and spread of both epoch times; exits 1 below the target (``--no-fail`` t
     .venv/bin/python scripts/bench/train.py --workers 1 --gpus-per-worker 1   # on a GPU machine
 
 Steady state = median epoch time over epochs after the first; the start-up overhead is the time
-from calling fit to the first training epoch (Ray start, workers, caching, process group).
+from calling fit to the first training epoch (Ray start, workers, caching, process group). Beside
+the wall ratio, CPU-seconds per image of each run (every worker process's CPU time, summed over
+the ranks) say what each costs in compute, which other load on a shared machine changes little.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def main() -> int:
         from imaging.datasets import create_dataset, materialize
         from imaging.demo_data import write_demo_studies
         from imaging.ingest import Ingestor
-        from training.launch import FitJob, fit_local, fit_ray
+        from training.launch import FitJob, FitResult, fit_local, fit_ray
         from training.preprocess import PreprocessingSpec
         from training.run import ensure_experiment
 
@@ -97,9 +99,20 @@ def main() -> int:
         for name, result in runs:
             print(
                 f"{name:>22}: {result.steady_images_per_s:7.1f} images/s steady, epochs "
-                f"{[round(s, 2) for s in result.epoch_seconds]} s, start-up {result.startup_seconds:.1f} s",
+                f"{[round(s, 2) for s in result.epoch_seconds]} s, CPU "
+                f"{[round(s, 1) for s in result.epoch_cpu_seconds]} s, "
+                f"start-up {result.startup_seconds:.1f} s",
                 file=sys.stderr,
             )
+
+        def cpu_per_image(result: FitResult) -> float | None:
+            """Median CPU-seconds per training image over steady epochs (all workers' processes):
+            what the wall ratio costs, independent of other load on a shared machine."""
+            steady = result.epoch_cpu_seconds[1:] or result.epoch_cpu_seconds
+            if not steady:
+                return None
+            return round(sorted(steady)[len(steady) // 2] / len(train_rows), 4)
+
         line = {
             "bench": "train",
             "value": round(ratio, 3),
@@ -114,6 +127,8 @@ def main() -> int:
             ],
             "ray_epoch_s": spread(ray_result.epoch_seconds[1:] or ray_result.epoch_seconds, 3),
             "baseline_epoch_s": spread(baseline.epoch_seconds[1:] or baseline.epoch_seconds, 3),
+            "ray_cpu_s_per_image": cpu_per_image(ray_result),
+            "baseline_cpu_s_per_image": [cpu_per_image(before), cpu_per_image(after)],
             "ray_startup_s": round(ray_result.startup_seconds, 2),
             "baseline_startup_s": round(baseline.startup_seconds, 2),
             "startup_overhead_s": round(ray_result.startup_seconds - baseline.startup_seconds, 2),
