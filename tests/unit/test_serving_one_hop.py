@@ -123,7 +123,11 @@ def test_a_denied_model_never_decodes(world: dict[str, Any], monkeypatch: pytest
     assert _post(world, MODEL, world["files"][0].read_bytes()).status_code == 200
     assert prepared == [world["version"]]
     # A prepared image of a version the worker no longer serves is not used: predict decides.
-    assert real(world["models"][MODEL].worker, "999", world["files"][0].read_bytes(), lambda: True) is None
+    worker = world["models"][MODEL].worker
+    assert real(worker, "999", world["files"][0].read_bytes(), lambda: True) is None
+    # Only an in-process forward is prepared; a remote one (Triton) keeps the two-call path.
+    monkeypatch.setattr(worker.predictor.forward, "name", "triton")
+    assert real(worker, world["version"], world["files"][0].read_bytes(), lambda: True) is None
 
 
 def test_a_prepared_forward_failure_raises_in_predict(
