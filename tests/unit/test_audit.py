@@ -10,7 +10,6 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +17,7 @@ from hypothesis import strategies as st
 
 from governance.audit import AuditLog, AuditPHIError, canonical_json, record
 from governance.settings import get_settings
+from tests.event_loops import run_on_own_loop
 
 
 def _db() -> sqlite3.Connection:
@@ -320,16 +320,6 @@ def test_group_append_stores_exactly_what_it_returns() -> None:
     assert appended[1].prev_hash == appended[0].hash
 
 
-def _run_on_own_loop(coroutine: Any) -> Any:
-    """``asyncio.run`` on a thread of its own: an earlier test (Playwright, anyio) may leave an
-    event loop marked running on the main thread, where ``asyncio.run`` refuses to start."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 def test_group_commit_record_writes_a_lone_entry_at_once_and_queues_behind_a_lock() -> None:
     """On an event loop, a lone entry is committed on the loop (no writer thread); while another
     writer holds the database it is handed to the writer thread instead, and ``record`` still
@@ -340,10 +330,10 @@ def test_group_commit_record_writes_a_lone_entry_at_once_and_queues_behind_a_loc
 
     group = GroupCommit()
     log = AuditLog()
-    first = _run_on_own_loop(group.record("ingress", "serve.predict", "model:cxr/1", {"i": 1}))
+    first = run_on_own_loop(group.record("ingress", "serve.predict", "model:cxr/1", {"i": 1}))
     assert group._writer is None and log.head() == first
     with pytest.raises(AuditPHIError):  # refused entries still raise, and nothing is written
-        _run_on_own_loop(group.record("ingress", "serve.predict", "model:cxr/x", {"PatientName": "DOE^J"}))
+        run_on_own_loop(group.record("ingress", "serve.predict", "model:cxr/x", {"PatientName": "DOE^J"}))
     assert log.head() == first
 
     # Another process writing: the database is locked (committed from the coroutine's thread).
@@ -357,7 +347,7 @@ def test_group_commit_record_writes_a_lone_entry_at_once_and_queues_behind_a_loc
         other.execute("COMMIT")
         return waiting, await task
 
-    waiting, second = _run_on_own_loop(locked())
+    waiting, second = run_on_own_loop(locked())
     other.close()
     assert waiting and group._writer is not None  # queued to the writer, not committed meanwhile
     assert log.head() == second and [e.details.get("i") for e in log.entries()] == [1, 2]

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.event_loops import run_on_own_loop
+
 MODEL = "one-hop-model"
 PENDING = "one-hop-pending"
 
@@ -95,7 +97,7 @@ def test_a_lone_image_crosses_to_a_worker_thread_once(
     assert entry.details["inputs_sha256"] == [hashlib.sha256(data).hexdigest()]
     # The same answer as the worker's own path (decoded and forwarded in a call of its own).
     worker = world["models"][MODEL].worker
-    own = asyncio.run(
+    own = run_on_own_loop(
         worker.predict(
             {"instances": [data], "version": world["version"], "explain": None, "dicom": False},
             worker.forward_one,
@@ -150,4 +152,4 @@ def test_a_prepared_forward_failure_raises_in_predict(
         "prepared": prepared,
     }
     with pytest.raises(RuntimeError, match="forward failed"):  # where the two-call path raises it
-        asyncio.run(worker.predict(payload, worker.forward_one))
+        run_on_own_loop(worker.predict(payload, worker.forward_one))

@@ -57,6 +57,11 @@ _SERIES_MEMORY = 4096
 # series whose reference slice is kept (at most 68 KB each for a 512 x 512 slice); a series
 # without one has its next slice fully screened
 _REFERENCE_MEMORY = 256
+# instances whose sampling decision is remembered (series key + SOP Instance UID): an instance
+# sent again (a resend after a lost store, a retried association) gets the decision it got the
+# first time, so the same input gives the same output (BurnedInAnnotation NO only when screened
+# in full and verified)
+_DECISION_MEMORY = 65536
 # the quiet-region check compares blocks of this many pixels a side (the smallest glyph read
 # is 4 pixels: a line of text fills whole blocks)
 _QUIET_BLOCK = 8
@@ -621,6 +626,7 @@ class PixelScreener:
         self._lock = threading.Lock()
         self._series: OrderedDict[tuple[str, ...], _Series] = OrderedDict()
         self._references: OrderedDict[tuple[str, ...], _Quiet] = OrderedDict()
+        self._decisions: OrderedDict[tuple[str, ...], bool] = OrderedDict()
 
     # -- engine -------------------------------------------------------------------------------
 
@@ -673,6 +679,8 @@ class PixelScreener:
         if not ds.get("SeriesInstanceUID"):
             return None
         key = self._series_key(ds)
+        instance = (*key, str(ds.get("SOPInstanceUID", "") or ""))
+        first, every = self.policy.series_screen_first, self.policy.series_screen_every
         with self._lock:
             state = self._series.get(key)
             if state is None:
@@ -681,11 +689,19 @@ class PixelScreener:
                     self._series.popitem(last=False)
             else:
                 self._series.move_to_end(key)
-            number = state.seen
-            state.seen += 1
+            decided = self._decisions.get(instance) if instance[-1] else None
+            if decided is None:  # a new instance of the series: the next in the stream
+                number = state.seen
+                state.seen += 1
+                sampled = number < first or (number - first + 1) % every == 0
+                if instance[-1]:
+                    self._decisions[instance] = sampled
+                    while len(self._decisions) > _DECISION_MEMORY:
+                        self._decisions.popitem(last=False)
+            else:  # sent again: the decision it got the first time
+                sampled = decided
+                self._decisions.move_to_end(instance)
             reference = self._references.get(key)
-        first, every = self.policy.series_screen_first, self.policy.series_screen_every
-        sampled = number < first or (number - first + 1) % every == 0
         return state, sampled, reference
 
     def _remember(
